@@ -1,0 +1,160 @@
+"""Write a device bundle: a directory (manifest.json, model.tflite, golden.npz, …) and its single-file archive.
+
+The format is :mod:`edgekit_agent.manifest` (the device reads it with no profile files and no
+TensorFlow). Golden outputs are computed here with the device's own runtime, so a device's self-test
+compares like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit_agent.errors import BundleError
+from edgekit_agent.manifest import FORMAT, MANIFEST_NAME, PreprocessSpec, dump_manifest
+from edgekit_agent.preprocess import quantize
+from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.runtime import Runtime
+
+from .profiles import Profile
+
+MODEL_NAME = "model.tflite"
+GOLDEN_NAME = "golden.npz"
+ARCHIVE_SUFFIX = ".tar.gz"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleInfo:
+    """What :func:`write_bundle` made."""
+
+    directory: Path
+    archive: Path
+    manifest: dict[str, Any]
+    model_bytes: int
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_specs(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Input and output tensor descriptions (name, shape, dtype, scale, zero point) of a loaded model."""
+
+    def spec(d: Mapping[str, Any]) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        return {
+            "name": str(d["name"]),
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero),
+        }
+
+    interp = rt.interpreter
+    return [spec(d) for d in interp.get_input_details()], [spec(d) for d in interp.get_output_details()]
+
+
+def _golden(rt: Runtime, inputs: dict[str, Any], x_float: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    tin = TensorSpec.from_dict(inputs, "input")
+    xq = np.stack([quantize(x, tin) for x in x_float]).astype(tin.dtype)
+    outs = np.stack([rt.invoke(xq[i : i + 1])[0] for i in range(len(xq))])
+    return {"inputs": xq, "labels": y.astype(np.int64), "outputs": outs}
+
+
+def write_archive(directory: Path, archive: Path) -> Path:
+    """A reproducible tar.gz of the bundle directory (sorted names, zeroed owners and times)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".part")
+    with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(archive)
+    return archive
+
+
+def write_bundle(
+    out_dir: str | Path,
+    *,
+    name: str,
+    profile: Profile,
+    tflite: bytes,
+    preprocess: PreprocessSpec,
+    labels: list[str],
+    golden_x: np.ndarray,
+    golden_y: np.ndarray,
+    version: str = "1.0.0",
+    metrics: Mapping[str, Any] | None = None,
+    fit: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> BundleInfo:
+    """Write ``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``.
+
+    ``golden_x`` are a few preprocessed float inputs (N, H, W, C) with labels ``golden_y``; they are
+    quantised and run through the model here so the device can prove it reproduces these outputs.
+    """
+    if not tflite[4:8] == b"TFL3":
+        raise BundleError(f"{name}: the model is not a TFLite flatbuffer (file identifier TFL3 missing).")
+    out_dir = Path(out_dir)
+    directory = out_dir / f"{name}-{profile.name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():  # a rebuild must not leave files the new manifest does not list
+        if stale.is_file():
+            stale.unlink()
+
+    rt = Runtime(tflite, num_threads=1, model_name=f"{name}/{MODEL_NAME}")
+    inputs, outputs = tensor_specs(rt)
+    golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
+    if len(labels) != int(np.prod(outputs[0]["shape"][1:])):
+        raise BundleError(f"{name}: {len(labels)} labels but the model has {outputs[0]['shape'][1:]} outputs.")
+
+    files: dict[str, bytes] = {MODEL_NAME: tflite}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **golden)
+    files[GOLDEN_NAME] = buf.getvalue()
+    files.update(extra_files or {})
+    for fname, data in files.items():
+        if "/" in fname or fname.startswith("."):
+            raise BundleError(f"{name}: bundle file name '{fname}' must be a plain file name.")
+        (directory / fname).write_bytes(data)
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "profile": profile.to_dict(),
+        "model": {"file": MODEL_NAME, "bytes": len(tflite), "sha256": sha256_bytes(tflite)},
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocess": preprocess.to_dict(),
+        "labels": list(labels),
+        "metrics": dict(metrics or {}),
+        "fit": dict(fit) if fit is not None else None,
+        "reference": dict(reference or {}),
+        "golden": {"file": GOLDEN_NAME, "samples": int(len(golden_y)), "tolerance": 1},
+        "files": {f: {"bytes": len(d), "sha256": sha256_bytes(d)} for f, d in sorted(files.items())},
+    }
+    manifest.update(extra_manifest or {})
+    (directory / MANIFEST_NAME).write_bytes(dump_manifest(manifest))
+    archive = write_archive(directory, out_dir / f"{directory.name}{ARCHIVE_SUFFIX}")
+    return BundleInfo(directory=directory, archive=archive, manifest=manifest, model_bytes=len(tflite))

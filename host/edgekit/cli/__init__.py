@@ -1,0 +1,73 @@
+"""The ``edgekit`` command: a table of subcommands, each a small module with ``add_arguments`` and ``run``.
+
+Subcommand modules import their library code inside ``run`` so that ``edgekit --help`` starts in well
+under a second (TensorFlow takes several to import). ``run`` returns an :class:`ExitStatus`; errors
+derived from :class:`EdgekitError` become their exit status with the message printed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from edgekit_agent.errors import EdgekitError, ExitStatus, exit_status_for
+
+from .. import __version__
+
+# name -> (module under edgekit.cli, one-line help). Order is the order of `edgekit --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "datasets": ("datasets", "write a demo dataset (scikit-learn's handwritten digits) as an image folder"),
+    "train": ("train", "train a model from the zoo on an image folder"),
+    "prune": ("prune", "magnitude-prune a Keras model to a target sparsity"),
+    "convert": ("convert", "convert a Keras model to a full-integer (int8) TFLite model for a profile"),
+    "evaluate": ("evaluate", "compare float and int8 accuracy on held-out data"),
+    "build": ("build", "the one-shot path: dataset -> train -> prune -> convert -> evaluate -> bundle"),
+    "inspect": ("inspect", "show a bundle's or .tflite file's operators, tensors, sizes and hashes"),
+    "profiles": ("profiles", "list the device profiles and their budgets"),
+    "check": ("check", "check whether a .tflite model fits device profiles (arena, flash, ops)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgekit",
+        description="Train, quantise, fit-check and bundle models for small devices, and watch them in the field.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"edgekit.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgekit.cli.{module}":
+                continue  # a command not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return int(ExitStatus.USAGE)
+    from .ui import err_console
+
+    try:
+        return int(args._run(args))
+    except EdgekitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        return int(exit_status_for(sys.exc_info()[1] or Exception()))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A small device-only environment like a 32-bit Raspberry Pi gets: tflite-runtime 2.14 + numpy<2, no TensorFlow.
+# Usage: scripts/setup-legacy.sh   (creates .venv-legacy; the tests use it when it exists)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=.venv-legacy
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+stamp="$VENV/.edgekit-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[device-legacy]"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment .venv with everything: host (TensorFlow), device, dev.
+# Idempotent: a second run with an unchanged pyproject.toml does nothing. Usage: scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=${EDGEKIT_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PY --version)" >&2
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+stamp="$VENV/.edgekit-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing edgekit[host,device,dev] into $VENV (TensorFlow is ~600 MB the first time)" >&2
+  "$VENV/bin/pip" install -q -e ".[host,device,dev]"
+  echo "$want" > "$stamp"
+fi

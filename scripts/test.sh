@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto
+# (Debian package; the tests start their own brokers on free ports), then pytest.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing mosquitto (Debian package)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients) >/dev/null
+  else
+    echo "test: mosquitto is needed: sudo apt-get install mosquitto" >&2
+    exit 1
+  fi
+fi
+# The broker service the package may start is not wanted: tests run their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+bash scripts/setup.sh
+bash scripts/setup-legacy.sh
+exec .venv/bin/python -m pytest "$@"
