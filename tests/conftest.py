@@ -21,3 +21,15 @@ def mosquitto(tmp_path: Path):
     broker = Mosquitto(tmp_path / "broker").start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle (directory) for the digits CNN on raspberry-pi-4, built once per session.
+
+    Built with the host pipeline's library functions (real training, real converter). The archive is
+    next to it: ``digits_bundle.parent / (digits_bundle.name + '.tar.gz')``.
+    """
+    from fixtures_models import build_digits_bundle
+
+    return build_digits_bundle(tmp_path_factory.mktemp("digits-bundle"))
