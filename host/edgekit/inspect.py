@@ -1,0 +1,326 @@
+"""Look inside a bundle (directory or archive) or any ``.tflite`` file, without changing anything.
+
+:func:`inspect_path` reports the operators (the real ones: the listing runs without XNNPACK, which would
+otherwise hide them behind one ``DELEGATE`` node), every tensor with dtype, shape and quantisation, the
+file sizes, a summary of the manifest, and the result of checking every file against the sha256 the
+manifest records: ``ok``, ``mismatch``, ``missing`` (listed but absent) or ``unlisted`` (present but
+not in the manifest, which a device refuses to extract).
+
+Archives are read in memory, member by member, and never extracted: inspecting an untrusted archive
+cannot write files. Links, absolute names and ``..`` in an archive are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from edgekit_agent.errors import BundleError, EdgekitError, ModelError
+from edgekit_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from edgekit_agent.runtime import Runtime
+
+Kind = Literal["bundle", "archive", "tflite"]
+FileStatus = Literal["ok", "mismatch", "missing", "unlisted"]
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_MAX_MEMBER_BYTES = 512 << 20  # refuse absurd members instead of filling memory (a bundle model is far smaller)
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """One file of a bundle: its size and whether its sha256 matches the manifest."""
+
+    name: str
+    status: FileStatus
+    bytes: int | None  # actual size (None when missing)
+    expected_bytes: int | None  # size the manifest records (None when unlisted)
+    sha256: str | None
+    expected_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One tensor of the model. ``scales``/``zero_points`` have one entry per channel when per-channel."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    quantized_dimension: int
+    role: str  # "input", "output" or ""
+
+
+@dataclass(frozen=True, slots=True)
+class InspectReport:
+    """Everything :func:`inspect_path` found. ``verified`` is True for a bare .tflite (nothing to check)."""
+
+    path: Path
+    kind: Kind
+    model_file: str
+    model_bytes: int
+    model_sha256: str
+    operators: tuple[tuple[str, int], ...]  # (op name, count) in first-execution order
+    tensors: tuple[TensorInfo, ...]
+    files: tuple[FileCheck, ...]
+    manifest: Mapping[str, Any] | None  # summary of the manifest (None for a bare .tflite)
+    signed: bool
+    model_error: str | None  # set when the interpreter could not load the model (e.g. a corrupted file)
+
+    @property
+    def verified(self) -> bool:
+        """True when every file matches the manifest (and the manifest lists nothing extra or missing)."""
+        return all(f.status == "ok" for f in self.files) and self.model_error is None
+
+    @property
+    def problems(self) -> list[str]:
+        """Human-readable reasons why ``verified`` is False."""
+        out = [f"{f.name}: {f.status}" for f in self.files if f.status != "ok"]
+        if self.model_error:
+            out.append(self.model_error)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "verified": self.verified,
+            "problems": self.problems,
+            "signed": self.signed,
+            "model": {"file": self.model_file, "bytes": self.model_bytes, "sha256": self.model_sha256},
+            "operators": [{"op": op, "count": n} for op, n in self.operators],
+            "tensors": [
+                {
+                    "index": t.index,
+                    "name": t.name,
+                    "dtype": t.dtype,
+                    "shape": list(t.shape),
+                    "scales": list(t.scales),
+                    "zero_points": list(t.zero_points),
+                    "quantized_dimension": t.quantized_dimension,
+                    "role": t.role,
+                }
+                for t in self.tensors
+            ],
+            "files": [
+                {
+                    "name": f.name,
+                    "status": f.status,
+                    "bytes": f.bytes,
+                    "expected_bytes": f.expected_bytes,
+                    "sha256": f.sha256,
+                    "expected_sha256": f.expected_sha256,
+                }
+                for f in self.files
+            ],
+            "manifest": dict(self.manifest) if self.manifest is not None else None,
+            "model_error": self.model_error,
+        }
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safe_member_name(name: str, archive: Path) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise BundleError(f"{archive}: unsafe member name '{name}' (absolute or with '..'); the archive is not a bundle, do not extract it.")
+    return name
+
+
+def read_archive(archive: Path) -> dict[str, bytes]:
+    """The regular files of a bundle archive, keyed by their name inside the bundle directory.
+
+    Bundle archives hold one top-level directory (``NAME-PROFILE/``); its prefix is removed. Links,
+    devices and unsafe names are a :class:`BundleError`.
+    """
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for m in tar:
+                name = _safe_member_name(m.name, archive)
+                if m.isdir():
+                    continue
+                if not m.isfile():
+                    raise BundleError(f"{archive}: member '{name}' is a link or special file; bundles hold regular files only.")
+                if m.size > _MAX_MEMBER_BYTES:
+                    raise BundleError(f"{archive}: member '{name}' is {m.size} bytes, too large for a bundle.")
+                f = tar.extractfile(m)
+                files[name] = f.read() if f else b""
+    except FileNotFoundError:
+        raise BundleError(f"{archive}: no such file.") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:  # gzip CRC errors are OSError (BadGzipFile)
+        raise BundleError(f"{archive}: not a readable bundle archive ({exc}); re-copy or rebuild it.") from None
+    tops = {PurePosixPath(n).parts[0] for n in files}
+    if len(tops) == 1 and all(len(PurePosixPath(n).parts) > 1 for n in files):
+        prefix = tops.pop() + "/"
+        files = {n[len(prefix) :]: d for n, d in files.items()}
+    return files
+
+
+def read_directory(directory: Path) -> dict[str, bytes]:
+    """The regular files of a bundle directory (top level only: bundle files are plain names)."""
+    files: dict[str, bytes] = {}
+    for p in sorted(directory.iterdir()):
+        if p.is_symlink():
+            raise BundleError(f"{p}: a symbolic link in a bundle directory; bundles hold regular files only.")
+        if p.is_file():
+            files[p.name] = p.read_bytes()
+        elif p.is_dir():
+            files[p.name + "/"] = b""  # reported as unlisted: a bundle has no subdirectories
+    return files
+
+
+def verify_files(manifest_doc: Mapping[str, Any], files: Mapping[str, bytes]) -> tuple[FileCheck, ...]:
+    """Compare the files present with the ``files`` table of a manifest: one :class:`FileCheck` per name."""
+    listed: Mapping[str, Any] = manifest_doc.get("files", {}) or {}
+    checks: list[FileCheck] = []
+    for name in sorted(listed):
+        meta = listed[name] if isinstance(listed[name], Mapping) else {}
+        want_sha, want_bytes = meta.get("sha256"), meta.get("bytes")
+        if name not in files:
+            checks.append(FileCheck(name, "missing", None, want_bytes, None, want_sha))
+            continue
+        data = files[name]
+        got = _sha(data)
+        status: FileStatus = "ok" if got == want_sha and len(data) == want_bytes else "mismatch"
+        checks.append(FileCheck(name, status, len(data), want_bytes, got, want_sha))
+    for name in sorted(set(files) - set(listed) - {MANIFEST_NAME, SIGNATURE_NAME}):
+        checks.append(FileCheck(name, "unlisted", len(files[name]), None, _sha(files[name]), None))
+    return tuple(checks)
+
+
+def manifest_summary(m: Manifest) -> dict[str, Any]:
+    """The parts of a manifest a person wants first: identity, profile, data, metrics, fit verdict."""
+    raw = m.raw
+    fit = raw.get("fit") or {}
+    metrics = dict(m.metrics)
+    return {
+        "name": m.name,
+        "version": m.version,
+        "created": m.created,
+        "profile": m.profile_name,
+        "target": m.target,
+        "labels": list(m.labels),
+        "preprocess": m.preprocess.to_dict(),
+        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point} for t in m.inputs],
+        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point} for t in m.outputs],
+        "outputs_are": raw.get("outputs_are"),
+        "metrics": metrics,
+        "fit": {"fits": fit.get("fits"), "summary": fit.get("summary")} if fit else None,
+        "golden_samples": (raw.get("golden") or {}).get("samples"),
+        "has_reference": bool(raw.get("reference")),
+    }
+
+
+def _tensor_infos(rt: Runtime) -> tuple[TensorInfo, ...]:
+    interp = rt.interpreter
+    inputs = {d["index"] for d in interp.get_input_details()}
+    outputs = {d["index"] for d in interp.get_output_details()}
+    out = []
+    for d in interp.get_tensor_details():
+        q = d.get("quantization_parameters") or {}
+        scales = tuple(float(s) for s in np.asarray(q.get("scales", []), dtype=np.float64).ravel())
+        zeros = tuple(int(z) for z in np.asarray(q.get("zero_points", []), dtype=np.int64).ravel())
+        idx = int(d["index"])
+        out.append(
+            TensorInfo(
+                index=idx,
+                name=str(d["name"]),
+                dtype=np.dtype(d["dtype"]).name,
+                shape=tuple(int(s) for s in d["shape"]),
+                scales=scales,
+                zero_points=zeros,
+                quantized_dimension=int(q.get("quantized_dimension", 0)),
+                role="input" if idx in inputs else ("output" if idx in outputs else ""),
+            )
+        )
+    return tuple(out)
+
+
+def describe_model(tflite: bytes, model_name: str = "model.tflite") -> tuple[tuple[tuple[str, int], ...], tuple[TensorInfo, ...]]:
+    """Operators with counts (first-execution order) and tensors of a .tflite, loaded without delegates."""
+    rt = Runtime(tflite, num_threads=1, delegate="none", model_name=model_name)
+    try:
+        counts = Counter(rt.ops())
+        ordered = tuple((op, counts[op]) for op in dict.fromkeys(rt.ops()))
+        return ordered, _tensor_infos(rt)
+    finally:
+        rt.close()
+
+
+def _kind_of(path: Path) -> Kind:
+    if path.is_dir():
+        return "bundle"
+    if path.name.endswith(_ARCHIVE_SUFFIXES):
+        return "archive"
+    if path.suffix == ".tflite":
+        return "tflite"
+    if path.is_file():
+        head = path.read_bytes()[:8]
+        if head[4:8] == b"TFL3":
+            return "tflite"
+        if head[:2] == b"\x1f\x8b":
+            return "archive"
+    raise BundleError(f"{path}: not a bundle directory, a bundle archive (.tar.gz) or a .tflite file.")
+
+
+def inspect_path(path: str | Path) -> InspectReport:
+    """Inspect a bundle directory, a bundle archive or a .tflite file (see the module docstring).
+
+    Raises :class:`BundleError` when the path is none of these or the manifest cannot be read; a file
+    whose hash does not match is *reported* (``verified`` False), not raised, so the report can show it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or directory.")
+    kind = _kind_of(path)
+    if kind == "tflite":
+        data = path.read_bytes()
+        if data[4:8] != b"TFL3":
+            raise ModelError(f"{path}: not a TFLite flatbuffer (file identifier TFL3 missing).")
+        ops, tensors = describe_model(data, str(path))
+        return InspectReport(path, kind, path.name, len(data), _sha(data), ops, tensors, (), None, False, None)
+
+    files = read_directory(path) if kind == "bundle" else read_archive(path)
+    if MANIFEST_NAME not in files:
+        raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
+    manifest = Manifest.from_bytes(files[MANIFEST_NAME], f"{path}/{MANIFEST_NAME}")
+    checks = verify_files(json.loads(files[MANIFEST_NAME]), files)
+    model_name = manifest.model.name
+    data = files.get(model_name, b"")
+    ops: tuple[tuple[str, int], ...] = ()
+    tensors: tuple[TensorInfo, ...] = ()
+    model_error = None
+    model_check = next((c for c in checks if c.name == model_name), None)
+    if not data:
+        model_error = f"{model_name}: missing from the bundle"
+    elif model_check is not None and model_check.status != "ok":
+        # A model that fails its hash is not handed to the interpreter: a corrupted flatbuffer can crash it.
+        model_error = f"{model_name}: not loaded, its sha256 does not match the manifest (re-copy or rebuild the bundle)"
+    else:
+        try:
+            ops, tensors = describe_model(data, f"{path}/{model_name}")
+        except EdgekitError as exc:  # a corrupted model is a finding, not a crash of the inspection
+            model_error = str(exc)
+    return InspectReport(
+        path=path,
+        kind=kind,
+        model_file=model_name,
+        model_bytes=len(data),
+        model_sha256=_sha(data),
+        operators=ops,
+        tensors=tensors,
+        files=checks,
+        manifest=manifest_summary(manifest),
+        signed=SIGNATURE_NAME in files,
+        model_error=model_error,
+    )
