@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "show a bundle's or .tflite file's operators, tensors, sizes and hashes"),
     "profiles": ("profiles", "list the device profiles and their budgets"),
     "check": ("check", "check whether a .tflite model fits device profiles (arena, flash, ops)"),
+    "keys": ("keys", "make an Ed25519 key pair for signing bundles"),
+    "sign": ("sign", "sign a bundle (manifest.sig) with a private key"),
+    "deploy": ("deploy", "send a bundle to devices over MQTT (OTA) with self-test, health check and rollback"),
 }
 
 
