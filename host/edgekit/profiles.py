@@ -112,9 +112,17 @@ def _enum(enum: type[StrEnum], value: str, where: str, key: str) -> Any:
         raise ProfileError(f"{where}: {key} = '{value}' is not one of {choices}.{extra}") from None
 
 
+def _type_names(typ: type | tuple[type, ...]) -> str:
+    names = {"str": "a string", "int": "an integer", "float": "a number", "list": "a list"}
+    types = typ if isinstance(typ, tuple) else (typ,)
+    return " or ".join(names.get(t.__name__, t.__name__) for t in types)
+
+
 def _check_keys(doc: dict[str, Any], where: str) -> None:
     for key, value in doc.items():
-        if isinstance(value, dict) and key in _SCHEMA and key != "":
+        if key in _SCHEMA and key != "":
+            if not isinstance(value, dict):  # e.g. `runtime = 4` instead of a [runtime] table
+                raise ProfileError(f"{where}: '{key}' must be a table ([{key}] section), got {type(value).__name__}.")
             allowed = _SCHEMA[key]
             for sub, subval in value.items():
                 if sub not in allowed:
@@ -122,10 +130,13 @@ def _check_keys(doc: dict[str, Any], where: str) -> None:
                     extra = f" Did you mean '{hint[0]}'?" if hint else f" Known keys: {sorted(allowed)}."
                     raise ProfileError(f"{where}: unknown key '{key}.{sub}'.{extra}")
                 if not isinstance(subval, allowed[sub]) or isinstance(subval, bool):
-                    raise ProfileError(f"{where}: '{key}.{sub}' has the wrong type ({type(subval).__name__}).")
+                    raise ProfileError(
+                        f"{where}: '{key}.{sub}' must be {_type_names(allowed[sub])}, got {type(subval).__name__} "
+                        f"({subval!r}); fix the value in the profile file."
+                    )
         elif key in _SCHEMA[""]:
             if not isinstance(value, str):
-                raise ProfileError(f"{where}: '{key}' must be a string.")
+                raise ProfileError(f"{where}: '{key}' must be a string, got {type(value).__name__} ({value!r}).")
         else:
             known = list(_SCHEMA[""]) + [k for k in _SCHEMA if k]
             hint = difflib.get_close_matches(key, known, n=1)
@@ -167,6 +178,7 @@ def parse_profile(doc: dict[str, Any], where: str) -> Profile:
 
 
 def load_profile_file(path: str | Path) -> Profile:
+    """Read and validate one profile TOML file (any path)."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -197,4 +209,5 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 
 def load_all_profiles() -> list[Profile]:
+    """Every profile shipped with edgekit, validated."""
     return [load_profile(name) for name in available_profiles()]
