@@ -109,6 +109,12 @@ class BrokerError(EdgekitError, ConnectionError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class StorageError(EdgekitError, OSError):
+    """The agent's data directory (outbox, command store) cannot be opened or written."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
 class InputError(EdgekitError, ValueError):
     """An inference input (image file or tensor) that cannot be used."""
 
