@@ -12,9 +12,12 @@ cannot write files. Links, absolute names and ``..`` in an archive are errors.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,7 +32,7 @@ from edgekit_agent.runtime import Runtime
 Kind = Literal["bundle", "archive", "tflite"]
 FileStatus = Literal["ok", "mismatch", "missing", "unlisted"]
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-_MAX_MEMBER_BYTES = 512 << 20  # refuse absurd members instead of filling memory (a bundle model is far smaller)
+_MAX_ARCHIVE_BYTES = 1 << 30  # refuse decompression bombs instead of filling memory (bundles are far smaller)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,20 +147,26 @@ def read_archive(archive: Path) -> dict[str, bytes]:
     """
     files: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        raw = archive.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            # Decompress fully first: tarfile stops before gzip's trailer, so a changed byte inside the
+            # deflate stream would otherwise slip past the CRC check.
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                raw = g.read(_MAX_ARCHIVE_BYTES + 1)
+            if len(raw) > _MAX_ARCHIVE_BYTES:
+                raise BundleError(f"{archive}: unpacks to more than {_MAX_ARCHIVE_BYTES} bytes, too large for a bundle.")
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for m in tar:
                 name = _safe_member_name(m.name, archive)
                 if m.isdir():
                     continue
                 if not m.isfile():
                     raise BundleError(f"{archive}: member '{name}' is a link or special file; bundles hold regular files only.")
-                if m.size > _MAX_MEMBER_BYTES:
-                    raise BundleError(f"{archive}: member '{name}' is {m.size} bytes, too large for a bundle.")
                 f = tar.extractfile(m)
                 files[name] = f.read() if f else b""
     except FileNotFoundError:
         raise BundleError(f"{archive}: no such file.") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:  # gzip CRC errors are OSError (BadGzipFile)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # a bad CRC is BadGzipFile (an OSError)
         raise BundleError(f"{archive}: not a readable bundle archive ({exc}); re-copy or rebuild it.") from None
     tops = {PurePosixPath(n).parts[0] for n in files}
     if len(tops) == 1 and all(len(PurePosixPath(n).parts) > 1 for n in files):
