@@ -31,6 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("keys", "make an Ed25519 key pair for signing bundles"),
     "sign": ("sign", "sign a bundle (manifest.sig) with a private key"),
     "deploy": ("deploy", "send a bundle to devices over MQTT (OTA) with self-test, health check and rollback"),
+    "broker": ("broker", "run a development MQTT broker on this machine (mosquitto if installed, else amqtt)"),
+    "watch": ("watch", "live view of the fleet: status, bundle, throughput, latency, accuracy per device"),
+    "bench": ("bench", "benchmark a device remotely over MQTT, or --compare saved reports"),
+    "exporter": ("exporter", "serve fleet telemetry as Prometheus /metrics (shared MQTT subscription)"),
+    "demo": ("demo", "the one-command tour: build bundles, start a broker and simulated devices, watch, bench"),
 }
 
 
