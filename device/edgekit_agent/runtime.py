@@ -21,7 +21,8 @@ from .errors import DelegateError, ModelError, RuntimeUnavailableError
 ENGINES: tuple[tuple[str, str], ...] = (
     ("litert", "ai_edge_litert.interpreter"),
     ("tflite_runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
+    # `tensorflow.lite` itself is a lazy namespace without `Interpreter`; this module has it and load_delegate.
+    ("tensorflow", "tensorflow.lite.python.interpreter"),
 )
 _VERSION_MODULES = {"litert": "ai_edge_litert", "tflite_runtime": "tflite_runtime", "tensorflow": "tensorflow"}
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -33,7 +34,7 @@ class RuntimeInfo:
 
     engine: str
     version: str
-    delegate: str  # "xnnpack", "none" or "edgetpu"
+    delegate: str  # "xnnpack", "none" or "edgetpu": what actually runs, not what was asked for
     num_threads: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +113,11 @@ class Runtime:
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.model_name}: the interpreter cannot load this model ({exc}).") from None
+        # tflite-runtime 2.14 accepts the XNNPACK request and then leaves int8 models to the builtin kernels
+        # (tflite-facts #2): report what ran. XNNPACK shows up as DELEGATE nodes in the execution plan.
+        self.requested_delegate = delegate
+        if delegate == "xnnpack" and "DELEGATE" not in self.ops():
+            delegate = "none"
         self.info = RuntimeInfo(self.engine, _module_version(self.engine), delegate, threads)
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
