@@ -1,0 +1,43 @@
+"""Serve the fleet's telemetry as Prometheus metrics on http://HOST:PORT/metrics until Ctrl-C.
+
+Consumes telemetry through the MQTT 5 shared subscription $share/GROUP/edge/v1/+/telemetry/inference:
+start several exporters with the same --group to split a large fleet between them (Prometheus adds
+their series up). Latency is exported as real histograms (edgekit_inference_latency_seconds), per-device
+up gauges, and counters for requests, errors, labelled and correct inferences and outbox drops.
+A Grafana dashboard is in dashboards/edgekit-grafana.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from edgekit_agent.errors import ExitStatus
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL (default %(default)s)")
+    parser.add_argument("--port", type=int, default=9108, help="HTTP port for /metrics (default %(default)s)")
+    parser.add_argument("--host", default="0.0.0.0", help="HTTP address (default %(default)s)")
+    parser.add_argument("--group", default="edgekit-exporter", help="shared-subscription group (default %(default)s)")
+    parser.add_argument("--mqtt", choices=("auto", "5", "3.1.1"), default="auto", help="MQTT protocol (auto falls back to 3.1.1)")
+
+
+def run(args: argparse.Namespace) -> ExitStatus:
+    from edgekit.exporter import Exporter
+
+    from .ui import err_console
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Exporter(args.broker, port=args.port, host=args.host, group=args.group, protocol=args.mqtt) as exp:
+        if not exp.link.mqtt5:
+            err_console.print("[yellow]warning:[/] the broker speaks MQTT 3.1.1 only: no shared subscription, run a single exporter")
+        err_console.print(f"exporter: {args.broker} -> {exp.url} (group {args.group}); Ctrl-C to stop")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return ExitStatus.OK
