@@ -31,6 +31,29 @@ def _req(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: st
     return value
 
 
+def _opt_number(d: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    """An optional number; a present value of the wrong type is an error, not a silent default."""
+    if key not in d:
+        return default
+    return float(_req(d, key, (int, float), where))
+
+
+def _numbers(d: Mapping[str, Any], key: str, default: tuple[float, ...], where: str) -> tuple[float, ...]:
+    """An optional non-empty list of numbers (per-channel mean/std)."""
+    if key not in d:
+        return default
+    values = _req(d, key, list, where)
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise BundleError(f"{where}: key '{key}' should be a non-empty list of numbers, got {values!r:.80}.")
+    return tuple(float(v) for v in values)
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BundleError(f"{where} should be an object, got {type(value).__name__}.")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output tensor: shape, dtype and affine quantisation (real = scale * (q - zero_point))."""
@@ -43,6 +66,7 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> "TensorSpec":
+        d = _table(d, where)
         shape = _req(d, "shape", list, where)
         if not all(isinstance(s, int) and s > 0 for s in shape):
             raise BundleError(f"{where}: shape {shape} must be positive integers (static shapes only).")
@@ -100,9 +124,9 @@ class PreprocessSpec:
             height=int(_req(d, "height", int, where)),
             color_mode=mode,
             resize=resize,
-            scale=float(d.get("scale", 1.0 / 255.0)),
-            mean=tuple(float(v) for v in d.get("mean", [0.0])),
-            std=tuple(float(v) for v in d.get("std", [1.0])),
+            scale=_opt_number(d, "scale", 1.0 / 255.0, where),
+            mean=_numbers(d, "mean", (0.0,), where),
+            std=_numbers(d, "std", (1.0,), where),
         )
         if spec.width <= 0 or spec.height <= 0:
             raise BundleError(f"{where}: width and height must be positive, got {spec.width}×{spec.height}.")
@@ -215,6 +239,8 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{source} is not valid JSON ({exc}); the bundle is corrupt, rebuild or re-copy it.") from None
+        except RecursionError:  # "[[[[…" deeper than the interpreter's recursion limit
+            raise BundleError(f"{source} is nested too deeply to be a manifest; the bundle is corrupt.") from None
         return cls.from_dict(doc, source)
 
     @classmethod
