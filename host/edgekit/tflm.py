@@ -1,0 +1,198 @@
+"""The real TFLite Micro interpreter on the workstation: the exact minimal tensor arena, and agreement with LiteRT.
+
+TFLite Micro (``tflite-micro`` on PyPI) raises RuntimeError when the arena is too small, so a binary
+search on ``arena_size`` finds the exact minimum. It runs in a child process because below a few
+hundred bytes (before the allocator itself fits) the Python wrapper dereferences a null pointer and
+kills the process with SIGSEGV instead of raising, and because its diagnostics go to C-level stderr
+(fd 2), which a child process lets us capture and quote in the error.
+
+These are 64-bit host figures with reference kernels; an MCU build differs a little (smaller
+pointers, extra scratch for CMSIS-NN / ESP-NN), which is what a profile's margin is for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit_agent.errors import ModelError
+
+# Below this the wrapper can segfault (the allocator's own bookkeeping does not fit); every real model
+# needs more, so the search never probes lower.
+SEARCH_FLOOR = 1024
+# Largest arena tried before giving up: no microcontroller profile comes close.
+SEARCH_CEILING = 256 * 1024 * 1024
+_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ArenaMeasurement:
+    """The smallest ``arena_size`` TFLite Micro accepts for a model (bytes), found by binary search.
+
+    ``exact`` is True when ``bytes`` was accepted and ``bytes - 1`` refused (a one-byte resolution).
+    """
+
+    bytes: int
+    exact: bool
+    probes: int
+    tflm_version: str
+
+
+def _tflm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tflite_micro")
+    except Exception:  # noqa: BLE001 - metadata missing in odd installs
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# The child process. It imports only tflite_micro and numpy.
+# --------------------------------------------------------------------------------------------------
+def _worker(request: dict[str, Any]) -> dict[str, Any]:
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = Path(request["model"]).read_bytes()
+
+    def accepts(size: int) -> bool:
+        try:
+            runtime.Interpreter.from_bytes(model, arena_size=size)
+        except RuntimeError:
+            return False
+        return True
+
+    if request["op"] == "arena":
+        probes, hi = 0, max(SEARCH_FLOOR * 2, len(model) // 4)
+        while True:
+            probes += 1
+            if accepts(hi):
+                break
+            if hi >= SEARCH_CEILING:
+                return {"error": "unsupported"}
+            hi = min(hi * 2, SEARCH_CEILING)
+        lo = SEARCH_FLOOR  # invariant: lo refused (or the floor), hi accepted
+        probes += 1
+        if accepts(lo):
+            return {"arena": lo, "exact": False, "probes": probes}
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            probes += 1
+            if accepts(mid):
+                hi = mid
+            else:
+                lo = mid
+        return {"arena": hi, "exact": True, "probes": probes}
+
+    if request["op"] == "run":
+        interp = runtime.Interpreter.from_bytes(model, arena_size=int(request["arena"]))
+        inputs = np.load(request["inputs"])["x"]
+        outs = []
+        for x in inputs:
+            interp.set_input(x[None, ...], 0)
+            interp.invoke()
+            outs.append(np.array(interp.get_output(0))[0])
+        np.save(request["outputs"], np.stack(outs))
+        return {"ok": True}
+    return {"error": f"unknown request {request['op']}"}
+
+
+def _call_worker(request: dict[str, Any], name: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.tflm"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT_S,
+    )
+    stderr = proc.stderr.strip().splitlines()
+    tail = "; ".join(line for line in stderr[-3:] if line)
+    if proc.returncode != 0:
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        raise ModelError(
+            f"{name}: TFLite Micro crashed on this model ({how}: {tail or 'no message'}); "
+            "the model is not usable on a microcontroller as it is."
+        )
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise ModelError(f"{name}: the TFLite Micro worker gave no answer ({tail or 'no message'}).") from None
+    if result.get("error") == "unsupported":
+        # TFLM's own reason (an unregistered op, an unsupported type) went to stderr: quote it.
+        reasons = [line for line in stderr if "Failed to allocate" not in line and line.strip()]
+        reason = "; ".join(dict.fromkeys(reasons)) or "no reason given"
+        raise ModelError(
+            f"{name}: TFLite Micro cannot run this model even with a {SEARCH_CEILING // (1024 * 1024)} MiB arena "
+            f"({reason}). Use only operators and types TFLite Micro supports (full int8)."
+        )
+    if "error" in result:
+        raise ModelError(f"{name}: TFLite Micro worker: {result['error']}")
+    return result
+
+
+def _with_model_file(tflite: bytes, fn: Any) -> Any:
+    with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(tflite)
+        return fn(Path(tmp), path)
+
+
+@lru_cache(maxsize=32)
+def _measure_cached(tflite: bytes, name: str) -> ArenaMeasurement:
+    result = _with_model_file(tflite, lambda _d, p: _call_worker({"op": "arena", "model": str(p)}, name))
+    return ArenaMeasurement(int(result["arena"]), bool(result["exact"]), int(result["probes"]), _tflm_version())
+
+
+def measure_arena(tflite: bytes, name: str = "model") -> ArenaMeasurement:
+    """The exact minimal tensor arena of a model under the real TFLite Micro interpreter.
+
+    Cached per model content, so checking one model against many profiles measures it once.
+    Raises :class:`ModelError` when TFLite Micro cannot run the model at all (the reason quoted).
+    """
+    return _measure_cached(bytes(tflite), name)
+
+
+def tflm_outputs(tflite: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None, name: str = "model") -> np.ndarray:
+    """Raw outputs of TFLite Micro for each sample of ``inputs`` (N, ...) already quantised to the input dtype."""
+    arena = arena_bytes or measure_arena(tflite, name).bytes
+
+    def run(tmp: Path, model: Path) -> np.ndarray:
+        np.savez(tmp / "inputs.npz", x=np.asarray(inputs))
+        _call_worker(
+            {"op": "run", "model": str(model), "arena": arena, "inputs": str(tmp / "inputs.npz"), "outputs": str(tmp / "out.npy")},
+            name,
+        )
+        return np.load(tmp / "out.npy")
+
+    return _with_model_file(tflite, run)
+
+
+def tflm_agreement(tflite: bytes, golden_inputs: np.ndarray) -> float:
+    """Fraction of samples whose top-1 class under TFLite Micro equals LiteRT's (0.0-1.0).
+
+    Exact raw outputs may differ by a rounding step between the two kernel sets, so agreement of the
+    predicted class is what is reported. ``golden_inputs`` are quantised inputs (N, H, W, C).
+    """
+    from edgekit_agent.runtime import Runtime
+
+    x = np.asarray(golden_inputs)
+    if len(x) == 0:
+        raise ModelError("tflm_agreement: no golden inputs given.")
+    rt = Runtime(tflite, num_threads=1, delegate="none", model_name="model.tflite")
+    ref = np.stack([rt.invoke(x[i : i + 1])[0] for i in range(len(x))])
+    micro = tflm_outputs(tflite, x)
+    ref_top = ref.reshape(len(x), -1).argmax(axis=1)
+    micro_top = micro.reshape(len(x), -1).argmax(axis=1)
+    return float(np.mean(ref_top == micro_top))
+
+
+if __name__ == "__main__":  # the child process of _call_worker
+    print(json.dumps(_worker(json.loads(sys.stdin.read()))))
