@@ -1,0 +1,386 @@
+"""The one-shot path: dataset (or a model file + dataset) → train → prune → convert → evaluate → fit → bundle.
+
+:func:`build` runs a list of steps (callables over one build state), reports progress through a
+callback and returns a :class:`BuildResult`; it never prints. One bundle is written per profile
+(profiles differ in input/output dtype, threads and budgets), each with the manifest the device
+needs: metrics measured here with the device's own runtime, the fit report, the drift reference and
+golden samples for the device's self-test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgekit_agent.errors import DatasetError, FitError, ModelError, UsageError
+
+from .profiles import Profile, Target, load_profile
+
+GOLDEN_SAMPLES = 16
+SPLIT = {"val": 0.15, "test": 0.15}
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class BuildProgress:
+    """One progress report: step ``step`` of ``total`` started (``detail`` refines it, e.g. the epoch)."""
+
+    step: int
+    total: int
+    label: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileBuild:
+    """What was built for one profile. ``directory``/``archive`` are None when it did not fit (keep_going)."""
+
+    profile: str
+    directory: Path | None
+    archive: Path | None
+    float_accuracy: float
+    int8_accuracy: float
+    samples: int
+    int8_bytes: int
+    float_tflite_bytes: int
+    qat: bool
+    fits: bool | None  # None when no fit checker is installed
+    fit_summary: str
+    manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Float minus int8 accuracy, in percentage points."""
+        return round(100.0 * (self.float_accuracy - self.int8_accuracy), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "directory": str(self.directory) if self.directory else None,
+            "archive": str(self.archive) if self.archive else None,
+            "float_accuracy": self.float_accuracy,
+            "int8_accuracy": self.int8_accuracy,
+            "accuracy_drop_points": self.accuracy_drop,
+            "samples": self.samples,
+            "int8_bytes": self.int8_bytes,
+            "float_tflite_bytes": self.float_tflite_bytes,
+            "int8_float_ratio": round(self.int8_bytes / self.float_tflite_bytes, 4) if self.float_tflite_bytes else None,
+            "qat": self.qat,
+            "fits": self.fits,
+            "fit_summary": self.fit_summary,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """The outcome of :func:`build`: one :class:`ProfileBuild` per profile, in the order asked."""
+
+    name: str
+    version: str
+    arch: str
+    model_file: Path
+    float_accuracy: float
+    profiles: tuple[ProfileBuild, ...]
+    seconds: float
+
+    @property
+    def all_fit(self) -> bool:
+        return all(p.fits is not False for p in self.profiles)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "arch": self.arch,
+            "model_file": str(self.model_file),
+            "float_accuracy": self.float_accuracy,
+            "seconds": round(self.seconds, 2),
+            "profiles": [p.to_dict() for p in self.profiles],
+        }
+
+
+@dataclass
+class _State:
+    """Mutable state the steps pass along (internal; the result handed out is frozen)."""
+
+    dataset: Path
+    out: Path
+    profiles: list[Profile]
+    model_path: Path | None
+    epochs: int | None
+    prune: float | None
+    max_accuracy_drop: float
+    keep_going: bool
+    name: str
+    version: str
+    seed: int
+    arch: str
+    report: Callable[[str], None] = lambda detail: None
+    ds: Any = None
+    splits: Any = None
+    model: Any = None
+    model_file: Path | None = None
+    float_accuracy: float = 0.0
+    trained_arch: str = ""
+    prune_info: dict[str, Any] | None = None
+    current: dict[str, Any] = field(default_factory=dict)  # per-profile work in progress
+    built: list[ProfileBuild] = field(default_factory=list)
+
+
+# --- steps --------------------------------------------------------------------------------------------
+def _load_data(s: _State) -> None:
+    from . import data
+
+    s.ds = data.load_dataset(s.dataset)
+    s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
+    if len(s.splits.test.y) == 0:
+        raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
+
+
+def _train_or_load(s: _State) -> None:
+    from . import train
+
+    if s.model_path is not None:
+        s.model = train.load_model(s.model_path)
+        s.model_file = s.model_path
+        s.trained_arch = f"file:{s.model_path.name}"
+        return
+    kwargs: dict[str, Any] = {"arch": s.arch, "seed": s.seed, "on_epoch": _epoch_reporter(s)}
+    if s.epochs is not None:
+        kwargs["epochs"] = s.epochs
+    result = train.train_model(s.splits, **kwargs)
+    s.model, s.trained_arch = result.model, result.arch
+
+
+def _epoch_reporter(s: _State) -> Callable[..., None]:
+    def on_epoch(epoch: int, *args: Any, **kwargs: Any) -> None:
+        # Accept the pipeline's callback shape loosely: (epoch, logs) or (epoch, epochs, logs).
+        logs = next((a for a in args if isinstance(a, dict)), kwargs.get("logs") or {})
+        acc = logs.get("val_accuracy", logs.get("accuracy"))
+        s.report(f"epoch {epoch + 1}" + (f", accuracy {acc:.3f}" if isinstance(acc, float) else ""))
+
+    return on_epoch
+
+
+def _prune(s: _State) -> None:
+    from . import prune
+
+    result = prune.prune_model(s.model, s.splits, sparsity=s.prune)
+    s.model = result.model
+    s.prune_info = {"target_sparsity": s.prune, "achieved_sparsity": getattr(result, "sparsity", None)}
+
+
+def _save_model(s: _State) -> None:
+    from . import evaluate
+
+    if s.model_file is None:  # a trained model is kept next to the bundles, so it can be rebuilt with --model
+        s.out.mkdir(parents=True, exist_ok=True)
+        s.model_file = s.out / f"{s.name}.keras"
+        s.model.save(s.model_file)
+    s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
+
+
+def _convert(s: _State, profile: Profile) -> None:
+    from . import convert
+
+    res = convert.convert_for_profile(s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True)
+    s.current = {"profile": profile, "conversion": res, "tflite": res.tflite}
+
+
+def _evaluate(s: _State, profile: Profile) -> None:
+    from . import evaluate
+
+    ev = evaluate.evaluate_tflite(s.current["tflite"], s.splits.test.x, s.splits.test.y)
+    s.current["eval"] = ev
+
+
+def _fit(s: _State, profile: Profile) -> None:
+    s.current["fit"] = None
+    if importlib.util.find_spec("edgekit.check") is None:
+        return  # no fit checker installed in this version: the bundle records fit = null
+    from . import check
+
+    report = check.check_fit(s.current["tflite"], profile)
+    s.current["fit"] = report
+    if not report.fits and not s.keep_going:
+        raise FitError(f"{s.name}: the model does not fit {profile.name}: {report.summary()} Use a smaller model or --keep-going to build the other profiles.")
+
+
+def _bundle(s: _State, profile: Profile) -> None:
+    from .bundle import write_bundle
+    from .reference import compute_reference
+
+    cur = s.current
+    conv, ev, fit = cur["conversion"], cur["eval"], cur["fit"]
+    tflite: bytes = cur["tflite"]
+    float_tflite: bytes = getattr(conv, "float_tflite", b"") or b""
+    fits = None if fit is None else bool(fit.fits)
+    qat = bool(getattr(conv, "qat_used", getattr(conv, "qat", False)))
+    pb_args: dict[str, Any] = {
+        "profile": profile.name,
+        "float_accuracy": s.float_accuracy,
+        "int8_accuracy": float(ev.accuracy),
+        "samples": int(ev.samples),
+        "int8_bytes": len(tflite),
+        "float_tflite_bytes": len(float_tflite),
+        "qat": qat,
+        "fits": fits,
+        "fit_summary": fit.summary() if fit is not None else "no fit checker installed",
+    }
+    if fits is False:  # keep_going: report it, but never ship a bundle that does not fit
+        s.built.append(ProfileBuild(directory=None, archive=None, **pb_args))
+        return
+
+    test = s.splits.test
+    ref = compute_reference(tflite, s.splits.train.x, test.x, len(s.ds.labels))
+    metrics = {
+        "float_accuracy": round(s.float_accuracy, 6),
+        "int8_accuracy": round(float(ev.accuracy), 6),
+        "accuracy_drop_points": round(100.0 * (s.float_accuracy - float(ev.accuracy)), 3),
+        "samples": int(ev.samples),
+        "split": {"seed": s.seed, "train": round(1 - SPLIT["val"] - SPLIT["test"], 4), **SPLIT},
+        "sizes": {
+            "keras_bytes": _size(s.model_file),
+            "float_tflite_bytes": len(float_tflite),
+            "int8_tflite_bytes": len(tflite),
+            "int8_float_ratio": round(len(tflite) / len(float_tflite), 4) if float_tflite else None,
+        },
+        "qat": qat,
+        "prune": s.prune_info,
+        "arch": s.trained_arch,
+        "max_accuracy_drop": s.max_accuracy_drop,
+    }
+    extra_files: dict[str, bytes] = {}
+    if profile.target is Target.MCU and fit is not None and importlib.util.find_spec("edgekit.mcu") is not None:
+        from . import mcu
+
+        extra_files.update(mcu.mcu_artifacts(tflite, fit, s.name))
+    n = min(GOLDEN_SAMPLES, len(test.y))
+    info = write_bundle(
+        s.out,
+        name=s.name,
+        profile=profile,
+        tflite=tflite,
+        preprocess=s.ds.spec,
+        labels=list(s.ds.labels),
+        golden_x=test.x[:n],
+        golden_y=test.y[:n],
+        version=s.version,
+        metrics=metrics,
+        fit=fit.to_dict() if fit is not None else None,
+        reference=ref.to_dict(),
+        extra_files=extra_files,
+        extra_manifest={"outputs_are": ref.outputs_are},
+    )
+    s.built.append(ProfileBuild(directory=info.directory, archive=info.archive, manifest=info.manifest, **pb_args))
+
+
+def _size(path: Path | None) -> int | None:
+    if path is None or not path.exists():
+        return None
+    if path.is_dir():  # a SavedModel directory
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# --- the public function ----------------------------------------------------------------------------
+def plan(prune: float | None, profiles: Sequence[Profile], from_model: bool) -> list[tuple[str, Callable[[_State], None]]]:
+    """The steps :func:`build` will run, as (label, callable) pairs: a table, not an if-chain."""
+    steps: list[tuple[str, Callable[[_State], None]]] = [
+        ("load and split the dataset", _load_data),
+        ("load the model" if from_model else "train", _train_or_load),
+    ]
+    if prune:
+        steps.append((f"prune to {prune:.0%} sparsity", _prune))
+    steps.append(("save and evaluate the float model", _save_model))
+    per_profile = (("convert", _convert), ("evaluate int8", _evaluate), ("check fit", _fit), ("write bundle", _bundle))
+    for p in profiles:
+        steps += [(f"{label} ({p.name})", (lambda fn, prof: lambda s: fn(s, prof))(fn, p)) for label, fn in per_profile]
+    return steps
+
+
+def default_name(dataset: Path) -> str:
+    """The bundle name for a dataset: its folder (or file stem), reduced to safe characters."""
+    stem = dataset.name if dataset.is_dir() else dataset.stem
+    return _NAME_OK.sub("-", stem).strip("-.") or "model"
+
+
+def build(
+    dataset: str | Path,
+    profiles: Sequence[str | Path | Profile],
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    epochs: int | None = None,
+    prune: float | None = None,
+    max_accuracy_drop: float = 1.0,
+    keep_going: bool = False,
+    name: str | None = None,
+    version: str = "1.0.0",
+    seed: int = 0,
+    arch: str = "auto",
+    on_progress: Callable[[BuildProgress], None] | None = None,
+) -> BuildResult:
+    """Build one verified full-int8 bundle per profile from a dataset (and optionally a model file).
+
+    Profiles are names of shipped profiles, paths to TOML files or :class:`Profile` objects; all are
+    loaded before any work starts, so a typo fails in milliseconds. Raises :class:`DatasetError`,
+    :class:`ModelError`, :class:`ProfileError`, :class:`ConversionError` / :class:`QuantizationError`
+    and :class:`FitError` (unless ``keep_going``, which skips a profile that does not fit and records it).
+    """
+    started = time.perf_counter()
+    if not profiles:
+        raise UsageError("no profile given; name at least one (see `edgekit profiles`).")
+    loaded = [p if isinstance(p, Profile) else load_profile(p) for p in profiles]
+    if len({p.name for p in loaded}) != len(loaded):
+        raise UsageError(f"profile given twice: {[p.name for p in loaded]}.")
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise DatasetError(f"{dataset}: no such dataset folder or .npz file. Make the demo one with `edgekit datasets digits {dataset}`.")
+    model_path = Path(model) if model is not None else None
+    if model_path is not None and not model_path.exists():
+        raise ModelError(f"{model_path}: no such model file (.keras, .h5 or a SavedModel directory).")
+    if prune is not None and not 0.0 < prune < 1.0:
+        raise UsageError(f"prune sparsity must be a fraction between 0 and 1 (e.g. 0.5), got {prune}.")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"epochs must be at least 1, got {epochs}.")
+    if max_accuracy_drop < 0:
+        raise UsageError(f"max accuracy drop is in percentage points and cannot be negative, got {max_accuracy_drop}.")
+
+    state = _State(
+        dataset=dataset,
+        out=Path(out),
+        profiles=loaded,
+        model_path=model_path,
+        epochs=epochs,
+        prune=prune,
+        max_accuracy_drop=max_accuracy_drop,
+        keep_going=keep_going,
+        name=_NAME_OK.sub("-", name) if name else default_name(dataset),
+        version=version,
+        seed=seed,
+        arch=arch,
+    )
+    steps = plan(prune, loaded, model_path is not None)
+    notify = on_progress or (lambda event: None)
+    for i, (label, step) in enumerate(steps, start=1):
+        state.report = lambda detail, i=i, label=label: notify(BuildProgress(i, len(steps), label, detail))
+        notify(BuildProgress(i, len(steps), label))
+        step(state)
+    notify(BuildProgress(len(steps), len(steps), "done"))
+    return BuildResult(
+        name=state.name,
+        version=version,
+        arch=state.trained_arch,
+        model_file=state.model_file or Path(),
+        float_accuracy=state.float_accuracy,
+        profiles=tuple(state.built),
+        seconds=time.perf_counter() - started,
+    )
+
+
+__all__ = ["BuildProgress", "BuildResult", "ProfileBuild", "build", "default_name", "plan"]

@@ -1,0 +1,116 @@
+"""Build full-int8 device bundles in one go: dataset (or --model FILE) → train → optional prune → convert →
+evaluate (int8 through the device's own runtime) → fit check → bundle, for each --profile.
+
+Writes OUT/NAME-PROFILE/ (manifest.json, model.tflite, golden.npz, …) and OUT/NAME-PROFILE.tar.gz per
+profile, and the trained model as OUT/NAME.keras. Example:
+
+    edgekit datasets digits data/digits
+    edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit_agent.errors import ExitStatus
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity is a fraction between 0 and 1 (e.g. 0.5), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
+    parser.add_argument("--profile", action="append", required=True, metavar="NAME", help="device profile name or TOML path (repeatable)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where bundles and archives are written")
+    parser.add_argument("--model", type=Path, metavar="FILE", help="use this Keras model (.keras, .h5, SavedModel) instead of training")
+    parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
+    parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
+    parser.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="magnitude-prune to this sparsity before converting")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS", help="int8 may lose this many points before QAT runs (default 1.0)")
+    parser.add_argument("--keep-going", action="store_true", help="skip profiles the model does not fit instead of stopping")
+    parser.add_argument("--name", help="bundle name (default: the dataset folder name)")
+    parser.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, training and calibration (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def run(args: argparse.Namespace) -> ExitStatus:
+    from edgekit.build import BuildProgress, build
+
+    from . import ui
+
+    with ui.progress() as bar:
+        task = bar.add_task("build", total=None)
+
+        def on_progress(event: BuildProgress) -> None:
+            text = event.label + (f": {event.detail}" if event.detail else "")
+            bar.update(task, total=event.total, completed=event.step - (0 if event.label == "done" else 1), description=text)
+
+        result = build(
+            args.dataset,
+            args.profile,
+            args.out,
+            model=args.model,
+            epochs=args.epochs,
+            prune=args.prune,
+            max_accuracy_drop=args.max_accuracy_drop,
+            keep_going=args.keep_going,
+            name=args.name,
+            version=args.version,
+            seed=args.seed,
+            arch=args.arch,
+            on_progress=on_progress,
+        )
+    status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT
+    if args.json:
+        ui.print_json(result.to_dict())
+        return status
+    rows = [
+        (
+            p.profile,
+            _pct(p.float_accuracy),
+            _pct(p.int8_accuracy),
+            f"{-p.accuracy_drop:+.2f}",  # int8 minus float, in points: negative is a loss
+            p.samples,
+            ui.kib(p.float_tflite_bytes),
+            ui.kib(p.int8_bytes),
+            f"{p.int8_bytes / p.float_tflite_bytes:.3f}" if p.float_tflite_bytes else "-",
+            "yes" if p.qat else "no",
+            {True: "fits", False: "DOES NOT FIT", None: "not checked"}[p.fits],
+            str(p.directory) if p.directory else "-",
+        )
+        for p in result.profiles
+    ]
+    ui.console.print(
+        ui.table(
+            f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; Keras model: {result.model_file}",
+            ("profile", "float acc %", "int8 acc %", "int8-float %", "samples count", "float tflite", "int8 tflite", "int8/float", "QAT", "fit", "bundle (+ .tar.gz)"),
+            rows,
+        )
+    )
+    for p in result.profiles:
+        if p.fits is False:
+            ui.err_console.print(f"[bold red]{p.profile}:[/] does not fit: {p.fit_summary}")
+    return status
