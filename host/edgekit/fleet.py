@@ -137,6 +137,10 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
+        # SUBSCRIBE packet ids sent and acknowledged: some brokers (amqtt) apply a subscription only
+        # when they send the SUBACK, so "subscribed" means acknowledged.
+        self._sub_sent: set[int] = set()
+        self._sub_acked: set[int] = set()
 
     # paho callbacks: only hand work over (see the module docstring) ------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
@@ -144,10 +148,15 @@ class MqttLink:
             self._refused = str(reason)
             self._connected.set()
             return
+        self._sub_sent.clear()
+        self._sub_acked.clear()
         for name, qos in self.subscriptions:
-            client.subscribe(self._filter(name), qos)
+            self._sub_sent.add(client.subscribe(self._filter(name), qos)[1])
         self._refused = None
         self._connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
+        self._sub_acked.add(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         corr = None
@@ -176,6 +185,7 @@ class MqttLink:
             c.tls_set()
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(0.2, 5)
         return c
 
@@ -193,6 +203,7 @@ class MqttLink:
                     "Start a development broker with `edgekit broker`, or pass --broker mqtt://HOST:PORT."
                 )
             if self._refused is None:
+                self.wait_subscribed(timeout)
                 return self
             refused = self._refused
             self.close()
@@ -233,11 +244,22 @@ class MqttLink:
                 props.MessageExpiryInterval = int(expiry_s)
         return self._client.publish(name, payload, qos=qos, retain=retain, properties=props)
 
-    def subscribe(self, name: str, qos: int = 1) -> None:
-        """Subscribe now and after every reconnect."""
+    def subscribe(self, name: str, qos: int = 1, timeout: float = 5.0) -> None:
+        """Subscribe now and after every reconnect; returns once the broker acknowledged it."""
         self.subscriptions.append((name, qos))
         if self._client is not None:
-            self._client.subscribe(self._filter(name), qos)
+            self._sub_sent.add(self._client.subscribe(self._filter(name), qos)[1])
+            self.wait_subscribed(timeout)
+
+    def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """Wait until every subscription sent has been acknowledged (False on timeout)."""
+        deadline = time.monotonic() + timeout
+        while not self._sub_sent <= self._sub_acked:
+            if time.monotonic() > deadline:
+                log.warning("%s: the broker did not acknowledge every subscription within %g s", self.address.url, timeout)
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self) -> None:
         if self._client is not None:

@@ -1,0 +1,73 @@
+"""The development broker: mosquitto (MQTT 5) when installed, amqtt (MQTT 3.1.1 only) otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgekit.broker import mosquitto_path, start_dev_broker
+from edgekit.fleet import MqttLink
+from edgekit.watch import FleetWatcher
+from edgekit_agent.errors import BrokerError
+
+
+def publish_retained(url: str, protocol: int, device: str) -> None:
+    host, port = url.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=protocol)
+    c.connect(host, int(port))
+    c.loop_start()
+    doc = {"state": "online", "boot_id": "b", "epoch": "e", "seq": 1, "ts": int(time.time() * 1000)}
+    c.publish(f"edge/v1/{device}/status", json.dumps(doc), qos=1, retain=True).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def test_amqtt_broker_refuses_mqtt5_and_watch_falls_back_to_311():
+    with start_dev_broker(port=0, engine="amqtt") as broker:
+        assert broker.engine == "amqtt" and not broker.mqtt5
+        with pytest.raises(BrokerError, match="refused"):
+            MqttLink(broker.url, protocol="5").start(timeout=5)
+        publish_retained(broker.url, mqtt.MQTTv311, "pi-amqtt")
+        with FleetWatcher(broker.url) as w:
+            assert not w.link.mqtt5  # fell back
+            assert w.sync(5)
+            assert [(r.device_id, r.status) for r in w.snapshot()] == [("pi-amqtt", "online")]
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed")
+def test_auto_engine_prefers_mosquitto_with_mqtt5_and_refuses_a_taken_port():
+    with start_dev_broker(port=0) as broker:
+        assert broker.engine == "mosquitto" and broker.mqtt5
+        publish_retained(broker.url, mqtt.MQTTv5, "pi-5")
+        with FleetWatcher(broker.url) as w:
+            assert w.link.mqtt5 and w.sync(5)
+            assert [r.device_id for r in w.snapshot()] == ["pi-5"]
+        with pytest.raises(BrokerError, match="already in use"):
+            start_dev_broker(port=broker.port)
+
+
+def test_broker_cli_prints_its_url_and_stops_on_sigterm():
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "broker", "--port", "0", "--engine", "amqtt"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("mqtt://127.0.0.1:")
+        link = MqttLink(url).start(timeout=5)
+        assert not link.mqtt5
+        link.close()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "development" in err.lower()
+
+
+def test_unreachable_broker_is_a_typed_error_with_advice():
+    with pytest.raises(BrokerError, match="edgekit broker"):
+        MqttLink("mqtt://127.0.0.1:1").start(timeout=1)

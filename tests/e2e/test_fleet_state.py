@@ -1,0 +1,82 @@
+"""FleetState rules that need a clock: lost after 3 windows, stale last wills, de-dup and histogram sums."""
+
+from __future__ import annotations
+
+import json
+
+from edgekit.fleet import BrokerAddress, Deduper, FleetState, Message, parse_topic
+
+T0 = 1_800_000_000.0
+
+
+def msg(device: str, kind: str, doc: dict, *, at: float, retain: bool = False) -> Message:
+    return Message(f"edge/v1/{device}/{kind}", json.dumps(doc).encode(), retain, at)
+
+
+def status(state: str, boot: str, seq: int, ts: float, **kw) -> dict:
+    return {"state": state, "boot_id": boot, "epoch": "e1", "seq": seq, "ts": int(ts * 1000), **kw}
+
+
+def telemetry(seq: int, ts: float, window_s: float = 10.0, requests: int = 5, le=(1.0, 10.0, "+Inf"), cum=(2, 4, 5)) -> dict:
+    return {"epoch": "e1", "seq": seq, "ts": int(ts * 1000), "window": {"start": int((ts - window_s) * 1000), "end": int(ts * 1000)},
+            "counts": {"requests": requests, "ok": requests, "errors": {}},
+            "latency_ms": {"total": {"count": cum[-1], "sum": 12.5, "p50": 1.0, "p99": 9.0, "le": list(le), "cum": list(cum)}}}
+
+
+def test_online_device_becomes_lost_after_three_silent_windows():
+    st = FleetState()
+    st.apply(msg("d", "status", status("online", "b1", 1, T0), at=T0))
+    st.apply(msg("d", "telemetry/inference", telemetry(2, T0 + 2, window_s=2.0), at=T0 + 2))
+    assert st.row("d", now=T0 + 2 + 5.9).status == "online"  # 3 windows of 2 s = 6 s
+    assert st.row("d", now=T0 + 2 + 6.1).status == "lost"
+    st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 9, window_s=2.0), at=T0 + 9))
+    assert st.row("d", now=T0 + 9.5).status == "online"
+
+
+def test_late_last_will_of_an_older_connection_is_ignored():
+    st = FleetState()
+    st.apply(msg("d", "status", status("online", "new-boot", 1, T0 + 5), at=T0 + 5))
+    st.apply(msg("d", "status", status("offline", "old-boot", 7, T0, reason="lwt"), at=T0 + 6))
+    assert st.row("d", now=T0 + 6).status == "online"
+    st.apply(msg("d", "status", status("offline", "new-boot", 2, T0 + 7, reason="shutdown"), at=T0 + 7))
+    row = st.row("d", now=T0 + 7)
+    assert (row.status, row.status_reason) == ("offline", "shutdown")
+
+
+def test_retained_snapshots_are_not_deduplicated_but_live_repeats_are():
+    st = FleetState()
+    doc = status("online", "b", 1, T0)
+    assert st.apply(msg("d", "status", doc, at=T0, retain=True)) == "d"
+    assert st.apply(msg("d", "status", doc, at=T0 + 1, retain=True)) == "d"  # re-sent on resubscribe: fine
+    t = telemetry(2, T0 + 1)
+    assert st.apply(msg("d", "telemetry/inference", t, at=T0 + 1)) == "d"
+    assert st.apply(msg("d", "telemetry/inference", t, at=T0 + 2)) is None
+    assert st.dedup.duplicates == 1 and st.row("d").requests == 5
+
+
+def test_histograms_add_bucketwise_and_a_changed_grid_is_rejected():
+    st = FleetState()
+    st.apply(msg("d", "telemetry/inference", telemetry(1, T0, cum=(2, 4, 5)), at=T0))
+    st.apply(msg("d", "telemetry/inference", telemetry(2, T0 + 10, cum=(1, 1, 3), requests=3), at=T0 + 10))
+    h = st.devices["d"].hist["total"]
+    assert h.cum == [3, 5, 8] and h.count == 8 and h.sum == 25.0
+    st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 20, le=(2.0, 10.0, "+Inf")), at=T0 + 20))
+    assert st.rejected_histograms == 1 and h.cum == [3, 5, 8]
+    assert st.row("d").requests == 13  # the counters still count
+
+
+def test_deduper_counts_gaps_and_late_fills():
+    d = Deduper()
+    assert d.first_time("x", "e", 1) and d.first_time("x", "e", 4)
+    assert d.gaps["x"] == 2
+    assert d.first_time("x", "e", 3) and d.gaps["x"] == 1
+    assert not d.first_time("x", "e", 3) and d.duplicates == 1
+    assert d.first_time("x", "e2", 1)  # a new epoch (outbox recreated) starts over
+
+
+def test_topics_and_urls():
+    assert parse_topic("edge/v1/pi-1/telemetry/inference") == ("pi-1", "telemetry/inference")
+    assert parse_topic("edge/v2/pi-1/status") is None and parse_topic("edge/v1/x") is None
+    a = BrokerAddress.parse("mqtts://dev%201:s3cret@broker.lan")
+    assert (a.host, a.port, a.tls, a.username, a.password) == ("broker.lan", 8883, True, "dev 1", "s3cret")
+    assert BrokerAddress.parse("127.0.0.1:1884").url == "mqtt://127.0.0.1:1884"
