@@ -105,7 +105,7 @@ class BenchReport:
         """(quantity, value) pairs for a plain-text table."""
 
         def ms(v: float | None) -> str:
-            return "-" if v is None else f"{v:.3f} ms"
+            return "-" if v is None else f"{v:.4g} ms"  # 4 significant digits: µs-scale models stay readable
 
         def mb(v: float | None) -> str:
             return "-" if v is None else f"{v:.1f} MiB"
@@ -120,10 +120,10 @@ class BenchReport:
             ("first inference", ms(self.first_inference_ms)),
             (f"warm-up mean ({self.warmup_runs} runs)", ms(self.warmup_mean_ms)),
             ("steady-state count", str(s.count)),
-            ("min / max", f"{s.min_ms:.3f} / {s.max_ms:.3f} ms"),
-            ("mean ± std", f"{s.mean_ms:.3f} ± {s.std_ms:.3f} ms"),
-            ("p50 / p90 / p99", f"{s.p50_ms:.3f} / {s.p90_ms:.3f} / {s.p99_ms:.3f} ms"),
-            ("throughput", f"{self.throughput_ips:.1f} inferences/s"),
+            ("min / max", f"{s.min_ms:.4g} / {s.max_ms:.4g} ms"),
+            ("mean ± std", f"{s.mean_ms:.4g} ± {s.std_ms:.4g} ms"),
+            ("p50 / p90 / p99", f"{s.p50_ms:.4g} / {s.p90_ms:.4g} / {s.p99_ms:.4g} ms"),
+            ("throughput", f"{self.throughput_ips:,.0f} inferences/s"),
             ("RSS now / peak", f"{mb(self.rss_mb)} / {mb(self.peak_rss_mb)}"),
         ]
 

@@ -9,8 +9,9 @@ names the file or archive member:
 - a file present but not listed (only ``manifest.json`` and ``manifest.sig`` need not be listed);
 - a model that is not a structurally sound TFLite flatbuffer (:class:`ModelError`);
 - in an archive: absolute paths, ``..``, symbolic and hard links, devices and FIFOs, members the manifest
-  does not list, more than ``limits.MAX_MEMBERS`` entries, a member over ``limits.MAX_MEMBER_BYTES`` or a
-  total over ``limits.MAX_EXTRACTED_BYTES`` (256 MiB). Nothing is written outside the target directory;
+  does not list, more than ``limits.MAX_MEMBERS`` (64) entries, an archive over ``limits.MAX_ARCHIVE_BYTES``
+  (64 MiB), a member over ``limits.MAX_MEMBER_BYTES`` (128 MiB) or a total over ``limits.MAX_EXTRACTED_BYTES``
+  (256 MiB). Nothing is written outside the target directory;
 - a missing or bad signature when ``trusted_keys`` or ``require_signature`` is given (:class:`SignatureError`).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BundleError, IntegrityError, ModelError
-from .limits import MAX_EXTRACTED_BYTES, MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS
+from .limits import MAX_ARCHIVE_BYTES, MAX_EXTRACTED_BYTES, MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from .tflite_file import check_tflite
 
@@ -193,6 +194,12 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
     are extracted; everything is written with ``O_EXCL`` under ``target``, which must not exist.
     """
     archive, target = Path(archive), Path(target)
+    try:
+        size = archive.stat().st_size
+    except OSError:
+        size = 0
+    if size > MAX_ARCHIVE_BYTES:
+        raise BundleError(f"{archive}: {size} bytes is over the {MAX_ARCHIVE_BYTES}-byte archive limit (edgekit_agent.limits).")
     try:
         tar = tarfile.open(archive, "r:*")
     except FileNotFoundError:

@@ -35,7 +35,9 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             return img
     except FileNotFoundError:
         raise InputError(f"{label}: no such image file.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise InputError(f"{label}: not an image Pillow can read (unknown format); use PNG or JPEG.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{label}: not a readable image ({exc}); re-export it as PNG or JPEG.") from None
 
 
