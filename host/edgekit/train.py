@@ -1,0 +1,186 @@
+"""Train a zoo model on a dataset split, and load/save user models (.keras, .h5, SavedModel).
+
+Training uses Keras 3 with a free batch dimension; the returned model is rebuilt with a fixed batch of 1
+(weights copied, facts note 5) so that every later step — conversion, pruning, the bundle — sees the
+shape the device runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekit_agent.errors import ModelError
+
+from .data import Splits
+
+log = logging.getLogger(__name__)
+
+# Epochs per architecture: enough for the digits demo to pass 97 % float test accuracy in a few seconds.
+DEFAULT_EPOCHS = {"cnn": 20, "mobilenetv2": 30}
+EpochFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """A trained model (fixed batch 1) and how it got there. Accuracies are fractions in [0, 1]."""
+
+    model: Any
+    arch: str
+    epochs: int
+    history: dict[str, list[float]] = field(repr=False)
+    float_accuracy: float
+    test_samples: int
+    outputs_are: str = "probabilities"
+
+
+def _seed_everything(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
+
+
+def _epoch_callback(on_epoch: EpochFn | None, epochs: int) -> list[Any]:
+    import keras
+
+    if on_epoch is None:
+        return []
+
+    class _Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            on_epoch(epoch, epochs, {k: float(v) for k, v in (logs or {}).items()})
+
+    return [_Report()]
+
+
+def train_model(
+    splits: Splits,
+    *,
+    arch: str = "auto",
+    epochs: int | None = None,
+    seed: int = 0,
+    alpha: float = 0.35,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    on_epoch: EpochFn | None = None,
+) -> TrainResult:
+    """Train ``arch`` (a zoo key or ``auto``) on ``splits.train``, keep the epoch with the best validation
+    accuracy, and measure float accuracy on ``splits.test``.
+
+    ``on_epoch(epoch, epochs, logs)`` is called after every epoch (``logs`` has loss, accuracy, val_*).
+    """
+    import keras
+
+    from . import zoo
+
+    train, val, test = splits.train, splits.val, splits.test
+    shape = tuple(int(s) for s in train.x.shape[1:])
+    name = zoo.choose_arch(shape) if arch == "auto" else arch
+    epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS.get(name, 20))
+    if epochs < 1:
+        raise ModelError(f"epochs must be at least 1, got {epochs}.")
+    _seed_everything(seed)
+    model = zoo.build_model(name, shape, len(train.labels), alpha=alpha)
+    # Cosine decay: a high rate early, a small one for the last epochs, without a tuning knob per dataset.
+    steps = epochs * int(np.ceil(len(train.y) / batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate * 2, decay_steps=max(steps, 1), alpha=0.05)
+    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    has_val = len(val.y) > 0
+    callbacks = _epoch_callback(on_epoch, epochs)
+    if has_val:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            _checkpoint_path(seed), monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
+        ))
+    hist = model.fit(
+        train.x, train.y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+        validation_data=(val.x, val.y) if has_val else None, callbacks=callbacks,
+    )
+    if has_val:
+        ckpt = _checkpoint_path(seed)
+        model.load_weights(ckpt)
+        os.unlink(ckpt)
+    fixed = zoo.with_fixed_batch(model, 1)
+    accuracy = _accuracy(model, test.x, test.y) if len(test.y) else float("nan")
+    return TrainResult(
+        model=fixed,
+        arch=name,
+        epochs=epochs,
+        history={k: [float(v) for v in vals] for k, vals in hist.history.items()},
+        float_accuracy=accuracy,
+        test_samples=int(len(test.y)),
+        outputs_are=zoo.outputs_are(fixed),
+    )
+
+
+def _checkpoint_path(seed: int) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"edgekit-best-{os.getpid()}-{seed}.weights.h5")
+
+
+def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    probs = model.predict(x, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(probs, axis=-1) == y))
+
+
+def save_model(model: Any, path: str | Path) -> Path:
+    """Save a Keras model; the format follows the suffix (``.keras`` or ``.h5``)."""
+    path = Path(path)
+    if path.suffix not in (".keras", ".h5"):
+        raise ModelError(f"{path}: save the model as .keras or .h5.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model.save(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write the model ({exc}); choose a writable path.") from None
+    return path
+
+
+def _load_keras3(path: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
+def _load_tf_keras(path: Path) -> Any:
+    import tf_keras
+
+    return tf_keras.models.load_model(path, compile=False)
+
+
+def _load_saved_model(path: Path) -> Any:
+    # A SavedModel directory: Keras 3 cannot load it as a model; tf_keras can if Keras wrote it.
+    return _load_tf_keras(path)
+
+
+def load_model(path: str | Path) -> Any:
+    """Load a user model: ``.keras`` (Keras 3, else tf_keras), ``.h5`` (Keras 3, else tf_keras) or a SavedModel dir.
+
+    Raises :class:`ModelError` naming the file and saying what to do when none of them can read it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file; give a .keras, .h5 file or a SavedModel directory.")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ModelError(f"{path}: a directory but not a SavedModel (no saved_model.pb).")
+        loaders = [_load_saved_model]
+    elif path.suffix in (".keras", ".h5", ".hdf5"):
+        loaders = [_load_keras3, _load_tf_keras]
+    else:
+        raise ModelError(f"{path}: unknown model format '{path.suffix}'; give a .keras, .h5 file or a SavedModel directory.")
+    errors = []
+    for loader in loaders:
+        try:
+            return loader(path)
+        except Exception as exc:  # noqa: BLE001 - loaders raise ValueError, OSError, TypeError, KeyError...
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise ModelError(
+        f"{path}: cannot load this model ({'; '.join(errors)}). Save it with model.save('model.keras') "
+        "(Keras 3) or model.save('model.h5') (tf_keras) and make sure custom layers are registered."
+    )
