@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgekit_agent.errors import DatasetError, FitError, ModelError, UsageError
+from edgekit_agent.errors import DatasetError, ModelError, UsageError
 
-from .profiles import Profile, Target, load_profile
+from .profiles import Profile, load_profile
 
 GOLDEN_SAMPLES = 16
 SPLIT = {"val": 0.15, "test": 0.15}
@@ -204,10 +204,10 @@ def _fit(s: _State, profile: Profile) -> None:
         return  # no fit checker installed in this version: the bundle records fit = null
     from . import check
 
-    report = check.check_fit(s.current["tflite"], profile)
+    report = check.check_fit(s.current["tflite"], profile, name=s.name)
     s.current["fit"] = report
-    if not report.fits and not s.keep_going:
-        raise FitError(f"{s.name}: the model does not fit {profile.name}: {report.summary()} Use a smaller model or --keep-going to build the other profiles.")
+    if not s.keep_going:
+        check.require_fit(report)  # FitError with every failed check's numbers
 
 
 def _bundle(s: _State, profile: Profile) -> None:
@@ -255,10 +255,10 @@ def _bundle(s: _State, profile: Profile) -> None:
         "max_accuracy_drop": s.max_accuracy_drop,
     }
     extra_files: dict[str, bytes] = {}
-    if profile.target is Target.MCU and fit is not None and importlib.util.find_spec("edgekit.mcu") is not None:
-        from . import mcu
+    if fit is not None:  # C sources for an MCU, the compiled model for an Edge TPU
+        from . import check
 
-        extra_files.update(mcu.mcu_artifacts(tflite, fit, s.name))
+        extra_files.update(check.bundle_artifacts(tflite, fit, s.name))
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,
