@@ -219,9 +219,18 @@ def _check_ops_mcu(c: _Ctx) -> FitRow:
     return FitRow(
         "ops", measured, f"{len(allowed)} registered", None, Verdict.FAIL,
         "not registered by the firmware: " + ", ".join(f"{op} (×{n})" for op, n in counts.items()) + ".",
-        f"register {', '.join(missing)} in the firmware and add them to ops.builtin in the profile, "
-        "or change the layers that produce them.",
+        f"register {', '.join(_registration(op) for op in missing)} in the firmware's MicroMutableOpResolver and "
+        "list them in the profile's ops.builtin, or change the layers that produce them.",
     )
+
+
+def _registration(op: str) -> str:
+    from .mcu import add_method
+
+    try:
+        return f"{op} ({add_method(op)}())"
+    except FitError:
+        return f"{op} (custom op)"
 
 
 def _check_ops_cpu(c: _Ctx) -> FitRow:
@@ -244,7 +253,7 @@ def _check_edgetpu(c: _Ctx) -> FitRow:
     c.extra["edgetpu"] = rep
     total = len(rep.ops)
     compiled = rep.compiler.message
-    measured = f"{rep.mapped}/{total} ops on the Edge TPU"
+    measured = f"{rep.mapped}/{total} ops on the Edge TPU (predicted)"
     if rep.compiler.compiled and rep.compiler.ops_on_edgetpu is not None:
         measured = f"{rep.compiler.ops_on_edgetpu}/{total} ops on the Edge TPU (compiler)"
     if rep.all_mapped:

@@ -222,16 +222,20 @@ def parse_compiler_log(log: str) -> dict[str, Any]:
             m = re.match(r"^([A-Z0-9_]+)\s+(\d+)\s+(\S.*)$", s)
             if m and m.group(1) not in ("Operator",):
                 out["op_status"].append((m.group(1), int(m.group(2)), m.group(3).strip()))
-    out["op_status"] = tuple(out["op_status"])
+    out["op_status"] = tuple(dict.fromkeys(out["op_status"]))  # stdout and the .log file may repeat the table
     return out
 
 
-@lru_cache(maxsize=8)
 def compile_edgetpu(tflite: bytes, name: str = "model", timeout_s: int = 180) -> CompilerResult:
     """Run ``edgetpu_compiler -s`` when it is on PATH; otherwise say plainly that nothing was compiled."""
     exe = shutil.which(COMPILER)
     if exe is None:
         return CompilerResult(compiled=False, message=NOT_FOUND)
+    return _compile(bytes(tflite), name, exe, timeout_s)
+
+
+@lru_cache(maxsize=8)  # one model is checked against two Coral profiles: compile it once
+def _compile(tflite: bytes, name: str, exe: str, timeout_s: int) -> CompilerResult:
     with tempfile.TemporaryDirectory(prefix="edgekit-edgetpu-") as tmp:
         src = Path(tmp) / "model.tflite"
         src.write_bytes(tflite)
