@@ -245,7 +245,10 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
                     f"{archive}: member '{m.name}' is {m.size} bytes but {MANIFEST_NAME} records {listed[rel].bytes}; "
                     "the archive is corrupt or was tampered with."
                 )
-        target.mkdir(parents=True, exist_ok=False)
+        try:
+            target.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise BundleError(f"{target} already exists; extract into a new directory.") from None
         try:
             for rel, m in by_name.items():
                 data = _read_member(tar, m, MAX_MEMBER_BYTES, archive)

@@ -1,0 +1,33 @@
+"""Helpers for tests that damage a copy of a real bundle (never the session fixture itself)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from edgekit_agent.manifest import dump_manifest
+
+
+def copy_bundle(src: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / src.name
+    shutil.copytree(src, dest)
+    return dest
+
+
+def rehash(directory: Path) -> None:
+    """Rewrite the manifest's sizes and hashes to match the files (what an attacker without the key can do)."""
+    doc = json.loads((directory / "manifest.json").read_bytes())
+    for name in doc["files"]:
+        data = (directory / name).read_bytes()
+        doc["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    doc["model"].update(doc["files"][doc["model"]["file"]])
+    (directory / "manifest.json").write_bytes(dump_manifest(doc))
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
