@@ -27,16 +27,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from .fleet import ROOT, STAGES, FleetState, MqttLink, drain
+from edgekit_agent.errors import UsageError
+
+from .fleet import ROOT, FleetState, MqttLink, drain
 
 DEFAULT_GROUP = "edgekit-exporter"
+# A 1-2-5 subset of the agent's bucket grid. Cumulative counts at a subset of the bounds are still
+# exact, and it halves the series per device (1,000 devices x 30 buckets is a lot of scrape).
+COARSE_LE_MS = frozenset({0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0})
 
 
 class FleetCollector(Collector):
     """A custom collector: builds every metric family from a :class:`FleetState` at scrape time."""
 
-    def __init__(self, state: FleetState) -> None:
+    def __init__(self, state: FleetState, buckets: str = "coarse") -> None:
+        if buckets not in ("coarse", "full"):
+            raise UsageError(f"buckets '{buckets}': use coarse (1-2-5 bounds) or full (every bound the devices send).")
         self.state = state
+        self.coarse = buckets == "coarse"
 
     def collect(self) -> Iterator[Metric]:
         st = self.state
@@ -71,11 +79,14 @@ class FleetCollector(Collector):
                 }
                 for key, fam in counters.items():
                     fam.add_metric([device_id], float(values[key]))
-                for stage in STAGES:
+                for stage in st.histogram_stages:
                     h = dev.hist.get(stage)
                     if h is None:
                         continue
-                    buckets = [(floatToGoString(le / 1000.0), float(c)) for le, c in zip(h.le, h.cum) if not math.isinf(le)]
+                    keep = [(le, c) for le, c in zip(h.le, h.cum) if not math.isinf(le)]
+                    if self.coarse and any(le in COARSE_LE_MS for le, _ in keep):
+                        keep = [(le, c) for le, c in keep if le in COARSE_LE_MS]
+                    buckets = [(floatToGoString(le / 1000.0), float(c)) for le, c in keep]
                     buckets.append(("+Inf", float(h.count)))  # +Inf always equals the count
                     hist.add_metric([device_id, stage], buckets, h.sum / 1000.0)
             dup.add_metric([], float(st.dedup.duplicates))
@@ -90,13 +101,16 @@ class Exporter:
     """MQTT consumer + HTTP ``/metrics`` server. ``port=0`` picks a free port (see :attr:`port`)."""
 
     def __init__(self, broker: str, *, port: int = 9108, host: str = "127.0.0.1", group: str = DEFAULT_GROUP,
-                 client_id: str | None = None, protocol: str = "auto", shared: bool = True) -> None:
+                 client_id: str | None = None, protocol: str = "auto", shared: bool = True,
+                 stages: tuple[str, ...] = ("total",), buckets: str = "coarse") -> None:
+        """``stages``: latency series exported as histograms (``total``, ``preprocess``, ``invoke``);
+        ``buckets``: ``coarse`` (a 1-2-5 subset of the devices' bounds, exact) or ``full``."""
         telemetry = f"{ROOT}/+/telemetry/inference"
         subs = [(f"{ROOT}/+/status", 1), (f"{ROOT}/+/meta", 1), (f"$share/{group}/{telemetry}" if shared else telemetry, 1)]
         self.link = MqttLink(broker, client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}", subscriptions=subs, protocol=protocol)
-        self.state = FleetState()
+        self.state = FleetState(histogram_stages=stages)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(FleetCollector(self.state))
+        self.registry.register(FleetCollector(self.state, buckets))
         self.host, self.port, self.group = host, port, group
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -125,6 +125,7 @@ class MqttLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         protocol: str = "auto",
         max_queue: int = 0,
+        session_expiry_s: int = 0,
     ) -> None:
         self.address = broker if isinstance(broker, BrokerAddress) else BrokerAddress.parse(broker)
         self.client_id = client_id or f"edgekit-{uuid.uuid4().hex[:10]}"
@@ -134,6 +135,9 @@ class MqttLink:
         self.protocol = protocol
         self.mqtt5 = protocol != "3.1.1"
         self.messages: queue.Queue[Message] = queue.Queue(max_queue)
+        # > 0: a persistent session (MQTT 5 clean_start=False): the broker queues QoS 1 messages while
+        # we are away and delivers them on reconnect with the same client_id.
+        self.session_expiry_s = session_expiry_s
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -177,7 +181,7 @@ class MqttLink:
         proto = mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311
         kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": proto}
         if not self.mqtt5:
-            kwargs["clean_session"] = True
+            kwargs["clean_session"] = not self.session_expiry_s
         c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if self.address.username:
             c.username_pw_set(self.address.username, self.address.password)
@@ -194,7 +198,14 @@ class MqttLink:
         for attempt in range(2):
             self._connected.clear()
             self._client = self._make_client()
-            self._client.connect_async(self.address.host, self.address.port, keepalive=30)
+            if self.mqtt5:
+                props = Properties(PacketTypes.CONNECT)
+                if self.session_expiry_s:
+                    props.SessionExpiryInterval = int(self.session_expiry_s)
+                self._client.connect_async(self.address.host, self.address.port, keepalive=30,
+                                           clean_start=not self.session_expiry_s, properties=props)
+            else:
+                self._client.connect_async(self.address.host, self.address.port, keepalive=30)
             self._client.loop_start()
             if not self._connected.wait(timeout):
                 self.close()
@@ -354,12 +365,12 @@ class Histogram:
     cum: list[int]
     sum: float = 0.0
     count: int = 0
+    le_raw: list[Any] = field(default_factory=list, repr=False)  # as received: compared cheaply (hot path)
 
-    def add(self, le: Sequence[float], cum: Sequence[int], total: float, count: int) -> bool:
-        if tuple(le) != self.le or len(cum) != len(self.cum):
+    def add(self, le_raw: list[Any], cum: Sequence[int], total: float, count: int) -> bool:
+        if le_raw != self.le_raw or len(cum) != len(self.cum):
             return False
-        for i, c in enumerate(cum):
-            self.cum[i] += int(c)
+        self.cum = [a + int(b) for a, b in zip(self.cum, cum)]
         self.sum += float(total)
         self.count += int(count)
         return True
@@ -405,7 +416,13 @@ class FleetState:
     """Everything known about the fleet, fed one message at a time with :meth:`apply` (not thread-safe:
     one consumer thread applies, readers take :attr:`lock`)."""
 
-    def __init__(self, lost_after_windows: int = LOST_AFTER_WINDOWS) -> None:
+    def __init__(self, lost_after_windows: int = LOST_AFTER_WINDOWS, histogram_stages: Sequence[str] = STAGES) -> None:
+        """``histogram_stages``: which latency series to sum bucket by bucket (the exporter needs them,
+        the watch table does not: it passes ``()`` and saves the work)."""
+        unknown = set(histogram_stages) - set(STAGES)
+        if unknown:
+            raise UsageError(f"unknown latency stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}.")
+        self.histogram_stages = tuple(histogram_stages)
         self.devices: dict[str, _Device] = {}
         self.dedup = Deduper()
         self.lost_after_windows = lost_after_windows
@@ -564,7 +581,7 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
         dev.p50, dev.p99 = _num(total.get("p50")), _num(total.get("p99"))
     elif counts.get("requests") == 0:
         dev.p50 = dev.p99 = None
-    for stage in STAGES:
+    for stage in state.histogram_stages:
         s = lat.get(stage) if isinstance(lat, dict) else None
         if not isinstance(s, dict):
             continue
@@ -574,8 +591,9 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
             continue
         existing = dev.hist.get(stage)
         if existing is None:
-            dev.hist[stage] = Histogram(tuple(float(x) for x in le), [int(c) for c in cum], float(s.get("sum") or 0.0), int(s.get("count") or 0))
-        elif not existing.add([float(x) for x in le], cum, float(s.get("sum") or 0.0), int(s.get("count") or 0)):
+            dev.hist[stage] = Histogram(tuple(float(x) for x in le), [int(c) for c in cum], float(s.get("sum") or 0.0),
+                                        int(s.get("count") or 0), list(le))
+        elif not existing.add(le, cum, float(s.get("sum") or 0.0), int(s.get("count") or 0)):
             state.rejected_histograms += 1
             log.warning("%s: latency buckets changed (le=%s); histogram window skipped", dev.device_id, le)
 

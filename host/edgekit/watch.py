@@ -28,7 +28,7 @@ class FleetWatcher:
         # The sync topic is subscribed last: the broker sends the retained messages of the earlier
         # subscriptions first, so our own marker coming back means the snapshot is complete.
         self.link = MqttLink(broker, client_id=self.client_id, subscriptions=[*FLEET_SUBSCRIPTIONS, (self.sync_topic, 1)], protocol=protocol)
-        self.state = state or FleetState()
+        self.state = state or FleetState(histogram_stages=())  # the table shows the devices' own percentiles
         self._sync_token: str | None = None
         self._synced = False
 

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9108, help="HTTP port for /metrics (default %(default)s)")
     parser.add_argument("--host", default="0.0.0.0", help="HTTP address (default %(default)s)")
     parser.add_argument("--group", default="edgekit-exporter", help="shared-subscription group (default %(default)s)")
+    parser.add_argument("--stages", default="total", help="latency series exported as histograms, comma-separated from "
+                        "total,preprocess,invoke (default %(default)s; each adds ~16 series per device)")
+    parser.add_argument("--buckets", choices=("coarse", "full"), default="coarse",
+                        help="coarse: a 1-2-5 subset of the devices' bucket bounds (exact, half the series); full: all")
     parser.add_argument("--mqtt", choices=("auto", "5", "3.1.1"), default="auto", help="MQTT protocol (auto falls back to 3.1.1)")
 
 
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Exporter(args.broker, port=args.port, host=args.host, group=args.group, protocol=args.mqtt) as exp:
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    with Exporter(args.broker, port=args.port, host=args.host, group=args.group, protocol=args.mqtt,
+                  stages=stages, buckets=args.buckets) as exp:
         if not exp.link.mqtt5:
             err_console.print("[yellow]warning:[/] the broker speaks MQTT 3.1.1 only: no shared subscription, run a single exporter")
         err_console.print(f"exporter: {args.broker} -> {exp.url} (group {args.group}); Ctrl-C to stop")
