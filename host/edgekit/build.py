@@ -126,6 +126,7 @@ class _State:
     model_file: Path | None = None
     float_accuracy: float = 0.0
     trained_arch: str = ""
+    outputs_are: str = "probabilities"
     prune_info: dict[str, Any] | None = None
     current: dict[str, Any] = field(default_factory=dict)  # per-profile work in progress
     built: list[ProfileBuild] = field(default_factory=list)
@@ -153,15 +154,13 @@ def _train_or_load(s: _State) -> None:
     if s.epochs is not None:
         kwargs["epochs"] = s.epochs
     result = train.train_model(s.splits, **kwargs)
-    s.model, s.trained_arch = result.model, result.arch
+    s.model, s.trained_arch, s.float_accuracy = result.model, result.arch, float(result.float_accuracy)
 
 
-def _epoch_reporter(s: _State) -> Callable[..., None]:
-    def on_epoch(epoch: int, *args: Any, **kwargs: Any) -> None:
-        # Accept the pipeline's callback shape loosely: (epoch, logs) or (epoch, epochs, logs).
-        logs = next((a for a in args if isinstance(a, dict)), kwargs.get("logs") or {})
+def _epoch_reporter(s: _State) -> Callable[[int, int, dict[str, float]], None]:
+    def on_epoch(epoch: int, epochs: int, logs: dict[str, float]) -> None:
         acc = logs.get("val_accuracy", logs.get("accuracy"))
-        s.report(f"epoch {epoch + 1}" + (f", accuracy {acc:.3f}" if isinstance(acc, float) else ""))
+        s.report(f"epoch {epoch + 1}/{epochs}" + (f", val accuracy {acc:.3f}" if acc is not None else ""))
 
     return on_epoch
 
@@ -172,16 +171,19 @@ def _prune(s: _State) -> None:
     result = prune.prune_model(s.model, s.splits, sparsity=s.prune)
     s.model = result.model
     s.prune_info = {"target_sparsity": s.prune, "achieved_sparsity": getattr(result, "sparsity", None)}
+    s.float_accuracy = -1.0  # the pruned model's accuracy is measured again below
 
 
 def _save_model(s: _State) -> None:
-    from . import evaluate
+    from . import train, zoo
 
-    if s.model_file is None:  # a trained model is kept next to the bundles, so it can be rebuilt with --model
-        s.out.mkdir(parents=True, exist_ok=True)
-        s.model_file = s.out / f"{s.name}.keras"
-        s.model.save(s.model_file)
-    s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
+    if s.model_file is None or s.prune_info:  # kept next to the bundles, so `--model` can rebuild from it
+        s.model_file = train.save_model(s.model, s.out / f"{s.name}.keras")
+    s.outputs_are = zoo.outputs_are(s.model)
+    if s.model_path is not None or s.prune_info:  # a trained model's test accuracy is already known
+        from . import evaluate
+
+        s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
 
 
 def _convert(s: _State, profile: Profile) -> None:
@@ -236,7 +238,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         return
 
     test = s.splits.test
-    ref = compute_reference(tflite, s.splits.train.x, test.x, len(s.ds.labels))
+    ref = compute_reference(tflite, s.splits.train.x, test.x, len(s.ds.labels), outputs_are=s.outputs_are)  # type: ignore[arg-type]
     metrics = {
         "float_accuracy": round(s.float_accuracy, 6),
         "int8_accuracy": round(float(ev.accuracy), 6),
