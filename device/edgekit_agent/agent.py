@@ -1,0 +1,534 @@
+"""The serving loop: a verified bundle, a watched directory and MQTT commands in; predictions and telemetry out.
+
+``Agent(bundle, settings)`` can be used two ways:
+
+- as a library (benchmarks, notebooks): :meth:`Agent.serve_tensor` / :meth:`Agent.serve_image` return a
+  :class:`Prediction` and record telemetry; nothing else runs;
+- as the device agent: :meth:`Agent.run` opens the outbox and command store in ``data_dir``, connects the
+  MQTT link, self-tests the bundle, publishes the retained ``meta``, then serves the watched directory
+  and the ``cmd/*`` commands and closes a telemetry window every ``window_s`` until :meth:`request_stop`
+  (SIGTERM/SIGINT in the CLI), when it flushes the last window and publishes the shutdown status.
+
+Threads: the caller's (waits), the watcher, the window timer, the link worker, paho's loop and the
+command worker. The interpreter is not thread-safe, so one lock guards set-input/invoke/get-output;
+telemetry recording happens after that lock is released.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from . import __version__, sysinfo
+from .commands import Arg, Command, CommandProcessor, CommandSpec, CommandStore
+from .config import AgentSettings
+from .errors import BrokerError, EdgekitError, InputError, SelfTestError
+from .link import Link, Topics
+from .outbox import Outbox
+from .preprocess import IMAGE_SUFFIXES, quantize
+from .telemetry import WindowRecorder
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PROCESSED_DIR = ".processed"
+FAILED_DIR = ".failed"
+SETTLE_S = 0.05  # a file modified more recently may still be being written: next scan
+MAX_SCAN = 256  # files per scan, so a flood of files cannot starve the window timer
+SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
+_NAN = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One served inference."""
+
+    index: int
+    label: str
+    confidence: float  # top-1 probability (softmax of dequantised logits, or the dequantised probability)
+    latency_ms: float  # total: preprocess + invoke + top-1
+    preprocess_ms: float
+    invoke_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "confidence": self.confidence, "latency_ms": self.latency_ms,
+                "preprocess_ms": self.preprocess_ms, "invoke_ms": self.invoke_ms}  # fmt: skip
+
+
+class Agent:
+    """One bundle served on one device (see the module docstring)."""
+
+    def __init__(self, bundle: "Bundle", settings: AgentSettings, *, runtime: "Runtime | None" = None) -> None:
+        self.settings = settings
+        self.boot_id = uuid.uuid4().hex[:16]
+        self.topics = Topics(settings.device_id)
+        self.started_mono = time.monotonic()
+        self._rt_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seen: set[tuple[str, int, int]] = set()  # processed='keep': files already served
+        self.outbox: Outbox | None = None
+        self.link: Link | None = None
+        self.commands: CommandProcessor | None = None
+        self.selftest: Any = None
+        self.fatal: EdgekitError | None = None
+        self._activate(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads))
+
+    # --- the model ------------------------------------------------------------------------------------------
+    def _activate(self, bundle: "Bundle", runtime: "Runtime") -> None:
+        """Make ``bundle`` (already verified) with its ``runtime`` the one being served."""
+        m = bundle.manifest
+        with self._rt_lock:
+            self.bundle, self.manifest, self.runtime = bundle, m, runtime
+            self.labels = m.labels
+            self.label_index = {name: i for i, name in enumerate(m.labels)}
+            self.preprocessor = bundle.preprocessor()
+            self._in_tensor, out = m.inputs[0], m.outputs[0]
+            self._logits = m.raw.get("outputs_are", "logits") != "probabilities"
+            self._out_scale, self._out_zero = float(out.scale or 0.0), int(out.zero_point)
+            span = (out.qmax - out.qmin) if out.qmax is not None and out.qmin is not None else 0
+            # exp(-(qmax_seen - q) * scale) for every possible raw gap: softmax's top-1 without numpy calls.
+            self._exp_table = [math.exp(-d * self._out_scale) for d in range(span + 1)] if span else []
+            self._exp_np = np.asarray(self._exp_table, dtype=np.float64) if span else None
+            self._in_scale, self._in_zero = float(self._in_tensor.scale or 0.0), int(self._in_tensor.zero_point)
+            self._n_tensor = 0
+            self.recorder = WindowRecorder(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
+
+    def bundle_info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"name": m.name, "version": m.version, "sha256": m.model.sha256, "profile": m.profile_name,
+                "signed_by": getattr(self.bundle, "signed_by", None)}  # fmt: skip
+
+    def _top1(self, out: np.ndarray) -> tuple[int, float]:
+        if not self._exp_table or out.size > SMALL_OUTPUT:
+            return self._top1_numpy(out)
+        values = out.ravel().tolist()
+        top = max(values)
+        index = values.index(top)
+        if not self._logits:
+            return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
+        table = self._exp_table
+        total = 0.0
+        for v in values:
+            total += table[top - v]
+        return index, 1.0 / total
+
+    def _top1_numpy(self, out: np.ndarray) -> tuple[int, float]:
+        flat = out.ravel()
+        index = int(flat.argmax())
+        if self._exp_np is not None:
+            top = int(flat[index])
+            if not self._logits:
+                return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
+            return index, float(1.0 / self._exp_np[top - flat.astype(np.int64)].sum())
+        real = flat.astype(np.float64)  # a float output tensor
+        if not self._logits:
+            return index, float(min(1.0, max(0.0, real[index])))
+        e = np.exp(real - real[index])
+        return index, float(1.0 / e.sum())
+
+    # --- serving (the hot path) -------------------------------------------------------------------------------
+    def serve_tensor(
+        self, x: np.ndarray, *, label: int = -1, input_mean: float | None = None, _t0: int | None = None
+    ) -> Prediction:
+        """Infer one ready input tensor (the model's input shape and dtype) and record telemetry.
+
+        ``label`` ≥ 0 is the true class (feeds accuracy). ``input_mean`` is the mean of the float input
+        before quantisation; when None it is derived from ``x`` on every ``drift_every``-th call.
+        """
+        clock = time.perf_counter_ns
+        t1 = clock()
+        t0 = t1 if _t0 is None else _t0
+        try:
+            with self._rt_lock:
+                rt = self.runtime
+                rt.set_input(x)
+                rt.invoke_only()
+                out = rt.get_output()
+        except ValueError as exc:  # set_tensor: wrong shape or dtype
+            self.recorder.record_error("INPUT_INVALID")
+            raise InputError(
+                f"input tensor {getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', []))} does not fit the model "
+                f"({self.runtime.input_dtype}{list(self.runtime.input_shape)}): {exc}"
+            ) from None
+        except Exception:
+            self.recorder.record_error("RUNTIME")
+            raise
+        t2 = clock()
+        index, confidence = self._top1(out)
+        if input_mean is None:
+            self._n_tensor += 1
+            if self._n_tensor % self.settings.drift_every == 0:
+                q = float(x.mean())
+                input_mean = (q - self._in_zero) * self._in_scale if self._in_scale else q
+            else:
+                input_mean = _NAN
+        t3 = clock()
+        self.recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
+        labels = self.labels
+        return Prediction(index, labels[index] if index < len(labels) else str(index), confidence,
+                          (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)  # fmt: skip
+
+    def serve_image(self, source: str | Path | bytes, *, label: int = -1) -> Prediction:
+        """Preprocess an image (path or encoded bytes) per the manifest and serve it."""
+        t0 = time.perf_counter_ns()
+        try:
+            floats = self.preprocessor.floats(source)
+        except InputError:
+            self.recorder.record_error("INPUT_INVALID")
+            raise
+        x = quantize(floats, self._in_tensor)[None, ...]
+        return self.serve_tensor(x, label=label, input_mean=float(floats.mean()), _t0=t0)
+
+    # --- the watched directory ----------------------------------------------------------------------------------
+    def _candidates(self, root: Path) -> list[tuple[Path, int]]:
+        """(file, label index or -1): images directly in ``root`` and in ``root/LABEL/``; hidden names skipped."""
+        found: list[tuple[Path, int]] = []
+        now = time.time()
+
+        def take(entry: os.DirEntry[str], label: int) -> None:
+            if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                return
+            try:
+                st = entry.stat()
+            except OSError:
+                return
+            if now - st.st_mtime < SETTLE_S:
+                return
+            if self.settings.processed == "keep" and (entry.path, st.st_mtime_ns, st.st_size) in self._seen:
+                return
+            found.append((Path(entry.path), label))
+
+        try:
+            with os.scandir(root) as top:
+                for entry in top:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        label = self.label_index.get(entry.name, -1)
+                        with os.scandir(entry.path) as sub:
+                            for e in sub:
+                                if e.is_file(follow_symlinks=False):
+                                    take(e, label)
+                    elif entry.is_file(follow_symlinks=False):
+                        take(entry, -1)
+        except OSError as exc:
+            log.warning("%s: cannot scan %s: %s", self.settings.device_id, root, exc)
+        found.sort()
+        return found[:MAX_SCAN]
+
+    def scan_once(self) -> int:
+        """Serve every new image in the watched directory once; returns how many were handled."""
+        root = self.settings.watch_dir
+        if root is None:
+            return 0
+        handled = 0
+        for path, label in self._candidates(root):
+            ok = True
+            try:
+                self.serve_image(path, label=label)
+            except InputError as exc:
+                ok = False
+                log.warning("%s: %s", self.settings.device_id, exc)
+            except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+                ok = False
+                log.exception("%s: serving %s failed", self.settings.device_id, path)
+            self._mark_done(root, path, ok)
+            handled += 1
+        return handled
+
+    def _mark_done(self, root: Path, path: Path, ok: bool) -> None:
+        mode = self.settings.processed
+        try:
+            if mode == "keep":
+                st = path.stat()
+                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+            elif mode == "delete" and ok:
+                path.unlink()
+            else:  # move, and failures in delete mode (kept for inspection)
+                target = root / (PROCESSED_DIR if ok else FAILED_DIR) / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    target = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:6]}{target.suffix}")
+                shutil.move(str(path), str(target))
+        except OSError as exc:
+            # Could not move it: remember it instead, so it is not served again in a loop.
+            log.warning("%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc)
+            try:
+                st = path.stat()
+                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                pass
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.scan_once() == 0:
+                self._stop.wait(self.settings.poll_s)
+
+    # --- windows, meta and events -----------------------------------------------------------------------------
+    def envelope(self, schema: str) -> dict[str, Any]:
+        """The envelope fields the agent owns (the outbox adds ``epoch`` and ``seq``)."""
+        return {"schema": schema, "device_id": self.settings.device_id, "boot_id": self.boot_id,
+                "ts": int(time.time() * 1000), "agent_version": __version__}  # fmt: skip
+
+    def _publish(self, topic: str, body: dict[str, Any], *, retain: bool = False, priority: int = 0,
+                 correlation: bytes | None = None, sequenced: bool = True) -> None:  # fmt: skip
+        if self.outbox is None:
+            return
+        msg = self.envelope(body.get("schema", "edge.unknown/1"))
+        msg.update(body)
+        self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
+        if self.link is not None:
+            self.link.wake()
+
+    def flush_window(self) -> dict[str, Any]:
+        """Close the telemetry window now, queue it for sending, and return its body."""
+        outbox = self.outbox.stats().to_dict() if self.outbox else {}
+        if self.link is not None:
+            outbox["refused"] = self.link.stats().refused
+        body = self.recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
+        self._publish(self.topics.telemetry, body)
+        return body
+
+    def event(self, kind: str, **details: Any) -> None:
+        """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …)."""
+        self._publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+
+    def meta(self) -> dict[str, Any]:
+        s = self.settings
+        bundle = self.bundle_info()
+        return {
+            "schema": "edge.meta/1",
+            "hardware": sysinfo.system_info().to_dict(),
+            "runtime": self.runtime.info.to_dict(),
+            "bundle": bundle,
+            "bundles": [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
+            "capabilities": {"commands": self.commands.names if self.commands else [], "inputs": ["watch", "infer"],
+                             "max_command_bytes": _max_command_bytes()},  # fmt: skip
+            "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,
+                       "watch_dir": str(s.watch_dir) if s.watch_dir else None, "processed": s.processed},  # fmt: skip
+            "broker": s.broker.url if s.broker else None,
+            "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
+        }
+
+    def _window_loop(self) -> None:
+        next_at = time.monotonic() + self.settings.window_s
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            try:
+                self.flush_window()
+            except Exception:  # noqa: BLE001 - a full disk must not stop serving; the log says so
+                log.exception("%s: cannot close the telemetry window", self.settings.device_id)
+            # Fixed schedule (the flush's own time does not accumulate); a changed window_s applies from now.
+            now, window = time.monotonic(), self.settings.window_s
+            next_at += window
+            if not now < next_at <= now + window:
+                next_at = now + window
+
+    # --- running ------------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def start(self) -> None:
+        """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
+        s = self.settings
+        self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
+        self.commands = CommandProcessor(s.device_id, self._respond, CommandStore(s.data_dir / "commands.sqlite"))
+        for spec in builtin_commands(self):
+            self.commands.register(spec)
+        self.commands.on_busy = lambda cmd: self.recorder.record_dropped() if cmd.name == "infer" else None
+        if s.broker is not None:
+            self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit)
+            self.link.start()
+        if not s.skip_selftest:
+            self._selftest()
+        self.commands.start()
+        self._publish(self.topics.meta, self.meta(), retain=True)
+        self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
+        for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
+            if target == self._watch_loop and s.watch_dir is None:
+                continue
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _selftest(self) -> None:
+        from .selftest import run_selftest
+
+        try:
+            with self._rt_lock:
+                self.selftest = run_selftest(self.bundle, self.runtime)
+        except SelfTestError as exc:
+            self.event("selftest_failed", bundle=self.bundle_info(), message=str(exc))
+            raise
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """:meth:`start`, serve until :meth:`request_stop` (or ``until()`` is true), then :meth:`shutdown`.
+
+        Raises :class:`BrokerError` when the broker refused the credentials.
+        """
+        try:
+            self.start()
+            while not self._stop.wait(0.1):
+                if self.link is not None and self.link.failed.is_set():
+                    self.fatal = self.link.fatal
+                    break
+                if until is not None and until():
+                    break
+        finally:
+            self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def shutdown(self, *, flush_timeout: float = 5.0) -> None:
+        """Stop serving, cancel queued commands, send the last window, publish ``offline``/``shutdown``, close."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads.clear()
+        if self.commands is not None:
+            self.commands.close(timeout=flush_timeout)
+        if self.outbox is not None:
+            try:
+                self.flush_window()
+            except EdgekitError as exc:
+                log.error("%s: the last telemetry window is lost: %s", self.settings.device_id, exc)
+        if self.link is not None:
+            if self.link.connected.is_set() and not self.link.flush(flush_timeout):
+                log.warning("%s: %d messages stay in the outbox for the next start", self.settings.device_id,
+                            self.outbox.depth if self.outbox else 0)  # fmt: skip
+            self.link.close()
+            self.link = None
+        if self.commands is not None:
+            self.commands.store.close()
+            self.commands = None
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    # --- commands ----------------------------------------------------------------------------------------------
+    def _respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+        # Responses overtake the telemetry backlog (priority) and carry their own identity (cmd_id, state).
+        self._publish(topic, body, priority=1, correlation=correlation, sequenced=False)
+
+    def cmd_ping(self, cmd: Command) -> dict[str, Any]:
+        return {"pong": True, "boot_id": self.boot_id, "uptime_s": round(time.monotonic() - self.started_mono, 3)}
+
+    def cmd_run_benchmark(self, cmd: Command) -> dict[str, Any]:
+        from .bench import run_benchmark
+
+        a = cmd.args
+        t0 = time.perf_counter_ns()
+        rt = self.bundle.open_runtime(num_threads=a["num_threads"] or self.runtime.info.num_threads)
+        init_ms = (time.perf_counter_ns() - t0) / 1e6
+        try:
+            report = run_benchmark(rt, warmup_runs=a["warmup_runs"], num_runs=a["num_runs"], init_ms=init_ms,
+                                   model_sha256=self.manifest.model.sha256,
+                                   model_name=f"{self.manifest.name} {self.manifest.version} ({self.manifest.profile_name})")  # fmt: skip
+        finally:
+            rt.close()
+        doc = report.to_dict()
+        run_id = cmd.cmd_id
+        self._publish(self.topics.bench(run_id), {**doc, "run_id": run_id, "cmd_id": cmd.cmd_id}, sequenced=False)
+        return {"run_id": run_id, "report_topic": self.topics.bench(run_id), "report": doc}
+
+    def cmd_set_config(self, cmd: Command) -> dict[str, Any]:
+        a = {k: v for k, v in cmd.args.items() if v is not None}
+        if not a:
+            raise InputError("set_config needs at least one of: window_s, num_threads, drift_every.")
+        self.settings = self.settings.with_changes(**a)
+        if "num_threads" in a and a["num_threads"] != self.runtime.info.num_threads:
+            runtime = self.bundle.open_runtime(num_threads=a["num_threads"])
+            with self._rt_lock:
+                old, self.runtime = self.runtime, runtime
+                self.recorder.runtime = runtime.info.to_dict()
+            old.close()
+        self.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
+        self._publish(self.topics.meta, self.meta(), retain=True)
+        return {"applied": a, "config": self.meta()["config"]}
+
+    def cmd_infer(self, cmd: Command) -> dict[str, Any]:
+        a = cmd.args
+        label = self.label_index.get(a["label"], -1) if a["label"] is not None else -1
+        if a["image"] is not None:
+            try:
+                data = base64.b64decode(a["image"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError("infer: 'image' is not valid base64.") from None
+            pred = self.serve_image(data, label=label)
+        else:
+            try:
+                x = np.asarray(a["tensor"], dtype=np.float32)
+            except (ValueError, TypeError):
+                raise InputError("infer: 'tensor' must be a nested list of numbers (H×W×C, preprocessed floats).") from None
+            if x.ndim == 4 and x.shape[0] == 1:
+                x = x[0]
+            q = self.preprocessor.from_array(x)
+            pred = self.serve_tensor(q, label=label, input_mean=float(x.mean()))
+        return pred.to_dict()
+
+
+def _max_command_bytes() -> int:
+    from .limits import MAX_COMMAND_BYTES
+
+    return MAX_COMMAND_BYTES
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+def builtin_commands(agent: Agent) -> list[CommandSpec]:
+    """The dispatch table of the built-in commands (others are added with ``agent.commands.register``)."""
+    return [
+        CommandSpec("ping", agent.cmd_ping, inline=True, doc="liveness: answers pong with boot_id and uptime"),
+        CommandSpec(
+            "run_benchmark",
+            agent.cmd_run_benchmark,
+            {
+                "warmup_runs": Arg(int, 5, check=_between(0, 10_000), expect="an integer 0-10000"),
+                "num_runs": Arg(int, 100, check=_between(1, 100_000), expect="an integer 1-100000"),
+                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
+            },
+            doc="benchmark the active model on a separate interpreter; also publishes bench/{run_id}/report",
+        ),
+        CommandSpec(
+            "set_config",
+            agent.cmd_set_config,
+            {
+                "window_s": Arg(float, None, check=_between(0.05, 86_400), expect="seconds between 0.05 and 86400"),
+                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
+                "drift_every": Arg(int, None, check=_between(1, 1_000_000), expect="an integer ≥ 1"),
+            },
+            doc="change the telemetry window, interpreter threads or drift sampling at run time",
+        ),
+        CommandSpec(
+            "infer",
+            agent.cmd_infer,
+            {
+                "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
+                "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
+                "label": Arg(str, None, check=lambda v: v in agent.label_index, expect=f"one of the labels {list(agent.labels)[:20]}"),
+            },
+            one_of=("image", "tensor"),
+            doc="request/response inference on one input",
+        ),
+    ]
+
+
+__all__ = ["Agent", "Prediction", "builtin_commands", "BrokerError"]

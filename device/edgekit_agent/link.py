@@ -1,0 +1,434 @@
+"""The MQTT link: paho-mqtt wrapped the way Home Assistant does it (style.md #8), fed from the outbox.
+
+- ``CallbackAPIVersion.VERSION2``, MQTT 5, ``connect_async`` + ``loop_start``: the agent starts and serves
+  even when the broker is down; paho reconnects with the backoff of ``reconnect_delay_set``.
+- Every ``on_connect`` first publishes the retained birth (``status`` = online, with ``boot_id``), then
+  resubscribes (a broker restart without a persistent session forgets subscriptions). The LWT is
+  ``offline``/``lwt`` with the same ``boot_id``; a clean stop publishes ``offline``/``shutdown`` itself
+  (paho never sends the LWT on a clean disconnect).
+- paho calls callbacks holding its own lock, so callbacks only put events on a queue; one worker thread
+  turns them into outbox acknowledgements and command deliveries, and feeds a small in-flight window
+  from the outbox. paho's memory queue therefore never holds more than ``inflight`` messages.
+- A PUBACK with a reason code ≥ 0x80 (e.g. 0x87 refused by the ACL) is logged and counted and the message
+  is removed: retrying a refused message forever would block the outbox.
+- Bad credentials (CONNACK 0x86/0x87, or 0x04/0x05 from an MQTT 3 broker) stop reconnecting:
+  :attr:`Link.fatal` holds the :class:`BrokerError` and :attr:`Link.failed` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import __version__
+from .errors import BrokerError, UsageError
+from .outbox import Outbox, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+PREFIX = "edge/v1"
+CONTENT_TYPE = "application/json"
+STATUS_SCHEMA = "edge.status/1"
+# CONNACK reason codes that mean "these credentials will never work": retrying only hammers the broker.
+BAD_CREDENTIALS = {0x04: "bad user name or password (MQTT 3)", 0x05: "not authorised (MQTT 3)",
+                   0x86: "bad user name or password", 0x87: "not authorised", 0x8C: "bad authentication method"}  # fmt: skip
+LOG_PAYLOAD_CHARS = 200
+_OK_RC = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: a QoS 1 message paho keeps and sends later
+
+
+def cap(payload: bytes | str, limit: int = LOG_PAYLOAD_CHARS) -> str:
+    """A payload shortened for a log line (a 200 KB image in a log helps nobody)."""
+    text = payload.decode("utf-8", "replace") if isinstance(payload, (bytes, bytearray)) else str(payload)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+def check_rc(rc: int, what: str) -> None:
+    """The one place paho's integer return codes become exceptions."""
+    if rc not in _OK_RC:
+        raise BrokerError(f"{what}: {mqtt.error_string(rc)} (paho rc {int(rc)}).")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The edge/v1 topic names of one device (telemetry.md)."""
+
+    device_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{PREFIX}/{self.device_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.base}/meta"
+
+    @property
+    def telemetry(self) -> str:
+        return f"{self.base}/telemetry/inference"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def commands(self) -> str:
+        """The subscription filter for commands."""
+        return f"{self.base}/cmd/+"
+
+    def bench(self, run_id: str) -> str:
+        return f"{self.base}/bench/{run_id}/report"
+
+    def res(self, requester: str) -> str:
+        return f"{self.base}/res/{requester}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Where and how to connect. ``url`` is ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS)."""
+
+    host: str
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    keepalive: int = 30
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+    inflight: int = 8
+    session_expiry_s: int = 3600
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> "BrokerSettings":
+        """Parse ``mqtt://user:pass@host:port``; TLS options switch TLS on even for ``mqtt://``."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise UsageError(f"broker URL '{url}' must look like mqtt://HOST:PORT or mqtts://HOST:PORT.")
+        tls = parts.scheme in ("mqtts", "ssl") or any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key"))
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise UsageError(f"broker URL '{url}': the port is not a number between 1 and 65535.") from None
+        if parts.username and not kwargs.get("username"):
+            kwargs["username"] = unquote(parts.username)
+        if parts.password and not kwargs.get("password"):
+            kwargs["password"] = unquote(parts.password)
+        return cls(host=parts.hostname, port=port, tls=tls, **kwargs)
+
+    @property
+    def url(self) -> str:
+        """The broker address without credentials (safe for logs and meta)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message the broker delivered (a command)."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+    received_mono: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    connected: bool
+    connects: int
+    inflight: int
+    sent: int
+    acked: int
+    refused: int
+
+
+def json_properties(correlation: bytes | None = None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = CONTENT_TYPE
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
+class Link:
+    """One device's connection to the broker. ``start()``, then ``wake()`` after every outbox put; ``close()``."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        device_id: str,
+        boot_id: str,
+        outbox: Outbox,
+        on_message: Callable[[Incoming], None],
+    ) -> None:
+        self.settings = settings
+        self.device_id = device_id
+        self.boot_id = boot_id
+        self.topics = Topics(device_id)
+        self.outbox = outbox
+        self._on_message = on_message
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._inflight: dict[int, OutboxEntry] = {}  # paho mid -> outbox entry (worker thread only)
+        self.connected = threading.Event()
+        self.failed = threading.Event()
+        self.drained = threading.Event()
+        self.fatal: BrokerError | None = None
+        self._stopping = threading.Event()
+        self._connects = self._sent = self._acked = self._refused = 0
+        self._worker = threading.Thread(target=self._work, name="edgekit-link", daemon=True)
+        self._client = self._make_client()
+
+    # --- set-up ----------------------------------------------------------------------------------------------
+    def status_message(self, state: str, reason: str) -> bytes:
+        """A ``status`` payload. Status is state, not a stream: it bypasses the outbox and has no ``seq``."""
+        doc = {
+            "schema": STATUS_SCHEMA,
+            "device_id": self.device_id,
+            "boot_id": self.boot_id,
+            "epoch": self.outbox.epoch,
+            "seq": None,
+            "ts": int(time.time() * 1000),
+            "agent_version": __version__,
+            "state": state,
+            "reason": reason,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
+        )
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        # The LWT's ts is when it was registered (the broker sends it later, verbatim); boot_id tells a
+        # consumer which agent run it belongs to, so a late LWT of an older connection is recognised.
+        client.will_set(self.topics.status, self.status_message("offline", "lwt"), qos=1, retain=True,
+                        properties=json_properties())  # fmt: skip
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise BrokerError(
+                    f"TLS set-up for {s.url} failed ({exc}); check --tls-ca/--tls-cert/--tls-key paths and formats."
+                ) from None
+        client.reconnect_delay_set(min_delay=max(1, s.reconnect_min_s), max_delay=max(s.reconnect_min_s, s.reconnect_max_s))
+        # Room for the window plus birth/shutdown status, which must never wait behind telemetry.
+        client.max_inflight_messages_set(s.inflight + 4)
+        client.on_connect = self._cb_connect
+        client.on_disconnect = self._cb_disconnect
+        client.on_publish = self._cb_publish
+        client.on_message = self._cb_message
+        client.on_subscribe = self._cb_subscribe
+        return client
+
+    def start(self) -> None:
+        """Begin connecting in the background (returns at once; the broker may be down)."""
+        s = self.settings
+        props = Properties(PacketTypes.CONNECT)
+        # A session that outlives short outages: commands sent meanwhile are delivered after reconnect.
+        props.SessionExpiryInterval = s.session_expiry_s
+        try:
+            self._client.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot start connecting to {s.url}: {exc}.") from None
+        check_rc(self._client.loop_start(), f"starting the MQTT loop for {s.url}")
+        self._worker.start()
+
+    # --- paho callbacks: never block, never take application locks ---------------------------------------------
+    def _cb_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
+        if rc.is_failure:
+            code = int(rc.value)
+            if code in BAD_CREDENTIALS:
+                client.disconnect()  # ends paho's reconnect loop; the worker records why
+            self._events.put(("refused", code, str(rc)))
+            return
+        # Birth first, before paho resends anything it kept and before the worker feeds the window.
+        client.publish(self.topics.status, self.status_message("online", "connected"), qos=1, retain=True,
+                       properties=json_properties())  # fmt: skip
+        client.subscribe(self.topics.commands, qos=1)
+        self._events.put(("connected",))
+
+    def _cb_disconnect(self, _c: Any, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
+        self._events.put(("disconnected", str(rc)))
+
+    def _cb_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _props: Any) -> None:
+        self._events.put(("puback", mid, int(rc.value)))
+
+    def _cb_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        self._events.put(
+            (
+                "message",
+                Incoming(
+                    topic=msg.topic,
+                    payload=bytes(msg.payload),
+                    response_topic=getattr(props, "ResponseTopic", None),
+                    correlation=getattr(props, "CorrelationData", None),
+                    received_mono=time.monotonic(),
+                ),
+            )
+        )
+
+    def _cb_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: Any, _props: Any) -> None:
+        for rc in rcs:
+            if rc.is_failure:
+                self._events.put(("subscribe_failed", str(rc)))
+
+    # --- the worker thread ----------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Tell the worker the outbox has something new."""
+        self._events.put(("wake",))
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                event = ("wake",)
+            try:
+                self._handle(event)
+                while True:  # drain what else is waiting before touching the outbox
+                    self._handle(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:  # noqa: BLE001 - the link must outlive one bad event; the log says what it was
+                log.exception("%s: MQTT link worker error on %s", self.device_id, event[0])
+            try:
+                self._pump()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: cannot feed the outbox to the broker", self.device_id)
+                time.sleep(0.5)
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "puback":
+            _, mid, code = event
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                return
+            if code >= 0x80:
+                self._refused += 1
+                log.warning("%s: the broker refused a message to %s (reason code 0x%02X; check its ACL); dropped: %s",
+                            self.device_id, entry.topic, code, cap(entry.payload))  # fmt: skip
+            else:
+                self._acked += 1
+            self.outbox.ack(entry.id)
+        elif kind == "message":
+            self._on_message(event[1])
+        elif kind == "connected":
+            self._connects += 1
+            self.connected.set()
+            log.info("%s: connected to %s", self.device_id, self.settings.url)
+        elif kind == "disconnected":
+            self.connected.clear()
+            if not self._stopping.is_set():
+                log.warning("%s: disconnected from %s (%s); reconnecting", self.device_id, self.settings.url, event[1])
+        elif kind == "refused":
+            _, code, text = event
+            if code in BAD_CREDENTIALS:
+                self.fatal = BrokerError(
+                    f"{self.settings.url} refused device '{self.device_id}': {BAD_CREDENTIALS[code]} (CONNACK 0x{code:02X}). "
+                    "Check --username/--password (or the client certificate) and the broker's ACL; not retrying."
+                )
+                log.error("%s", self.fatal)
+                self.failed.set()
+            else:
+                log.warning("%s: %s refused the connection (%s); retrying", self.device_id, self.settings.url, text)
+        elif kind == "subscribe_failed":
+            log.error("%s: subscribing to %s failed (%s): commands will not arrive; check the broker ACL.",
+                      self.device_id, self.topics.commands, event[1])  # fmt: skip
+
+    def _pump(self) -> None:
+        if not self.connected.is_set():
+            return
+        free = self.settings.inflight - len(self._inflight)
+        if free > 0:
+            # Messages already handed to paho stay there across reconnects (paho resends them itself).
+            for entry in self.outbox.head(free, exclude={e.id for e in self._inflight.values()}):
+                info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
+                                            properties=json_properties(entry.correlation))  # fmt: skip
+                if info.rc not in _OK_RC:
+                    log.warning("%s: paho refused to queue outbox message %d (%s); will retry",
+                                self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip
+                    break
+                self._inflight[info.mid] = entry
+                self._sent += 1
+        if self.outbox.depth == 0 and not self._inflight:
+            self.drained.set()
+        else:
+            self.drained.clear()
+
+    # --- direct publishing and shutdown ------------------------------------------------------------------------
+    def publish_direct(self, topic: str, payload: bytes, *, retain: bool = False, wait_s: float = 0.0) -> bool:
+        """Publish outside the outbox (status only); with ``wait_s`` wait for the PUBACK. True if acknowledged."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=json_properties())
+        check_rc(info.rc, f"publishing to {topic}")
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                if info.is_published():
+                    return True
+            except (ValueError, RuntimeError):  # paho could not queue it: no acknowledgement will come
+                return False
+            time.sleep(0.01)
+        return False
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty and every message acknowledged (or ``timeout`` s). True if drained."""
+        deadline = time.monotonic() + timeout
+        self.wake()
+        while time.monotonic() < deadline:
+            if self.drained.wait(0.05) and self.outbox.depth == 0:
+                return True
+            self.wake()
+        return False
+
+    def stats(self) -> LinkStats:
+        return LinkStats(self.connected.is_set(), self._connects, len(self._inflight), self._sent, self._acked, self._refused)
+
+    def close(self, *, timeout: float = 3.0) -> bool:
+        """Publish ``offline``/``shutdown`` (retained), wait for its PUBACK, disconnect. True if it was acknowledged."""
+        acked = False
+        if self.connected.is_set():
+            try:
+                acked = self.publish_direct(self.topics.status, self.status_message("offline", "shutdown"),
+                                            retain=True, wait_s=timeout)  # fmt: skip
+            except BrokerError as exc:
+                log.warning("%s: could not publish the shutdown status: %s", self.device_id, exc)
+        self._stopping.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._worker.is_alive():
+            self._worker.join(timeout=2.0)
+        return acked
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stopping.is_set():
+            self.close()
+
+
+def decode_json(payload: bytes) -> Mapping[str, Any]:
+    """Helper for consumers and tests: a JSON object payload."""
+    return json.loads(payload.decode("utf-8"))
