@@ -111,16 +111,21 @@ class Runtime:
         try:
             self._interp = _interpreter_class(mod)(**kwargs)
             self._interp.allocate_tensors()
+            # Reading op and tensor names decodes strings from the file: a corrupt model raises
+            # UnicodeDecodeError (a ValueError) here, so these reads belong inside the same guard.
+            ops = self.ops()
+            self._in = self._interp.get_input_details()
+            self._out = self._interp.get_output_details()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.model_name}: the interpreter cannot load this model ({exc}).") from None
+        if not self._in or not self._out:
+            raise ModelError(f"{self.model_name}: the model has no input or no output tensor.")
         # tflite-runtime 2.14 accepts the XNNPACK request and then leaves int8 models to the builtin kernels
         # (tflite-facts #2): report what ran. XNNPACK shows up as DELEGATE nodes in the execution plan.
         self.requested_delegate = delegate
-        if delegate == "xnnpack" and "DELEGATE" not in self.ops():
+        if delegate == "xnnpack" and "DELEGATE" not in ops:
             delegate = "none"
         self.info = RuntimeInfo(self.engine, _module_version(self.engine), delegate, threads)
-        self._in = self._interp.get_input_details()
-        self._out = self._interp.get_output_details()
         self._in_index = self._in[0]["index"]
         self._out_index = self._out[0]["index"]
         self.input_shape = tuple(int(s) for s in self._in[0]["shape"])
