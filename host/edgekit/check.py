@@ -65,6 +65,7 @@ class FitReport:
     arena_with_margin: int | None = None  # what firmware should allocate (rounded up to 16 bytes)
     flash_bytes: int | None = None  # model + runtime estimate
     edgetpu: EdgeTpuReport | None = field(default=None, repr=False)
+    tflm_agreement: float | None = None  # top-1 agreement of TFLite Micro with LiteRT on golden samples
 
     @property
     def fits(self) -> bool:
@@ -85,7 +86,8 @@ class FitReport:
             "model": self.model, "profile": self.profile, "target": self.target, "fits": self.fits,
             "model_bytes": self.model_bytes, "model_sha256": self.model_sha256, "ops": list(self.ops),
             "margin": self.margin, "arena_bytes": self.arena_bytes, "arena_with_margin": self.arena_with_margin,
-            "flash_bytes": self.flash_bytes, "checks": [r.to_dict() for r in self.rows],
+            "flash_bytes": self.flash_bytes, "tflm_agreement": self.tflm_agreement,
+            "checks": [r.to_dict() for r in self.rows],
         }
         if self.edgetpu is not None:
             d["edgetpu"] = self.edgetpu.to_dict()
@@ -283,20 +285,43 @@ _CHECKS: dict[Target, tuple[Callable[[_Ctx], FitRow], ...]] = {
 }
 
 
-def check_fit(tflite: bytes, profile: Profile, *, name: str = "model", run_compiler: bool = True) -> FitReport:
+def _check_agreement(c: _Ctx, golden_inputs: Any) -> FitRow:
+    from .tflm import tflm_agreement
+
+    try:
+        agreement = tflm_agreement(c.tflite, golden_inputs)
+    except ModelError as exc:
+        return FitRow("tflm-agreement", "not run", 1.0, None, Verdict.WARN, str(exc))
+    c.extra["agreement"] = agreement
+    n = len(golden_inputs)
+    detail = f"TFLite Micro and LiteRT agree on the top-1 class of {agreement:.1%} of {n} golden samples"
+    if agreement == 1.0:
+        return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.OK, detail + ".")
+    # Kernels round differently; a few flips near a decision boundary are expected, many are not.
+    return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.WARN, detail + " (rounding differences).",
+                  "compare the raw outputs of the disagreeing samples; check the input quantisation.")
+
+
+def check_fit(
+    tflite: bytes, profile: Profile, *, name: str = "model", run_compiler: bool = True, golden_inputs: Any = None
+) -> FitReport:
     """Check ``tflite`` against ``profile``; never raises for a misfit (see :func:`require_fit`).
 
+    ``golden_inputs`` (N, H, W, C; quantised, or float to be quantised with the model's input
+    parameters) adds, for MCU profiles, the top-1 agreement of TFLite Micro with LiteRT on them.
     Raises :class:`ModelError` only when ``tflite`` is not a TFLite model.
     """
     graph = read_graph(tflite, name)
     c = _Ctx(bytes(tflite), graph, profile, name, run_compiler)
     rows = tuple(check(c) for check in _CHECKS[profile.target])
+    if golden_inputs is not None and profile.target is Target.MCU and c.arena() is not None:
+        rows += (_check_agreement(c, golden_inputs),)
     arena = c.extra.get("arena")
     return FitReport(
         model=name, profile=profile.name, target=str(profile.target), model_bytes=graph.model_bytes,
         model_sha256=graph.sha256, ops=graph.op_names(), rows=rows, margin=profile.margin,
         arena_bytes=arena, arena_with_margin=c.extra.get("arena_with_margin") or (_with_margin(arena, profile.margin) if arena else None),
-        flash_bytes=c.extra.get("flash"), edgetpu=c.extra.get("edgetpu"),
+        flash_bytes=c.extra.get("flash"), edgetpu=c.extra.get("edgetpu"), tflm_agreement=c.extra.get("agreement"),
     )
 
 

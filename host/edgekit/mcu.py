@@ -37,6 +37,8 @@ _ADD_METHOD_EXCEPTIONS = {
     "RELU6": "AddRelu6",
     "RELU_N1_TO_1": "AddReluN1To1",
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
+    "CUMSUM": "AddCumSum",
+    "BATCH_MATMUL": "AddBatchMatMul",
     "TFLite_Detection_PostProcess": "AddDetectionPostprocess",
 }
 

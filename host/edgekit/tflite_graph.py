@@ -49,6 +49,8 @@ class Tensor:
     shape_signature: tuple[int, ...]
     constant: bool
     quantized: bool
+    scale: float = 0.0  # first (per-tensor) scale; 0.0 when not quantised
+    zero_point: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -143,6 +145,8 @@ def _read_graph_cached(tflite: bytes, name: str) -> Graph:
             shape_signature=sig,
             constant=has_data(t.buffer),
             quantized=quantized,
+            scale=float(q.scale[0]) if quantized else 0.0,
+            zero_point=int(q.zeroPoint[0]) if quantized and q.zeroPoint is not None and len(q.zeroPoint) else 0,
         )
         if tensor.constant:
             constant_bytes += tensor.nbytes

@@ -175,15 +175,32 @@ def tflm_outputs(tflite: bytes, inputs: np.ndarray, *, arena_bytes: int | None =
     return _with_model_file(tflite, run)
 
 
+def quantize_inputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
+    """Float inputs (N, H, W, C) -> the model's input dtype with its scale and zero point; integer inputs pass through."""
+    from .tflite_graph import read_graph
+
+    x = np.asarray(inputs)
+    if np.issubdtype(x.dtype, np.integer):
+        return x
+    g = read_graph(tflite)
+    t = g.tensor(g.inputs[0])
+    if not t.quantized:
+        return x.astype(np.float32)
+    info = np.iinfo(np.dtype(t.dtype))
+    q = np.round(x.astype(np.float64) / t.scale + t.zero_point)
+    return np.clip(q, info.min, info.max).astype(t.dtype)
+
+
 def tflm_agreement(tflite: bytes, golden_inputs: np.ndarray) -> float:
     """Fraction of samples whose top-1 class under TFLite Micro equals LiteRT's (0.0-1.0).
 
     Exact raw outputs may differ by a rounding step between the two kernel sets, so agreement of the
-    predicted class is what is reported. ``golden_inputs`` are quantised inputs (N, H, W, C).
+    predicted class is what is reported. ``golden_inputs`` are quantised inputs (N, H, W, C), as in
+    ``golden.npz``; float inputs are quantised with the model's input scale and zero point.
     """
     from edgekit_agent.runtime import Runtime
 
-    x = np.asarray(golden_inputs)
+    x = quantize_inputs(tflite, golden_inputs)
     if len(x) == 0:
         raise ModelError("tflm_agreement: no golden inputs given.")
     rt = Runtime(tflite, num_threads=1, delegate="none", model_name="model.tflite")

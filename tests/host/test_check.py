@@ -128,3 +128,14 @@ def test_tflm_agrees_with_litert_on_top1():
     x = np.random.default_rng(1).integers(-128, 128, size=(24, 8, 8, 1), dtype=np.int8)
     agreement = tflm_agreement(model, x)
     assert 0.9 <= agreement <= 1.0
+
+
+def test_golden_inputs_add_the_tflm_agreement_row_for_mcus():
+    model = fit_models.tiny_cnn()
+    x = np.random.default_rng(2).random((12, 8, 8, 1), dtype=np.float32)  # float: quantised by the check
+    report = check_fit(model, load_profile("esp32-s3"), name="tiny", golden_inputs=x)
+    row = report.row("tflm-agreement")
+    assert report.tflm_agreement == row.measured and 0.9 <= report.tflm_agreement <= 1.0
+    assert report.to_dict()["tflm_agreement"] == report.tflm_agreement
+    cpu = check_fit(model, load_profile("raspberry-pi-4"), name="tiny", golden_inputs=x)
+    assert cpu.tflm_agreement is None and "tflm-agreement" not in [r.check for r in cpu.rows]

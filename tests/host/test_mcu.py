@@ -96,6 +96,8 @@ def test_bundle_artifacts_dispatch_by_target(tiny_artifacts):
         ("RELU6", "AddRelu6"),
         ("SPACE_TO_BATCH_ND", "AddSpaceToBatchNd"),
         ("HARD_SWISH", "AddHardSwish"),
+        ("CUMSUM", "AddCumSum"),
+        ("BATCH_MATMUL", "AddBatchMatMul"),
     ],
 )
 def test_add_method_names_follow_micro_mutable_op_resolver(op, method):
