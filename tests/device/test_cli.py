@@ -1,0 +1,110 @@
+"""``edgekit-agent`` subcommands and their exit codes (in-process, plus one real console-script run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekit_agent.cli import COMMANDS, format_table, main
+from edgekit_agent.errors import ExitStatus
+
+from tamper import copy_bundle, flip_byte
+
+
+@pytest.fixture(scope="module")
+def images(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Golden inputs written back as PNG files (dequantised with the manifest's input scale)."""
+    out = tmp_path_factory.mktemp("images")
+    with np.load(digits_bundle / "golden.npz") as g:
+        xs, ys = g["inputs"], g["labels"]
+    spec = json.loads((digits_bundle / "manifest.json").read_text())["inputs"][0]
+    paths = []
+    for i in range(4):
+        pixels = (xs[i, :, :, 0].astype(np.int64) - spec["zero_point"]) * spec["scale"] * 255
+        p = out / f"{i}-{ys[i]}.png"
+        Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L").save(p)
+        paths.append(p)
+    return paths
+
+
+def test_verify_ok_on_dir_and_archive(digits_bundle: Path, capsys):
+    assert main(["verify", str(digits_bundle)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert "model.tflite" in out and "self-test passed" in out and "verified: ok" in out
+    archive = digits_bundle.parent / f"{digits_bundle.name}.tar.gz"
+    assert main(["verify", str(archive), "--json"]) == ExitStatus.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["selftest"]["passed"] and {f["status"] for f in doc["files"]} == {"ok"}
+
+
+def test_verify_refuses_a_tampered_bundle_with_exit_5_and_one_line(digits_bundle: Path, tmp_path: Path, capsys):
+    d = copy_bundle(digits_bundle, tmp_path)
+    flip_byte(d / "model.tflite")
+    assert main(["verify", str(d)]) == ExitStatus.BUNDLE_REJECTED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "model.tflite" in err[0]
+
+
+def test_missing_bundle_and_usage_errors(tmp_path: Path, capsys):
+    assert main(["bench", str(tmp_path / "nope")]) == ExitStatus.BUNDLE_REJECTED
+    assert main([]) == ExitStatus.USAGE
+    with pytest.raises(SystemExit) as info:
+        main(["bench"])
+    assert info.value.code == ExitStatus.USAGE
+
+
+def test_bench_json(digits_bundle: Path, capsys):
+    code = main(["bench", str(digits_bundle), "--runs", "20", "--warmup", "2", "--threads", "1", "--no-xnnpack", "--json"])
+    assert code == ExitStatus.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["steady"]["count"] == 20 and doc["warmup"]["runs"] == 2
+    assert doc["runtime"] == {**doc["runtime"], "engine": "litert", "delegate": "none", "num_threads": 1}
+    assert doc["selftest"]["passed"]
+
+
+def test_bench_table_with_skipped_selftest(digits_bundle: Path, capsys):
+    assert main(["bench", str(digits_bundle), "--runs", "5", "--skip-selftest"]) == ExitStatus.OK
+    captured = capsys.readouterr()
+    assert "p50 / p90 / p99" in captured.out and "self-test: skipped" in captured.out
+    assert "--skip-selftest" in captured.err
+
+
+def test_infer_predicts_golden_images(digits_bundle: Path, images: list[Path], capsys):
+    assert main(["infer", str(digits_bundle), *map(str, images), "--json"]) == ExitStatus.OK
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == [str(p) for p in images]
+    with np.load(digits_bundle / "golden.npz") as g:
+        expected = g["outputs"][: len(images)].argmax(axis=1)
+    assert [r["index"] for r in results] == list(expected)  # same top-1 as the workstation
+    assert all(0 < r["confidence"] <= 1 and r["invoke_ms"] > 0 for r in results)
+
+
+def test_infer_reports_a_bad_image_and_exits_3(digits_bundle: Path, images: list[Path], tmp_path: Path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["infer", str(digits_bundle), str(images[0]), str(bad)]) == ExitStatus.BAD_INPUT
+    captured = capsys.readouterr()
+    assert str(images[0]) in captured.out and "bad.png: not an image" in captured.err
+
+
+def test_run_is_routed_to_the_agent_module():
+    assert COMMANDS["run"][0] == "edgekit_agent.agent_cli"
+
+
+def test_format_table_aligns_numbers_right():
+    text = format_table(("name", "bytes"), [("a", 5), ("longer", 1234)])
+    lines = text.splitlines()
+    assert lines[0] == "name    bytes" and lines[2] == "a           5" and lines[3] == "longer   1234"
+
+
+def test_console_script_prints_no_traceback(tmp_path: Path):
+    script = Path(sys.executable).with_name("edgekit-agent")
+    proc = subprocess.run([str(script), "verify", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitStatus.BUNDLE_REJECTED
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and "manifest.json" in proc.stderr
