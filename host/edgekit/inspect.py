@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import tarfile
 import zlib
 from collections import Counter
@@ -25,26 +24,18 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from edgekit_agent.errors import BundleError, EdgekitError, ModelError
+from edgekit_agent.bundle import UNLISTED_OK, FileCheck, FileStatus
+from edgekit_agent.bundle import verify_files as verify_directory
+from edgekit_agent.errors import BundleError, EdgekitError
+from edgekit_agent.limits import MAX_ARCHIVE_BYTES, MAX_EXTRACTED_BYTES
 from edgekit_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from edgekit_agent.runtime import Runtime
+from edgekit_agent.tflite_file import check_tflite
 
 Kind = Literal["bundle", "archive", "tflite"]
-FileStatus = Literal["ok", "mismatch", "missing", "unlisted"]
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-_MAX_ARCHIVE_BYTES = 1 << 30  # refuse decompression bombs instead of filling memory (bundles are far smaller)
-
-
-@dataclass(frozen=True, slots=True)
-class FileCheck:
-    """One file of a bundle: its size and whether its sha256 matches the manifest."""
-
-    name: str
-    status: FileStatus
-    bytes: int | None  # actual size (None when missing)
-    expected_bytes: int | None  # size the manifest records (None when unlisted)
-    sha256: str | None
-    expected_sha256: str | None
+# FileCheck/FileStatus and the directory check are the device's own (edgekit_agent.bundle), so
+# `edgekit inspect` and the agent agree on what "verified" means; archives are checked in memory here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +71,12 @@ class InspectReport:
     @property
     def verified(self) -> bool:
         """True when every file matches the manifest (and the manifest lists nothing extra or missing)."""
-        return all(f.status == "ok" for f in self.files) and self.model_error is None
+        return all(f.ok for f in self.files) and self.model_error is None
 
     @property
     def problems(self) -> list[str]:
         """Human-readable reasons why ``verified`` is False."""
-        out = [f"{f.name}: {f.status}" for f in self.files if f.status != "ok"]
+        out = [f"{f.name}: {f.status}" + (f" ({f.detail})" if f.detail else "") for f in self.files if not f.ok]
         if self.model_error:
             out.append(self.model_error)
         return out
@@ -115,7 +106,8 @@ class InspectReport:
             "files": [
                 {
                     "name": f.name,
-                    "status": f.status,
+                    "status": str(f.status),
+                    "detail": f.detail,
                     "bytes": f.bytes,
                     "expected_bytes": f.expected_bytes,
                     "sha256": f.sha256,
@@ -147,14 +139,16 @@ def read_archive(archive: Path) -> dict[str, bytes]:
     """
     files: dict[str, bytes] = {}
     try:
+        if archive.stat().st_size > MAX_ARCHIVE_BYTES:
+            raise BundleError(f"{archive}: {archive.stat().st_size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit for bundle archives.")
         raw = archive.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             # Decompress fully first: tarfile stops before gzip's trailer, so a changed byte inside the
             # deflate stream would otherwise slip past the CRC check.
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
-                raw = g.read(_MAX_ARCHIVE_BYTES + 1)
-            if len(raw) > _MAX_ARCHIVE_BYTES:
-                raise BundleError(f"{archive}: unpacks to more than {_MAX_ARCHIVE_BYTES} bytes, too large for a bundle.")
+                raw = g.read(MAX_EXTRACTED_BYTES + 1)
+            if len(raw) > MAX_EXTRACTED_BYTES:
+                raise BundleError(f"{archive}: unpacks to more than {MAX_EXTRACTED_BYTES} bytes, over the limit for bundles.")
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for m in tar:
                 name = _safe_member_name(m.name, archive)
@@ -175,35 +169,25 @@ def read_archive(archive: Path) -> dict[str, bytes]:
     return files
 
 
-def read_directory(directory: Path) -> dict[str, bytes]:
-    """The regular files of a bundle directory (top level only: bundle files are plain names)."""
-    files: dict[str, bytes] = {}
-    for p in sorted(directory.iterdir()):
-        if p.is_symlink():
-            raise BundleError(f"{p}: a symbolic link in a bundle directory; bundles hold regular files only.")
-        if p.is_file():
-            files[p.name] = p.read_bytes()
-        elif p.is_dir():
-            files[p.name + "/"] = b""  # reported as unlisted: a bundle has no subdirectories
-    return files
-
-
-def verify_files(manifest_doc: Mapping[str, Any], files: Mapping[str, bytes]) -> tuple[FileCheck, ...]:
-    """Compare the files present with the ``files`` table of a manifest: one :class:`FileCheck` per name."""
-    listed: Mapping[str, Any] = manifest_doc.get("files", {}) or {}
+def verify_members(manifest: Manifest, files: Mapping[str, bytes]) -> tuple[FileCheck, ...]:
+    """Compare in-memory archive members with the manifest (same rules and order as the device's check)."""
     checks: list[FileCheck] = []
-    for name in sorted(listed):
-        meta = listed[name] if isinstance(listed[name], Mapping) else {}
-        want_sha, want_bytes = meta.get("sha256"), meta.get("bytes")
-        if name not in files:
-            checks.append(FileCheck(name, "missing", None, want_bytes, None, want_sha))
+    for entry in manifest.files:
+        if entry.name not in files:
+            checks.append(FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle"))
             continue
-        data = files[name]
+        data = files[entry.name]
         got = _sha(data)
-        status: FileStatus = "ok" if got == want_sha and len(data) == want_bytes else "mismatch"
-        checks.append(FileCheck(name, status, len(data), want_bytes, got, want_sha))
-    for name in sorted(set(files) - set(listed) - {MANIFEST_NAME, SIGNATURE_NAME}):
-        checks.append(FileCheck(name, "unlisted", len(files[name]), None, _sha(files[name]), None))
+        if len(data) != entry.bytes:
+            detail = f"is {len(data)} bytes, {MANIFEST_NAME} records {entry.bytes}"
+        elif got != entry.sha256:
+            detail = f"sha256 is {got[:16]}…, {MANIFEST_NAME} records {entry.sha256[:16]}…"
+        else:
+            detail = ""
+        checks.append(FileCheck(entry.name, FileStatus.MISMATCH if detail else FileStatus.OK, len(data), entry.bytes, got, entry.sha256, detail))
+    listed = {e.name for e in manifest.files} | UNLISTED_OK
+    for name in sorted(set(files) - listed):
+        checks.append(FileCheck(name, FileStatus.UNLISTED, len(files[name]), None, _sha(files[name]), None, "not listed in the manifest"))
     return tuple(checks)
 
 
@@ -294,29 +278,38 @@ def inspect_path(path: str | Path) -> InspectReport:
     kind = _kind_of(path)
     if kind == "tflite":
         data = path.read_bytes()
-        if data[4:8] != b"TFL3":
-            raise ModelError(f"{path}: not a TFLite flatbuffer (file identifier TFL3 missing).")
+        check_tflite(data, str(path))  # raises ModelError before an interpreter can crash on a broken file
         ops, tensors = describe_model(data, str(path))
         return InspectReport(path, kind, path.name, len(data), _sha(data), ops, tensors, (), None, False, None)
 
-    files = read_directory(path) if kind == "bundle" else read_archive(path)
-    if MANIFEST_NAME not in files:
-        raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
-    manifest = Manifest.from_bytes(files[MANIFEST_NAME], f"{path}/{MANIFEST_NAME}")
-    checks = verify_files(json.loads(files[MANIFEST_NAME]), files)
+    if kind == "bundle":
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file() or manifest_path.is_symlink():
+            raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
+        manifest = Manifest.from_bytes(manifest_path.read_bytes(), str(manifest_path))
+        checks = tuple(verify_directory(path, manifest))
+        signed = (path / SIGNATURE_NAME).is_file()
+    else:
+        files = read_archive(path)
+        if MANIFEST_NAME not in files:
+            raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
+        manifest = Manifest.from_bytes(files[MANIFEST_NAME], f"{path}:{MANIFEST_NAME}")
+        checks = verify_members(manifest, files)
+        signed = SIGNATURE_NAME in files
     model_name = manifest.model.name
-    data = files.get(model_name, b"")
+    model_check = next(c for c in checks if c.name == model_name)  # the manifest guarantees it is listed
+    data = b""
+    if model_check.ok:  # read only a verified model: what is hashed is what is loaded
+        data = (path / model_name).read_bytes() if kind == "bundle" else files[model_name]
     ops: tuple[tuple[str, int], ...] = ()
     tensors: tuple[TensorInfo, ...] = ()
     model_error = None
-    model_check = next((c for c in checks if c.name == model_name), None)
-    if not data:
-        model_error = f"{model_name}: missing from the bundle"
-    elif model_check is not None and model_check.status != "ok":
+    if not model_check.ok:
         # A model that fails its hash is not handed to the interpreter: a corrupted flatbuffer can crash it.
-        model_error = f"{model_name}: not loaded, its sha256 does not match the manifest (re-copy or rebuild the bundle)"
+        model_error = f"{model_name}: not loaded, it does not match the manifest ({model_check.status}); re-copy or rebuild the bundle"
     else:
         try:
+            check_tflite(data, f"{path}/{model_name}")  # a structurally broken model must not reach the interpreter
             ops, tensors = describe_model(data, f"{path}/{model_name}")
         except EdgekitError as exc:  # a corrupted model is a finding, not a crash of the inspection
             model_error = str(exc)
@@ -324,12 +317,12 @@ def inspect_path(path: str | Path) -> InspectReport:
         path=path,
         kind=kind,
         model_file=model_name,
-        model_bytes=len(data),
-        model_sha256=_sha(data),
+        model_bytes=model_check.bytes or 0,
+        model_sha256=model_check.sha256 or "",
         operators=ops,
         tensors=tensors,
         files=checks,
         manifest=manifest_summary(manifest),
-        signed=SIGNATURE_NAME in files,
+        signed=signed,
         model_error=model_error,
     )
