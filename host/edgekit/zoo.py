@@ -132,14 +132,14 @@ def outputs_are(model: Any) -> str:
     return "probabilities" if "softmax" in name.lower() else "logits"
 
 
-def _fixed_batch_config(cfg: Any, batch: int) -> Any:
+def _fixed_batch_config(cfg: Any, batch: int | None) -> Any:
     """Set the batch dimension of every InputLayer in a (Keras 3 or tf_keras) model config."""
     if isinstance(cfg, dict):
         if cfg.get("class_name") == "InputLayer":
             inner = cfg["config"]
             for key in ("batch_shape", "batch_input_shape"):
                 if key in inner and inner[key] is not None:
-                    inner[key] = [batch, *list(inner[key])[1:]]
+                    inner[key] = [batch, *list(inner[key])[1:]]  # batch None makes it free again
         for value in cfg.values():
             _fixed_batch_config(value, batch)
     elif isinstance(cfg, list):
@@ -148,8 +148,11 @@ def _fixed_batch_config(cfg: Any, batch: int) -> Any:
     return cfg
 
 
-def with_fixed_batch(model: Any, batch_size: int = 1) -> Any:
-    """The same model (architecture and weights) with a fixed batch dimension, for export and conversion."""
+def with_fixed_batch(model: Any, batch_size: int | None = 1) -> Any:
+    """The same model (architecture and weights) with a fixed batch dimension, for export and conversion.
+
+    ``batch_size=None`` does the reverse: a free batch, for fast batched prediction and training.
+    """
     if model.inputs and all(t.shape[0] == batch_size for t in model.inputs):
         return model
     cfg = _fixed_batch_config(copy.deepcopy(model.get_config()), batch_size)
@@ -197,9 +200,7 @@ def to_tf_keras(model: Any, *, batch_size: int | None = None) -> Any:
             shape = tuple(int(s) for s in model.inputs[0].shape[1:])
             built = ARCHITECTURES[arch].build(tf_keras, shape, int(model.outputs[0].shape[-1]), batch_size=batch_size, **options)
         else:
-            cfg = _tf_keras_config(model.get_config())
-            if batch_size is not None:
-                _fixed_batch_config(cfg, batch_size)
+            cfg = _fixed_batch_config(_tf_keras_config(model.get_config()), batch_size)
             cls = tf_keras.Sequential if type(model).__name__ == "Sequential" else tf_keras.Model
             built = cls.from_config(cfg)
         built.set_weights(model.get_weights())
@@ -220,3 +221,22 @@ def to_keras3(model: Any, *, like: Any) -> Any:
     clone = keras.models.clone_model(like)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def import_tfmot() -> Any:
+    """Import tensorflow-model-optimization without leaking its ``TF_USE_LEGACY_KERAS=1`` side effect.
+
+    tfmot 0.8.1 sets that variable at import (facts note 6) and binds tf_keras for itself; left set, it
+    would switch ``tf.keras`` to tf_keras for the rest of this process and for every child process
+    (including the converter worker, which loads Keras 3 models).
+    """
+    import os
+
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
+    import tensorflow_model_optimization as tfmot
+
+    if before is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = before
+    return tfmot
