@@ -466,6 +466,10 @@ class FleetState:
                 dev.last_seen = ts
         if not msg.retain:
             dev.last_heard = msg.received
+            if kind != "status" and dev.status == "offline" and dev.status_reason == "lwt" and doc.get("boot_id") == dev.boot_id:
+                # Live traffic after a last will of the same run: the will was an old connection's
+                # (reconnect/takeover); the device is evidently connected again.
+                dev.status, dev.status_reason = "online", "reconnected"
         handler(self, dev, doc, msg)
         return device_id
 
@@ -520,15 +524,16 @@ class FleetState:
 def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     value = str(doc.get("state") or doc.get("status") or "unknown")
     ts = (_num(doc.get("ts")) or 0.0) / 1000.0
-    boot = doc.get("boot_id")
-    # A late LWT from an older connection (other boot_id, older than the birth we have) is stale.
-    if value == "offline" and dev.status == "online" and boot and dev.boot_id and boot != dev.boot_id and ts <= dev.status_ts:
+    boot = str(doc["boot_id"]) if doc.get("boot_id") else None
+    if boot and dev.boot_id and boot != dev.boot_id and ts <= dev.status_ts:
+        return  # from an older run of the agent (e.g. its last will, arriving after the new birth)
+    # Within one run, an LWT carries the time it was *registered* (at connect), older than the birth:
+    # an "offline" of the current run always counts; an older "online" does not.
+    if boot == dev.boot_id and value == "online" and ts < dev.status_ts:
         return
-    if ts < dev.status_ts and boot == dev.boot_id:
-        return  # an older status of the same run arrived late
-    dev.status, dev.status_reason, dev.status_ts = value, str(doc.get("reason") or ""), ts
+    dev.status, dev.status_reason, dev.status_ts = value, str(doc.get("reason") or ""), max(ts, dev.status_ts if boot == dev.boot_id else ts)
     if boot:
-        dev.boot_id = str(boot)
+        dev.boot_id = boot
     if value == "online" and msg.retain and dev.last_heard is None:
         # A retained birth says nothing about now; count from our start so a device is not "lost" at once.
         dev.last_heard = msg.received

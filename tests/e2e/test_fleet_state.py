@@ -80,3 +80,14 @@ def test_topics_and_urls():
     a = BrokerAddress.parse("mqtts://dev%201:s3cret@broker.lan")
     assert (a.host, a.port, a.tls, a.username, a.password) == ("broker.lan", 8883, True, "dev 1", "s3cret")
     assert BrokerAddress.parse("127.0.0.1:1884").url == "mqtt://127.0.0.1:1884"
+
+
+def test_last_will_of_the_current_run_counts_although_registered_before_the_birth():
+    st = FleetState()
+    st.apply(msg("d", "status", status("online", "b1", 1, T0 + 1), at=T0 + 1))
+    # The agent registers its LWT at connect time (T0), before the birth (T0 + 1); the broker sends it at T0 + 50.
+    st.apply(msg("d", "status", {"state": "offline", "reason": "lwt", "boot_id": "b1", "ts": int(T0 * 1000)}, at=T0 + 50))
+    assert (st.row("d", now=T0 + 50).status, st.row("d").status_reason) == ("offline", "lwt")
+    # Live telemetry from the same run afterwards: that will belonged to a connection it has replaced.
+    st.apply(msg("d", "telemetry/inference", {**telemetry(5, T0 + 51), "boot_id": "b1"}, at=T0 + 51))
+    assert st.row("d", now=T0 + 51).status == "online"
