@@ -126,6 +126,7 @@ class MqttLink:
         protocol: str = "auto",
         max_queue: int = 0,
         session_expiry_s: int = 0,
+        tls_ca: str | None = None,
     ) -> None:
         self.address = broker if isinstance(broker, BrokerAddress) else BrokerAddress.parse(broker)
         self.client_id = client_id or f"edgekit-{uuid.uuid4().hex[:10]}"
@@ -133,6 +134,8 @@ class MqttLink:
         if protocol not in ("auto", "5", "3.1.1"):
             raise UsageError(f"MQTT protocol '{protocol}': use auto, 5 or 3.1.1.")
         self.protocol = protocol
+        # A private CA (a lab broker's self-made certificate); None: the system's trusted CAs.
+        self.tls_ca = str(tls_ca) if tls_ca else None
         self.mqtt5 = protocol != "3.1.1"
         self.messages: queue.Queue[Message] = queue.Queue(max_queue)
         # > 0: a persistent session (MQTT 5 clean_start=False): the broker queues QoS 1 messages while
@@ -185,8 +188,11 @@ class MqttLink:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if self.address.username:
             c.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            c.tls_set()
+        if self.address.tls or self.tls_ca:
+            try:
+                c.tls_set(ca_certs=self.tls_ca)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BrokerError(f"TLS set-up for {self.address.url} failed ({exc}); check the --tls-ca file.") from None
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
