@@ -97,3 +97,13 @@ def batch2_cnn() -> bytes:
     c.inference_input_type = tf.int8
     c.inference_output_type = tf.int8
     return c.convert()
+
+
+@lru_cache(maxsize=None)
+def dead_logits_cnn() -> bytes:
+    """Logits with no range (zero dense weights) before a softmax: TFLite Micro aborts in SOFTMAX's prepare."""
+    import keras
+
+    L = keras.layers
+    return _seq((8, 8, 1), [L.Conv2D(4, 3, activation="relu"), L.Flatten(),
+                            L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros"), L.Softmax()])

@@ -169,8 +169,10 @@ def _check_arena(c: _Ctx) -> FitRow:
     p = c.profile
     arena = c.arena()
     if arena is None:
-        return FitRow("arena", "unmeasurable", p.ram_bytes, None, Verdict.FAIL, c.extra["arena_error"],
-                      "use only TFLite Micro operators and full-int8 tensors.")
+        error = c.extra["arena_error"]
+        try_ = ("calibrate with representative inputs of a trained model so every tensor has a real range."
+                if "Likely cause" in error else "use only TFLite Micro operators and full-int8 tensors.")
+        return FitRow("arena", "unmeasurable", p.ram_bytes, None, Verdict.FAIL, error, try_)
     need = _with_margin(arena, p.margin)
     c.extra["arena_with_margin"] = need
     return _row_budget(

@@ -13,6 +13,7 @@ pointers, extra scratch for CMSIS-NN / ESP-NN), which is what a profile's margin
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,10 +117,18 @@ def _call_worker(request: dict[str, Any], name: str) -> dict[str, Any]:
     stderr = proc.stderr.strip().splitlines()
     tail = "; ".join(line for line in stderr[-3:] if line)
     if proc.returncode != 0:
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        how = f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            try:
+                how = signal.Signals(-proc.returncode).name
+            except ValueError:
+                how = f"signal {-proc.returncode}"
+        hint = request.get("hint") or ""
+        # Earlier probes' "arena too small" lines are noise next to a known cause; otherwise quote the last line.
+        last = "" if hint or not stderr else f": {stderr[-1].strip()}"
         raise ModelError(
-            f"{name}: TFLite Micro crashed on this model ({how}: {tail or 'no message'}); "
-            "the model is not usable on a microcontroller as it is."
+            f"{name}: TFLite Micro crashed on this model ({how}{last}){hint}; "
+            "a microcontroller would stop the same way, so the model is not usable there as it is."
         )
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -145,9 +154,28 @@ def _with_model_file(tflite: bytes, fn: Any) -> Any:
         return fn(Path(tmp), path)
 
 
+def _crash_hint(tflite: bytes) -> str:
+    """A known cause of TFLite Micro aborting (instead of raising), found in the graph, or ""."""
+    from .tflite_graph import read_graph
+
+    g = read_graph(tflite)
+    for op in g.operators:
+        if op.name == "SOFTMAX":
+            t = g.tensor(op.inputs[0])
+            # int8 softmax computes QuantizeMultiplierGreaterThanOne(scale * 2**26) and asserts it is > 1.
+            if t.quantized and 0 < t.scale * 2**26 <= 1.0:
+                return (
+                    f". Likely cause: SOFTMAX #{op.index} has an input scale of {t.scale:.3g} (< 2^-26), which TFLite "
+                    "Micro's int8 softmax asserts against: the logits have almost no range (vanishing activations, "
+                    "e.g. an untrained model or unrepresentative calibration data)"
+                )
+    return ""
+
+
 @lru_cache(maxsize=32)
 def _measure_cached(tflite: bytes, name: str) -> ArenaMeasurement:
-    result = _with_model_file(tflite, lambda _d, p: _call_worker({"op": "arena", "model": str(p)}, name))
+    request = {"op": "arena", "hint": _crash_hint(tflite)}
+    result = _with_model_file(tflite, lambda _d, p: _call_worker({**request, "model": str(p)}, name))
     return ArenaMeasurement(int(result["arena"]), bool(result["exact"]), int(result["probes"]), _tflm_version())
 
 

@@ -139,3 +139,18 @@ def test_golden_inputs_add_the_tflm_agreement_row_for_mcus():
     assert report.to_dict()["tflm_agreement"] == report.tflm_agreement
     cpu = check_fit(model, load_profile("raspberry-pi-4"), name="tiny", golden_inputs=x)
     assert cpu.tflm_agreement is None and "tflm-agreement" not in [r.check for r in cpu.rows]
+
+
+def test_tflm_abort_is_a_failed_check_not_a_dead_process():
+    """TFLite Micro aborts (SIGABRT) on a softmax whose input has no range; the check survives and says why."""
+    model = fit_models.dead_logits_cnn()
+    report = check_fit(model, load_profile("rp2040"), name="dead-logits")
+    row = report.row("arena")
+    assert row.verdict is Verdict.FAIL and row.measured == "unmeasurable"
+    assert "SIGABRT" in row.detail and "SOFTMAX #3" in row.detail
+    assert report.arena_bytes is None and not report.fits
+    with pytest.raises(ModelError, match="crashed"):
+        measure_arena(model, "dead-logits")
+    # LiteRT runs it; the CPU profile's RAM check falls back to the activation sum.
+    cpu = check_fit(model, load_profile("raspberry-pi-4"), name="dead-logits")
+    assert cpu.fits and "all activation tensors" in cpu.row("ram").detail

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Fit table across every shipped profile for two models, and how long checking all profiles takes.
+
+Models (random weights: arena, flash and operators depend on structure, not on trained values):
+  - the digits CNN of edgekit's zoo (8x8x1, 10 classes), full int8;
+  - MobileNetV2, width 0.35, 96x96x3, 2 classes (a person-detection-sized model), full int8.
+
+For each model: the verdict table (arena/RAM bytes, flash bytes, ops, verdict) and the wall time of
+``check_fit`` over all profiles, cold (caches cleared, so the TFLite Micro arena search runs) and warm,
+as medians of ``--repeats`` runs. Also the ratio of the naive activation sum (no memory reuse) to the
+arena TFLite Micro actually plans.
+
+    .venv/bin/python scripts/bench_fit.py [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _convert(model, samples: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+    return c.convert()
+
+
+def build_models() -> dict[str, bytes]:
+    import keras
+    from sklearn.datasets import load_digits
+
+    from edgekit.zoo import build_model
+
+    keras.utils.set_random_seed(0)
+    digits = (load_digits().images / 16.0).astype("float32")[..., None]
+    cnn = build_model("cnn", (8, 8, 1), 10, batch_size=1)
+    mnv2 = build_model("mobilenetv2", (96, 96, 3), 2, alpha=0.35, batch_size=1)
+    rng = np.random.default_rng(0)
+    return {
+        "digits-cnn": _convert(cnn, digits[:100]),
+        "mobilenetv2-0.35-96": _convert(mnv2, rng.random((32, 96, 96, 3), dtype=np.float32)),
+    }
+
+
+def _clear_caches() -> None:
+    from edgekit import edgetpu, tflite_graph, tflm
+
+    tflm._measure_cached.cache_clear()  # noqa: SLF001 - the cold figure must include the arena search
+    tflite_graph._read_graph_cached.cache_clear()  # noqa: SLF001
+    edgetpu._compile.cache_clear()  # noqa: SLF001
+
+
+def bench(name: str, tflite: bytes, repeats: int) -> dict:
+    from edgekit.check import check_fit
+    from edgekit.profiles import load_all_profiles
+    from edgekit.tflite_graph import read_graph
+    from edgekit.tflm import measure_arena
+
+    profiles = load_all_profiles()
+    cold, warm, search = [], [], []
+    reports = []
+    for _ in range(repeats):
+        _clear_caches()
+        t0 = time.perf_counter()
+        measure_arena(tflite, name)
+        search.append(time.perf_counter() - t0)
+        _clear_caches()
+        t0 = time.perf_counter()
+        reports = [check_fit(tflite, p, name=name) for p in profiles]
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        [check_fit(tflite, p, name=name) for p in profiles]
+        warm.append(time.perf_counter() - t0)
+    graph = read_graph(tflite, name)
+    arena = measure_arena(tflite, name)
+    rows = []
+    for r in reports:
+        mem = r.row("arena") if r.target == "mcu" else r.row("ram")
+        flash = r.row("flash") if r.target == "mcu" else r.row("storage")
+        ops = r.row("edgetpu") if r.edgetpu is not None else r.row("ops")
+        failed = [x.check for x in r.failures()]
+        rows.append({
+            "profile": r.profile, "target": r.target, "arena_or_ram": mem.measured, "ram_budget": mem.budget,
+            "flash": flash.measured, "flash_budget": flash.budget, "ops": str(ops.measured),
+            "verdict": "fits" if r.fits else "does not fit (" + ", ".join(failed) + ")",
+        })
+    return {
+        "model": name, "model_bytes": len(tflite), "ops": list(graph.op_names()), "operators": len(graph.operators),
+        "tflm_arena_bytes": arena.bytes, "arena_probes": arena.probes,
+        "naive_activation_bytes": graph.activation_bytes(),
+        "naive_to_arena_ratio": round(graph.activation_bytes() / arena.bytes, 2),
+        "profiles": len(profiles), "repeats": repeats,
+        "check_all_cold_s_median": round(statistics.median(cold), 3),
+        "check_all_warm_s_median": round(statistics.median(warm), 4),
+        "arena_search_s_median": round(statistics.median(search), 3),
+        "arena_search_share_of_cold": round(statistics.median(search) / statistics.median(cold), 2),
+        "rows": rows,
+    }
+
+
+def _markdown(result: dict) -> str:
+    out = [
+        f"**{result['model']}** — {result['model_bytes']:,} bytes, {result['operators']} operators "
+        f"({', '.join(result['ops'])}); TFLite Micro arena {result['tflm_arena_bytes']:,} B "
+        f"(naive activation sum {result['naive_activation_bytes']:,} B, ×{result['naive_to_arena_ratio']}).",
+        "",
+        "| profile | target | arena (MCU, +margin) / RAM (B) | budget (B) | flash / storage (B) | budget (B) | ops | verdict |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in result["rows"]:
+        out.append(
+            f"| {r['profile']} | {r['target']} | {r['arena_or_ram']:,} | {r['ram_budget']:,} | {r['flash']:,} | "
+            f"{r['flash_budget']:,} | {r['ops']} | {r['verdict']} |"
+        )
+    out += [
+        "",
+        f"Checking all {result['profiles']} profiles: median {result['check_all_cold_s_median']} s cold "
+        f"(of which the arena search {result['arena_search_s_median']} s, {result['arena_search_share_of_cold']:.0%}), "
+        f"{result['check_all_warm_s_median']} s warm (arena cached); {result['repeats']} runs.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per model for the medians (default 3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown tables")
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel signature on stdout
+        models = build_models()
+    results = [bench(name, tflite, args.repeats) for name, tflite in models.items()]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        ratio = results[1]["check_all_cold_s_median"] / max(results[0]["check_all_cold_s_median"], 1e-9)
+        print("\n\n".join(_markdown(r) for r in results))
+        print(f"\nCold check time, MobileNetV2 vs digits CNN: ×{ratio:.1f}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
