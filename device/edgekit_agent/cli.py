@@ -35,7 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _numeric(v: str) -> bool:
-    return v[:1].isdigit() or (v[:1] == "-" and v[1:2].isdigit())
+    try:
+        float(v.replace(",", ""))
+    except ValueError:
+        return False
+    return True
 
 
 def format_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> str:
