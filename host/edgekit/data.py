@@ -6,7 +6,6 @@ so the workstation measures accuracy on exactly the tensors a device would compu
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -18,8 +17,6 @@ import numpy as np
 from edgekit_agent.errors import DatasetError, InputError
 from edgekit_agent.manifest import PreprocessSpec
 from edgekit_agent.preprocess import image_to_float, open_image
-
-log = logging.getLogger(__name__)
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
@@ -146,12 +143,20 @@ def infer_spec(files: list[Path], *, probe: int = 64) -> PreprocessSpec:
     return PreprocessSpec(width=int(width), height=int(height), color_mode="L" if grey else "RGB")
 
 
+def folder_spec(path: str | Path, *, size: tuple[int, int] | None = None, color_mode: str | None = None) -> PreprocessSpec:
+    """The spec for an image folder: ``size`` (width, height) and ``color_mode`` ("L"/"RGB") when given, else inferred."""
+    if size is not None and color_mode is not None:
+        return PreprocessSpec(width=int(size[0]), height=int(size[1]), color_mode=color_mode)
+    inferred = infer_spec([f for d in _class_dirs(Path(path)) for f in _image_files(d)])
+    w, h = size or (inferred.width, inferred.height)
+    return PreprocessSpec(width=int(w), height=int(h), color_mode=color_mode or inferred.color_mode)
+
+
 def _skip(path: Path, reason: str, strict: bool) -> None:
     if strict:
         raise DatasetError(f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it).")
-    message = f"skipping {reason}"
-    log.warning(message)
-    warnings.warn(message, stacklevel=3)
+    # A warning (not a log line): callers and tests can catch it, and the CLI lists it on stderr.
+    warnings.warn(f"skipping {reason}", UserWarning, stacklevel=3)
 
 
 def load_image_folder(

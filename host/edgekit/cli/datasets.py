@@ -1,0 +1,93 @@
+"""Demo data and dataset checks.
+
+`edgekit datasets digits DIR` writes scikit-learn's 1,797 handwritten digits (real 8x8 scans, shipped
+inside scikit-learn, nothing downloaded) as an image folder: DIR/0/*.png ... DIR/9/*.png.
+`edgekit datasets show DIR` loads an image folder or .npz file the way every other command does and
+reports classes, sizes and skipped (unreadable) images; --strict turns a skipped image into an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.errors import ExitStatus, UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("digits", "show"), help="digits: write the demo dataset; show: summarise a dataset")
+    parser.add_argument("dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)")
+    parser.add_argument("--strict", action="store_true", help="show: an unreadable image is an error instead of a warning")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"32x24"`` → (32, 24) (width, height)."""
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"image size '{text}' must look like WIDTHxHEIGHT, e.g. 32x32.") from None
+    if w <= 0 or h <= 0:
+        raise UsageError(f"image size '{text}' must be positive.")
+    return w, h
+
+
+def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, quiet: bool = False) -> Any:
+    """Load a dataset with a progress bar; skipped images are listed on stderr (never on stdout)."""
+    from edgekit.data import load_dataset
+
+    from . import ui
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if quiet:
+            ds = load_dataset(path, spec, strict=strict)
+        else:
+            with ui.progress() as bar:
+                task = bar.add_task(f"loading {path}", total=None)
+                ds = load_dataset(path, spec, strict=strict, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            ui.err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, markup=True)
+    return ds
+
+
+def spec_for_model(model_input_shape: tuple[int, ...]) -> Any:
+    """The default preprocessing spec matching a model's input (batch, H, W, C): size and colour mode."""
+    from edgekit_agent.manifest import PreprocessSpec
+
+    _, h, w, c = (int(s) if s else 0 for s in model_input_shape)
+    return PreprocessSpec(width=w, height=h, color_mode="L" if c == 1 else "RGB")
+
+
+def run(args: argparse.Namespace) -> ExitStatus:
+    from . import ui
+
+    if args.action == "digits":
+        from edgekit.data import write_digits
+
+        summary = write_digits(args.dir)
+        result = {"directory": str(summary.directory), "classes": summary.classes, "samples": summary.samples,
+                  "width": summary.width, "height": summary.height}
+        if args.json:
+            ui.print_json(result)
+        else:
+            ui.console.print(f"wrote {summary.samples} digit images ({summary.width}x{summary.height} grey PNG, "
+                             f"{summary.classes} classes) to {summary.directory}")
+        return ExitStatus.OK
+    ds = load_with_progress(args.dir, strict=args.strict, quiet=args.json)
+    counts = ds.class_counts()
+    info = {"path": str(args.dir), "samples": len(ds), "classes": len(ds.labels), "class_counts": counts,
+            "spec": ds.spec.to_dict(), "skipped": list(ds.skipped)}
+    if args.json:
+        ui.print_json(info)
+        return ExitStatus.OK
+    ui.console.print(ui.table(f"{args.dir}: {len(ds)} images, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
+                              ("class", "images count"), counts.items()))
+    if ds.skipped:
+        ui.console.print(f"{len(ds.skipped)} unreadable image(s) skipped")
+    return ExitStatus.OK

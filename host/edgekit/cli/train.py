@@ -1,0 +1,87 @@
+"""Train a model from the zoo on an image folder (or .npz) and save it as .keras or .h5.
+
+The dataset is split (seeded, stratified: 70 % train, 15 % validation, 15 % test); the epoch with the
+best validation accuracy is kept and its float accuracy on the test split reported. The saved model has
+a fixed batch of 1, ready for `edgekit convert`. --arch auto picks the compact CNN for small or grey
+images and MobileNetV2 (width multiplier --alpha) for colour images of 32x32 and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit_agent.errors import ExitStatus
+
+ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
+    parser.add_argument("--out", type=Path, required=True, metavar="MODEL", help="where to save the model (.keras or .h5)")
+    parser.add_argument("--arch", choices=ARCH_CHOICES, default="auto", help="zoo architecture (default: auto)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per architecture, 20 for the CNN)")
+    parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
+    parser.add_argument("--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)")
+    parser.add_argument("--color", choices=("auto", "grey", "rgb"), default="auto", help="colour mode (default: inferred from the images)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
+    parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _spec(args: argparse.Namespace) -> object | None:
+    """A preprocessing spec from --image-size/--color, or None to infer both from the images."""
+    from edgekit.data import folder_spec
+
+    from .datasets import parse_size
+
+    size = parse_size(args.image_size)
+    if (size is None and args.color == "auto") or args.dataset.suffix == ".npz":
+        return None  # inferred from the images; arrays carry their own shape
+    return folder_spec(args.dataset, size=size, color_mode={"auto": None, "grey": "L", "rgb": "RGB"}[args.color])
+
+
+def run(args: argparse.Namespace) -> ExitStatus:
+    from edgekit.data import split_dataset
+    from edgekit.train import save_model, train_model
+
+    from . import ui
+    from .datasets import load_with_progress
+
+    ds = load_with_progress(args.dataset, _spec(args), strict=args.strict, quiet=args.json)
+    splits = split_dataset(ds, seed=args.seed)
+    with ui.progress() as bar:
+        task = bar.add_task("training", total=args.epochs)
+
+        def on_epoch(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+            acc = logs.get("val_accuracy", logs.get("accuracy", 0.0))
+            bar.update(task, completed=epoch + 1, total=epochs, description=f"training (val accuracy {acc:.3f})")
+
+        result = train_model(splits, arch=args.arch, epochs=args.epochs, seed=args.seed, alpha=args.alpha, on_epoch=on_epoch)
+    path = save_model(result.model, args.out)
+    info = {
+        "model": str(path),
+        "arch": result.arch,
+        "epochs": result.epochs,
+        "params": int(result.model.count_params()),
+        "input_shape": list(result.model.inputs[0].shape),
+        "labels": list(ds.labels),
+        "float_accuracy": result.float_accuracy,
+        "test_samples": result.test_samples,
+        "best_val_accuracy": max(result.history.get("val_accuracy", [float("nan")])),
+        "seed": args.seed,
+        "skipped_images": len(ds.skipped),
+    }
+    if args.json:
+        ui.print_json(info)
+        return ExitStatus.OK
+    rows = [
+        ("model", info["model"]),
+        ("architecture", f"{result.arch} ({info['params']:,} parameters, input {tuple(info['input_shape'])})"),
+        ("dataset", f"{len(ds)} images, {len(ds.labels)} classes, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}"),
+        ("split (seed)", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} ({args.seed})"),
+        ("epochs", str(result.epochs)),
+        ("float test accuracy", f"{100 * result.float_accuracy:.2f} % on {result.test_samples} images"),
+    ]
+    ui.console.print(ui.table("Trained", ("", "value"), rows))
+    return ExitStatus.OK
