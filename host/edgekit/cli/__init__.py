@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from typing import Sequence
 
@@ -69,9 +68,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return int(ExitStatus.USAGE)
     from .ui import err_console
-
-    # TensorFlow's C++ INFO lines (oneDNN, CUDA probing) are noise on a CLI's stderr; the user may override.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     try:
         return int(args._run(args))
