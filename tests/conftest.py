@@ -24,12 +24,26 @@ def mosquitto(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real bundle (directory) for the digits CNN on raspberry-pi-4, built once per session.
+def digits_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits demo as an image folder (what `edgekit datasets digits` writes), once per session."""
+    from fixtures_models import write_digits_dataset
 
-    Built with the host pipeline's library functions (real training, real converter). The archive is
-    next to it: ``digits_bundle.parent / (digits_bundle.name + '.tar.gz')``.
+    return write_digits_dataset(tmp_path_factory.mktemp("digits-data"))
+
+
+@pytest.fixture(scope="session")
+def digits_build(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The ``BuildResult`` of the real `edgekit build` pipeline (few epochs) on the digits folder for
+    raspberry-pi-4, once per session; its trained model is ``digits_build.model_file``."""
+    from fixtures_models import build_digits
+
+    return build_digits(digits_dataset, tmp_path_factory.mktemp("digits-bundle"))
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits_build) -> Path:
+    """A real bundle (directory) for the digits CNN on raspberry-pi-4, built once per session by
+    `edgekit.build` (real training, real converter). The archive is next to it:
+    ``digits_bundle.parent / (digits_bundle.name + '.tar.gz')``.
     """
-    from fixtures_models import build_digits_bundle
-
-    return build_digits_bundle(tmp_path_factory.mktemp("digits-bundle"))
+    return digits_build.profiles[0].directory

@@ -1,10 +1,15 @@
-"""Small real models and bundles for tests (real Keras training, real TFLite converter)."""
+"""Small real models and bundles for tests (real Keras training, real TFLite converter, via `edgekit.build`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+# Few epochs keep the session fixture fast; the digits CNN is already a usable classifier after 4
+# (the demo's full default run and its figures are in scripts/bench_host.py, not in the tests).
+FIXTURE_EPOCHS = 4
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -15,43 +20,21 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return (d.images / 16.0).astype("float32")[..., None], d.target.astype("int64")
 
 
+def write_digits_dataset(out: Path) -> Path:
+    """The demo image folder (`edgekit datasets digits`) at ``out/digits``."""
+    from edgekit.data import write_digits
+
+    return write_digits(Path(out) / "digits").directory
+
+
+def build_digits(dataset: Path, out: Path, profiles: tuple[str, ...] = ("raspberry-pi-4",)) -> Any:
+    """Run the real `edgekit build` pipeline on the digits folder; returns its BuildResult."""
+    from edgekit.build import build
+
+    return build(dataset, list(profiles), out, epochs=FIXTURE_EPOCHS, seed=0)
+
+
 def build_digits_bundle(out: Path) -> Path:
-    # Interim implementation until `edgekit.build` exists; then this calls the real pipeline.
-    import keras
-    import tensorflow as tf
-
-    from edgekit.bundle import write_bundle
-    from edgekit.profiles import load_profile
-    from edgekit_agent.manifest import PreprocessSpec
-
-    x, y = digits_arrays()
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential(
-        [
-            keras.Input((8, 8, 1), batch_size=1),
-            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    m.fit(x[:1400], y[:1400], epochs=8, batch_size=32, verbose=0)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([x[i : i + 1]] for i in range(200))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    tflite = c.convert()
-    info = write_bundle(
-        out,
-        name="digits",
-        profile=load_profile("raspberry-pi-4"),
-        tflite=tflite,
-        preprocess=PreprocessSpec(width=8, height=8, color_mode="L", resize="bilinear", scale=1 / 255),
-        labels=[str(i) for i in range(10)],
-        golden_x=x[1400:1416],
-        golden_y=y[1400:1416],
-    )
-    return info.directory
+    """The digits bundle directory for raspberry-pi-4 (the archive is next to it)."""
+    result = build_digits(write_digits_dataset(out), Path(out) / "bundles")
+    return result.profiles[0].directory

@@ -189,7 +189,9 @@ def _save_model(s: _State) -> None:
 def _convert(s: _State, profile: Profile) -> None:
     from . import convert
 
-    res = convert.convert_for_profile(s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True)
+    res = convert.convert_for_profile(
+        s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True, seed=s.seed, name=s.name, on_stage=s.report
+    )
     s.current = {"profile": profile, "conversion": res, "tflite": res.tflite}
 
 
@@ -221,7 +223,7 @@ def _bundle(s: _State, profile: Profile) -> None:
     tflite: bytes = cur["tflite"]
     float_tflite: bytes = getattr(conv, "float_tflite", b"") or b""
     fits = None if fit is None else bool(fit.fits)
-    qat = bool(getattr(conv, "qat_used", getattr(conv, "qat", False)))
+    qat = bool(conv.qat_ran)
     pb_args: dict[str, Any] = {
         "profile": profile.name,
         "float_accuracy": s.float_accuracy,
@@ -252,6 +254,13 @@ def _bundle(s: _State, profile: Profile) -> None:
             "int8_float_ratio": round(len(tflite) / len(float_tflite), 4) if float_tflite else None,
         },
         "qat": qat,
+        "quantization": {
+            "kept": conv.kept,
+            "ptq_int8_accuracy": conv.ptq_int8_accuracy,
+            "qat_int8_accuracy": conv.qat_int8_accuracy,
+            "measured_on": conv.eval_split,
+            "representative_samples": conv.representative_samples,
+        },
         "prune": s.prune_info,
         "arch": s.trained_arch,
         "max_accuracy_drop": s.max_accuracy_drop,

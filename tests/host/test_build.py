@@ -1,0 +1,164 @@
+"""`edgekit build` on the digits demo with the real pipeline (real training, the real converter in its
+subprocess, LiteRT): the manifest carries what the contract says, its figures are reproduced here
+independently, the archive loads on the device side, and the fit / dtype / --model paths work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.build import BuildResult, build, default_name, plan
+from edgekit.cli import main
+from edgekit.profiles import load_profile
+from edgekit_agent.errors import DatasetError, ExitStatus, FitError, UsageError
+
+CPU_PROFILE = """
+name = "{name}"
+description = "test board"
+target = "cpu"
+[tensors]
+input_dtype = "{dtype}"
+output_dtype = "{dtype}"
+[runtime]
+num_threads = 1
+delegate = "xnnpack"
+[memory]
+ram_bytes = {ram}
+flash_bytes = 1_000_000_000
+margin = 0.1
+"""
+
+
+def profile_file(tmp: Path, name: str, dtype: str = "int8", ram: int = 100_000_000) -> Path:
+    p = tmp / f"{name}.toml"
+    p.write_text(CPU_PROFILE.format(name=name, dtype=dtype, ram=ram))
+    return p
+
+
+@pytest.fixture(scope="session")
+def built(digits_build: BuildResult) -> tuple[BuildResult, dict]:
+    pb = digits_build.profiles[0]
+    assert pb.directory is not None
+    return digits_build, json.loads((pb.directory / "manifest.json").read_text())
+
+
+def test_manifest_has_every_contract_field(built: tuple[BuildResult, dict]) -> None:
+    result, m = built
+    assert m["name"] == "digits" and m["profile"]["name"] == "raspberry-pi-4"
+    assert m["inputs"][0]["dtype"] == "int8" and m["outputs"][0]["dtype"] == "int8"
+    assert m["labels"] == [str(i) for i in range(10)]
+    assert m["outputs_are"] in ("logits", "probabilities")
+    metrics = m["metrics"]
+    for key in ("float_accuracy", "int8_accuracy", "samples", "split", "sizes", "qat", "prune"):
+        assert key in metrics, key
+    assert metrics["split"]["seed"] == 0 and metrics["split"]["test"] == pytest.approx(0.15)
+    sizes = metrics["sizes"]
+    assert sizes["int8_tflite_bytes"] == (result.profiles[0].directory / "model.tflite").stat().st_size
+    assert sizes["int8_float_ratio"] == pytest.approx(sizes["int8_tflite_bytes"] / sizes["float_tflite_bytes"], abs=1e-4)
+    assert sizes["int8_float_ratio"] < 0.3  # full int8 weights: about a quarter of float32
+    assert sizes["keras_bytes"] == result.model_file.stat().st_size
+    assert m["fit"]["fits"] is True
+    ref = m["reference"]
+    assert len(ref["input_mean"]["edges"]) == 11 and sum(ref["input_mean"]["freq"]) == pytest.approx(1)
+    assert len(ref["class_freq"]) == 10 and sum(ref["class_freq"]) == pytest.approx(1)
+    assert ref["confidence"]["edges"][0] == 0.0 and ref["confidence"]["edges"][-1] == 1.0
+    assert m["golden"]["samples"] == 16 and m["golden"]["tolerance"] == 1
+
+
+def test_metrics_are_reproduced_independently(built: tuple[BuildResult, dict], digits_dataset: Path) -> None:
+    """Re-load the image folder, re-split with the manifest's seed, and run the bundle's model with the
+    device's runtime: the same int8 accuracy and the same number of samples."""
+    from edgekit.data import load_dataset, split_dataset
+    from edgekit_agent.bundle import load_bundle
+    from edgekit_agent.preprocess import quantize
+
+    result, m = built
+    split = m["metrics"]["split"]
+    test = split_dataset(load_dataset(digits_dataset), val=split["val"], test=split["test"], seed=split["seed"]).test
+    b = load_bundle(result.profiles[0].directory)
+    rt = b.open_runtime(num_threads=1)
+    pred = np.array([int(np.argmax(rt.invoke(quantize(x, b.manifest.inputs[0])[None]))) for x in test.x])
+    assert len(test.y) == m["metrics"]["samples"]
+    assert np.mean(pred == test.y) == pytest.approx(m["metrics"]["int8_accuracy"], abs=1e-6)
+    # int8 tracks float closely, and the demo model is a real classifier.
+    assert m["metrics"]["int8_accuracy"] > 0.9
+    assert abs(m["metrics"]["float_accuracy"] - m["metrics"]["int8_accuracy"]) < 0.03
+
+
+def test_archive_loads_and_self_tests_on_the_device_side(built: tuple[BuildResult, dict], tmp_path: Path) -> None:
+    from edgekit_agent.bundle import load_bundle
+    from edgekit_agent.selftest import run_selftest
+
+    result, m = built
+    archive = result.profiles[0].archive
+    assert archive is not None and archive.name == "digits-raspberry-pi-4.tar.gz"
+    b = load_bundle(archive, workdir=tmp_path)
+    assert b.manifest.name == "digits" and b.signed_by is None
+    st = run_selftest(b)
+    assert st.samples == 16
+
+
+def test_plan_is_a_table_of_steps() -> None:
+    profiles = [load_profile("raspberry-pi-4"), load_profile("raspberry-pi-5")]
+    labels = [label for label, _ in plan(0.5, profiles, from_model=False)]
+    assert labels[:3] == ["load and split the dataset", "train", "prune to 50% sparsity"]
+    assert sum("raspberry-pi-5" in label for label in labels) == 4
+    assert [label for label, _ in plan(None, profiles[:1], from_model=True)][1] == "load the model"
+
+
+def test_default_name(tmp_path: Path) -> None:
+    (tmp_path / "my photos!").mkdir()
+    assert default_name(tmp_path / "my photos!") == "my-photos"
+    assert default_name(tmp_path / "set.npz") == "set"
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="edgekit datasets digits"):
+        build(tmp_path / "none", ["raspberry-pi-4"], out)
+    with pytest.raises(UsageError, match="no profile"):
+        build(tmp_path, [], out)
+    with pytest.raises(UsageError, match="twice"):
+        build(tmp_path, ["raspberry-pi-4", "raspberry-pi-4"], out)
+    with pytest.raises(UsageError, match="sparsity"):
+        build(tmp_path, ["raspberry-pi-4"], out, prune=1.5)
+    assert not out.exists()
+
+
+def test_model_file_uint8_profile_and_keep_going_through_the_cli(
+    built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model skips training; a uint8 profile gets uint8 tensors; a profile that does not fit is skipped
+    with --keep-going, and the command still exits DOES_NOT_FIT so scripts notice."""
+    result, _ = built
+    tiny = profile_file(tmp_path, "tiny-board", ram=2_000)
+    u8 = profile_file(tmp_path, "u8-board", dtype="uint8")
+    out = tmp_path / "out"
+    argv = ["build", "--dataset", str(digits_dataset), "--model", str(result.model_file), "--profile", str(tiny), "--profile", str(u8),
+            "--out", str(out), "--keep-going", "--json", "--name", "dig", "--version", "2.0.1"]
+    assert main(argv) == ExitStatus.DOES_NOT_FIT
+    doc = json.loads(capsys.readouterr().out)
+    by = {p["profile"]: p for p in doc["profiles"]}
+    assert by["tiny-board"]["fits"] is False and by["tiny-board"]["directory"] is None
+    assert "ram" in by["tiny-board"]["fit_summary"].lower() or "memory" in by["tiny-board"]["fit_summary"].lower()
+    assert not (out / "dig-tiny-board").exists()
+    bundle = Path(by["u8-board"]["directory"])
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert (m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == ("2.0.1", "uint8", "uint8")
+    assert m["metrics"]["arch"].startswith("file:")
+    # The float accuracy of the same model file is the same figure the training run measured.
+    assert m["metrics"]["float_accuracy"] == pytest.approx(result.float_accuracy, abs=1e-6)
+    assert main(["inspect", str(bundle)]) == ExitStatus.OK
+
+
+def test_a_profile_that_does_not_fit_is_a_fit_error_with_numbers(built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path) -> None:
+    result, _ = built
+    tiny = profile_file(tmp_path, "tiny-board", ram=2_000)
+    with pytest.raises(FitError) as e:
+        build(digits_dataset, [tiny], tmp_path / "out", model=result.model_file)
+    assert "tiny-board" in str(e.value) and any(ch.isdigit() for ch in str(e.value))
+    assert e.value.exit_status is ExitStatus.DOES_NOT_FIT
+    assert not (tmp_path / "out" / "digits-tiny-board").exists()
