@@ -73,6 +73,9 @@ class Prediction:
 class Agent:
     """One bundle served on one device (see the module docstring)."""
 
+    #: Builds the telemetry recorder of each activated bundle (OTA swaps in one that also keeps a health tally).
+    recorder_factory: Callable[..., WindowRecorder] = WindowRecorder
+
     def __init__(self, bundle: "Bundle", settings: AgentSettings, *, runtime: "Runtime | None" = None) -> None:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:16]
@@ -87,6 +90,7 @@ class Agent:
         self.commands: CommandProcessor | None = None
         self.selftest: Any = None
         self.fatal: EdgekitError | None = None
+        self.ota: Any = None  # edgekit_agent.ota.OtaManager once start() ran
         self._activate(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads))
 
     # --- the model ------------------------------------------------------------------------------------------
@@ -107,7 +111,7 @@ class Agent:
             self._exp_np = np.asarray(self._exp_table, dtype=np.float64) if span else None
             self._in_scale, self._in_zero = float(self._in_tensor.scale or 0.0), int(self._in_tensor.zero_point)
             self._n_tensor = 0
-            self.recorder = WindowRecorder(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
+            self.recorder = self.recorder_factory(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
 
     def bundle_info(self) -> dict[str, Any]:
         m = self.manifest
@@ -351,6 +355,9 @@ class Agent:
         self.commands = CommandProcessor(s.device_id, self._respond, CommandStore(s.data_dir / "commands.sqlite"))
         for spec in builtin_commands(self):
             self.commands.register(spec)
+        from .ota import attach_ota  # swap_bundle: OTA with self-test, health window and rollback
+
+        self.ota = attach_ota(self)
         self.commands.on_busy = lambda cmd: self.recorder.record_dropped() if cmd.name == "infer" else None
         if s.broker is not None:
             self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit)
@@ -360,6 +367,7 @@ class Agent:
         self.commands.start()
         self._publish(self.topics.meta, self.meta(), retain=True)
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
+        self.ota.publish_pending_events()
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
             if target == self._watch_loop and s.watch_dir is None:
                 continue

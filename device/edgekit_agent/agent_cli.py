@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-selftest", help="serve even if the golden-sample self-test was not run", **on)
     parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
     parser.add_argument("--require-signature", help="refuse unsigned bundles", **on)
+    parser.add_argument("--allow-unsigned", help="with --trusted-keys: still accept bundles that carry no signature", **on)
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
 
 
@@ -66,13 +67,14 @@ def _settings(args: argparse.Namespace) -> Any:
         skip_selftest=args.skip_selftest,
         trusted_keys=args.trusted_keys,
         require_signature=args.require_signature,
+        allow_unsigned=args.allow_unsigned,
     )
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
     """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
     from .agent import Agent
-    from .bundle import load_bundle
+    from .ota import startup_bundle
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if settings.watch_dir is not None and not settings.watch_dir.is_dir():
         raise UsageError(f"watch directory {settings.watch_dir} does not exist; create it or fix --watch.")
     workdir = settings.data_dir / "bundles"
-    bundle = load_bundle(settings.bundle, trusted_keys=settings.trusted_keys, require_signature=settings.require_signature, workdir=workdir)
+    # The bundle an OTA update installed (or restored by rollback) wins over the one on the command line.
+    bundle = startup_bundle(settings)
     extracted = bundle.directory.parent if bundle.directory.parent.parent == workdir else None
     try:
         agent = Agent(bundle, settings)

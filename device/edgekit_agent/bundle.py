@@ -282,6 +282,7 @@ def load_bundle(
     trusted_keys: Path | None = None,
     require_signature: bool = False,
     workdir: Path | None = None,
+    allow_unsigned: bool = False,
 ) -> Bundle:
     """Verify and load a bundle directory or ``.tar.gz`` archive; raise a typed error naming what is wrong.
 
@@ -289,7 +290,9 @@ def load_bundle(
     (``NAME-PROFILE.XXXX``), or under a new temporary directory when ``workdir`` is None; the caller
     owns that directory. The signature is checked with ``edgekit_agent.signing.verify_manifest``
     whenever ``trusted_keys`` is given or ``require_signature`` is True (then an unsigned bundle is
-    refused); otherwise ``manifest.sig`` is ignored and ``signed_by`` is None.
+    refused); otherwise ``manifest.sig`` is ignored and ``signed_by`` is None. ``allow_unsigned`` (the
+    agent's ``--allow-unsigned``) lets a bundle without ``manifest.sig`` through even with ``trusted_keys``
+    (unless ``require_signature``); a bundle that *is* signed is still checked.
     """
     path = Path(path)
     if _is_archive(path):
@@ -324,7 +327,8 @@ def load_bundle(
 
         sig_path = directory / SIGNATURE_NAME
         sig = sig_path.read_bytes() if sig_path.is_file() and not sig_path.is_symlink() else None
-        signed_by = verify_manifest(manifest_bytes, sig, trusted_keys, source=str(directory))
+        if sig is not None or require_signature or not allow_unsigned:
+            signed_by = verify_manifest(manifest_bytes, sig, trusted_keys, source=str(directory))
 
     for check in verify_files(directory, manifest):
         if check.status is FileStatus.UNLISTED:

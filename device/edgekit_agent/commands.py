@@ -48,6 +48,7 @@ ERROR_CODES: list[tuple[type[BaseException], str, bool]] = [
     (E.IntegrityError, "CHECKSUM_MISMATCH", False),
     (E.InputError, "INVALID_ARGS", False),
     (E.UsageError, "INVALID_ARGS", False),
+    (E.BusyError, "BUSY", True),
     (E.BrokerError, "UNAVAILABLE", True),
     (E.RuntimeUnavailableError, "UNAVAILABLE", False),
     (E.DelegateError, "UNAVAILABLE", False),

@@ -50,7 +50,8 @@ PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 # section -> key -> accepted types ("" = top level).
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "": {"bundle": (str,), "device_id": (str,), "data_dir": (str,), "window_s": (int, float), "num_threads": (int,),
-         "skip_selftest": (bool,), "trusted_keys": (str,), "require_signature": (bool,), "drift_every": (int,)},
+         "skip_selftest": (bool,), "trusted_keys": (str,), "require_signature": (bool,), "drift_every": (int,),
+         "allow_unsigned": (bool,)},
     "broker": {"url": (str,), "username": (str,), "password": (str,), "tls_ca": (str,), "tls_cert": (str,),
                "tls_key": (str,), "keepalive": (int,), "reconnect_min_s": (int,), "reconnect_max_s": (int,),
                "inflight": (int,), "session_expiry_s": (int,)},
@@ -78,6 +79,7 @@ class AgentSettings:
     bundle: Path | None = None
     trusted_keys: Path | None = None
     require_signature: bool = False
+    allow_unsigned: bool = False  # with trusted_keys: accept bundles without manifest.sig (signed ones are still checked)
 
     def __post_init__(self) -> None:
         if not DEVICE_ID.match(self.device_id):
@@ -203,6 +205,7 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
         "outbox_max": pick("outbox_max", outbox.get("max_messages")),
         "drift_every": pick("drift_every", doc.get("drift_every")),
         "require_signature": pick("require_signature", doc.get("require_signature")),
+        "allow_unsigned": pick("allow_unsigned", doc.get("allow_unsigned")),
     }
     try:
         return AgentSettings(

@@ -103,6 +103,12 @@ class DelegateError(EdgekitError, OSError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class BusyError(EdgekitError, RuntimeError):
+    """The device is in the middle of another operation (an update or its health window); retry later."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
 class BrokerError(EdgekitError, ConnectionError):
     """An MQTT broker could not be reached, or refused the credentials."""
 

@@ -1,0 +1,792 @@
+"""Over-the-air bundle updates: the ``swap_bundle`` command, an atomic active-bundle pointer, a health
+window after every switch and a rollback the device does by itself.
+
+The fleet (``edgekit deploy``) drives one transfer with ``swap_bundle`` actions:
+
+``begin``  ``{transfer_id, archive_sha256, archive_bytes, chunk_bytes}`` → which chunks the device already
+           has (a transfer interrupted by a restart resumes);
+``chunk``  ``{transfer_id, index, data (base64), sha256}`` → each chunk is checked against its own sha256
+           and kept as its own file under ``DATA/ota/staging/ID/``;
+``commit`` ``{transfer_id, health {…}}`` → the archive's sha256 is checked, the bundle is extracted and
+           verified (hashes and, per the agent's policy, signature) into ``DATA/ota/store/``, self-tested on
+           its own interpreter while the old one keeps serving, then switched in. Progress answers
+           (``state: "progress"``) name each stage; the final answer says ``phase: "trial"``;
+``status``, ``abort``, ``rollback`` (manual).
+
+The switch writes ``DATA/ota/active.json`` (write, fsync, rename, fsync the directory) *before* the
+interpreter changes: ``{"current", "previous", "state": "trial"}``. A health window follows (error rate,
+p99 invoke latency against the old bundle, accuracy on labelled inputs against the old bundle); it ends
+with ``state: "committed"`` and a ``health_check`` event, or with a rollback (``rollback`` event), all
+by the device itself. At start-up (:func:`startup_bundle`) a pointer still in ``trial`` means the agent
+died or stopped during a health window: the old bundle is restored. So a ``kill -9`` at any moment
+leaves a working bundle: before the rename the old pointer holds, after it the restart rolls back.
+
+``EDGEKIT_OTA_PAUSE="stage:seconds,…"`` sleeps at a stage (``received``, ``verified``, ``selftested``,
+``switched``): a fault-injection point for the kill -9 tests, documented so nobody is surprised by it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from .errors import BundleError, BusyError, EdgekitError, InputError, IntegrityError, SelfTestError, StorageError, UsageError
+from .limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
+from .telemetry import WindowRecorder
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .bundle import Bundle
+    from .commands import Command, CommandSpec
+    from .config import AgentSettings
+    from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+OTA_DIR = "ota"
+POINTER_NAME = "active.json"
+PENDING_EVENTS = "pending-events.json"
+ACTIONS = ("begin", "chunk", "commit", "status", "abort", "rollback")
+TALLY_SIZE = 4096  # inferences remembered per bundle for health comparisons
+PAUSE_ENV = "EDGEKIT_OTA_PAUSE"
+_TRANSFER_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def ota_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / OTA_DIR
+
+
+def _pause(stage: str) -> None:
+    """Fault injection for the kill -9 tests (see the module docstring)."""
+    spec = os.environ.get(PAUSE_ENV, "")
+    for item in spec.split(","):
+        name, _, seconds = item.partition(":")
+        if name.strip() == stage:
+            log.warning("%s=%s: pausing %s s at stage %s", PAUSE_ENV, spec, seconds, stage)
+            time.sleep(float(seconds or 0))
+
+
+# --- the atomic pointer -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A bundle the pointer names: ``source`` is what :func:`load_bundle` opens (a directory or archive)."""
+
+    source: str
+    name: str = ""
+    version: str = ""
+    sha256: str = ""  # of the model
+    transfer_id: str = ""
+
+    @classmethod
+    def of(cls, bundle: "Bundle", source: str | Path | None = None, transfer_id: str = "") -> "Slot":
+        m = bundle.manifest
+        return cls(str(source or bundle.directory), m.name, m.version, m.model.sha256, transfer_id)
+
+    def label(self) -> str:
+        return f"{self.name} {self.version}".strip() or self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """``active.json``: what to serve after a restart."""
+
+    current: Slot
+    previous: Slot | None = None
+    state: str = "committed"  # or "trial": a health window was running
+    since_ms: int = 0
+    transfer_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Pointer":
+        prev = d.get("previous")
+        return cls(Slot(**d["current"]), Slot(**prev) if prev else None, str(d.get("state", "committed")),
+                   int(d.get("since_ms", 0)), str(d.get("transfer_id", "")))  # fmt: skip
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write-fsync-rename-fsync: after a crash the file is either the old or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write ({exc.strerror}); check the agent's data directory.") from None
+
+
+def read_pointer(data_dir: Path) -> Pointer | None:
+    """The pointer, or None when there is none (or it is unreadable: then the factory bundle is used)."""
+    path = ota_dir(data_dir) / POINTER_NAME
+    try:
+        return Pointer.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.error("%s is unreadable (%s); starting from the bundle on the command line", path, exc)
+        return None
+
+
+def write_pointer(data_dir: Path, pointer: Pointer) -> None:
+    write_json_atomic(ota_dir(data_dir) / POINTER_NAME, pointer.to_dict())
+
+
+def _queue_event(data_dir: Path, kind: str, **details: Any) -> None:
+    """An event decided before the agent is online (a start-up rollback): published by :class:`OtaManager`."""
+    path = ota_dir(data_dir) / PENDING_EVENTS
+    try:
+        events = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        events = []
+    events.append({"event": kind, **details})
+    write_json_atomic(path, events[-20:])
+
+
+# --- loading with the agent's signature policy -------------------------------------------------------------
+
+
+def load_for(settings: "AgentSettings", source: str | Path, workdir: Path | None = None) -> "Bundle":
+    """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed)."""
+    from .bundle import load_bundle
+
+    return load_bundle(
+        source,
+        trusted_keys=settings.trusted_keys,
+        require_signature=settings.require_signature,
+        allow_unsigned=getattr(settings, "allow_unsigned", False),
+        workdir=workdir,
+    )
+
+
+def startup_bundle(settings: "AgentSettings") -> "Bundle":
+    """The bundle to serve at start: the pointer's current one, unless a health window was cut short
+    (then the previous one), falling back to the one on the command line. Every candidate is verified."""
+    data = Path(settings.data_dir)
+    workdir = data / "bundles"
+    _clean_dir(workdir)  # extractions of earlier runs (the agent removes its own at a clean exit)
+    pointer = read_pointer(data)
+    factory = str(Path(settings.bundle).resolve()) if settings.bundle else None
+    candidates: list[tuple[Slot, str]] = []
+    if pointer is not None and pointer.state == "trial":
+        if pointer.previous is not None:
+            candidates.append((pointer.previous, "rollback"))
+        _queue_event(data, "rollback", reason="the agent restarted during the health window of "
+                     f"{pointer.current.label()}", **{"from": asdict(pointer.current)},
+                     to=asdict(pointer.previous) if pointer.previous else None, transfer_id=pointer.transfer_id)  # fmt: skip
+    elif pointer is not None:
+        candidates += [(pointer.current, "current")] + ([(pointer.previous, "previous")] if pointer.previous else [])
+    if factory:
+        candidates.append((Slot(factory), "factory"))
+    errors = []
+    for slot, why in candidates:
+        try:
+            bundle = load_for(settings, slot.source, workdir=workdir)
+        except EdgekitError as exc:
+            errors.append(f"{slot.label()}: {exc}")
+            log.error("%s: cannot serve the %s bundle %s: %s", settings.device_id, why, slot.label(), exc)
+            continue
+        if why != "current" or pointer is None:
+            # Make the pointer say what is served now (a rollback, a fallback, or the factory bundle).
+            new = Pointer(Slot.of(bundle, slot.source, slot.transfer_id), None, "committed", int(time.time() * 1000))
+            write_pointer(data, new)
+            if why in ("previous", "factory") and pointer is not None:
+                _queue_event(data, "rollback", reason=f"the {('current' if why == 'previous' else 'installed')} bundle "
+                             f"could not be loaded: {errors[-1] if errors else 'unknown'}", to=asdict(new.current))  # fmt: skip
+        return bundle
+    if not candidates:
+        raise UsageError("no bundle given: `edgekit-agent run BUNDLE ...` or bundle = \"…\" in the config.")
+    raise BundleError("no usable bundle: " + "; ".join(errors))
+
+
+def _clean_dir(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+# --- health ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """What a new bundle must show during its health window (``commit``'s ``health`` argument)."""
+
+    window_s: float = 30.0
+    min_requests: int = 0  # fewer inferences than this in the window: fail ("cannot judge")
+    max_error_rate: float = 0.05
+    max_p99_ratio: float = 3.0  # new p99 invoke latency ≤ ratio × old p99 + slack
+    p99_slack_ms: float = 1.0
+    min_latency_samples: int = 20
+    max_accuracy_drop: float = 0.10  # accuracy on labelled inputs may fall this much below the old bundle's
+    min_labeled: int = 10
+
+    _LIMITS = {"window_s": (0.0, 86_400.0), "min_requests": (0, 10**9), "max_error_rate": (0.0, 1.0),
+               "max_p99_ratio": (1.0, 1000.0), "p99_slack_ms": (0.0, 60_000.0), "min_latency_samples": (1, 10**9),
+               "max_accuracy_drop": (0.0, 1.0), "min_labeled": (1, 10**9)}  # fmt: skip
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any] | None) -> "HealthPolicy":
+        """Validated from a command's ``health`` object; unknown keys and bad values are :class:`InputError`."""
+        args = dict(args or {})
+        values: dict[str, Any] = {}
+        for key, value in args.items():
+            if key not in cls._LIMITS:
+                raise InputError(f"swap_bundle: unknown health setting '{key}'; known: {', '.join(cls._LIMITS)}.")
+            lo, hi = cls._LIMITS[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise InputError(f"swap_bundle: health.{key} must be a number between {lo} and {hi}, got {value!r}.")
+            values[key] = int(value) if isinstance(lo, int) and isinstance(hi, int) else float(value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._LIMITS}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStats:
+    """Inferences of one bundle over a period."""
+
+    requests: int
+    errors: int
+    p99_invoke_ms: float | None
+    latency_samples: int
+    labeled: int
+    correct: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labeled if self.labeled else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(error_rate=round(self.error_rate, 6), accuracy=self.accuracy)
+        return d
+
+
+class TallyRecorder(WindowRecorder):
+    """The telemetry recorder plus a rolling tally of the last inferences, for health windows.
+
+    ``record`` stays lock-free: one more tuple appended to a bounded deque.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (monotonic time, invoke ns, correct: 1/0 or -1 unlabelled, error)
+        self.tally: deque[tuple[float, int, int, bool]] = deque(maxlen=TALLY_SIZE)
+
+    def record(self, total_ns: int, preprocess_ns: int, invoke_ns: int, predicted: int, confidence: float,
+               label: int = -1, input_mean: float = math.nan) -> None:  # fmt: skip
+        self.tally.append((time.monotonic(), invoke_ns, -1 if label < 0 else int(label == predicted), False))
+        super().record(total_ns, preprocess_ns, invoke_ns, predicted, confidence, label, input_mean)
+
+    def record_error(self, code: str) -> None:
+        self.tally.append((time.monotonic(), 0, -1, True))
+        super().record_error(code)
+
+    def stats(self, since: float = 0.0) -> HealthStats:
+        rows = [r for r in list(self.tally) if r[0] >= since]
+        lat = sorted(r[1] for r in rows if not r[3])
+        p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] / 1e6 if lat else None
+        labelled = [r[2] for r in rows if r[2] >= 0]
+        return HealthStats(len(rows), sum(1 for r in rows if r[3]), p99, len(lat), len(labelled), sum(labelled))
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    passed: bool
+    value: Any
+    limit: Any
+    note: str = ""
+
+
+def judge(policy: HealthPolicy, new: HealthStats, old: HealthStats, reference_accuracy: float | None) -> list[Check]:
+    """The health checks of a window (a check without enough data passes and says so)."""
+    checks = [
+        Check("requests", new.requests >= policy.min_requests, new.requests, policy.min_requests),
+        Check("error_rate", new.error_rate <= policy.max_error_rate, round(new.error_rate, 4), policy.max_error_rate),
+    ]
+    if new.latency_samples >= policy.min_latency_samples and old.p99_invoke_ms is not None and old.latency_samples >= policy.min_latency_samples:
+        limit = policy.max_p99_ratio * old.p99_invoke_ms + policy.p99_slack_ms
+        checks.append(Check("p99_invoke_ms", new.p99_invoke_ms <= limit, round(new.p99_invoke_ms, 3), round(limit, 3),  # type: ignore[operator]
+                            f"old bundle {old.p99_invoke_ms:.3f} ms"))  # fmt: skip
+    else:
+        checks.append(Check("p99_invoke_ms", True, new.p99_invoke_ms, None, "not enough inferences to compare"))
+    base = old.accuracy if old.labeled >= policy.min_labeled else reference_accuracy
+    if new.labeled >= policy.min_labeled and base is not None:
+        limit = base - policy.max_accuracy_drop
+        checks.append(Check("accuracy", new.accuracy >= limit, round(new.accuracy, 4), round(limit, 4),  # type: ignore[operator]
+                            "vs the old bundle" if old.labeled >= policy.min_labeled else "vs the manifest's int8 accuracy"))  # fmt: skip
+    else:
+        checks.append(Check("accuracy", True, new.accuracy, None, "not enough labelled inputs"))
+    return checks
+
+
+# --- transfers ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    transfer_id: str
+    archive_sha256: str
+    archive_bytes: int
+    chunk_bytes: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.archive_bytes // self.chunk_bytes)
+
+    def chunk_size(self, index: int) -> int:
+        return min(self.chunk_bytes, self.archive_bytes - index * self.chunk_bytes)
+
+
+@dataclass
+class _Trial:
+    transfer_id: str
+    cmd_id: str
+    policy: HealthPolicy
+    started: float
+    old_bundle: "Bundle"
+    old_runtime: "Runtime"
+    old_slot: Slot
+    new_slot: Slot
+    baseline: HealthStats
+    reference_accuracy: float | None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class OtaManager:
+    """The device side of OTA for one :class:`Agent` (see the module docstring)."""
+
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self.data = Path(agent.settings.data_dir)
+        self.root = ota_dir(self.data)
+        self.staging = self.root / "staging"
+        self.store = self.root / "store"
+        self._lock = threading.RLock()  # one commit / switch / rollback at a time
+        self._trial: _Trial | None = None
+        self.pointer = read_pointer(self.data) or Pointer(Slot.of(agent.bundle, agent.settings.bundle and
+                                                                   Path(agent.settings.bundle).resolve()))  # fmt: skip
+        # Telemetry plus a rolling tally, so a health window can compare with the bundle before it.
+        agent.recorder_factory = TallyRecorder
+        old = agent.recorder
+        agent.recorder = TallyRecorder(old.labels, old.reference, bundle=old.bundle, runtime=old.runtime)
+        self._prune_store()
+
+    # --- wiring -----------------------------------------------------------------------------------------------
+    def command_spec(self) -> "CommandSpec":
+        from .commands import Arg, CommandSpec
+
+        hex64 = Arg(str, None, check=lambda v: bool(_HEX64.match(v)), expect="64 lowercase hex digits (sha256)")
+        return CommandSpec(
+            "swap_bundle",
+            self.handle,
+            {
+                "action": Arg(str, None, required=True, check=lambda v: v in ACTIONS, expect=f"one of {', '.join(ACTIONS)}"),
+                "transfer_id": Arg(str, None, check=lambda v: bool(_TRANSFER_ID.match(v)), expect="1-64 characters A-Z a-z 0-9 _ . -"),
+                "archive_sha256": hex64,
+                "archive_bytes": Arg(int, None, check=lambda v: 0 < v <= MAX_ARCHIVE_BYTES, expect=f"1..{MAX_ARCHIVE_BYTES} bytes"),
+                "chunk_bytes": Arg(int, OTA_CHUNK_BYTES, check=lambda v: 1024 <= v <= OTA_CHUNK_BYTES, expect=f"1024..{OTA_CHUNK_BYTES}"),
+                "index": Arg(int, None, check=lambda v: 0 <= v < MAX_OTA_CHUNKS, expect=f"0..{MAX_OTA_CHUNKS - 1}"),
+                "data": Arg(str, None, expect="base64 of the chunk's bytes"),
+                "sha256": hex64,
+                "health": Arg(dict, None, expect="an object of health settings"),
+                "name": Arg(str, None, check=lambda v: len(v) <= 128, expect="a bundle name"),
+                "version": Arg(str, None, check=lambda v: len(v) <= 64, expect="a bundle version"),
+            },
+            doc="OTA: begin/chunk/commit a bundle transfer, status, abort, rollback",
+        )
+
+    def publish_pending_events(self) -> None:
+        """Events decided at start-up (a rollback after a restart), sent once the agent can publish."""
+        path = self.root / PENDING_EVENTS
+        try:
+            events = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        for ev in events if isinstance(events, list) else []:
+            kind = ev.pop("event", "rollback")
+            self.agent.event(kind, bundle=self.agent.bundle_info(), **ev)
+        path.unlink(missing_ok=True)
+
+    def handle(self, cmd: "Command") -> dict[str, Any]:
+        action = cmd.args["action"]
+        handler: Callable[["Command"], dict[str, Any]] = {
+            "begin": self._begin, "chunk": self._chunk, "commit": self._commit,
+            "status": self._status, "abort": self._abort, "rollback": self._rollback_cmd,
+        }[action]  # fmt: skip
+        return handler(cmd)
+
+    def _need(self, cmd: "Command", *names: str) -> list[Any]:
+        missing = [n for n in names if cmd.args.get(n) is None]
+        if missing:
+            raise InputError(f"swap_bundle {cmd.args['action']} needs {', '.join(missing)}.")
+        return [cmd.args[n] for n in names]
+
+    def _progress(self, cmd: "Command", stage: str, **details: Any) -> None:
+        from .commands import SCHEMA
+
+        body = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": "progress",
+                "progress": {"stage": stage, **details}}  # fmt: skip
+        self.agent._respond(cmd.response_topic, body, cmd.correlation)  # noqa: SLF001 - the agent's answer path
+
+    # --- begin / chunk ----------------------------------------------------------------------------------------
+    def _transfer_dir(self, transfer_id: str) -> Path:
+        return self.staging / transfer_id
+
+    def _load_transfer(self, transfer_id: str) -> Transfer:
+        try:
+            doc = json.loads((self._transfer_dir(transfer_id) / "transfer.json").read_text(encoding="utf-8"))
+            return Transfer(**doc)
+        except (OSError, ValueError, TypeError):
+            raise InputError(f"swap_bundle: no transfer '{transfer_id}' on this device; send 'begin' first.") from None
+
+    def _have(self, t: Transfer) -> list[int]:
+        d = self._transfer_dir(t.transfer_id) / "chunks"
+        have = []
+        for p in d.glob("*.bin") if d.is_dir() else []:
+            try:
+                have.append(int(p.stem))
+            except ValueError:
+                continue
+        return sorted(i for i in have if i < t.chunks)
+
+    def _begin(self, cmd: "Command") -> dict[str, Any]:
+        tid, sha, size = self._need(cmd, "transfer_id", "archive_sha256", "archive_bytes")
+        t = Transfer(tid, sha, int(size), int(cmd.args["chunk_bytes"]))
+        if t.chunks > MAX_OTA_CHUNKS:
+            raise InputError(f"swap_bundle: {t.chunks} chunks is over the limit of {MAX_OTA_CHUNKS}.")
+        with self._lock:
+            for other in self.staging.iterdir() if self.staging.is_dir() else []:
+                if other.name != tid:  # one transfer at a time: the newest deploy wins
+                    shutil.rmtree(other, ignore_errors=True)
+            d = self._transfer_dir(tid)
+            try:
+                if d.is_dir() and self._load_transfer(tid) != t:
+                    shutil.rmtree(d)  # same id, different archive: start over
+            except InputError:
+                shutil.rmtree(d, ignore_errors=True)
+            try:
+                (d / "chunks").mkdir(parents=True, exist_ok=True)
+                free = shutil.disk_usage(self.root).free
+            except OSError as exc:
+                raise StorageError(f"{d}: cannot create the staging directory ({exc.strerror}).") from None
+            if free < 3 * t.archive_bytes + (1 << 20):  # archive + extracted copy + slack
+                raise StorageError(f"{self.root}: {free} bytes free, a {t.archive_bytes}-byte bundle needs about {3 * t.archive_bytes}.")
+            write_json_atomic(d / "transfer.json", asdict(t))
+            have = self._have(t)
+        return {"transfer_id": tid, "chunks": t.chunks, "have": have, "chunk_bytes": t.chunk_bytes}
+
+    def _chunk(self, cmd: "Command") -> dict[str, Any]:
+        tid, index, data, sha = self._need(cmd, "transfer_id", "index", "data", "sha256")
+        t = self._load_transfer(tid)
+        if index >= t.chunks:
+            raise InputError(f"swap_bundle: chunk {index} is past the last chunk ({t.chunks - 1}) of transfer {tid}.")
+        if len(data) > 4 * (-(-t.chunk_bytes // 3)) + 4:
+            raise InputError(f"swap_bundle: chunk {index} carries more base64 than a {t.chunk_bytes}-byte chunk.")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"swap_bundle: chunk {index} is not valid base64.") from None
+        if len(raw) != t.chunk_size(index):
+            raise IntegrityError(f"swap_bundle: chunk {index} of {tid} is {len(raw)} bytes, expected {t.chunk_size(index)}; resend it.")
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != sha:
+            raise IntegrityError(f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; resend it.")
+        path = self._transfer_dir(tid) / "chunks" / f"{index:06d}.bin"
+        tmp = path.with_suffix(".part")
+        try:
+            tmp.write_bytes(raw)
+            os.replace(tmp, path)  # a chunk file exists only complete: a restart resumes from the rest
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot write chunk {index} ({exc.strerror}).") from None
+        return {"transfer_id": tid, "index": index, "received": len(self._have(t)), "chunks": t.chunks}
+
+    def _abort(self, cmd: "Command") -> dict[str, Any]:
+        (tid,) = self._need(cmd, "transfer_id")
+        shutil.rmtree(self._transfer_dir(tid), ignore_errors=True)
+        return {"transfer_id": tid, "aborted": True}
+
+    # --- commit: verify, self-test, switch, watch -----------------------------------------------------------------
+    def _assemble(self, t: Transfer) -> Path:
+        have = set(self._have(t))
+        missing = [i for i in range(t.chunks) if i not in have]
+        if missing:
+            raise InputError(f"swap_bundle: transfer {t.transfer_id} misses chunks {missing[:10]}{'…' if len(missing) > 10 else ''}; send them, then commit.")
+        d = self._transfer_dir(t.transfer_id)
+        archive = d / "bundle.tar.gz"
+        h = hashlib.sha256()
+        try:
+            with open(archive, "wb") as out:
+                for i in range(t.chunks):
+                    data = (d / "chunks" / f"{i:06d}.bin").read_bytes()
+                    h.update(data)
+                    out.write(data)
+        except OSError as exc:
+            raise StorageError(f"{archive}: cannot assemble the archive ({exc.strerror}).") from None
+        if h.hexdigest() != t.archive_sha256:
+            shutil.rmtree(d, ignore_errors=True)
+            raise IntegrityError(
+                f"swap_bundle: the assembled archive of {t.transfer_id} has sha256 {h.hexdigest()[:16]}…, the sender said "
+                f"{t.archive_sha256[:16]}…; the transfer was discarded, deploy again."
+            )
+        return archive
+
+    def _commit(self, cmd: "Command") -> dict[str, Any]:
+        from .selftest import run_selftest
+
+        (tid,) = self._need(cmd, "transfer_id")
+        policy = HealthPolicy.from_args(cmd.args.get("health"))
+        t0 = time.monotonic()
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("swap_bundle: another update or rollback is running; retry when it is done.")
+        try:
+            if self._trial is not None and not self._trial.done.is_set():
+                raise BusyError(f"swap_bundle: the health window of {self._trial.new_slot.label()} is still running; retry after it.")
+            t = self._load_transfer(tid)
+            archive = self._assemble(t)
+            self._progress(cmd, "received", bytes=t.archive_bytes, elapsed_ms=_ms(t0))
+            _pause("received")
+            self.store.mkdir(parents=True, exist_ok=True)
+            try:
+                bundle = load_for(self.agent.settings, archive, workdir=self.store)
+            except EdgekitError as exc:
+                self.agent.event("bundle_rejected", transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc), code=type(exc).__name__)
+                raise
+            finally:
+                shutil.rmtree(self._transfer_dir(tid), ignore_errors=True)
+            self._progress(cmd, "verified", bundle=f"{bundle.manifest.name} {bundle.manifest.version}",
+                           signed_by=bundle.signed_by, elapsed_ms=_ms(t0))  # fmt: skip
+            _pause("verified")
+            try:
+                runtime = bundle.open_runtime(num_threads=self.agent.settings.num_threads)
+                selftest = run_selftest(bundle, runtime) if not self.agent.settings.skip_selftest else None
+            except EdgekitError as exc:
+                shutil.rmtree(bundle.directory.parent, ignore_errors=True)
+                kind = "selftest_failed" if isinstance(exc, SelfTestError) else "bundle_rejected"
+                self.agent.event(kind, transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc),
+                                 bundle={"name": bundle.manifest.name, "version": bundle.manifest.version})  # fmt: skip
+                raise
+            self._progress(cmd, "selftested", selftest=selftest.to_dict() if selftest else None, elapsed_ms=_ms(t0))
+            _pause("selftested")
+            activated_ms = self._switch(cmd, tid, bundle, runtime, policy, selftest)
+            return {"phase": "trial", "transfer_id": tid, "bundle": self.agent.bundle_info(), "signed_by": bundle.signed_by,
+                    "selftest": selftest.to_dict() if selftest else None, "health": policy.to_dict(),
+                    "activated_ms": activated_ms, "elapsed_ms": _ms(t0)}  # fmt: skip
+        finally:
+            self._lock.release()
+
+    def _switch(self, cmd: "Command", tid: str, bundle: "Bundle", runtime: "Runtime", policy: HealthPolicy,
+                selftest: Any) -> float:  # fmt: skip
+        agent = self.agent
+        old_bundle, old_runtime = agent.bundle, agent.runtime
+        old_rec = agent.recorder
+        baseline = old_rec.stats() if isinstance(old_rec, TallyRecorder) else HealthStats(0, 0, None, 0, 0, 0)
+        old_slot = self.pointer.current
+        new_slot = Slot.of(bundle, bundle.directory, tid)
+        # The pointer first: from here a restart rolls back (state "trial"), before here the old one holds.
+        self.pointer = Pointer(new_slot, old_slot, "trial", int(time.time() * 1000), tid)
+        write_pointer(self.data, self.pointer)
+        t_switch = time.monotonic()
+        agent._activate(bundle, runtime)  # noqa: SLF001 - swaps under the interpreter lock: serving never stops
+        agent.selftest = selftest
+        activated_ms = round((time.monotonic() - t_switch) * 1000, 3)
+        self._report_window(old_rec)  # the old bundle's partial window, reported as the old bundle's
+        _pause("switched")
+        ref = bundle.manifest.metrics.get("int8_accuracy")
+        self._trial = _Trial(tid, cmd.cmd_id, policy, time.monotonic(), old_bundle, old_runtime, old_slot, new_slot, baseline,
+                             float(ref) if isinstance(ref, (int, float)) and 0 <= ref <= 1 else None)  # fmt: skip
+        agent.event("bundle_activated", bundle=agent.bundle_info(), phase="trial", transfer_id=tid, cmd_id=cmd.cmd_id,
+                    previous=asdict(old_slot), health=policy.to_dict(), selftest=selftest.to_dict() if selftest else None)  # fmt: skip
+        agent._publish(agent.topics.meta, agent.meta(), retain=True)  # noqa: SLF001
+        threading.Thread(target=self._watch, args=(self._trial,), name="edgekit-ota-health", daemon=True).start()
+        return activated_ms
+
+    def _watch(self, trial: _Trial) -> None:
+        """The health window: fail early on errors, judge everything at its end."""
+        policy = trial.policy
+        end = trial.started + policy.window_s
+        checks: list[Check] = []
+        while True:
+            now = time.monotonic()
+            rec = self.agent.recorder
+            stats = rec.stats(trial.started) if isinstance(rec, TallyRecorder) else HealthStats(0, 0, None, 0, 0, 0)
+            early = stats.requests >= max(policy.min_requests, 20) and stats.error_rate > policy.max_error_rate
+            if early or now >= end:
+                checks = judge(policy, stats, trial.baseline, trial.reference_accuracy)
+                break
+            if self.agent._stop.wait(min(0.25, end - now)):  # noqa: SLF001 - the agent is stopping
+                return  # the pointer stays in "trial": the next start rolls back, as documented
+        failed = [c for c in checks if not c.passed]
+        with self._lock:
+            if trial.done.is_set():  # a manual rollback came first
+                return
+            if failed:
+                reason = "; ".join(f"{c.name} {c.value} beyond {c.limit}" for c in failed)
+                self._rollback(trial, f"health check failed: {reason}", stats, checks)
+            else:
+                self.pointer = Pointer(trial.new_slot, trial.old_slot, "committed", int(time.time() * 1000), trial.transfer_id)
+                write_pointer(self.data, self.pointer)
+                trial.done.set()
+                trial.old_runtime.close()
+                self.agent.event("health_check", verdict="passed", transfer_id=trial.transfer_id, cmd_id=trial.cmd_id,
+                                 bundle=self.agent.bundle_info(), stats=stats.to_dict(), baseline=trial.baseline.to_dict(),
+                                 checks=[asdict(c) for c in checks], window_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
+                self._prune_store()
+
+    def _rollback(self, trial: _Trial, reason: str, stats: HealthStats | None, checks: list[Check]) -> float:
+        """Back to the bundle before ``trial`` (its interpreter was kept open for this). Caller holds the lock."""
+        agent = self.agent
+        t0 = time.monotonic()
+        failed_info = agent.bundle_info()
+        new_runtime, new_rec = agent.runtime, agent.recorder
+        agent._activate(trial.old_bundle, trial.old_runtime)  # noqa: SLF001
+        took_ms = round((time.monotonic() - t0) * 1000, 3)
+        self._report_window(new_rec)
+        self.pointer = Pointer(trial.old_slot, None, "committed", int(time.time() * 1000), trial.transfer_id)
+        write_pointer(self.data, self.pointer)
+        trial.done.set()
+        new_runtime.close()
+        if checks:
+            agent.event("health_check", verdict="failed", transfer_id=trial.transfer_id, cmd_id=trial.cmd_id, bundle=failed_info,
+                        stats=stats.to_dict() if stats else None, baseline=trial.baseline.to_dict(), checks=[asdict(c) for c in checks])  # fmt: skip
+        agent.event("rollback", reason=reason, transfer_id=trial.transfer_id, cmd_id=trial.cmd_id, bundle=agent.bundle_info(),
+                    **{"from": failed_info}, to=asdict(trial.old_slot), took_ms=took_ms,
+                    after_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
+        agent._publish(agent.topics.meta, agent.meta(), retain=True)  # noqa: SLF001
+        self._prune_store()
+        log.warning("%s: rolled back to %s: %s", agent.settings.device_id, trial.old_slot.label(), reason)
+        return took_ms
+
+    def _report_window(self, recorder: WindowRecorder) -> None:
+        """Publish what ``recorder`` (of a bundle just replaced) holds, so no served inference goes unreported.
+
+        Called after the switch: an inference that ran on the old interpreter but records afterwards lands
+        in the new window (attributed to the new bundle, but counted).
+        """
+        from . import sysinfo
+
+        agent = self.agent
+        try:
+            outbox = agent.outbox.stats().to_dict() if agent.outbox else {}
+            body = recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
+            if body["counts"]["requests"] or body["counts"]["dropped"]:
+                agent._publish(agent.topics.telemetry, body)  # noqa: SLF001
+        except EdgekitError as exc:
+            log.warning("%s: the last window of the replaced bundle is lost: %s", agent.settings.device_id, exc)
+
+    def _rollback_cmd(self, cmd: "Command") -> dict[str, Any]:
+        """Manual rollback: end a running health window now, or go back to the previous committed bundle."""
+        with self._lock:
+            trial = self._trial
+            if trial is not None and not trial.done.is_set():
+                took = self._rollback(trial, f"requested by the fleet (cmd {cmd.cmd_id})", None, [])
+                return {"rolled_back_to": asdict(trial.old_slot), "took_ms": took}
+            prev = self.pointer.previous
+            if prev is None:
+                raise InputError(f"{self.agent.settings.device_id} has no previous bundle to roll back to.")
+            t0 = time.monotonic()
+            bundle = load_for(self.agent.settings, prev.source, workdir=self.data / "bundles")
+            runtime = bundle.open_runtime(num_threads=self.agent.settings.num_threads)
+            from .selftest import run_selftest
+
+            if not self.agent.settings.skip_selftest:
+                run_selftest(bundle, runtime)
+            old_runtime, old_rec, current = self.agent.runtime, self.agent.recorder, self.pointer.current
+            self.pointer = Pointer(prev, current, "committed", int(time.time() * 1000), "")
+            write_pointer(self.data, self.pointer)
+            self.agent._activate(bundle, runtime)  # noqa: SLF001
+            self._report_window(old_rec)
+            old_runtime.close()
+            took = round((time.monotonic() - t0) * 1000, 3)
+            self.agent.event("rollback", reason=f"requested by the fleet (cmd {cmd.cmd_id})", bundle=self.agent.bundle_info(),
+                             **{"from": asdict(current)}, to=asdict(prev), took_ms=took)  # fmt: skip
+            self.agent._publish(self.agent.topics.meta, self.agent.meta(), retain=True)  # noqa: SLF001
+            return {"rolled_back_to": asdict(prev), "took_ms": took}
+
+    def _status(self, cmd: "Command") -> dict[str, Any]:
+        trial = self._trial
+        running = trial is not None and not trial.done.is_set()
+        transfers = []
+        for d in sorted(self.staging.iterdir()) if self.staging.is_dir() else []:
+            try:
+                t = self._load_transfer(d.name)
+            except InputError:
+                continue
+            transfers.append({"transfer_id": t.transfer_id, "chunks": t.chunks, "have": len(self._have(t))})
+        return {
+            "active": self.agent.bundle_info(),
+            "pointer": self.pointer.to_dict(),
+            "trial": {"transfer_id": trial.transfer_id, "elapsed_s": round(time.monotonic() - trial.started, 3),
+                      "window_s": trial.policy.window_s} if running else None,  # fmt: skip
+            "transfers": transfers,
+        }
+
+    def _prune_store(self) -> None:
+        """Keep only the store entries the pointer names (current and previous)."""
+        if not self.store.is_dir():
+            return
+        keep = {Path(s.source).resolve() for s in (self.pointer.current, self.pointer.previous) if s is not None}
+        trial = self._trial
+        if trial is not None and not trial.done.is_set():
+            keep.add(Path(trial.new_slot.source).resolve())
+        for entry in self.store.iterdir():
+            inner = {p.resolve() for p in entry.iterdir()} if entry.is_dir() else set()
+            if not (inner & keep) and entry.resolve() not in keep:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _ms(t0: float) -> float:
+    return round((time.monotonic() - t0) * 1000, 3)
+
+
+def attach_ota(agent: "Agent") -> OtaManager:
+    """Give ``agent`` the ``swap_bundle`` command (called by :meth:`Agent.start` once its command table exists)."""
+    manager = OtaManager(agent)
+    if agent.commands is not None:
+        agent.commands.register(manager.command_spec())
+    return manager
+
+
+__all__ = ["OtaManager", "HealthPolicy", "HealthStats", "Pointer", "Slot", "TallyRecorder", "attach_ota",
+           "judge", "read_pointer", "startup_bundle", "write_pointer", "load_for"]  # fmt: skip
