@@ -30,6 +30,29 @@ def _f(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def report_table(bench):  # noqa: ANN001, ANN201 - a RemoteBench -> a rich Table (the demo prints it too)
+    """The quantity/value table of one remote benchmark."""
+    from . import ui
+
+    rep = bench.report
+    steady, rt, mem = rep.get("steady") or {}, rep.get("runtime") or {}, rep.get("memory") or {}
+    rows = [
+        ("device", bench.device_id),
+        ("model", (rep.get("model") or {}).get("name", "?")),
+        ("runtime", f"{rt.get('engine', '?')} {rt.get('version', '')}"),
+        ("delegate / threads", f"{rt.get('delegate', '?')} / {rt.get('num_threads', '?')}"),
+        ("init ms", _f(rep.get("init_ms"))),
+        ("first inference ms", _f(rep.get("first_inference_ms"))),
+        ("steady-state runs", steady.get("count", "?")),
+        ("min / mean / max ms", f"{_f(steady.get('min_ms'))} / {_f(steady.get('mean_ms'))} / {_f(steady.get('max_ms'))}"),
+        ("p50 / p90 / p99 ms", f"{_f(steady.get('p50_ms'))} / {_f(steady.get('p90_ms'))} / {_f(steady.get('p99_ms'))}"),
+        ("throughput inf/s", _f(rep.get("throughput_ips"), ".1f")),
+        ("RSS / peak MiB", f"{_f(mem.get('rss_mb'), '.1f')} / {_f(mem.get('peak_rss_mb'), '.1f')}"),
+        ("round trip s", f"{bench.round_trip_s:.2f}"),
+    ]
+    return ui.table(f"remote benchmark of {bench.device_id}", ["quantity", "value"], rows)
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit import remote
 
@@ -66,22 +89,6 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.json:
         ui.print_json(bench.to_dict())
         return ExitStatus.OK
-    rep = bench.report
-    steady, rt, mem = rep.get("steady") or {}, rep.get("runtime") or {}, rep.get("memory") or {}
-    rows = [
-        ("device", bench.device_id),
-        ("model", (rep.get("model") or {}).get("name", "?")),
-        ("runtime", f"{rt.get('engine', '?')} {rt.get('version', '')}"),
-        ("delegate / threads", f"{rt.get('delegate', '?')} / {rt.get('num_threads', '?')}"),
-        ("init ms", _f(rep.get("init_ms"))),
-        ("first inference ms", _f(rep.get("first_inference_ms"))),
-        ("steady-state runs", steady.get("count", "?")),
-        ("min / mean / max ms", f"{_f(steady.get('min_ms'))} / {_f(steady.get('mean_ms'))} / {_f(steady.get('max_ms'))}"),
-        ("p50 / p90 / p99 ms", f"{_f(steady.get('p50_ms'))} / {_f(steady.get('p90_ms'))} / {_f(steady.get('p99_ms'))}"),
-        ("throughput inf/s", _f(rep.get("throughput_ips"), ".1f")),
-        ("RSS / peak MiB", f"{_f(mem.get('rss_mb'), '.1f')} / {_f(mem.get('peak_rss_mb'), '.1f')}"),
-        ("round trip s", f"{bench.round_trip_s:.2f}"),
-    ]
-    ui.console.print(ui.table(f"remote benchmark of {bench.device_id}", ["quantity", "value"], rows))
+    ui.console.print(report_table(bench))
     ui.console.print(f"saved {json_path} and {png_path}")
     return ExitStatus.OK

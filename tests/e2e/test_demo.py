@@ -1,0 +1,44 @@
+"""The README's first command, in its short CI mode: scripts/demo.sh --short must exit 0, produce the
+bundles, a benchmark report and its picture, and leave nothing running."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgekit.broker import mosquitto_path, port_in_use
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(mosquitto_path() is None, reason="the demo's agents need an MQTT 5 broker (mosquitto)")
+def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
+    work = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--short", "--workdir", str(work)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
+    for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7", "clean-up"):
+        assert step in out
+    assert "fits" in out  # the fit table of the build
+    for profile in ("raspberry-pi-4", "esp32-s3"):
+        assert (work / "bundles" / f"digits-{profile}" / "manifest.json").is_file()
+        assert (work / "bundles" / f"digits-{profile}.tar.gz").is_file()
+    reports = list((work / "bench").glob("bench-pi-kitchen-*.json"))
+    assert len(reports) == 1 and reports[0].with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # Every device served labelled images, and every agent stopped cleanly.
+    assert re.search(r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), exporter, broker", out), out[-2000:]
+    counted = out[out.index("what the Prometheus exporter counted"):]
+    for device in ("pi-kitchen", "pi-garage", "esp32-sim"):
+        requests = int(re.search(rf"│ {device}\s+│\s+(\d+)", counted).group(1))
+        assert requests > 0, (device, counted[:1500])
+    port = int(re.search(r"broker mqtt://127\.0\.0\.1:(\d+)", out).group(1))
+    assert not port_in_use("127.0.0.1", port)
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left running: {left}"
