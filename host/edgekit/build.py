@@ -129,6 +129,8 @@ class _State:
     outputs_are: str = "probabilities"
     prune_info: dict[str, Any] | None = None
     current: dict[str, Any] = field(default_factory=dict)  # per-profile work in progress
+    conversions: dict[tuple[str, str], Any] = field(default_factory=dict)
+    evaluations: dict[tuple[str, str], Any] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
 
 
@@ -189,17 +191,25 @@ def _save_model(s: _State) -> None:
 def _convert(s: _State, profile: Profile) -> None:
     from . import convert
 
-    res = convert.convert_for_profile(
-        s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True, seed=s.seed, name=s.name, on_stage=s.report
-    )
-    s.current = {"profile": profile, "conversion": res, "tflite": res.tflite}
+    # Profiles that ask for the same tensor dtypes get the same model: convert (and evaluate) once.
+    key = (str(profile.input_dtype), str(profile.output_dtype))
+    if key not in s.conversions:
+        s.conversions[key] = convert.convert_for_profile(
+            s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True, seed=s.seed, name=s.name, on_stage=s.report
+        )
+    else:
+        s.report(f"same {key[0]}/{key[1]} model as an earlier profile")
+    res = s.conversions[key]
+    s.current = {"profile": profile, "conversion": res, "tflite": res.tflite, "key": key}
 
 
 def _evaluate(s: _State, profile: Profile) -> None:
     from . import evaluate
 
-    ev = evaluate.evaluate_tflite(s.current["tflite"], s.splits.test.x, s.splits.test.y)
-    s.current["eval"] = ev
+    key = s.current["key"]
+    if key not in s.evaluations:
+        s.evaluations[key] = evaluate.evaluate_tflite(s.current["tflite"], s.splits.test.x, s.splits.test.y)
+    s.current["eval"] = s.evaluations[key]
 
 
 def _fit(s: _State, profile: Profile) -> None:

@@ -92,25 +92,26 @@ def run(args: argparse.Namespace) -> ExitStatus:
             p.profile,
             _pct(p.float_accuracy),
             _pct(p.int8_accuracy),
-            f"{-p.accuracy_drop:+.2f}",  # int8 minus float, in points: negative is a loss
+            f"{100 * (p.int8_accuracy - p.float_accuracy):+.2f}",  # in points: negative is a loss
             p.samples,
             ui.kib(p.float_tflite_bytes),
             ui.kib(p.int8_bytes),
             f"{p.int8_bytes / p.float_tflite_bytes:.3f}" if p.float_tflite_bytes else "-",
             "yes" if p.qat else "no",
             {True: "fits", False: "DOES NOT FIT", None: "not checked"}[p.fits],
-            str(p.directory) if p.directory else "-",
         )
         for p in result.profiles
     ]
     ui.console.print(
         ui.table(
             f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; Keras model: {result.model_file}",
-            ("profile", "float acc %", "int8 acc %", "int8-float %", "samples count", "float tflite", "int8 tflite", "int8/float", "QAT", "fit", "bundle (+ .tar.gz)"),
+            ("profile", "float acc %", "int8 acc %", "int8-float %", "samples count", "float tflite", "int8 tflite", "int8/float", "QAT", "fit"),
             rows,
         )
     )
     for p in result.profiles:
+        if p.directory is not None:
+            ui.console.print(f"{p.profile}: {p.directory}/  and  {p.archive}", highlight=False, markup=False)
         if p.fits is False:
             ui.err_console.print(f"[bold red]{p.profile}:[/] does not fit: {p.fit_summary}")
     return status
