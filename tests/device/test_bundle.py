@@ -232,9 +232,11 @@ def test_an_unlisted_archive_member_is_refused(tmp_path: Path, good_files):
 
 
 def test_an_oversized_member_is_refused(tmp_path: Path, good_files, monkeypatch):
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", 2000)  # the real limit is 128 MiB; same code path
+    name, data = max(good_files, key=lambda m: len(m[1]))
+    limit = len(data) - 1  # the real limit is 128 MiB; the same code path refuses the largest member here
+    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", limit)
     archive = make_tar(tmp_path / "b.tar.gz", good_files)
-    with pytest.raises(BundleError, match=r"model.tflite' is \d+ bytes, over the 2000-byte limit"):
+    with pytest.raises(BundleError, match=rf"member '{name}' is {len(data)} bytes, over the {limit}-byte limit"):
         load_bundle(archive, workdir=tmp_path / "work")
 
 

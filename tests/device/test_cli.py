@@ -19,16 +19,19 @@ from tamper import copy_bundle, flip_byte
 
 @pytest.fixture(scope="module")
 def images(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Golden inputs written back as PNG files (dequantised with the manifest's input scale)."""
+    """Golden inputs written back as image files: the manifest's preprocessing inverted (grey or RGB)."""
     out = tmp_path_factory.mktemp("images")
     with np.load(digits_bundle / "golden.npz") as g:
         xs, ys = g["inputs"], g["labels"]
-    spec = json.loads((digits_bundle / "manifest.json").read_text())["inputs"][0]
+    doc = json.loads((digits_bundle / "manifest.json").read_text())
+    spec, pre = doc["inputs"][0], doc["preprocess"]
     paths = []
     for i in range(4):
-        pixels = (xs[i, :, :, 0].astype(np.int64) - spec["zero_point"]) * spec["scale"] * 255
+        real = (xs[i].astype(np.int64) - spec["zero_point"]) * spec["scale"]
+        pixels = (real * np.array(pre["std"]) + np.array(pre["mean"])) / pre["scale"]
+        pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         p = out / f"{i}-{ys[i]}.png"
-        Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L").save(p)
+        Image.fromarray(pixels[:, :, 0] if pre["color_mode"] == "L" else pixels, pre["color_mode"]).save(p)
         paths.append(p)
     return paths
 

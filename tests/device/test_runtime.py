@@ -25,10 +25,10 @@ def test_litert_is_the_first_choice_and_xnnpack_shows_in_the_plan(model):
 
 
 def test_without_delegate_the_real_operators_run_with_close_outputs(model):
-    x = np.random.default_rng(0).integers(-128, 128, size=(1, 8, 8, 1), dtype=np.int8)
     plain = Runtime(model, num_threads=1, delegate="none")
+    x = np.random.default_rng(0).integers(-128, 128, size=plain.input_shape, dtype=np.int8)
     assert plain.info.delegate == "none"
-    assert plain.ops()[0] == "CONV_2D" and "FULLY_CONNECTED" in plain.ops() and "DELEGATE" not in plain.ops()
+    assert "CONV_2D" in plain.ops() and "FULLY_CONNECTED" in plain.ops() and "DELEGATE" not in plain.ops()
     diff = np.abs(plain.invoke(x).astype(int) - Runtime(model, num_threads=1).invoke(x).astype(int))
     assert diff.max() <= 1
 
@@ -64,7 +64,7 @@ def test_missing_edgetpu_library_is_a_delegate_error(model):
 
 def test_check_tflite_accepts_the_model_and_refuses_every_truncation(model):
     check_tflite(model)
-    for cut in range(0, len(model), 7):
+    for cut in range(0, len(model), max(1, len(model) // 150)):
         with pytest.raises(ModelError, match="truncated or corrupt"):
             check_tflite(model[:cut], "m.tflite")
 

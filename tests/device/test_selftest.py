@@ -39,7 +39,7 @@ def test_selftest_passes_on_the_real_bundle(digits_bundle: Path):
     b = load_bundle(digits_bundle)
     r = run_selftest(b)
     g = golden(digits_bundle)
-    assert r.passed and r.samples == len(g["labels"]) == 16
+    assert r.passed and r.samples == len(g["labels"]) >= 8
     assert 0 <= r.max_abs_diff <= r.tolerance == 1 and r.mismatches == 0
     assert r.agreement == 1.0
     # label accuracy is recomputed from the workstation's own outputs: same top-1, same accuracy
@@ -61,7 +61,8 @@ def test_altered_golden_outputs_fail_and_say_by_how_much(digits_bundle: Path, tm
     outputs[i, j] += 7 if outputs[i, j] < 100 else -7
     d = rewrite_golden(digits_bundle, tmp_path, outputs=outputs.astype(np.int8))
     b = load_bundle(d)  # hashes are consistent: only the self-test can notice
-    with pytest.raises(SelfTestError, match=r"by up to 7 raw units \(tolerance 1\) on 1 of 16 golden samples \(worst: sample 3\)") as info:
+    n = len(outputs)
+    with pytest.raises(SelfTestError, match=rf"by up to 7 raw units \(tolerance 1\) on 1 of {n} golden samples \(worst: sample 3\)") as info:
         run_selftest(b)
     assert info.value.result.max_abs_diff == 7 and not info.value.result.passed
     assert "--skip-selftest" in str(info.value)
