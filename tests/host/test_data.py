@@ -1,0 +1,147 @@
+"""edgekit.data: image folders, .npz, the digits demo and the seeded stratified split (no TensorFlow)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekit.data import folder_spec, load_dataset, load_image_folder, load_npz, split_dataset, write_digits
+from edgekit_agent.errors import DatasetError
+from edgekit_agent.manifest import PreprocessSpec
+from edgekit_agent.preprocess import image_to_float, open_image
+
+
+def _folder(root: Path, classes: dict[str, int], size=(10, 6), mode="L") -> Path:
+    rng = np.random.default_rng(1)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(root / name / f"{i}.png")
+    return root
+
+
+def test_write_digits_writes_real_digits_scaled_to_255(tmp_path):
+    from sklearn.datasets import load_digits
+
+    summary = write_digits(tmp_path / "d")
+    files = sorted((tmp_path / "d").rglob("*.png"))
+    assert summary.samples == len(files) == 1797 and summary.classes == 10
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [str(i) for i in range(10)]
+    img = np.asarray(Image.open(tmp_path / "d" / "0" / "digit_0000.png"))
+    expected = np.round(load_digits().images[0] * 255 / 16).astype(np.uint8)
+    assert img.dtype == np.uint8 and img.shape == (8, 8) and np.array_equal(img, expected)
+
+
+def test_image_folder_uses_the_device_preprocessing(digits_dataset):
+    ds = load_image_folder(digits_dataset)
+    assert ds.x.shape == (1797, 8, 8, 1) and ds.x.dtype == np.float32
+    assert ds.labels == tuple(str(i) for i in range(10)) and ds.y.dtype == np.int64
+    assert ds.spec == PreprocessSpec(width=8, height=8, color_mode="L")
+    # The very function a device runs gives the very same tensor.
+    i = 123
+    assert np.array_equal(ds.x[i], image_to_float(open_image(ds.files[i]), ds.spec))
+    assert ds.class_counts()["0"] == int(np.sum(ds.y == 0)) > 100
+
+
+def test_spec_inference_size_and_colour(tmp_path):
+    grey = _folder(tmp_path / "g", {"a": 3, "b": 3}, size=(10, 6))
+    assert folder_spec(grey) == PreprocessSpec(width=10, height=6, color_mode="L")
+    colour = _folder(tmp_path / "c", {"a": 2, "b": 2}, size=(12, 12), mode="RGB")
+    ds = load_image_folder(colour)
+    assert ds.spec.color_mode == "RGB" and ds.x.shape == (4, 12, 12, 3)
+    # An explicit spec resizes.
+    ds = load_image_folder(colour, PreprocessSpec(width=5, height=4, color_mode="L"))
+    assert ds.x.shape == (4, 4, 5, 1)
+
+
+def test_rgb_files_with_grey_content_are_grey(tmp_path):
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((4, 4), 99, np.uint8)).convert("RGB").save(root / name / "x.jpg")
+    assert load_image_folder(root).spec.color_mode == "L"
+
+
+def test_corrupt_image_is_skipped_with_a_warning_naming_it(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 3, "b": 3})
+    bad = root / "a" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.warns(UserWarning, match="broken.png"):
+        ds = load_image_folder(root)
+    assert len(ds) == 6 and ds.skipped == (str(bad),)
+    assert str(bad) not in ds.files
+
+
+def test_corrupt_image_is_an_error_when_strict(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 3, "b": 3})
+    (root / "b" / "truncated.png").write_bytes((root / "b" / "0.png").read_bytes()[:40])
+    with pytest.raises(DatasetError, match="truncated.png"):
+        load_image_folder(root, strict=True)
+
+
+def test_empty_class_and_single_class_are_errors(tmp_path):
+    root = _folder(tmp_path / "d", {"cat": 3, "dog": 3})
+    (root / "bird").mkdir()
+    with pytest.raises(DatasetError, match="bird"):
+        load_dataset(root)
+    one = _folder(tmp_path / "one", {"only": 4})
+    with pytest.raises(DatasetError, match="at least two class"):
+        load_dataset(one)
+    with pytest.raises(DatasetError, match="no such dataset"):
+        load_dataset(tmp_path / "missing")
+
+
+def test_class_with_only_corrupt_images_is_an_error(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 3})
+    (root / "b").mkdir()
+    (root / "b" / "x.png").write_bytes(b"junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DatasetError, match="no readable image left in class folder"):
+            load_image_folder(root)
+
+
+def test_npz_uint8_and_float(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 6, 6), dtype=np.uint8)
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "u.npz", x=x, y=y, labels=np.array(["no", "yes"]))
+    ds = load_dataset(tmp_path / "u.npz")
+    assert ds.x.shape == (20, 6, 6, 1) and ds.labels == ("no", "yes")
+    assert np.allclose(ds.x[..., 0], x / 255.0)
+    np.savez(tmp_path / "f.npz", x=rng.random((20, 6, 6, 3), dtype=np.float32), y=y)
+    ds = load_npz(tmp_path / "f.npz")
+    assert ds.spec.color_mode == "RGB" and ds.spec.scale == 1.0 and ds.labels == ("0", "1")
+    np.savez(tmp_path / "bad.npz", x=x, y=y[:5])
+    with pytest.raises(DatasetError, match="same N"):
+        load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "gap.npz", x=x, y=y * 2, labels=np.array(["a", "b", "c"]))
+    with pytest.raises(DatasetError, match="b"):
+        load_npz(tmp_path / "gap.npz")
+
+
+def test_split_is_deterministic_stratified_and_disjoint(digits_dataset):
+    ds = load_dataset(digits_dataset)
+    a, b = split_dataset(ds, seed=0), split_dataset(ds, seed=0)
+    assert a.test.files == b.test.files and a.train.files == b.train.files
+    c = split_dataset(ds, seed=1)
+    assert a.test.files != c.test.files
+    parts = [set(a.train.files), set(a.val.files), set(a.test.files)]
+    assert sum(map(len, parts)) == len(ds) == len(set().union(*parts))
+    for cls in range(10):
+        n = int(np.sum(ds.y == cls))
+        assert abs(int(np.sum(a.test.y == cls)) - round(0.15 * n)) <= 1
+        assert abs(int(np.sum(a.val.y == cls)) - round(0.15 * n)) <= 1
+
+
+def test_small_classes_still_get_a_test_sample(tmp_path):
+    ds = load_image_folder(_folder(tmp_path / "d", {"a": 3, "b": 40}))
+    s = split_dataset(ds, seed=3)
+    assert int(np.sum(s.test.y == 0)) == 1 and int(np.sum(s.val.y == 0)) == 1 and int(np.sum(s.train.y == 0)) == 1
+    with pytest.raises(DatasetError):
+        split_dataset(ds, val=0.6, test=0.5)
