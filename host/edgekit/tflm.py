@@ -173,9 +173,13 @@ def _crash_hint(tflite: bytes) -> str:
 
 
 @lru_cache(maxsize=32)
-def _measure_cached(tflite: bytes, name: str) -> ArenaMeasurement:
+def _measure_cached(tflite: bytes, name: str) -> ArenaMeasurement | ModelError:
+    # A failure is cached too: checking one crashing model against every MCU profile must not crash 4 times.
     request = {"op": "arena", "hint": _crash_hint(tflite)}
-    result = _with_model_file(tflite, lambda _d, p: _call_worker({**request, "model": str(p)}, name))
+    try:
+        result = _with_model_file(tflite, lambda _d, p: _call_worker({**request, "model": str(p)}, name))
+    except ModelError as exc:
+        return exc
     return ArenaMeasurement(int(result["arena"]), bool(result["exact"]), int(result["probes"]), _tflm_version())
 
 
@@ -185,7 +189,10 @@ def measure_arena(tflite: bytes, name: str = "model") -> ArenaMeasurement:
     Cached per model content, so checking one model against many profiles measures it once.
     Raises :class:`ModelError` when TFLite Micro cannot run the model at all (the reason quoted).
     """
-    return _measure_cached(bytes(tflite), name)
+    result = _measure_cached(bytes(tflite), name)
+    if isinstance(result, ModelError):
+        raise ModelError(str(result))
+    return result
 
 
 def tflm_outputs(tflite: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None, name: str = "model") -> np.ndarray:
