@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # imported lazily at run time: keeps `import edgekit_agent.bu
     from .runtime import Runtime
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+#: The Edge TPU compiler's output, shipped beside model.tflite in Edge TPU bundles.
+EDGETPU_MODEL = "model_edgetpu.tflite"
 #: Files a bundle directory may hold without the manifest listing them.
 UNLISTED_OK = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 _CHUNK = 1 << 20
@@ -137,17 +139,26 @@ class Bundle:
     def name(self) -> str:
         return f"{self.manifest.name}-{self.manifest.profile_name}"
 
+    def model_for(self, delegate: str) -> Path:
+        """The model file a delegate runs: ``model_edgetpu.tflite`` (compiled by ``edgetpu_compiler``) for the
+        Edge TPU when the bundle has it, else ``model.tflite`` (then the Edge TPU delegate runs nothing)."""
+        if delegate == "edgetpu" and any(f.name == EDGETPU_MODEL for f in self.manifest.files):
+            return self.directory / EDGETPU_MODEL
+        return self.model_path
+
     def open_runtime(self, num_threads: int | None = None, delegate: str | None = None, engine: str | None = None) -> "Runtime":
         """An interpreter for the model; threads and delegate default to the manifest's profile."""
         from .runtime import Runtime
 
         rt = self.manifest.runtime
+        delegate = delegate or rt.get("delegate") or "xnnpack"
+        model = self.model_for(delegate)
         return Runtime(
-            self.model_path,
+            model,
             num_threads=num_threads or rt.get("num_threads") or None,
-            delegate=delegate or rt.get("delegate") or "xnnpack",
+            delegate=delegate,
             engine=engine,
-            model_name=f"{self.directory}/{self.manifest.model.name}",
+            model_name=f"{self.directory}/{model.name}",
         )
 
     def preprocessor(self) -> "Preprocessor":
@@ -344,8 +355,10 @@ def load_bundle(
                 "Re-copy or rebuild the bundle."
             )
     model_path = directory / manifest.model.name
-    try:
-        check_tflite(model_path.read_bytes(), str(model_path))
-    except ModelError as exc:  # in a bundle, a broken model is a refused bundle (exit status 5), not bad user input
-        raise IntegrityError(str(exc)) from None
+    models = [model_path] + ([directory / EDGETPU_MODEL] if any(f.name == EDGETPU_MODEL for f in manifest.files) else [])
+    for model in models:
+        try:
+            check_tflite(model.read_bytes(), str(model))
+        except ModelError as exc:  # in a bundle, a broken model is a refused bundle (exit status 5), not bad user input
+            raise IntegrityError(str(exc)) from None
     return Bundle(directory, manifest, manifest_bytes, model_path, signed_by)

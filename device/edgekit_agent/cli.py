@@ -80,6 +80,9 @@ def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-selftest", action="store_true", help="serve even without the golden-sample self-test")
     parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
     parser.add_argument("--require-signature", action="store_true", help="refuse unsigned bundles")
+    parser.add_argument(
+        "--allow-unsigned", action="store_true", help="with --trusted-keys: accept an unsigned bundle (a signed one is still checked)"
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +100,11 @@ def opened_bundle(args: argparse.Namespace) -> Iterator[Any]:
 
     with tempfile.TemporaryDirectory(prefix="edgekit-agent-") as work:
         yield load_bundle(
-            args.bundle, trusted_keys=args.trusted_keys, require_signature=args.require_signature, workdir=Path(work)
+            args.bundle,
+            trusted_keys=args.trusted_keys,
+            require_signature=args.require_signature,
+            allow_unsigned=args.allow_unsigned,
+            workdir=Path(work),
         )
 
 

@@ -274,3 +274,18 @@ def test_not_a_bundle(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleError, match="no manifest.json"):
         load_bundle(tmp_path / "empty")
+
+
+def test_edgetpu_runs_the_compiled_model_when_the_bundle_has_one(digits_bundle: Path, tmp_path: Path):
+    d = copy_bundle(digits_bundle, tmp_path)
+    assert load_bundle(d).model_for("edgetpu").name == "model.tflite"  # no compiled model: the plain one
+    (d / "model_edgetpu.tflite").write_bytes((d / "model.tflite").read_bytes())
+    doc = json.loads((d / "manifest.json").read_bytes())
+    doc["files"]["model_edgetpu.tflite"] = dict(doc["files"]["model.tflite"])
+    (d / "manifest.json").write_bytes(dump_manifest(doc))
+    b = load_bundle(d)
+    assert b.model_for("edgetpu") == d / "model_edgetpu.tflite" and b.model_for("xnnpack") == b.model_path
+    (d / "model_edgetpu.tflite").write_bytes(b"\0" * 64)
+    rehash(d)
+    with pytest.raises(IntegrityError, match="model_edgetpu.tflite: not a valid TFLite model"):
+        load_bundle(d)

@@ -111,3 +111,13 @@ def test_console_script_prints_no_traceback(tmp_path: Path):
     proc = subprocess.run([str(script), "verify", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == ExitStatus.BUNDLE_REJECTED
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and "manifest.json" in proc.stderr
+
+
+def test_signature_options(digits_bundle: Path, tmp_path: Path, capsys):
+    pytest.importorskip("cryptography")
+    (tmp_path / "keys").mkdir()
+    assert main(["verify", str(digits_bundle), "--trusted-keys", str(tmp_path / "keys")]) == ExitStatus.BUNDLE_REJECTED
+    assert "not signed" in capsys.readouterr().err
+    args = ["verify", str(digits_bundle), "--trusted-keys", str(tmp_path / "keys"), "--allow-unsigned", "--skip-selftest"]
+    assert main(args) == ExitStatus.OK
+    assert main(["verify", str(digits_bundle), "--require-signature"]) == ExitStatus.BUNDLE_REJECTED
