@@ -68,7 +68,7 @@ def child_bare(bundle_dir: str, threads: int, seconds: float, warmup: int) -> di
 
 def child_cold(archive: str, workdir: str) -> dict:
     """Cold start of the agent, phase by phase, from process start (T_PROCESS) to the first inference."""
-    marks = {"python_start_to_script": 0.0}
+    marks: dict[str, float] = {}
     t = time.perf_counter()
     from edgekit_agent.bundle import load_bundle
     from edgekit_agent.selftest import load_golden, run_selftest
