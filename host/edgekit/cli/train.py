@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
     parser.add_argument("--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)")
     parser.add_argument("--color", choices=("auto", "grey", "rgb"), default="auto", help="colour mode (default: inferred from the images)")
+    parser.add_argument("--no-augment", action="store_true", help="train on the images only (the CNN adds shifted copies by default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
     parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
             acc = logs.get("val_accuracy", logs.get("accuracy", 0.0))
             bar.update(task, completed=epoch + 1, total=epochs, description=f"training (val accuracy {acc:.3f})")
 
-        result = train_model(splits, arch=args.arch, epochs=args.epochs, seed=args.seed, alpha=args.alpha, on_epoch=on_epoch)
+        result = train_model(splits, arch=args.arch, epochs=args.epochs, seed=args.seed, alpha=args.alpha,
+                             augment=False if args.no_augment else None, on_epoch=on_epoch)
     path = save_model(result.model, args.out)
     info = {
         "model": str(path),
