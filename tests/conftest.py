@@ -47,3 +47,28 @@ def digits_bundle(digits_build) -> Path:
     ``digits_bundle.parent / (digits_bundle.name + '.tar.gz')``.
     """
     return digits_build.profiles[0].directory
+
+
+@pytest.fixture(scope="session")
+def digits_splits(digits_dataset: Path):
+    """The digits folder loaded and split (seed 0) with `edgekit.data`, once per session."""
+    from edgekit.data import load_dataset, split_dataset
+
+    return split_dataset(load_dataset(digits_dataset), seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits CNN trained for one (augmented) epoch with `edgekit.train`, saved as .keras; once per session."""
+    from edgekit.train import save_model, train_model
+
+    result = train_model(digits_splits, epochs=1, seed=0)
+    return save_model(result.model, tmp_path_factory.mktemp("digits-model") / "digits.keras")
+
+
+@pytest.fixture(scope="session")
+def digits_int8(digits_model: Path, digits_splits):
+    """`edgekit.convert.convert_int8` of ``digits_model`` (int8 in/out, with the float32 twin); once per session."""
+    from edgekit.convert import convert_int8
+
+    return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, name="digits")
