@@ -62,13 +62,15 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
 def child(role: str, broker: str, n: int, client_id: str) -> None:
     """Run in a fresh process: park a persistent session, then on 'go' drain it and report."""
     from edgekit.exporter import Exporter
-    from edgekit.fleet import FLEET_SUBSCRIPTIONS, FleetState, MqttLink, drain
+    from edgekit.watch import FleetWatcher
 
     if role == "watch":
-        link = MqttLink(broker, client_id=client_id, subscriptions=list(FLEET_SUBSCRIPTIONS), session_expiry_s=600)
-        state = FleetState()
+        watcher = FleetWatcher(broker, client_id=client_id)
+        watcher.link.session_expiry_s = 600
+        link, state = watcher.link, watcher.state
     else:
-        exp = Exporter(broker, port=0, client_id=client_id)
+        # A group of its own: an earlier run's parked session in the same group would take its share.
+        exp = Exporter(broker, port=0, client_id=client_id, group=client_id)
         exp.link.session_expiry_s = 600
         link, state = exp.link, exp.state
     link.start()
@@ -79,11 +81,10 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
     cpu0 = time.process_time()  # all threads of this process: paho's network thread included
     t0 = time.perf_counter()
     if role == "watch":
-        link.start()
+        watcher.start()
         applied = 0
         while applied < n and time.perf_counter() - t0 < 300:
-            batch = drain(link.messages, 1.0)
-            state.apply_many(batch)  # what FleetWatcher.poll does
+            watcher.poll(1.0)  # exactly what `edgekit watch` does between screen refreshes
             applied = state.messages
     else:
         exp.start()
