@@ -151,6 +151,7 @@ def _train_or_load(s: _State) -> None:
         s.model = train.load_model(s.model_path)
         s.model_file = s.model_path
         s.trained_arch = f"file:{s.model_path.name}"
+        s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
         return
     kwargs: dict[str, Any] = {"arch": s.arch, "seed": s.seed, "on_epoch": _epoch_reporter(s)}
     if s.epochs is not None:
@@ -170,10 +171,17 @@ def _epoch_reporter(s: _State) -> Callable[[int, int, dict[str, float]], None]:
 def _prune(s: _State) -> None:
     from . import prune
 
-    result = prune.prune_model(s.model, s.splits, sparsity=s.prune)
+    result = prune.prune_model(s.model, s.splits, sparsity=s.prune, seed=s.seed)
+    weights = sum(layer.weights for layer in result.layers)
     s.model = result.model
-    s.prune_info = {"target_sparsity": s.prune, "achieved_sparsity": getattr(result, "sparsity", None)}
-    s.float_accuracy = -1.0  # the pruned model's accuracy is measured again below
+    s.prune_info = {
+        "target_sparsity": s.prune,
+        "achieved_sparsity": round(sum(layer.zeros for layer in result.layers) / weights, 4) if weights else None,
+        "float_accuracy_before": result.accuracy_before,
+        "float_accuracy_after": result.accuracy_after,
+        "fine_tune_steps": result.steps,
+    }
+    s.float_accuracy = float(result.accuracy_after)  # measured on the test split, like training's figure
 
 
 def _save_model(s: _State) -> None:
@@ -182,7 +190,7 @@ def _save_model(s: _State) -> None:
     if s.model_file is None or s.prune_info:  # kept next to the bundles, so `--model` can rebuild from it
         s.model_file = train.save_model(s.model, s.out / f"{s.name}.keras")
     s.outputs_are = zoo.outputs_are(s.model)
-    if s.model_path is not None or s.prune_info:  # a trained model's test accuracy is already known
+    if s.float_accuracy < 0:  # a model file: training's (or pruning's) test-split figure does not exist
         from . import evaluate
 
         s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)

@@ -162,3 +162,17 @@ def test_a_profile_that_does_not_fit_is_a_fit_error_with_numbers(built: tuple[Bu
     assert "tiny-board" in str(e.value) and any(ch.isdigit() for ch in str(e.value))
     assert e.value.exit_status is ExitStatus.DOES_NOT_FIT
     assert not (tmp_path / "out" / "digits-tiny-board").exists()
+
+
+def test_prune_step_records_the_achieved_sparsity(built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path) -> None:
+    result, _ = built
+    events = []
+    r = build(digits_dataset, ["raspberry-pi-5"], tmp_path / "out", model=result.model_file, prune=0.5, on_progress=events.append)
+    assert [e.label for e in events if not e.detail][:3] == ["load and split the dataset", "load the model", "prune to 50% sparsity"]
+    assert events[-1].label == "done" and all(e.total == events[0].total for e in events)
+    m = json.loads((r.profiles[0].directory / "manifest.json").read_text())
+    prune = m["metrics"]["prune"]
+    assert prune["target_sparsity"] == 0.5 and 0.4 <= prune["achieved_sparsity"] <= 0.55
+    assert m["metrics"]["float_accuracy"] == pytest.approx(prune["float_accuracy_after"])
+    # The pruned model is saved next to the bundles (the input model file is left alone).
+    assert r.model_file == tmp_path / "out" / "digits.keras" and r.model_file.is_file()
