@@ -219,29 +219,32 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
         raise BundleError(f"{archive}: not a readable tar archive ({exc}); re-copy the bundle.") from None
     with tar:
         members: list[tuple[str, tarfile.TarInfo]] = []
+        total = 0
         try:
-            for member in tar:  # iterating reads headers one by one: stop early on an absurd archive
+            # Iterating reads one header at a time, and moving to the next header decompresses the data in
+            # between: every limit is checked on the header, before a decompression bomb is ever inflated.
+            for member in tar:
                 if len(members) >= MAX_MEMBERS:
                     raise BundleError(f"{archive}: more than {MAX_MEMBERS} entries; not a bundle archive.")
-                members.append((_member_name(member, archive), member))
+                name = _member_name(member, archive)
+                if member.size > MAX_MEMBER_BYTES:
+                    raise BundleError(f"{archive}: member '{member.name}' is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit.")
+                total += member.size
+                if total > MAX_EXTRACTED_BYTES:
+                    raise BundleError(f"{archive}: members add up to over {MAX_EXTRACTED_BYTES} bytes (at '{member.name}'); refusing.")
+                members.append((name, member))
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BundleError(f"{archive}: the archive is corrupt ({exc}); re-copy the bundle.") from None
         files = [(n, m) for n, m in members if m.isreg()]
         tops = {n.split("/")[0] for n, _ in files if "/" in n}
         prefix = f"{tops.pop()}/" if len(tops) == 1 and all("/" in n for n, _ in files) else ""
         by_name: dict[str, tarfile.TarInfo] = {}
-        total = 0
         for n, m in files:
             rel = n[len(prefix) :]
             if "/" in rel or not rel:
                 raise BundleError(f"{archive}: member '{m.name}' is in a subdirectory; a bundle is one flat directory.")
             if rel in by_name:
                 raise BundleError(f"{archive}: member '{m.name}' appears twice; refusing an ambiguous archive.")
-            if m.size > MAX_MEMBER_BYTES:
-                raise BundleError(f"{archive}: member '{m.name}' is {m.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit.")
-            total += m.size
-            if total > MAX_EXTRACTED_BYTES:
-                raise BundleError(f"{archive}: members add up to over {MAX_EXTRACTED_BYTES} bytes (at '{m.name}'); refusing.")
             by_name[rel] = m
         if MANIFEST_NAME not in by_name:
             raise BundleError(f"{archive}: no {MANIFEST_NAME} in the archive; is this an edgekit bundle?")

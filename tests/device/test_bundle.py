@@ -289,3 +289,17 @@ def test_edgetpu_runs_the_compiled_model_when_the_bundle_has_one(digits_bundle: 
     rehash(d)
     with pytest.raises(IntegrityError, match="model_edgetpu.tflite: not a valid TFLite model"):
         load_bundle(d)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path, monkeypatch):
+    """A member of 4 MiB zeros (a few KB compressed) under a 1 MiB limit: refused before it is inflated."""
+    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", 1 << 20)
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("digits/model.tflite")
+        info.size = 4 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(BundleError, match=rf"is {4 << 20} bytes, over the {1 << 20}-byte limit"):
+        load_bundle(path, workdir=tmp_path / "work")
+    assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))

@@ -1,0 +1,7 @@
+"""``python -m edgekit_agent`` = ``edgekit-agent`` (handy where the console script is not on PATH)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
