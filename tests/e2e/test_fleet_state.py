@@ -91,3 +91,25 @@ def test_last_will_of_the_current_run_counts_although_registered_before_the_birt
     # Live telemetry from the same run afterwards: that will belonged to a connection it has replaced.
     st.apply(msg("d", "telemetry/inference", {**telemetry(5, T0 + 51), "boot_id": "b1"}, at=T0 + 51))
     assert st.row("d", now=T0 + 51).status == "online"
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_served_by_the_exporter():
+    import re
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edgekit.exporter import FleetCollector
+
+    st = FleetState(histogram_stages=("total",))
+    st.apply(msg("d", "status", status("online", "b", 1, T0), at=T0))
+    doc = telemetry(2, T0 + 1)
+    doc.update(accuracy={"labeled": 3, "correct": 2}, outbox={"dropped": 1}, bundle={"name": "digits", "version": "1"})
+    st.apply(msg("d", "telemetry/inference", doc, at=T0 + 1))
+    reg = CollectorRegistry()
+    reg.register(FleetCollector(st))
+    served = {line.split("{")[0].split(" ")[0] for line in generate_latest(reg).decode().splitlines() if line and not line.startswith("#")}
+    dash = (Path(__file__).resolve().parents[2] / "dashboards" / "edgekit-grafana.json").read_text()
+    exprs = [t["expr"] for p in json.loads(dash)["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bedgekit_[a-z_]+", e)}
+    assert used and used <= served, used - served
