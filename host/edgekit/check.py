@@ -27,6 +27,8 @@ from .tflm import measure_arena
 
 
 class Verdict(StrEnum):
+    """The outcome of one check; only FAIL makes a model not fit."""
+
     OK = "ok"
     WARN = "warn"  # runs, but slower or with a caveat
     FAIL = "fail"
@@ -45,6 +47,7 @@ class FitRow:
     what_to_try: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (verdict as a string)."""
         return {"check": self.check, "measured": self.measured, "budget": self.budget, "headroom": self.headroom,
                 "verdict": str(self.verdict), "detail": self.detail, "what_to_try": self.what_to_try}
 
@@ -72,12 +75,14 @@ class FitReport:
         return all(r.verdict is not Verdict.FAIL for r in self.rows)
 
     def row(self, check: str) -> FitRow:
+        """The row of one check ("arena", "flash", "ops", "dtypes", "edgetpu", ...); KeyError if absent."""
         for r in self.rows:
             if r.check == check:
                 return r
         raise KeyError(check)
 
     def failures(self) -> tuple[FitRow, ...]:
+        """The rows whose verdict is FAIL."""
         return tuple(r for r in self.rows if r.verdict is Verdict.FAIL)
 
     def to_dict(self) -> dict[str, Any]:

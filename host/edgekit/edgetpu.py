@@ -129,10 +129,12 @@ class EdgeTpuReport:
 
     @property
     def mapped(self) -> int:
+        """How many operators run on the Edge TPU (those before the first unsupported one)."""
         return sum(1 for op in self.ops if op.runs_on == "edgetpu")
 
     @property
     def all_mapped(self) -> bool:
+        """True when the whole graph runs on the Edge TPU (by the compiler's count when it ran)."""
         if self.compiler.compiled and self.compiler.ops_on_cpu is not None:
             return self.compiler.ops_on_cpu == 0  # the compiler is the authority when it ran
         return self.first_unsupported is None

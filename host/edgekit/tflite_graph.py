@@ -96,6 +96,7 @@ class Graph:
         return tuple(dict.fromkeys(op.name for op in self.operators))
 
     def tensor(self, index: int) -> Tensor:
+        """The tensor at ``index`` of the main subgraph."""
         return self.tensors[index]
 
     def activation_bytes(self) -> int:

@@ -154,3 +154,16 @@ def test_tflm_abort_is_a_failed_check_not_a_dead_process():
     # LiteRT runs it; the CPU profile's RAM check falls back to the activation sum.
     cpu = check_fit(model, load_profile("raspberry-pi-4"), name="dead-logits")
     assert cpu.fits and "all activation tensors" in cpu.row("ram").detail
+
+
+def test_tflm_reproduces_the_bundle_golden_outputs(digits_bundle):
+    """The workstation's golden outputs (LiteRT) come back from TFLite Micro within the manifest's tolerance."""
+    from edgekit.tflm import tflm_outputs
+
+    golden = np.load(digits_bundle / "golden.npz")
+    model = (digits_bundle / "model.tflite").read_bytes()
+    tolerance = json.loads((digits_bundle / "manifest.json").read_text())["golden"]["tolerance"]
+    outs = tflm_outputs(model, golden["inputs"])
+    assert outs.shape == golden["outputs"].shape and outs.dtype == golden["outputs"].dtype
+    assert np.abs(outs.astype(np.int64) - golden["outputs"].astype(np.int64)).max() <= tolerance
+    assert tflm_agreement(model, golden["inputs"]) >= 0.9
