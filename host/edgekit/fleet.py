@@ -588,10 +588,10 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
         dev.outbox_dropped_by_epoch[epoch] = max(dev.outbox_dropped_by_epoch.get(epoch, 0), int(outbox["dropped"]))
     lat = doc.get("latency_ms") or {}
     total = lat.get("total") if isinstance(lat, dict) else None
+    # Percentiles of the latest window that had requests: an idle window says nothing about latency,
+    # and blanking the column every quiet second makes the live view flicker.
     if isinstance(total, dict) and (total.get("count") or 0) > 0:
         dev.p50, dev.p99 = _num(total.get("p50")), _num(total.get("p99"))
-    elif counts.get("requests") == 0:
-        dev.p50 = dev.p99 = None
     for stage in state.histogram_stages:
         s = lat.get(stage) if isinstance(lat, dict) else None
         if not isinstance(s, dict):
