@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import __version__
-from .errors import EdgekitError, ExitStatus, InputError, exit_status_for
+from .errors import BundleError, EdgekitError, ExitStatus, InputError, exit_status_for
 
 # name -> (target, one-line help). Order is the order of `edgekit-agent --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -138,6 +138,29 @@ class Verify:
 
     @staticmethod
     def run(args: argparse.Namespace) -> ExitStatus:
+        try:
+            return Verify._verify(args)
+        except BundleError as exc:
+            # A refused directory still gets its per-file report (which files differ), then the error line.
+            checks = Verify._file_report(args.bundle)
+            if args.json:
+                print_json({"ok": False, "error": str(exc), "files": [_check_dict(c) for c in checks] if checks else None})
+            elif checks:
+                print_table(("file", "bytes", "sha256", "status", "detail"), (_check_row(c) + (c.detail,) for c in checks))
+            raise
+
+    @staticmethod
+    def _file_report(path: Path) -> list[Any] | None:
+        from .bundle import verify_files
+        from .manifest import MANIFEST_NAME, Manifest
+
+        try:
+            return verify_files(path, Manifest.load(path / MANIFEST_NAME)) if path.is_dir() else None
+        except (EdgekitError, OSError):
+            return None
+
+    @staticmethod
+    def _verify(args: argparse.Namespace) -> ExitStatus:
         from .bundle import verify_files
 
         with opened_bundle(args) as bundle:
@@ -152,7 +175,7 @@ class Verify:
                 print_json(
                     {
                         "bundle": {"name": m.name, "version": m.version, "profile": m.profile_name, "path": str(args.bundle)},
-                        "files": [{"name": c.name, "status": str(c.status), "bytes": c.bytes, "sha256": c.sha256} for c in checks],
+                        "files": [_check_dict(c) for c in checks],
                         "signed_by": bundle.signed_by,
                         "runtime": runtime.info.to_dict(),
                         "selftest": result.to_dict() if result else None,
@@ -161,13 +184,21 @@ class Verify:
                 )
                 return ExitStatus.OK
             print(f"bundle {m.name} {m.version} for {m.profile_name} ({args.bundle})")
-            print_table(("file", "bytes", "sha256", "status"), ((c.name, c.bytes, (c.sha256 or "")[:16], c.status) for c in checks))
+            print_table(("file", "bytes", "sha256", "status"), (_check_row(c) for c in checks))
             print(f"signature: {'signed by key ' + bundle.signed_by if bundle.signed_by else 'not checked (unsigned or no --trusted-keys)'}")
             info = runtime.info
             print(f"runtime: {info.engine} {info.version}, delegate {info.delegate}, {info.num_threads} threads")
             print(result.summary() if result else "self-test: skipped")
             print("verified: ok")
         return ExitStatus.OK
+
+
+def _check_dict(c: Any) -> dict[str, Any]:
+    return {"name": c.name, "status": str(c.status), "bytes": c.bytes, "sha256": c.sha256, "detail": c.detail}
+
+
+def _check_row(c: Any) -> tuple[Any, ...]:
+    return (c.name, "-" if c.bytes is None else c.bytes, (c.sha256 or "-")[:16], c.status)
 
 
 class Bench:

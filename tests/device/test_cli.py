@@ -50,8 +50,16 @@ def test_verify_refuses_a_tampered_bundle_with_exit_5_and_one_line(digits_bundle
     d = copy_bundle(digits_bundle, tmp_path)
     flip_byte(d / "model.tflite")
     assert main(["verify", str(d)]) == ExitStatus.BUNDLE_REJECTED
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "model.tflite" in err[0]
+    rows = {line.split()[0]: line for line in captured.out.splitlines()[2:]}  # the per-file report
+    assert "mismatch" in rows["model.tflite"] and rows["golden.npz"].split()[3] == "ok"
+    assert main(["verify", str(d), "--json"]) == ExitStatus.BUNDLE_REJECTED
+    doc = json.loads(capsys.readouterr().out)
+    assert not doc["ok"] and "model.tflite" in doc["error"]
+    statuses = {f["name"]: f["status"] for f in doc["files"]}
+    assert statuses.pop("model.tflite") == "mismatch" and set(statuses.values()) == {"ok"}
 
 
 def test_missing_bundle_and_usage_errors(tmp_path: Path, capsys):
