@@ -76,6 +76,8 @@ SUPPORTED_OPS: dict[str, str] = {
 }
 _NO_FUSED_ACTIVATION = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION"}
 _EIGHT_BIT = {"int8", "uint8"}
+# Operators whose inputs after the first are parameters (weights, bias), which must be compile-time constants.
+_WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,10 @@ def _op_problem(op: Operator, graph: Graph, supported: frozenset[str]) -> str:
         big = [d for d in t.shape if d > 1]
         if len(big) > 3:
             return f"tensor '{t.name}' {list(t.shape)} has {len(big)} dimensions above 1 (at most 3)"
+    if op.name in _WEIGHTED:
+        for i in op.inputs[1:]:
+            if i >= 0 and not graph.tensor(i).constant:
+                return f"{op.name} takes its parameters from tensor '{graph.tensor(i).name}' at run time; they must be constants"
     if op.name in _NO_FUSED_ACTIVATION and op.fused_activation not in (None, "NONE"):
         return f"{op.name} with a fused {op.fused_activation} is not supported (no fused activation)"
     if op.name == "SOFTMAX":

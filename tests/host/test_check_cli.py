@@ -60,3 +60,18 @@ def test_check_missing_file_and_unknown_profile(models, capsys):
     with pytest.raises(SystemExit) as exc:  # neither --profile nor --all-profiles
         main(["check", str(models / "tiny.tflite")])
     assert exc.value.code == 2
+
+
+def test_check_does_not_import_tensorflow(models):
+    """`edgekit check` reads the flatbuffer with tflite-micro's schema: no multi-second TensorFlow import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edgekit.cli import main; "
+        f"rc = main(['check', {str(models / 'tiny.tflite')!r}, '--all-profiles', '--json']); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(json.loads(proc.stdout)) >= 9
