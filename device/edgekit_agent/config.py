@@ -191,7 +191,10 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
                 raise UsageError(f"{where}: {key} file '{options[key]}' does not exist.")
         if bool(options["tls_cert"]) != bool(options["tls_key"]):
             raise UsageError(f"{where}: a client certificate needs both tls_cert and tls_key.")
-        broker = BrokerSettings.from_url(url, **options, **{k: v for k, v in numbers.items() if v is not None})
+        try:
+            broker = BrokerSettings.from_url(url, **options, **{k: v for k, v in numbers.items() if v is not None})
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
     watch_dir = pick("watch", watch.get("dir"))
     data_dir = pick("data_dir", doc.get("data_dir"))
     bundle = pick("bundle", doc.get("bundle"))
