@@ -551,11 +551,12 @@ def _on_meta(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message)
     window = _num(cfg.get("window_s")) or _num(doc.get("window_s"))
     if window:
         dev.window_s = window
+    # meta is re-published (retained) whenever the active bundle or runtime changes (OTA, set_config).
     bundle = doc.get("bundle") or doc.get("active_bundle")
-    if isinstance(bundle, dict) and not dev.bundle:
+    if isinstance(bundle, dict):
         dev.bundle = bundle
     runtime = doc.get("runtime")
-    if isinstance(runtime, dict) and not dev.runtime:
+    if isinstance(runtime, dict):
         dev.runtime = runtime
 
 

@@ -75,15 +75,39 @@ def agents(digits_bundle, mosquitto, tmp_path):
         stop(p, signal.SIGKILL)
 
 
-def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_path):
+def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_path, capsys):
+    from edgekit.cli import main as edgekit_main
+    from edgekit.exporter import COARSE_LE_MS
+    from edgekit.fleet import MqttLink, drain
+
+    # A raw subscriber records exactly what the agents sent, to compare the exporter's numbers against.
+    raw = MqttLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()
     with FleetWatcher(mosquitto.url) as w, Exporter(mosquitto.url, port=0) as exp:
         (pa, wa), (pb, wb) = agents("pi-a"), agents("pi-b")
         assert _wait(lambda: _statuses(w) == {"pi-a": "online", "pi-b": "online"}, 60), _logs(tmp_path)
+        assert edgekit_main(["watch", "--broker", mosquitto.url, "--once", "--json"]) == 0
+        once = {r["device_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+        assert {d: (r["status"], r["bundle"], r["profile"]) for d, r in once.items()} == {
+            d: ("online", "digits 1.0.0", "raspberry-pi-4") for d in ("pi-a", "pi-b")}  # from the retained status + meta
         n_a, n_b = len(write_images(wa, 30, 1)), len(write_images(wb, 20, 2))
         assert _wait(lambda: _requests(w) == {"pi-a": n_a, "pi-b": n_b}, 60), (_requests(w), _logs(tmp_path))
         rows = {r.device_id: r for r in w.snapshot()}
         assert _wait(lambda: exp.processed() and _metric_requests(exp.url) == {"pi-a": n_a, "pi-b": n_b}, 20)
         m = metrics(exp.url)
+        sent: dict[str, dict] = {}
+        for msg in drain(raw.messages, 1.0, limit=100_000):
+            doc = json.loads(msg.payload)
+            sent.setdefault(doc["device_id"], {})[(doc["epoch"], doc["seq"])] = doc  # de-duplicated like the consumers
+        raw.close()
+        for dev, docs in sent.items():
+            total = [d["latency_ms"]["total"] for d in docs.values()]
+            assert sum(t["count"] for t in total) == m[("edgekit_inference_latency_seconds_count", (("device", dev), ("stage", "total")))]
+            assert sum(t["sum"] for t in total) / 1000 == pytest.approx(m[("edgekit_inference_latency_seconds_sum", (("device", dev), ("stage", "total")))])
+            for i, le in enumerate(total[0]["le"]):
+                if le in COARSE_LE_MS:
+                    labels = (("device", dev), ("le", _go(le / 1000)), ("stage", "total"))
+                    assert sum(t["cum"][i] for t in total) == m[("edgekit_inference_latency_seconds_bucket", labels)], le
+            assert sum(d["accuracy"]["correct"] for d in docs.values()) == m[("edgekit_inference_correct_total", (("device", dev),))]
         for dev, n in (("pi-a", n_a), ("pi-b", n_b)):
             r = rows[dev]
             assert r.labeled == n and r.errors == 0 and r.bundle.startswith("digits") and r.profile == "raspberry-pi-4"
@@ -161,6 +185,12 @@ def _requests(w: FleetWatcher) -> dict:
 
 def _metric_requests(url: str) -> dict:
     return {dict(k[1])["device"]: v for k, v in metrics(url).items() if k[0] == "edgekit_inference_requests_total"}
+
+
+def _go(v: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(v)
 
 
 def _logs(tmp: Path) -> str:
