@@ -237,3 +237,34 @@ def test_two_exporters_on_one_shared_subscription_split_without_double_counting(
         assert m1.get(key, 0) + m2.get(key, 0) == d.sent["requests"]
         # both exporters know both devices are up (status is not shared)
         assert m1[("edgekit_device_up", (("device", d.device_id),))] == m2[("edgekit_device_up", (("device", d.device_id),))] == 1.0
+
+
+def test_exporter_cli_serves_metrics_and_stops_cleanly_on_sigterm(mosquitto, devices):
+    import signal
+    import subprocess
+    import sys
+
+    from brokers import free_port
+
+    a = devices("pi-a")
+    a.online()
+    a.publish("telemetry/inference", a.window(requests=9))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "exporter", "--broker", mosquitto.url, "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def up() -> bool:
+            try:
+                return scrape(url).get(("edgekit_device_up", (("device", "pi-a"),))) == 1.0
+            except OSError:
+                return False
+
+        assert wait_until(up, 20)
+        a.publish("telemetry/inference", a.window(requests=4))
+        assert wait_until(lambda: scrape(url).get(("edgekit_inference_requests_total", (("device", "pi-a"),))) == 4, 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
