@@ -7,7 +7,7 @@ names the file or archive member:
 - a manifest that does not parse or validate (:class:`BundleError`);
 - a listed file that is missing, or whose size or sha256 differs (:class:`IntegrityError`);
 - a file present but not listed (only ``manifest.json`` and ``manifest.sig`` need not be listed);
-- a model that is not a structurally sound TFLite flatbuffer (:class:`ModelError`);
+- a model that is not a structurally sound TFLite flatbuffer (:class:`IntegrityError`);
 - in an archive: absolute paths, ``..``, symbolic and hard links, devices and FIFOs, members the manifest
   does not list, more than ``limits.MAX_MEMBERS`` (64) entries, an archive over ``limits.MAX_ARCHIVE_BYTES``
   (64 MiB), a member over ``limits.MAX_MEMBER_BYTES`` (128 MiB) or a total over ``limits.MAX_EXTRACTED_BYTES``
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
@@ -301,9 +300,10 @@ def load_bundle(
     """Verify and load a bundle directory or ``.tar.gz`` archive; raise a typed error naming what is wrong.
 
     Archives are extracted (safely, see the module docstring) into a new directory under ``workdir``
-    (``NAME-PROFILE.XXXX``), or under a new temporary directory when ``workdir`` is None; the caller
-    owns that directory. The signature is checked with ``edgekit_agent.signing.verify_manifest``
-    whenever ``trusted_keys`` is given or ``require_signature`` is True (then an unsigned bundle is
+    (``NAME-PROFILE.XXXX/NAME-PROFILE``), or under a new temporary directory when ``workdir`` is None;
+    the caller owns ``bundle.directory.parent`` then. A refused archive leaves nothing behind.
+
+    The signature is checked with ``edgekit_agent.signing.verify_manifest`` whenever ``trusted_keys`` is given or ``require_signature`` is True (then an unsigned bundle is
     refused); otherwise ``manifest.sig`` is ignored and ``signed_by`` is None. ``allow_unsigned`` (the
     agent's ``--allow-unsigned``) lets a bundle without ``manifest.sig`` through even with ``trusted_keys``
     (unless ``require_signature``); a bundle that *is* signed is still checked.
@@ -313,14 +313,19 @@ def load_bundle(
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         parent = Path(tempfile.mkdtemp(prefix=f"{_archive_stem(path)}.", dir=workdir))
-        directory = extract_archive(path, parent / _archive_stem(path))
-    elif path.is_dir():
-        directory = path
-    elif path.exists():
+        try:
+            return _load_directory(extract_archive(path, parent / _archive_stem(path)), trusted_keys, require_signature, allow_unsigned)
+        except BaseException:
+            shutil.rmtree(parent, ignore_errors=True)  # a refused archive leaves nothing behind
+            raise
+    if path.is_dir():
+        return _load_directory(path, trusted_keys, require_signature, allow_unsigned)
+    if path.exists():
         raise BundleError(f"{path}: not a bundle directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive.")
-    else:
-        raise BundleError(f"{path}: no such bundle; give a bundle directory or its .tar.gz archive.")
+    raise BundleError(f"{path}: no such bundle; give a bundle directory or its .tar.gz archive.")
 
+
+def _load_directory(directory: Path, trusted_keys: Path | None, require_signature: bool, allow_unsigned: bool) -> Bundle:
     manifest_path = directory / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise BundleError(f"{directory}: no {MANIFEST_NAME} (or it is a link); is this an edgekit bundle directory?")

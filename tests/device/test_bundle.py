@@ -247,6 +247,14 @@ def test_a_member_whose_size_differs_from_the_manifest_is_refused(tmp_path: Path
         load_bundle(archive, workdir=tmp_path / "work")
 
 
+def test_a_refused_archive_leaves_nothing_in_the_workdir(tmp_path: Path, good_files):
+    files = [(n, d[:-1] + bytes([d[-1] ^ 1]) if n.endswith("model.tflite") else d) for n, d in good_files]
+    archive = make_tar(tmp_path / "b.tar.gz", files)  # same sizes, one flipped byte: caught after extraction
+    with pytest.raises(IntegrityError, match="model.tflite: sha256 is"):
+        load_bundle(archive, workdir=tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_a_flat_archive_without_top_directory_loads(tmp_path: Path, good_files):
     archive = make_tar(tmp_path / "flat.tar.gz", [(n.split("/")[-1], d) for n, d in good_files])
     assert load_bundle(archive, workdir=tmp_path / "work").manifest.name == "digits"
