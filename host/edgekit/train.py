@@ -7,19 +7,17 @@ shape the device runs.
 
 from __future__ import annotations
 
-import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgekit_agent.errors import ModelError
+from edgekit_agent.errors import ModelError, UsageError
 
 from .data import Splits
-
-log = logging.getLogger(__name__)
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -103,7 +101,7 @@ def train_model(
     name = zoo.choose_arch(shape) if arch == "auto" else arch
     epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS.get(name, 20))
     if epochs < 1:
-        raise ModelError(f"epochs must be at least 1, got {epochs}.")
+        raise UsageError(f"epochs must be at least 1, got {epochs}.")
     _seed_everything(seed)
     model = zoo.build_model(name, shape, len(train.labels), alpha=alpha)
     x_train, y_train = augment_shifts(train.x, train.y) if (augment if augment is not None else name == "cnn") else (train.x, train.y)
@@ -113,18 +111,18 @@ def train_model(
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
     has_val = len(val.y) > 0
     callbacks = _epoch_callback(on_epoch, epochs)
-    if has_val:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            _checkpoint_path(seed), monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
-        ))
-    hist = model.fit(
-        x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-        validation_data=(val.x, val.y) if has_val else None, callbacks=callbacks,
-    )
-    if has_val:
-        ckpt = _checkpoint_path(seed)
-        model.load_weights(ckpt)
-        os.unlink(ckpt)
+    with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
+        best = os.path.join(tmp, "best.weights.h5")
+        if has_val:  # keep the epoch with the best validation accuracy, not merely the last one
+            callbacks.append(keras.callbacks.ModelCheckpoint(
+                best, monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
+            ))
+        hist = model.fit(
+            x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+            validation_data=(val.x, val.y) if has_val else None, callbacks=callbacks,
+        )
+        if has_val and os.path.exists(best):
+            model.load_weights(best)
     fixed = zoo.with_fixed_batch(model, 1)
     accuracy = _accuracy(model, test.x, test.y) if len(test.y) else float("nan")
     return TrainResult(
@@ -136,12 +134,6 @@ def train_model(
         test_samples=int(len(test.y)),
         outputs_are=zoo.outputs_are(fixed),
     )
-
-
-def _checkpoint_path(seed: int) -> str:
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), f"edgekit-best-{os.getpid()}-{seed}.weights.h5")
 
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
