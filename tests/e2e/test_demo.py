@@ -42,3 +42,34 @@ def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert not port_in_use("127.0.0.1", port)
     left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left running: {left}"
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="the demo's agents need an MQTT 5 broker (mosquitto)")
+def test_demo_interrupted_by_sigterm_stops_everything_it_started(tmp_path, digits_bundle):
+    import shutil
+    import signal
+    import sys
+    import time
+
+    work = tmp_path / "demo"
+    shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "demo", "--workdir", str(work), "--watch-seconds", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if "5/7" in line or time.monotonic() > deadline:
+            break
+    assert any("5/7" in line for line in seen), "".join(seen)
+    time.sleep(2)  # in the middle of the fleet view
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    proc.wait(60)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "stopped: agent pi-kitchen" in out and "broker (mosquitto)" in out
+    port = int(re.search(r"broker mqtt://127\.0\.0\.1:(\d+)", out).group(1))
+    assert not port_in_use("127.0.0.1", port)
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left running: {left}"
