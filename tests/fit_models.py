@@ -107,3 +107,12 @@ def dead_logits_cnn() -> bytes:
     L = keras.layers
     return _seq((8, 8, 1), [L.Conv2D(4, 3, activation="relu"), L.Flatten(),
                             L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros"), L.Softmax()])
+
+
+@lru_cache(maxsize=None)
+def heavy_dense() -> bytes:
+    """32x32x1 -> Dense(800) -> Dense(4): about 820 KB of int8 weights, a small arena but too much flash for the Nano."""
+    import keras
+
+    L = keras.layers
+    return _seq((32, 32, 1), [L.Flatten(), L.Dense(800, activation="relu"), L.Dense(4)])

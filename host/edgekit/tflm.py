@@ -1,10 +1,11 @@
 """The real TFLite Micro interpreter on the workstation: the exact minimal tensor arena, and agreement with LiteRT.
 
 TFLite Micro (``tflite-micro`` on PyPI) raises RuntimeError when the arena is too small, so a binary
-search on ``arena_size`` finds the exact minimum. It runs in a child process because below a few
-hundred bytes (before the allocator itself fits) the Python wrapper dereferences a null pointer and
-kills the process with SIGSEGV instead of raising, and because its diagnostics go to C-level stderr
-(fd 2), which a child process lets us capture and quote in the error.
+search on ``arena_size`` finds the exact minimum. Not always, though: for some sizes a failed tail
+allocation is dereferenced (SIGSEGV), and some models make it abort (SIGABRT) whatever the size. So the
+search runs in a child process that forks once per probe, a crashed probe counts as "too small", a crash
+at every size is reported as the model's problem, and TFLite Micro's diagnostics, which go to C-level
+stderr (fd 2), are captured and quoted.
 
 These are 64-bit host figures with reference kernels; an MCU build differs a little (smaller
 pointers, extra scratch for CMSIS-NN / ESP-NN), which is what a profile's margin is for.
@@ -13,6 +14,7 @@ pointers, extra scratch for CMSIS-NN / ESP-NN), which is what a profile's margin
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,8 +28,7 @@ import numpy as np
 
 from edgekit_agent.errors import ModelError
 
-# Below this the wrapper can segfault (the allocator's own bookkeeping does not fit); every real model
-# needs more, so the search never probes lower.
+# Every real model needs more than this (the allocator's own bookkeeping is a few hundred bytes).
 SEARCH_FLOOR = 1024
 # Largest arena tried before giving up: no microcontroller profile comes close.
 SEARCH_CEILING = 256 * 1024 * 1024
@@ -63,22 +64,42 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
     from tflite_micro.python.tflite_micro import runtime
 
     model = Path(request["model"]).read_bytes()
+    crashes: list[int] = []
 
-    def accepts(size: int) -> bool:
+    def accepts_here(size: int) -> bool:
         try:
             runtime.Interpreter.from_bytes(model, arena_size=size)
         except RuntimeError:
             return False
         return True
 
+    def accepts(size: int) -> bool:
+        # Each probe in a forked child: some too-small arenas make a tail allocation fail in a code path
+        # that does not check it (SIGSEGV), not only the tiny ones. A crash at a size counts as "refused";
+        # a crash even at the largest size is the model's own problem and is reported as such.
+        if not hasattr(os, "fork"):
+            return accepts_here(size)
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit status only
+            try:
+                os._exit(0 if accepts_here(size) else 1)
+            except BaseException:  # noqa: BLE001 - anything else is a refusal, never a hang
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            crashes.append(os.WTERMSIG(status))
+            return False
+        return os.WEXITSTATUS(status) == 0
+
     if request["op"] == "arena":
         probes, hi = 0, max(SEARCH_FLOOR * 2, len(model) // 4)
         while True:
             probes += 1
+            crashes.clear()
             if accepts(hi):
                 break
             if hi >= SEARCH_CEILING:
-                return {"error": "unsupported"}
+                return {"error": "crash", "signal": crashes[-1]} if crashes else {"error": "unsupported"}
             hi = min(hi * 2, SEARCH_CEILING)
         lo = SEARCH_FLOOR  # invariant: lo refused (or the floor), hi accepted
         probes += 1
@@ -141,6 +162,17 @@ def _call_worker(request: dict[str, Any], name: str) -> dict[str, Any]:
         raise ModelError(
             f"{name}: TFLite Micro cannot run this model even with a {SEARCH_CEILING // (1024 * 1024)} MiB arena "
             f"({reason}). Use only operators and types TFLite Micro supports (full int8)."
+        )
+    if result.get("error") == "crash":
+        try:
+            how = signal.Signals(result["signal"]).name
+        except ValueError:
+            how = f"signal {result['signal']}"
+        hint = request.get("hint") or ""
+        raise ModelError(
+            f"{name}: TFLite Micro crashed on this model ({how}) even with a "
+            f"{SEARCH_CEILING // (1024 * 1024)} MiB arena{hint}; a microcontroller would stop the same way, "
+            "so the model is not usable there as it is."
         )
     if "error" in result:
         raise ModelError(f"{name}: TFLite Micro worker: {result['error']}")

@@ -167,3 +167,16 @@ def test_tflm_reproduces_the_bundle_golden_outputs(digits_bundle):
     assert outs.shape == golden["outputs"].shape and outs.dtype == golden["outputs"].dtype
     assert np.abs(outs.astype(np.int64) - golden["outputs"].astype(np.int64)).max() <= tolerance
     assert tflm_agreement(model, golden["inputs"]) >= 0.9
+
+
+def test_model_too_big_for_the_nano_flash_fails_with_numbers():
+    model = fit_models.heavy_dense()
+    nano = load_profile("arduino-nano-33-ble-sense")
+    report = check_fit(model, nano, name="heavy")
+    flash = report.row("flash")
+    assert flash.verdict is Verdict.FAIL
+    assert flash.measured == len(model) + nano.runtime_flash_bytes
+    assert flash.headroom == nano.flash_bytes - flash.measured < 0
+    assert report.row("arena").verdict is Verdict.OK  # the arena is small: only flash is over
+    assert f"over by {-flash.headroom:,} B" in flash.detail
+    assert check_fit(model, load_profile("stm32h743"), name="heavy").fits  # 2 MiB of flash is enough
