@@ -18,6 +18,7 @@ windows and devices.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import uuid
@@ -30,6 +31,8 @@ from prometheus_client.utils import floatToGoString
 from edgekit_agent.errors import UsageError
 
 from .fleet import ROOT, FleetState, MqttLink, drain
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgekit-exporter"
 # A 1-2-5 subset of the agent's bucket grid. Cumulative counts at a subset of the bounds are still
@@ -135,7 +138,10 @@ class Exporter:
             batch = drain(self.link.messages, 0.2)
             if batch:
                 with self.state.lock:
-                    self.state.apply_many(batch)
+                    try:
+                        self.state.apply_many(batch)
+                    except Exception:  # noqa: BLE001 - a dead consumer thread would freeze /metrics silently
+                        log.exception("exporter: a batch of %d messages could not be applied", len(batch))
 
     def processed(self) -> int:
         """Messages applied so far (after de-duplication)."""

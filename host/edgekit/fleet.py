@@ -226,7 +226,13 @@ class FleetState:
                 # Live traffic after a last will of the same run: the will was an old connection's
                 # (reconnect/takeover); the device is evidently connected again.
                 dev.status, dev.status_reason = "online", "reconnected"
-        handler(self, dev, doc, msg)
+        try:
+            handler(self, dev, doc, msg)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            # Payloads are untrusted input: a malformed field must cost one message, never the consumer
+            # thread (the exporter would silently stop counting). Fields applied before the error stay.
+            self.invalid += 1
+            log.warning("ignored a malformed %s message from %s (%s: %s)", kind, device_id, type(exc).__name__, exc)
         return device_id
 
     def apply_many(self, messages: Iterable[Message]) -> set[str]:

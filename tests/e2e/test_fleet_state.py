@@ -113,3 +113,31 @@ def test_every_metric_the_grafana_dashboard_queries_is_served_by_the_exporter():
     exprs = [t["expr"] for p in json.loads(dash)["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bedgekit_[a-z_]+", e)}
     assert used and used <= served, used - served
+
+
+def test_malformed_payload_fields_cost_one_message_not_the_consumer():
+    st = FleetState()
+    bad = telemetry(1, T0)
+    bad["counts"] = {"requests": "many"}
+    assert st.apply(msg("d", "telemetry/inference", bad, at=T0)) == "d"
+    bad2 = telemetry(2, T0)
+    bad2["accuracy"] = "not an object"
+    st.apply(msg("d", "telemetry/inference", bad2, at=T0))
+    st.apply(Message("edge/v1/d/status", b"\xff not json", False, T0))
+    assert st.invalid == 3
+    st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 10), at=T0 + 10))
+    assert st.row("d").requests == 5 + 5  # bad2's counts were fine and applied before its accuracy failed
+
+
+def test_watch_table_escapes_device_strings():
+    from rich.console import Console
+
+    from edgekit.cli.watch import render
+
+    st = FleetState()
+    doc = telemetry(1, T0)
+    doc["bundle"] = {"name": "[bold red]evil[/", "version": "[/]", "profile": "[link=x]p"}
+    st.apply(msg("d", "telemetry/inference", doc, at=T0))
+    console = Console(width=250, record=True)
+    console.print(render(st.snapshot(), "fleet"))  # would raise MarkupError without escaping
+    assert "[bold red]evil[/ [/]" in console.export_text()

@@ -40,6 +40,7 @@ def _age(ts: float | None, now: float) -> str:
 
 def render(rows: Iterable, title: str):
     """The fleet table (a rich Table)."""
+    from rich.markup import escape
     from rich.table import Table
 
     now = time.time()
@@ -48,10 +49,12 @@ def render(rows: Iterable, title: str):
         t.add_column(col, justify="right" if col in ("ips", "p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps") else "left")
     for r in rows:
         acc = None if r.accuracy is None else 100 * r.accuracy
+        # Every string here comes from a device: escape it, or "[...]" in a bundle name would be rich markup.
+        status = f"[{STATUS_STYLE.get(r.status, 'white')}]{escape(r.status)}[/]"
+        if r.status != "online" and r.status_reason:
+            status += f" ({escape(r.status_reason)})"
         t.add_row(
-            r.device_id,
-            f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]" + (f" ({r.status_reason})" if r.status != "online" and r.status_reason else ""),
-            r.bundle or "-", r.profile or "-", r.runtime or "-",
+            escape(r.device_id), status, escape(r.bundle or "-"), escape(r.profile or "-"), escape(r.runtime or "-"),
             _fmt(r.throughput_ips, ".1f"), _fmt(r.p50_ms, ".2f"), _fmt(r.p99_ms, ".2f"), _fmt(acc, ".1f"),
             str(r.errors), str(r.outbox_dropped), str(r.lost_messages), _age(r.last_seen, now),
         )
