@@ -28,6 +28,7 @@ STAGES = ("total", "preprocess", "invoke")
 LOST_AFTER_WINDOWS = 3  # a device silent for this many telemetry windows is shown as "lost"
 DEFAULT_WINDOW_S = 10.0
 DEDUP_WINDOW = 4096  # seqs kept per (device, epoch); an older, never-seen seq counts as a duplicate
+MAX_EPOCHS = 4  # epochs remembered per device (memory stays bounded whatever a device sends)
 
 
 def topic(device_id: str, *parts: str) -> str:
@@ -49,10 +50,11 @@ def parse_topic(name: str) -> tuple[str, str] | None:
 class Deduper:
     """Remembers the seqs seen per ``(device_id, epoch)``; counts duplicates and gaps (lost messages)."""
 
-    __slots__ = ("_seen", "duplicates", "gaps")
+    __slots__ = ("_seen", "_epochs", "duplicates", "gaps")
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], list[Any]] = {}  # key -> [high seq, set of seqs near high]
+        self._epochs: dict[str, list[str]] = {}  # device_id -> its epochs, oldest first
         self.duplicates = 0
         self.gaps: dict[str, int] = {}  # device_id -> seqs skipped and not (yet) filled
 
@@ -62,6 +64,10 @@ class Deduper:
         entry = self._seen.get(key)
         if entry is None:
             self._seen[key] = [seq, {seq}]
+            epochs = self._epochs.setdefault(device_id, [])
+            epochs.append(epoch)
+            if len(epochs) > MAX_EPOCHS:  # a new epoch = a new outbox: old ones will not send again
+                self._seen.pop((device_id, epochs.pop(0)), None)
             return True
         high, seen = entry
         if seq in seen or seq <= high - DEDUP_WINDOW:

@@ -141,3 +141,15 @@ def test_watch_table_escapes_device_strings():
     console = Console(width=250, record=True)
     console.print(render(st.snapshot(), "fleet"))  # would raise MarkupError without escaping
     assert "[bold red]evil[/ [/]" in console.export_text()
+
+
+def test_deduper_memory_is_bounded_per_device():
+    from edgekit.fleet import DEDUP_WINDOW, MAX_EPOCHS
+
+    d = Deduper()
+    for e in range(100):
+        d.first_time("x", f"epoch-{e}", 1)
+    assert len(d._seen) == MAX_EPOCHS
+    for seq in range(1, 5 * DEDUP_WINDOW):
+        d.first_time("y", "e", seq)
+    assert len(d._seen[("y", "e")][1]) <= 2 * DEDUP_WINDOW + 1
