@@ -1,0 +1,61 @@
+"""sysinfo degrades to None instead of failing; classify applies softmax only to logits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit_agent import sysinfo
+from edgekit_agent.bundle import load_bundle
+from edgekit_agent.classify import outputs_are, probabilities, top1
+from edgekit_agent.manifest import TensorSpec
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_and_system_description_on_linux():
+    before = sysinfo.rss_mb()
+    block = np.ones(32 << 20, dtype=np.uint8)  # touch 32 MiB: RSS must grow by about that much
+    assert sysinfo.rss_mb() - before > 24 and sysinfo.peak_rss_mb() >= sysinfo.rss_mb()
+    del block
+    info = sysinfo.system_info()
+    assert info.cpu_count >= 1 and info.mem_total_mb and info.mem_total_mb > 0 and info.os
+    stats = sysinfo.system_stats()
+    assert set(stats) == {"cpu_temp_c", "rss_mb", "load1"} and json.dumps(stats)
+
+
+def test_absent_sensors_are_none(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(sysinfo, "_THERMAL", tmp_path / "no-thermal")
+    monkeypatch.setattr(sysinfo, "_PROC_STATUS", tmp_path / "no-status")
+    assert sysinfo.cpu_temp_c() is None and sysinfo.rss_mb() is None
+    assert sysinfo.peak_rss_mb() is not None  # falls back to getrusage
+
+
+def test_cpu_temperature_prefers_the_cpu_zone(monkeypatch, tmp_path: Path):
+    for i, (kind, milli) in enumerate([("battery", 30000), ("cpu-thermal", 51234)]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{milli}\n")
+    monkeypatch.setattr(sysinfo, "_THERMAL", tmp_path)
+    assert sysinfo.cpu_temp_c() == pytest.approx(51.234)
+
+
+def test_softmax_only_for_logits():
+    t = TensorSpec("out", (1, 3), "int8", 0.1, 0)
+    raw = np.array([[10, 20, 0]], dtype=np.int8)
+    p = probabilities(raw, t, "logits")
+    assert p.sum() == pytest.approx(1.0) and p.argmax() == 1 and p[1] == pytest.approx(np.exp(2) / (np.exp(1) + np.exp(2) + 1))
+    assert np.allclose(probabilities(raw, t, "probabilities"), [1.0, 1.0, 0.0])  # dequantised, clipped to [0, 1]
+
+
+def test_top1_on_the_real_bundle(digits_bundle: Path):
+    b = load_bundle(digits_bundle)
+    with np.load(digits_bundle / "golden.npz") as g:
+        raw, want = g["outputs"][0], int(g["outputs"][0].argmax())
+    p = top1(raw, b.manifest)
+    assert p.index == want and p.label == b.manifest.labels[want] and 0 < p.confidence <= 1
+    assert outputs_are(b.manifest) in ("logits", "probabilities")
