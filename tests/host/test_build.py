@@ -86,6 +86,12 @@ def test_metrics_are_reproduced_independently(built: tuple[BuildResult, dict], d
     # int8 tracks float closely, and the demo model is a real classifier.
     assert m["metrics"]["int8_accuracy"] > 0.9
     assert abs(m["metrics"]["float_accuracy"] - m["metrics"]["int8_accuracy"]) < 0.03
+    # The float figure is the saved Keras model's accuracy on the same split.
+    from edgekit.evaluate import evaluate_keras
+    from edgekit.train import load_model
+
+    float_acc = evaluate_keras(load_model(result.model_file), test.x, test.y).accuracy
+    assert float_acc == pytest.approx(m["metrics"]["float_accuracy"], abs=1e-6)
 
 
 def test_archive_loads_and_self_tests_on_the_device_side(built: tuple[BuildResult, dict], tmp_path: Path) -> None:
@@ -128,51 +134,62 @@ def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_model_file_uint8_profile_and_keep_going_through_the_cli(
+def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--model skips training; a uint8 profile gets uint8 tensors; a profile that does not fit is skipped
-    with --keep-going, and the command still exits DOES_NOT_FIT so scripts notice."""
+    """One run (conversions are the expensive part) covering: --model skips training; --prune prunes and
+    records the achieved sparsity; a uint8 profile gets uint8 tensors; a profile that does not fit is
+    skipped with --keep-going, and the command still exits DOES_NOT_FIT so scripts notice."""
     result, _ = built
     tiny = profile_file(tmp_path, "tiny-board", ram=2_000)
     u8 = profile_file(tmp_path, "u8-board", dtype="uint8")
     out = tmp_path / "out"
-    argv = ["build", "--dataset", str(digits_dataset), "--model", str(result.model_file), "--profile", str(tiny), "--profile", str(u8),
-            "--out", str(out), "--keep-going", "--json", "--name", "dig", "--version", "2.0.1"]
+    argv = ["build", "--dataset", str(digits_dataset), "--model", str(result.model_file), "--prune", "0.5",
+            "--profile", str(tiny), "--profile", str(u8), "--out", str(out), "--keep-going", "--json",
+            "--name", "dig", "--version", "2.0.1"]
     assert main(argv) == ExitStatus.DOES_NOT_FIT
     doc = json.loads(capsys.readouterr().out)
     by = {p["profile"]: p for p in doc["profiles"]}
     assert by["tiny-board"]["fits"] is False and by["tiny-board"]["directory"] is None
-    assert "ram" in by["tiny-board"]["fit_summary"].lower() or "memory" in by["tiny-board"]["fit_summary"].lower()
+    assert "ram" in by["tiny-board"]["fit_summary"].lower()
     assert not (out / "dig-tiny-board").exists()
     bundle = Path(by["u8-board"]["directory"])
     m = json.loads((bundle / "manifest.json").read_text())
-    assert (m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == ("2.0.1", "uint8", "uint8")
-    assert m["metrics"]["arch"].startswith("file:")
-    # The float accuracy of the same model file is the same figure the training run measured.
-    assert m["metrics"]["float_accuracy"] == pytest.approx(result.float_accuracy, abs=1e-6)
+    assert (m["name"], m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == ("dig", "2.0.1", "uint8", "uint8")
+    assert m["metrics"]["arch"] == f"file:{result.model_file.name}"
+    prune = m["metrics"]["prune"]
+    assert prune["target_sparsity"] == 0.5 and 0.4 <= prune["achieved_sparsity"] <= 0.55
+    assert m["metrics"]["float_accuracy"] == pytest.approx(prune["float_accuracy_after"], abs=1e-6)
+    # The pruned model is saved next to the bundles; the input model file is left alone.
+    assert doc["model_file"] == str(out / "dig.keras") and (out / "dig.keras").is_file()
     assert main(["inspect", str(bundle)]) == ExitStatus.OK
 
 
-def test_a_profile_that_does_not_fit_is_a_fit_error_with_numbers(built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path) -> None:
+def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(built: tuple[BuildResult, dict], tmp_path: Path) -> None:
+    """The build's fit step on the real int8 model (no second conversion needed)."""
+    from edgekit import build as build_module
+
     result, _ = built
-    tiny = profile_file(tmp_path, "tiny-board", ram=2_000)
+    tiny = load_profile(profile_file(tmp_path, "tiny-board", ram=2_000))
+    tflite = (result.profiles[0].directory / "model.tflite").read_bytes()
+    state = build_module._State(  # noqa: SLF001 - the step is the unit under test
+        dataset=tmp_path, out=tmp_path, profiles=[tiny], model_path=None, epochs=None, prune=None,
+        max_accuracy_drop=1.0, keep_going=False, name="digits", version="1", seed=0, arch="auto",
+    )
+    state.current = {"tflite": tflite}
     with pytest.raises(FitError) as e:
-        build(digits_dataset, [tiny], tmp_path / "out", model=result.model_file)
-    assert "tiny-board" in str(e.value) and any(ch.isdigit() for ch in str(e.value))
+        build_module._fit(state, tiny)  # noqa: SLF001
+    assert "tiny-board" in str(e.value) and "ram" in str(e.value).lower() and any(ch.isdigit() for ch in str(e.value))
     assert e.value.exit_status is ExitStatus.DOES_NOT_FIT
-    assert not (tmp_path / "out" / "digits-tiny-board").exists()
+    state.keep_going = True
+    build_module._fit(state, tiny)  # noqa: SLF001
+    assert state.current["fit"].fits is False
 
 
-def test_prune_step_records_the_achieved_sparsity(built: tuple[BuildResult, dict], digits_dataset: Path, tmp_path: Path) -> None:
-    result, _ = built
+def test_progress_events_come_before_each_step(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     events = []
-    r = build(digits_dataset, ["raspberry-pi-5"], tmp_path / "out", model=result.model_file, prune=0.5, on_progress=events.append)
-    assert [e.label for e in events if not e.detail][:3] == ["load and split the dataset", "load the model", "prune to 50% sparsity"]
-    assert events[-1].label == "done" and all(e.total == events[0].total for e in events)
-    m = json.loads((r.profiles[0].directory / "manifest.json").read_text())
-    prune = m["metrics"]["prune"]
-    assert prune["target_sparsity"] == 0.5 and 0.4 <= prune["achieved_sparsity"] <= 0.55
-    assert m["metrics"]["float_accuracy"] == pytest.approx(prune["float_accuracy_after"])
-    # The pruned model is saved next to the bundles (the input model file is left alone).
-    assert r.model_file == tmp_path / "out" / "digits.keras" and r.model_file.is_file()
+    with pytest.raises(DatasetError):
+        build(tmp_path / "empty", ["raspberry-pi-4"], tmp_path / "out", on_progress=events.append)
+    assert len(events) == 1 and (events[0].step, events[0].label) == (1, "load and split the dataset")
+    assert events[0].total == len(plan(None, [load_profile("raspberry-pi-4")], from_model=False))
