@@ -137,6 +137,7 @@ def main() -> int:
         "build_cpu_s": {"runs": [round(t, 2) for t in cpu], "median": round(statistics.median(cpu), 2)},
         "load_average_1min_at_start": [round(v, 2) for v in load],
         "build_seconds_reported_by_edgekit": result["seconds"],
+        "build_step_seconds_last_run": result.get("step_seconds", []),
         "accuracy": {
             "float": prof["float_accuracy"],
             "int8": prof["int8_accuracy"],
@@ -160,6 +161,7 @@ def main() -> int:
         ("Keras .h5 model.predict per sample", f"{lat['keras_predict']:.3f} ms", f"{latency['ratio_keras_predict_over_int8']}× the int8 time"),
         ("Keras .h5 model(x) per sample", f"{lat['keras_call']:.3f} ms", f"{latency['ratio_keras_call_over_int8']}× the int8 time"),
     ]
+    rows += [(f"  step: {t['step']}", f"{t['seconds']:.1f} s", "wall, last run") for t in result.get("step_seconds", [])]
     width = max(len(r[0]) for r in rows)
     print(f"host figures ({os.cpu_count()} CPUs, profile {args.profile}); JSON: {args.json}")
     for name, value, note in rows:

@@ -86,6 +86,7 @@ class BuildResult:
     float_accuracy: float
     profiles: tuple[ProfileBuild, ...]
     seconds: float
+    step_seconds: tuple[tuple[str, float], ...] = ()  # wall time per step, in order: where the time went
 
     @property
     def all_fit(self) -> bool:
@@ -99,6 +100,7 @@ class BuildResult:
             "model_file": str(self.model_file),
             "float_accuracy": self.float_accuracy,
             "seconds": round(self.seconds, 2),
+            "step_seconds": [{"step": label, "seconds": round(t, 2)} for label, t in self.step_seconds],
             "profiles": [p.to_dict() for p in self.profiles],
         }
 
@@ -396,10 +398,13 @@ def build(
     )
     steps = plan(prune, loaded, model_path is not None)
     notify = on_progress or (lambda event: None)
+    timings: list[tuple[str, float]] = []
     for i, (label, step) in enumerate(steps, start=1):
         state.report = lambda detail, i=i, label=label: notify(BuildProgress(i, len(steps), label, detail))
         notify(BuildProgress(i, len(steps), label))
+        t0 = time.perf_counter()
         step(state)
+        timings.append((label, time.perf_counter() - t0))
     notify(BuildProgress(len(steps), len(steps), "done"))
     return BuildResult(
         name=state.name,
@@ -409,6 +414,7 @@ def build(
         float_accuracy=state.float_accuracy,
         profiles=tuple(state.built),
         seconds=time.perf_counter() - started,
+        step_seconds=tuple(timings),
     )
 
 

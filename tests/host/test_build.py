@@ -162,6 +162,9 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     assert m["metrics"]["float_accuracy"] == pytest.approx(prune["float_accuracy_after"], abs=1e-6)
     # The pruned model is saved next to the bundles; the input model file is left alone.
     assert doc["model_file"] == str(out / "dig.keras") and (out / "dig.keras").is_file()
+    steps = [t["step"] for t in doc["step_seconds"]]
+    assert steps[:3] == ["load and split the dataset", "load the model", "prune to 50% sparsity"] and len(steps) == 3 + 1 + 2 * 4
+    assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"]
     assert main(["inspect", str(bundle)]) == ExitStatus.OK
 
 

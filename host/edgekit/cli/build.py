@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             rows,
         )
     )
+    ui.console.print("time per step: " + ", ".join(f"{label} {t:.1f} s" for label, t in result.step_seconds), highlight=False, markup=False)
     for p in result.profiles:
         if p.directory is not None:
             ui.console.print(f"{p.profile}: {p.directory}/  and  {p.archive}", highlight=False, markup=False)
