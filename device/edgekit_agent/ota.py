@@ -591,6 +591,7 @@ class OtaManager:
             try:
                 bundle = load_for(self.agent.settings, archive, workdir=self.store)
             except EdgekitError as exc:
+                self._prune_store()  # what load_bundle extracted before it refused
                 self.agent.event("bundle_rejected", transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc), code=type(exc).__name__)
                 raise
             finally:

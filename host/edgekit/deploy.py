@@ -298,7 +298,8 @@ def deploy(
     if len(data) > MAX_ARCHIVE_BYTES:
         raise BundleError(f"{archive}: {len(data)} bytes is over the devices' limit of {MAX_ARCHIVE_BYTES} bytes.")
     sha = hashlib.sha256(data).hexdigest()
-    transfer_id = f"{sha[:12]}-{uuid.uuid4().hex[:8]}"
+    # Derived from the content: deploying the same archive again resumes a transfer a restart interrupted.
+    transfer_id = f"{sha[:16]}-{chunk_bytes}"
     requester = f"deploy-{uuid.uuid4().hex[:8]}"
     mailboxes = {d: _Device(d) for d in devices}
     subs = [(topic(d, "res", requester), 1) for d in devices] + [(topic(d, "events"), 1) for d in devices]
