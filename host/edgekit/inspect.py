@@ -6,8 +6,9 @@ file sizes, a summary of the manifest, and the result of checking every file aga
 manifest records: ``ok``, ``mismatch``, ``missing`` (listed but absent) or ``unlisted`` (present but
 not in the manifest, which a device refuses to extract).
 
-Archives are read in memory, member by member, and never extracted: inspecting an untrusted archive
-cannot write files. Links, absolute names and ``..`` in an archive are errors.
+Archives are read in memory and never extracted: inspecting an untrusted archive cannot write files.
+Links, absolute names and ``..`` in an archive are errors. With trusted keys, the signature is checked
+with the device's own ``edgekit_agent.signing.verify_manifest``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from edgekit_agent.bundle import UNLISTED_OK, FileCheck, FileStatus
 from edgekit_agent.bundle import verify_files as verify_directory
-from edgekit_agent.errors import BundleError, EdgekitError
+from edgekit_agent.errors import BundleError, EdgekitError, SignatureError
 from edgekit_agent.limits import MAX_ARCHIVE_BYTES, MAX_EXTRACTED_BYTES
 from edgekit_agent.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from edgekit_agent.runtime import Runtime
@@ -65,13 +66,15 @@ class InspectReport:
     tensors: tuple[TensorInfo, ...]
     files: tuple[FileCheck, ...]
     manifest: Mapping[str, Any] | None  # summary of the manifest (None for a bare .tflite)
-    signed: bool
+    signed: bool  # a manifest.sig is present
     model_error: str | None  # set when the interpreter could not load the model (e.g. a corrupted file)
+    signed_by: str | None = None  # key id, when checked against trusted keys and valid
+    signature_error: str | None = None  # why the signature was refused (only when trusted keys were given)
 
     @property
     def verified(self) -> bool:
         """True when every file matches the manifest (and the manifest lists nothing extra or missing)."""
-        return all(f.ok for f in self.files) and self.model_error is None
+        return all(f.ok for f in self.files) and self.model_error is None and self.signature_error is None
 
     @property
     def problems(self) -> list[str]:
@@ -79,6 +82,8 @@ class InspectReport:
         out = [f"{f.name}: {f.status}" + (f" ({f.detail})" if f.detail else "") for f in self.files if not f.ok]
         if self.model_error:
             out.append(self.model_error)
+        if self.signature_error:
+            out.append(self.signature_error)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +93,8 @@ class InspectReport:
             "verified": self.verified,
             "problems": self.problems,
             "signed": self.signed,
+            "signed_by": self.signed_by,
+            "signature_error": self.signature_error,
             "model": {"file": self.model_file, "bytes": self.model_bytes, "sha256": self.model_sha256},
             "operators": [{"op": op, "count": n} for op, n in self.operators],
             "tensors": [
@@ -266,8 +273,11 @@ def _kind_of(path: Path) -> Kind:
     raise BundleError(f"{path}: not a bundle directory, a bundle archive (.tar.gz) or a .tflite file.")
 
 
-def inspect_path(path: str | Path) -> InspectReport:
+def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) -> InspectReport:
     """Inspect a bundle directory, a bundle archive or a .tflite file (see the module docstring).
+
+    With ``trusted_keys`` (a directory of ``*.pub`` keys) the bundle's signature is checked as the
+    device checks it; a missing or bad signature is then a verification failure.
 
     Raises :class:`BundleError` when the path is none of these or the manifest cannot be read; a file
     whose hash does not match is *reported* (``verified`` False), not raised, so the report can show it.
@@ -286,16 +296,27 @@ def inspect_path(path: str | Path) -> InspectReport:
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file() or manifest_path.is_symlink():
             raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
-        manifest = Manifest.from_bytes(manifest_path.read_bytes(), str(manifest_path))
+        manifest_bytes = manifest_path.read_bytes()
+        manifest = Manifest.from_bytes(manifest_bytes, str(manifest_path))
         checks = tuple(verify_directory(path, manifest))
-        signed = (path / SIGNATURE_NAME).is_file()
+        sig_path = path / SIGNATURE_NAME
+        signature = sig_path.read_bytes() if sig_path.is_file() and not sig_path.is_symlink() else None
     else:
         files = read_archive(path)
         if MANIFEST_NAME not in files:
             raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
-        manifest = Manifest.from_bytes(files[MANIFEST_NAME], f"{path}:{MANIFEST_NAME}")
+        manifest_bytes = files[MANIFEST_NAME]
+        manifest = Manifest.from_bytes(manifest_bytes, f"{path}:{MANIFEST_NAME}")
         checks = verify_members(manifest, files)
-        signed = SIGNATURE_NAME in files
+        signature = files.get(SIGNATURE_NAME)
+    signed_by = signature_error = None
+    if trusted_keys is not None:
+        from edgekit_agent.signing import verify_manifest
+
+        try:
+            signed_by = verify_manifest(manifest_bytes, signature, trusted_keys, source=str(path))
+        except SignatureError as exc:  # reported like a hash mismatch, so the whole report is still shown
+            signature_error = str(exc)
     model_name = manifest.model.name
     model_check = next(c for c in checks if c.name == model_name)  # the manifest guarantees it is listed
     data = b""
@@ -323,6 +344,8 @@ def inspect_path(path: str | Path) -> InspectReport:
         tensors=tensors,
         files=checks,
         manifest=manifest_summary(manifest),
-        signed=signed,
+        signed=signature is not None,
+        signed_by=signed_by,
+        signature_error=signature_error,
         model_error=model_error,
     )

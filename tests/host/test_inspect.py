@@ -196,3 +196,34 @@ def test_golden_file_is_readable_after_inspection(digits_bundle: Path) -> None:
     assert {p.name: p.read_bytes() for p in digits_bundle.iterdir()} == before
     with np.load(digits_bundle / "golden.npz") as g:
         assert set(g.files) == {"inputs", "labels", "outputs"}
+
+
+def test_signature_checked_with_trusted_keys(digits_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Signed with edgekit keys: valid with the right key (dir and archive), refused with another key or
+    after the manifest changed; without --trusted-keys the signature is only reported as present."""
+    from edgekit.keys import new_keypair, sign_bundle
+
+    out = tmp_path / "out"
+    d = Path(shutil.copytree(digits_bundle, out / digits_bundle.name))
+    shutil.copy(archive_of(digits_bundle), out / archive_of(digits_bundle).name)
+    good, other = new_keypair(tmp_path / "k1", "release"), new_keypair(tmp_path / "k2", "intruder")
+    trusted, wrong = tmp_path / "trusted", tmp_path / "wrong"
+    trusted.mkdir(), wrong.mkdir()
+    shutil.copy(good.public_path, trusted), shutil.copy(other.public_path, wrong)
+    res = sign_bundle(d, good.private_path)
+
+    assert inspect_path(d).signed and inspect_path(d).signed_by is None and inspect_path(d).verified
+    for target in (d, res.archive):
+        r = inspect_path(target, trusted_keys=trusted)
+        assert r.verified and r.signed_by == good.key_id
+    r = inspect_path(d, trusted_keys=wrong)
+    assert not r.verified and r.signature_error and r.signed_by is None
+    assert main(["inspect", str(d), "--trusted-keys", str(wrong)]) == ExitStatus.BUNDLE_REJECTED
+    # Changing a manifest value (the files still match their hashes) breaks only the signature.
+    m = json.loads((d / "manifest.json").read_text())
+    m["labels"][0] = "zero"
+    (d / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    r = inspect_path(d, trusted_keys=trusted)
+    assert all(f.ok for f in r.files) and r.signature_error and not r.verified
+    assert main(["inspect", str(d), "--trusted-keys", str(trusted)]) == ExitStatus.BUNDLE_REJECTED
+    assert "signature" in capsys.readouterr().err.lower()

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, metavar="PATH", help="bundle directory, bundle archive (.tar.gz) or .tflite file")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     parser.add_argument("--all-tensors", action="store_true", help="list every tensor, not only inputs and outputs")
+    parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="also check the signature against the *.pub keys in DIR")
 
 
 def _quant(scales: tuple[float, ...], zeros: tuple[int, ...]) -> tuple[str, str]:
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     from . import ui
 
-    report = inspect_path(args.path)
+    report = inspect_path(args.path, trusted_keys=args.trusted_keys)
     status = ExitStatus.OK if report.verified else ExitStatus.BUNDLE_REJECTED
     if args.json:
         ui.print_json(report.to_dict())
@@ -54,7 +55,13 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 rows.append((key.replace("_", " "), str(metrics[key])))
         if m.get("fit"):
             rows.append(("fit", "fits" if m["fit"].get("fits") else "DOES NOT FIT"))
-        rows.append(("signed", "yes (manifest.sig)" if report.signed else "no"))
+        if report.signed_by:
+            signed = f"yes, valid, key {report.signed_by}"
+        elif report.signature_error:
+            signed = "REFUSED (see below)"
+        else:
+            signed = "yes (not checked: --trusted-keys DIR)" if report.signed else "no"
+        rows.append(("signed", signed))
     c.print(ui.table("Summary", ("field", "value"), rows))
 
     if report.files:
