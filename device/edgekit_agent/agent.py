@@ -111,6 +111,10 @@ class Agent:
             self._exp_np = np.asarray(self._exp_table, dtype=np.float64) if span else None
             self._in_scale, self._in_zero = float(self._in_tensor.scale or 0.0), int(self._in_tensor.zero_point)
             self._n_tensor = 0
+            interp = runtime.interpreter
+            in_index, out_index = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+            # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
+            self._hot = (interp.set_tensor, interp.invoke, interp.get_tensor, in_index, out_index)
             self.recorder = self.recorder_factory(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
 
     def bundle_info(self) -> dict[str, Any]:
@@ -160,10 +164,10 @@ class Agent:
         t0 = t1 if _t0 is None else _t0
         try:
             with self._rt_lock:
-                rt = self.runtime
-                rt.set_input(x)
-                rt.invoke_only()
-                out = rt.get_output()
+                set_tensor, invoke, get_tensor, in_index, out_index = self._hot
+                set_tensor(in_index, x)
+                invoke()
+                out = get_tensor(out_index)
         except ValueError as exc:  # set_tensor: wrong shape or dtype
             self.recorder.record_error("INPUT_INVALID")
             raise InputError(
@@ -462,8 +466,11 @@ class Agent:
         self.settings = self.settings.with_changes(**a)
         if "num_threads" in a and a["num_threads"] != self.runtime.info.num_threads:
             runtime = self.bundle.open_runtime(num_threads=a["num_threads"])
+            interp = runtime.interpreter
+            hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
+                   interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
             with self._rt_lock:
-                old, self.runtime = self.runtime, runtime
+                old, self.runtime, self._hot = self.runtime, runtime, hot
                 self.recorder.runtime = runtime.info.to_dict()
             old.close()
         self.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
