@@ -105,12 +105,13 @@ class Exporter:
 
     def __init__(self, broker: str, *, port: int = 9108, host: str = "127.0.0.1", group: str = DEFAULT_GROUP,
                  client_id: str | None = None, protocol: str = "auto", shared: bool = True,
-                 stages: tuple[str, ...] = ("total",), buckets: str = "coarse") -> None:
+                 stages: tuple[str, ...] = ("total",), buckets: str = "coarse", tls_ca: str | None = None) -> None:
         """``stages``: latency series exported as histograms (``total``, ``preprocess``, ``invoke``);
         ``buckets``: ``coarse`` (a 1-2-5 subset of the devices' bounds, exact) or ``full``."""
         telemetry = f"{ROOT}/+/telemetry/inference"
         subs = [(f"{ROOT}/+/status", 1), (f"{ROOT}/+/meta", 1), (f"$share/{group}/{telemetry}" if shared else telemetry, 1)]
-        self.link = MqttLink(broker, client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}", subscriptions=subs, protocol=protocol)
+        self.link = MqttLink(broker, client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}", subscriptions=subs, protocol=protocol,
+                             tls_ca=tls_ca)
         self.state = FleetState(histogram_stages=stages)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(self.state, buckets))

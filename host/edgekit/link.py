@@ -11,6 +11,7 @@ request/response properties do not. Used by watch, the exporter, remote bench an
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # Reason codes after which retrying cannot help (Home Assistant stops its backoff on these too).
 _FATAL_CONNECT = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
 _UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
+PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class BrokerAddress:
 
     @classmethod
     def parse(cls, url: str) -> "BrokerAddress":
+        """Parse a broker URL. With a user name but no password in it, the password comes from
+        ``EDGEKIT_MQTT_PASSWORD`` (as for the agent), so it need not appear in shell history."""
         if "://" not in url:
             url = "mqtt://" + url
         parts = urlsplit(url)
@@ -62,7 +66,7 @@ class BrokerAddress:
             port=port,
             tls=tls,
             username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
+            password=unquote(parts.password) if parts.password else (os.environ.get(PASSWORD_ENV) if parts.username else None),
         )
 
     @property
@@ -119,6 +123,8 @@ class MqttLink:
         # when they send the SUBACK, so "subscribed" means acknowledged.
         self._sub_sent: set[int] = set()
         self._sub_acked: set[int] = set()
+        # Message ids of our publishes the broker refused (MQTT 5 PUBACK reason >= 0x80, e.g. 0x87 from an ACL).
+        self.refused_publishes: set[int] = set()
 
     # paho callbacks: only hand work over (see the module docstring) ------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
@@ -135,6 +141,10 @@ class MqttLink:
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
         self._sub_acked.add(mid)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            self.refused_publishes.add(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         corr = None
@@ -167,6 +177,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         c.reconnect_delay_set(0.2, 5)
         return c
 

@@ -71,6 +71,7 @@ def request_benchmark(
     requester: str | None = None,
     on_state: Callable[[str], None] | None = None,
     link: MqttLink | None = None,
+    tls_ca: str | None = None,
 ) -> RemoteBench:
     """Ask ``device_id`` to benchmark its active bundle and wait for the report (up to ``timeout`` s).
 
@@ -86,7 +87,7 @@ def request_benchmark(
     report_topic = topic(device_id, "bench", "+", "report")
     own = link is None
     if link is None:
-        link = MqttLink(broker, client_id=f"edgekit-{requester}", subscriptions=[(res_topic, 1), (report_topic, 1)])
+        link = MqttLink(broker, client_id=f"edgekit-{requester}", subscriptions=[(res_topic, 1), (report_topic, 1)], tls_ca=tls_ca)
         link.start()  # returns once the subscriptions are acknowledged: no answer can be missed
     else:
         link.subscribe(res_topic)

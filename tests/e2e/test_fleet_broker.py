@@ -71,3 +71,41 @@ def test_broker_cli_prints_its_url_and_stops_on_sigterm():
 def test_unreachable_broker_is_a_typed_error_with_advice():
     with pytest.raises(BrokerError, match="edgekit broker"):
         MqttLink("mqtt://127.0.0.1:1").start(timeout=1)
+
+
+def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch):
+    """mosquitto with TLS (a test CA), a password file and the per-device ACL of the security tests."""
+    from test_security_broker import make_auth, make_pki  # the same PKI and ACL the broker-security tests use
+
+    from brokers import Mosquitto
+    from edgekit.exporter import Exporter
+
+    pki = make_pki(tmp_path / "pki")
+    pw, acl = make_auth(tmp_path)
+    broker = Mosquitto(tmp_path / "broker", allow_anonymous=False, extra_config="\n".join([
+        f"cafile {pki['ca']}", f"certfile {pki['server_cert']}", f"keyfile {pki['server_key']}", f"password_file {pw}", f"acl_file {acl}"]))  # fmt: skip
+    with broker:
+        url = f"mqtts://fleet@127.0.0.1:{broker.port}"
+        # A device publishes its retained birth under its own topic (the ACL allows edge/v1/dev-a/#).
+        dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
+        dev.username_pw_set("dev-a", "pw-a")
+        dev.tls_set(ca_certs=str(pki["ca"]))
+        dev.connect("127.0.0.1", broker.port)
+        dev.loop_start()
+        doc = {"state": "online", "boot_id": "b", "epoch": "e", "seq": 1, "ts": int(time.time() * 1000)}
+        dev.publish("edge/v1/dev-a/status", json.dumps(doc), qos=1, retain=True).wait_for_publish(5)
+        dev.disconnect()
+        dev.loop_stop()
+
+        with pytest.raises(BrokerError, match="user name and password"):
+            MqttLink(url.replace("fleet@", "fleet:wrong@"), tls_ca=str(pki["ca"])).start(timeout=5)
+        with pytest.raises(BrokerError):  # the rogue CA did not sign the broker's certificate
+            MqttLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=5)
+        monkeypatch.setenv("EDGEKIT_MQTT_PASSWORD", "pw-fleet")  # the password from the environment, not the URL
+        with FleetWatcher(url, tls_ca=str(pki["ca"])) as w:
+            t0 = time.monotonic()
+            assert w.sync(5) is False  # the ACL refuses the sync marker: noticed at once (PUBACK 0x87), no 5 s wait
+            assert time.monotonic() - t0 < 3
+            assert [(r.device_id, r.status) for r in w.snapshot()] == [("dev-a", "online")]
+        with Exporter(url, port=0, tls_ca=str(pki["ca"])) as exp:
+            assert exp.link.mqtt5

@@ -16,7 +16,9 @@ from edgekit_agent.errors import ExitStatus, UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="device id to benchmark")
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL (default %(default)s)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="MQTT broker URL, mqtt[s]://[USER@]HOST:PORT (password: EDGEKIT_MQTT_PASSWORD) (default %(default)s)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a broker with a private CA (mqtts://)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up runs (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the bundle's profile)")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             prog.update(task, description=f"{args.device}: {labels.get(state, state)}", advance=1)
 
         bench = remote.request_benchmark(args.broker, args.device, num_runs=args.runs, warmup_runs=args.warmup,
-                                         num_threads=args.threads, timeout=args.timeout, on_state=on_state)
+                                         num_threads=args.threads, timeout=args.timeout, on_state=on_state, tls_ca=args.tls_ca)
     json_path, png_path = remote.save_report(bench, args.out)
     if args.json:
         ui.print_json(bench.to_dict())

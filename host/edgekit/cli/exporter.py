@@ -17,7 +17,9 @@ from edgekit_agent.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL (default %(default)s)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="MQTT broker URL, mqtt[s]://[USER@]HOST:PORT (password: EDGEKIT_MQTT_PASSWORD) (default %(default)s)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a broker with a private CA (mqtts://)")
     parser.add_argument("--port", type=int, default=9108, help="HTTP port for /metrics (default %(default)s)")
     parser.add_argument("--host", default="0.0.0.0", help="HTTP address (default %(default)s)")
     parser.add_argument("--group", default="edgekit-exporter", help="shared-subscription group (default %(default)s)")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     with Exporter(args.broker, port=args.port, host=args.host, group=args.group, protocol=args.mqtt,
-                  stages=stages, buckets=args.buckets) as exp:
+                  stages=stages, buckets=args.buckets, tls_ca=args.tls_ca) as exp:
         if not exp.link.mqtt5:
             err_console.print("[yellow]warning:[/] the broker speaks MQTT 3.1.1 only: no shared subscription, run a single exporter")
         err_console.print(f"exporter: {args.broker} -> {exp.url} (group {args.group}); Ctrl-C to stop")

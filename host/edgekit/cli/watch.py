@@ -19,7 +19,9 @@ STATUS_STYLE = {"online": "green", "offline": "red", "lost": "yellow", "unknown"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="MQTT broker URL (default %(default)s)")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="MQTT broker URL, mqtt[s]://[USER@]HOST:PORT (password: EDGEKIT_MQTT_PASSWORD) (default %(default)s)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a broker with a private CA (mqtts://)")
     parser.add_argument("--once", action="store_true", help="print a snapshot after the retained messages arrive, then exit")
     parser.add_argument("--json", action="store_true", help="one JSON line per device update on stdout")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     from .ui import console, err_console
 
-    with FleetWatcher(args.broker, protocol=args.mqtt) as watcher:
+    with FleetWatcher(args.broker, protocol=args.mqtt, tls_ca=args.tls_ca) as watcher:
         if not watcher.sync(timeout=5.0):
-            err_console.print("[yellow]warning:[/] the broker did not echo the sync marker; the snapshot may be incomplete")
+            err_console.print("[yellow]warning:[/] the broker did not echo the sync marker (does an ACL forbid edgekit/sync/#?); the snapshot may be incomplete")
         if args.once:
             if args.timeout:
                 for _ in watcher.follow(args.timeout):
