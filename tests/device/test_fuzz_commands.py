@@ -1,0 +1,194 @@
+"""Hostile command payloads into a real agent's command handler (no broker needed: messages are handed to
+the same ``submit`` the MQTT link calls). Every message gets one final answer, never an ``INTERNAL`` error
+(that would be an untyped exception), nothing is written outside the data directory, and the agent still
+serves afterwards."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgekit_agent.agent import Agent, builtin_commands
+from edgekit_agent.bundle import load_bundle
+from edgekit_agent.commands import CommandProcessor, CommandStore
+from edgekit_agent.config import load_settings
+from edgekit_agent.limits import MAX_COMMAND_BYTES
+from edgekit_agent.link import Incoming
+from edgekit_agent.ota import ACTIONS
+
+DEVICE = "fuzz-dev"
+BASE = f"edge/v1/{DEVICE}"
+FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
+FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# run_benchmark is left out: valid random arguments (100,000 runs) are slow, not hostile; its argument
+# checking is the same table-driven code the other commands use.
+NAMES = ["ping", "set_config", "infer", "swap_bundle", "reboot", "", "../../x", "cmd", "swap_bundle/extra"]
+
+
+class Harness:
+    """A started agent (no broker) and a command processor with its dispatch table, answering into a list."""
+
+    def __init__(self, agent: Agent, data: Path) -> None:
+        self.agent, self.data = agent, data
+        self.cond = threading.Condition()
+        self.answers: dict[bytes, list[dict[str, Any]]] = {}
+        self.proc = CommandProcessor(DEVICE, self._respond, CommandStore(data / "fuzz-commands.sqlite"), queue_size=64)
+        for spec in builtin_commands(agent):
+            if spec.name != "run_benchmark":
+                self.proc.register(spec)
+        self.proc.register(agent.ota.command_spec())
+        self.proc.start()
+
+    def _respond(self, topic: str, body: dict[str, Any], corr: bytes | None) -> None:
+        json.dumps(body)  # an answer must always be serialisable
+        with self.cond:
+            self.answers.setdefault(corr or b"", []).append(body)
+            self.cond.notify_all()
+
+    def send(self, topic: str, payload: bytes, timeout: float = 20.0) -> dict[str, Any]:
+        corr = uuid.uuid4().bytes
+        self.proc.submit(Incoming(topic, payload, f"{BASE}/res/fuzz", corr, time.monotonic()))
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                final = [a for a in self.answers.get(corr, []) if a.get("state") in FINAL]
+                if final:
+                    assert len(final) == 1, final
+                    return final[0]
+                left = deadline - time.monotonic()
+                assert left > 0, f"no final answer to {payload[:200]!r} on {topic}: {self.answers.get(corr)}"
+                self.cond.wait(left)
+
+
+@pytest.fixture(scope="module")
+def harness(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("fuzz-commands")
+    data = root / "data"
+    s = load_settings(None, device_id=DEVICE, data_dir=str(data), window_s=3600)
+    agent = Agent(load_bundle(digits_bundle), s)
+    agent.start()
+    h = Harness(agent, data)
+    h.root = root  # type: ignore[attr-defined]
+    yield h
+    h.proc.close()
+    agent.shutdown()
+
+
+def _check(h: Harness, topic: str, payload: bytes) -> dict[str, Any]:
+    before = {p for p in h.root.iterdir()}  # type: ignore[attr-defined]
+    answer = h.send(topic, payload)
+    err = answer.get("error") or {}
+    assert err.get("code") != "INTERNAL", (payload[:300], answer)
+    assert set(err) in (set(), {"code", "message", "retryable"})
+    assert {p for p in h.root.iterdir()} == before, "something was written outside the data directory"  # type: ignore[attr-defined]
+    return answer
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=10,
+)
+ids = st.one_of(st.uuids().map(str), st.text(max_size=140), st.integers(), st.none(), st.just("../../etc"))
+swap_args = st.fixed_dictionaries(
+    {"action": st.sampled_from(ACTIONS) | st.text(max_size=8)},
+    optional={
+        "transfer_id": st.sampled_from(["t1", "t2", "../t", ".hidden", "a" * 65, ""]) | st.text(max_size=10),
+        "archive_sha256": st.sampled_from(["0" * 64, "g" * 64, "ab"]) | st.text(max_size=70),
+        "archive_bytes": st.integers(-5, 2**40),
+        "chunk_bytes": st.integers(-5, 2**20),
+        "index": st.integers(-5, 10**7),
+        "data": st.sampled_from(["", "AAAA", "!!!", "QUJD"]) | st.text(max_size=50),
+        "sha256": st.sampled_from(["0" * 64]) | st.text(max_size=70),
+        "health": st.dictionaries(st.sampled_from(["window_s", "max_error_rate", "bogus", "min_labeled"]), json_values, max_size=3) | json_values,
+        "name": json_values,
+    },
+)
+
+
+@FUZZ
+@given(st.sampled_from(NAMES), st.binary(max_size=2048))
+def test_random_bytes(harness, name, payload):
+    answer = _check(harness, f"{BASE}/cmd/{name}", payload)
+    assert answer["state"] == "rejected"
+
+
+@FUZZ
+@given(st.sampled_from(NAMES), json_values)
+def test_random_json(harness, name, doc):
+    _check(harness, f"{BASE}/cmd/{name}", json.dumps(doc).encode())
+
+
+@FUZZ
+@given(
+    st.sampled_from(NAMES),
+    st.fixed_dictionaries(
+        {"cmd_id": ids},
+        optional={"name": st.sampled_from(NAMES) | json_values, "args": st.dictionaries(st.text(max_size=12), json_values, max_size=5) | json_values,
+                  "expires_at": st.one_of(st.none(), st.integers(0, 2**45), st.floats(allow_nan=False), st.text(max_size=5)),
+                  "requester": st.sampled_from(["fleet", "../x", "a/b", "+", ""]) | json_values},
+    ),
+)
+def test_command_shaped_documents(harness, name, doc):
+    _check(harness, f"{BASE}/cmd/{name}", json.dumps(doc).encode())
+
+
+@FUZZ
+@given(swap_args)
+def test_swap_bundle_arguments(harness, args):
+    doc = {"cmd_id": f"s-{uuid.uuid4().hex}", "args": args}
+    _check(harness, f"{BASE}/cmd/swap_bundle", json.dumps(doc).encode())
+    # whatever was staged stays inside the data directory's ota/ tree
+    staging = harness.data / "ota" / "staging"
+    for p in staging.rglob("*") if staging.is_dir() else []:
+        assert p.resolve().is_relative_to(staging.resolve())
+
+
+@FUZZ
+@given(st.sampled_from(["", "+", "#", "edge/v1/other-dev/cmd/ping", f"{BASE}/cmd", f"{BASE}/res/x", f"{BASE}/cmd/ping/x", "\x00"]))
+def test_commands_on_foreign_or_odd_topics_are_rejected(harness, topic):
+    answer = _check(harness, topic, json.dumps({"cmd_id": uuid.uuid4().hex}).encode())
+    assert answer["state"] == "rejected"
+
+
+def _nested(depth: int) -> Any:
+    v: Any = 1
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{" * 200_000,
+        b"[" * 50_000 + b"]" * 50_000,
+        json.dumps({"cmd_id": "huge", "args": {"x": "a" * (MAX_COMMAND_BYTES + 1)}}).encode(),
+        b"\xff" * (MAX_COMMAND_BYTES + 10),
+        json.dumps({"cmd_id": "nan", "expires_at": float("nan")}).encode(),
+        b'{"cmd_id": "dup", "cmd_id": "dup2"}',
+        json.dumps({"cmd_id": "deep", "args": {"tensor": _nested(40)}}).encode(),
+    ],
+    ids=["open-braces", "deep-array", "over-limit", "over-limit-binary", "nan", "duplicate-key", "deep-args"],
+)
+def test_documented_limits(harness, payload):
+    answer = _check(harness, f"{BASE}/cmd/infer", payload)
+    assert answer["state"] in ("rejected", "failed")
+
+
+def test_agent_still_serves_after_the_fuzzing(harness):
+    agent = harness.agent
+    answer = _check(harness, f"{BASE}/cmd/ping", json.dumps({"cmd_id": f"p-{uuid.uuid4().hex}"}).encode())
+    assert answer["state"] == "succeeded" and answer["result"]["pong"] is True
+    x = np.zeros(agent.runtime.input_shape, agent.runtime.input_dtype)
+    assert 0 <= agent.serve_tensor(x).index < len(agent.labels)
+    assert agent.bundle.manifest.version  # still the bundle it started with (nothing was committed)
