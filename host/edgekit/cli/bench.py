@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit_agent.errors import ExitStatus, UsageError
+
+if TYPE_CHECKING:  # annotations only: rich and edgekit.remote load inside run(), keeping --help fast
+    from rich.table import Table
+
+    from edgekit.remote import RemoteBench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +38,8 @@ def _f(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def report_table(bench):  # noqa: ANN001, ANN201 - a RemoteBench -> a rich Table (the demo prints it too)
-    """The quantity/value table of one remote benchmark."""
+def report_table(bench: "RemoteBench") -> "Table":
+    """The quantity/value table of one remote benchmark (the demo prints it too)."""
     from . import ui
 
     rep = bench.report

@@ -10,9 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from edgekit_agent.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from edgekit.fleet import DeviceRow
 
 COLUMNS = ("device", "status", "bundle", "profile", "runtime", "ips", "p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps", "last seen")
 STATUS_STYLE = {"online": "green", "offline": "red", "lost": "yellow", "unknown": "dim"}
@@ -40,8 +45,8 @@ def _age(ts: float | None, now: float) -> str:
     return f"{age:.0f}s ago" if age < 120 else f"{age / 60:.0f}m ago"
 
 
-def render(rows: Iterable, title: str):
-    """The fleet table (a rich Table)."""
+def render(rows: Iterable["DeviceRow"], title: str) -> "Table":
+    """The fleet table: one row per device, device-supplied strings escaped."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -65,7 +70,7 @@ def render(rows: Iterable, title: str):
     return t
 
 
-def _json_line(row) -> None:
+def _json_line(row: "DeviceRow") -> None:
     print(json.dumps(row.to_dict(), sort_keys=True), flush=True)
 
 
