@@ -73,3 +73,19 @@ def test_demo_interrupted_by_sigterm_stops_everything_it_started(tmp_path, digit
     assert not port_in_use("127.0.0.1", port)
     left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left running: {left}"
+
+
+def test_demo_with_a_given_broker_uses_it_and_leaves_it_running(tmp_path, digits_bundle, mosquitto):
+    import shutil
+    import sys
+
+    work = tmp_path / "demo"
+    shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work), "--broker", mosquitto.url],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"broker {mosquitto.url};" in proc.stdout
+    assert "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter" in proc.stdout
+    assert "broker (" not in proc.stdout.split("stopped:")[1].splitlines()[0]  # not ours to stop
+    assert port_in_use("127.0.0.1", mosquitto.port)
+    assert len(list((work / "bench").glob("*.json"))) == 1
