@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import os
 import queue
+import shutil
+import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +30,11 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from brokers import Mosquitto
+from edgekit.bundle import write_archive
+from edgekit.deploy import deploy
+from edgekit_agent.errors import ExitStatus
+from edgekit_agent.manifest import dump_manifest
+from edgekit_agent.ota import read_pointer
 
 DEVICES = {"dev-a": "pw-a", "dev-b": "pw-b"}
 FLEET = ("fleet", "pw-fleet")
@@ -270,3 +280,72 @@ def test_fleet_user_reads_every_device(clients):
     assert b.publish("edge/v1/dev-b/telemetry/inference", b"2") == 0
     got = {t for t, _ in _drain(fleet.messages, 1.0)}
     assert got == {"edge/v1/dev-a/telemetry/inference", "edge/v1/dev-b/telemetry/inference"}
+
+
+# --- real agents and fleet tools on the secured broker ----------------------------------------------------
+AGENT = [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
+
+
+def _v2_archive(digits_bundle: Path, out: Path) -> Path:
+    """The digits bundle with version 2.0.0 (unsigned: these agents run without --trusted-keys)."""
+    d = out / digits_bundle.name
+    shutil.copytree(digits_bundle, d)
+    (d / "manifest.sig").unlink(missing_ok=True)
+    doc = json.loads((d / "manifest.json").read_text())
+    doc["version"] = "2.0.0"
+    (d / "manifest.json").write_bytes(dump_manifest(doc))
+    return write_archive(d, out / f"{d.name}.tar.gz")
+
+
+def _agent(secure_broker, digits_bundle: Path, tmp: Path, device: str, password: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*AGENT, "run", str(digits_bundle), "--broker", f"mqtts://{secure_broker.host}:{secure_broker.port}",
+         "--device-id", device, "--username", device, "--tls-ca", str(secure_broker.pki["ca"]),
+         "--data-dir", str(tmp / f"{device}-data"), "--window", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "EDGEKIT_MQTT_PASSWORD": password},
+    )  # fmt: skip
+
+
+def test_agent_over_tls_with_password_is_updated_by_the_fleet_over_tls(secure_broker, clients, digits_bundle, tmp_path):
+    fleet = clients(*FLEET)
+    assert fleet.connect() == "Success"
+    fleet.subscribe("edge/v1/dev-a/#")
+    proc = _agent(secure_broker, digits_bundle, tmp_path, "dev-a", DEVICES["dev-a"])
+    try:
+        deadline = time.monotonic() + 90
+        online = False
+        while not online and time.monotonic() < deadline:
+            for t, p in _drain(fleet.messages, 0.5):
+                if t == "edge/v1/dev-a/meta":  # published once the agent serves and takes commands
+                    online = True
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert online, "the agent never came online over TLS"
+        url = f"mqtts://{FLEET[0]}:{FLEET[1]}@{secure_broker.host}:{secure_broker.port}"
+        report = deploy(_v2_archive(digits_bundle, tmp_path), ["dev-a"], url, tls_ca=secure_broker.pki["ca"],
+                        health={"window_s": 0.5}, timeout=90)  # fmt: skip
+        (d,) = report.devices
+        assert d.outcome == "committed", d.to_dict()
+        assert read_pointer(tmp_path / "dev-a-data").current.version == "2.0.0"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(20)
+
+
+def test_a_device_cannot_deploy_to_another_device(secure_broker, digits_bundle, tmp_path):
+    """dev-b's credentials are valid, but the ACL refuses its swap_bundle commands to dev-a: nothing answers."""
+    url = f"mqtts://dev-b:{DEVICES['dev-b']}@{secure_broker.host}:{secure_broker.port}"
+    report = deploy(_v2_archive(digits_bundle, tmp_path), ["dev-a"], url, tls_ca=secure_broker.pki["ca"], timeout=3)
+    (d,) = report.devices
+    assert d.outcome == "timeout" and d.chunks and d.transfer_s is None
+
+
+def test_agent_with_a_wrong_password_stops_instead_of_retrying(secure_broker, digits_bundle, tmp_path):
+    proc = _agent(secure_broker, digits_bundle, tmp_path, "dev-b", "not-the-password")
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == ExitStatus.UNAVAILABLE
+    assert "refused device 'dev-b'" in out and "not retrying" in out
