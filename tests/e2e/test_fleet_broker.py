@@ -17,6 +17,15 @@ from edgekit.watch import FleetWatcher
 from edgekit_agent.errors import BrokerError
 
 
+def _eventually(pred, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
 def publish_retained(url: str, protocol: int, device: str) -> None:
     host, port = url.removeprefix("mqtt://").split(":")
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=protocol)
@@ -38,6 +47,19 @@ def test_amqtt_broker_refuses_mqtt5_and_watch_falls_back_to_311():
             assert not w.link.mqtt5  # fell back
             assert w.sync(5)
             assert [(r.device_id, r.status) for r in w.snapshot()] == [("pi-amqtt", "online")]
+        from edgekit.exporter import Exporter
+
+        with Exporter(broker.url, port=0) as exp:  # "$share/G/..." becomes a plain subscription on 3.1.1
+            assert not exp.link.mqtt5
+            host, port = broker.url.removeprefix("mqtt://").split(":")
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pi-amqtt", protocol=mqtt.MQTTv311)
+            c.connect(host, int(port))
+            c.loop_start()
+            doc = {"epoch": "e", "seq": 2, "ts": int(time.time() * 1000), "counts": {"requests": 6, "ok": 6, "errors": {}}}
+            c.publish("edge/v1/pi-amqtt/telemetry/inference", json.dumps(doc), qos=1).wait_for_publish(5)
+            c.disconnect()
+            c.loop_stop()
+            assert _eventually(lambda: getattr(exp.state.devices.get("pi-amqtt"), "requests", 0) == 6)
 
 
 @pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto not installed")
