@@ -192,3 +192,12 @@ def test_cli_keys_and_sign_exit_codes(bundle, tmp_path, capsys):
     assert main(["sign", str(bundle), "--key", info["private_key"]]) == ExitStatus.BUNDLE_REJECTED
     assert "golden.npz" in capsys.readouterr().err
     assert main(["sign", str(bundle), "--key", str(tmp_path / "missing.key")]) == ExitStatus.BUNDLE_REJECTED
+
+
+def test_build_with_an_unusable_sign_key_fails_before_training(tmp_path, capsys):
+    (tmp_path / "bad.key").write_text("not a key")
+    code = main(["build", "--dataset", str(tmp_path / "no-such-dataset"), "--profile", "raspberry-pi-4",
+                 "--out", str(tmp_path / "out"), "--sign-key", str(tmp_path / "bad.key")])  # fmt: skip
+    assert code == ExitStatus.BUNDLE_REJECTED
+    assert "bad.key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

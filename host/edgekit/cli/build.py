@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="bundle name (default: the dataset folder name)")
     parser.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, training and calibration (default 0)")
+    parser.add_argument("--sign-key", type=Path, metavar="KEY", help="sign every bundle with this Ed25519 private key (edgekit keys new)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -61,6 +62,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     from . import ui
 
+    if args.sign_key is not None:  # a bad key should fail now, not after minutes of training
+        from edgekit.keys import load_private_key
+
+        load_private_key(args.sign_key)
     with ui.progress() as bar:
         task = bar.add_task("build", total=None)
 
@@ -84,8 +89,13 @@ def run(args: argparse.Namespace) -> ExitStatus:
             on_progress=on_progress,
         )
     status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT
+    signed = {}
+    if args.sign_key is not None:
+        from edgekit.keys import sign_bundle
+
+        signed = {p.profile: sign_bundle(p.directory, args.sign_key).key_id for p in result.profiles if p.directory is not None}
     if args.json:
-        ui.print_json(result.to_dict())
+        ui.print_json({**result.to_dict(), **({"signed_by": signed} if signed else {})})
         return status
     rows = [
         (
@@ -112,7 +122,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
     ui.console.print("time per step: " + ", ".join(f"{label} {t:.1f} s" for label, t in result.step_seconds), highlight=False, markup=False)
     for p in result.profiles:
         if p.directory is not None:
-            ui.console.print(f"{p.profile}: {p.directory}/  and  {p.archive}", highlight=False, markup=False)
+            how = f" (signed by key {signed[p.profile]})" if p.profile in signed else ""
+            ui.console.print(f"{p.profile}: {p.directory}/  and  {p.archive}{how}", highlight=False, markup=False)
         if p.fits is False:
             ui.err_console.print(f"[bold red]{p.profile}:[/] does not fit: {p.fit_summary}")
     return status
