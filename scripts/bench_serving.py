@@ -165,7 +165,7 @@ def main() -> int:
     results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds, "cpu_count": os.cpu_count(), "load1_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         results["digits"] = compare(bundles["digits"], args.threads, args.rounds, 3000, Path(tmp) / "d")
-        results["mobilenetv2"] = compare(bundles["mobilenetv2"], args.threads, args.rounds, 40, Path(tmp) / "m")
+        results["mobilenetv2"] = compare(bundles["mobilenetv2"], args.threads, args.rounds, 200, Path(tmp) / "m")
     results["recording"] = recording_cost(args.rounds, 100_000)
     results["load1_after"] = os.getloadavg()[0]
 

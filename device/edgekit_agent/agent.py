@@ -182,7 +182,9 @@ class Agent:
         if input_mean is None:
             self._n_tensor += 1
             if self._n_tensor % self.settings.drift_every == 0:
-                q = float(x.mean())
+                # An integer sum is 3-4x cheaper than ndarray.mean() (which converts to float64 first);
+                # int32 cannot overflow below 2**24 int8/uint8 elements.
+                q = int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size if x.dtype.kind in "iu" else float(x.mean())
                 input_mean = (q - self._in_zero) * self._in_scale if self._in_scale else q
             else:
                 input_mean = _NAN
@@ -421,6 +423,8 @@ class Agent:
             except EdgekitError as exc:
                 log.error("%s: the last telemetry window is lost: %s", self.settings.device_id, exc)
         if self.link is not None:
+            if self.outbox is not None and self.outbox.depth and not self.link.failed.is_set():
+                self.link.connected.wait(min(2.0, flush_timeout))  # e.g. a self-test failure right after start
             if self.link.connected.is_set() and not self.link.flush(flush_timeout):
                 log.warning("%s: %d messages stay in the outbox for the next start", self.settings.device_id,
                             self.outbox.depth if self.outbox else 0)  # fmt: skip
