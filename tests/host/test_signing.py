@@ -201,3 +201,32 @@ def test_build_with_an_unusable_sign_key_fails_before_training(tmp_path, capsys)
     assert code == ExitStatus.BUNDLE_REJECTED
     assert "bad.key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_device_loader_refuses_each_case_with_its_reason(bundle, keys):
+    """The same refusals through edgekit_agent.bundle.load_bundle, as the agent meets them."""
+    from edgekit_agent.bundle import load_bundle
+
+    good, other, trusted = keys
+    unsigned_archive = bundle.parent / f"{bundle.name}.tar.gz"
+    with pytest.raises(SignatureError, match="not signed"):
+        load_bundle(unsigned_archive, trusted_keys=trusted)
+    # --allow-unsigned lets an unsigned bundle through, but never a badly signed one
+    assert load_bundle(unsigned_archive, trusted_keys=trusted, allow_unsigned=True).signed_by is None
+    sign_bundle(bundle, other.private_path)
+    with pytest.raises(SignatureError, match=f"unknown key id {other.key_id}"):
+        load_bundle(bundle, trusted_keys=trusted, allow_unsigned=True)
+    sign_bundle(bundle, good.private_path)
+    assert load_bundle(bundle.parent / f"{bundle.name}.tar.gz", trusted_keys=trusted).signed_by == good.key_id
+    model = bytearray((bundle / "model.tflite").read_bytes())
+    model[100] ^= 0x01
+    (bundle / "model.tflite").write_bytes(bytes(model))
+    with pytest.raises(IntegrityError, match=r"model\.tflite"):
+        load_bundle(bundle, trusted_keys=trusted)
+    model[100] ^= 0x01
+    (bundle / "model.tflite").write_bytes(bytes(model))
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["labels"][0] = "zero"
+    (bundle / "manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(SignatureError, match="bad signature"):
+        load_bundle(bundle, trusted_keys=trusted, allow_unsigned=True)
