@@ -11,6 +11,10 @@ Status and meta are retained and not shared (the broker sends no retained messag
 subscriptions), so every exporter knows every device's up/down state: take ``max by (device)`` of
 ``edgekit_device_up`` when several exporters run.
 
+No "lost telemetry" (seq gap) metric: behind a shared subscription each exporter sees only part of each
+device's sequence, and events are not consumed, so gaps would be noise; ``edgekit watch`` (which sees every
+sequenced topic) shows them.
+
 Latency histograms are real Prometheus histograms, summed bucket by bucket from the devices' ``le``/``cum``
 counts (converted from ms to seconds, the Prometheus base unit), so ``histogram_quantile`` works across
 windows and devices.
@@ -61,7 +65,6 @@ class FleetCollector(Collector):
             "correct": CounterMetricFamily("edgekit_inference_correct", "labelled inferences predicted correctly", labels=["device"]),
             "dropped": CounterMetricFamily("edgekit_outbox_dropped", "telemetry records the device's outbox dropped when full", labels=["device"]),
             "windows": CounterMetricFamily("edgekit_telemetry_windows", "telemetry records received (after de-duplication)", labels=["device"]),
-            "gaps": CounterMetricFamily("edgekit_telemetry_lost", "telemetry records missing (gaps in seq)", labels=["device"]),
         }
         hist = HistogramMetricFamily("edgekit_inference_latency_seconds", "inference latency per stage, summed from device histograms",
                                      labels=["device", "stage"])
@@ -78,7 +81,6 @@ class FleetCollector(Collector):
                 values = {
                     "requests": dev.requests, "errors": dev.errors, "labeled": dev.labeled, "correct": dev.correct,
                     "dropped": sum(dev.outbox_dropped_by_epoch.values()), "windows": dev.windows,
-                    "gaps": max(0, st.dedup.gaps.get(device_id, 0)),
                 }
                 for key, fam in counters.items():
                     fam.add_metric([device_id], float(values[key]))

@@ -111,6 +111,7 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
         for dev, n in (("pi-a", n_a), ("pi-b", n_b)):
             r = rows[dev]
             assert r.labeled == n and r.errors == 0 and r.bundle.startswith("digits") and r.profile == "raspberry-pi-4"
+            assert r.lost_messages == 0 and r.outbox_dropped == 0  # every sequenced message arrived
             assert 0.5 < r.accuracy <= 1.0  # the digits CNN is far better than chance (0.1)
             assert m[("edgekit_inference_labeled_total", (("device", dev),))] == n
             assert m[("edgekit_inference_correct_total", (("device", dev),))] == r.correct
