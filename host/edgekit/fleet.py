@@ -242,6 +242,7 @@ class FleetState:
         return device_id
 
     def apply_many(self, messages: Iterable[Message]) -> set[str]:
+        """:meth:`apply` each message; the ids of the devices that changed."""
         changed = set()
         for m in messages:
             d = self.apply(m)
@@ -251,6 +252,7 @@ class FleetState:
 
     # --- reading ------------------------------------------------------------------------------------
     def status_of(self, dev: _Device, now: float | None = None) -> str:
+        """online / offline / unknown as the device said, or "lost" when online but silent for 3 windows."""
         if dev.status != "online":
             return dev.status
         now = time.time() if now is None else now
@@ -260,6 +262,7 @@ class FleetState:
         return "online"
 
     def row(self, device_id: str, now: float | None = None) -> DeviceRow:
+        """The :class:`DeviceRow` of one known device (``now``: Unix time for the lost check, default the clock)."""
         dev = self.devices[device_id]
         b, r = dev.bundle, dev.runtime
         runtime = " ".join(
@@ -285,6 +288,7 @@ class FleetState:
         )
 
     def snapshot(self, now: float | None = None) -> tuple[DeviceRow, ...]:
+        """Every known device's row, sorted by device id."""
         return tuple(self.row(d, now) for d in sorted(self.devices))
 
 
