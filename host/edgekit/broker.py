@@ -43,6 +43,7 @@ def mosquitto_path() -> str | None:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on host:port."""
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
@@ -72,9 +73,11 @@ class DevBroker:
 
     @property
     def url(self) -> str:
+        """mqtt://HOST:PORT of this broker."""
         return f"mqtt://{self.host}:{self.port}"
 
     def stop(self) -> None:
+        """Stop the broker (idempotent); its clients see the connection close."""
         if not self._stopped:
             self._stopped = True
             self._stop()

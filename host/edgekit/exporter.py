@@ -54,6 +54,7 @@ class FleetCollector(Collector):
         self.coarse = buckets == "coarse"
 
     def collect(self) -> Iterator[Metric]:
+        """Called by prometheus-client at every scrape: metric families from the current state."""
         st = self.state
         up = GaugeMetricFamily("edgekit_device_up", "1 while the device is online (birth seen, not silent for 3 windows)", labels=["device"])
         info = GaugeMetricFamily("edgekit_device_info", "the bundle and runtime a device last reported (value 1)",
@@ -124,9 +125,11 @@ class Exporter:
 
     @property
     def url(self) -> str:
+        """Where /metrics is served."""
         return f"http://{self.host}:{self.port}/metrics"
 
     def start(self, timeout: float = 10.0) -> "Exporter":
+        """Connect to the broker, serve /metrics and start consuming telemetry."""
         from prometheus_client import start_http_server
 
         self.link.start(timeout)
@@ -152,6 +155,7 @@ class Exporter:
             return self.state.messages
 
     def stop(self) -> None:
+        """Stop consuming, disconnect and stop the HTTP server."""
         self._stop.set()
         if self._thread:
             self._thread.join(5)

@@ -111,9 +111,11 @@ class DeviceRow:
 
     @property
     def accuracy(self) -> float | None:
+        """correct / labelled since the watcher started (None before any labelled input)."""
         return self.correct / self.labeled if self.labeled else None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the `edgekit watch --json` line), with `accuracy`."""
         d = asdict(self)
         d["accuracy"] = self.accuracy
         return d
@@ -130,6 +132,7 @@ class Histogram:
     le_raw: list[Any] = field(default_factory=list, repr=False)  # as received: compared cheaply (hot path)
 
     def add(self, le_raw: list[Any], cum: Sequence[int], total: float, count: int) -> bool:
+        """Add one window's buckets; False (and nothing added) when its bucket grid differs."""
         if le_raw != self.le_raw or len(cum) != len(self.cum):
             return False
         self.cum = [a + int(b) for a, b in zip(self.cum, cum)]

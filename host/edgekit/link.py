@@ -71,6 +71,7 @@ class BrokerAddress:
 
     @property
     def url(self) -> str:
+        """The URL without credentials (safe to print)."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
@@ -261,6 +262,7 @@ class MqttLink:
         return True
 
     def close(self) -> None:
+        """Disconnect cleanly and stop paho's network thread."""
         if self._client is not None:
             try:
                 self._client.disconnect()

@@ -46,6 +46,7 @@ class RemoteBench:
     states: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: what `edgekit bench --out` saves."""
         return {"device_id": self.device_id, "cmd_id": self.cmd_id, "args": self.args, "round_trip_s": self.round_trip_s,
                 "states": list(self.states), "report": self.report}
 

@@ -35,10 +35,12 @@ class FleetWatcher:
         self._synced = False
 
     def start(self, timeout: float = 10.0) -> "FleetWatcher":
+        """Connect and subscribe (returns once the broker acknowledged the subscriptions)."""
         self.link.start(timeout)
         return self
 
     def close(self) -> None:
+        """Disconnect."""
         self.link.close()
 
     def __enter__(self) -> "FleetWatcher":
@@ -80,6 +82,7 @@ class FleetWatcher:
         return [self.state.row(d, now) for d in sorted(changed)]
 
     def snapshot(self) -> tuple[DeviceRow, ...]:
+        """Every known device's row, sorted by device id."""
         return self.state.snapshot()
 
     def follow(self, duration: float | None = None, tick: float = 1.0) -> Iterator[list[DeviceRow]]:
