@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import fuzz_examples
+
 from edgekit_agent.agent import Agent, builtin_commands
 from edgekit_agent.bundle import load_bundle
 from edgekit_agent.commands import CommandProcessor, CommandStore
@@ -28,7 +30,7 @@ from edgekit_agent.ota import ACTIONS
 DEVICE = "fuzz-dev"
 BASE = f"edge/v1/{DEVICE}"
 FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=fuzz_examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 # run_benchmark is left out: valid random arguments (100,000 runs) are slow, not hostile; its argument
 # checking is the same table-driven code the other commands use.
 NAMES = ["ping", "set_config", "infer", "swap_bundle", "reboot", "", "../../x", "cmd", "swap_bundle/extra"]

@@ -10,6 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import fuzz_examples
+
 from edgekit_agent.errors import BundleError, EdgekitError
 from edgekit_agent.manifest import Manifest, dump_manifest
 
@@ -28,7 +30,7 @@ VALID: dict[str, Any] = {
     "files": {"model.tflite": {"bytes": 10, "sha256": "0" * 64}, "golden.npz": {"bytes": 5, "sha256": "1" * 64}},
 }
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=fuzz_examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -16,11 +16,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import fuzz_examples
+
 from edgekit_agent.errors import ModelError
 from edgekit_agent.tflite_file import check_tflite
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CHILD_CASES = 150
+FUZZ = settings(max_examples=fuzz_examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CHILD_CASES = fuzz_examples(150)
 
 
 def _model(digits_bundle: Path) -> bytes:
