@@ -48,3 +48,17 @@ def test_bench_in_legacy_environment(digits_bundle: Path):
     # tflite-runtime 2.14 takes the XNNPACK request but runs int8 on builtin kernels: the report says so
     assert doc["runtime"]["requested_delegate"] == "xnnpack" and doc["runtime"]["delegate"] == "none"
     assert doc["steady"]["count"] == 30 and doc["selftest"]["passed"]
+
+
+def test_a_truncated_model_is_refused_before_tflite_runtime_can_crash(digits_bundle: Path, tmp_path: Path):
+    """tflite-runtime 2.14 does not verify flatbuffers (a truncated model segfaulted it here); the agent's
+    structural check refuses the file first, with exit status 5 and one error line."""
+    from tamper import copy_bundle, rehash
+
+    d = copy_bundle(digits_bundle, tmp_path)
+    data = (d / "model.tflite").read_bytes()
+    (d / "model.tflite").write_bytes(data[: len(data) - 100])
+    rehash(d)  # consistent hashes: only the structure check stands between the file and the interpreter
+    proc = legacy("-m", "edgekit_agent.cli", "verify", str(d))
+    assert proc.returncode == 5, (proc.returncode, proc.stderr)
+    assert "not a valid TFLite model" in proc.stderr and "Traceback" not in proc.stderr
