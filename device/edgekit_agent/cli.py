@@ -85,8 +85,21 @@ def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _count(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, metavar="N", help="interpreter threads (default: the bundle's profile)")
+    parser.add_argument("--threads", type=_count(1), metavar="N", help="interpreter threads (default: the bundle's profile)")
     parser.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only (no XNNPACK delegate)")
     parser.add_argument(
         "--runtime", choices=("litert", "tflite_runtime", "tensorflow"), help="force an interpreter (default: the first that imports)"
@@ -209,8 +222,8 @@ class Bench:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_bundle_arguments(parser)
         add_runtime_arguments(parser)
-        parser.add_argument("--runs", type=int, default=100, metavar="N", help="steady-state runs (default 100)")
-        parser.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up runs (default 5)")
+        parser.add_argument("--runs", type=_count(1), default=100, metavar="N", help="steady-state runs (default 100)")
+        parser.add_argument("--warmup", type=_count(0), default=5, metavar="N", help="warm-up runs (default 5)")
         parser.add_argument("--min-seconds", type=float, default=0.0, metavar="S", help="keep running until S seconds have passed")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 

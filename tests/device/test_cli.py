@@ -65,9 +65,10 @@ def test_verify_refuses_a_tampered_bundle_with_exit_5_and_one_line(digits_bundle
 def test_missing_bundle_and_usage_errors(tmp_path: Path, capsys):
     assert main(["bench", str(tmp_path / "nope")]) == ExitStatus.BUNDLE_REJECTED
     assert main([]) == ExitStatus.USAGE
-    with pytest.raises(SystemExit) as info:
-        main(["bench"])
-    assert info.value.code == ExitStatus.USAGE
+    for bad in (["bench"], ["bench", str(tmp_path), "--threads", "0"], ["bench", str(tmp_path), "--runs", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(bad)
+        assert info.value.code == ExitStatus.USAGE
 
 
 def test_bench_json(digits_bundle: Path, capsys):
