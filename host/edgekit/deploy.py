@@ -58,6 +58,7 @@ class DeviceDeploy:
     error: Mapping[str, Any] | None = None  # {code, message} of a refused or failed command
     stages: tuple[str, ...] = ()
     health: Mapping[str, Any] | None = None  # the health_check event (stats, checks)
+    commit: Mapping[str, Any] | None = None  # the device's commit result (switch time, self-test, signer)
 
     @property
     def ok(self) -> bool:
@@ -141,6 +142,7 @@ class _Worker:
         self.events: list[dict[str, Any]] = []
         self.stages: list[str] = []
         self.result: DeviceDeploy | None = None
+        self.commit: dict[str, Any] | None = None
 
     # --- messages -------------------------------------------------------------------------------------------
     def _pump(self, wait: float) -> None:
@@ -201,7 +203,7 @@ class _Worker:
         def done(outcome: str, **kw: Any) -> None:
             self.result = DeviceDeploy(self.dev.device_id, outcome, self.transfer_id, n, kw.pop("resumed", 0),
                                        kw.pop("transfer_s", None), kw.pop("activate_s", None), kw.pop("committed_s", None),
-                                       stages=tuple(self.stages), **kw)  # fmt: skip
+                                       stages=tuple(self.stages), commit=self.commit, **kw)  # fmt: skip
             self._report(outcome, n, n)
 
         try:
@@ -245,6 +247,7 @@ class _Worker:
                 return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"),
                             resumed=len(have), transfer_s=transfer_s)  # fmt: skip
             activate_s = round(time.monotonic() - t0, 3)
+            self.commit = ans.get("result") or {}
             self._report("trial", n, n)
             if not self.wait_health:
                 return done("trial", resumed=len(have), transfer_s=transfer_s, activate_s=activate_s)
