@@ -161,7 +161,7 @@ def main() -> int:
         ("Keras .h5 model.predict per sample", f"{lat['keras_predict']:.3f} ms", f"{latency['ratio_keras_predict_over_int8']}× the int8 time"),
         ("Keras .h5 model(x) per sample", f"{lat['keras_call']:.3f} ms", f"{latency['ratio_keras_call_over_int8']}× the int8 time"),
     ]
-    rows += [(f"  step: {t['step']}", f"{t['seconds']:.1f} s", "wall, last run") for t in result.get("step_seconds", [])]
+    rows += [(f"  step: {t['step']}", f"{t['seconds']:.1f} s wall, {t['cpu_seconds']:.1f} s CPU", "last run") for t in result.get("step_seconds", [])]
     width = max(len(r[0]) for r in rows)
     print(f"host figures ({os.cpu_count()} CPUs, profile {args.profile}); JSON: {args.json}")
     for name, value, note in rows:

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             rows,
         )
     )
-    ui.console.print("time per step: " + ", ".join(f"{label} {t:.1f} s" for label, t in result.step_seconds), highlight=False, markup=False)
+    ui.console.print("time per step (wall / CPU s): " + ", ".join(f"{label} {t:.1f}/{c:.1f}" for label, t, c in result.step_seconds), highlight=False, markup=False)
     for p in result.profiles:
         if p.directory is not None:
             how = f" (signed by key {signed[p.profile]})" if p.profile in signed else ""
