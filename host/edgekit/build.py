@@ -393,6 +393,8 @@ def build(
         raise UsageError(f"prune sparsity must be a fraction between 0 and 1 (e.g. 0.5), got {prune}.")
     if epochs is not None and epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {epochs}.")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the bundles (it is created if missing).")
     if max_accuracy_drop < 0:
         raise UsageError(f"max accuracy drop is in percentage points and cannot be negative, got {max_accuracy_drop}.")
 

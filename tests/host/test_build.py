@@ -132,6 +132,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="sparsity"):
         build(tmp_path, ["raspberry-pi-4"], out, prune=1.5)
     assert not out.exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        build(tmp_path, ["raspberry-pi-4"], tmp_path / "a-file")
 
 
 def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
