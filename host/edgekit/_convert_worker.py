@@ -3,7 +3,7 @@
 The converter can kill its process (a segfault on some Keras 3 models with quantisation, facts note 4),
 so :mod:`edgekit.convert` never runs it in the caller's process. The job file names the model (a Keras 3
 ``.keras`` file or a SavedModel directory), a ``.npy`` of representative samples and the outputs to write.
-A converter exception exits with :data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other
+Each task may name its own model (several models, one TensorFlow import). A converter exception exits with :data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other
 exit code (a negative one is a signal) is a crash, reported by the parent.
 """
 
@@ -21,14 +21,16 @@ EXIT_CONVERTER_ERROR = 3
 EXIT_BAD_JOB = 4
 
 
-def _converter(job: dict[str, Any]) -> Any:
+def _converter(job: dict[str, Any], task: dict[str, Any]) -> Any:
+    """A converter for the task's model (a task may name its own model; else the job's)."""
     import tensorflow as tf
 
-    if job["format"] == "saved_model":
-        return tf.lite.TFLiteConverter.from_saved_model(job["model"])
+    path, fmt = task.get("model", job.get("model")), task.get("format", job.get("format"))
+    if fmt == "saved_model":
+        return tf.lite.TFLiteConverter.from_saved_model(path)
     import keras
 
-    model = keras.models.load_model(job["model"], compile=False)
+    model = keras.models.load_model(path, compile=False)
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
@@ -54,7 +56,7 @@ def _debug(job: dict[str, Any], task: dict[str, Any]) -> None:
     """Per-layer quantisation error with TF's QuantizationDebugger (facts note 9), written as JSON rows."""
     import tensorflow as tf
 
-    converter = _converter(job)
+    converter = _converter(job, task)
     _int8(converter, job, task)
     # The debugger compares float and quantised tensors layer by layer; it feeds float inputs itself.
     converter.inference_input_type = converter.inference_output_type = tf.float32
@@ -90,7 +92,7 @@ def run(job_path: str) -> int:
             if task["kind"] == "debug":
                 _debug(job, task)
                 continue
-            converter = _converter(job)
+            converter = _converter(job, task)
             if task["kind"] == "int8":
                 _int8(converter, job, task)
             Path(task["out"]).write_bytes(converter.convert())

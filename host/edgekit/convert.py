@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class ConversionResult:
 
 
 # --- the child process -----------------------------------------------------------------------------
-def _export(model: Any, workdir: Path) -> tuple[str, str]:
+def _export(model: Any, workdir: Path, stem: str = "model") -> tuple[str, str]:
     """Write ``model`` where the worker can load it with a batch of 1: (path, format)."""
     from . import zoo
 
@@ -111,10 +111,10 @@ def _export(model: Any, workdir: Path) -> tuple[str, str]:
 
         shape = [1, *[int(s) for s in model.inputs[0].shape[1:]]]
         fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(shape, tf.float32))
-        path = workdir / "model_savedmodel"
+        path = workdir / f"{stem}_savedmodel"
         tf.saved_model.save(model, str(path), signatures=fn)
         return str(path), "saved_model"
-    path = workdir / "model.keras"
+    path = workdir / f"{stem}.keras"
     zoo.with_fixed_batch(model, 1).save(path)
     return str(path), "keras"
 
@@ -197,26 +197,60 @@ def convert_int8(
     is linted; with ``strict`` (the default) float islands or wrong input/output dtypes raise
     :class:`QuantizationError` naming the operators.
     """
+    return convert_int8_many(
+        [model], representative_x, input_dtype=input_dtype, output_dtype=output_dtype, num_samples=num_samples,
+        seed=seed, strict=strict, with_float=with_float, names=[name], timeout=timeout,
+    )[0]
+
+
+def convert_int8_many(
+    models: Sequence[Any],
+    representative_x: np.ndarray,
+    *,
+    input_dtype: str = "int8",
+    output_dtype: str = "int8",
+    num_samples: int = 200,
+    seed: int = 0,
+    strict: bool = True,
+    with_float: bool = True,
+    names: Sequence[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[ConversionResult]:
+    """:func:`convert_int8` for several models in one child process (TensorFlow is imported once).
+
+    All models are calibrated on the same representative sample, so their results compare like with like
+    (e.g. before and after pruning).
+    """
     if input_dtype not in ("int8", "uint8") or output_dtype not in ("int8", "uint8"):
         raise ModelError(f"input/output dtype must be int8 or uint8, got {input_dtype}/{output_dtype}.")
+    names = list(names or [f"model {i + 1}" for i in range(len(models))])
     start = time.perf_counter()
     rep = _representative(representative_x, num_samples, seed)
+    outputs: list[tuple[bytes, bytes]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         work = Path(tmp)
-        model_path, fmt = _export(model, work)
         np.save(work / "representative.npy", rep)
-        tasks = [{"kind": "int8", "input_dtype": input_dtype, "output_dtype": output_dtype, "out": str(work / "int8.tflite")}]
-        if with_float:
-            tasks.append({"kind": "float", "out": str(work / "float.tflite")})
-        job = {"model": model_path, "format": fmt, "representative": str(work / "representative.npy"), "tasks": tasks}
-        run_worker(job, work, what=name, timeout=timeout)
-        tflite = (work / "int8.tflite").read_bytes()
-        float_tflite = (work / "float.tflite").read_bytes() if with_float else b""
-    report = lint_full_int8(tflite, input_dtype=input_dtype, output_dtype=output_dtype, strict=strict, name=f"{name} (int8)")
-    return ConversionResult(
-        tflite=tflite, float_tflite=float_tflite, lint=report, input_dtype=input_dtype, output_dtype=output_dtype,
-        representative_samples=int(len(rep)), seconds=time.perf_counter() - start,
-    )
+        tasks = []
+        for i, model in enumerate(models):
+            path, fmt = _export(model, work, stem=f"model{i}")
+            tasks.append({"kind": "int8", "model": path, "format": fmt, "input_dtype": input_dtype,
+                          "output_dtype": output_dtype, "out": str(work / f"int8_{i}.tflite")})
+            if with_float:
+                tasks.append({"kind": "float", "model": path, "format": fmt, "out": str(work / f"float_{i}.tflite")})
+        job = {"representative": str(work / "representative.npy"), "tasks": tasks}
+        run_worker(job, work, what=", ".join(names), timeout=timeout)
+        for i in range(len(models)):
+            outputs.append(((work / f"int8_{i}.tflite").read_bytes(),
+                            (work / f"float_{i}.tflite").read_bytes() if with_float else b""))
+    seconds = time.perf_counter() - start
+    results = []
+    for name, (tflite, float_tflite) in zip(names, outputs):
+        report = lint_full_int8(tflite, input_dtype=input_dtype, output_dtype=output_dtype, strict=strict, name=f"{name} (int8)")
+        results.append(ConversionResult(
+            tflite=tflite, float_tflite=float_tflite, lint=report, input_dtype=input_dtype, output_dtype=output_dtype,
+            representative_samples=int(len(rep)), seconds=seconds,
+        ))
+    return results
 
 
 def run_debugger(model: Any, representative_x: np.ndarray, *, num_samples: int = 100, seed: int = 0) -> list[dict[str, Any]]:
@@ -227,8 +261,8 @@ def run_debugger(model: Any, representative_x: np.ndarray, *, num_samples: int =
         model_path, fmt = _export(model, work)
         np.save(work / "representative.npy", rep)
         out = work / "layers.json"
-        job = {"model": model_path, "format": fmt, "representative": str(work / "representative.npy"),
-               "tasks": [{"kind": "debug", "input_dtype": "int8", "output_dtype": "int8", "out": str(out)}]}
+        job = {"representative": str(work / "representative.npy"),
+               "tasks": [{"kind": "debug", "model": model_path, "format": fmt, "input_dtype": "int8", "output_dtype": "int8", "out": str(out)}]}
         run_worker(job, work, what="the model (quantisation debugger)")
         return list(json.loads(out.read_text()))
 

@@ -185,12 +185,13 @@ def prune_model(
     before = evaluate_keras(model, test.x, test.y, num_classes=len(splits.labels)).accuracy
     after = evaluate_keras(pruned, test.x, test.y, num_classes=len(splits.labels)).accuracy
     sizes: dict[str, int | None] = dict.fromkeys(("int8_bytes_before", "int8_bytes_after", "int8_gzip_before", "int8_gzip_after"))
-    if measure_sizes:
-        from .convert import convert_int8
+    if measure_sizes:  # both models in one converter process, calibrated on the same sample
+        from .convert import convert_int8_many
 
-        for tag, m in (("before", model), ("after", pruned)):
-            tfl = convert_int8(m, splits.train.x, seed=seed, strict=False, with_float=False, name=f"{model.name} ({tag} pruning)").tflite
-            sizes[f"int8_bytes_{tag}"], sizes[f"int8_gzip_{tag}"] = len(tfl), gzip_size(tfl)
+        results = convert_int8_many([model, pruned], splits.train.x, seed=seed, strict=False, with_float=False,
+                                    names=[f"{model.name} (before pruning)", f"{model.name} (after pruning)"])
+        for tag, res in zip(("before", "after"), results):
+            sizes[f"int8_bytes_{tag}"], sizes[f"int8_gzip_{tag}"] = len(res.tflite), gzip_size(res.tflite)
     return PruneResult(
         model=pruned, target_sparsity=sparsity, layers=layers, accuracy_before=before, accuracy_after=after,
         steps=steps, end_step=end_step, frequency=frequency, seconds=time.perf_counter() - start, **sizes,

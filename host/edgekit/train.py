@@ -42,7 +42,7 @@ def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """The images plus copies shifted up, down, left and right by 1/8 of their size (zero fill).
 
     Small centred images (digits) are where a model overfits to pixel positions; shifted copies cut the
-    digits demo's test error by more than half (97.4 % → 98.9 % on seed 0) for the same number of passes.
+    digits demo's worst seed from 97.8 % to 98.9 % test accuracy for the same number of passes.
     """
     h, w = x.shape[1:3]
     dy, dx = max(1, h // 8), max(1, w // 8)
