@@ -9,6 +9,7 @@ golden samples for the device's self-test.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import time
@@ -344,7 +345,7 @@ def plan(prune: float | None, profiles: Sequence[Profile], from_model: bool) -> 
     steps.append(("save and evaluate the float model", _save_model))
     per_profile = (("convert", _convert), ("evaluate int8", _evaluate), ("check fit", _fit), ("write bundle", _bundle))
     for p in profiles:
-        steps += [(f"{label} ({p.name})", (lambda fn, prof: lambda s: fn(s, prof))(fn, p)) for label, fn in per_profile]
+        steps += [(f"{label} ({p.name})", functools.partial(fn, profile=p)) for label, fn in per_profile]
     return steps
 
 
