@@ -126,3 +126,25 @@ def test_every_pipeline_command_answers_help(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     assert "usage: edgekit " + command in capsys.readouterr().out
+
+
+def test_train_resizes_and_converts_colour_images_to_grey(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        (tmp_path / "data" / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            img = rng.integers(0, 60, (20, 24, 3)).astype(np.uint8)
+            img[5 + c * 8 : 9 + c * 8, 4:20] = colour  # a bar whose position tells the class
+            Image.fromarray(img).save(tmp_path / "data" / f"class{c}" / f"{i}.bmp")
+    model = tmp_path / "m.h5"
+    rc = main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16x12",
+               "--color", "grey", "--arch", "cnn", "--epochs", "1", "--json"])
+    assert rc == ExitStatus.OK
+    info = _json(capsys)
+    assert info["input_shape"] == [1, 12, 16, 1] and info["labels"] == ["class0", "class1"] and model.is_file()
+    from edgekit.train import load_model
+
+    assert tuple(load_model(model).inputs[0].shape) == (1, 12, 16, 1)  # .h5 round trip keeps the batch of 1
+    assert main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16by12"]) == ExitStatus.USAGE
