@@ -256,8 +256,11 @@ class HealthPolicy:
     min_latency_samples: int = 100
     max_accuracy_drop: float = 0.10  # accuracy on labelled inputs may fall this much below the old bundle's
     min_labeled: int = 10
+    # Latency right after the switch measures the update's own work (events, meta, the old window competing
+    # for the GIL and the CPU), not the new model: the p99 check starts this many seconds into the window.
+    latency_warmup_s: float = 1.0
 
-    _LIMITS = {"window_s": (0.0, 86_400.0), "min_requests": (0, 10**9), "max_error_rate": (0.0, 1.0),
+    _LIMITS = {"window_s": (0.0, 86_400.0), "min_requests": (0, 10**9), "max_error_rate": (0.0, 1.0), "latency_warmup_s": (0.0, 3600.0),
                "max_p99_ratio": (1.0, 1000.0), "p99_slack_ms": (0.0, 60_000.0), "min_latency_samples": (1, 10**9),
                "max_accuracy_drop": (0.0, 1.0), "min_labeled": (1, 10**9)}  # fmt: skip
 
@@ -324,9 +327,10 @@ class TallyRecorder(WindowRecorder):
         self.tally.append((time.monotonic(), 0, -1, True))
         super().record_error(code)
 
-    def stats(self, since: float = 0.0) -> HealthStats:
+    def stats(self, since: float = 0.0, latency_since: float = 0.0) -> HealthStats:
+        """Inferences recorded since ``since`` (monotonic); latency only from those since ``latency_since``."""
         rows = [r for r in list(self.tally) if r[0] >= since]
-        lat = sorted(r[1] for r in rows if not r[3])
+        lat = sorted(r[1] for r in rows if not r[3] and r[0] >= latency_since)
         p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] / 1e6 if lat else None
         labelled = [r[2] for r in rows if r[2] >= 0]
         return HealthStats(len(rows), sum(1 for r in rows if r[3]), p99, len(lat), len(labelled), sum(labelled))
@@ -653,7 +657,8 @@ class OtaManager:
         while True:
             now = time.monotonic()
             rec = self.agent.recorder
-            stats = rec.stats(trial.started) if isinstance(rec, TallyRecorder) else HealthStats(0, 0, None, 0, 0, 0)
+            stats = (rec.stats(trial.started, trial.started + policy.latency_warmup_s) if isinstance(rec, TallyRecorder)
+                     else HealthStats(0, 0, None, 0, 0, 0))  # fmt: skip
             early = stats.requests >= max(policy.min_requests, 20) and stats.error_rate > policy.max_error_rate
             if early or now >= end:
                 checks = judge(policy, stats, trial.baseline, trial.reference_accuracy)

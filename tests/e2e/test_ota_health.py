@@ -71,3 +71,17 @@ def test_tally_recorder_counts_what_the_agent_records():
     assert s.p99_invoke_ms == pytest.approx(1.148)  # 149th of 150 sorted invoke times
     body = rec.snapshot_and_reset()
     assert body["counts"]["ok"] == 150  # the telemetry window is unaffected
+
+
+def test_latency_right_after_the_switch_is_left_out_of_the_p99():
+    import time
+
+    rec = TallyRecorder(["a"])
+    rec.record(0, 0, 50_000_000, 0, 1.0)  # a 50 ms stall while the update publishes its events
+    cut = time.monotonic()
+    for _ in range(120):
+        rec.record(0, 0, 1_000_000, 0, 1.0)
+    assert rec.stats().p99_invoke_ms == pytest.approx(50.0)
+    late = rec.stats(0.0, latency_since=cut)
+    assert late.p99_invoke_ms == pytest.approx(1.0) and late.requests == 121 and late.latency_samples == 120
+    assert HealthPolicy.from_args({"latency_warmup_s": 0.5}).latency_warmup_s == 0.5
