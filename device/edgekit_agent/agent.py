@@ -336,6 +336,12 @@ class Agent:
             "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
         }
 
+    def _publish_meta(self) -> None:
+        try:
+            self._publish(self.topics.meta, self.meta(), retain=True)
+        except EdgekitError as exc:
+            log.error("%s: cannot queue meta: %s", self.settings.device_id, exc)
+
     def _window_loop(self) -> None:
         next_at = time.monotonic() + self.settings.window_s
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
@@ -366,12 +372,15 @@ class Agent:
         self.ota = attach_ota(self)
         self.commands.on_busy = lambda cmd: self.recorder.record_dropped() if cmd.name == "infer" else None
         if s.broker is not None:
-            self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit)
+            # meta is retained state: sent again on every (re)connect, so a broker restarted without
+            # persistence, or an outage long enough for the outbox bound to drop it, cannot lose it.
+            self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit,
+                             on_connected=self._publish_meta)  # fmt: skip
             self.link.start()
         if not s.skip_selftest:
             self._selftest()
         self.commands.start()
-        self._publish(self.topics.meta, self.meta(), retain=True)
+        self._publish_meta()
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
         self.ota.publish_pending_events()
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):

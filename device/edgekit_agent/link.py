@@ -177,6 +177,7 @@ class Link:
         boot_id: str,
         outbox: Outbox,
         on_message: Callable[[Incoming], None],
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = device_id
@@ -184,6 +185,7 @@ class Link:
         self.topics = Topics(device_id)
         self.outbox = outbox
         self._on_message = on_message
+        self._on_connected = on_connected
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._inflight: dict[int, OutboxEntry] = {}  # paho mid -> outbox entry (worker thread only)
         self.connected = threading.Event()
@@ -338,6 +340,8 @@ class Link:
             self._connects += 1
             self.connected.set()
             log.info("%s: connected to %s", self.device_id, self.settings.url)
+            if self._on_connected is not None:
+                self._on_connected()  # e.g. republish retained state a restarted broker may have lost
         elif kind == "disconnected":
             self.connected.clear()
             if not self._stopping.is_set():
@@ -371,6 +375,7 @@ class Link:
                                 self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip
                     break
                 self._inflight[info.mid] = entry
+                self.outbox.pin(entry.id)
                 self._sent += 1
         if self.outbox.depth == 0 and not self._inflight:
             self.drained.set()

@@ -79,6 +79,10 @@ class Outbox:
         self.path = Path(path)
         self.max_messages = int(max_messages)
         self._lock = threading.Lock()
+        # Rows handed to paho and not yet acknowledged: never dropped by the bound (they will arrive, and
+        # counting them as dropped would report a loss the consumer never sees). Memory only: after a
+        # restart nothing is in flight.
+        self._pinned: set[int] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # check_same_thread=False: the agent puts from its threads, the link pops from its own; _lock serialises.
@@ -132,11 +136,14 @@ class Outbox:
                         self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
                     over = self._depth + 1 - self.max_messages
                     if over > 0:
-                        # Oldest first, whatever the priority: the bound is what protects the SD card.
-                        self._db.execute(
-                            "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
-                            (over,),
-                        )
+                        # Oldest first, whatever the priority (the bound protects the SD card), except rows in
+                        # flight and the new row: with every other row in flight the bound overshoots briefly.
+                        pinned = [*sorted(self._pinned), row_id]
+                        over = self._db.execute(
+                            "DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                            f"WHERE id NOT IN ({','.join('?' * len(pinned))}) ORDER BY id LIMIT ?)",
+                            (*pinned, over),
+                        ).rowcount
                         self._db.execute(
                             "UPDATE meta SET value = ? WHERE key = 'dropped'", (str(self._dropped + over),)
                         )
@@ -165,9 +172,15 @@ class Outbox:
         out = [OutboxEntry(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7]) for r in rows if r[0] not in exclude]
         return out[:limit]
 
-    def ack(self, id: int) -> bool:  # noqa: A002
-        """Delete a delivered message by ``id``; False when it was already gone (dropped, or a duplicate ack)."""
+    def pin(self, id: int) -> None:  # noqa: A002
+        """Mark a message as handed to the broker connection: the bound will not drop it until :meth:`ack`."""
         with self._lock:
+            self._pinned.add(id)
+
+    def ack(self, id: int) -> bool:  # noqa: A002
+        """Delete a delivered (or refused) message by ``id``; False when it was already gone."""
+        with self._lock:
+            self._pinned.discard(id)
             try:
                 with self._db:
                     n = self._db.execute("DELETE FROM messages WHERE id = ?", (id,)).rowcount

@@ -93,3 +93,20 @@ def test_messages_survive_kill_9(tmp_path: Path):
         assert ob.depth == 50
         assert [d["seq"] for d in payloads(ob.head(100))] == list(range(1, 51))
     assert os.path.exists(path)
+
+
+def test_rows_in_flight_are_not_dropped_by_the_bound(tmp_path: Path):
+    with Outbox(tmp_path / "o.sqlite", max_messages=10) as ob:
+        first = [ob.put("t", {"i": i}) for i in range(10)]
+        for e in first[:3]:
+            ob.pin(e.id)  # handed to paho: they will arrive, so dropping them would report a false loss
+        for i in range(10, 14):
+            ob.put("t", {"i": i})
+        kept = [json.loads(e.payload)["i"] for e in ob.head(100)]
+        assert kept == [0, 1, 2, 7, 8, 9, 10, 11, 12, 13] and ob.dropped == 4
+        for e in first[:3]:
+            assert ob.ack(e.id)
+        assert ob.depth == 7
+        for i in range(14, 18):  # 11 rows for 10 places: the oldest unpinned one goes
+            ob.put("t", {"i": i})
+        assert [json.loads(e.payload)["i"] for e in ob.head(100)][0] == 8 and ob.dropped == 5

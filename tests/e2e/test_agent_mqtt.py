@@ -374,3 +374,32 @@ def test_bad_credentials_stop_the_agent_with_exit_status_unavailable(digits_bund
         assert "refused" in err and "not retrying" in err
     finally:
         broker.stop()
+
+
+def test_outbox_bound_during_an_outage_drops_oldest_and_reports_it(agent_factory, tmp_path):
+    broker_dir = tmp_path / "broker"
+    broker = Mosquitto(broker_dir, extra_config=f"persistence true\npersistence_location {broker_dir}/\n").start()
+    try:
+        fleet = Subscriber(broker, client_id="fleet-bound", persistent=True)  # the broker keeps our session
+        broker.stop()
+        agent = agent_factory(broker, window_s=0.1, outbox_max=10)  # starts with the broker down
+        time.sleep(2.5)  # ~25 windows (+ meta, event) into a 10-message outbox
+        assert agent.outbox is not None and agent.outbox.depth == 10
+        dropped = agent.outbox.dropped
+        assert dropped >= 10
+        broker.start()
+        assert agent.link is not None and agent.link.connected.wait(30)
+        deadline = time.monotonic() + 20
+        while agent.outbox.depth > 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        final = agent.outbox.dropped  # drained: no more drops from here on
+        fleet.wait_for(lambda m: telemetry(m) and m.doc["outbox"]["dropped"] == final, timeout=30)
+        stream = sorted({m.doc["seq"] for m in fleet.matching(lambda m: isinstance(m.doc.get("seq"), int) and not m.retain)})
+        # Oldest first: seq 1..final were dropped (the first windows, meta and the event), the rest arrived
+        # without a gap, and the count the device reported is exactly the gap a consumer sees.
+        assert stream == list(range(final + 1, stream[-1] + 1))
+        # meta (retained state) was among the dropped, and is sent again on every connect
+        fleet.wait_for(lambda m: m.topic == f"{BASE}/meta" and m.doc["seq"] > final)
+        fleet.close()
+    finally:
+        broker.stop()
