@@ -229,3 +229,22 @@ def test_kill_9_during_an_update_leaves_a_working_bundle(mosquitto, bundles, fle
     if stage == "staging":
         assert d.resumed_chunks == n // 2  # the chunks received before the kill were kept
     assert read_pointer(a.data).current.version == "2.0.0"
+
+
+def test_deploy_cli_exit_codes_and_json(mosquitto, bundles, fleet, capsys):
+    from edgekit.cli import main
+    from edgekit_agent.errors import ExitStatus
+
+    obs, agent = fleet
+    a = agent("ota-cli")
+    a.start(obs)
+    base = ["--device", a.device_id, "--broker", mosquitto.url, "--health-window", "0.5", "--json"]
+    assert main(["deploy", str(bundles["unsigned"]), *base]) == ExitStatus.BUNDLE_REJECTED
+    (dev,) = json.loads(capsys.readouterr().out)["devices"]
+    assert dev["outcome"] == "failed" and dev["error"]["code"] == "SIGNATURE_INVALID"
+    assert main(["deploy", str(bundles["v2"]), *base]) == ExitStatus.OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["devices"][0]["outcome"] == "committed"
+    assert main(["deploy", str(bundles["v2"]), "--device", "nobody-home", "--broker", mosquitto.url, "--timeout", "2", "--json"]) == ExitStatus.UNAVAILABLE
+    (dev,) = json.loads(capsys.readouterr().out)["devices"]
+    assert dev["outcome"] == "timeout" and "nobody-home" in dev["error"]["message"]
