@@ -50,9 +50,15 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ("input", ", ".join(f"{t['dtype']} {t['shape']}" for t in m["inputs"])),
             ("output", ", ".join(f"{t['dtype']} {t['shape']} ({m.get('outputs_are') or '?'})" for t in m["outputs"])),
         ]
-        for key in ("float_accuracy", "int8_accuracy", "samples", "int8_float_ratio"):
-            if key in metrics:
-                rows.append((key.replace("_", " "), str(metrics[key])))
+        if "float_accuracy" in metrics and "int8_accuracy" in metrics:
+            rows.append((
+                "accuracy",
+                f"float {100 * metrics['float_accuracy']:.2f} %, int8 {100 * metrics['int8_accuracy']:.2f} % "
+                f"on {metrics.get('samples', '?')} held-out samples" + (" (QAT)" if metrics.get("qat") else ""),
+            ))
+        sizes = metrics.get("sizes") or {}
+        if sizes.get("int8_float_ratio"):
+            rows.append(("int8 / float32", f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} B = {sizes['int8_float_ratio']:.3f}"))
         if m.get("fit"):
             rows.append(("fit", "fits" if m["fit"].get("fits") else "DOES NOT FIT"))
         if report.signed_by:
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if report.files:
         c.print(ui.table("Files (sha256 against the manifest)", ("file", "bytes", "status"), [(f.name, f.bytes if f.bytes is not None else "-", f.status) for f in report.files]))
     if report.operators:
-        c.print(ui.table("Operators (without delegates)", ("operator", "count"), report.operators))
+        c.print(ui.table("Operators", ("operator", "count"), report.operators))
     tensors = report.tensors if args.all_tensors else [t for t in report.tensors if t.role]
     if tensors:
         title = "Tensors" if args.all_tensors else "Input and output tensors (--all-tensors for all)"
