@@ -93,6 +93,8 @@ def test_exit_codes_for_bad_input(tmp_path, digits_dataset, capsys):
     assert main(["convert", str(bad_model), "--dataset", str(digits_dataset), "--profile", "raspberry-pi-4", "--out", str(out)]) == ExitStatus.BAD_INPUT
     assert "model.keras" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope"), "--dataset", str(digits_dataset)]) == ExitStatus.BUNDLE_REJECTED
+    assert main(["evaluate", str(out), "--dataset", str(digits_dataset)]) == ExitStatus.BAD_INPUT
+    assert "x.tflite" in capsys.readouterr().err
     assert main(["evaluate", str(out), "--dataset", str(digits_dataset), "--per-layer"]) == ExitStatus.USAGE
     assert not out.exists()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.errors import DatasetError, ExitStatus, UsageError
+from edgekit_agent.errors import DatasetError, ExitStatus, ModelError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
 
     if target.suffix == ".tflite":
         if not target.is_file():
-            raise UsageError(f"{target}: no such .tflite file.")
+            raise ModelError(f"{target}: no such .tflite file; give a bundle directory, its .tar.gz or a .tflite.")
         rt = Runtime(target, num_threads=1, delegate="none")
         spec = spec_for_model(rt.input_shape)
         rt.close()
