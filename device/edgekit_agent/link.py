@@ -367,15 +367,17 @@ class Link:
         free = self.settings.inflight - len(self._inflight)
         if free > 0:
             # Messages already handed to paho stay there across reconnects (paho resends them itself).
-            for entry in self.outbox.head(free, exclude={e.id for e in self._inflight.values()}):
+            batch = self.outbox.head(free, exclude={e.id for e in self._inflight.values()}, pin=True)
+            for i, entry in enumerate(batch):
                 info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
                                             properties=json_properties(entry.correlation))  # fmt: skip
                 if info.rc not in _OK_RC:
                     log.warning("%s: paho refused to queue outbox message %d (%s); will retry",
                                 self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip
+                    for rest in batch[i:]:
+                        self.outbox.unpin(rest.id)
                     break
                 self._inflight[info.mid] = entry
-                self.outbox.pin(entry.id)
                 self._sent += 1
         if self.outbox.depth == 0 and not self._inflight:
             self.drained.set()

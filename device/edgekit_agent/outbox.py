@@ -159,8 +159,12 @@ class Outbox:
             return OutboxEntry(int(row_id), seq, topic, payload, qos, retain, priority, correlation)
 
     # --- reading ---------------------------------------------------------------------------------------------
-    def head(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[OutboxEntry]:
-        """Up to ``limit`` entries to send next (highest priority, then oldest), skipping ``exclude`` ids."""
+    def head(self, limit: int, exclude: set[int] | frozenset[int] = frozenset(), *, pin: bool = False) -> list[OutboxEntry]:
+        """Up to ``limit`` entries to send next (highest priority, then oldest), skipping ``exclude`` ids.
+
+        ``pin`` pins them in the same step (see :meth:`pin`), so a concurrent :meth:`put` cannot drop a row
+        between being read here and being handed to the broker connection.
+        """
         if limit <= 0:
             return []
         with self._lock:
@@ -169,13 +173,21 @@ class Outbox:
                 "ORDER BY priority DESC, id LIMIT ?",
                 (limit + len(exclude),),
             ).fetchall()
-        out = [OutboxEntry(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7]) for r in rows if r[0] not in exclude]
-        return out[:limit]
+            out = [OutboxEntry(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7]) for r in rows if r[0] not in exclude]
+            out = out[:limit]
+            if pin:
+                self._pinned.update(e.id for e in out)
+        return out
 
     def pin(self, id: int) -> None:  # noqa: A002
         """Mark a message as handed to the broker connection: the bound will not drop it until :meth:`ack`."""
         with self._lock:
             self._pinned.add(id)
+
+    def unpin(self, id: int) -> None:  # noqa: A002
+        """A pinned message that was not handed over after all (it may be dropped again)."""
+        with self._lock:
+            self._pinned.discard(id)
 
     def ack(self, id: int) -> bool:  # noqa: A002
         """Delete a delivered (or refused) message by ``id``; False when it was already gone."""
