@@ -317,10 +317,10 @@ class CommandProcessor:
             cmd = self._queue.get()
             if cmd is None:
                 return
-            if self._closing.is_set():
-                self._answer(cmd, "canceled", error=error_body("SHUTTING_DOWN", "the agent is stopping.", True))
-            elif cmd.expires_at is not None and cmd.expires_at <= self._clock() * 1000:
+            if cmd.expires_at is not None and cmd.expires_at <= self._clock() * 1000:
                 self._answer(cmd, "expired", error=error_body("EXPIRED", "the command expired while it waited in the queue.", True))
+            elif self._closing.is_set():
+                self._answer(cmd, "canceled", error=error_body("SHUTTING_DOWN", "the agent is stopping.", True))
             else:
                 self._execute(cmd)
 

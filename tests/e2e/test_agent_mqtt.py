@@ -404,3 +404,29 @@ def test_outbox_bound_during_an_outage_drops_oldest_and_reports_it(agent_factory
         fleet.close()
     finally:
         broker.stop()
+
+
+def test_a_full_queue_answers_busy_queued_commands_expire_or_are_canceled_at_stop(mosquitto, agent_factory, tmp_path):
+    fleet = Subscriber(mosquitto)
+    agent = agent_factory(mosquitto, window_s=0.5)
+    fleet.wait_for(status("online"))
+    # A long benchmark occupies the (single) command worker.
+    fleet.command("run_benchmark", {"cmd_id": "long", "args": {"warmup_runs": 0, "num_runs": 100_000, "num_threads": 1}})
+    fleet.wait_for(lambda m: m.doc.get("cmd_id") == "long" and m.doc.get("state") == "accepted")
+    png = write_digits(tmp_path / "img", range(1790, 1791), labelled=False)[0][0]
+    image = base64.b64encode(png.read_bytes()).decode()
+    soon = int(time.time() * 1000) + 300
+    fleet.command("ping", {"cmd_id": "q-expiring", "expires_at": soon + 10**9})  # inline: answered at once
+    fleet.command("set_config", {"cmd_id": "q-expire", "args": {"drift_every": 2}, "expires_at": soon})
+    for i in range(5):
+        fleet.command("infer", {"cmd_id": f"q-infer-{i}", "args": {"image": image}})
+    busy = [fleet.final(f"q-infer-{i}") for i in range(3, 5)]  # 4 places: the expiring one + 3 infers
+    assert all(b["state"] == "rejected" and b["error"]["code"] == "BUSY" and b["error"]["retryable"] for b in busy)
+    assert fleet.final("q-expiring")["state"] == "succeeded"
+    agent.request_stop()  # the benchmark finishes; what still waits is canceled, the expired one expires
+    assert fleet.final("q-expire", timeout=60)["state"] == "expired"
+    assert {fleet.final(f"q-infer-{i}")["state"] for i in range(3)} == {"canceled"}
+    assert fleet.final("long")["state"] == "succeeded"
+    fleet.wait_for(status("offline", "shutdown"), timeout=30)  # after the last window
+    dropped = sum_windows(fleet.matching(telemetry), lambda d: d["counts"]["dropped"])
+    assert dropped == 2  # the two infers refused as BUSY never reached the model
