@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,10 +18,14 @@ from edgekit_agent.manifest import TensorSpec
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_memory_and_system_description_on_linux():
-    before = sysinfo.rss_mb()
-    block = np.ones(32 << 20, dtype=np.uint8)  # touch 32 MiB: RSS must grow by about that much
-    assert sysinfo.rss_mb() - before > 24 and sysinfo.peak_rss_mb() >= sysinfo.rss_mb()
-    del block
+    # In a fresh interpreter: inside a long test session the allocator may reuse freed pages, so RSS need not grow.
+    code = (
+        "import numpy as np; from edgekit_agent import sysinfo; before = sysinfo.rss_mb(); "
+        "block = np.ones(32 << 20, dtype=np.uint8); "
+        "print(sysinfo.rss_mb() - before, sysinfo.peak_rss_mb() >= sysinfo.rss_mb())"
+    )
+    grew, peak_ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert float(grew) > 24 and peak_ok == "True"  # touching 32 MiB shows in RSS
     info = sysinfo.system_info()
     assert info.cpu_count >= 1 and info.mem_total_mb and info.mem_total_mb > 0 and info.os
     stats = sysinfo.system_stats()
