@@ -18,11 +18,13 @@ names the file or archive member:
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -186,11 +188,19 @@ def _member_name(member: tarfile.TarInfo, archive: Path) -> str:
     return "/".join(parts)
 
 
+# What a corrupt archive raises while it is decompressed: zlib.error and LZMAError are not OSErrors
+# (found by tests/device/test_fuzz_archive.py: a flipped byte in the gzip data of a member).
+_CORRUPT = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, archive: Path) -> bytes:
-    f = tar.extractfile(member)
-    if f is None:
-        raise BundleError(f"{archive}: member '{member.name}' cannot be read.")
-    data = f.read(limit + 1)
+    try:
+        f = tar.extractfile(member)
+        if f is None:
+            raise BundleError(f"{archive}: member '{member.name}' cannot be read.")
+        data = f.read(limit + 1)
+    except _CORRUPT as exc:
+        raise BundleError(f"{archive}: member '{member.name}' is corrupt ({exc}); re-copy the bundle.") from None
     if len(data) > limit:
         raise BundleError(f"{archive}: member '{member.name}' is larger than {limit} bytes.")
     return data
@@ -214,7 +224,7 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
         tar = tarfile.open(archive, "r:*")
     except FileNotFoundError:
         raise BundleError(f"{archive}: no such bundle archive.") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except _CORRUPT as exc:
         raise BundleError(f"{archive}: not a readable tar archive ({exc}); re-copy the bundle.") from None
     with tar:
         members: list[tuple[str, tarfile.TarInfo]] = []
@@ -232,7 +242,15 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
                 if total > MAX_EXTRACTED_BYTES:
                     raise BundleError(f"{archive}: members add up to over {MAX_EXTRACTED_BYTES} bytes (at '{member.name}'); refusing.")
                 members.append((name, member))
-        except (tarfile.TarError, OSError, EOFError) as exc:
+            # tarfile stops at the end-of-archive blocks, before the gzip trailer: drain the stream (bounded)
+            # so the compressor's own checksum (gzip CRC-32, xz CRC) is verified too. Without this a flipped
+            # bit in an unsigned archive could change manifest.json unnoticed.
+            drained = 0
+            while chunk := tar.fileobj.read(1 << 20):  # type: ignore[union-attr]
+                drained += len(chunk)
+                if drained > MAX_EXTRACTED_BYTES:
+                    raise BundleError(f"{archive}: over {MAX_EXTRACTED_BYTES} bytes after the last member; refusing.")
+        except _CORRUPT as exc:
             raise BundleError(f"{archive}: the archive is corrupt ({exc}); re-copy the bundle.") from None
         files = [(n, m) for n, m in members if m.isreg()]
         tops = {n.split("/")[0] for n, _ in files if "/" in n}
@@ -269,7 +287,7 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
                 fd = os.open(target / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except _CORRUPT as exc:
             shutil.rmtree(target, ignore_errors=True)
             raise BundleError(f"{archive}: extraction failed ({exc}); re-copy the bundle.") from None
     return target

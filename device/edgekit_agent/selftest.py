@@ -97,7 +97,15 @@ def run_selftest(bundle: "Bundle", runtime: "Runtime | None" = None) -> SelfTest
                 f"{bundle.directory}: golden inputs are {inputs.dtype}{list(inputs.shape)}, the model takes "
                 f"{rt.input_dtype}{list(rt.input_shape)}; golden.npz does not belong to this model."
             )
-        got = np.stack([rt.invoke(inputs[i : i + 1])[0] for i in range(len(inputs))])
+        try:
+            got = np.stack([rt.invoke(inputs[i : i + 1])[0] for i in range(len(inputs))])
+        except (RuntimeError, ValueError) as exc:
+            # A model that loads but cannot run (e.g. "Input tensor 1 lacks data" from a corrupted buffer
+            # index; found by tests/device/test_fuzz_tflite.py) fails its self-test instead of crashing later.
+            raise SelfTestError(
+                f"{bundle.directory}: self-test failed: the interpreter cannot run the model on the golden samples ({exc}); "
+                "the model is corrupt. Re-copy or rebuild the bundle."
+            ) from None
         info = rt.info
     finally:
         if own:
