@@ -127,3 +127,29 @@ def test_qat_runs_when_forced_and_the_better_model_is_kept(digits_model, digits_
     assert res.lint.ok and res.tflite[4:8] == b"TFL3"
     d = res.to_dict()
     assert d["qat_ran"] is True and d["kept"] == res.kept and d["float_accuracy"] == res.float_accuracy
+
+
+def test_a_tf_keras_savedmodel_from_the_user_is_loaded_and_converted_with_batch_1(tmp_path, digits_splits):
+    """A user's own tf_keras model (SavedModel dir, free batch) goes through load_model and convert_int8."""
+    import tf_keras
+
+    from edgekit import zoo
+    from edgekit.convert import convert_int8
+    from edgekit.train import load_model
+
+    tf_keras.utils.set_random_seed(0)
+    user = tf_keras.Sequential([
+        tf_keras.Input((8, 8, 1)),
+        tf_keras.layers.Conv2D(8, 3, activation="relu"),
+        tf_keras.layers.Flatten(),
+        tf_keras.layers.Dense(10, activation="softmax"),
+    ])
+    user.save(tmp_path / "user_savedmodel")  # no suffix: tf_keras writes a SavedModel directory
+    model = load_model(tmp_path / "user_savedmodel")
+    assert zoo.is_tf_keras(model) and model.inputs[0].shape[0] is None
+    res = convert_int8(model, digits_splits.train.x, num_samples=20, with_float=False, name="user")
+    ops = dict(res.lint.ops)
+    assert res.lint.ok and "CONV_2D" in ops and not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
+    from edgekit_agent.runtime import Runtime
+
+    assert Runtime(res.tflite, num_threads=1).input_shape == (1, 8, 8, 1)
