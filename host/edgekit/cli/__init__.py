@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -67,10 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return int(ExitStatus.USAGE)
-    from .ui import err_console
+    from .ui import err_console, native_logs_captured
 
+    # TensorFlow reads this when it is first imported (inside a command's run): hide its INFO/WARNING lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
     try:
-        return int(args._run(args))
+        with native_logs_captured(enabled=not args.verbose):
+            return int(args._run(args))
     except EdgekitError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         return int(exc.exit_status)

@@ -97,26 +97,23 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.json:
         ui.print_json({**result.to_dict(), **({"signed_by": signed} if signed else {})})
         return status
-    rows = [
-        (
-            p.profile,
-            _pct(p.float_accuracy),
-            _pct(p.int8_accuracy),
-            f"{100 * (p.int8_accuracy - p.float_accuracy):+.2f}",  # in points: negative is a loss
-            p.samples,
-            ui.kib(p.float_tflite_bytes),
-            ui.kib(p.int8_bytes),
-            f"{p.int8_bytes / p.float_tflite_bytes:.3f}" if p.float_tflite_bytes else "-",
-            "yes" if p.qat else "no",
-            {True: "fits", False: "DOES NOT FIT", None: "not checked"}[p.fits],
-        )
-        for p in result.profiles
-    ]
+    # One column per profile, one row per figure: readable in an 80-column terminal.
+    fields = (
+        ("float accuracy", lambda p: f"{_pct(p.float_accuracy)} %"),
+        ("int8 accuracy", lambda p: f"{_pct(p.int8_accuracy)} %"),
+        ("int8 - float", lambda p: f"{100 * (p.int8_accuracy - p.float_accuracy):+.2f} points"),
+        ("held-out samples", lambda p: str(p.samples)),
+        ("float32 .tflite", lambda p: ui.kib(p.float_tflite_bytes)),
+        ("int8 .tflite", lambda p: ui.kib(p.int8_bytes)),
+        ("int8 / float32", lambda p: f"{p.int8_bytes / p.float_tflite_bytes:.3f}" if p.float_tflite_bytes else "-"),
+        ("QAT ran", lambda p: "yes" if p.qat else "no"),
+        ("fit", lambda p: {True: "fits", False: "DOES NOT FIT", None: "not checked"}[p.fits]),
+    )
     ui.console.print(
         ui.table(
             f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; Keras model: {result.model_file}",
-            ("profile", "float acc %", "int8 acc %", "int8-float %", "samples count", "float tflite", "int8 tflite", "int8/float", "QAT", "fit"),
-            rows,
+            ("", *(p.profile for p in result.profiles)),
+            [(label, *(get(p) for p in result.profiles)) for label, get in fields],
         )
     )
     ui.console.print("time per step (wall / CPU s): " + ", ".join(f"{label} {t:.1f}/{c:.1f}" for label, t, c in result.step_seconds), highlight=False, markup=False)

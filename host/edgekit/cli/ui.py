@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from rich.console import Console
@@ -46,3 +50,45 @@ def progress(transient: bool = True) -> Iterator[Progress]:
 
 def kib(n: int | float | None) -> str:
     return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+@contextmanager
+def native_logs_captured(enabled: bool = True) -> Iterator[Path | None]:
+    """Keep TensorFlow's C++ start-up chatter (CUDA probes, oneDNN and CPU-feature notices, converter logs) off
+    the terminal: file descriptor 2 goes to a temporary file while Python's own stderr (progress bars,
+    warnings, errors) keeps the terminal. TF 2.21 writes some of these lines before it reads
+    TF_CPP_MIN_LOG_LEVEL, so the variable alone cannot silence them. ``edgekit -v`` shows everything.
+
+    Only when stderr is the real process stderr (not under pytest's capture or a redirected sys.stderr).
+    """
+    if not enabled or sys.stderr is not sys.__stderr__:
+        yield None
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            yield None
+            return
+    except (AttributeError, OSError, ValueError):
+        yield None
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = tempfile.NamedTemporaryFile(prefix="edgekit-native-", suffix=".log", delete=False)
+    os.dup2(log.fileno(), 2)
+    previous = sys.stderr
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=previous.encoding, errors="backslashreplace")
+    ok = False
+    try:
+        yield Path(log.name)
+        ok = True
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        sys.stderr.close()
+        sys.stderr = previous
+        log.close()
+        if ok:
+            os.unlink(log.name)
+        else:  # an unexpected failure: keep the native log and say where it is
+            print(f"(TensorFlow's native log for this run: {log.name})", file=sys.stderr)
