@@ -4,7 +4,8 @@
 Method (loopback mosquitto started here, one real ``edgekit-agent run`` process with --trusted-keys, signed
 bundles, labelled images fed into its watch directory at --rate per second the whole time):
 
-1. cold start: from launching the agent with v1 until its ``meta`` is out (what a restart-based update costs);
+1. start: from launching the agent with v1 until its ``meta`` is out; at the end --repeat restarts (SIGTERM,
+   start again): what an update by restart costs, during which nothing is served;
 2. --repeat OTA updates alternating v2 / v1 (``edgekit.deploy.deploy``; each a real change of bundle), each
    with a health window of --window seconds: transfer time, command → active (begin sent until the commit
    answer says the new bundle serves), the device's own switch time (interpreter swap), command → committed;
@@ -13,7 +14,7 @@ bundles, labelled images fed into its watch directory at --rate per second the w
 4. inferences lost: images written vs images served (moved to .processed) vs inferences reported ok in
    telemetry, plus images that failed (.failed), over all of the above.
 
-Medians are reported with min/max; the side-by-side ratio is cold start ÷ command → active.
+Medians are reported with min/max; the side-by-side ratio is restart ÷ command → active.
 
 Usage: .venv/bin/python scripts/bench_ota.py [--bundle DIR] [--repeat 5] [--window 4] [--rate 40] [--json]
 """
@@ -108,10 +109,12 @@ def main() -> int:
                 written = feeder.written[agent.watch]
                 processed, failed = counted(agent.watch, ".processed"), counted(agent.watch, ".failed")
                 reported = served_ok(obs, agent.device_id)
-                agent.stop()
-                t = time.monotonic()
-                meta = agent.start(obs)
-                cold.append(time.monotonic() - t)
+                restarts = []
+                for _ in range(a.repeat):  # the alternative to an in-place swap: restart with the new bundle
+                    agent.stop()
+                    t = time.monotonic()
+                    meta = agent.start(obs)
+                    restarts.append(time.monotonic() - t)
                 final_version = version_of(meta)
             finally:
                 agent.stop()
@@ -124,7 +127,8 @@ def main() -> int:
         "repeat": a.repeat,
         "health_window_s": a.window,
         "feed_rate_hz": a.rate,
-        "cold_start_s": med(cold),
+        "first_start_s": med(cold),
+        "restart_s": med(restarts),
         "transfer_s": med([d.transfer_s for d in updates]),
         "command_to_active_s": med([d.activate_s for d in updates]),
         "device_switch_ms": med([d.commit["activated_ms"] for d in updates]),
@@ -140,17 +144,17 @@ def main() -> int:
         "swaps": 3 * a.repeat,  # each update switches once; each bad one switches and rolls back
         "version_after_restart": final_version,
     }
-    result["ratio_cold_start_to_command_to_active"] = round(result["cold_start_s"]["median"] / result["command_to_active_s"]["median"], 2)
+    result["ratio_restart_to_command_to_active"] = round(result["restart_s"]["median"] / result["command_to_active_s"]["median"], 2)
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"OTA on loopback mosquitto, one agent, archive {archive_bytes:,} B, {a.repeat} updates + {a.repeat} rollbacks, "
           f"health window {a.window:g} s, {a.rate:g} labelled images/s (median [min..max]):")  # fmt: skip
-    for key in ("cold_start_s", "transfer_s", "command_to_active_s", "device_switch_ms", "command_to_committed_s",
+    for key in ("first_start_s", "restart_s", "transfer_s", "command_to_active_s", "device_switch_ms", "command_to_committed_s",
                 "rollback_took_ms", "rollback_decided_after_s", "bad_deploy_total_s"):  # fmt: skip
         v = result[key]
         print(f"  {key:28s} {v['median']:>10.3f}  [{v['min']:.3f} .. {v['max']:.3f}]")
-    print(f"  cold start / command->active  {result['ratio_cold_start_to_command_to_active']:>8.2f}x")
+    print(f"  restart / command->active     {result['ratio_restart_to_command_to_active']:>8.2f}x  (and a restart serves nothing meanwhile)")
     print(f"  images written {written}, served {processed}, failed {failed}, reported ok {reported}: "
           f"{result['inferences_lost']} lost over {result['swaps']} swaps")  # fmt: skip
     return 0

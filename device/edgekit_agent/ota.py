@@ -32,18 +32,29 @@ import binascii
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import threading
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import BundleError, BusyError, EdgekitError, InputError, IntegrityError, SelfTestError, StorageError, UsageError
+from .active import (  # noqa: F401 - re-exported: the agent CLI and tests use them from here
+    PENDING_EVENTS,
+    Pointer,
+    Slot,
+    factory_id,
+    load_for,
+    ota_dir,
+    read_pointer,
+    startup_bundle,
+    write_json_atomic,
+    write_pointer,
+)
+from .errors import BusyError, EdgekitError, InputError, IntegrityError, SelfTestError, StorageError
+from .health import Check, HealthPolicy, HealthStats, TallyRecorder, judge  # noqa: F401 - re-exported
 from .limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
 from .telemetry import WindowRecorder
 
@@ -51,23 +62,14 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .bundle import Bundle
     from .commands import Command, CommandSpec
-    from .config import AgentSettings
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-OTA_DIR = "ota"
-POINTER_NAME = "active.json"
-PENDING_EVENTS = "pending-events.json"
 ACTIONS = ("begin", "chunk", "commit", "status", "abort", "rollback")
-TALLY_SIZE = 4096  # inferences remembered per bundle for health comparisons
 PAUSE_ENV = "EDGEKIT_OTA_PAUSE"
 _TRANSFER_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def ota_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / OTA_DIR
 
 
 def _pause(stage: str) -> None:
@@ -78,293 +80,6 @@ def _pause(stage: str) -> None:
         if name.strip() == stage:
             log.warning("%s=%s: pausing %s s at stage %s", PAUSE_ENV, spec, seconds, stage)
             time.sleep(float(seconds or 0))
-
-
-# --- the atomic pointer -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A bundle the pointer names: ``source`` is what :func:`load_bundle` opens (a directory or archive)."""
-
-    source: str
-    name: str = ""
-    version: str = ""
-    sha256: str = ""  # of the model
-    transfer_id: str = ""
-
-    @classmethod
-    def of(cls, bundle: "Bundle", source: str | Path | None = None, transfer_id: str = "") -> "Slot":
-        m = bundle.manifest
-        return cls(str(source or bundle.directory), m.name, m.version, m.model.sha256, transfer_id)
-
-    def label(self) -> str:
-        return f"{self.name} {self.version}".strip() or self.source
-
-
-@dataclass(frozen=True, slots=True)
-class Pointer:
-    """``active.json``: what to serve after a restart."""
-
-    current: Slot
-    previous: Slot | None = None
-    state: str = "committed"  # or "trial": a health window was running
-    since_ms: int = 0
-    transfer_id: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Pointer":
-        prev = d.get("previous")
-        return cls(Slot(**d["current"]), Slot(**prev) if prev else None, str(d.get("state", "committed")),
-                   int(d.get("since_ms", 0)), str(d.get("transfer_id", "")))  # fmt: skip
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write-fsync-rename-fsync: after a crash the file is either the old or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot write ({exc.strerror}); check the agent's data directory.") from None
-
-
-def read_pointer(data_dir: Path) -> Pointer | None:
-    """The pointer, or None when there is none (or it is unreadable: then the factory bundle is used)."""
-    path = ota_dir(data_dir) / POINTER_NAME
-    try:
-        return Pointer.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        log.error("%s is unreadable (%s); starting from the bundle on the command line", path, exc)
-        return None
-
-
-def write_pointer(data_dir: Path, pointer: Pointer) -> None:
-    write_json_atomic(ota_dir(data_dir) / POINTER_NAME, pointer.to_dict())
-
-
-def _queue_event(data_dir: Path, kind: str, **details: Any) -> None:
-    """An event decided before the agent is online (a start-up rollback): published by :class:`OtaManager`."""
-    path = ota_dir(data_dir) / PENDING_EVENTS
-    try:
-        events = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        events = []
-    events.append({"event": kind, **details})
-    write_json_atomic(path, events[-20:])
-
-
-# --- loading with the agent's signature policy -------------------------------------------------------------
-
-
-def load_for(settings: "AgentSettings", source: str | Path, workdir: Path | None = None) -> "Bundle":
-    """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed)."""
-    from .bundle import load_bundle
-
-    return load_bundle(
-        source,
-        trusted_keys=settings.trusted_keys,
-        require_signature=settings.require_signature,
-        allow_unsigned=getattr(settings, "allow_unsigned", False),
-        workdir=workdir,
-    )
-
-
-def startup_bundle(settings: "AgentSettings") -> "Bundle":
-    """The bundle to serve at start: the pointer's current one, unless a health window was cut short
-    (then the previous one), falling back to the one on the command line. Every candidate is verified."""
-    data = Path(settings.data_dir)
-    workdir = data / "bundles"
-    _clean_dir(workdir)  # extractions of earlier runs (the agent removes its own at a clean exit)
-    pointer = read_pointer(data)
-    factory = str(Path(settings.bundle).resolve()) if settings.bundle else None
-    candidates: list[tuple[Slot, str]] = []
-    if pointer is not None and pointer.state == "trial":
-        if pointer.previous is not None:
-            candidates.append((pointer.previous, "rollback"))
-        _queue_event(data, "rollback", reason="the agent restarted during the health window of "
-                     f"{pointer.current.label()}", **{"from": asdict(pointer.current)},
-                     to=asdict(pointer.previous) if pointer.previous else None, transfer_id=pointer.transfer_id)  # fmt: skip
-    elif pointer is not None:
-        candidates += [(pointer.current, "current")] + ([(pointer.previous, "previous")] if pointer.previous else [])
-    if factory:
-        candidates.append((Slot(factory), "factory"))
-    errors = []
-    for slot, why in candidates:
-        try:
-            bundle = load_for(settings, slot.source, workdir=workdir)
-        except EdgekitError as exc:
-            errors.append(f"{slot.label()}: {exc}")
-            log.error("%s: cannot serve the %s bundle %s: %s", settings.device_id, why, slot.label(), exc)
-            continue
-        if why != "current" or pointer is None:
-            # Make the pointer say what is served now (a rollback, a fallback, or the factory bundle).
-            new = Pointer(Slot.of(bundle, slot.source, slot.transfer_id), None, "committed", int(time.time() * 1000))
-            write_pointer(data, new)
-            if why in ("previous", "factory") and pointer is not None:
-                _queue_event(data, "rollback", reason=f"the {('current' if why == 'previous' else 'installed')} bundle "
-                             f"could not be loaded: {errors[-1] if errors else 'unknown'}", to=asdict(new.current))  # fmt: skip
-        return bundle
-    if not candidates:
-        raise UsageError("no bundle given: `edgekit-agent run BUNDLE ...` or bundle = \"…\" in the config.")
-    raise BundleError("no usable bundle: " + "; ".join(errors))
-
-
-def _clean_dir(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-
-
-# --- health ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HealthPolicy:
-    """What a new bundle must show during its health window (``commit``'s ``health`` argument)."""
-
-    window_s: float = 30.0
-    min_requests: int = 0  # fewer inferences than this in the window: fail ("cannot judge")
-    max_error_rate: float = 0.05
-    max_p99_ratio: float = 3.0  # new p99 invoke latency ≤ ratio × old p99 + slack
-    # Absolute slack: a sub-millisecond model's p99 is dominated by scheduler stalls on a busy device.
-    p99_slack_ms: float = 2.0
-    # Below 100 inferences a "p99" is just the slowest one (one stall fails the bundle): not judged.
-    min_latency_samples: int = 100
-    max_accuracy_drop: float = 0.10  # accuracy on labelled inputs may fall this much below the old bundle's
-    min_labeled: int = 10
-    # Latency right after the switch measures the update's own work (events, meta, the old window competing
-    # for the GIL and the CPU), not the new model: the p99 check starts this many seconds into the window.
-    latency_warmup_s: float = 1.0
-
-    _LIMITS = {"window_s": (0.0, 86_400.0), "min_requests": (0, 10**9), "max_error_rate": (0.0, 1.0), "latency_warmup_s": (0.0, 3600.0),
-               "max_p99_ratio": (1.0, 1000.0), "p99_slack_ms": (0.0, 60_000.0), "min_latency_samples": (1, 10**9),
-               "max_accuracy_drop": (0.0, 1.0), "min_labeled": (1, 10**9)}  # fmt: skip
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, Any] | None) -> "HealthPolicy":
-        """Validated from a command's ``health`` object; unknown keys and bad values are :class:`InputError`."""
-        args = dict(args or {})
-        values: dict[str, Any] = {}
-        for key, value in args.items():
-            if key not in cls._LIMITS:
-                raise InputError(f"swap_bundle: unknown health setting '{key}'; known: {', '.join(cls._LIMITS)}.")
-            lo, hi = cls._LIMITS[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-                raise InputError(f"swap_bundle: health.{key} must be a number between {lo} and {hi}, got {value!r}.")
-            values[key] = int(value) if isinstance(lo, int) and isinstance(hi, int) else float(value)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._LIMITS}
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStats:
-    """Inferences of one bundle over a period."""
-
-    requests: int
-    errors: int
-    p99_invoke_ms: float | None
-    latency_samples: int
-    labeled: int
-    correct: int
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.labeled if self.labeled else None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(error_rate=round(self.error_rate, 6), accuracy=self.accuracy)
-        return d
-
-
-class TallyRecorder(WindowRecorder):
-    """The telemetry recorder plus a rolling tally of the last inferences, for health windows.
-
-    ``record`` stays lock-free: one more tuple appended to a bounded deque.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # (monotonic time, invoke ns, correct: 1/0 or -1 unlabelled, error)
-        self.tally: deque[tuple[float, int, int, bool]] = deque(maxlen=TALLY_SIZE)
-
-    def record(self, total_ns: int, preprocess_ns: int, invoke_ns: int, predicted: int, confidence: float,
-               label: int = -1, input_mean: float = math.nan) -> None:  # fmt: skip
-        self.tally.append((time.monotonic(), invoke_ns, -1 if label < 0 else int(label == predicted), False))
-        super().record(total_ns, preprocess_ns, invoke_ns, predicted, confidence, label, input_mean)
-
-    def record_error(self, code: str) -> None:
-        self.tally.append((time.monotonic(), 0, -1, True))
-        super().record_error(code)
-
-    def stats(self, since: float = 0.0, latency_since: float = 0.0) -> HealthStats:
-        """Inferences recorded since ``since`` (monotonic); latency only from those since ``latency_since``."""
-        rows = [r for r in list(self.tally) if r[0] >= since]
-        lat = sorted(r[1] for r in rows if not r[3] and r[0] >= latency_since)
-        p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] / 1e6 if lat else None
-        labelled = [r[2] for r in rows if r[2] >= 0]
-        return HealthStats(len(rows), sum(1 for r in rows if r[3]), p99, len(lat), len(labelled), sum(labelled))
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    passed: bool
-    value: Any
-    limit: Any
-    note: str = ""
-
-
-def judge(policy: HealthPolicy, new: HealthStats, old: HealthStats, reference_accuracy: float | None) -> list[Check]:
-    """The health checks of a window (a check without enough data passes and says so)."""
-    checks = [
-        Check("requests", new.requests >= policy.min_requests, new.requests, policy.min_requests),
-        Check("error_rate", new.error_rate <= policy.max_error_rate, round(new.error_rate, 4), policy.max_error_rate),
-    ]
-    if new.latency_samples >= policy.min_latency_samples and old.p99_invoke_ms is not None and old.latency_samples >= policy.min_latency_samples:
-        limit = policy.max_p99_ratio * old.p99_invoke_ms + policy.p99_slack_ms
-        checks.append(Check("p99_invoke_ms", new.p99_invoke_ms <= limit, round(new.p99_invoke_ms, 3), round(limit, 3),  # type: ignore[operator]
-                            f"old bundle {old.p99_invoke_ms:.3f} ms"))  # fmt: skip
-    else:
-        checks.append(Check("p99_invoke_ms", True, new.p99_invoke_ms, None, "not enough inferences to compare"))
-    base = old.accuracy if old.labeled >= policy.min_labeled else reference_accuracy
-    if new.labeled >= policy.min_labeled and base is not None:
-        limit = base - policy.max_accuracy_drop
-        checks.append(Check("accuracy", new.accuracy >= limit, round(new.accuracy, 4), round(limit, 4),  # type: ignore[operator]
-                            "vs the old bundle" if old.labeled >= policy.min_labeled else "vs the manifest's int8 accuracy"))  # fmt: skip
-    else:
-        checks.append(Check("accuracy", True, new.accuracy, None, "not enough labelled inputs"))
-    return checks
 
 
 # --- transfers ----------------------------------------------------------------------------------------------
@@ -411,13 +126,22 @@ class OtaManager:
         self.store = self.root / "store"
         self._lock = threading.RLock()  # one commit / switch / rollback at a time
         self._trial: _Trial | None = None
-        self.pointer = read_pointer(self.data) or Pointer(Slot.of(agent.bundle, agent.settings.bundle and
-                                                                   Path(agent.settings.bundle).resolve()))  # fmt: skip
+        pointer = read_pointer(self.data)
+        here = Slot.of(agent.bundle, agent.settings.bundle and Path(agent.settings.bundle).resolve())
+        if pointer is None or (pointer.current.name, pointer.current.version, pointer.current.sha256) != (here.name, here.version, here.sha256):
+            # Not started through startup_bundle (library use), or the pointer is stale: what runs is the truth.
+            pointer = Pointer(here, None, "committed", int(time.time() * 1000), "", factory_id(agent.settings.bundle))
+        self.pointer = pointer
         # Telemetry plus a rolling tally, so a health window can compare with the bundle before it.
         agent.recorder_factory = TallyRecorder
         old = agent.recorder
         agent.recorder = TallyRecorder(old.labels, old.reference, bundle=old.bundle, runtime=old.runtime)
         self._prune_store()
+
+    def _point(self, current: Slot, previous: Slot | None, state: str, transfer_id: str) -> None:
+        """Write the active-bundle pointer (atomically), keeping the identity of the command-line bundle."""
+        self.pointer = Pointer(current, previous, state, int(time.time() * 1000), transfer_id, self.pointer.factory)
+        write_pointer(self.data, self.pointer)
 
     # --- wiring -----------------------------------------------------------------------------------------------
     def command_spec(self) -> "CommandSpec":
@@ -632,8 +356,7 @@ class OtaManager:
         old_slot = self.pointer.current
         new_slot = Slot.of(bundle, bundle.directory, tid)
         # The pointer first: from here a restart rolls back (state "trial"), before here the old one holds.
-        self.pointer = Pointer(new_slot, old_slot, "trial", int(time.time() * 1000), tid)
-        write_pointer(self.data, self.pointer)
+        self._point(new_slot, old_slot, "trial", tid)
         t_switch = time.monotonic()
         agent._activate(bundle, runtime)  # noqa: SLF001 - swaps under the interpreter lock: serving never stops
         agent.selftest = selftest
@@ -673,8 +396,7 @@ class OtaManager:
                 reason = "; ".join(f"{c.name} {c.value} beyond {c.limit}" for c in failed)
                 self._rollback(trial, f"health check failed: {reason}", stats, checks)
             else:
-                self.pointer = Pointer(trial.new_slot, trial.old_slot, "committed", int(time.time() * 1000), trial.transfer_id)
-                write_pointer(self.data, self.pointer)
+                self._point(trial.new_slot, trial.old_slot, "committed", trial.transfer_id)
                 trial.done.set()
                 trial.old_runtime.close()
                 self.agent.event("health_check", verdict="passed", transfer_id=trial.transfer_id, cmd_id=trial.cmd_id,
@@ -691,8 +413,7 @@ class OtaManager:
         agent._activate(trial.old_bundle, trial.old_runtime)  # noqa: SLF001
         took_ms = round((time.monotonic() - t0) * 1000, 3)
         self._report_window(new_rec)
-        self.pointer = Pointer(trial.old_slot, None, "committed", int(time.time() * 1000), trial.transfer_id)
-        write_pointer(self.data, self.pointer)
+        self._point(trial.old_slot, None, "committed", trial.transfer_id)
         trial.done.set()
         new_runtime.close()
         if checks:
@@ -741,8 +462,7 @@ class OtaManager:
             if not self.agent.settings.skip_selftest:
                 run_selftest(bundle, runtime)
             old_runtime, old_rec, current = self.agent.runtime, self.agent.recorder, self.pointer.current
-            self.pointer = Pointer(prev, current, "committed", int(time.time() * 1000), "")
-            write_pointer(self.data, self.pointer)
+            self._point(prev, current, "committed", "")
             self.agent._activate(bundle, runtime)  # noqa: SLF001
             self._report_window(old_rec)
             old_runtime.close()

@@ -18,7 +18,7 @@ from edgekit.deploy import deploy
 from edgekit.fleet import topic
 from edgekit.keys import new_keypair
 from edgekit_agent.limits import OTA_CHUNK_BYTES
-from edgekit_agent.ota import read_pointer
+from edgekit_agent.active import read_pointer
 from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of
 
 GOOD_HEALTH = {"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3}
@@ -37,6 +37,7 @@ def bundles(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     specs = {
         "v1": dict(version="1.0.0", key=key.private_path),
         "v2": dict(version="2.0.0", key=key.private_path),
+        "v3": dict(version="3.0.0", key=key.private_path),
         # Same model, labels rotated: the self-test passes (it compares raw outputs), accuracy collapses.
         "bad": dict(version="2.0.0-bad", key=key.private_path, labels=labels[1:] + labels[:1]),
         "unsigned": dict(version="2.0.0", key=None),
@@ -102,9 +103,15 @@ def test_ota_to_two_agents_commits_keeps_serving_and_survives_restart(mosquitto,
     windows = obs.all(lambda t, d: t == topic("ota-a", "telemetry/inference"))
     assert {w["bundle"]["version"] for w in windows} == {"1.0.0", "2.0.0"}
 
-    # A restart with the old bundle on the command line serves the installed one.
+    # A restart with the same bundle on the command line serves the installed one…
     a.stop()
     assert version_of(a.start(obs)) == "2.0.0"
+    # …but an operator who starts it with another bundle gets that one (the latest decision wins).
+    a.stop()
+    a.bundle = bundles["v3"]
+    assert version_of(a.start(obs)) == "3.0.0"
+    p = read_pointer(a.data)
+    assert p.current.version == "3.0.0" and p.previous is None and p.state == "committed"
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from edgekit.bundle import write_archive
 from edgekit.deploy import deploy
 from edgekit_agent.errors import ExitStatus
 from edgekit_agent.manifest import dump_manifest
-from edgekit_agent.ota import read_pointer
+from edgekit_agent.active import read_pointer
 
 DEVICES = {"dev-a": "pw-a", "dev-b": "pw-b"}
 FLEET = ("fleet", "pw-fleet")
