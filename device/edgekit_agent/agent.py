@@ -16,8 +16,6 @@ telemetry recording happens after that lock is released.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import os
@@ -32,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import __version__, sysinfo
-from .commands import Arg, Command, CommandProcessor, CommandSpec, CommandStore
+from .commands import CommandProcessor, CommandStore
 from .config import AgentSettings
-from .errors import BrokerError, EdgekitError, InputError, SelfTestError
+from .errors import EdgekitError, InputError, SelfTestError
+from .handlers import builtin_commands
+from .limits import MAX_COMMAND_BYTES
 from .link import Link, Topics
 from .outbox import Outbox
 from .preprocess import IMAGE_SUFFIXES, quantize
@@ -116,6 +116,16 @@ class Agent:
             # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
             self._hot = (interp.set_tensor, interp.invoke, interp.get_tensor, in_index, out_index)
             self.recorder = self.recorder_factory(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
+
+    def swap_runtime(self, runtime: "Runtime") -> None:
+        """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed."""
+        interp = runtime.interpreter
+        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
+               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
+        with self._rt_lock:
+            old, self.runtime, self._hot = self.runtime, runtime, hot
+            self.recorder.runtime = runtime.info.to_dict()
+        old.close()
 
     def bundle_info(self) -> dict[str, Any]:
         m = self.manifest
@@ -296,8 +306,9 @@ class Agent:
         return {"schema": schema, "device_id": self.settings.device_id, "boot_id": self.boot_id,
                 "ts": int(time.time() * 1000), "agent_version": __version__}  # fmt: skip
 
-    def _publish(self, topic: str, body: dict[str, Any], *, retain: bool = False, priority: int = 0,
-                 correlation: bytes | None = None, sequenced: bool = True) -> None:  # fmt: skip
+    def publish(self, topic: str, body: dict[str, Any], *, retain: bool = False, priority: int = 0,
+                correlation: bytes | None = None, sequenced: bool = True) -> None:  # fmt: skip
+        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`."""
         if self.outbox is None:
             return
         msg = self.envelope(body.get("schema", "edge.unknown/1"))
@@ -312,12 +323,12 @@ class Agent:
         if self.link is not None:
             outbox["refused"] = self.link.stats().refused
         body = self.recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
-        self._publish(self.topics.telemetry, body)
+        self.publish(self.topics.telemetry, body)
         return body
 
     def event(self, kind: str, **details: Any) -> None:
         """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …)."""
-        self._publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+        self.publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
 
     def meta(self) -> dict[str, Any]:
         s = self.settings
@@ -329,16 +340,19 @@ class Agent:
             "bundle": bundle,
             "bundles": [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
             "capabilities": {"commands": self.commands.names if self.commands else [], "inputs": ["watch", "infer"],
-                             "max_command_bytes": _max_command_bytes()},  # fmt: skip
+                             "max_command_bytes": MAX_COMMAND_BYTES},  # fmt: skip
             "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,
                        "watch_dir": str(s.watch_dir) if s.watch_dir else None, "processed": s.processed},  # fmt: skip
             "broker": s.broker.url if s.broker else None,
             "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
         }
 
-    def _publish_meta(self) -> None:
+    _publish = publish  # the name ota.py uses
+
+    def publish_meta(self) -> None:
+        """Queue the retained ``meta`` (never raises: a full disk is logged, serving goes on)."""
         try:
-            self._publish(self.topics.meta, self.meta(), retain=True)
+            self.publish(self.topics.meta, self.meta(), retain=True)
         except EdgekitError as exc:
             log.error("%s: cannot queue meta: %s", self.settings.device_id, exc)
 
@@ -375,12 +389,12 @@ class Agent:
             # meta is retained state: sent again on every (re)connect, so a broker restarted without
             # persistence, or an outage long enough for the outbox bound to drop it, cannot lose it.
             self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit,
-                             on_connected=self._publish_meta)  # fmt: skip
+                             on_connected=self.publish_meta)  # fmt: skip
             self.link.start()
         if not s.skip_selftest:
             self._selftest()
         self.commands.start()
-        self._publish_meta()
+        self.publish_meta()
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
         self.ota.publish_pending_events()
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
@@ -449,114 +463,7 @@ class Agent:
     # --- commands ----------------------------------------------------------------------------------------------
     def _respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
         # Responses overtake the telemetry backlog (priority) and carry their own identity (cmd_id, state).
-        self._publish(topic, body, priority=1, correlation=correlation, sequenced=False)
-
-    def cmd_ping(self, cmd: Command) -> dict[str, Any]:
-        return {"pong": True, "boot_id": self.boot_id, "uptime_s": round(time.monotonic() - self.started_mono, 3)}
-
-    def cmd_run_benchmark(self, cmd: Command) -> dict[str, Any]:
-        from .bench import run_benchmark
-
-        a = cmd.args
-        t0 = time.perf_counter_ns()
-        rt = self.bundle.open_runtime(num_threads=a["num_threads"] or self.runtime.info.num_threads)
-        init_ms = (time.perf_counter_ns() - t0) / 1e6
-        try:
-            report = run_benchmark(rt, warmup_runs=a["warmup_runs"], num_runs=a["num_runs"], init_ms=init_ms,
-                                   model_sha256=self.manifest.model.sha256,
-                                   model_name=f"{self.manifest.name} {self.manifest.version} ({self.manifest.profile_name})")  # fmt: skip
-        finally:
-            rt.close()
-        doc = report.to_dict()
-        run_id = cmd.cmd_id
-        self._publish(self.topics.bench(run_id), {**doc, "run_id": run_id, "cmd_id": cmd.cmd_id}, sequenced=False)
-        return {"run_id": run_id, "report_topic": self.topics.bench(run_id), "report": doc}
-
-    def cmd_set_config(self, cmd: Command) -> dict[str, Any]:
-        a = {k: v for k, v in cmd.args.items() if v is not None}
-        if not a:
-            raise InputError("set_config needs at least one of: window_s, num_threads, drift_every.")
-        self.settings = self.settings.with_changes(**a)
-        if "num_threads" in a and a["num_threads"] != self.runtime.info.num_threads:
-            runtime = self.bundle.open_runtime(num_threads=a["num_threads"])
-            interp = runtime.interpreter
-            hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
-                   interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
-            with self._rt_lock:
-                old, self.runtime, self._hot = self.runtime, runtime, hot
-                self.recorder.runtime = runtime.info.to_dict()
-            old.close()
-        self.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
-        self._publish(self.topics.meta, self.meta(), retain=True)
-        return {"applied": a, "config": self.meta()["config"]}
-
-    def cmd_infer(self, cmd: Command) -> dict[str, Any]:
-        a = cmd.args
-        label = self.label_index.get(a["label"], -1) if a["label"] is not None else -1
-        if a["image"] is not None:
-            try:
-                data = base64.b64decode(a["image"], validate=True)
-            except (binascii.Error, ValueError):
-                raise InputError("infer: 'image' is not valid base64.") from None
-            pred = self.serve_image(data, label=label)
-        else:
-            try:
-                x = np.asarray(a["tensor"], dtype=np.float32)
-            except (ValueError, TypeError):
-                raise InputError("infer: 'tensor' must be a nested list of numbers (H×W×C, preprocessed floats).") from None
-            if x.ndim == 4 and x.shape[0] == 1:
-                x = x[0]
-            q = self.preprocessor.from_array(x)
-            pred = self.serve_tensor(q, label=label, input_mean=float(x.mean()))
-        return pred.to_dict()
+        self.publish(topic, body, priority=1, correlation=correlation, sequenced=False)
 
 
-def _max_command_bytes() -> int:
-    from .limits import MAX_COMMAND_BYTES
-
-    return MAX_COMMAND_BYTES
-
-
-def _between(lo: float, hi: float) -> Callable[[Any], bool]:
-    return lambda v: lo <= v <= hi
-
-
-def builtin_commands(agent: Agent) -> list[CommandSpec]:
-    """The dispatch table of the built-in commands (others are added with ``agent.commands.register``)."""
-    return [
-        CommandSpec("ping", agent.cmd_ping, inline=True, doc="liveness: answers pong with boot_id and uptime"),
-        CommandSpec(
-            "run_benchmark",
-            agent.cmd_run_benchmark,
-            {
-                "warmup_runs": Arg(int, 5, check=_between(0, 10_000), expect="an integer 0-10000"),
-                "num_runs": Arg(int, 100, check=_between(1, 100_000), expect="an integer 1-100000"),
-                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
-            },
-            doc="benchmark the active model on a separate interpreter; also publishes bench/{run_id}/report",
-        ),
-        CommandSpec(
-            "set_config",
-            agent.cmd_set_config,
-            {
-                "window_s": Arg(float, None, check=_between(0.05, 86_400), expect="seconds between 0.05 and 86400"),
-                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
-                "drift_every": Arg(int, None, check=_between(1, 1_000_000), expect="an integer ≥ 1"),
-            },
-            doc="change the telemetry window, interpreter threads or drift sampling at run time",
-        ),
-        CommandSpec(
-            "infer",
-            agent.cmd_infer,
-            {
-                "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
-                "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
-                "label": Arg(str, None, check=lambda v: v in agent.label_index, expect=f"one of the labels {list(agent.labels)[:20]}"),
-            },
-            one_of=("image", "tensor"),
-            doc="request/response inference on one input",
-        ),
-    ]
-
-
-__all__ = ["Agent", "Prediction", "builtin_commands", "BrokerError"]
+__all__ = ["Agent", "Prediction", "builtin_commands"]
