@@ -198,7 +198,8 @@ class OtaManager:
 
         body = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": "progress",
                 "progress": {"stage": stage, **details}}  # fmt: skip
-        self.agent._respond(cmd.response_topic, body, cmd.correlation)  # noqa: SLF001 - the agent's answer path
+        # Straight to the response topic (priority lane, not sequenced), like the command's own answers.
+        self.agent.publish(cmd.response_topic, body, priority=1, correlation=cmd.correlation, sequenced=False)
 
     # --- begin / chunk ----------------------------------------------------------------------------------------
     def _transfer_dir(self, transfer_id: str) -> Path:
@@ -368,7 +369,7 @@ class OtaManager:
                              float(ref) if isinstance(ref, (int, float)) and 0 <= ref <= 1 else None)  # fmt: skip
         agent.event("bundle_activated", bundle=agent.bundle_info(), phase="trial", transfer_id=tid, cmd_id=cmd.cmd_id,
                     previous=asdict(old_slot), health=policy.to_dict(), selftest=selftest.to_dict() if selftest else None)  # fmt: skip
-        agent._publish(agent.topics.meta, agent.meta(), retain=True)  # noqa: SLF001
+        agent.publish_meta()
         threading.Thread(target=self._watch, args=(self._trial,), name="edgekit-ota-health", daemon=True).start()
         return activated_ms
 
@@ -422,7 +423,7 @@ class OtaManager:
         agent.event("rollback", reason=reason, transfer_id=trial.transfer_id, cmd_id=trial.cmd_id, bundle=agent.bundle_info(),
                     **{"from": failed_info}, to=asdict(trial.old_slot), took_ms=took_ms,
                     after_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
-        agent._publish(agent.topics.meta, agent.meta(), retain=True)  # noqa: SLF001
+        agent.publish_meta()
         self._prune_store()
         log.warning("%s: rolled back to %s: %s", agent.settings.device_id, trial.old_slot.label(), reason)
         return took_ms
@@ -440,7 +441,7 @@ class OtaManager:
             outbox = agent.outbox.stats().to_dict() if agent.outbox else {}
             body = recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
             if body["counts"]["requests"] or body["counts"]["dropped"]:
-                agent._publish(agent.topics.telemetry, body)  # noqa: SLF001
+                agent.publish(agent.topics.telemetry, body)
         except EdgekitError as exc:
             log.warning("%s: the last window of the replaced bundle is lost: %s", agent.settings.device_id, exc)
 
@@ -469,7 +470,7 @@ class OtaManager:
             took = round((time.monotonic() - t0) * 1000, 3)
             self.agent.event("rollback", reason=f"requested by the fleet (cmd {cmd.cmd_id})", bundle=self.agent.bundle_info(),
                              **{"from": asdict(current)}, to=asdict(prev), took_ms=took)  # fmt: skip
-            self.agent._publish(self.agent.topics.meta, self.agent.meta(), retain=True)  # noqa: SLF001
+            self.agent.publish_meta()
             return {"rolled_back_to": asdict(prev), "took_ms": took}
 
     def _status(self, cmd: "Command") -> dict[str, Any]:
