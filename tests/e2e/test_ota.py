@@ -159,10 +159,26 @@ def test_corrupt_chunk_is_refused_and_can_be_resent(mosquitto, bundles, fleet):
         assert send(i, chunks[i])["state"] == "succeeded"
     ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "commit", "transfer_id": tid}))
     assert ans["error"]["code"] == "INVALID_ARGS" and "misses chunks [0]" in ans["error"]["message"]
+    status = obs.final(a.device_id, obs.command(a.device_id, {"action": "status"}))["result"]
+    assert status["transfers"] == [{"transfer_id": tid, "chunks": len(chunks), "have": len(chunks) - 1}]
+    assert status["active"]["version"] == "1.0.0" and status["trial"] is None
     assert send(0, chunks[0])["state"] == "succeeded"
     ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "commit", "transfer_id": tid, "health": {"window_s": 0.5}}))
     assert ans["state"] == "succeeded" and ans["result"]["phase"] == "trial"
     obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "health_check" and e.get("verdict") == "passed")
+
+    # The fleet can still go back by hand: the previous bundle is kept for exactly that.
+    ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "rollback"}))
+    assert ans["state"] == "succeeded" and ans["result"]["rolled_back_to"]["version"] == "1.0.0"
+    p = read_pointer(a.data)
+    assert (p.current.version, p.previous.version, p.state) == ("1.0.0", "2.0.0", "committed")
+    ev = obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "rollback")
+    assert "requested by the fleet" in ev["reason"] and ev["bundle"]["version"] == "1.0.0"
+    # A begun transfer can be abandoned.
+    obs.final(a.device_id, obs.command(a.device_id, {"action": "begin", "transfer_id": "t-abort", "archive_bytes": 5000,
+              "archive_sha256": "0" * 64, "chunk_bytes": 4096}))  # fmt: skip
+    assert obs.final(a.device_id, obs.command(a.device_id, {"action": "abort", "transfer_id": "t-abort"}))["result"]["aborted"]
+    assert obs.final(a.device_id, obs.command(a.device_id, {"action": "status"}))["result"]["transfers"] == []
 
 
 def test_failing_health_window_rolls_back_by_itself(mosquitto, bundles, fleet):
