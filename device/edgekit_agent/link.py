@@ -47,6 +47,18 @@ LOG_PAYLOAD_CHARS = 200
 _OK_RC = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: a QoS 1 message paho keeps and sends later
 
 
+class _PahoNoise(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR on every loop pass without a socket (broker down,
+    clean stop); the link's own warnings already say that once, so these records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger(f"{__name__}.paho")
+_PAHO_LOG.addFilter(_PahoNoise())
+
+
 def cap(payload: bytes | str, limit: int = LOG_PAYLOAD_CHARS) -> str:
     """A payload shortened for a log line (a 200 KB image in a log helps nobody)."""
     text = payload.decode("utf-8", "replace") if isinstance(payload, (bytes, bytearray)) else str(payload)
@@ -218,7 +230,7 @@ class Link:
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(_PAHO_LOG)
         # The LWT's ts is when it was registered (the broker sends it later, verbatim); boot_id tells a
         # consumer which agent run it belongs to, so a late LWT of an older connection is recognised.
         client.will_set(self.topics.status, self.status_message("offline", "lwt"), qos=1, retain=True,
