@@ -166,8 +166,8 @@ def agent_factory(digits_bundle: Path, tmp_path: Path):
         t.join(30)
 
 
-def agent_process(bundle: Path, broker_url: str, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", str(bundle), "--broker", broker_url, "--device-id", DEVICE,
+def agent_process(bundle: Path, broker_url: str, data_dir: Path, *extra: str, python: str = sys.executable) -> subprocess.Popen[str]:
+    cmd = [python, "-m", "edgekit_agent.cli", "run", str(bundle), "--broker", broker_url, "--device-id", DEVICE,
            "--data-dir", str(data_dir), *extra]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -430,3 +430,30 @@ def test_a_full_queue_answers_busy_queued_commands_expire_or_are_canceled_at_sto
     fleet.wait_for(status("offline", "shutdown"), timeout=30)  # after the last window
     dropped = sum_windows(fleet.matching(telemetry), lambda d: d["counts"]["dropped"])
     assert dropped == 2  # the two infers refused as BUSY never reached the model
+
+
+LEGACY_PYTHON = Path(__file__).resolve().parents[2] / ".venv-legacy" / "bin" / "python"
+
+
+@pytest.mark.skipif(not LEGACY_PYTHON.exists(), reason="no .venv-legacy (scripts/setup-legacy.sh makes it)")
+def test_the_agent_serves_on_tflite_runtime_2_14_with_numpy_1(mosquitto, digits_bundle, tmp_path):
+    """The 32-bit Raspberry Pi environment: tflite-runtime 2.14, numpy < 2, no TensorFlow."""
+    watch = tmp_path / "watch"
+    write_digits(watch, range(1750, 1760))
+    fleet = Subscriber(mosquitto)
+    proc = agent_process(digits_bundle, mosquitto.url, tmp_path / "data", "--window", "0.5", "--watch", str(watch),
+                         python=str(LEGACY_PYTHON))  # fmt: skip
+    try:
+        fleet.wait_for(status("online"), timeout=60)
+        deadline = time.monotonic() + 30
+        while sum_windows(fleet.matching(telemetry), lambda d: d["counts"]["ok"]) < 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == ExitStatus.OK
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    windows = fleet.matching(telemetry)
+    assert sum_windows(windows, lambda d: d["counts"]["ok"]) == 10
+    assert {m.doc["runtime"]["engine"] for m in windows} == {"tflite_runtime"}
+    fleet.wait_for(status("offline", "shutdown"))
