@@ -338,7 +338,7 @@ class Agent:
             "hardware": sysinfo.system_info().to_dict(),
             "runtime": self.runtime.info.to_dict(),
             "bundle": bundle,
-            "bundles": [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
+            "bundles": self.ota.installed() if self.ota else [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
             "capabilities": {"commands": self.commands.names if self.commands else [], "inputs": ["watch", "infer"],
                              "max_command_bytes": MAX_COMMAND_BYTES},  # fmt: skip
             "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,

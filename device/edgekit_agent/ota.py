@@ -404,6 +404,7 @@ class OtaManager:
                                  bundle=self.agent.bundle_info(), stats=stats.to_dict(), baseline=trial.baseline.to_dict(),
                                  checks=[asdict(c) for c in checks], window_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
                 self._prune_store()
+                self.agent.publish_meta()  # "bundles" now says committed
 
     def _rollback(self, trial: _Trial, reason: str, stats: HealthStats | None, checks: list[Check]) -> float:
         """Back to the bundle before ``trial`` (its interpreter was kept open for this). Caller holds the lock."""
@@ -472,6 +473,14 @@ class OtaManager:
                              **{"from": asdict(current)}, to=asdict(prev), took_ms=took)  # fmt: skip
             self.agent.publish_meta()
             return {"rolled_back_to": asdict(prev), "took_ms": took}
+
+    def installed(self) -> list[dict[str, Any]]:
+        """The bundles on the device for ``meta``: the active one, and the previous one kept for rollback."""
+        active = {**self.agent.bundle_info(), "active": True, "directory": str(self.agent.bundle.directory),
+                  "state": self.pointer.state}  # fmt: skip
+        prev = self.pointer.previous
+        return [active] + ([{"name": prev.name, "version": prev.version, "sha256": prev.sha256, "active": False,
+                             "source": prev.source}] if prev else [])  # fmt: skip
 
     def _status(self, cmd: "Command") -> dict[str, Any]:
         trial = self._trial

@@ -86,6 +86,9 @@ def test_ota_to_two_agents_commits_keeps_serving_and_survives_restart(mosquitto,
     for ag in (a, b):
         p = read_pointer(ag.data)
         assert p.current.version == "2.0.0" and p.previous.version == "1.0.0" and p.state == "committed"
+        meta = obs.all(lambda t, d, ag=ag: t == topic(ag.device_id, "meta"))[-1]
+        assert [(x["version"], x["active"]) for x in meta["bundles"]] == [("2.0.0", True), ("1.0.0", False)]
+        assert meta["bundles"][0]["state"] == "committed"
         activated = obs.wait(lambda t, d, ag=ag: t == topic(ag.device_id, "events") and d.get("event") == "bundle_activated"
                              and d.get("phase") == "trial")  # fmt: skip
         assert activated["bundle"]["version"] == "2.0.0" and activated["bundle"]["signed_by"]
