@@ -344,6 +344,8 @@ class Agent:
             "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,
                        "watch_dir": str(s.watch_dir) if s.watch_dir else None, "processed": s.processed},  # fmt: skip
             "broker": s.broker.url if s.broker else None,
+            # "5" or "3.1.1" as negotiated (auto may fall back); None until connected (every connect republishes meta).
+            "mqtt_version": self.link.mqtt_version if self.link and self.link.connected.is_set() else None,
             "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
         }
 

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the broker's certificate")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
+    parser.add_argument("--mqtt-version", choices=("auto", "5", "3.1.1"),
+                        help="MQTT protocol (default auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5)")
     parser.add_argument("--data-dir", type=Path, metavar="DIR", help="outbox and command store (default ~/.local/state/edgekit-agent/ID)")
     parser.add_argument("--skip-selftest", help="serve even if the golden-sample self-test was not run", **on)
     parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
@@ -63,6 +65,7 @@ def _settings(args: argparse.Namespace) -> Any:
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        mqtt_version=args.mqtt_version,
         data_dir=args.data_dir,
         skip_selftest=args.skip_selftest,
         trusted_keys=args.trusted_keys,

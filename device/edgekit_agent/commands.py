@@ -3,7 +3,9 @@
 A request is ``{"cmd_id": str, "name": str, "args": {...}, "expires_at": ms-since-epoch | null,
 "requester": str}`` (``name`` may be omitted: the topic names the command). The answer goes to the
 request's MQTT 5 ResponseTopic, or ``res/{requester}`` (default requester ``fleet``), with its
-CorrelationData echoed. Every request gets ``accepted`` or ``rejected`` at once; an accepted one then
+CorrelationData echoed. On MQTT 3.1.1 (no properties) the same fields travel in the payload:
+``"response_topic"`` and ``"correlation_data"`` (a string, echoed in every answer's payload); the MQTT 5
+properties win when both are given, so one code path serves both protocols. Every request gets ``accepted`` or ``rejected`` at once; an accepted one then
 gets exactly one of ``succeeded`` / ``failed`` / ``expired`` / ``canceled``.
 
 - ``cmd_id`` runs at most once: its answers are stored (bounded, on disk, so a restart keeps them) and a
@@ -40,6 +42,9 @@ DEFAULT_REQUESTER = "fleet"
 MAX_STORED_ANSWERS = 1000
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 _REQUESTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A topic name to answer on: no wildcards, no NUL, bounded (paho and brokers refuse the rest anyway).
+_TOPIC = re.compile(r"^[^+#\x00]{1,256}$")
+MAX_CORRELATION_CHARS = 256
 
 # Typed errors -> response error codes (first match wins; subclasses before their bases).
 ERROR_CODES: list[tuple[type[BaseException], str, bool]] = [
@@ -122,6 +127,7 @@ class Command:
     requester: str
     response_topic: str
     correlation: bytes | None
+    correlation_data: str | None = None  # from the payload (MQTT 3.1.1): echoed in every answer's payload
 
 
 class CommandStore:
@@ -223,36 +229,44 @@ class CommandProcessor:
         topic = msg.response_topic or f"{self.base}/res/{DEFAULT_REQUESTER}"
         cmd_id: str | None = None
         name: str | None = None
+        corr_text: str | None = None
+        correlation = msg.correlation
         try:
             name = self._name_from_topic(msg.topic)
             doc = loads_bounded(msg.payload, what=f"command on {msg.topic}", max_bytes=MAX_COMMAND_BYTES)
             if not isinstance(doc, dict):
                 raise Rejected("INVALID_PAYLOAD", "a command must be a JSON object with cmd_id, args, expires_at.")
             cmd_id = doc.get("cmd_id")
+            # Where to answer first, so that even a rejection reaches the requester (3.1.1: from the payload).
+            corr_text, payload_topic = self._reply_fields(doc)
+            if correlation is None and corr_text is not None:
+                correlation = corr_text.encode("utf-8")  # MQTT 5 answers then carry the property too
             requester = doc.get("requester", DEFAULT_REQUESTER)
             if not isinstance(requester, str) or not _REQUESTER.match(requester):
                 raise Rejected("INVALID_PAYLOAD", "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")
             if not msg.response_topic:
-                topic = f"{self.base}/res/{requester}"
+                topic = payload_topic or f"{self.base}/res/{requester}"
             if not isinstance(cmd_id, str) or not _ID.match(cmd_id):
                 cmd_id = None
                 raise Rejected("INVALID_PAYLOAD", "cmd_id must be a string of 1-128 characters A-Z a-z 0-9 _ . : @ -")
             stored = self.store.get(cmd_id)
             if stored is not None:  # at most once: the same answer again, marked as such
                 stored["duplicate"] = True
-                self._send(topic, stored, msg.correlation)
+                if corr_text is not None:
+                    stored["correlation_data"] = corr_text
+                self._send(topic, stored, correlation)
                 return
-            cmd = self._validate(doc, name, cmd_id, requester, topic, msg.correlation)
+            cmd = self._validate(doc, name, cmd_id, requester, topic, correlation, corr_text)
             spec = self._specs[cmd.name]
         except Rejected as rej:
-            self._answer_rejected(topic, cmd_id, name, rej.body, msg)
+            self._answer_rejected(topic, cmd_id, name, rej.body, msg, correlation, corr_text)
             return
         except E.EdgekitError as exc:  # loads_bounded's InputError: too big, not UTF-8, not JSON, too deep
-            self._answer_rejected(topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg)
+            self._answer_rejected(topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg, correlation, corr_text)
             return
         except Exception as exc:  # noqa: BLE001 - malformed input must never kill the agent
             log.exception("%s: unexpected error parsing %s", self.device_id, msg.topic)
-            self._answer_rejected(topic, cmd_id, name, error_for(exc), msg)
+            self._answer_rejected(topic, cmd_id, name, error_for(exc), msg, correlation, corr_text)
             return
         if spec.inline:
             self._answer(cmd, "accepted")
@@ -266,6 +280,16 @@ class CommandProcessor:
                 self.on_busy(cmd)
             self._answer(cmd, "rejected", error=error_body("BUSY", f"{self.device_id} is busy with other commands; retry later.", True))
 
+    @staticmethod
+    def _reply_fields(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """``(correlation_data, response_topic)`` from the payload (the MQTT 3.1.1 way), validated."""
+        corr, topic = doc.get("correlation_data"), doc.get("response_topic")
+        if corr is not None and (not isinstance(corr, str) or not 0 < len(corr) <= MAX_CORRELATION_CHARS):
+            raise Rejected("INVALID_PAYLOAD", f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters.")
+        if topic is not None and (not isinstance(topic, str) or not _TOPIC.match(topic)):
+            raise Rejected("INVALID_PAYLOAD", "response_topic must be an MQTT topic name of 1-256 characters without + or #.")
+        return corr, topic
+
     def _name_from_topic(self, topic: str) -> str:
         prefix = f"{self.base}/cmd/"
         if not topic.startswith(prefix) or "/" in topic[len(prefix) :]:
@@ -273,13 +297,15 @@ class CommandProcessor:
         return topic[len(prefix) :]
 
     def _validate(
-        self, doc: Mapping[str, Any], name: str, cmd_id: str, requester: str, topic: str, correlation: bytes | None
+        self, doc: Mapping[str, Any], name: str, cmd_id: str, requester: str, topic: str, correlation: bytes | None,
+        corr_text: str | None = None,
     ) -> Command:
         if "name" in doc and doc["name"] != name:
             raise Rejected("INVALID_PAYLOAD", f"the payload names command '{doc['name']}' but was sent to cmd/{name}.")
-        unknown_top = set(doc) - {"cmd_id", "name", "args", "expires_at", "requester"}
+        unknown_top = set(doc) - {"cmd_id", "name", "args", "expires_at", "requester", "response_topic", "correlation_data"}
         if unknown_top:
-            raise Rejected("INVALID_PAYLOAD", f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, expires_at, requester.")
+            raise Rejected("INVALID_PAYLOAD", f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, "
+                           "expires_at, requester, response_topic, correlation_data.")  # fmt: skip
         spec = self._specs.get(name)
         if spec is None:
             hint = difflib.get_close_matches(name, self._specs, n=1)
@@ -309,7 +335,8 @@ class CommandProcessor:
                 args[key] = arg.default
         if spec.one_of and sum(args.get(k) is not None for k in spec.one_of) != 1:
             raise Rejected("INVALID_ARGS", f"'{name}' needs exactly one of: {', '.join(spec.one_of)}.")
-        return Command(cmd_id, name, args, float(expires_at) if expires_at is not None else None, requester, topic, correlation)
+        return Command(cmd_id, name, args, float(expires_at) if expires_at is not None else None, requester, topic, correlation,
+                       corr_text)  # fmt: skip
 
     # --- running ------------------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -343,21 +370,26 @@ class CommandProcessor:
             body["result"] = result
         if error is not None:
             body["error"] = error
+        if cmd.correlation_data is not None:
+            body["correlation_data"] = cmd.correlation_data
         try:
             self.store.put(cmd.cmd_id, body)
         except E.StorageError as exc:  # answering matters more than remembering
             log.error("%s", exc)
         self._send(cmd.response_topic, body, cmd.correlation)
 
-    def _answer_rejected(self, topic: str, cmd_id: str | None, name: str | None, err: dict[str, Any], msg: Incoming) -> None:
+    def _answer_rejected(self, topic: str, cmd_id: str | None, name: str | None, err: dict[str, Any], msg: Incoming,
+                         correlation: bytes | None = None, corr_text: str | None = None) -> None:  # fmt: skip
         log.warning("%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err["message"], cap(msg.payload))
         body = {"schema": SCHEMA, "cmd_id": cmd_id, "name": name, "state": "rejected", "error": err}
+        if corr_text is not None:
+            body["correlation_data"] = corr_text
         if cmd_id is not None and err["code"] not in ("INVALID_PAYLOAD",):
             try:
                 self.store.put(cmd_id, body)
             except E.StorageError as exc:
                 log.error("%s", exc)
-        self._send(topic, body, msg.correlation)
+        self._send(topic, body, correlation if correlation is not None else msg.correlation)
 
     def _send(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
         try:

@@ -18,6 +18,7 @@ An ``agent.toml``::
     reconnect_min_s = 1
     reconnect_max_s = 30
     inflight = 8
+    mqtt_version = "auto"                 # auto (MQTT 5, else 3.1.1 when the broker refuses 5), "5" or "3.1.1"
 
     [watch]
     dir = "/srv/camera"
@@ -54,7 +55,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
          "allow_unsigned": (bool,)},
     "broker": {"url": (str,), "username": (str,), "password": (str,), "tls_ca": (str,), "tls_cert": (str,),
                "tls_key": (str,), "keepalive": (int,), "reconnect_min_s": (int,), "reconnect_max_s": (int,),
-               "inflight": (int,), "session_expiry_s": (int,)},
+               "inflight": (int,), "session_expiry_s": (int,), "mqtt_version": (str,)},
     "watch": {"dir": (str,), "processed": (str,), "poll_s": (int, float)},
     "outbox": {"max_messages": (int,)},
 }  # fmt: skip
@@ -161,7 +162,7 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
 
     Flag names: ``bundle, device_id, data_dir, window_s, num_threads, skip_selftest, trusted_keys,
     require_signature, drift_every, broker (URL), username, password, tls_ca, tls_cert, tls_key,
-    keepalive, reconnect_min_s, reconnect_max_s, inflight, watch (dir), processed, poll_s, outbox_max``.
+    keepalive, reconnect_min_s, reconnect_max_s, inflight, mqtt_version, watch (dir), processed, poll_s, outbox_max``.
     """
     doc = read_config(config) if config else {}
     where = str(config) if config else "command line"
@@ -183,6 +184,7 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
             "tls_ca": pick("tls_ca", bro.get("tls_ca")),
             "tls_cert": pick("tls_cert", bro.get("tls_cert")),
             "tls_key": pick("tls_key", bro.get("tls_key")),
+            "mqtt_version": pick("mqtt_version", bro.get("mqtt_version")) or "auto",
         }
         numbers = {k: pick(k, bro.get(k)) for k in ("keepalive", "reconnect_min_s", "reconnect_max_s", "inflight", "session_expiry_s")}
         for key, value in numbers.items():

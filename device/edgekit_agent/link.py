@@ -13,6 +13,14 @@
   is removed: retrying a refused message forever would block the outbox.
 - Bad credentials (CONNACK 0x86/0x87, or 0x04/0x05 from an MQTT 3 broker) stop reconnecting:
   :attr:`Link.fatal` holds the :class:`BrokerError` and :attr:`Link.failed` is set.
+- ``mqtt_version`` ``auto`` (default) connects with MQTT 5 and, when the broker refuses that protocol
+  (CONNACK 0x84 "unsupported protocol version", or return code 1 from a 3.1.1 broker; amqtt does this),
+  reconnects once with MQTT 3.1.1 and logs it once. amqtt 0.12 answers a bare MQTT 5 CONNECT with 0x84 but
+  chokes on one carrying a will or properties (as ours does) and never sends a CONNACK: so in auto mode a
+  socket that got no CONNACK within :data:`CONNACK_TIMEOUT_S` also means "speak 3.1.1" (a real MQTT 5
+  broker answers in milliseconds; a slow one merely gets 3.1.1, which serves the same contract). On 3.1.1 there are no properties: commands carry
+  ``response_topic``/``correlation_data`` in their JSON payload (see :mod:`edgekit_agent.commands`), the
+  persistent session is ``clean_session=False``. ``5`` or ``3.1.1`` pin the protocol.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ STATUS_SCHEMA = "edge.status/1"
 BAD_CREDENTIALS = {0x04: "bad user name or password (MQTT 3)", 0x05: "not authorised (MQTT 3)",
                    0x86: "bad user name or password", 0x87: "not authorised", 0x8C: "bad authentication method"}  # fmt: skip
 LOG_PAYLOAD_CHARS = 200
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
+# CONNACK codes for "I do not speak this protocol version": 0x84 (MQTT 5 reason code) or 1 (3.1.1 return code).
+_UNSUPPORTED_PROTOCOL = {0x84, 0x01}
+CONNACK_TIMEOUT_S = 5.0
 _OK_RC = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: a QoS 1 message paho keeps and sends later
 
 
@@ -126,6 +138,11 @@ class BrokerSettings:
     reconnect_max_s: int = 30
     inflight: int = 8
     session_expiry_s: int = 3600
+    mqtt_version: str = "auto"  # auto (5, falling back to 3.1.1 when refused), 5 or 3.1.1
+
+    def __post_init__(self) -> None:
+        if self.mqtt_version not in MQTT_VERSIONS:
+            raise UsageError(f"broker.mqtt_version '{self.mqtt_version}' must be one of {', '.join(MQTT_VERSIONS)}.")
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "BrokerSettings":
@@ -171,7 +188,10 @@ class LinkStats:
     refused: int
 
 
-def json_properties(correlation: bytes | None = None) -> Properties:
+def json_properties(correlation: bytes | None = None, *, mqtt5: bool = True) -> Properties | None:
+    """PUBLISH properties (content type, echoed correlation); None on an MQTT 3.1.1 connection."""
+    if not mqtt5:
+        return None
     props = Properties(PacketTypes.PUBLISH)
     props.ContentType = CONTENT_TYPE
     if correlation is not None:
@@ -207,7 +227,15 @@ class Link:
         self._stopping = threading.Event()
         self._connects = self._sent = self._acked = self._refused = 0
         self._worker = threading.Thread(target=self._work, name="edgekit-link", daemon=True)
+        # auto starts with MQTT 5 (the contract's protocol) and falls back once; read by paho's thread too.
+        self.mqtt5 = settings.mqtt_version != "3.1.1"
+        self._connack_wait: float | None = None  # monotonic time of the first socket still without a CONNACK
         self._client = self._make_client()
+
+    @property
+    def mqtt_version(self) -> str:
+        """The protocol in use (or being tried): ``"5"`` or ``"3.1.1"``."""
+        return "5" if self.mqtt5 else "3.1.1"
 
     # --- set-up ----------------------------------------------------------------------------------------------
     def status_message(self, state: str, reason: str) -> bytes:
@@ -227,14 +255,15 @@ class Link:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5, reconnect_on_failure=True
-        )
+        version: dict[str, Any] = {"protocol": mqtt.MQTTv5}
+        if not self.mqtt5:  # a persistent session, as SessionExpiryInterval gives on MQTT 5
+            version = {"protocol": mqtt.MQTTv311, "clean_session": s.session_expiry_s == 0}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, reconnect_on_failure=True, **version)
         client.enable_logger(_PAHO_LOG)
         # The LWT's ts is when it was registered (the broker sends it later, verbatim); boot_id tells a
         # consumer which agent run it belongs to, so a late LWT of an older connection is recognised.
         client.will_set(self.topics.status, self.status_message("offline", "lwt"), qos=1, retain=True,
-                        properties=json_properties())  # fmt: skip
+                        properties=json_properties(mqtt5=self.mqtt5))  # fmt: skip
         if s.username:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -252,37 +281,62 @@ class Link:
         client.on_publish = self._cb_publish
         client.on_message = self._cb_message
         client.on_subscribe = self._cb_subscribe
+        client.on_socket_open = self._cb_socket_open
         return client
 
     def start(self) -> None:
         """Begin connecting in the background (returns at once; the broker may be down)."""
+        self._connect()
+        self._worker.start()
+
+    def _connect(self) -> None:
         s = self.settings
-        props = Properties(PacketTypes.CONNECT)
-        # A session that outlives short outages: commands sent meanwhile are delivered after reconnect.
-        props.SessionExpiryInterval = s.session_expiry_s
         try:
-            self._client.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
+            if self.mqtt5:
+                props = Properties(PacketTypes.CONNECT)
+                # A session that outlives short outages: commands sent meanwhile are delivered after reconnect.
+                props.SessionExpiryInterval = s.session_expiry_s
+                self._client.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
+            else:
+                self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot start connecting to {s.url}: {exc}.") from None
         check_rc(self._client.loop_start(), f"starting the MQTT loop for {s.url}")
-        self._worker.start()
+
+    def _fall_back_to_311(self, why: str) -> None:
+        """Worker thread: the broker refused MQTT 5 (auto mode): a new paho client speaking 3.1.1."""
+        old = self._client
+        old.disconnect()  # ends paho's reconnect loop (again, if the CONNACK callback did already)
+        old.loop_stop()
+        self.mqtt5 = False
+        self._connack_wait = None
+        self._inflight.clear()  # never connected: nothing was handed to the old client's window
+        log.warning("%s: %s %s; using MQTT 3.1.1 (request/response fields travel in the JSON payload)",
+                    self.device_id, self.settings.url, why)  # fmt: skip
+        self._client = self._make_client()
+        self._connect()
 
     # --- paho callbacks: never block, never take application locks ---------------------------------------------
     def _cb_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
         if rc.is_failure:
             code = int(rc.value)
-            if code in BAD_CREDENTIALS:
-                client.disconnect()  # ends paho's reconnect loop; the worker records why
-            self._events.put(("refused", code, str(rc)))
+            downgrade = code in _UNSUPPORTED_PROTOCOL and self.mqtt5 and self.settings.mqtt_version == "auto"
+            if code in BAD_CREDENTIALS or downgrade or (code in _UNSUPPORTED_PROTOCOL and self.settings.mqtt_version != "auto"):
+                client.disconnect()  # ends paho's reconnect loop; the worker records why (or reconnects with 3.1.1)
+            self._events.put(("downgrade",) if downgrade else ("refused", code, str(rc)))
             return
         # Birth first, before paho resends anything it kept and before the worker feeds the window.
         client.publish(self.topics.status, self.status_message("online", "connected"), qos=1, retain=True,
-                       properties=json_properties())  # fmt: skip
+                       properties=json_properties(mqtt5=self.mqtt5))  # fmt: skip
         client.subscribe(self.topics.commands, qos=1)
         self._events.put(("connected",))
 
-    def _cb_disconnect(self, _c: Any, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
-        self._events.put(("disconnected", str(rc)))
+    def _cb_socket_open(self, _c: Any, _u: Any, _sock: Any) -> None:
+        self._events.put(("socket_open", time.monotonic()))
+
+    def _cb_disconnect(self, client: Any, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
+        if client is self._client:  # not the MQTT 5 client retired by a fall-back to 3.1.1
+            self._events.put(("disconnected", str(rc)))
 
     def _cb_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _props: Any) -> None:
         self._events.put(("puback", mid, int(rc.value)))
@@ -326,6 +380,10 @@ class Link:
                 pass
             except Exception:  # noqa: BLE001 - the link must outlive one bad event; the log says what it was
                 log.exception("%s: MQTT link worker error on %s", self.device_id, event[0])
+            waited = self._connack_wait
+            if waited is not None and self.mqtt5 and self.settings.mqtt_version == "auto" \
+                    and time.monotonic() - waited > CONNACK_TIMEOUT_S:  # fmt: skip
+                self._fall_back_to_311(f"sent no CONNACK to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:g} s")
             try:
                 self._pump()
             except Exception:  # noqa: BLE001
@@ -334,7 +392,12 @@ class Link:
 
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
-        if kind == "puback":
+        if kind in ("connected", "refused", "downgrade"):
+            self._connack_wait = None  # a CONNACK came (success or not)
+        if kind == "socket_open":
+            if self._connack_wait is None:
+                self._connack_wait = event[1]
+        elif kind == "puback":
             _, mid, code = event
             entry = self._inflight.pop(mid, None)
             if entry is None:
@@ -358,9 +421,18 @@ class Link:
             self.connected.clear()
             if not self._stopping.is_set():
                 log.warning("%s: disconnected from %s (%s); reconnecting", self.device_id, self.settings.url, event[1])
+        elif kind == "downgrade":
+            self._fall_back_to_311("refuses MQTT 5 (CONNACK: unsupported protocol version)")
         elif kind == "refused":
             _, code, text = event
-            if code in BAD_CREDENTIALS:
+            if code in _UNSUPPORTED_PROTOCOL and self.settings.mqtt_version != "auto":
+                self.fatal = BrokerError(
+                    f"{self.settings.url} refused device '{self.device_id}': it does not speak MQTT {self.mqtt_version} "
+                    f"(CONNACK 0x{code:02X}). Use --mqtt-version auto (or the version the broker speaks); not retrying."
+                )
+                log.error("%s", self.fatal)
+                self.failed.set()
+            elif code in BAD_CREDENTIALS:
                 self.fatal = BrokerError(
                     f"{self.settings.url} refused device '{self.device_id}': {BAD_CREDENTIALS[code]} (CONNACK 0x{code:02X}). "
                     "Check --username/--password (or the client certificate) and the broker's ACL; not retrying."
@@ -382,7 +454,7 @@ class Link:
             batch = self.outbox.head(free, exclude={e.id for e in self._inflight.values()}, pin=True)
             for i, entry in enumerate(batch):
                 info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
-                                            properties=json_properties(entry.correlation))  # fmt: skip
+                                            properties=json_properties(entry.correlation, mqtt5=self.mqtt5))  # fmt: skip
                 if info.rc not in _OK_RC:
                     log.warning("%s: paho refused to queue outbox message %d (%s); will retry",
                                 self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip
@@ -399,7 +471,7 @@ class Link:
     # --- direct publishing and shutdown ------------------------------------------------------------------------
     def publish_direct(self, topic: str, payload: bytes, *, retain: bool = False, wait_s: float = 0.0) -> bool:
         """Publish outside the outbox (status only); with ``wait_s`` wait for the PUBACK. True if acknowledged."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=json_properties())
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=json_properties(mqtt5=self.mqtt5))
         check_rc(info.rc, f"publishing to {topic}")
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

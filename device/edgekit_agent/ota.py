@@ -198,6 +198,8 @@ class OtaManager:
 
         body = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": "progress",
                 "progress": {"stage": stage, **details}}  # fmt: skip
+        if cmd.correlation_data is not None:  # MQTT 3.1.1 requesters match answers by the payload's copy
+            body["correlation_data"] = cmd.correlation_data
         # Straight to the response topic (priority lane, not sequenced), like the command's own answers.
         self.agent.publish(cmd.response_topic, body, priority=1, correlation=cmd.correlation, sequenced=False)
 

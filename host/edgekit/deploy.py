@@ -122,8 +122,11 @@ class _Session:
         cmd_id = f"ota-{uuid.uuid4().hex[:20]}"
         expires = int((time.time() + self.timeout) * 1000)
         body = {"cmd_id": cmd_id, "name": "swap_bundle", "args": dict(args), "expires_at": expires, "requester": self.requester}
+        res_topic = topic(device_id, "res", self.requester)
+        if not self.link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
+            body.update(response_topic=res_topic, correlation_data=cmd_id)
         self.link.publish(topic(device_id, "cmd", "swap_bundle"), json.dumps(body, separators=(",", ":")), qos=1,
-                          response_topic=topic(device_id, "res", self.requester), correlation_data=cmd_id.encode(),
+                          response_topic=res_topic, correlation_data=cmd_id.encode(),
                           expiry_s=max(1, int(self.timeout)))  # fmt: skip
         return cmd_id
 
@@ -158,7 +161,8 @@ class _Worker:
                     self.stages.append(stage)
                     self._report(stage)
                 elif state in FINAL:
-                    self.answers[str(doc.get("cmd_id"))] = doc
+                    # correlation_data (= our cmd_id) is the payload's copy on MQTT 3.1.1; cmd_id for older agents
+                    self.answers[str(doc.get("correlation_data") or doc.get("cmd_id"))] = doc
             elif kind == "event" and doc.get("transfer_id") == self.transfer_id:
                 self.events.append(doc)
             try:

@@ -3,8 +3,10 @@
 The request goes to ``edge/v1/{device}/cmd/run_benchmark`` with ResponseTopic
 ``edge/v1/{device}/res/{requester}`` and CorrelationData = the cmd_id; the device answers ``accepted``
 (or ``rejected``) at once and later ``succeeded`` with the report (or ``failed``/``expired``/``canceled``).
-The payload also names the ``requester``, so on an MQTT 3.1.1 broker (no properties) the device still
-answers on ``res/{requester}`` and the answer is matched by ``cmd_id``.
+The payload also names the ``requester``; on an MQTT 3.1.1 link (a broker such as amqtt that refuses MQTT 5)
+it carries ``response_topic`` and ``correlation_data`` too, since 3.1.1 has no properties: the device answers
+on that topic and echoes ``correlation_data`` in the answer's payload. Answers are matched by the MQTT 5
+CorrelationData property, else by the payload's ``correlation_data``, else by ``cmd_id``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def _report_from(result: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(inner) if isinstance(inner, Mapping) else None
 
 
+def _answer_correlation(m: Any, doc: Mapping[str, Any]) -> Any:
+    """Which request an answer belongs to: the MQTT 5 CorrelationData property, else the payload's
+    ``correlation_data`` (MQTT 3.1.1), else its ``cmd_id`` (older agents)."""
+    if m.correlation_data is not None:
+        return m.correlation_data.decode("utf-8", "replace")
+    return doc.get("correlation_data", doc.get("cmd_id"))
+
+
 def request_benchmark(
     broker: str,
     device_id: str,
@@ -98,6 +108,8 @@ def request_benchmark(
         args["num_threads"] = int(num_threads)
     now_ms = int(time.time() * 1000)
     request = {"cmd_id": cmd_id, "name": "run_benchmark", "args": args, "expires_at": now_ms + int(timeout * 1000), "requester": requester}
+    if not link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
+        request.update(response_topic=res_topic, correlation_data=cmd_id)
     states: list[str] = []
     report: dict[str, Any] | None = None
     run_id: str | None = None
@@ -121,7 +133,7 @@ def request_benchmark(
                     continue
                 if not isinstance(doc, dict):
                     continue
-                if m.topic == res_topic and doc.get("cmd_id") == cmd_id:
+                if m.topic == res_topic and _answer_correlation(m, doc) == cmd_id:
                     state = str(doc.get("state"))
                     states.append(state)
                     if on_state:

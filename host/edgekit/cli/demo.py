@@ -4,7 +4,8 @@ view -> a remote benchmark -> where everything went. It stops everything it star
 
 Outputs go to --workdir (default demo-out/); a second run reuses the bundles there (--rebuild to retrain).
 --short is the CI mode (1 training epoch, a few seconds of watching). --broker URL uses your broker
-instead of starting one.
+instead of starting one. The development broker is mosquitto when installed, else the embedded amqtt
+(MQTT 3.1.1 only: agents and tools negotiate 3.1.1 there); --broker-engine forces one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Demo:
     short: bool
     broker_url: str = ""
     broker: Any = None
+    mqtt_versions: str = ""  # what the agents negotiated, from their retained meta (e.g. "3.1.1")
     exporter: Any = None
     bundles: dict[str, Path] = field(default_factory=dict)  # profile -> bundle dir
     devices: dict[str, tuple[subprocess.Popen, Path, Path]] = field(default_factory=dict)  # id -> (proc, watch dir, log)
@@ -49,7 +51,9 @@ class Demo:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", help="use this MQTT 5 broker (mqtt://HOST:PORT) instead of starting a development one")
+    parser.add_argument("--broker", help="use this MQTT broker (mqtt://HOST:PORT) instead of starting a development one")
+    parser.add_argument("--broker-engine", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                        help="development broker: auto = mosquitto if installed, else the embedded amqtt (MQTT 3.1.1)")
     parser.add_argument("--short", action="store_true", help="CI mode: 1 epoch, a few seconds of watching, a short benchmark")
     parser.add_argument("--workdir", type=Path, default=Path("demo-out"), help="where outputs go (default %(default)s)")
     parser.add_argument("--rebuild", action="store_true", help="retrain and rebuild the bundles even if workdir has them")
@@ -100,14 +104,12 @@ def _broker(d: Demo) -> None:
     if d.args.broker:
         d.broker_url = d.args.broker
     else:
-        d.broker = start_dev_broker(port=0)
-        if not d.broker.mqtt5:
-            raise BrokerError("the demo needs an MQTT 5 broker (the agent speaks MQTT 5) and only amqtt (3.1.1) is available: "
-                              "install mosquitto (apt-get install mosquitto) or pass --broker mqtt://HOST:PORT.")  # fmt: skip
+        d.broker = start_dev_broker(port=0, engine=d.args.broker_engine)
         d.broker_url = d.broker.url
         ui.err_console.print(f"[yellow]{BANNER}[/]")
     d.exporter = Exporter(d.broker_url, port=0).start()
-    ui.console.print(f"broker {d.broker_url}{f' ({d.broker.engine})' if d.broker else ''}; Prometheus exporter {d.exporter.url}")
+    engine = f" ({d.broker.engine})" if d.broker else ""
+    ui.console.print(f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} (MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})")
     d.outputs.append(("MQTT broker (stopped now)" if d.broker else "MQTT broker", d.broker_url))
 
 
@@ -140,13 +142,19 @@ def _agents(d: Demo) -> None:
         while time.monotonic() < deadline:
             w.poll(0.2)
             online = {r.device_id for r in w.snapshot() if r.status == "online"}
-            if online >= set(d.devices):
+            with w.state.lock:  # the version each agent negotiated, from its retained meta (sent after connecting)
+                versions = {i: dev.meta.get("mqtt_version") for i, dev in w.state.devices.items() if dev.meta.get("mqtt_version")}
+            if online >= set(d.devices) and set(versions) >= set(d.devices):
+                d.mqtt_versions = "/".join(sorted({str(versions[i]) for i in d.devices}))
                 break
             for device_id, (proc, _, log) in d.devices.items():
                 if proc.poll() is not None:
                     raise EdgekitError(f"agent {device_id} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-1500:]}")
         else:
             raise BrokerError(f"the agents did not come online within 90 s; see their logs under {d.work / 'devices'}.")
+    engine = d.broker.engine if d.broker else "your broker"
+    ui.console.print(f"agents online on {engine} {d.broker_url}, speaking MQTT {d.mqtt_versions}")
+    d.outputs.append(("broker engine / MQTT version", f"{engine} / MQTT {d.mqtt_versions}"))
     d.feeder = threading.Thread(target=_feed, args=(d,), name="demo-feeder", daemon=True)
     d.feeder.start()
 
