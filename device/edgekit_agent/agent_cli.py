@@ -1,5 +1,5 @@
 """Serve a bundle: infer new images in a watched directory and ``infer`` commands, report windowed telemetry
-over MQTT 5 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
+over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
 on-disk outbox. Settings come from ``--config agent.toml`` and/or flags (flags win). SIGTERM or Ctrl-C
 sends the last telemetry window and the ``offline``/``shutdown`` status, then exits 0.
 

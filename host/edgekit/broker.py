@@ -7,8 +7,8 @@ Two engines, chosen by a table:
 * ``amqtt`` — a pure-Python asyncio broker from PyPI (``edgekit[host]``), run in a background thread.
   amqtt 0.12 speaks **MQTT 3.1.1 only**: it refuses MQTT 5 clients (CONNACK "unsupported protocol
   version"), has no ``$share`` shared subscriptions and carries no MQTT 5 properties. Retained messages,
-  the last will and QoS 1 work. The fleet tools fall back to 3.1.1 against it (see ``edgekit.fleet``);
-  an agent must do the same to use it.
+  the last will and QoS 1 work. The fleet tools and the agent fall back to 3.1.1 against it by themselves
+  (request/response fields then travel in the JSON payload), so the demo runs on it too.
 
 ``engine="auto"`` prefers mosquitto, because the edge/v1 contract is MQTT 5. Neither is a production
 broker: no authentication, no TLS, loopback only by default.

@@ -15,8 +15,7 @@ from edgekit.broker import mosquitto_path, port_in_use
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(mosquitto_path() is None, reason="the demo's agents need an MQTT 5 broker (mosquitto)")
+@pytest.mark.slow  # no mosquitto needed: the demo then runs on the embedded amqtt (MQTT 3.1.1)
 def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     work = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "200"}
@@ -44,7 +43,7 @@ def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert left == [], f"processes left running: {left}"
 
 
-@pytest.mark.skipif(mosquitto_path() is None, reason="the demo's agents need an MQTT 5 broker (mosquitto)")
+@pytest.mark.skipif(mosquitto_path() is None, reason="asserts the mosquitto engine (the amqtt demo: test_mqtt311.py)")
 def test_demo_interrupted_by_sigterm_stops_everything_it_started(tmp_path, digits_bundle):
     import shutil
     import signal

@@ -1,6 +1,7 @@
 """Benchmark a device remotely over MQTT, or compare saved benchmark reports.
 
-`edgekit bench --device ID --broker URL` sends run_benchmark (MQTT 5 request/response), waits for the
+`edgekit bench --device ID --broker URL` sends run_benchmark (MQTT 5 request/response, or its payload
+fields on an MQTT 3.1.1 broker), waits for the
 report, prints it as a table and saves JSON + a latency picture (PNG) under --out.
 `edgekit bench --compare A.json B.json ...` tabulates reports across devices, runtimes and profiles,
 with each p50 as a ratio to the first report's.

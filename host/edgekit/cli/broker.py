@@ -2,8 +2,8 @@
 
 The default engine is mosquitto when it is installed (full MQTT 5, what the edge/v1 contract needs),
 otherwise amqtt, the pure-Python broker installed with edgekit[host] — which speaks MQTT 3.1.1 only:
-the fleet tools fall back to 3.1.1 against it, but shared subscriptions and MQTT 5 request/response
-properties are not available there.
+the fleet tools and the agents fall back to 3.1.1 against it (request/response fields in the payload),
+but shared subscriptions are not available there (run one exporter).
 """
 
 from __future__ import annotations
