@@ -100,6 +100,7 @@ def _start_mosquitto(host: str, port: int, timeout: float) -> DevBroker:
         "allow_anonymous true",
         "persistence false",
         "max_queued_messages 100000",
+        "set_tcp_nodelay true",  # small request/response packets: no Nagle delay (amqtt, asyncio, has none either)
         "log_dest stderr",
         "log_type error",
         "log_type warning",

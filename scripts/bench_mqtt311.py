@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""What MQTT 3.1.1 on the embedded broker costs the agent, side by side with MQTT 5 on mosquitto.
+
+For each setting (mosquitto + agent auto = MQTT 5; mosquitto + agent pinned 3.1.1; amqtt + agent auto =
+fall-back to 3.1.1) a fresh broker and a real ``edgekit-agent run`` process are started and we measure:
+- start -> online: from spawning the agent until its retained meta names the negotiated MQTT version
+  (includes Python start-up, bundle verification and the self-test, and for amqtt the CONNACK timeout);
+- ping round trip: a fleet client (MQTT 3.1.1, payload response_topic/correlation_data: the same path on
+  every broker) sends ``ping`` and waits for the ``succeeded`` answer, --pings times, one at a time.
+Medians over --repeat agent starts and over all pings; ratios against the first setting.
+
+Usage: .venv/bin/python scripts/bench_mqtt311.py --bundle demo-out/bundles/digits-raspberry-pi-4 [--repeat 3] [--pings 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edgekit.broker import start_dev_broker
+
+DEVICE = "bench-311"
+BASE = f"edge/v1/{DEVICE}"
+
+
+class Fleet:
+    def __init__(self, host: str, port: int) -> None:
+        self.cond = threading.Condition()
+        self.docs: list[tuple[str, dict]] = []
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+        self.c.on_message = self._on
+        self.c.connect(host, port)
+        self.c.subscribe("edge/v1/#", 1)
+        self.c.loop_start()
+
+    def _on(self, _c, _u, m) -> None:
+        try:
+            doc = json.loads(m.payload)
+        except ValueError:
+            return
+        with self.cond:
+            self.docs.append((m.topic, doc))
+            self.cond.notify_all()
+
+    def wait(self, pred, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for t, d in self.docs:
+                    if pred(t, d):
+                        return d
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("no matching message")
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float, list[float], str]:
+    with start_dev_broker(port=0, engine=engine) as broker, tempfile.TemporaryDirectory() as tmp:
+        fleet = Fleet(broker.host, broker.port)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(bundle), "--broker", broker.url,
+                                 "--device-id", DEVICE, "--data-dir", tmp, "--mqtt-version", version],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            meta = fleet.wait(lambda t, d: t == f"{BASE}/meta" and d.get("mqtt_version"))
+            online = time.perf_counter() - t0
+            rtts = []
+            for i in range(pings):
+                cmd_id = f"p{i}-{uuid.uuid4().hex[:6]}"
+                body = {"cmd_id": cmd_id, "response_topic": f"{BASE}/res/bench", "correlation_data": cmd_id}
+                t1 = time.perf_counter()
+                fleet.c.publish(f"{BASE}/cmd/ping", json.dumps(body), qos=1)
+                fleet.wait(lambda t, d: d.get("correlation_data") == cmd_id and d.get("state") == "succeeded", 30)
+                rtts.append((time.perf_counter() - t1) * 1000)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            fleet.close()
+    return online, rtts, str(meta["mqtt_version"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True, help="a bundle directory (e.g. from edgekit build or the demo)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pings", type=int, default=50)
+    args = ap.parse_args()
+    settings = [("mosquitto", "auto"), ("mosquitto", "3.1.1"), ("amqtt", "auto")]
+    rows = []
+    for engine, version in settings:
+        onlines, rtts, negotiated = [], [], ""
+        for _ in range(args.repeat):
+            online, r, negotiated = one_run(engine, version, args.bundle, args.pings)
+            onlines.append(online)
+            rtts += r
+        rows.append((f"{engine} / --mqtt-version {version}", negotiated, statistics.median(onlines), statistics.median(rtts)))
+    base_online, base_rtt = rows[0][2], rows[0][3]
+    print(f"{'setting':34} {'MQTT':6} {'start->online s':>16} {'ratio':>6} {'ping p50 ms':>12} {'ratio':>6}")
+    for name, negotiated, online, rtt in rows:
+        print(f"{name:34} {negotiated:6} {online:16.2f} {online / base_online:6.2f} {rtt:12.2f} {rtt / base_rtt:6.2f}")
+    print(f"(medians: {args.repeat} agent starts per setting, {args.repeat * args.pings} pings per setting)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
