@@ -233,3 +233,44 @@ def test_short_demo_on_the_embedded_amqtt_broker(tmp_path, digits_bundle):
     assert len(list((work / "bench").glob("bench-pi-kitchen-*.json"))) == 1
     port = int(re.search(r"broker mqtt://127\.0\.0\.1:(\d+)", out).group(1))
     assert not port_in_use("127.0.0.1", port)
+
+
+def test_deploy_over_the_embedded_broker_commits_with_payload_correlation(amqtt_broker, digits_bundle, tmp_path):
+    """`edgekit deploy` (OTA: begin, chunks, commit, health window) to an agent that negotiated 3.1.1."""
+    import shutil
+
+    from edgekit.deploy import deploy
+    from edgekit.keys import new_keypair
+    from ota_support import AgentProc, Feeder, Observer, make_variant, version_of
+
+    key = new_keypair(tmp_path / "keys", "release")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copyfile(key.public_path, trusted / key.public_path.name)
+    archives = {}
+    for version in ("1.0.0", "2.0.0"):
+        (tmp_path / version).mkdir()
+        archives[version] = make_variant(digits_bundle, tmp_path / version, version=version, key=key.private_path)
+    v1, v2 = archives["1.0.0"], archives["2.0.0"]
+    obs = Observer(amqtt_broker.url)
+    assert not obs.link.mqtt5
+    agent = AgentProc("ota-311", v1, amqtt_broker.url, tmp_path, trusted)
+    try:
+        assert version_of(agent.start(obs)) == "1.0.0"
+        meta = obs.wait(lambda t, d: t == "edge/v1/ota-311/meta" and d.get("mqtt_version"), 30)  # sent once connected
+        assert meta["mqtt_version"] == "3.1.1"
+        with Feeder([agent.watch]):
+            time.sleep(2.0)  # labelled traffic on v1: the health window compares against it
+            report = deploy(v2, ["ota-311"], amqtt_broker.url, health={"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3},
+                            chunk_bytes=32 * 1024, timeout=120)  # fmt: skip
+        (dev,) = report.devices
+        assert dev.outcome == "committed", dev.to_dict()
+        assert dev.chunks > 1 and dev.stages[:3] == ("received", "verified", "selftested")
+        cmds = obs.all(lambda t, d: t == "edge/v1/ota-311/cmd/swap_bundle")
+        answers = obs.all(lambda t, d: t.startswith("edge/v1/ota-311/res/deploy-") and d.get("state") == "succeeded")
+        assert cmds and all(c["correlation_data"] == c["cmd_id"] and c["response_topic"].startswith("edge/v1/ota-311/res/deploy-") for c in cmds)
+        assert len(answers) >= dev.chunks + 2 and all(a["correlation_data"] == a["cmd_id"] for a in answers)
+        assert obs.wait(lambda t, d: t == "edge/v1/ota-311/meta" and version_of(d) == "2.0.0", 30)
+    finally:
+        agent.stop()
+        obs.close()
