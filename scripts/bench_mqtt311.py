@@ -71,7 +71,7 @@ def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float,
     with start_dev_broker(port=0, engine=engine) as broker, tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(broker.host, broker.port)
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(bundle), "--broker", broker.url,
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(bundle), "--allow-unsigned", "--broker", broker.url,
                                  "--device-id", DEVICE, "--data-dir", tmp, "--mqtt-version", version],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:

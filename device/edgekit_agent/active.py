@@ -160,11 +160,14 @@ def load_for(settings: "AgentSettings", source: str | Path, workdir: Path | None
     """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed)."""
     from .bundle import load_bundle
 
+    allow_unsigned = bool(getattr(settings, "allow_unsigned", False))
+    # A serving agent runs only signed bundles from trusted keys unless --allow-unsigned says otherwise
+    # (development); `edgekit-agent verify`/`bench` only check a signature when keys are given.
     return load_bundle(
         source,
         trusted_keys=settings.trusted_keys,
-        require_signature=settings.require_signature,
-        allow_unsigned=getattr(settings, "allow_unsigned", False),
+        require_signature=settings.require_signature or not allow_unsigned,
+        allow_unsigned=allow_unsigned,
         workdir=workdir,
     )
 

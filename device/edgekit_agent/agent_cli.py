@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-selftest", help="serve even if the golden-sample self-test was not run", **on)
     parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
     parser.add_argument("--require-signature", help="refuse unsigned bundles", **on)
-    parser.add_argument("--allow-unsigned", help="with --trusted-keys: still accept bundles that carry no signature", **on)
+    parser.add_argument("--allow-unsigned", help="serve bundles that carry no signature (development; without it `run` serves only bundles signed by a key in --trusted-keys)", **on)
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
 
 

@@ -167,7 +167,7 @@ def agent_factory(digits_bundle: Path, tmp_path: Path):
 
 
 def agent_process(bundle: Path, broker_url: str, data_dir: Path, *extra: str, python: str = sys.executable) -> subprocess.Popen[str]:
-    cmd = [python, "-m", "edgekit_agent.cli", "run", str(bundle), "--broker", broker_url, "--device-id", DEVICE,
+    cmd = [python, "-m", "edgekit_agent.cli", "run", str(bundle), "--allow-unsigned", "--broker", broker_url, "--device-id", DEVICE,
            "--data-dir", str(data_dir), *extra]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

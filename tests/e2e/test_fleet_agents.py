@@ -41,7 +41,7 @@ def start_agent(bundle: Path, url: str, device_id: str, tmp: Path) -> tuple[subp
     watch = tmp / f"{device_id}-in"
     watch.mkdir()
     log = open(tmp / f"{device_id}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*AGENT, "run", str(bundle), "--broker", url, "--device-id", device_id, "--watch", str(watch),
+    proc = subprocess.Popen([*AGENT, "run", str(bundle), "--allow-unsigned", "--broker", url, "--device-id", device_id, "--watch", str(watch),
                              "--window", "0.5", "--data-dir", str(tmp / f"{device_id}-data")],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     return proc, watch

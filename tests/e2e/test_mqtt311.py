@@ -87,7 +87,7 @@ def agent_311(amqtt_broker, digits_bundle, tmp_path_factory):
     """One agent process (default --mqtt-version auto) on amqtt, watching a folder of labelled digits."""
     home = tmp_path_factory.mktemp("agent311")
     write_digits(home / "inbox", range(40))
-    cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--broker", amqtt_broker.url,
+    cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", amqtt_broker.url,
            "--device-id", DEVICE, "--data-dir", str(home / "data"), "--watch", str(home / "inbox"), "--window", "1", "-v"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(home / "agent.log", "wb"))  # noqa: SIM115
     yield proc, home / "agent.log"
@@ -178,7 +178,7 @@ def test_mqtt_version_5_pinned_against_a_311_broker_fails_with_a_clear_message(a
     # amqtt never answers our MQTT 5 CONNECT (it chokes on the will), so pinned 5 cannot connect: the agent
     # must not fall back by itself. It keeps retrying; we only check it never came online as 3.1.1.
     fleet = Client311(amqtt_broker.host, amqtt_broker.port)
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--broker", amqtt_broker.url,
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", amqtt_broker.url,
                              "--device-id", "pinned5", "--data-dir", str(tmp_path / "d"), "--mqtt-version", "5"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -195,7 +195,7 @@ def test_mqtt_version_5_pinned_against_a_311_broker_fails_with_a_clear_message(a
 def test_mqtt5_command_without_properties_is_answered_through_the_payload_fields(mosquitto, digits_bundle, tmp_path):
     """One code path: on MQTT 5 (mosquitto) a request with no ResponseTopic/CorrelationData but payload fields."""
     fleet = Client311(mosquitto.host, mosquitto.port, protocol=mqtt.MQTTv5)
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--broker", mosquitto.url,
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", mosquitto.url,
                              "--device-id", DEVICE, "--data-dir", str(tmp_path / "d")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

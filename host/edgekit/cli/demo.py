@@ -90,6 +90,16 @@ def _build(d: Demo) -> None:
     d.bundles = {p: b for p, b in wanted.items() if (b / "manifest.json").is_file()}
     if PI_PROFILE not in d.bundles:
         raise EdgekitError(f"no {PI_PROFILE} bundle in {out}; run with --rebuild.")
+    # Devices serve only bundles signed by a key they trust: sign with a demo key, as a release would.
+    from edgekit.keys import new_keypair, sign_bundle
+
+    keys = d.work / "keys"
+    if not (keys / "demo.key").is_file():
+        new_keypair(keys, "demo", overwrite=True)
+    for b in d.bundles.values():
+        signed = sign_bundle(b, keys / "demo.key")
+    ui.console.print(f"signed the bundles with key {signed.key_id} ({keys / 'demo.key'}); devices trust {keys / 'demo.pub'}")
+    d.outputs.append(("signing key pair (demo)", keys))
     for p, b in d.bundles.items():
         d.outputs.append((f"bundle for {p}", b))
         d.outputs.append((f"archive for {p} (copy this to the device)", b.with_name(b.name + ".tar.gz")))
@@ -130,7 +140,8 @@ def _agents(d: Demo) -> None:
         (home / "inbox").mkdir(parents=True)
         log = home / "agent.log"
         cmd = [*_agent_command(), "run", str(d.bundles[profile]), "--broker", d.broker_url, "--device-id", device_id,
-               "--watch", str(home / "inbox"), "--window", str(d.window_s), "--data-dir", str(home / "data")]  # fmt: skip
+               "--watch", str(home / "inbox"), "--window", str(d.window_s), "--data-dir", str(home / "data"),
+               "--trusted-keys", str(d.work / "keys")]  # fmt: skip
         with open(log, "wb") as f:
             # Own session (process group): the cleanup signals the whole group, whatever it spawned.
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
