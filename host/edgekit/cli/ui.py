@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from edgekit_agent.errors import EdgekitError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -83,6 +84,9 @@ def native_logs_captured(enabled: bool = True) -> Iterator[Path | None]:
     try:
         yield Path(log.name)
         ok = True
+    except (EdgekitError, KeyboardInterrupt):
+        ok = True  # an expected failure: its message says what to do; the native log adds nothing
+        raise
     finally:
         sys.stderr.flush()
         os.dup2(terminal, 2)
@@ -90,7 +94,7 @@ def native_logs_captured(enabled: bool = True) -> Iterator[Path | None]:
         sys.stderr.close()
         sys.stderr = previous
         log.close()
-        if ok:
+        if ok or os.path.getsize(log.name) == 0:
             os.unlink(log.name)
         else:  # an unexpected failure: keep the native log and say where it is
             print(f"(TensorFlow's native log for this run: {log.name})", file=sys.stderr)
