@@ -11,7 +11,6 @@ the OTA history is forgotten (the latest decision wins).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -88,12 +87,10 @@ def factory_id(path: str | Path | None) -> str:
         return ""
     p = Path(path).resolve()
     target = p / "manifest.json" if p.is_dir() else p
+    from .bundle import sha256_file
+
     try:
-        h = hashlib.sha256()
-        with open(target, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return f"{p}#{h.hexdigest()[:16]}"
+        return f"{p}#{sha256_file(target)[:16]}"
     except OSError:
         return f"{p}#unreadable"
 

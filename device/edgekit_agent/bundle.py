@@ -71,7 +71,8 @@ class FileCheck:
         return self.status is FileStatus.OK
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks (bundles may hold models of hundreds of MB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -106,7 +107,7 @@ def verify_files(directory: str | Path, manifest: Manifest) -> list[FileCheck]:
                 FileCheck(entry.name, FileStatus.MISMATCH, None, entry.bytes, None, entry.sha256, "not a regular file (a link or directory)")
             )
             continue
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if st.st_size != entry.bytes:
             detail = f"is {st.st_size} bytes, {MANIFEST_NAME} records {entry.bytes}"
         elif digest != entry.sha256:
@@ -121,7 +122,7 @@ def verify_files(directory: str | Path, manifest: Manifest) -> list[FileCheck]:
             continue
         st = path.lstat()
         size = st.st_size if stat.S_ISREG(st.st_mode) else None
-        digest = _sha256_file(path) if size is not None else None
+        digest = sha256_file(path) if size is not None else None
         checks.append(FileCheck(path.name, FileStatus.UNLISTED, size, None, digest, None, "not listed in the manifest"))
     return checks
 

@@ -44,14 +44,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tensor_specs(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Input and output tensor descriptions (name, shape, dtype, scale, zero point) of a loaded model."""
 
