@@ -167,7 +167,8 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     assert doc["model_file"] == str(out / "dig.keras") and (out / "dig.keras").is_file()
     steps = [t["step"] for t in doc["step_seconds"]]
     assert steps[:3] == ["load and split the dataset", "load the model", "prune to 50% sparsity"] and len(steps) == 3 + 1 + 2 * 4
-    assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"]
+    # Each figure is rounded to 0.01 s, so the steps may add up to a hair more than the rounded total.
+    assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"] + 0.005 * (len(steps) + 1)
     convert = next(t for t in doc["step_seconds"] if t["step"].startswith("convert"))
     assert convert["cpu_seconds"] > 1.0  # the converter's child process is counted
     assert main(["inspect", str(bundle)]) == ExitStatus.OK
