@@ -28,6 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edgekit.broker import start_dev_broker
+from edgekit_agent.link import no_delay
 
 DEVICE = "bench-311"
 BASE = f"edge/v1/{DEVICE}"
@@ -39,6 +40,7 @@ class Fleet:
         self.docs: list[tuple[str, dict]] = []
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
         self.c.on_message = self._on
+        self.c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # as edgekit's own link does
         self.c.connect(host, port)
         self.c.subscribe("edge/v1/#", 1)
         self.c.loop_start()

@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
-from .link import BrokerSettings
+from .link import PASSWORD_ENV, BrokerSettings
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PROCESSED_MODES = ("move", "delete", "keep")
-PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
 # section -> key -> accepted types ("" = top level).
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {

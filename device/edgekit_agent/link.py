@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -121,6 +123,51 @@ class Topics:
         return f"{self.base}/res/{requester}"
 
 
+PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS) taken apart; the agent's
+    :class:`BrokerSettings` and the workstation's fleet tools both parse broker URLs with it."""
+
+    host: str
+    port: int | None  # None: not in the URL (1883, or 8883 with TLS)
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str, *, password_env: bool = False) -> "BrokerUrl":
+        """With ``password_env``, a user name without a password takes the password from
+        ``EDGEKIT_MQTT_PASSWORD`` (so it need not appear in shell history or a process list)."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise UsageError(f"broker URL '{url}' must look like mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS).")
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"broker URL '{url}': the port is not a number between 1 and 65535.") from None
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        if password is None and username and password_env:
+            password = os.environ.get(PASSWORD_ENV)
+        return cls(parts.hostname, port, parts.scheme in ("mqtts", "ssl"), username, password)
+
+
+def no_delay(sock: Any) -> None:
+    """paho's ``on_socket_open``: send each MQTT packet at once (TCP_NODELAY).
+
+    With Nagle's algorithm a small packet written while an earlier one is still unacknowledged (a PUBACK
+    followed by a command's answer) waits for the peer's delayed ACK: about 40 ms on Linux, on every
+    request/response round trip. Brokers do the same on their side unless told not to (mosquitto:
+    ``set_tcp_nodelay true``)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, ValueError):  # not a TCP socket (e.g. a websocket wrapper): leave it
+        log.debug("TCP_NODELAY not set on %r", sock)
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     """Where and how to connect. ``url`` is ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS)."""
@@ -147,19 +194,14 @@ class BrokerSettings:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "BrokerSettings":
         """Parse ``mqtt://user:pass@host:port``; TLS options switch TLS on even for ``mqtt://``."""
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise UsageError(f"broker URL '{url}' must look like mqtt://HOST:PORT or mqtts://HOST:PORT.")
-        tls = parts.scheme in ("mqtts", "ssl") or any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key"))
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise UsageError(f"broker URL '{url}': the port is not a number between 1 and 65535.") from None
-        if parts.username and not kwargs.get("username"):
-            kwargs["username"] = unquote(parts.username)
-        if parts.password and not kwargs.get("password"):
-            kwargs["password"] = unquote(parts.password)
-        return cls(host=parts.hostname, port=port, tls=tls, **kwargs)
+        parsed = BrokerUrl.parse(url)
+        tls = parsed.tls or any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key"))
+        if parsed.username and not kwargs.get("username"):
+            kwargs["username"] = parsed.username
+        if parsed.password and not kwargs.get("password"):
+            kwargs["password"] = parsed.password
+        port = parsed.port or (8883 if tls else 1883)
+        return cls(host=parsed.host, port=port, tls=tls, **kwargs)
 
     @property
     def url(self) -> str:
@@ -331,7 +373,8 @@ class Link:
         client.subscribe(self.topics.commands, qos=1)
         self._events.put(("connected",))
 
-    def _cb_socket_open(self, _c: Any, _u: Any, _sock: Any) -> None:
+    def _cb_socket_open(self, _c: Any, _u: Any, sock: Any) -> None:
+        no_delay(sock)
         self._events.put(("socket_open", time.monotonic()))
 
     def _cb_disconnect(self, client: Any, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:

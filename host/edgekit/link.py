@@ -11,14 +11,12 @@ request/response properties do not. Used by watch, the exporter, remote bench an
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -26,13 +24,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgekit_agent.errors import BrokerError, UsageError
+from edgekit_agent.link import BrokerUrl, no_delay
 
 log = logging.getLogger(__name__)
 
 # Reason codes after which retrying cannot help (Home Assistant stops its backoff on these too).
 _FATAL_CONNECT = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
 _UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
-PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +47,8 @@ class BrokerAddress:
     def parse(cls, url: str) -> "BrokerAddress":
         """Parse a broker URL. With a user name but no password in it, the password comes from
         ``EDGEKIT_MQTT_PASSWORD`` (as for the agent), so it need not appear in shell history."""
-        if "://" not in url:
-            url = "mqtt://" + url
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise UsageError(f"broker URL '{url}': use mqtt://HOST:PORT (or mqtts:// for TLS).")
-        if not parts.hostname:
-            raise UsageError(f"broker URL '{url}' has no host; use mqtt://HOST:PORT.")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise UsageError(f"broker URL '{url}' has a bad port.") from None
-        return cls(
-            host=parts.hostname,
-            port=port,
-            tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else (os.environ.get(PASSWORD_ENV) if parts.username else None),
-        )
+        u = BrokerUrl.parse(url, password_env=True)
+        return cls(u.host, u.port or (8883 if u.tls else 1883), u.tls, u.username, u.password)
 
     @property
     def url(self) -> str:
@@ -175,6 +156,7 @@ class MqttLink:
                 c.tls_set(ca_certs=self.tls_ca)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise BrokerError(f"TLS set-up for {self.address.url} failed ({exc}); check the --tls-ca file.") from None
+        c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # no 40 ms Nagle wait per request/response
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
