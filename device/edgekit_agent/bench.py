@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 SCHEMA = "edge.bench.report/1"
+#: Most latency samples a report carries (about 10 KB of JSON); longer runs are thinned evenly.
+REPORT_SAMPLES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,15 @@ class LatencyStats:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    # The runs themselves, in run order (at most REPORT_SAMPLES, evenly spaced, to 0.1 µs): the report's
+    # histogram picture and any later statistics come from these, not from the percentiles alone.
+    samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_ns(cls, samples_ns: np.ndarray) -> "LatencyStats":
         ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        kept = ms if ms.size <= REPORT_SAMPLES else ms[np.linspace(0, ms.size - 1, REPORT_SAMPLES).round().astype(int)]
         return cls(
             count=int(ms.size),
             min_ms=float(ms.min()),
@@ -57,6 +63,7 @@ class LatencyStats:
             p50_ms=float(p50),
             p90_ms=float(p90),
             p99_ms=float(p99),
+            samples_ms=tuple(round(float(v), 4) for v in kept),
         )
 
 
@@ -95,7 +102,7 @@ class BenchReport:
             "init_ms": self.init_ms,
             "first_inference_ms": self.first_inference_ms,
             "warmup": {"runs": self.warmup_runs, "mean_ms": self.warmup_mean_ms},
-            "steady": asdict(self.steady),
+            "steady": {**asdict(self.steady), "samples_ms": list(self.steady.samples_ms)},
             "throughput_ips": self.throughput_ips,
             "memory": {"rss_mb": self.rss_mb, "peak_rss_mb": self.peak_rss_mb},
             "system": dict(self.system),

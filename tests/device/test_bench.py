@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.bench import benchmark_bundle, random_input, run_benchmark
+from edgekit_agent.bench import REPORT_SAMPLES, LatencyStats, benchmark_bundle, random_input, run_benchmark
 from edgekit_agent.bundle import load_bundle
 from edgekit_agent.errors import InputError, UsageError
 
@@ -32,6 +32,20 @@ def test_report_is_consistent(bundle):
     assert d["steady"]["count"] == 40 and d["runtime"]["delegate"] in ("xnnpack", "none")
     assert d["throughput_ips"] == pytest.approx(1000 / s.mean_ms)
     assert {"model", "runtime", "init_ms", "first_inference_ms", "warmup", "memory", "system"} <= d.keys()
+    # The runs themselves travel with the report (the fleet's histogram picture is drawn from them).
+    samples = np.asarray(d["steady"]["samples_ms"])
+    assert samples.size == 40
+    assert samples.min() == pytest.approx(s.min_ms, abs=1e-4) and samples.max() == pytest.approx(s.max_ms, abs=1e-4)
+    assert float(np.percentile(samples, 50)) == pytest.approx(s.p50_ms, abs=1e-4)
+
+
+def test_a_long_run_carries_an_evenly_thinned_sample() -> None:
+    ns = np.arange(1, 5001, dtype=np.int64) * 1_000  # 1 µs .. 5 ms
+    s = LatencyStats.from_ns(ns)
+    assert s.count == 5000 and len(s.samples_ms) == REPORT_SAMPLES
+    assert s.samples_ms[0] == 0.001 and s.samples_ms[-1] == 5.0  # both ends kept
+    assert list(s.samples_ms) == sorted(s.samples_ms)  # run order kept (this run was increasing)
+    assert np.median(s.samples_ms) == pytest.approx(s.p50_ms, rel=0.01)
 
 
 def test_runtime_info_follows_the_delegate(bundle):
