@@ -7,6 +7,7 @@ compares like with like.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -68,11 +69,17 @@ def _golden(rt: Runtime, inputs: dict[str, Any], x_float: np.ndarray, y: np.ndar
     return {"inputs": xq, "labels": y.astype(np.int64), "outputs": outs}
 
 
+#: gzip level of bundle archives. 9 took 2.7 s on an MCU bundle's 3.7 MB C array for 7 % less; 6 takes 0.24 s.
+ARCHIVE_GZIP_LEVEL = 6
+
+
 def write_archive(directory: Path, archive: Path) -> Path:
-    """A reproducible tar.gz of the bundle directory (sorted names, zeroed owners and times)."""
+    """A reproducible tar.gz of the bundle directory: the same files give the same bytes (sorted names, zeroed
+    owners and times, and a gzip header without the time or a file name, which ``tarfile``'s "w:gz" would add)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".part")
-    with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=ARCHIVE_GZIP_LEVEL, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             data = path.read_bytes()
             info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
