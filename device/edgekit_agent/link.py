@@ -128,31 +128,38 @@ PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
 @dataclass(frozen=True, slots=True)
 class BrokerUrl:
-    """``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS) taken apart; the agent's
-    :class:`BrokerSettings` and the workstation's fleet tools both parse broker URLs with it."""
+    """Where a broker listens, from ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS). The agent's
+    :class:`BrokerSettings` and the workstation's fleet tools (as ``edgekit.link.BrokerAddress``) both use it."""
 
     host: str
-    port: int | None  # None: not in the URL (1883, or 8883 with TLS)
-    tls: bool
+    port: int
+    tls: bool = False
     username: str | None = None
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, url: str, *, password_env: bool = False) -> "BrokerUrl":
-        """With ``password_env``, a user name without a password takes the password from
+    def parse(cls, url: str, *, tls: bool = False, password_env: bool = False) -> "BrokerUrl":
+        """``tls``: TLS even for ``mqtt://`` (a CA or client certificate was given; the default port is then
+        8883). ``password_env``: a user name without a password takes the password from
         ``EDGEKIT_MQTT_PASSWORD`` (so it need not appear in shell history or a process list)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise UsageError(f"broker URL '{url}' must look like mqtt://HOST:PORT (or mqtts://HOST:PORT for TLS).")
+        tls = tls or parts.scheme in ("mqtts", "ssl")
         try:
-            port = parts.port
+            port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise UsageError(f"broker URL '{url}': the port is not a number between 1 and 65535.") from None
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
         if password is None and username and password_env:
             password = os.environ.get(PASSWORD_ENV)
-        return cls(parts.hostname, port, parts.scheme in ("mqtts", "ssl"), username, password)
+        return cls(parts.hostname, port, tls, username, password)
+
+    @property
+    def url(self) -> str:
+        """The address without credentials (safe for logs and meta)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 def no_delay(sock: Any) -> None:
@@ -194,19 +201,17 @@ class BrokerSettings:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "BrokerSettings":
         """Parse ``mqtt://user:pass@host:port``; TLS options switch TLS on even for ``mqtt://``."""
-        parsed = BrokerUrl.parse(url)
-        tls = parsed.tls or any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key"))
-        if parsed.username and not kwargs.get("username"):
-            kwargs["username"] = parsed.username
-        if parsed.password and not kwargs.get("password"):
-            kwargs["password"] = parsed.password
-        port = parsed.port or (8883 if tls else 1883)
-        return cls(host=parsed.host, port=port, tls=tls, **kwargs)
+        u = BrokerUrl.parse(url, tls=any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key")))
+        if u.username and not kwargs.get("username"):
+            kwargs["username"] = u.username
+        if u.password and not kwargs.get("password"):
+            kwargs["password"] = u.password
+        return cls(host=u.host, port=u.port, tls=u.tls, **kwargs)
 
     @property
     def url(self) -> str:
         """The broker address without credentials (safe for logs and meta)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return BrokerUrl(self.host, self.port, self.tls).url
 
 
 @dataclass(frozen=True, slots=True)

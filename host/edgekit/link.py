@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import paho.mqtt.client as mqtt
@@ -33,27 +33,9 @@ _FATAL_CONNECT = {"Bad user name or password", "Not authorized", "Banned", "Clie
 _UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where a broker listens, parsed from ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def parse(cls, url: str) -> "BrokerAddress":
-        """Parse a broker URL. With a user name but no password in it, the password comes from
-        ``EDGEKIT_MQTT_PASSWORD`` (as for the agent), so it need not appear in shell history."""
-        u = BrokerUrl.parse(url, password_env=True)
-        return cls(u.host, u.port or (8883 if u.tls else 1883), u.tls, u.username, u.password)
-
-    @property
-    def url(self) -> str:
-        """The URL without credentials (safe to print)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+#: Where a broker listens (host, port, tls, username, password; ``.url`` without credentials): the agent's
+#: URL parser, so that both sides read ``mqtt://user@host:port`` the same way.
+BrokerAddress = BrokerUrl
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +67,7 @@ class MqttLink:
         session_expiry_s: int = 0,
         tls_ca: str | None = None,
     ) -> None:
-        self.address = broker if isinstance(broker, BrokerAddress) else BrokerAddress.parse(broker)
+        self.address = broker if isinstance(broker, BrokerUrl) else BrokerUrl.parse(broker, password_env=True)
         self.client_id = client_id or f"edgekit-{uuid.uuid4().hex[:10]}"
         self.subscriptions = list(subscriptions)
         if protocol not in ("auto", "5", "3.1.1"):

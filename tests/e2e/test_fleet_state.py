@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgekit.fleet import BrokerAddress, Deduper, FleetState, Message, parse_topic
+from edgekit_agent.errors import UsageError
 
 T0 = 1_800_000_000.0
 
@@ -80,6 +83,18 @@ def test_topics_and_urls():
     a = BrokerAddress.parse("mqtts://dev%201:s3cret@broker.lan")
     assert (a.host, a.port, a.tls, a.username, a.password) == ("broker.lan", 8883, True, "dev 1", "s3cret")
     assert BrokerAddress.parse("127.0.0.1:1884").url == "mqtt://127.0.0.1:1884"
+    assert BrokerAddress.parse("mqtt://broker.lan", tls=True).port == 8883  # a CA given for mqtt:// means TLS
+
+
+def test_broker_url_password_from_the_environment_and_bad_urls(monkeypatch):
+    monkeypatch.setenv("EDGEKIT_MQTT_PASSWORD", "from-env")
+    assert BrokerAddress.parse("mqtt://fleet@h", password_env=True).password == "from-env"
+    assert BrokerAddress.parse("mqtt://fleet:in-url@h", password_env=True).password == "in-url"
+    assert BrokerAddress.parse("mqtt://fleet@h").password is None  # only where the caller asks for it
+    assert BrokerAddress.parse("mqtt://h", password_env=True).password is None  # no user, no password
+    for bad, needle in (("http://h:1883", "must look like"), ("mqtt://:1883", "must look like"), ("mqtt://h:99999", "port")):
+        with pytest.raises(UsageError, match=needle):
+            BrokerAddress.parse(bad)
 
 
 def test_last_will_of_the_current_run_counts_although_registered_before_the_birth():
