@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # Reason codes after which retrying cannot help (Home Assistant stops its backoff on these too).
 _FATAL_CONNECT = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
 _UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
+# How long every connect attempt may fail (refused, unreachable, TLS) before start() gives up early.
+CONNECT_GRACE_S = 2.0
 
 
 #: Where a broker listens (host, port, tls, username, password; ``.url`` without credentials): the agent's
@@ -83,6 +86,7 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._first_failure: float | None = None  # monotonic time of the first failed TCP/TLS connect (paho's thread)
         # SUBSCRIBE packet ids sent and acknowledged: some brokers (amqtt) apply a subscription only
         # when they send the SUBACK, so "subscribed" means acknowledged.
         self._sub_sent: set[int] = set()
@@ -102,6 +106,14 @@ class MqttLink:
             self._sub_sent.add(client.subscribe(self._filter(name), qos)[1])
         self._refused = None
         self._connected.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any, *_: Any) -> None:
+        if self._first_failure is None:
+            self._first_failure = time.monotonic()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, *_: Any) -> None:
+        if not self._connected.is_set():  # closed before any CONNACK: the peer does not speak MQTT (to us)
+            self._on_connect_fail(client, userdata)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any = None) -> None:
         self._sub_acked.add(mid)
@@ -140,6 +152,8 @@ class MqttLink:
                 raise BrokerError(f"TLS set-up for {self.address.url} failed ({exc}); check the --tls-ca file.") from None
         c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # no 40 ms Nagle wait per request/response
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
@@ -160,8 +174,11 @@ class MqttLink:
             else:
                 self._client.connect_async(self.address.host, self.address.port, keepalive=30)
             self._client.loop_start()
-            if not self._connected.wait(timeout):
+            if not self._wait_connected(timeout):
+                failed = self._first_failure is not None
                 self.close()
+                if failed:
+                    raise BrokerError(f"cannot reach the MQTT broker at {self.address.url}: {self._diagnose()}")
                 raise BrokerError(
                     f"no answer from the MQTT broker at {self.address.url} within {timeout:g} s: is it running? "
                     "Start a development broker with `edgekit broker`, or pass --broker mqtt://HOST:PORT."
@@ -181,6 +198,34 @@ class MqttLink:
             hint = "check the user name and password in the URL" if refused in _FATAL_CONNECT else "check the broker's log"
             raise BrokerError(f"the MQTT broker at {self.address.url} refused the connection ({refused}); {hint}.")
         raise BrokerError(f"cannot connect to {self.address.url}.")  # pragma: no cover - loop always returns/raises
+
+    def _wait_connected(self, timeout: float) -> bool:
+        """Wait for a CONNACK; give up early when every connect attempt has failed for CONNECT_GRACE_S (nothing
+        listens, a wrong host, a TLS handshake that fails): a broker still starting up gets that long."""
+        self._first_failure = None
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            now = time.monotonic()
+            first = self._first_failure
+            if now >= deadline or (first is not None and now - first >= CONNECT_GRACE_S):
+                return False
+        return True
+
+    def _diagnose(self) -> str:
+        """Why connecting failed, in words: one plain TCP connection tells a refused port from a failed handshake."""
+        a = self.address
+        try:
+            with socket.create_connection((a.host, a.port), timeout=3):
+                pass
+        except OSError as exc:
+            why = exc.strerror or str(exc) or type(exc).__name__
+            return (f"{why}. Is a broker running there? Start a development broker with `edgekit broker`, "
+                    "or pass --broker mqtt://HOST:PORT.")
+        if a.tls:
+            return ("the port accepts connections but the TLS handshake failed: check --tls-ca (the CA that signed "
+                    "the broker's certificate) and the host name, or use mqtt:// for a broker without TLS.")
+        return ("the port accepts connections but the MQTT handshake failed: a TLS-only port needs mqtts://, "
+                "or this is not an MQTT broker.")
 
     def publish(
         self,

@@ -93,6 +93,34 @@ def test_broker_cli_prints_its_url_and_stops_on_sigterm():
 def test_unreachable_broker_is_a_typed_error_with_advice():
     with pytest.raises(BrokerError, match="edgekit broker"):
         MqttLink("mqtt://127.0.0.1:1").start(timeout=1)
+    # Refused connections end the wait early (a 60 s timeout would say "no answer ... within 60 s") and say why.
+    with pytest.raises(BrokerError, match="cannot reach .*127.0.0.1:1: Connection refused"):
+        MqttLink("mqtt://127.0.0.1:1").start(timeout=60)
+
+
+def test_a_plain_socket_that_is_no_mqtt_broker_is_told_apart(tmp_path):
+    """Something listens but never speaks MQTT (here: a socket that closes at once): the error says the port
+    accepts connections, so the fix is the scheme or the address, not starting a broker."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def refuse_politely() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=refuse_politely, daemon=True).start()
+    try:
+        with pytest.raises(BrokerError, match="accepts connections but the MQTT handshake failed"):
+            MqttLink(f"mqtt://127.0.0.1:{port}").start(timeout=60)
+    finally:
+        srv.close()
 
 
 def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch):
@@ -121,8 +149,8 @@ def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch)
 
         with pytest.raises(BrokerError, match="user name and password"):
             MqttLink(url.replace("fleet@", "fleet:wrong@"), tls_ca=str(pki["ca"])).start(timeout=5)
-        with pytest.raises(BrokerError):  # the rogue CA did not sign the broker's certificate
-            MqttLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=5)
+        with pytest.raises(BrokerError, match="TLS handshake failed"):  # the rogue CA did not sign the broker's certificate
+            MqttLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=60)
         monkeypatch.setenv("EDGEKIT_MQTT_PASSWORD", "pw-fleet")  # the password from the environment, not the URL
         with FleetWatcher(url, tls_ca=str(pki["ca"])) as w:
             t0 = time.monotonic()
