@@ -175,6 +175,21 @@ def no_delay(sock: Any) -> None:
         log.debug("TCP_NODELAY not set on %r", sock)
 
 
+def why_unreachable(host: str, port: int, tls: bool) -> tuple[str, bool]:
+    """Why connecting to a broker failed, in words, and whether anything listens there: one plain TCP
+    connection tells a refused port or an unknown host (the OS's words) from a failed TLS or MQTT handshake."""
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__, False
+    if tls:
+        return ("the port accepts connections but the TLS handshake failed: check the CA file (--tls-ca) and the "
+                "host name, or use mqtt:// for a broker without TLS"), True
+    return ("the port accepts connections but the MQTT handshake failed: a TLS-only port needs mqtts://, "
+            "or this is not an MQTT broker"), True
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     """Where and how to connect. ``url`` is ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` (TLS)."""
@@ -277,6 +292,7 @@ class Link:
         # auto starts with MQTT 5 (the contract's protocol) and falls back once; read by paho's thread too.
         self.mqtt5 = settings.mqtt_version != "3.1.1"
         self._connack_wait: float | None = None  # monotonic time of the first socket still without a CONNACK
+        self._unreachable_said = False  # the current outage has been logged (worker thread only)
         self._client = self._make_client()
 
     @property
@@ -329,6 +345,7 @@ class Link:
         client.on_message = self._cb_message
         client.on_subscribe = self._cb_subscribe
         client.on_socket_open = self._cb_socket_open
+        client.on_connect_fail = self._cb_connect_fail
         return client
 
     def start(self) -> None:
@@ -377,6 +394,9 @@ class Link:
                        properties=json_properties(mqtt5=self.mqtt5))  # fmt: skip
         client.subscribe(self.topics.commands, qos=1)
         self._events.put(("connected",))
+
+    def _cb_connect_fail(self, *_: Any) -> None:
+        self._events.put(("connect_failed",))
 
     def _cb_socket_open(self, _c: Any, _u: Any, sock: Any) -> None:
         no_delay(sock)
@@ -461,10 +481,19 @@ class Link:
             self._on_message(event[1])
         elif kind == "connected":
             self._connects += 1
+            self._unreachable_said = False
             self.connected.set()
             log.info("%s: connected to %s", self.device_id, self.settings.url)
             if self._on_connected is not None:
                 self._on_connected()  # e.g. republish retained state a restarted broker may have lost
+        elif kind == "connect_failed":
+            if not self._unreachable_said:  # once per outage: paho retries with backoff, the log stays readable
+                self._unreachable_said = True
+                s = self.settings
+                why, _ = why_unreachable(s.host, s.port, s.tls)
+                log.warning("%s: cannot reach %s (%s); serving anyway: telemetry waits in the outbox (up to %d "
+                            "messages) and is sent when the broker is back; retrying every %d-%d s",
+                            self.device_id, s.url, why, self.outbox.max_messages, s.reconnect_min_s, s.reconnect_max_s)  # fmt: skip
         elif kind == "disconnected":
             self.connected.clear()
             if not self._stopping.is_set():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgekit_agent.errors import BrokerError, UsageError
-from edgekit_agent.link import BrokerUrl, no_delay
+from edgekit_agent.link import BrokerUrl, no_delay, why_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,10 @@ class MqttLink:
                 failed = self._first_failure is not None
                 self.close()
                 if failed:
-                    raise BrokerError(f"cannot reach the MQTT broker at {self.address.url}: {self._diagnose()}")
+                    why, listening = why_unreachable(self.address.host, self.address.port, self.address.tls)
+                    advice = "" if listening else (" Is a broker running there? Start a development broker with "
+                                                   "`edgekit broker`, or pass --broker mqtt://HOST:PORT.")
+                    raise BrokerError(f"cannot reach the MQTT broker at {self.address.url}: {why}.{advice}")
                 raise BrokerError(
                     f"no answer from the MQTT broker at {self.address.url} within {timeout:g} s: is it running? "
                     "Start a development broker with `edgekit broker`, or pass --broker mqtt://HOST:PORT."
@@ -210,22 +212,6 @@ class MqttLink:
             if now >= deadline or (first is not None and now - first >= CONNECT_GRACE_S):
                 return False
         return True
-
-    def _diagnose(self) -> str:
-        """Why connecting failed, in words: one plain TCP connection tells a refused port from a failed handshake."""
-        a = self.address
-        try:
-            with socket.create_connection((a.host, a.port), timeout=3):
-                pass
-        except OSError as exc:
-            why = exc.strerror or str(exc) or type(exc).__name__
-            return (f"{why}. Is a broker running there? Start a development broker with `edgekit broker`, "
-                    "or pass --broker mqtt://HOST:PORT.")
-        if a.tls:
-            return ("the port accepts connections but the TLS handshake failed: check --tls-ca (the CA that signed "
-                    "the broker's certificate) and the host name, or use mqtt:// for a broker without TLS.")
-        return ("the port accepts connections but the MQTT handshake failed: a TLS-only port needs mqtts://, "
-                "or this is not an MQTT broker.")
 
     def publish(
         self,

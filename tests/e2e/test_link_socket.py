@@ -1,4 +1,4 @@
-"""Both MQTT links send each packet at once (TCP_NODELAY).
+"""The MQTT links' sockets: each packet is sent at once (TCP_NODELAY), and an unreachable broker is explained.
 
 With Nagle's algorithm on, a small packet written while an earlier one is unacknowledged (a PUBACK, then a
 command's answer) waits for the peer's delayed ACK: ~40 ms on every request/response round trip. The figures
@@ -7,7 +7,9 @@ are in docs/mqtt311.md (scripts/bench_mqtt311.py); here we check the socket opti
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from pathlib import Path
 
 from edgekit.link import MqttLink
@@ -47,3 +49,25 @@ def test_no_delay_leaves_a_socket_that_is_not_tcp_alone() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_agent_says_once_per_outage_why_the_broker_is_unreachable(tmp_path: Path, caplog) -> None:
+    """The agent serves without a broker; the log says why it cannot connect (once, not at every retry)."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # a port that was free a moment ago: nothing listens there now
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=1)
+    agent = Link(settings, "dev-1", "boot-1", outbox, on_message=lambda _m: None)
+    with caplog.at_level(logging.WARNING, logger="edgekit_agent.link"):
+        agent.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "cannot reach" not in caplog.text:
+                time.sleep(0.05)
+            time.sleep(2.5)  # at least two more failed attempts (1 s apart)
+        finally:
+            agent.close(timeout=0.5)
+            outbox.close()
+    said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"mqtt://127.0.0.1:{port}" in said[0] and "refused" in said[0].lower() and "outbox" in said[0]
