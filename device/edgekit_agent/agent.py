@@ -216,12 +216,14 @@ class Agent:
         return self.serve_tensor(x, label=label, input_mean=float(floats.mean()), _t0=t0)
 
     # --- the watched directory ----------------------------------------------------------------------------------
-    def _candidates(self, root: Path) -> list[tuple[Path, int]]:
-        """(file, label index or -1): images directly in ``root`` and in ``root/LABEL/``; hidden names skipped."""
-        found: list[tuple[Path, int]] = []
+    def _candidates(self, root: Path) -> list[tuple[Path, str | None]]:
+        """(file, label folder name or None): images directly in ``root`` and in ``root/LABEL/``; hidden names
+        skipped. The name becomes a class index only when the file is served: an OTA switch in between
+        changes the labels (and their order)."""
+        found: list[tuple[Path, str | None]] = []
         now = time.time()
 
-        def take(entry: os.DirEntry[str], label: int) -> None:
+        def take(entry: os.DirEntry[str], label: str | None) -> None:
             if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
                 return
             try:
@@ -240,16 +242,15 @@ class Agent:
                     if entry.name.startswith("."):
                         continue
                     if entry.is_dir(follow_symlinks=False):
-                        label = self.label_index.get(entry.name, -1)
                         with os.scandir(entry.path) as sub:
                             for e in sub:
                                 if e.is_file(follow_symlinks=False):
-                                    take(e, label)
+                                    take(e, entry.name)
                     elif entry.is_file(follow_symlinks=False):
-                        take(entry, -1)
+                        take(entry, None)
         except OSError as exc:
             log.warning("%s: cannot scan %s: %s", self.settings.device_id, root, exc)
-        found.sort()
+        found.sort(key=lambda f: f[0])
         return found[:MAX_SCAN]
 
     def scan_once(self) -> int:
@@ -258,10 +259,10 @@ class Agent:
         if root is None:
             return 0
         handled = 0
-        for path, label in self._candidates(root):
+        for path, label_name in self._candidates(root):
             ok = True
             try:
-                self.serve_image(path, label=label)
+                self.serve_image(path, label=-1 if label_name is None else self.label_index.get(label_name, -1))
             except InputError as exc:
                 ok = False
                 log.warning("%s: %s", self.settings.device_id, exc)

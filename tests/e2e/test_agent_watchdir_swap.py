@@ -1,0 +1,60 @@
+"""A labelled image is scored against the labels of the bundle that serves it, not of the one that was active
+when its folder was scanned: an OTA switch (or rollback) between the two must not turn right answers wrong.
+
+bench_ota found it: a batch scanned under a bundle with other labels, served after the rollback, made the next
+update's health baseline 1 correct in 14 and let a bad bundle pass its accuracy check.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgekit_agent.agent import Agent
+from edgekit_agent.bundle import load_bundle
+from edgekit_agent.config import AgentSettings
+from fixtures_models import digits_arrays
+from ota_support import make_variant
+
+
+def test_labels_are_resolved_when_served(digits_bundle: Path, tmp_path: Path) -> None:
+    good = load_bundle(digits_bundle)
+    labels = list(good.manifest.labels)
+    make_variant(digits_bundle, tmp_path / "rot", version="9.9.9", key=None, labels=labels[1:] + labels[:1])
+    rotated = load_bundle(tmp_path / "rot" / digits_bundle.name)
+
+    inbox = tmp_path / "inbox"
+    x, y = digits_arrays()
+    n = 40
+    for i in range(n):
+        d = inbox / labels[int(y[i])]
+        d.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray((x[i, :, :, 0] * 255).round().astype(np.uint8), "L").save(buf, "PNG")
+        (d / f"{i:03d}.png").write_bytes(buf.getvalue())
+    past = time.time() - 60  # settled files
+    for p in inbox.rglob("*.png"):
+        os.utime(p, (past, past))
+
+    agent = Agent(rotated, AgentSettings(device_id="swap", data_dir=tmp_path / "data", watch_dir=inbox))
+    serve = agent.serve_image
+    calls = []
+
+    def switch_after_the_scan(source, *, label=-1):
+        if not calls:  # the batch was scanned under the rotated bundle; the good one serves it
+            agent._activate(good, good.open_runtime(num_threads=1))  # noqa: SLF001 - what an OTA rollback does
+        calls.append(label)
+        return serve(source, label=label)
+
+    agent.serve_image = switch_after_the_scan
+    assert agent.scan_once() == n
+    body = agent.recorder.snapshot_and_reset()
+    # Every image counted with the serving bundle's labels: the digits CNN gets nearly all right.
+    assert body["accuracy"]["labeled"] == n
+    assert body["accuracy"]["accuracy"] > 0.9, body["accuracy"]
+    assert len(calls) == n
