@@ -178,6 +178,11 @@ class Agent:
                 set_tensor(in_index, x)
                 invoke()
                 out = get_tensor(out_index)
+                t2 = clock()
+                # Under the lock too: an OTA switch right after invoke() must not pair this output with the
+                # next bundle's output scale, labels or telemetry window.
+                index, confidence = self._top1(out)
+                recorder, labels = self.recorder, self.labels
         except ValueError as exc:  # set_tensor: wrong shape or dtype
             self.recorder.record_error("INPUT_INVALID")
             raise InputError(
@@ -187,8 +192,6 @@ class Agent:
         except Exception:
             self.recorder.record_error("RUNTIME")
             raise
-        t2 = clock()
-        index, confidence = self._top1(out)
         if input_mean is None:
             self._n_tensor += 1
             if self._n_tensor % self.settings.drift_every == 0:
@@ -199,8 +202,7 @@ class Agent:
             else:
                 input_mean = _NAN
         t3 = clock()
-        self.recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
-        labels = self.labels
+        recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
         return Prediction(index, labels[index] if index < len(labels) else str(index), confidence,
                           (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)  # fmt: skip
 
