@@ -163,6 +163,7 @@ class MqttLink:
         """Connect (in the background, paho reconnects by itself) and wait for the first CONNACK."""
         for attempt in range(2):
             self._connected.clear()
+            self._first_failure = None
             self._client = self._make_client()
             if self.mqtt5:
                 props = Properties(PacketTypes.CONNECT)
@@ -204,7 +205,6 @@ class MqttLink:
     def _wait_connected(self, timeout: float) -> bool:
         """Wait for a CONNACK; give up early when every connect attempt has failed for CONNECT_GRACE_S (nothing
         listens, a wrong host, a TLS handshake that fails): a broker still starting up gets that long."""
-        self._first_failure = None
         deadline = time.monotonic() + timeout
         while not self._connected.wait(0.05):
             now = time.monotonic()
