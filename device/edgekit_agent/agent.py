@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__, sysinfo
 from .commands import CommandProcessor, CommandStore
 from .config import AgentSettings
-from .errors import EdgekitError, InputError, SelfTestError
+from .errors import BusyError, EdgekitError, InputError, SelfTestError
 from .handlers import builtin_commands
 from .limits import MAX_COMMAND_BYTES
 from .link import Link, Topics
@@ -70,6 +70,16 @@ class Prediction:
                 "preprocess_ms": self.preprocess_ms, "invoke_ms": self.invoke_ms}  # fmt: skip
 
 
+def _bundle_info(bundle: "Bundle") -> dict[str, Any]:
+    m = bundle.manifest
+    return {"name": m.name, "version": m.version, "sha256": m.model.sha256, "profile": m.profile_name,
+            "signed_by": getattr(bundle, "signed_by", None)}  # fmt: skip
+
+
+class _Stale(Exception):
+    """Another bundle became active between preprocessing and the interpreter lock: preprocess again."""
+
+
 class Agent:
     """One bundle served on one device (see the module docstring)."""
 
@@ -95,42 +105,59 @@ class Agent:
 
     # --- the model ------------------------------------------------------------------------------------------
     def _activate(self, bundle: "Bundle", runtime: "Runtime") -> None:
-        """Make ``bundle`` (already verified) with its ``runtime`` the one being served."""
+        """Make ``bundle`` (already verified) with its ``runtime`` the one being served.
+
+        Everything is built first (the preprocessor can still refuse the bundle: nothing has changed then) and
+        swapped in one step under the interpreter lock; the generation counter moves last, so a request that
+        read the new generation sees only the new bundle's state (see :meth:`_serve_floats`)."""
         m = bundle.manifest
+        preprocessor = bundle.preprocessor()
+        in_t, out = m.inputs[0], m.outputs[0]
+        out_scale, out_zero = float(out.scale or 0.0), int(out.zero_point)
+        span = (out.qmax - out.qmin) if out.qmax is not None and out.qmin is not None else 0
+        # exp(-(qmax_seen - q) * scale) for every possible raw gap: softmax's top-1 without numpy calls.
+        exp_table = [math.exp(-d * out_scale) for d in range(span + 1)] if span else []
+        interp = runtime.interpreter
+        # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
+        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
+               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
+        recorder = self.recorder_factory(m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict())
         with self._rt_lock:
-            self.bundle, self.manifest, self.runtime = bundle, m, runtime
+            self.bundle, self.manifest, self.runtime, self.preprocessor, self.recorder = bundle, m, runtime, preprocessor, recorder
             self.labels = m.labels
             self.label_index = {name: i for i, name in enumerate(m.labels)}
-            self.preprocessor = bundle.preprocessor()
-            self._in_tensor, out = m.inputs[0], m.outputs[0]
+            self._in_tensor = in_t
+            self._in_scale, self._in_zero = float(in_t.scale or 0.0), int(in_t.zero_point)
             self._logits = m.raw.get("outputs_are", "logits") != "probabilities"
-            self._out_scale, self._out_zero = float(out.scale or 0.0), int(out.zero_point)
-            span = (out.qmax - out.qmin) if out.qmax is not None and out.qmin is not None else 0
-            # exp(-(qmax_seen - q) * scale) for every possible raw gap: softmax's top-1 without numpy calls.
-            self._exp_table = [math.exp(-d * self._out_scale) for d in range(span + 1)] if span else []
-            self._exp_np = np.asarray(self._exp_table, dtype=np.float64) if span else None
-            self._in_scale, self._in_zero = float(self._in_tensor.scale or 0.0), int(self._in_tensor.zero_point)
+            self._out_scale, self._out_zero = out_scale, out_zero
+            self._exp_table = exp_table
+            self._exp_np = np.asarray(exp_table, dtype=np.float64) if span else None
             self._n_tensor = 0
-            interp = runtime.interpreter
-            in_index, out_index = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-            # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
-            self._hot = (interp.set_tensor, interp.invoke, interp.get_tensor, in_index, out_index)
-            self.recorder = self.recorder_factory(m.labels, m.reference, bundle=self.bundle_info(), runtime=runtime.info.to_dict())
+            self._hot = hot
+            self._gen = getattr(self, "_gen", 0) + 1
 
-    def swap_runtime(self, runtime: "Runtime") -> None:
-        """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed."""
+    def swap_runtime(self, runtime: "Runtime", bundle: "Bundle | None" = None) -> bool:
+        """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed.
+
+        With ``bundle`` (the one ``runtime`` was opened for), nothing happens when another bundle became
+        active meanwhile (an OTA switch or rollback): ``runtime`` is closed and False returned."""
         interp = runtime.interpreter
         hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
                interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
         with self._rt_lock:
-            old, self.runtime, self._hot = self.runtime, runtime, hot
-            self.recorder.runtime = runtime.info.to_dict()
+            if bundle is not None and bundle is not self.bundle:
+                old = None
+            else:
+                old, self.runtime, self._hot = self.runtime, runtime, hot
+                self.recorder.runtime = runtime.info.to_dict()
+        if old is None:
+            runtime.close()
+            return False
         old.close()
+        return True
 
     def bundle_info(self) -> dict[str, Any]:
-        m = self.manifest
-        return {"name": m.name, "version": m.version, "sha256": m.model.sha256, "profile": m.profile_name,
-                "signed_by": getattr(self.bundle, "signed_by", None)}  # fmt: skip
+        return _bundle_info(self.bundle)
 
     def _top1(self, out: np.ndarray) -> tuple[int, float]:
         if not self._exp_table or out.size > SMALL_OUTPUT:
@@ -162,7 +189,8 @@ class Agent:
 
     # --- serving (the hot path) -------------------------------------------------------------------------------
     def serve_tensor(
-        self, x: np.ndarray, *, label: int = -1, input_mean: float | None = None, _t0: int | None = None
+        self, x: np.ndarray, *, label: int = -1, input_mean: float | None = None, _t0: int | None = None,
+        _gen: int | None = None,
     ) -> Prediction:
         """Infer one ready input tensor (the model's input shape and dtype) and record telemetry.
 
@@ -174,6 +202,8 @@ class Agent:
         t0 = t1 if _t0 is None else _t0
         try:
             with self._rt_lock:
+                if _gen is not None and _gen != self._gen:
+                    raise _Stale
                 set_tensor, invoke, get_tensor, in_index, out_index = self._hot
                 set_tensor(in_index, x)
                 invoke()
@@ -183,6 +213,8 @@ class Agent:
                 # next bundle's output scale, labels or telemetry window.
                 index, confidence = self._top1(out)
                 recorder, labels = self.recorder, self.labels
+        except _Stale:
+            raise
         except ValueError as exc:  # set_tensor: wrong shape or dtype
             self.recorder.record_error("INPUT_INVALID")
             raise InputError(
@@ -206,16 +238,51 @@ class Agent:
         return Prediction(index, labels[index] if index < len(labels) else str(index), confidence,
                           (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)  # fmt: skip
 
-    def serve_image(self, source: str | Path | bytes, *, label: int = -1) -> Prediction:
-        """Preprocess an image (path or encoded bytes) per the manifest and serve it."""
-        t0 = time.perf_counter_ns()
+    def serve_image(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
+        """Preprocess an image (path or encoded bytes) per the manifest and serve it.
+
+        ``label_name`` (one of the bundle's labels) is resolved against the bundle that serves the image, which
+        an OTA switch may change while it is being preprocessed; ``label`` is a class index of the current one."""
+        return self._serve_floats(lambda pre: pre.floats(source), label, label_name)
+
+    def serve_array(self, x: Any, *, label_name: str | None = None) -> Prediction:
+        """Serve a float (H, W, C) array (or (1, H, W, C)) already normalised per the manifest: the ``infer``
+        command's tensor. Values that are not finite numbers are refused (InputError)."""
         try:
-            floats = self.preprocessor.floats(source)
-        except InputError:
+            a = np.asarray(x, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InputError("the tensor must be a nested list of numbers (H×W×C, preprocessed floats).") from None
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if not np.isfinite(a).all():
             self.recorder.record_error("INPUT_INVALID")
-            raise
-        x = quantize(floats, self._in_tensor)[None, ...]
-        return self.serve_tensor(x, label=label, input_mean=float(floats.mean()), _t0=t0)
+            raise InputError("the tensor holds values that are not finite numbers (inf or NaN, or beyond float32).")
+        mean = float(a.mean()) if a.size else math.nan
+        return self._serve_floats(lambda pre: pre.from_array(a), -1, label_name, quantized=True, input_mean=mean)
+
+    def _serve_floats(self, make: Callable[[Any], np.ndarray], label: int, label_name: str | None, *,
+                      quantized: bool = False, input_mean: float | None = None) -> Prediction:  # fmt: skip
+        """Preprocess with the active bundle's preprocessor, then serve, provided that bundle is still the active
+        one when the interpreter lock is taken; otherwise preprocess again for the new one (an OTA switch)."""
+        t0 = time.perf_counter_ns()
+        for _ in range(3):
+            gen = self._gen  # read first: _activate moves it last
+            pre, spec, index = self.preprocessor, self._in_tensor, self.label_index
+            try:
+                arr = make(pre)
+            except InputError:
+                self.recorder.record_error("INPUT_INVALID")
+                raise
+            if quantized:
+                x, mean = arr, input_mean
+            else:
+                x, mean = quantize(arr, spec)[None, ...], float(arr.mean())
+            lab = index.get(label_name, -1) if label_name is not None else label
+            try:
+                return self.serve_tensor(x, label=lab, input_mean=mean, _t0=t0, _gen=gen)
+            except _Stale:
+                continue
+        raise BusyError(f"{self.settings.device_id}: the bundle changed three times while one input was being served; try again.")
 
     # --- the watched directory ----------------------------------------------------------------------------------
     def _candidates(self, root: Path) -> list[tuple[Path, str | None]]:
@@ -262,9 +329,11 @@ class Agent:
             return 0
         handled = 0
         for path, label_name in self._candidates(root):
+            if self._stop.is_set():  # shutting down: the rest waits for the next start
+                break
             ok = True
             try:
-                self.serve_image(path, label=-1 if label_name is None else self.label_index.get(label_name, -1))
+                self.serve_image(path, label_name=label_name)
             except InputError as exc:
                 ok = False
                 log.warning("%s: %s", self.settings.device_id, exc)
@@ -330,8 +399,14 @@ class Agent:
         return body
 
     def event(self, kind: str, **details: Any) -> None:
-        """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …)."""
-        self.publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+        """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …).
+
+        Never raises: an event that cannot be queued (a full disk) is logged; the state change it reports has
+        happened and must finish (an OTA switch, a rollback)."""
+        try:
+            self.publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+        except EdgekitError as exc:
+            log.error("%s: cannot queue the %s event: %s", self.settings.device_id, kind, exc)
 
     def meta(self) -> dict[str, Any]:
         s = self.settings
@@ -448,7 +523,7 @@ class Agent:
         if self.outbox is not None:
             try:
                 self.flush_window()
-            except EdgekitError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever happened, the shutdown status must still go out
                 log.error("%s: the last telemetry window is lost: %s", self.settings.device_id, exc)
         if self.link is not None:
             if self.outbox is not None and self.outbox.depth and not self.link.failed.is_set():

@@ -226,7 +226,10 @@ class CommandProcessor:
     # --- receiving ----------------------------------------------------------------------------------------------
     def submit(self, msg: Incoming) -> None:
         """Handle one delivered request. Never raises: every failure becomes a ``rejected`` answer."""
-        topic = msg.response_topic or f"{self.base}/res/{DEFAULT_REQUESTER}"
+        # A ResponseTopic property with a wildcard cannot be published to (paho refuses it at every attempt,
+        # which would block the outbox): refused below, answered on the default topic.
+        bad_response_topic = msg.response_topic is not None and not _TOPIC.match(msg.response_topic)
+        topic = (not bad_response_topic and msg.response_topic) or f"{self.base}/res/{DEFAULT_REQUESTER}"
         cmd_id: str | None = None
         name: str | None = None
         corr_text: str | None = None
@@ -241,6 +244,9 @@ class CommandProcessor:
             corr_text, payload_topic = self._reply_fields(doc)
             if correlation is None and corr_text is not None:
                 correlation = corr_text.encode("utf-8")  # MQTT 5 answers then carry the property too
+            if bad_response_topic:
+                raise Rejected("INVALID_PAYLOAD", "the ResponseTopic property must be an MQTT topic name of 1-256 "
+                                                  "characters without + or #.")  # fmt: skip
             requester = doc.get("requester", DEFAULT_REQUESTER)
             if not isinstance(requester, str) or not _REQUESTER.match(requester):
                 raise Rejected("INVALID_PAYLOAD", "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")

@@ -14,10 +14,8 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
 from .commands import Arg, Command, CommandSpec
-from .errors import InputError
+from .errors import BusyError, InputError
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -54,9 +52,12 @@ def cmd_set_config(agent: "Agent", cmd: Command) -> dict[str, Any]:
     a = {k: v for k, v in cmd.args.items() if v is not None}
     if not a:
         raise InputError("set_config needs at least one of: window_s, num_threads, drift_every.")
-    agent.settings = agent.settings.with_changes(**a)
+    settings = agent.settings.with_changes(**a)  # validates before anything changes
     if "num_threads" in a and a["num_threads"] != agent.runtime.info.num_threads:
-        agent.swap_runtime(agent.bundle.open_runtime(num_threads=a["num_threads"]))
+        bundle = agent.bundle
+        if not agent.swap_runtime(bundle.open_runtime(num_threads=a["num_threads"]), bundle):
+            raise BusyError(f"{agent.settings.device_id}: the bundle changed while num_threads was being applied; retry.")
+    agent.settings = settings
     agent.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
     agent.publish_meta()
     return {"applied": a, "config": agent.meta()["config"]}
@@ -65,22 +66,17 @@ def cmd_set_config(agent: "Agent", cmd: Command) -> dict[str, Any]:
 def cmd_infer(agent: "Agent", cmd: Command) -> dict[str, Any]:
     """Request/response inference on a base64 image or a preprocessed float tensor (H×W×C)."""
     a = cmd.args
-    label = agent.label_index.get(a["label"], -1) if a["label"] is not None else -1
     if a["image"] is not None:
         try:
             data = base64.b64decode(a["image"], validate=True)
         except (binascii.Error, ValueError):
             raise InputError("infer: 'image' is not valid base64.") from None
-        pred = agent.serve_image(data, label=label)
+        pred = agent.serve_image(data, label_name=a["label"])
     else:
         try:
-            x = np.asarray(a["tensor"], dtype=np.float32)
-        except (ValueError, TypeError):
-            raise InputError("infer: 'tensor' must be a nested list of numbers (H×W×C, preprocessed floats).") from None
-        if x.ndim == 4 and x.shape[0] == 1:
-            x = x[0]
-        q = agent.preprocessor.from_array(x)
-        pred = agent.serve_tensor(q, label=label, input_mean=float(x.mean()))
+            pred = agent.serve_array(a["tensor"], label_name=a["label"])
+        except InputError as exc:
+            raise InputError(f"infer: {exc}") from None
     return pred.to_dict()
 
 

@@ -530,8 +530,15 @@ class Link:
             # Messages already handed to paho stay there across reconnects (paho resends them itself).
             batch = self.outbox.head(free, exclude={e.id for e in self._inflight.values()}, pin=True)
             for i, entry in enumerate(batch):
-                info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
-                                            properties=json_properties(entry.correlation, mqtt5=self.mqtt5))  # fmt: skip
+                try:
+                    info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
+                                                properties=json_properties(entry.correlation, mqtt5=self.mqtt5))  # fmt: skip
+                except ValueError as exc:  # a topic or payload paho will never accept: drop it, or it blocks the rest
+                    self._refused += 1
+                    log.error("%s: dropped outbox message %d to %r that MQTT cannot carry (%s): %s",
+                              self.device_id, entry.id, entry.topic, exc, cap(entry.payload))  # fmt: skip
+                    self.outbox.ack(entry.id)
+                    continue
                 if info.rc not in _OK_RC:
                     log.warning("%s: paho refused to queue outbox message %d (%s); will retry",
                                 self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip

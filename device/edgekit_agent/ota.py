@@ -376,6 +376,16 @@ class OtaManager:
         return activated_ms
 
     def _watch(self, trial: _Trial) -> None:
+        """The health window's thread. Whatever goes wrong in it (a full disk while switching back, say), the
+        trial ends: otherwise every later update would be refused as BUSY until a restart."""
+        try:
+            self._judge(trial)
+        except Exception:  # noqa: BLE001 - logged; the pointer keeps what it had, a restart resolves "trial"
+            log.exception("%s: the health window of %s failed", self.agent.settings.device_id, trial.transfer_id)
+        finally:
+            trial.done.set()
+
+    def _judge(self, trial: _Trial) -> None:
         """The health window: fail early on errors, judge everything at its end."""
         policy = trial.policy
         end = trial.started + policy.window_s
@@ -389,7 +399,9 @@ class OtaManager:
             if early or now >= end:
                 checks = judge(policy, stats, trial.baseline, trial.reference_accuracy)
                 break
-            if self.agent._stop.wait(min(0.25, end - now)):  # noqa: SLF001 - the agent is stopping
+            if trial.done.wait(min(0.25, end - now)):  # a manual rollback ended it
+                return
+            if self.agent._stop.is_set():  # noqa: SLF001 - the agent is stopping
                 return  # the pointer stays in "trial": the next start rolls back, as documented
         failed = [c for c in checks if not c.passed]
         with self._lock:
@@ -445,7 +457,7 @@ class OtaManager:
             body = recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
             if body["counts"]["requests"] or body["counts"]["dropped"]:
                 agent.publish(agent.topics.telemetry, body)
-        except EdgekitError as exc:
+        except Exception as exc:  # noqa: BLE001 - the switch has happened; a lost window must not undo its bookkeeping
             log.warning("%s: the last window of the replaced bundle is lost: %s", agent.settings.device_id, exc)
 
     def _rollback_cmd(self, cmd: "Command") -> dict[str, Any]:
@@ -470,6 +482,7 @@ class OtaManager:
             self.agent._activate(bundle, runtime)  # noqa: SLF001
             self._report_window(old_rec)
             old_runtime.close()
+            self._clean_extractions()
             took = round((time.monotonic() - t0) * 1000, 3)
             self.agent.event("rollback", reason=f"requested by the fleet (cmd {cmd.cmd_id})", bundle=self.agent.bundle_info(),
                              **{"from": asdict(current)}, to=asdict(prev), took_ms=took)  # fmt: skip
@@ -501,6 +514,17 @@ class OtaManager:
                       "window_s": trial.policy.window_s} if running else None,  # fmt: skip
             "transfers": transfers,
         }
+
+    def _clean_extractions(self) -> None:
+        """Remove archive extractions in ``data/bundles`` other than the one being served (each manual rollback
+        to an archive extracts it again; without this they pile up until the next start)."""
+        root = self.data / "bundles"
+        if not root.is_dir():
+            return
+        active = Path(self.agent.bundle.directory).resolve()
+        for entry in root.iterdir():
+            if entry.is_dir() and entry.resolve() not in active.parents and entry.resolve() != active:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _prune_store(self) -> None:
         """Keep only the store entries the pointer names (current and previous)."""

@@ -16,6 +16,8 @@ command responses overtake a telemetry backlog.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import threading
 import uuid
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import StorageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGES = 10_000
 _SCHEMA = """
@@ -43,6 +47,27 @@ CREATE INDEX IF NOT EXISTS messages_order ON messages (priority DESC, id);
 
 # The outbox's failures (disk full, permissions, a damaged file) are StorageError; the name reads well here.
 OutboxError = StorageError
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot carry (inf, NaN) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _encode(doc: Mapping[str, Any], topic: str) -> bytes:
+    """Compact JSON. A non-finite float (from a hostile input, say) becomes null with a warning, instead of an
+    exception in whatever thread was publishing (the window timer, the OTA health thread, shutdown)."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
+    except ValueError:
+        log.warning("a message to %s held inf/NaN numbers; sent as null", topic)
+        return json.dumps(_finite(doc), separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +150,7 @@ class Outbox:
             seq = self._next_seq if sequenced else None
             doc = dict(message)
             doc["epoch"], doc["seq"] = self.epoch, seq
-            payload = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
+            payload = _encode(doc, topic)
             try:
                 with self._db:  # one transaction: the row and the counter move together
                     row_id = self._db.execute(

@@ -268,7 +268,7 @@ class WindowRecorder:
             w.class_labeled += np.bincount(labels[labelled], minlength=nc)[:nc]
             w.class_correct += np.bincount(labels[hit], minlength=nc)[:nc]
         means = a[:, 6]
-        means = means[~np.isnan(means)]
+        means = means[np.isfinite(means)]  # NaN: not sampled; inf: a hostile tensor, never a statistic
         if means.size:
             w.mean_bins += np.bincount(np.searchsorted(self._mean_inner, means, side="right"), minlength=len(w.mean_bins))
             w.mean_n += int(means.size)

@@ -93,6 +93,15 @@ def test_mqtt5_properties_win_over_the_payload_fields(processor) -> None:
     assert all(b["correlation_data"] == "text" for _, b, _ in got)  # the payload's copy is still echoed
 
 
+def test_a_wildcard_response_topic_property_is_refused_on_the_default_topic(processor) -> None:
+    """paho refuses to publish to a topic with + or #: such an answer would sit first in the outbox forever."""
+    proc, answers = processor
+    proc.submit(_msg("ping", {"cmd_id": "w1"}, response_topic="fleet/+/evil", correlation=b"c"))
+    ((topic, body, corr),) = answers.wait(1)
+    assert topic == f"{BASE}/res/fleet" and body["state"] == "rejected" and corr == b"c"
+    assert body["error"]["code"] == "INVALID_PAYLOAD" and "ResponseTopic" in body["error"]["message"]
+
+
 def test_no_correlation_fields_means_no_correlation_in_the_answer(processor) -> None:
     proc, answers = processor
     proc.submit(_msg("ping", {"cmd_id": "p2", "requester": "desk"}))

@@ -41,20 +41,29 @@ def test_labels_are_resolved_when_served(digits_bundle: Path, tmp_path: Path) ->
     for p in inbox.rglob("*.png"):
         os.utime(p, (past, past))
 
+    # What the good bundle scores on these images when nothing switches: the figure to reproduce exactly.
+    ref = Agent(good, AgentSettings(device_id="ref", data_dir=tmp_path / "ref"))
+    for p in sorted(inbox.rglob("*.png")):
+        ref.serve_image(p.read_bytes(), label_name=p.parent.name)
+    expected = ref.recorder.snapshot_and_reset()["accuracy"]
+
     agent = Agent(rotated, AgentSettings(device_id="swap", data_dir=tmp_path / "data", watch_dir=inbox))
-    serve = agent.serve_image
-    calls = []
+    pre = agent.preprocessor
+    floats = pre.floats
+    switched = []
 
-    def switch_after_the_scan(source, *, label=-1):
-        if not calls:  # the batch was scanned under the rotated bundle; the good one serves it
-            agent._activate(good, good.open_runtime(num_threads=1))  # noqa: SLF001 - what an OTA rollback does
-        calls.append(label)
-        return serve(source, label=label)
+    def switch_while_preprocessing(source):
+        # The batch was scanned under the rotated bundle, and the switch to the good one (what an OTA rollback
+        # does) lands while the first image is being preprocessed for the rotated bundle: the worst moment.
+        if not switched:
+            switched.append(True)
+            agent._activate(good, good.open_runtime(num_threads=1))  # noqa: SLF001
+        return floats(source)
 
-    agent.serve_image = switch_after_the_scan
+    pre.floats = switch_while_preprocessing
     assert agent.scan_once() == n
     body = agent.recorder.snapshot_and_reset()
-    # Every image counted with the serving bundle's labels: the digits CNN gets nearly all right.
-    assert body["accuracy"]["labeled"] == n
-    assert body["accuracy"]["accuracy"] > 0.9, body["accuracy"]
-    assert len(calls) == n
+    # Every image, the one in flight too, is scored with the labels of the bundle that served it.
+    assert body["accuracy"]["labeled"] == n == expected["labeled"], body["accuracy"]
+    assert body["accuracy"]["correct"] == expected["correct"] and expected["accuracy"] > 0.9, (body["accuracy"], expected)
+    assert body["counts"]["requests"] == n and not body["counts"]["errors"]

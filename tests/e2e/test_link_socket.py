@@ -71,3 +71,24 @@ def test_agent_says_once_per_outage_why_the_broker_is_unreachable(tmp_path: Path
     said = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
     assert len(said) == 1, said
     assert f"mqtt://127.0.0.1:{port}" in said[0] and "refused" in said[0].lower() and "outbox" in said[0]
+
+
+def test_a_message_mqtt_cannot_carry_is_dropped_not_retried_forever(mosquitto, tmp_path: Path, caplog) -> None:
+    """An outbox entry paho refuses to publish (a wildcard topic) is dropped with an error in the log; what
+    comes after it is delivered (before, it stayed first in line and blocked the outbox, even across restarts)."""
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.put("edge/v1/dev-2/res/+", {"answer": 1}, priority=1, sequenced=False)
+    outbox.put("edge/v1/dev-2/events", {"event": "after"})
+    with MqttLink(mosquitto.url, subscriptions=[("edge/v1/dev-2/events", 1)]).start(timeout=10) as fleet:
+        agent = Link(BrokerSettings.from_url(mosquitto.url), "dev-2", "boot-2", outbox, on_message=lambda _m: None)
+        with caplog.at_level(logging.ERROR, logger="edgekit_agent.link"):
+            agent.start()
+            try:
+                assert agent.connected.wait(10)
+                msg = fleet.messages.get(timeout=10)
+                assert b'"after"' in msg.payload
+                assert agent.flush(10) and outbox.depth == 0
+            finally:
+                agent.close()
+                outbox.close()
+    assert any("cannot carry" in r.getMessage() and "res/+" in r.getMessage() for r in caplog.records)
