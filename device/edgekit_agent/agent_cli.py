@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled")
     parser.add_argument("--processed", choices=("move", "delete", "keep"), help="what to do with served files (default move to DIR/.processed)")
     parser.add_argument("--window", dest="window_s", type=float, metavar="S", help="telemetry window in seconds (default 10)")
-    parser.add_argument("--num-threads", type=int, metavar="N", help="interpreter threads (default: the bundle's profile)")
+    parser.add_argument("--num-threads", type=int, metavar="N", help="interpreter threads (default: the bundle's profile, at most this machine's cores)")
     parser.add_argument("--username", help="MQTT user name")
     parser.add_argument("--password", help="MQTT password (better: EDGEKIT_MQTT_PASSWORD in the environment)")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the broker's certificate")

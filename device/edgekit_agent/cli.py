@@ -99,7 +99,7 @@ def _count(minimum: int) -> Any:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_count(1), metavar="N", help="interpreter threads (default: the bundle's profile)")
+    parser.add_argument("--threads", type=_count(1), metavar="N", help="interpreter threads (default: the bundle's profile, at most this machine's cores)")
     parser.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only (no XNNPACK delegate)")
     parser.add_argument(
         "--runtime", choices=("litert", "tflite_runtime", "tensorflow"), help="force an interpreter (default: the first that imports)"

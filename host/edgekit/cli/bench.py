@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of a broker with a private CA (mqtts://)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up runs (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the bundle's profile)")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: as many as the device serves with)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the report (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench-reports"), help="where to save JSON and PNG (default %(default)s)")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="REPORT.json", help="tabulate saved reports instead of running one")

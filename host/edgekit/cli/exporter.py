@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
     with Exporter(args.broker, port=args.port, host=args.host, group=args.group, protocol=args.mqtt,
                   stages=stages, buckets=args.buckets, tls_ca=args.tls_ca) as exp:
         if not exp.link.mqtt5:
-            err_console.print("[yellow]warning:[/] the broker speaks MQTT 3.1.1 only: no shared subscription, run a single exporter")
+            why = "--mqtt 3.1.1 was asked for" if args.mqtt == "3.1.1" else "the broker speaks MQTT 3.1.1 only"
+            err_console.print(f"[yellow]warning:[/] {why}: no shared subscription, run a single exporter")
         err_console.print(f"exporter: {args.broker} -> {exp.url} (group {args.group}); Ctrl-C to stop")
         try:
             while not stop.wait(0.5):
