@@ -370,14 +370,14 @@ class Link:
     def _fall_back_to_311(self, why: str) -> None:
         """Worker thread: the broker refused MQTT 5 (auto mode): a new paho client speaking 3.1.1."""
         old = self._client
-        old.disconnect()  # ends paho's reconnect loop (again, if the CONNACK callback did already)
-        old.loop_stop()
         self.mqtt5 = False
         self._connack_wait = None
         self._inflight.clear()  # never connected: nothing was handed to the old client's window
         log.warning("%s: %s %s; using MQTT 3.1.1 (request/response fields travel in the JSON payload)",
                     self.device_id, self.settings.url, why)  # fmt: skip
-        self._client = self._make_client()
+        self._client = self._make_client()  # first: the retired client's disconnect callback is then ignored
+        old.disconnect()  # ends paho's reconnect loop (again, if the CONNACK callback did already)
+        old.loop_stop()
         self._connect()
 
     # --- paho callbacks: never block, never take application locks ---------------------------------------------
