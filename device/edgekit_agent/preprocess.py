@@ -41,8 +41,22 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         raise InputError(f"{label}: not a readable image ({exc}); re-export it as PNG or JPEG.") from None
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer grey images (16-bit PNG, TIFF, PGM) scaled to 8 bits: Pillow's ``convert("L")``
+    would clip every value above 255 to white. Float images are refused: their range is anyone's guess."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img)
+        if img.mode == "I" and a.size and int(a.max()) <= 255 and int(a.min()) >= 0:
+            return Image.fromarray(a.astype(np.uint8), "L")  # 8-bit values stored in a 32-bit mode
+        return Image.fromarray((np.clip(a, 0, 65535).astype(np.float64) / 257.0).round().astype(np.uint8), "L")
+    if img.mode == "F":
+        raise InputError("32-bit float pixels (mode F) have no fixed range; save the image as 8- or 16-bit PNG.")
+    return img
+
+
 def image_to_float(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """A decoded image → float32 array (H, W, C), normalised per the spec (no batch axis, not quantised)."""
+    img = _to_8bit(img)
     if img.mode != spec.color_mode:
         img = img.convert(spec.color_mode)
     if img.size != (spec.width, spec.height):
@@ -86,7 +100,12 @@ class Preprocessor:
 
     def floats(self, source: str | Path | bytes | Image.Image) -> np.ndarray:
         img = source if isinstance(source, Image.Image) else open_image(source)
-        return image_to_float(img, self.spec)
+        try:
+            return image_to_float(img, self.spec)
+        except InputError as exc:
+            if isinstance(source, (str, Path)):
+                raise InputError(f"{source}: {exc}") from None
+            raise
 
     def __call__(self, source: str | Path | bytes | Image.Image) -> np.ndarray:
         return quantize(self.floats(source), self.tensor)[None, ...]
