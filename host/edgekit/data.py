@@ -7,6 +7,7 @@ so the workstation measures accuracy on exactly the tensors a device would compu
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekit_agent.errors import DatasetError, InputError
+from edgekit_agent.errors import DatasetError, InputError, UsageError
 from edgekit_agent.manifest import PreprocessSpec
 from edgekit_agent.preprocess import image_to_float, open_image
 
@@ -267,19 +268,28 @@ def load_dataset(path: str | Path, spec: PreprocessSpec | None = None, strict: b
     raise DatasetError(f"{p}: not a dataset; give an image folder (one subfolder per class) or an .npz file.")
 
 
-def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Splits:
-    """A deterministic, stratified split: each class is shuffled with ``seed`` and cut in the same proportions.
+def class_rng(seed: int, label: str) -> np.random.Generator:
+    """The random stream that shuffles class ``label``: seeded from ``seed`` and a stable hash (CRC-32) of the
+    class name, so a class's shuffle depends only on its own files and the seed, never on the other classes."""
+    if seed < 0:
+        raise UsageError(f"the split seed must be a non-negative integer, got {seed}.")
+    return np.random.default_rng([int(seed), zlib.crc32(label.encode("utf-8"))])
 
-    Every class with at least three samples gets at least one validation and one test sample, so small
-    classes are still measured.
+
+def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Splits:
+    """A deterministic, stratified split: each class is shuffled and cut in the same proportions.
+
+    Each class has its own random stream (:func:`class_rng`: the seed and the class name), so a class is
+    split the same way whichever other classes the dataset holds: evaluating a bundle on a folder with only
+    some of its classes tests on exactly the images the build held out. Every class with at least three
+    samples gets at least one validation and one test sample, so small classes are still measured.
     """
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise DatasetError(f"split fractions val={val} and test={test} must be in [0, 1) and sum to less than 1.")
-    rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for cls in range(len(ds.labels)):
+    for cls, label in enumerate(ds.labels):
         idx = np.flatnonzero(ds.y == cls)
-        idx = idx[rng.permutation(len(idx))]
+        idx = idx[class_rng(seed, label).permutation(len(idx))]
         n = len(idx)
         n_test = int(round(n * test))
         n_val = int(round(n * val))

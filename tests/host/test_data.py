@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from edgekit.data import folder_spec, load_dataset, load_image_folder, load_npz, split_dataset, write_digits
-from edgekit_agent.errors import DatasetError
+from edgekit_agent.errors import DatasetError, UsageError
 from edgekit_agent.manifest import PreprocessSpec
 from edgekit_agent.preprocess import image_to_float, open_image
 
@@ -145,3 +145,27 @@ def test_small_classes_still_get_a_test_sample(tmp_path):
     assert int(np.sum(s.test.y == 0)) == 1 and int(np.sum(s.val.y == 0)) == 1 and int(np.sum(s.train.y == 0)) == 1
     with pytest.raises(DatasetError):
         split_dataset(ds, val=0.6, test=0.5)
+
+
+def test_a_class_is_split_the_same_way_whatever_other_classes_the_dataset_holds(tmp_path):
+    """`edgekit evaluate BUNDLE --dataset SUBSET` re-creates the build's test split class by class: a class's
+    shuffle depends on its own files and the seed only, not on the classes sorted before it."""
+    full = _folder(tmp_path / "full", {"10": 20, "2": 21, "9": 19})
+    sub = tmp_path / "sub"
+    for name in ("2", "9"):
+        (sub / name).mkdir(parents=True)
+        for f in (full / name).iterdir():
+            (sub / name / f.name).write_bytes(f.read_bytes())
+
+    def by_class(ds_root: Path, seed: int) -> dict[str, dict[str, set[str]]]:
+        ds = load_image_folder(ds_root)
+        s = split_dataset(ds, seed=seed)
+        return {label: {part: {Path(f).name for f, y in zip(getattr(s, part).files, getattr(s, part).y) if y == cls}
+                         for part in ("train", "val", "test")} for cls, label in enumerate(ds.labels)}
+
+    for seed in (0, 1, 7):
+        a, b = by_class(full, seed), by_class(sub, seed)
+        assert a["2"] == b["2"] and a["9"] == b["9"], seed
+    assert by_class(full, 0)["2"]["test"] != by_class(full, 1)["2"]["test"]  # the seed still matters
+    with pytest.raises(UsageError, match="non-negative"):
+        split_dataset(load_image_folder(sub), seed=-1)
