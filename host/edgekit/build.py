@@ -128,6 +128,7 @@ class _State:
     ds: Any = None
     splits: Any = None
     model: Any = None
+    model_shape: Any = None  # train.ModelShape of a --model file
     model_file: Path | None = None
     float_accuracy: float = 0.0
     trained_arch: str = ""
@@ -143,21 +144,30 @@ class _State:
 def _load_data(s: _State) -> None:
     from . import data
 
-    s.ds = data.load_dataset(s.dataset)
+    # A model file decides the image size and colour mode; the dataset must then match its input and classes.
+    spec = s.model_shape.dataset_spec(s.dataset) if s.model_shape is not None else None
+    s.ds = data.load_dataset(s.dataset, spec)
+    if s.model_shape is not None:
+        s.model_shape.check(s.ds, s.dataset)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
 
 
-def _train_or_load(s: _State) -> None:
+def _load_model(s: _State) -> None:
     from . import train
 
-    if s.model_path is not None:
-        s.model = train.load_model(s.model_path)
-        s.model_file = s.model_path
-        s.trained_arch = f"file:{s.model_path.name}"
-        s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
-        return
+    assert s.model_path is not None
+    s.model = train.load_model(s.model_path)
+    s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes) output
+    s.model_file = s.model_path
+    s.trained_arch = f"file:{s.model_path.name}"
+    s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
+
+
+def _train(s: _State) -> None:
+    from . import train
+
     kwargs: dict[str, Any] = {"arch": s.arch, "seed": s.seed, "on_epoch": _epoch_reporter(s)}
     if s.epochs is not None:
         kwargs["epochs"] = s.epochs
@@ -336,10 +346,12 @@ def _size(path: Path | None) -> int | None:
 # --- the public function ----------------------------------------------------------------------------
 def plan(prune: float | None, profiles: Sequence[Profile], from_model: bool) -> list[tuple[str, Callable[[_State], None]]]:
     """The steps :func:`build` will run, as (label, callable) pairs: a table, not an if-chain."""
-    steps: list[tuple[str, Callable[[_State], None]]] = [
-        ("load and split the dataset", _load_data),
-        ("load the model" if from_model else "train", _train_or_load),
-    ]
+    # A model file is loaded first: its input decides the size and colour mode the dataset is loaded at.
+    steps: list[tuple[str, Callable[[_State], None]]] = (
+        [("load the model", _load_model), ("load and split the dataset", _load_data)]
+        if from_model
+        else [("load and split the dataset", _load_data), ("train", _train)]
+    )
     if prune:
         steps.append((f"prune to {prune:.0%} sparsity", _prune))
     steps.append(("save and evaluate the float model", _save_model))

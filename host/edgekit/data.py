@@ -11,11 +11,11 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from edgekit_agent.errors import DatasetError, InputError, UsageError
+from edgekit_agent.errors import DatasetError, InputError, ModelError, UsageError
 from edgekit_agent.manifest import PreprocessSpec
 from edgekit_agent.preprocess import image_to_float, open_image
 
@@ -151,6 +151,60 @@ def folder_spec(path: str | Path, *, size: tuple[int, int] | None = None, color_
     inferred = infer_spec([f for d in _class_dirs(Path(path)) for f in _image_files(d)])
     w, h = size or (inferred.width, inferred.height)
     return PreprocessSpec(width=int(w), height=int(h), color_mode=color_mode or inferred.color_mode)
+
+
+def image_input(shape: Sequence[int | None], where: str) -> tuple[int | None, int | None, int]:
+    """(height, width, channels) of a model input of ``shape`` (batch, H, W, C), None for a size left open.
+
+    ``where`` names the model (file) in errors. Raises :class:`ModelError` for an input that is not an image:
+    not rank 4, or not 1 (grey) or 3 (RGB) channels.
+    """
+    dims = tuple(None if s is None or int(s) <= 0 else int(s) for s in shape)
+    if len(dims) != 4:
+        raise ModelError(
+            f"{where}: its input has shape {shape_text(dims)}, but edgekit feeds images: the model needs one input "
+            "of shape (batch, height, width, channels), e.g. keras.Input((8, 8, 1)); put a Reshape layer after it "
+            "if the model works on flat vectors."
+        )
+    _, h, w, c = dims
+    if c not in (1, 3):
+        raise ModelError(
+            f"{where}: its input has {c} channels (shape {shape_text(dims)}); edgekit feeds grey (1 channel) or "
+            "RGB (3 channels) images: give a model whose input shape ends in 1 or 3."
+        )
+    return h, w, c
+
+
+def spec_for_input(shape: Sequence[int | None], where: str, dataset: str | Path | None = None) -> PreprocessSpec:
+    """The preprocessing spec that turns images into what a model input of ``shape`` (batch, H, W, C) takes.
+
+    A height or width the model leaves open (None) is taken from the images of the ``dataset`` folder.
+    Raises :class:`ModelError` naming ``where`` (see :func:`image_input`).
+    """
+    h, w, c = image_input(shape, where)
+    mode = "L" if c == 1 else "RGB"
+    if h and w:
+        return PreprocessSpec(width=w, height=h, color_mode=mode)
+    if dataset is None or Path(dataset).suffix.lower() == ".npz":
+        raise ModelError(f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); give a model with a fixed height and width.")
+    return folder_spec(dataset, color_mode=mode)  # the images' most common size
+
+
+def shape_text(dims: Sequence[int | None]) -> str:
+    """``(None, 8, 8, 1)``: a shape as Python prints a tuple, None for an open dimension."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def peek(path: str | Path) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    """(height, width, channels) of the tensors a dataset gives by default, and its class names, without
+    loading every image (an image folder's spec comes from a sample, as in :func:`infer_spec`)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        ds = load_npz(p)
+        h, w, c = (int(d) for d in ds.x.shape[1:])
+        return (h, w, c), ds.labels
+    spec = folder_spec(p)
+    return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), tuple(d.name for d in _class_dirs(p))
 
 
 def _skip(path: Path, reason: str, strict: bool) -> None:

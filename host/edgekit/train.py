@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekit_agent.errors import ModelError, UsageError
+from edgekit_agent.errors import EdgekitError, ModelError, UsageError
+from edgekit_agent.manifest import PreprocessSpec
 
-from .data import Splits
+from .data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -196,4 +197,94 @@ def load_model(path: str | Path) -> Any:
     raise ModelError(
         f"{path}: cannot load this model ({'; '.join(errors)}). Save it with model.save('model.keras') "
         "(Keras 3) or model.save('model.h5') (tf_keras) and make sure custom layers are registered."
+    )
+
+
+def _shapes(tensors: Any) -> list[tuple[int | None, ...]]:
+    return [tuple(None if d is None else int(d) for d in t.shape) for t in tensors]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """What a classifier takes and gives: one image input (batch, H, W, C) and one output whose last
+    dimension is the number of classes. ``path`` is the model file (named in errors)."""
+
+    path: Path
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+    @property
+    def classes(self) -> int | None:
+        return self.output_shape[-1] if self.output_shape else None
+
+    def dataset_spec(self, dataset: str | Path) -> PreprocessSpec | None:
+        """The spec to load ``dataset`` with so its images become this model's input (None for an ``.npz``:
+        its arrays are what they are, :meth:`check` compares them)."""
+        if Path(dataset).suffix.lower() == ".npz":
+            return None
+        return spec_for_input(self.input_shape, str(self.path), dataset)
+
+    def check(self, ds: Dataset, dataset: str | Path) -> None:
+        """:class:`ModelError` unless ``ds`` (loaded from ``dataset``) fits the input and the output has one
+        unit per class."""
+        want = self.input_shape[1:]
+        have = tuple(int(d) for d in ds.x.shape[1:])
+        if any(w is not None and w != h for w, h in zip(want, have)):
+            raise ModelError(
+                f"{self.path}: the model takes inputs of shape (height, width, channels) = {shape_text(want)}, but the "
+                f"dataset {dataset} gives {shape_text(have)}; give a dataset of that size and colour mode, or a model for "
+                f"{shape_text(have)} inputs."
+            )
+        n = len(ds.labels)
+        if self.classes is not None and self.classes != n:
+            raise ModelError(
+                f"{self.path}: the model has {self.classes} outputs (output shape {shape_text(self.output_shape)}), but the "
+                f"dataset {dataset} has {n} classes ({', '.join(ds.labels)}); give a model with one output per class "
+                "(e.g. a last Dense layer of that many units) or a dataset with one class folder per output."
+            )
+
+
+def model_shape(model: Any, path: str | Path, dataset: str | Path | None = None) -> ModelShape:
+    """Check that ``model`` (loaded from ``path``) is an image classifier edgekit can feed: exactly one input of
+    rank 4 (batch, H, W, C) with 1 or 3 channels and exactly one output of shape (batch, classes).
+
+    Raises :class:`ModelError` naming the file, what the model has and what it needs; with ``dataset`` the
+    message also says what a model for that dataset takes and gives.
+    """
+    path = Path(path)
+    try:
+        return _model_shape(model, path)
+    except ModelError as exc:
+        if dataset is None:
+            raise
+        raise ModelError(f"{exc} {_dataset_needs(dataset)}".rstrip()) from None
+
+
+def _model_shape(model: Any, path: Path) -> ModelShape:
+    try:
+        inputs, outputs = _shapes(model.inputs), _shapes(model.outputs)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the model's inputs and outputs ({exc}); save a built Keras model with model.save('model.keras').") from None
+    if len(inputs) != 1:
+        raise ModelError(
+            f"{path}: the model has {len(inputs)} inputs {', '.join(map(shape_text, inputs))}; edgekit feeds one image: "
+            "give a model with exactly one input of shape (batch, height, width, channels)."
+        )
+    if len(outputs) != 1 or len(outputs[0]) != 2:
+        raise ModelError(
+            f"{path}: the model has {len(outputs)} output(s) {', '.join(map(shape_text, outputs))}; a classifier for edgekit "
+            "needs exactly one output of shape (batch, classes)."
+        )
+    image_input(inputs[0], str(path))  # rank 4, 1 or 3 channels
+    return ModelShape(path=path, input_shape=inputs[0], output_shape=outputs[0])
+
+
+def _dataset_needs(dataset: str | Path) -> str:
+    try:
+        (h, w, c), labels = peek(dataset)
+    except EdgekitError:
+        return ""  # the dataset's own problem is reported when it is loaded
+    return (
+        f"The dataset {dataset} has {len(labels)} classes of {w}x{h} {'grey' if c == 1 else 'RGB'} images: a model for it "
+        f"takes (batch, {h}, {w}, {c}) and gives (batch, {len(labels)})."
     )

@@ -112,7 +112,8 @@ def test_plan_is_a_table_of_steps() -> None:
     labels = [label for label, _ in plan(0.5, profiles, from_model=False)]
     assert labels[:3] == ["load and split the dataset", "train", "prune to 50% sparsity"]
     assert sum("raspberry-pi-5" in label for label in labels) == 4
-    assert [label for label, _ in plan(None, profiles[:1], from_model=True)][1] == "load the model"
+    # A model file is loaded first: its input decides the size and colour mode the dataset is loaded at.
+    assert [label for label, _ in plan(None, profiles[:1], from_model=True)][:2] == ["load the model", "load and split the dataset"]
 
 
 def test_default_name(tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     # The pruned model is saved next to the bundles; the input model file is left alone.
     assert doc["model_file"] == str(out / "dig.keras") and (out / "dig.keras").is_file()
     steps = [t["step"] for t in doc["step_seconds"]]
-    assert steps[:3] == ["load and split the dataset", "load the model", "prune to 50% sparsity"] and len(steps) == 3 + 1 + 2 * 4
+    assert steps[:3] == ["load the model", "load and split the dataset", "prune to 50% sparsity"] and len(steps) == 3 + 1 + 2 * 4
     # Each figure is rounded to 0.01 s, so the steps may add up to a hair more than the rounded total.
     assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"] + 0.005 * (len(steps) + 1)
     convert = next(t for t in doc["step_seconds"] if t["step"].startswith("convert"))

@@ -56,14 +56,6 @@ def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, qu
     return ds
 
 
-def spec_for_model(model_input_shape: tuple[int, ...]) -> Any:
-    """The default preprocessing spec matching a model's input (batch, H, W, C): size and colour mode."""
-    from edgekit_agent.manifest import PreprocessSpec
-
-    _, h, w, c = (int(s) if s else 0 for s in model_input_shape)
-    return PreprocessSpec(width=w, height=h, color_mode="L" if c == 1 else "RGB")
-
-
 def run(args: argparse.Namespace) -> ExitStatus:
     from . import ui
 

@@ -47,16 +47,17 @@ def _map_labels(ds_labels: tuple[str, ...], model_labels: tuple[str, ...], targe
 
 def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
     """The model file, preprocessing spec, labels and split settings of a bundle or .tflite."""
+    from edgekit.data import spec_for_input
     from edgekit_agent.runtime import Runtime
-
-    from .datasets import spec_for_model
 
     if target.suffix == ".tflite":
         if not target.is_file():
             raise ModelError(f"{target}: no such .tflite file; give a bundle directory, its .tar.gz or a .tflite.")
         rt = Runtime(target, num_threads=1, delegate="none")
-        spec = spec_for_model(rt.input_shape)
-        rt.close()
+        try:
+            spec = spec_for_input(rt.input_shape, str(target))
+        finally:
+            rt.close()
         return {"model": target, "spec": spec, "labels": None, "split": {}, "kind": "tflite"}
     from edgekit_agent.bundle import load_bundle
 

@@ -34,14 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.data import split_dataset
     from edgekit.prune import prune_model
-    from edgekit.train import load_model, save_model
+    from edgekit.train import load_model, model_shape, save_model
 
     from . import ui
-    from .datasets import load_with_progress, spec_for_model
+    from .datasets import load_with_progress
 
     model = load_model(args.model)
-    ds = load_with_progress(args.dataset, None if args.dataset.suffix == ".npz" else spec_for_model(tuple(model.inputs[0].shape)),
-                            strict=args.strict, quiet=args.json)
+    shape = model_shape(model, args.model, args.dataset)  # one image input, one (batch, classes) output, else ModelError
+    ds = load_with_progress(args.dataset, shape.dataset_spec(args.dataset), strict=args.strict, quiet=args.json)
+    shape.check(ds, args.dataset)  # the dataset's tensors and classes match the model
     splits = split_dataset(ds, seed=args.seed)
     with ui.progress() as bar:
         task = bar.add_task("pruning", total=args.epochs)
