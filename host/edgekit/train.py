@@ -191,9 +191,19 @@ def load_model(path: str | Path) -> Any:
     errors = []
     for loader in loaders:
         try:
-            return loader(path)
+            model = loader(path)
         except Exception as exc:  # noqa: BLE001 - loaders raise ValueError, OSError, TypeError, KeyError...
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        if not (hasattr(model, "inputs") and hasattr(model, "layers")):
+            # e.g. a SavedModel that Keras did not write (Keras 3 model.export, tf.saved_model.save): tf_keras
+            # restores it as a bare trackable object with functions but no layers, inputs or outputs.
+            raise ModelError(
+                f"{path}: loads as a {type(model).__name__}, not a Keras model (a SavedModel written by "
+                "model.export() or tf.saved_model.save has no layers edgekit can prune, train or check). "
+                "Save the model with model.save('model.keras') and give that file."
+            )
+        return model
     raise ModelError(
         f"{path}: cannot load this model ({'; '.join(errors)}). Save it with model.save('model.keras') "
         "(Keras 3) or model.save('model.h5') (tf_keras) and make sure custom layers are registered."

@@ -113,3 +113,15 @@ def test_convert_and_prune_refuse_a_flat_input_model_with_a_clear_error(models, 
     assert main(argv) == ExitStatus.BAD_INPUT
     err = " ".join(capsys.readouterr().err.split())
     assert "flat.keras" in err and "(None, 64)" in err and "Traceback" not in err
+
+
+def test_a_savedmodel_keras_did_not_write_is_refused_saying_how_to_save(tmp_path, grey8) -> None:
+    """Keras 3 ``model.export()`` writes a SavedModel that tf_keras restores as a bare trackable object:
+    a ModelError naming the directory and model.save('….keras'), not an AttributeError later."""
+    from edgekit.train import load_model
+
+    _cnn().export(str(tmp_path / "sm"), verbose=False)
+    with pytest.raises(ModelError, match=r"sm: loads as a .*not a Keras model.*model\.save\('model\.keras'\)"):
+        load_model(tmp_path / "sm")
+    with pytest.raises(ModelError, match="not a Keras model"):
+        build(grey8, ["raspberry-pi-4"], tmp_path / "out", model=tmp_path / "sm")
