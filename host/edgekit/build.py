@@ -203,12 +203,21 @@ def _save_model(s: _State) -> None:
     from . import train, zoo
 
     if s.model_file is None or s.prune_info:  # kept next to the bundles, so `--model` can rebuild from it
-        s.model_file = train.save_model(s.model, s.out / f"{s.name}.keras")
+        s.model_file = train.save_model(s.model, _model_out(s))
     s.outputs_are = zoo.outputs_are(s.model)
     if s.float_accuracy < 0:  # a model file: training's (or pruning's) test-split figure does not exist
         from . import evaluate
 
         s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
+
+
+def _model_out(s: _State) -> Path:
+    """``OUT/NAME.keras``, or ``OUT/NAME-pruned.keras`` when that is the ``--model`` file itself (the rebuild
+    route ``--model OUT/NAME.keras --prune``): the user's model file is never overwritten."""
+    path = s.out / f"{s.name}.keras"
+    while s.model_path is not None and path.exists() and path.samefile(s.model_path):
+        path = path.with_name(f"{path.stem}-pruned.keras")
+    return path
 
 
 def _convert(s: _State, profile: Profile) -> None:

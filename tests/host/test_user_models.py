@@ -125,3 +125,28 @@ def test_a_savedmodel_keras_did_not_write_is_refused_saying_how_to_save(tmp_path
         load_model(tmp_path / "sm")
     with pytest.raises(ModelError, match="not a Keras model"):
         build(grey8, ["raspberry-pi-4"], tmp_path / "out", model=tmp_path / "sm")
+
+
+def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -> None:
+    """The rebuild route the docs suggest, `--model OUT/NAME.keras --prune 0.5 --out OUT`: the pruned model
+    goes to OUT/NAME-pruned.keras and the input file keeps its bytes; from elsewhere it is OUT/NAME.keras."""
+    from edgekit.train import load_model
+
+    def save_step(model_path: Path, out: Path) -> Path:
+        state = build_module._State(  # noqa: SLF001 - the save step is the unit under test
+            dataset=tmp_path, out=out, profiles=[], model_path=model_path, epochs=None, prune=0.5,
+            max_accuracy_drop=1.0, keep_going=False, name="m", version="1", seed=0, arch="auto",
+        )
+        state.model, state.model_file, state.float_accuracy = load_model(model_path), model_path, 0.5
+        state.prune_info = {"target_sparsity": 0.5}
+        build_module._save_model(state)  # noqa: SLF001
+        return state.model_file
+
+    (tmp_path / "out").mkdir()
+    original = _save(_cnn(), tmp_path / "out" / "m.keras")
+    before = original.read_bytes()
+    # The same file by another spelling of its path is still the same file.
+    assert save_step(tmp_path / "out" / "." / "m.keras", tmp_path / "out") == tmp_path / "out" / "m-pruned.keras"
+    assert original.read_bytes() == before and (tmp_path / "out" / "m-pruned.keras").is_file()
+    assert save_step(original, tmp_path / "other") == tmp_path / "other" / "m.keras"
+    assert (tmp_path / "other" / "m.keras").is_file() and original.read_bytes() == before

@@ -2,7 +2,8 @@
 evaluate (int8 through the device's own runtime) → fit check → bundle, for each --profile.
 
 Writes OUT/NAME-PROFILE/ (manifest.json, model.tflite, golden.npz, …) and OUT/NAME-PROFILE.tar.gz per
-profile, and the trained model as OUT/NAME.keras. Example:
+profile, and the trained (or pruned) model as OUT/NAME.keras - OUT/NAME-pruned.keras when --model is
+OUT/NAME.keras itself, which is never overwritten. Example:
 
     edgekit datasets digits data/digits
     edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
