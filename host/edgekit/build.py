@@ -278,6 +278,11 @@ def _bundle(s: _State, profile: Profile) -> None:
         "fit_summary": fit.summary() if fit is not None else "no fit checker installed",
     }
     if fits is False:  # keep_going: report it, but never ship a bundle that does not fit
+        from .bundle import remove_bundle
+
+        # Nor leave an earlier build's bundle for this profile behind: OUT/*.tar.gz must all be current.
+        for path in remove_bundle(s.out, s.name, profile.name):
+            s.report(f"removed the earlier bundle {path}")
         s.built.append(ProfileBuild(directory=None, archive=None, **pb_args))
         return
 

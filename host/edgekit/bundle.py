@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import shutil
 import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -89,6 +90,27 @@ def write_archive(directory: Path, archive: Path) -> Path:
     return archive
 
 
+def bundle_paths(out_dir: str | Path, name: str, profile_name: str) -> tuple[Path, Path]:
+    """``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``: where :func:`write_bundle` writes."""
+    directory = Path(out_dir) / f"{name}-{profile_name}"
+    return directory, directory.with_name(directory.name + ARCHIVE_SUFFIX)
+
+
+def remove_bundle(out_dir: str | Path, name: str, profile_name: str) -> list[Path]:
+    """Delete an earlier bundle of ``name`` for ``profile_name`` in ``out_dir`` (directory and archive), so a
+    build that no longer produces one leaves no stale bundle behind. A directory with sub-folders is not
+    something :func:`write_bundle` wrote and is left alone. Returns what was removed."""
+    directory, archive = bundle_paths(out_dir, name, profile_name)
+    removed = []
+    if directory.is_dir() and not directory.is_symlink() and all(not p.is_dir() for p in directory.iterdir()):
+        shutil.rmtree(directory)
+        removed.append(directory)
+    if archive.is_file() or archive.is_symlink():
+        archive.unlink()
+        removed.append(archive)
+    return removed
+
+
 def write_bundle(
     out_dir: str | Path,
     *,
@@ -114,7 +136,7 @@ def write_bundle(
     if not tflite[4:8] == b"TFL3":
         raise BundleError(f"{name}: the model is not a TFLite flatbuffer (file identifier TFL3 missing).")
     out_dir = Path(out_dir)
-    directory = out_dir / f"{name}-{profile.name}"
+    directory, archive_path = bundle_paths(out_dir, name, profile.name)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.iterdir():  # a rebuild must not leave files the new manifest does not list
         if stale.is_file():
@@ -155,5 +177,5 @@ def write_bundle(
     }
     manifest.update(extra_manifest or {})
     (directory / MANIFEST_NAME).write_bytes(dump_manifest(manifest))
-    archive = write_archive(directory, out_dir / f"{directory.name}{ARCHIVE_SUFFIX}")
+    archive = write_archive(directory, archive_path)
     return BundleInfo(directory=directory, archive=archive, manifest=manifest, model_bytes=len(tflite))

@@ -148,6 +148,10 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     tiny = profile_file(tmp_path, "tiny-board", ram=2_000)
     u8 = profile_file(tmp_path, "u8-board", dtype="uint8")
     out = tmp_path / "out"
+    # An earlier build's bundle for the profile that will not fit now: --keep-going must not leave it behind.
+    (out / "dig-tiny-board").mkdir(parents=True)
+    (out / "dig-tiny-board" / "manifest.json").write_text("{}")
+    (out / "dig-tiny-board.tar.gz").write_bytes(b"old")
     argv = ["build", "--dataset", str(digits_dataset), "--model", str(result.model_file), "--prune", "0.5",
             "--profile", str(tiny), "--profile", str(u8), "--out", str(out), "--keep-going", "--json",
             "--name", "dig", "--version", "2.0.1"]
@@ -156,7 +160,8 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     by = {p["profile"]: p for p in doc["profiles"]}
     assert by["tiny-board"]["fits"] is False and by["tiny-board"]["directory"] is None
     assert "ram" in by["tiny-board"]["fit_summary"].lower()
-    assert not (out / "dig-tiny-board").exists()
+    assert not (out / "dig-tiny-board").exists() and not (out / "dig-tiny-board.tar.gz").exists()
+    assert sorted(p.name for p in out.glob("*.tar.gz")) == ["dig-u8-board.tar.gz"]
     bundle = Path(by["u8-board"]["directory"])
     m = json.loads((bundle / "manifest.json").read_text())
     assert (m["name"], m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == ("dig", "2.0.1", "uint8", "uint8")
