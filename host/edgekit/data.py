@@ -274,7 +274,8 @@ def load_npz(path: str | Path) -> Dataset:
     """Arrays ``x`` (N, H, W[, C]) and ``y`` (N,) and optionally ``labels``; uint8 ``x`` is scaled by 1/255.
 
     Float ``x`` is taken as already preprocessed (the spec records scale 1, so a device must feed the same
-    floats); uint8 ``x`` gets the default spec (pixels / 255), like an image folder.
+    floats) and must be finite; uint8 ``x`` gets the default spec (pixels / 255), like an image folder. Any
+    other dtype (uint16, int64, bool…) is a :class:`DatasetError`, as are duplicate names in ``labels``.
     """
     path = Path(path)
     try:
@@ -297,17 +298,38 @@ def load_npz(path: str | Path) -> Dataset:
     if x.dtype == np.uint8:
         spec = PreprocessSpec(width=int(x.shape[2]), height=int(x.shape[1]), color_mode=mode)
         x = x.astype(np.float32) * np.float32(spec.scale)
-    else:
+    elif np.issubdtype(x.dtype, np.floating):
         spec = PreprocessSpec(width=int(x.shape[2]), height=int(x.shape[1]), color_mode=mode, scale=1.0)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf here, caught next
+            x = x.astype(np.float32)
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise DatasetError(
+                f"{path}: x holds NaN or infinite values in {len(bad)} sample(s) (first: index {int(bad[0])}); "
+                "a model cannot be trained, calibrated or measured on them: fix or drop those samples."
+            )
+    else:
+        raise DatasetError(
+            f"{path}: x is {x.dtype}; edgekit takes uint8 pixels (0..255, scaled by 1/255 like image files) or "
+            "float x that is already preprocessed. Convert it first, e.g. x.astype('uint8') for 8-bit pixels or "
+            "(x / 65535).astype('float32') for 16-bit ones."
+        )
     n_classes = int(y.max()) + 1 if len(y) else 0
     labels = tuple(str(v) for v in arrays["labels"]) if "labels" in arrays else tuple(str(i) for i in range(n_classes))
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    if dupes:
+        raise DatasetError(
+            f"{path}: 'labels' names {', '.join(repr(d) for d in dupes)} more than once; class names must be unique: "
+            "give each class index its own name (or merge those classes' samples under one index)."
+        )
     if len(labels) < 2 or (len(y) and int(y.min()) < 0) or n_classes > len(labels):
         raise DatasetError(f"{path}: need at least two classes with y in 0..{len(labels) - 1}.")
     counts = np.bincount(y.astype(np.int64), minlength=len(labels))
     empty = [labels[i] for i in np.flatnonzero(counts == 0)]
     if empty:
         raise DatasetError(f"{path}: class(es) {', '.join(empty)} have no samples; remove them from 'labels'.")
-    return Dataset(x=x.astype(np.float32), y=y.astype(np.int64), labels=labels, spec=spec)
+    return Dataset(x=x, y=y.astype(np.int64), labels=labels, spec=spec)
 
 
 def load_dataset(path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None) -> Dataset:

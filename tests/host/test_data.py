@@ -169,3 +169,29 @@ def test_a_class_is_split_the_same_way_whatever_other_classes_the_dataset_holds(
     assert by_class(full, 0)["2"]["test"] != by_class(full, 1)["2"]["test"]  # the seed still matters
     with pytest.raises(UsageError, match="non-negative"):
         split_dataset(load_image_folder(sub), seed=-1)
+
+
+def test_npz_refuses_non_finite_x_other_integer_dtypes_and_duplicate_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(12) % 3
+    x = rng.random((12, 4, 4), dtype=np.float32)
+    x[5, 1, 2] = np.nan
+    x[7, 0, 0] = np.inf
+    np.savez(tmp_path / "nan.npz", x=x, y=y)
+    with pytest.raises(DatasetError, match=r"nan\.npz: x holds NaN or infinite values in 2 sample\(s\) \(first: index 5\)"):
+        load_npz(tmp_path / "nan.npz")
+    # float64 beyond float32's range would become inf on the way in.
+    np.savez(tmp_path / "big.npz", x=np.full((12, 4, 4), 1e300), y=y)
+    with pytest.raises(DatasetError, match=r"big\.npz: x holds NaN or infinite"):
+        load_npz(tmp_path / "big.npz")
+    for dtype in (np.uint16, np.int64, np.bool_):
+        np.savez(tmp_path / "px.npz", x=np.ones((12, 4, 4), dtype=dtype), y=y)
+        with pytest.raises(DatasetError, match=rf"px\.npz: x is {np.dtype(dtype).name}; edgekit takes uint8 pixels"):
+            load_npz(tmp_path / "px.npz")
+    np.savez(tmp_path / "lab.npz", x=np.zeros((12, 4, 4), np.uint8), y=y, labels=np.array(["cat", "dog", "cat"]))
+    with pytest.raises(DatasetError, match=r"lab\.npz: 'labels' names 'cat' more than once"):
+        load_npz(tmp_path / "lab.npz")
+    # Finite floats and uint8 still load.
+    x[5, 1, 2] = x[7, 0, 0] = 0.5
+    np.savez(tmp_path / "ok.npz", x=x.astype(np.float64), y=y)
+    assert load_npz(tmp_path / "ok.npz").x.dtype == np.float32
