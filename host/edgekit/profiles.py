@@ -8,6 +8,7 @@ suggest the nearest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -34,6 +35,10 @@ class Delegate(StrEnum):
     NONE = "none"
     EDGETPU = "edgetpu"
 
+
+# A profile name becomes part of bundle paths (OUT/NAME-PROFILE/) and manifests: a plain file-name component,
+# like a device or bundle name.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 # The TOML layout: section -> {key: type}. Anything else in a file is an error with a suggestion.
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -72,7 +77,12 @@ class Profile:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        where = self.source or self.name
+        where = self.source or repr(self.name)
+        if not PROFILE_NAME.fullmatch(self.name):
+            raise ProfileError(
+                f"{where}: name = {self.name!r} is not a valid profile name; use 1-64 letters, digits, '.', '_' or '-', "
+                "not starting with a dot (it becomes part of bundle paths such as OUT/NAME-PROFILE/)."
+            )
         if self.num_threads < 1:
             raise ProfileError(f"{where}: runtime.num_threads must be at least 1, got {self.num_threads}.")
         if self.ram_bytes <= 0 or self.flash_bytes <= 0:

@@ -124,6 +124,12 @@ def test_unrelated_unknown_name_lists_known_profiles_without_a_bogus_hint() -> N
         ("margin = 0.1", "margin = 1.5", "margin is a fraction"),
         ("ram_bytes = 1_048_576\n", "", "required key 'memory.ram_bytes' is missing"),
         ('target = "cpu"', 'target = "edgetpu"', "an edgetpu target needs runtime.delegate"),
+        # The name becomes part of bundle paths (OUT/NAME-PROFILE/): a plain name, like a device's.
+        ('name = "my-board"', 'name = "../../escape"', "name = '../../escape' is not a valid profile name"),
+        ('name = "my-board"', 'name = ""', "name = '' is not a valid profile name"),
+        ('name = "my-board"', 'name = ".hidden"', "not starting with a dot"),
+        ('name = "my-board"', 'name = "a/b"', "1-64 letters, digits, '.', '_' or '-'"),
+        ('name = "my-board"', f'name = "{"x" * 65}"', "is not a valid profile name"),
     ],
 )
 def test_profile_mistake_names_file_and_what_is_wrong(tmp_path: Path, old: str, new: str, expected: str) -> None:
@@ -176,3 +182,8 @@ def test_profiles_ship_in_the_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for name in CPU_PROFILES:
         assert f"edgekit/firmware_profiles/{name}.toml" in names
+
+
+def test_a_plain_profile_name_of_64_characters_is_fine(tmp_path: Path) -> None:
+    name = "Board_2.v-" + "x" * 54
+    assert load_profile(write(tmp_path, GOOD.replace('name = "my-board"', f'name = "{name}"'))).name == name
