@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import queue
 import tempfile
 import threading
@@ -31,7 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 from edgekit_agent.errors import BrokerError, BundleError, UsageError
 from edgekit_agent.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
 
-from .fleet import BrokerAddress, MqttLink, drain, topic
+from .fleet import BrokerAddress, MqttLink, drain, load_json, topic
+
+log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "failed", "expired", "canceled", "rejected")
 DEFAULT_WINDOW = 3  # chunk commands in flight per device (the agent queues 4 commands)
@@ -131,6 +134,11 @@ class _Session:
         return cmd_id
 
 
+def _dict(v: Any) -> dict[str, Any]:
+    """``v`` when it is a JSON object, else empty: device answers are untrusted input."""
+    return v if isinstance(v, dict) else {}
+
+
 class _Worker:
     """The state machine of one device's deployment."""
 
@@ -157,7 +165,7 @@ class _Worker:
             if kind == "res":
                 state = doc.get("state")
                 if state == "progress":
-                    stage = str((doc.get("progress") or {}).get("stage", "?"))
+                    stage = str(_dict(doc.get("progress")).get("stage", "?"))[:40]
                     self.stages.append(stage)
                     self._report(stage)
                 elif state in FINAL:
@@ -186,7 +194,7 @@ class _Worker:
         """One command, retried while the device says BUSY; returns the final answer."""
         while True:
             answer = self._await(self.s.send(self.dev.device_id, args))
-            err = answer.get("error") or {}
+            err = _dict(answer.get("error"))
             if answer.get("state") in ("rejected", "failed") and err.get("code") in RETRYABLE_CODES:
                 time.sleep(0.2)
                 continue
@@ -216,7 +224,7 @@ class _Worker:
                               "chunk_bytes": self.chunk_bytes})  # fmt: skip
             if ans.get("state") != "succeeded":
                 return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"))
-            have = set((ans.get("result") or {}).get("have") or [])
+            have = {i for i in _dict(ans.get("result")).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)}
             todo = [i for i in range(n) if i not in have]
             inflight: dict[str, int] = {}
             tries = {i: 0 for i in todo}
@@ -236,7 +244,7 @@ class _Worker:
                 for cmd_id in [c for c in inflight if c in self.answers]:
                     i = inflight.pop(cmd_id)
                     answer = self.answers.pop(cmd_id)
-                    err = answer.get("error") or {}
+                    err = _dict(answer.get("error"))
                     if answer.get("state") == "succeeded":
                         sent += 1
                         self._report("chunks", sent, n)
@@ -251,7 +259,7 @@ class _Worker:
                 return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"),
                             resumed=len(have), transfer_s=transfer_s)  # fmt: skip
             activate_s = round(time.monotonic() - t0, 3)
-            self.commit = ans.get("result") or {}
+            self.commit = _dict(ans.get("result"))
             self._report("trial", n, n)
             if not self.wait_health:
                 return done("trial", resumed=len(have), transfer_s=transfer_s, activate_s=activate_s)
@@ -272,6 +280,10 @@ class _Worker:
             done("timeout", error={"code": "TIMEOUT", "message": f"no answer from {self.dev.device_id} while waiting for {exc}; is it online?"})
         except BrokerError as exc:
             done("failed", error={"code": "UNAVAILABLE", "message": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - an answer that breaks the protocol: this device failed, say why
+            log.warning("%s: deploy stopped on a malformed answer (%s: %s)", self.dev.device_id, type(exc).__name__, exc)
+            done("failed", error={"code": "INVALID_ANSWER",
+                                  "message": f"{self.dev.device_id} sent an answer edgekit cannot read ({type(exc).__name__}: {exc})"})  # fmt: skip
 
 
 def deploy(
@@ -321,10 +333,7 @@ def deploy(
                 parts = m.topic.split("/")
                 if len(parts) < 4 or parts[2] not in mailboxes:
                     continue
-                try:
-                    doc = json.loads(m.payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
+                doc = load_json(m.payload)
                 if isinstance(doc, dict):
                     mailboxes[parts[2]].inbox.put(("event" if parts[3] == "events" else "res", doc))
 

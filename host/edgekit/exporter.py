@@ -93,7 +93,8 @@ class FleetCollector(Collector):
                     if self.coarse and any(le in COARSE_LE_MS for le, _ in keep):
                         keep = [(le, c) for le, c in keep if le in COARSE_LE_MS]
                     buckets = [(floatToGoString(le / 1000.0), float(c)) for le, c in keep]
-                    buckets.append(("+Inf", float(h.count)))  # +Inf always equals the count
+                    # +Inf is the count; never below a finite bucket, or Prometheus would refuse the page
+                    buckets.append(("+Inf", float(max([h.count, *(c for _, c in keep)]))))
                     hist.add_metric([device_id, stage], buckets, h.sum / 1000.0)
             dup.add_metric([], float(st.dedup.duplicates))
         yield up

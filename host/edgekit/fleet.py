@@ -1,7 +1,7 @@
 """Fleet state shared by ``edgekit watch``, the Prometheus exporter and the remote bench client.
 
 * :class:`FleetState` — what the fleet looks like, built from the device → fleet messages of the
-  ``edge/v1`` contract (``/work/shared/design/telemetry.md``). Delivery is at-least-once, so every
+  ``edge/v1`` contract (docs/agent.md, "Topics and payloads"). Delivery is at-least-once, so every
   message carrying ``(epoch, seq)`` is de-duplicated on ``(device_id, epoch, seq)``; a jump in ``seq``
   is counted as a visible loss. Latency histograms are summed bucket by bucket (the ``le`` bounds are the
   same fleet-wide), never by averaging percentiles.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,8 +28,50 @@ ROOT = "edge/v1"
 STAGES = ("total", "preprocess", "invoke")
 LOST_AFTER_WINDOWS = 3  # a device silent for this many telemetry windows is shown as "lost"
 DEFAULT_WINDOW_S = 10.0
-DEDUP_WINDOW = 4096  # seqs kept per (device, epoch); an older, never-seen seq counts as a duplicate
+DEDUP_WINDOW = 4096  # how far back a late message can still fill a gap; older, never-seen seqs count as duplicates
 MAX_EPOCHS = 4  # epochs remembered per device (memory stays bounded whatever a device sends)
+# A seq further ahead than this is not a gap but junk (an outbox drops at most its bound, 10,000 by default):
+# believing it would make every later real message look like an old duplicate.
+MAX_SEQ_JUMP = 1_000_000
+MAX_COUNT = 2**53  # counts beyond this are junk; clamped so sums and float() stay exact and finite
+FORGET_AFTER_S = 7 * 24 * 3600.0  # a device silent this long is forgotten (memory and /metrics series)
+
+
+def load_json(payload: bytes) -> Any | None:
+    """A payload as JSON, or None when it is not (bad UTF-8, bad JSON, nesting deep enough to exhaust the
+    parser, integers too long to convert): what a rogue publisher sends must cost one message, not a thread."""
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def finite_number(v: Any) -> float | None:
+    """A finite number, or None (not a number, a bool, inf/NaN, or too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _count(v: Any) -> int:
+    """A count: 0 when absent, at most MAX_COUNT; anything else (text, negative, inf, a 400-digit integer) is a
+    malformed message (ValueError: the message is counted invalid, the consumer goes on)."""
+    if v is None:
+        return 0
+    f = finite_number(v)
+    if f is None or f < 0:
+        raise ValueError(f"not a count: {str(v)[:40]!r}")
+    return int(min(f, MAX_COUNT))
+
+
+def _sum_errors(errors: Any) -> int:
+    if isinstance(errors, Mapping):
+        return min(sum(_count(v) for v in errors.values()), MAX_COUNT)
+    return _count(errors)
 
 
 def topic(device_id: str, *parts: str) -> str:
@@ -48,41 +91,59 @@ def parse_topic(name: str) -> tuple[str, str] | None:
 # De-duplication
 # --------------------------------------------------------------------------------------------------
 class Deduper:
-    """Remembers the seqs seen per ``(device_id, epoch)``; counts duplicates and gaps (lost messages)."""
+    """Tells first deliveries from repeats per ``(device_id, epoch)`` and counts gaps (lost messages).
 
-    __slots__ = ("_seen", "_epochs", "duplicates", "gaps")
+    Memory follows the losses, not the traffic: per stream it keeps the highest seq, the seqs still
+    missing below it (at most DEDUP_WINDOW back) and the few seqs seen below the first one (a late message
+    from before this consumer started). In-order traffic costs O(1)."""
+
+    __slots__ = ("_seen", "_epochs", "duplicates", "rejected", "gaps")
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], list[Any]] = {}  # key -> [high seq, set of seqs near high]
+        # key -> [high seq, missing seqs (> high - DEDUP_WINDOW), first seq seen, seqs seen below it]
+        self._seen: dict[tuple[str, str], list[Any]] = {}
         self._epochs: dict[str, list[str]] = {}  # device_id -> its epochs, oldest first
         self.duplicates = 0
+        self.rejected = 0  # seqs too far ahead to be real
         self.gaps: dict[str, int] = {}  # device_id -> seqs skipped and not (yet) filled
 
     def first_time(self, device_id: str, epoch: str, seq: int) -> bool:
-        """True the first time ``(device_id, epoch, seq)`` is offered, False for a repeat."""
+        """True the first time ``(device_id, epoch, seq)`` is offered, False for a repeat (or junk)."""
         key = (device_id, epoch)
         entry = self._seen.get(key)
         if entry is None:
-            self._seen[key] = [seq, {seq}]
+            self._seen[key] = [seq, set(), seq, set()]
             epochs = self._epochs.setdefault(device_id, [])
             epochs.append(epoch)
             if len(epochs) > MAX_EPOCHS:  # a new epoch = a new outbox: old ones will not send again
                 self._seen.pop((device_id, epochs.pop(0)), None)
             return True
-        high, seen = entry
-        if seq in seen or seq <= high - DEDUP_WINDOW:
-            self.duplicates += 1
-            return False
-        seen.add(seq)
+        high, missing, low, below = entry
         if seq > high:
+            if seq - high > MAX_SEQ_JUMP:
+                self.rejected += 1
+                return False
             if seq > high + 1:
                 self.gaps[device_id] = self.gaps.get(device_id, 0) + seq - high - 1
+                missing.update(range(max(high + 1, seq - DEDUP_WINDOW), seq))
             entry[0] = seq
-            if len(seen) > 2 * DEDUP_WINDOW:  # keep memory flat on long runs
-                entry[1] = {s for s in seen if s > seq - DEDUP_WINDOW}
-        else:
+            if len(missing) > DEDUP_WINDOW:  # forget what is too old to arrive (memory stays bounded)
+                entry[1] = {m for m in missing if m > seq - DEDUP_WINDOW}
+            return True
+        if seq in missing:
+            missing.discard(seq)
             self.gaps[device_id] = self.gaps.get(device_id, 0) - 1  # a late arrival fills a gap counted earlier
-        return True
+            return True
+        if low - DEDUP_WINDOW < seq < low and seq not in below:  # sent before we started listening
+            below.add(seq)
+            return True
+        self.duplicates += 1
+        return False
+
+    def forget(self, device_id: str) -> None:
+        for epoch in self._epochs.pop(device_id, []):
+            self._seen.pop((device_id, epoch), None)
+        self.gaps.pop(device_id, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,23 +228,35 @@ class _Device:
     hist: dict[str, Histogram] = field(default_factory=dict)
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _sum_errors(errors: Any) -> int:
-    if isinstance(errors, Mapping):
-        return int(sum(v for v in errors.values() if isinstance(v, (int, float))))
-    return int(errors) if isinstance(errors, (int, float)) else 0
+def bucket_grid(le: Any, cum: Any) -> tuple[tuple[float, ...], list[int]] | None:
+    """``(le, cum)`` of a histogram when they make one Prometheus accepts: bounds strictly increasing (the
+    last may be "+Inf"), cumulative counts non-negative and non-decreasing, as many of each; else None."""
+    if not isinstance(le, list) or not isinstance(cum, list) or not le or len(le) != len(cum) or len(le) > 256:
+        return None
+    bounds: list[float] = []
+    for i, x in enumerate(le):
+        if x == "+Inf" and i == len(le) - 1:
+            bounds.append(math.inf)
+            continue
+        f = finite_number(x)
+        if f is None or (bounds and f <= bounds[-1]):
+            return None
+        bounds.append(f)
+    counts = [finite_number(c) for c in cum]
+    if any(c is None or c < 0 or c > MAX_COUNT for c in counts) or any(b < a for a, b in zip(counts, counts[1:])):
+        return None
+    return tuple(bounds), [int(c) for c in counts]  # type: ignore[arg-type]
 
 
 class FleetState:
     """Everything known about the fleet, fed one message at a time with :meth:`apply` (not thread-safe:
     one consumer thread applies, readers take :attr:`lock`)."""
 
-    def __init__(self, lost_after_windows: int = LOST_AFTER_WINDOWS, histogram_stages: Sequence[str] = STAGES) -> None:
+    def __init__(self, lost_after_windows: int = LOST_AFTER_WINDOWS, histogram_stages: Sequence[str] = STAGES,
+                 forget_after_s: float = FORGET_AFTER_S) -> None:  # fmt: skip
         """``histogram_stages``: which latency series to sum bucket by bucket (the exporter needs them,
-        the watch table does not: it passes ``()`` and saves the work)."""
+        the watch table does not: it passes ``()`` and saves the work). A device not heard from for
+        ``forget_after_s`` is forgotten (a long-running exporter must not keep every device that ever was)."""
         unknown = set(histogram_stages) - set(STAGES)
         if unknown:
             raise UsageError(f"unknown latency stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}.")
@@ -194,6 +267,8 @@ class FleetState:
         self.messages = 0
         self.invalid = 0
         self.rejected_histograms = 0
+        self.forget_after_s = forget_after_s
+        self._forgot_at = 0.0
         self.lock = threading.Lock()
 
     # --- feeding ------------------------------------------------------------------------------------
@@ -206,25 +281,23 @@ class FleetState:
         handler = _HANDLERS.get(kind) or (_on_bench_or_other if kind.startswith(("bench/", "res/")) else None)
         if handler is None:
             return None  # commands (fleet → device) and unknown kinds are not fleet state
-        try:
-            doc = json.loads(msg.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self.invalid += 1
-            log.warning("ignored a non-JSON message on %s: %r", msg.topic, msg.payload[:80])
-            return None
+        if msg.retain and kind not in ("status", "meta"):
+            return None  # only status and meta are retained by agents; a retained window would count at every start
+        doc = load_json(msg.payload)
         if not isinstance(doc, dict):
             self.invalid += 1
+            log.warning("ignored a message on %s that is not a JSON object: %r", msg.topic, msg.payload[:80])
             return None
         epoch, seq = doc.get("epoch"), doc.get("seq")
         # Retained status/meta are snapshots (re-sent on every subscribe): de-dup only live messages.
-        if epoch is not None and isinstance(seq, int) and not msg.retain:
+        if epoch is not None and isinstance(seq, int) and not isinstance(seq, bool) and not msg.retain:
             if not self.dedup.first_time(device_id, str(epoch), seq):
                 return None
         self.messages += 1
         dev = self.devices.get(device_id)
         if dev is None:
             dev = self.devices[device_id] = _Device(device_id)
-        ts = _num(doc.get("ts"))
+        ts = finite_number(doc.get("ts"))
         if ts is not None:
             ts /= 1000.0
             if dev.last_seen is None or ts > dev.last_seen:
@@ -237,12 +310,27 @@ class FleetState:
                 dev.status, dev.status_reason = "online", "reconnected"
         try:
             handler(self, dev, doc, msg)
-        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        except (TypeError, ValueError, AttributeError, KeyError, ArithmeticError) as exc:
             # Payloads are untrusted input: a malformed field must cost one message, never the consumer
             # thread (the exporter would silently stop counting). Fields applied before the error stay.
             self.invalid += 1
             log.warning("ignored a malformed %s message from %s (%s: %s)", kind, device_id, type(exc).__name__, exc)
+        if msg.received - self._forgot_at > 60.0:  # cheap, and at most once a minute
+            self._forgot_at = msg.received
+            self.forget_silent(msg.received)
         return device_id
+
+    def forget_silent(self, now: float | None = None) -> list[str]:
+        """Forget devices whose last live message is older than ``forget_after_s``; returns their ids.
+        (Devices known only from a retained status were never heard live and stay: they are the roster.)"""
+        now = time.time() if now is None else now
+        gone = [d for d, dev in self.devices.items() if dev.last_heard is not None and now - dev.last_heard > self.forget_after_s]
+        for d in gone:
+            del self.devices[d]
+            self.dedup.forget(d)
+        if gone:
+            log.info("forgot %d device(s) silent for more than %.0f s", len(gone), self.forget_after_s)
+        return gone
 
     def apply_many(self, messages: Iterable[Message]) -> set[str]:
         """:meth:`apply` each message; the ids of the devices that changed."""
@@ -298,7 +386,7 @@ class FleetState:
 # --- per-topic handlers (a table, not an if-chain) --------------------------------------------------
 def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     value = str(doc.get("state") or doc.get("status") or "unknown")
-    ts = (_num(doc.get("ts")) or 0.0) / 1000.0
+    ts = (finite_number(doc.get("ts")) or 0.0) / 1000.0
     boot = str(doc["boot_id"]) if doc.get("boot_id") else None
     if boot and dev.boot_id and boot != dev.boot_id and ts <= dev.status_ts:
         return  # from an older run of the agent (e.g. its last will, arriving after the new birth)
@@ -317,7 +405,7 @@ def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Messag
 def _on_meta(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     dev.meta = doc
     cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    window = _num(cfg.get("window_s")) or _num(doc.get("window_s"))
+    window = finite_number(cfg.get("window_s")) or finite_number(doc.get("window_s"))
     if window:
         dev.window_s = window
     # meta is re-published (retained) whenever the active bundle or runtime changes (OTA, set_config).
@@ -333,7 +421,7 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
     dev.windows += 1
     window = doc.get("window") or {}
     if isinstance(window, dict):
-        start, end = _num(window.get("start")), _num(window.get("end"))
+        start, end = finite_number(window.get("start")), finite_number(window.get("end"))
         if start is not None and end is not None and end > start:
             # ms per the envelope convention; tolerate seconds from an agent that sends them.
             span = (end - start) / 1000.0 if end > 1e11 else end - start
@@ -344,39 +432,45 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
     if isinstance(doc.get("runtime"), dict):
         dev.runtime = doc["runtime"]
     counts = doc.get("counts") or {}
-    dev.requests += int(counts.get("requests") or 0)
-    dev.ok += int(counts.get("ok") or 0)
-    dev.errors += _sum_errors(counts.get("errors"))
-    dev.throughput = _num(doc.get("throughput_ips"))
     acc = doc.get("accuracy") or {}
-    dev.labeled += int(acc.get("labeled") or 0)
-    dev.correct += int(acc.get("correct") or 0)
+    # Every count read (and checked) before any is added: a malformed window counts nothing.
+    requests, ok, errors = _count(counts.get("requests")), _count(counts.get("ok")), _sum_errors(counts.get("errors"))
+    labeled, correct = _count(acc.get("labeled")), _count(acc.get("correct"))
+    dev.requests = min(dev.requests + requests, MAX_COUNT)
+    dev.ok = min(dev.ok + ok, MAX_COUNT)
+    dev.errors = min(dev.errors + errors, MAX_COUNT)
+    dev.throughput = finite_number(doc.get("throughput_ips"))
+    dev.labeled = min(dev.labeled + labeled, MAX_COUNT)
+    dev.correct = min(dev.correct + min(correct, labeled), MAX_COUNT)  # never more right answers than questions
     outbox = doc.get("outbox") or {}
-    if isinstance(outbox, dict) and isinstance(outbox.get("dropped"), (int, float)):
+    if isinstance(outbox, dict) and finite_number(outbox.get("dropped")) is not None:
         # Cumulative per outbox database (= per epoch): keep the largest seen, add epochs up.
-        epoch = str(doc.get("epoch", ""))
-        dev.outbox_dropped_by_epoch[epoch] = max(dev.outbox_dropped_by_epoch.get(epoch, 0), int(outbox["dropped"]))
+        epoch = str(doc.get("epoch", ""))[:64]
+        dev.outbox_dropped_by_epoch[epoch] = max(dev.outbox_dropped_by_epoch.get(epoch, 0), _count(outbox["dropped"]))
+        if len(dev.outbox_dropped_by_epoch) > MAX_EPOCHS:
+            dev.outbox_dropped_by_epoch.pop(next(iter(dev.outbox_dropped_by_epoch)))
     lat = doc.get("latency_ms") or {}
     total = lat.get("total") if isinstance(lat, dict) else None
     # Percentiles of the latest window that had requests: an idle window says nothing about latency,
     # and blanking the column every quiet second makes the live view flicker.
-    if isinstance(total, dict) and (total.get("count") or 0) > 0:
-        dev.p50, dev.p99 = _num(total.get("p50")), _num(total.get("p99"))
+    if isinstance(total, dict) and _count(total.get("count")) > 0:
+        dev.p50, dev.p99 = finite_number(total.get("p50")), finite_number(total.get("p99"))
     for stage in state.histogram_stages:
         s = lat.get(stage) if isinstance(lat, dict) else None
         if not isinstance(s, dict):
             continue
         h = s.get("histogram") or s
-        le, cum = h.get("le"), h.get("cum")
-        if not isinstance(le, list) or not isinstance(cum, list) or len(le) != len(cum):
-            continue
-        existing = dev.hist.get(stage)
-        if existing is None:
-            dev.hist[stage] = Histogram(tuple(float(x) for x in le), [int(c) for c in cum], float(s.get("sum") or 0.0),
-                                        int(s.get("count") or 0), list(le))
-        elif not existing.add(le, cum, float(s.get("sum") or 0.0), int(s.get("count") or 0)):
+        grid = bucket_grid(h.get("le"), h.get("cum")) if isinstance(h, dict) else None
+        if grid is None:
             state.rejected_histograms += 1
-            log.warning("%s: latency buckets changed (le=%s); histogram window skipped", dev.device_id, le)
+            continue
+        le, cum = grid
+        total_ms, n = finite_number(s.get("sum")) or 0.0, _count(s.get("count"))
+        existing = dev.hist.get(stage)
+        if existing is None or not existing.add(h["le"], cum, total_ms, n):
+            if existing is not None:  # a new grid (an agent upgrade): a new series, as after a counter reset
+                log.warning("%s: latency buckets changed (le=%s); the %s histogram starts again", dev.device_id, le, stage)
+            dev.hist[stage] = Histogram(le, cum, total_ms, n, list(h["le"]))
 
 
 def _on_events(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:

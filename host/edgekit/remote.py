@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from edgekit_agent.errors import BrokerError, EdgekitError, ExitStatus, InputError, UsageError
 
-from .fleet import MqttLink, drain, topic
+from .fleet import MqttLink, bucket_grid, drain, finite_number, load_json, topic
 
 BENCH_SCHEMA = "edge.bench.report/1"
 FINAL_STATES = ("succeeded", "failed", "expired", "canceled", "rejected")
@@ -127,10 +127,7 @@ def request_benchmark(
             if final is not None and (report is not None or final.get("state") != "succeeded"):
                 break
             for m in drain(link.messages, 0.2):
-                try:
-                    doc = json.loads(m.payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
+                doc = load_json(m.payload)
                 if not isinstance(doc, dict):
                     continue
                 if m.topic == res_topic and _answer_correlation(m, doc) == cmd_id:
@@ -182,8 +179,13 @@ def save_report(bench: RemoteBench, out_dir: Path) -> tuple[Path, Path]:
     stem = f"bench-{bench.device_id}-{time.strftime('%Y%m%dT%H%M%S')}-{bench.cmd_id[-6:]}"
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(bench.to_dict(), indent=2, sort_keys=True) + "\n")
-    png_path = plot_latency(bench.report, out_dir / f"{stem}.png", title=f"{bench.device_id}: {bench.report.get('model', {}).get('name', '')}")
+    png_path = plot_latency(bench.report, out_dir / f"{stem}.png", title=f"{bench.device_id}: {_model_name(bench.report)}")
     return json_path, png_path
+
+
+def _model_name(report: Mapping[str, Any]) -> str:
+    model = report.get("model")
+    return str(model.get("name") or "") if isinstance(model, Mapping) else ""
 
 
 def plot_latency(report: Mapping[str, Any], path: Path, title: str = "") -> Path:
@@ -195,16 +197,19 @@ def plot_latency(report: Mapping[str, Any], path: Path, title: str = "") -> Path
     import matplotlib.pyplot as plt
     import numpy as np
 
-    steady = report.get("steady") or {}
+    steady = report.get("steady") if isinstance(report.get("steady"), Mapping) else {}
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     samples = steady.get("samples_ms")
+    if isinstance(samples, list):  # a report is device input: only finite numbers are drawn
+        samples = [f for f in (finite_number(x) for x in samples) if f is not None]
     hist = steady.get("histogram")
+    grid = bucket_grid(hist.get("le"), hist.get("cum")) if isinstance(hist, Mapping) else None
     if isinstance(samples, list) and samples:
         ax.hist(np.asarray(samples, float), bins=min(50, max(10, len(samples) // 10)), color="#4c72b0")
         ax.set_ylabel("runs")
-    elif isinstance(hist, Mapping) and hist.get("le") and hist.get("cum"):
-        le = [float(x) for x in hist["le"]]
-        cum = np.asarray(hist["cum"], float)
+    elif grid is not None:
+        le = list(grid[0])
+        cum = np.asarray(grid[1], float)
         counts = np.diff(np.concatenate([[0.0], cum]))
         finite = [i for i, x in enumerate(le) if np.isfinite(x)]
         lo = [0.0] + le[:-1]
@@ -214,18 +219,18 @@ def plot_latency(report: Mapping[str, Any], path: Path, title: str = "") -> Path
         ax.set_ylabel("runs")
     else:
         names = ["min", "p50", "p90", "p99", "max"]
-        vals = [steady.get(f"{n}_ms") for n in names]
+        vals = [finite_number(steady.get(f"{n}_ms")) for n in names]
         ax.bar(names, [v or 0 for v in vals], color="#4c72b0")
         ax.set_ylabel("ms")
         ax.set_title("percentiles (the report carries no samples)", fontsize=9)
     for q, style in (("p50_ms", "--"), ("p99_ms", ":")):
-        v = steady.get(q)
-        if v and (isinstance(samples, list) or isinstance(hist, Mapping)):
+        v = finite_number(steady.get(q))
+        if v and (samples or grid is not None):
             ax.axvline(v, color="#c44e52", linestyle=style, label=f"{q[:3]} {v:.3f} ms")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    ax.set_xlabel("latency (ms)" if (isinstance(samples, list) or isinstance(hist, Mapping)) else "")
-    rt = report.get("runtime") or {}
+    ax.set_xlabel("latency (ms)" if (samples or grid is not None) else "")
+    rt = report.get("runtime") if isinstance(report.get("runtime"), Mapping) else {}
     fig.suptitle(f"{title}\n{rt.get('engine', '?')} {rt.get('version', '')}, {rt.get('delegate', '?')}, {rt.get('num_threads', '?')} threads, "
                  f"{steady.get('count', '?')} runs", fontsize=10)
     fig.tight_layout()

@@ -30,6 +30,17 @@ def test_every_report_shape_gets_a_picture(tmp_path, extra):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_a_junk_report_still_gets_a_picture_not_a_traceback(tmp_path):
+    """A report is what a device sent: strings, inf, a broken histogram or a null model must not crash `edgekit bench`."""
+    junk = report(1.0, samples_ms=["x", float("inf"), None, 0.5, 0.7], histogram={"le": [2, 1], "cum": [5, 1]})
+    junk.update(model=None, runtime="litert")
+    junk["steady"]["p99_ms"] = "slow"
+    data = plot_latency(junk, tmp_path / "j.png", title="pi").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    only_junk = report(1.0, samples_ms=["x"], histogram={"le": [2, 1], "cum": [5, 1]})
+    assert plot_latency(only_junk, tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG"  # the percentile profile
+
+
 def test_compare_gives_ratios_to_the_first_report_and_refuses_non_reports(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"device_id": "pi-4", "report": report(2.0)}))

@@ -57,15 +57,21 @@ def test_retained_snapshots_are_not_deduplicated_but_live_repeats_are():
     assert st.dedup.duplicates == 1 and st.row("d").requests == 5
 
 
-def test_histograms_add_bucketwise_and_a_changed_grid_is_rejected():
+def test_histograms_add_bucketwise_a_new_grid_starts_again_and_a_broken_one_is_refused():
     st = FleetState()
     st.apply(msg("d", "telemetry/inference", telemetry(1, T0, cum=(2, 4, 5)), at=T0))
     st.apply(msg("d", "telemetry/inference", telemetry(2, T0 + 10, cum=(1, 1, 3), requests=3), at=T0 + 10))
     h = st.devices["d"].hist["total"]
     assert h.cum == [3, 5, 8] and h.count == 8 and h.sum == 25.0
+    # An agent upgrade with other buckets: a new series (Prometheus sees new le labels), not refused forever.
     st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 20, le=(2.0, 10.0, "+Inf")), at=T0 + 20))
-    assert st.rejected_histograms == 1 and h.cum == [3, 5, 8]
-    assert st.row("d").requests == 13  # the counters still count
+    h2 = st.devices["d"].hist["total"]
+    assert h2.le == (2.0, 10.0, float("inf")) and h2.cum == [2, 4, 5] and st.rejected_histograms == 0
+    for le, cum in (((1.0, 1.0, "+Inf"), (1, 2, 3)), ((1.0, float("nan"), "+Inf"), (1, 2, 3)), ((1.0, 10.0, "+Inf"), (3, 2, 5)),
+                    ((1.0, 10.0, "+Inf"), (-1, 2, 5)), ((1.0, 10.0), (1, 2, 3))):  # fmt: skip
+        st.apply(msg("d", "telemetry/inference", telemetry(4 + st.rejected_histograms, T0 + 30, le=le, cum=cum), at=T0 + 30))
+    assert st.rejected_histograms == 5 and st.devices["d"].hist["total"].cum == [2, 4, 5]
+    assert st.row("d").requests == 13 + 5 * 5  # the counters still count
 
 
 def test_deduper_counts_gaps_and_late_fills():
@@ -141,7 +147,7 @@ def test_malformed_payload_fields_cost_one_message_not_the_consumer():
     st.apply(Message("edge/v1/d/status", b"\xff not json", False, T0))
     assert st.invalid == 3
     st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 10), at=T0 + 10))
-    assert st.row("d").requests == 5 + 5  # bad2's counts were fine and applied before its accuracy failed
+    assert st.row("d").requests == 5  # a malformed window counts nothing (bad2's accuracy is not an object)
 
 
 def test_watch_table_escapes_device_strings():
@@ -168,3 +174,82 @@ def test_deduper_memory_is_bounded_per_device():
     for seq in range(1, 5 * DEDUP_WINDOW):
         d.first_time("y", "e", seq)
     assert len(d._seen[("y", "e")][1]) <= 2 * DEDUP_WINDOW + 1
+
+
+def test_hostile_payloads_cost_one_message_each_and_never_the_consumer():
+    """What anyone with publish rights on edge/v1/# could send (a fleet-tools review reproduced each)."""
+    st = FleetState()
+    hostile = [
+        b"[" * 100_000,  # nesting deep enough to exhaust the parser
+        b'{"seq": ' + b"9" * 5000 + b"}",  # an integer too long to convert
+        json.dumps({**telemetry(1, T0), "counts": {"requests": 1e999}}).encode(),  # inf
+        json.dumps({**telemetry(2, T0), "counts": {"requests": 10**400}}).encode(),  # beyond any float
+        json.dumps({**telemetry(3, T0), "counts": {"requests": -5}}).encode(),  # counters never go down
+        json.dumps({**telemetry(4, T0), "accuracy": {"labeled": 1, "correct": 10**400}}).encode(),
+    ]
+    for payload in hostile:
+        st.apply(Message("edge/v1/d/telemetry/inference", payload, False, T0))
+    assert st.invalid == 6
+    st.apply(msg("d", "telemetry/inference", {**telemetry(5, T0 + 1), "ts": 10**400, "throughput_ips": float("inf")}, at=T0 + 1))
+    row = st.row("d")
+    assert row.accuracy is None and row.throughput_ips is None and row.last_seen is not None and row.last_seen < 1e11
+    json.dumps(row.to_dict(), allow_nan=False)  # watch --json stays strict JSON
+    assert row.requests == 5  # only the well-formed window counted
+
+
+def test_a_seq_far_ahead_does_not_blind_the_consumer_to_the_real_stream():
+    st = FleetState()
+    st.apply(msg("d", "telemetry/inference", telemetry(1, T0), at=T0))
+    st.apply(msg("d", "telemetry/inference", telemetry(10**12, T0 + 1), at=T0 + 1))  # junk in the device's epoch
+    for seq in range(2, 12):
+        st.apply(msg("d", "telemetry/inference", telemetry(seq, T0 + seq), at=T0 + seq))
+    row = st.row("d")
+    assert row.requests == 11 * 5 and row.lost_messages == 0 and st.dedup.rejected == 1
+
+
+def test_late_messages_from_before_the_start_and_retained_windows():
+    st = FleetState()
+    st.apply(msg("d", "telemetry/inference", telemetry(100, T0), at=T0))
+    st.apply(msg("d", "telemetry/inference", telemetry(99, T0), at=T0))  # sent before we listened: new, no gap
+    st.apply(msg("d", "telemetry/inference", telemetry(99, T0), at=T0))  # ... once
+    assert st.row("d").lost_messages == 0 and st.row("d").requests == 10 and st.dedup.duplicates == 1
+    # A retained telemetry window (agents never retain one) would be counted again at every start.
+    assert st.apply(msg("e", "telemetry/inference", telemetry(1, T0), at=T0, retain=True)) is None
+    assert "e" not in st.devices
+
+
+def test_deduper_memory_follows_losses_not_traffic():
+    d = Deduper()
+    for seq in range(1, 50_001):
+        assert d.first_time("x", "e", seq)
+    high, missing, low, below = d._seen[("x", "e")]  # noqa: SLF001 - the memory is the point
+    assert (high, len(missing), low, len(below)) == (50_000, 0, 1, 0)
+    assert d.first_time("x", "e", 50_010) and d.gaps["x"] == 9
+    assert not d.first_time("x", "e", 50_000) and d.first_time("x", "e", 50_005) and d.gaps["x"] == 8
+
+
+def test_devices_silent_for_long_are_forgotten():
+    st = FleetState(forget_after_s=3600)
+    st.apply(msg("old", "telemetry/inference", telemetry(1, T0), at=T0))
+    st.apply(msg("roster", "status", status("offline", "b", 1, T0, reason="shutdown"), at=T0, retain=True))
+    st.apply(msg("new", "telemetry/inference", telemetry(1, T0 + 7200), at=T0 + 7200))
+    assert sorted(st.devices) == ["new", "roster"]  # the retained roster entry was never heard live: it stays
+    assert ("old", "e1") not in st.dedup._seen  # noqa: SLF001
+
+
+def test_watch_prints_device_strings_without_terminal_escapes_or_markup():
+    import io
+
+    from rich.console import Console
+
+    from edgekit.cli.watch import render
+
+    st = FleetState()
+    st.apply(msg("d", "status", status("offline", "b", 1, T0, reason="\x1b]0;pwned\x07\x1b[2J"), at=T0, retain=True))
+    st.apply(msg("d", "meta", {"bundle": {"name": "[bold red]x[/]", "version": "1"}, "runtime": {"engine": "lite\x9brt"}},
+                 at=T0, retain=True))  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=300, force_terminal=False, color_system=None).print(render(st.snapshot(T0), "fleet"))
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
+    assert "[bold red]x[/]" in text and "pwned" in text  # shown, harmless

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Iterable
 
@@ -45,9 +46,20 @@ def _age(ts: float | None, now: float) -> str:
     return f"{age:.0f}s ago" if age < 120 else f"{age / 60:.0f}m ago"
 
 
-def render(rows: Iterable["DeviceRow"], title: str) -> "Table":
-    """The fleet table: one row per device, device-supplied strings escaped."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _text(value: str, limit: int = 80) -> str:
+    """A device-supplied string made safe to print: control characters (terminal escape sequences could
+    retitle or clear the screen) become "?", rich markup is escaped, and it is cut at ``limit``."""
     from rich.markup import escape
+
+    clean = _CONTROL.sub("?", value)
+    return escape(clean if len(clean) <= limit else clean[: limit - 1] + "…")
+
+
+def render(rows: Iterable["DeviceRow"], title: str) -> "Table":
+    """The fleet table: one row per device, device-supplied strings made safe."""
     from rich.table import Table
 
     now = time.time()
@@ -56,12 +68,12 @@ def render(rows: Iterable["DeviceRow"], title: str) -> "Table":
         t.add_column(col, justify="right" if col in ("ips", "p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps") else "left")
     for r in rows:
         acc = None if r.accuracy is None else 100 * r.accuracy
-        # Every string here comes from a device: escape it, or "[...]" in a bundle name would be rich markup.
-        status = f"[{STATUS_STYLE.get(r.status, 'white')}]{escape(r.status)}[/]"
+        # Every string here comes from a device: "[...]" in a bundle name would be rich markup, ESC a terminal command.
+        status = f"[{STATUS_STYLE.get(r.status, 'white')}]{_text(r.status, 20)}[/]"
         if r.status != "online" and r.status_reason:
-            status += f" ({escape(r.status_reason)})"
+            status += f" ({_text(r.status_reason, 40)})"
         t.add_row(
-            escape(r.device_id), status, escape(r.bundle or "-"), escape(r.profile or "-"), escape(r.runtime or "-"),
+            _text(r.device_id), status, _text(r.bundle or "-"), _text(r.profile or "-"), _text(r.runtime or "-"),
             _fmt(r.throughput_ips, ".1f"), _fmt(r.p50_ms, ".2f"), _fmt(r.p99_ms, ".2f"), _fmt(acc, ".1f"),
             str(r.errors), str(r.outbox_dropped), str(r.lost_messages), _age(r.last_seen, now),
         )
