@@ -67,6 +67,8 @@ def main() -> None:
                 row[f"float_acc_{key}"] = res.float_accuracy
                 if aug:
                     model = res.model
+                    if seed == args.seeds[0]:
+                        prune_source = model  # pruned below on this seed's own split (its test images unseen)
             conv = convert_int8(model, splits.train.x, seed=seed)
             row["convert_child_s"] = conv.seconds  # int8 + float32 conversions, TF import in the child included
             t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def main() -> None:
         prune_rows = []
         splits = split_dataset(ds, seed=args.seeds[0])
         for sparsity in (0.5, 0.75):
-            p = prune_model(model, splits, sparsity=sparsity, epochs=2, seed=args.seeds[0])
+            p = prune_model(prune_source, splits, sparsity=sparsity, epochs=2, seed=args.seeds[0])
             prune_rows.append({"sparsity": sparsity, "achieved": p.sparsity, "acc_before": p.accuracy_before,
                                "acc_after": p.accuracy_after, "raw_before": p.int8_bytes_before, "raw_after": p.int8_bytes_after,
                                "gzip_before": p.int8_gzip_before, "gzip_after": p.int8_gzip_after, "seconds": p.seconds})
