@@ -248,7 +248,7 @@ def load_image_folder(
             try:
                 xs.append(image_to_float(open_image(f), spec))
             except InputError as exc:
-                _skip(f, str(exc), strict)
+                _skip(f, str(exc) if str(f) in str(exc) else f"{f}: {exc}", strict)
                 skipped.append(str(f))
             else:
                 ys.append(label)

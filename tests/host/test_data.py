@@ -195,3 +195,18 @@ def test_npz_refuses_non_finite_x_other_integer_dtypes_and_duplicate_labels(tmp_
     x[5, 1, 2] = x[7, 0, 0] = 0.5
     np.savez(tmp_path / "ok.npz", x=x.astype(np.float64), y=y)
     assert load_npz(tmp_path / "ok.npz").x.dtype == np.float32
+
+
+def test_a_16_bit_image_is_used_and_a_float_image_is_skipped_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "depth"
+    for c in ("dark", "bright"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            level = 1000 if c == "dark" else 60000
+            Image.fromarray(np.full((8, 8), level + i, np.uint16)).save(root / c / f"{i}.png")  # 16-bit grey
+    Image.fromarray(np.zeros((8, 8), np.float32), "F").save(root / "dark" / "float.tiff")
+    with pytest.warns(UserWarning, match=r"float\.tiff: 32-bit float pixels"):
+        ds = load_dataset(root)
+    assert len(ds.y) == 6
+    means = {ds.labels[int(y)]: float(x.mean()) for x, y in zip(ds.x, ds.y)}
+    assert means["dark"] < 0.05 and 0.85 < means["bright"] < 0.95  # scaled from 16 bits, not clipped to 1.0
