@@ -162,6 +162,16 @@ def test_commands_on_foreign_or_odd_topics_are_rejected(harness, topic):
     assert answer["state"] == "rejected"
 
 
+@FUZZ
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70), min_size=64, max_size=64))
+def test_infer_tensors_of_any_finite_json_numbers(harness, values):
+    """JSON has no inf, but 1e39 is inf as float32 and 2**70 overflows nothing until it meets a window: refused
+    or served, the telemetry window must stay strict JSON (an inf once stopped every later window)."""
+    tensor = np.asarray(values, dtype=object).reshape(8, 8, 1).tolist()
+    _check(harness, f"{BASE}/cmd/infer", json.dumps({"cmd_id": f"i-{uuid.uuid4().hex}", "args": {"tensor": tensor}}).encode())
+    json.dumps(harness.agent.recorder.snapshot_and_reset(), allow_nan=False)
+
+
 def _nested(depth: int) -> Any:
     v: Any = 1
     for _ in range(depth):
@@ -194,3 +204,4 @@ def test_agent_still_serves_after_the_fuzzing(harness):
     x = np.zeros(agent.runtime.input_shape, agent.runtime.input_dtype)
     assert 0 <= agent.serve_tensor(x).index < len(agent.labels)
     assert agent.bundle.manifest.version  # still the bundle it started with (nothing was committed)
+    json.dumps(agent.flush_window(), allow_nan=False)  # the window after all that is strict JSON
