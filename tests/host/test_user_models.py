@@ -150,3 +150,11 @@ def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -
     assert original.read_bytes() == before and (tmp_path / "out" / "m-pruned.keras").is_file()
     assert save_step(original, tmp_path / "other") == tmp_path / "other" / "m.keras"
     assert (tmp_path / "other" / "m.keras").is_file() and original.read_bytes() == before
+
+
+def test_evaluate_keras_model_that_is_not_the_bundles_is_refused(digits_bundle: Path, digits_dataset: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    wrong = _save(_cnn(shape=(8, 8, 1), classes=3), tmp_path / "three-classes.keras")  # the digits have 10
+    code = main(["evaluate", str(digits_bundle), "--dataset", str(digits_dataset), "--keras", str(wrong)])
+    err = capsys.readouterr().err.replace("\n", "")  # the console wraps long paths
+    assert code == ExitStatus.BAD_INPUT and "three-classes.keras" in err and "gives 10" in err, err

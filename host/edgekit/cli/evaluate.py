@@ -90,9 +90,17 @@ def run(args: argparse.Namespace) -> ExitStatus:
         y = mapping[y_ds]
         model = None
         if args.keras is not None:
-            from edgekit.train import load_model
+            from edgekit.train import load_model, model_shape
 
             model = load_model(args.keras)
+            shape = model_shape(model, args.keras, args.dataset)
+            takes, feeds = tuple(shape.input_shape[1:]), tuple(x.shape[1:])
+            if any(a is not None and a != b for a, b in zip(takes, feeds)) or len(takes) != len(feeds) \
+                    or shape.classes not in (None, len(labels)):  # fmt: skip
+                raise ModelError(
+                    f"{args.keras}: the Keras model takes {takes} and gives {shape.classes} classes, but "
+                    f"{args.target} takes {feeds} and gives {len(labels)}; pass the float model this bundle was built from."
+                )
         with ui.progress() as bar:
             task = bar.add_task("evaluating int8", total=len(y))
             report = compare(t["model"], x, y, model=model, num_threads=args.threads, num_classes=len(labels),
