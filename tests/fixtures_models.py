@@ -35,7 +35,29 @@ def build_digits(dataset: Path, out: Path, profiles: tuple[str, ...] = ("raspber
     return build(dataset, list(profiles), out, epochs=FIXTURE_EPOCHS, seed=0)
 
 
+def _pipeline_key() -> str:
+    """What a cached digits bundle was built by: this file and the host modules that make the model."""
+    import hashlib
+
+    host = Path(__file__).resolve().parents[1] / "host" / "edgekit"
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for name in ("data.py", "zoo.py", "train.py", "convert.py", "build.py", "bundle.py"):
+        h.update((host / name).read_bytes())
+    return h.hexdigest()
+
+
 def build_digits_bundle(out: Path) -> Path:
-    """The digits bundle directory for raspberry-pi-4 (the archive is next to it)."""
+    """The digits bundle directory for raspberry-pi-4 (the archive is next to it); stamped with the pipeline
+    that built it, so benchmark scripts can tell a cached bundle from a stale one (:func:`current_digits_bundle`)."""
     result = build_digits(write_digits_dataset(out), Path(out) / "bundles")
+    (Path(out) / "pipeline.sha256").write_text(_pipeline_key())
     return result.profiles[0].directory
+
+
+def current_digits_bundle(out: Path) -> Path | None:
+    """A digits bundle built into ``out`` by today's fixture and pipeline, or None (missing or stale)."""
+    stamp = Path(out) / "pipeline.sha256"
+    found = sorted(Path(out).glob("**/digits-raspberry-pi-4/manifest.json"))
+    if found and stamp.is_file() and stamp.read_text().strip() == _pipeline_key():
+        return found[0].parent
+    return None
