@@ -151,12 +151,11 @@ def build_bundles(out: Path) -> dict[str, Path]:
         return found
     print("building bundles (TensorFlow: takes a minute the first time)…", file=sys.stderr)
     import numpy as np
-    import tensorflow as tf
-
     from edgekit.bundle import write_bundle
     from edgekit.profiles import load_profile
     from edgekit.zoo import build_model
     from edgekit_agent.manifest import PreprocessSpec
+    from fit_models import int8_tflite
     from fixtures_models import build_digits_bundle
 
     shutil.rmtree(out / "digits", ignore_errors=True)  # missing or stale: built afresh
@@ -164,16 +163,11 @@ def build_bundles(out: Path) -> dict[str, Path]:
     model = build_model("mobilenetv2", (96, 96, 3), 10, alpha=0.35, batch_size=1)
     rng = np.random.default_rng(0)
     calib = rng.uniform(-1, 1, size=(32, 96, 96, 3)).astype("float32")
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
     info = write_bundle(
         out / "mobilenetv2",
         name="mobilenetv2-0.35-96",
         profile=load_profile("raspberry-pi-4"),
-        tflite=conv.convert(),
+        tflite=int8_tflite(model, calib),
         preprocess=PreprocessSpec(width=96, height=96, color_mode="RGB", scale=1 / 127.5, mean=(1.0, 1.0, 1.0)),
         labels=[str(i) for i in range(10)],
         golden_x=calib[:8],

@@ -22,22 +22,11 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _convert(model, samples: np.ndarray) -> bytes:
-    import tensorflow as tf
-
-    c = tf.lite.TFLiteConverter.from_keras_model(model)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    return c.convert()
 
 
 def build_models() -> dict[str, bytes]:
@@ -45,6 +34,9 @@ def build_models() -> dict[str, bytes]:
     from sklearn.datasets import load_digits
 
     from edgekit.zoo import build_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fit_models import int8_tflite as _convert  # the tests' in-process int8 converter
 
     keras.utils.set_random_seed(0)
     digits = (load_digits().images / 16.0).astype("float32")[..., None]

@@ -15,10 +15,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _convert(model, shape: tuple[int, ...], seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return int8_tflite(model, rng.random((32, *shape), dtype=np.float32))
+
+
+def int8_tflite(model, samples: np.ndarray) -> bytes:
+    """Full-int8 TFLite of a Keras model, calibrated on ``samples``, in this process (test and benchmark
+    models only: edgekit's own path is edgekit.convert, which runs the converter in a child process)."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(seed)
-    samples = rng.random((32, *shape), dtype=np.float32)
     c = tf.lite.TFLiteConverter.from_keras_model(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))

@@ -35,19 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.convert import convert_for_profile
-    from edgekit.data import split_dataset
     from edgekit.profiles import load_profile
-    from edgekit.train import load_model, model_shape
 
     from . import ui
-    from .datasets import load_with_progress
+    from .datasets import model_and_splits
 
     profile = load_profile(args.profile)  # fail fast on a typo, before TensorFlow loads
-    model = load_model(args.model)
-    shape = model_shape(model, args.model, args.dataset)  # one image input, one (batch, classes) output, else ModelError
-    ds = load_with_progress(args.dataset, shape.dataset_spec(args.dataset), strict=args.strict, quiet=args.json)
-    shape.check(ds, args.dataset)  # the dataset's tensors and classes match the model
-    splits = split_dataset(ds, seed=args.seed)
+    model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)
     with ui.progress() as bar:
         task = bar.add_task("converting", total=None)
         res = convert_for_profile(

@@ -56,6 +56,20 @@ def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, qu
     return ds
 
 
+def model_and_splits(model_path: Path, dataset: Path, *, seed: int, strict: bool = False, quiet: bool = False) -> tuple[Any, Any]:
+    """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
+    image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
+    colour mode, and the dataset's tensors and classes must match it."""
+    from edgekit.data import split_dataset
+    from edgekit.train import load_model, model_shape
+
+    model = load_model(model_path)
+    shape = model_shape(model, model_path, dataset)
+    ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
+    shape.check(ds, dataset)
+    return model, split_dataset(ds, seed=seed)
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from . import ui
 

@@ -32,18 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.data import split_dataset
     from edgekit.prune import prune_model
-    from edgekit.train import load_model, model_shape, save_model
+    from edgekit.train import save_model
 
     from . import ui
-    from .datasets import load_with_progress
+    from .datasets import model_and_splits
 
-    model = load_model(args.model)
-    shape = model_shape(model, args.model, args.dataset)  # one image input, one (batch, classes) output, else ModelError
-    ds = load_with_progress(args.dataset, shape.dataset_spec(args.dataset), strict=args.strict, quiet=args.json)
-    shape.check(ds, args.dataset)  # the dataset's tensors and classes match the model
-    splits = split_dataset(ds, seed=args.seed)
+    model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)
     with ui.progress() as bar:
         task = bar.add_task("pruning", total=args.epochs)
         res = prune_model(
