@@ -75,8 +75,8 @@ def child_pair(bundle_dir: str, threads: int, seconds: float, blocks: int) -> di
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgekit_agent.bench import random_input, run_benchmark
-    from edgekit_agent.bundle import load_bundle
+    from edgekit_agent.infer.benchmark import random_input, run_benchmark
+    from edgekit_agent.bundle.load import load_bundle
 
     bundle = load_bundle(bundle_dir)
     rt = bundle.open_runtime(num_threads=threads)
@@ -104,9 +104,9 @@ def child_cold(archive: str, workdir: str) -> dict:
     """Cold start of the agent, phase by phase, from process start (T_PROCESS) to the first inference."""
     marks: dict[str, float] = {}
     t = time.perf_counter()
-    from edgekit_agent.bundle import load_bundle
-    from edgekit_agent.selftest import load_golden, run_selftest
-    from edgekit_agent.sysinfo import peak_rss_mb, rss_mb
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.bundle.selftest import load_golden, run_selftest
+    from edgekit_agent.serve.sysinfo import peak_rss_mb, rss_mb
 
     marks["import_agent"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -151,10 +151,10 @@ def build_bundles(out: Path) -> dict[str, Path]:
         return found
     print("building bundles (TensorFlow: takes a minute the first time)…", file=sys.stderr)
     import numpy as np
-    from edgekit.bundle import write_bundle
+    from edgekit.package.writer import write_bundle
     from edgekit.profiles import load_profile
-    from edgekit.zoo import build_model
-    from edgekit_agent.manifest import PreprocessSpec
+    from edgekit.pipeline.zoo import build_model
+    from edgekit_agent.contract.manifest import PreprocessSpec
     from fit_models import int8_tflite
     from fixtures_models import build_digits_bundle
 
@@ -276,7 +276,7 @@ def main() -> int:
     with contextlib.redirect_stdout(sys.stderr):  # the converter prints its SavedModel signatures on stdout
         bundles = build_bundles(args.out)
     figures: dict = {"machine": {}, "bench_vs_bare": {}, "cold_start": {}, "runtimes": {}}
-    from edgekit_agent.sysinfo import system_info
+    from edgekit_agent.serve.sysinfo import system_info
 
     figures["machine"] = system_info().to_dict()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:

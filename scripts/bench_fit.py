@@ -33,7 +33,7 @@ def build_models() -> dict[str, bytes]:
     import keras
     from sklearn.datasets import load_digits
 
-    from edgekit.zoo import build_model
+    from edgekit.pipeline.zoo import build_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from fit_models import int8_tflite as _convert  # the tests' in-process int8 converter
@@ -60,7 +60,7 @@ def build_models() -> dict[str, bytes]:
 
 
 def _clear_caches() -> None:
-    from edgekit import edgetpu, tflite_graph, tflm
+    from edgekit.fit import edgetpu, tflite_graph, tflm
 
     tflm._measure_cached.cache_clear()  # noqa: SLF001 - the cold figure must include the arena search
     tflite_graph._read_graph_cached.cache_clear()  # noqa: SLF001
@@ -68,11 +68,11 @@ def _clear_caches() -> None:
 
 
 def bench(name: str, tflite: bytes, repeats: int) -> dict:
-    from edgekit.check import check_fit
+    from edgekit.fit.check import check_fit
     from edgekit.profiles import load_all_profiles
-    from edgekit.tflite_graph import read_graph
-    from edgekit.tflm import measure_arena
-    from edgekit_agent.errors import ModelError
+    from edgekit.fit.tflite_graph import read_graph
+    from edgekit.fit.tflm import measure_arena
+    from edgekit_agent.contract.errors import ModelError
 
     profiles = load_all_profiles()
     cold, warm, search = [], [], []

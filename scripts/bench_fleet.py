@@ -61,8 +61,8 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
 # ------------------------------------------------------------------------------------------------ child
 def child(role: str, broker: str, n: int, client_id: str) -> None:
     """Run in a fresh process: park a persistent session, then on 'go' drain it and report."""
-    from edgekit.exporter import Exporter
-    from edgekit.watch import FleetWatcher
+    from edgekit.fleet.exporter import Exporter
+    from edgekit.fleet.watch import FleetWatcher
 
     if role == "watch":
         watcher = FleetWatcher(broker, client_id=client_id)
@@ -151,7 +151,7 @@ def main() -> None:
         child(a.child, a.broker, a.messages, a.client_id)
         return
 
-    from edgekit.broker import start_dev_broker
+    from edgekit.fleet.broker import start_dev_broker
 
     results: dict[str, list[dict]] = {"watch": [], "exporter": []}
     with start_dev_broker(port=0, engine="mosquitto") as broker:

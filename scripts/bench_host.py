@@ -7,7 +7,7 @@
    times in fresh processes (wall time includes the TensorFlow import, as a user sees it); median.
 2. From the manifest: float and int8 test accuracy, the drop in points, int8 bytes / float32 .tflite bytes.
 3. Per-sample inference on the held-out digits, in one process, alternating blocks so that both sides see
-   the same machine load: the int8 model through ``edgekit_agent.runtime.Runtime`` against Keras
+   the same machine load: the int8 model through ``edgekit_agent.infer.runtime.Runtime`` against Keras
    ``model.predict`` on the model saved as .h5 (the usual "deploy the Keras file" path); also the direct
    ``model(x)`` call, the fastest Keras path, for context. Medians and ratios.
 """
@@ -58,9 +58,9 @@ def time_builds(dataset: Path, profile: str, out_root: Path, runs: int) -> tuple
 def per_sample_latency(bundle: Path, keras_file: Path, x_float: np.ndarray, rounds: int, per_round: int) -> dict:
     import keras
 
-    from edgekit_agent.manifest import Manifest
-    from edgekit_agent.preprocess import quantize
-    from edgekit_agent.runtime import Runtime
+    from edgekit_agent.contract.manifest import Manifest
+    from edgekit_agent.infer.preprocess import quantize
+    from edgekit_agent.infer.runtime import Runtime
 
     manifest = Manifest.load(bundle / "manifest.json")
     rt = Runtime(bundle / manifest.model.name, num_threads=os.cpu_count())
@@ -123,7 +123,7 @@ def main() -> int:
         manifest = json.loads((bundle / "manifest.json").read_text())
         sizes = manifest["metrics"]["sizes"]
 
-        from edgekit.data import load_dataset, split_dataset
+        from edgekit.pipeline.data import load_dataset, split_dataset
 
         split = manifest["metrics"]["split"]
         splits = split_dataset(load_dataset(dataset), val=split["val"], test=split["test"], seed=split["seed"])

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edgekit.broker import start_dev_broker
-from edgekit_agent.link import no_delay
+from edgekit.fleet.broker import start_dev_broker
+from edgekit_agent.mqtt.link import no_delay
 
 DEVICE = "bench-311"
 BASE = f"edge/v1/{DEVICE}"

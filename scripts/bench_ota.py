@@ -6,7 +6,7 @@ bundles, labelled images fed into its watch directory at --rate per second the w
 
 1. start: from launching the agent with v1 until its ``meta`` is out; at the end --repeat restarts (SIGTERM,
    start again): what an update by restart costs, during which nothing is served;
-2. --repeat OTA updates alternating v2 / v1 (``edgekit.deploy.deploy``; each a real change of bundle), each
+2. --repeat OTA updates alternating v2 / v1 (``edgekit.fleet.deploy.deploy``; each a real change of bundle), each
    with a health window of --window seconds: transfer time, command → active (begin sent until the commit
    answer says the new bundle serves), the device's own switch time (interpreter swap), command → committed;
 3. --repeat updates to a bundle that passes its self-test but fails the health window (labels rotated:
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))  # ota_support: the same helpers the OTA
 
 def build_bundle(out: Path) -> Path:
     from edgekit.build import build
-    from edgekit.data import write_digits
+    from edgekit.pipeline.data import write_digits
 
     dataset = write_digits(out / "digits").directory
     return build(dataset, ["raspberry-pi-4"], out / "bundles", epochs=2, seed=0).profiles[0].directory
@@ -55,9 +55,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from edgekit.broker import start_dev_broker
-    from edgekit.deploy import deploy
-    from edgekit.keys import new_keypair
+    from edgekit.fleet.broker import start_dev_broker
+    from edgekit.fleet.deploy import deploy
+    from edgekit.package.keys import new_keypair
     from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of
 
     work = Path(tempfile.mkdtemp(prefix="bench-ota-"))

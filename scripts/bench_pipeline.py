@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_pipeline.py [--seeds 0 1 2] [--json bench-pipeline.json]
 
 Per seed (split and training seed): the default CNN training with and without the shifted-copy
-augmentation (wall time, float test accuracy), then PTQ through ``edgekit.convert.convert_int8`` (child
+augmentation (wall time, float test accuracy), then PTQ through ``edgekit.pipeline.convert.convert_int8`` (child
 process) against the same conversion in this process (the price of crash isolation), int8 test accuracy
 through edgekit_agent's runtime, int8/float32 .tflite size ratio; once, pruning at 50 % and 75 % (raw and
 gzip int8 sizes). Medians over seeds and side-by-side ratios; the machine load is printed with them,
@@ -29,7 +29,7 @@ def in_process_ptq(model, rep) -> tuple[bytes, float]:
     """The same PTQ as the worker, in this process (what the child process saves us from when it crashes)."""
     import tensorflow as tf
 
-    from edgekit import zoo
+    from edgekit.pipeline import zoo
 
     t0 = time.perf_counter()
     conv = tf.lite.TFLiteConverter.from_keras_model(zoo.with_fixed_batch(model, 1))
@@ -46,11 +46,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from edgekit.convert import _representative, convert_int8
-    from edgekit.data import load_dataset, split_dataset, write_digits
-    from edgekit.evaluate import evaluate_tflite
-    from edgekit.prune import prune_model
-    from edgekit.train import train_model
+    from edgekit.pipeline.convert import _representative, convert_int8
+    from edgekit.pipeline.data import load_dataset, split_dataset, write_digits
+    from edgekit.pipeline.evaluate import evaluate_tflite
+    from edgekit.pipeline.prune import prune_model
+    from edgekit.pipeline.train import train_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ alone (µs per call, folds included), and of one ``snapshot_and_reset`` (once pe
 
 Models: the digits CNN of the tests (8×8×1, ~10 µs per inference: the overhead shows) and a MobileNetV2
 (alpha 0.35, 96×96×3, random weights: latency does not depend on training) built with the host library
-(``edgekit.zoo.build_model`` + ``edgekit.convert.convert_int8``). Bundles are built once into ``--out``.
+(``edgekit.pipeline.zoo.build_model`` + ``edgekit.pipeline.convert.convert_int8``). Bundles are built once into ``--out``.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def build_bundles(out: Path) -> dict[str, Path]:
     print("building bundles with TensorFlow (once)…", file=sys.stderr, flush=True)
     import numpy as np
 
-    from edgekit.bundle import write_bundle
-    from edgekit.convert import convert_int8
+    from edgekit.package.writer import write_bundle
+    from edgekit.pipeline.convert import convert_int8
     from edgekit.profiles import load_profile
-    from edgekit.zoo import build_model
-    from edgekit_agent.manifest import PreprocessSpec
+    from edgekit.pipeline.zoo import build_model
+    from edgekit_agent.contract.manifest import PreprocessSpec
     from fixtures_models import build_digits_bundle
 
     shutil.rmtree(out / "digits", ignore_errors=True)  # missing or stale: built afresh
@@ -90,9 +90,9 @@ def compare(bundle_dir: Path, threads: int, rounds: int, per_round: int, data_di
     """Bare interpreter vs Agent.serve_tensor on the same interpreter, alternating rounds."""
     import numpy as np
 
-    from edgekit_agent.agent import Agent
-    from edgekit_agent.bundle import load_bundle
-    from edgekit_agent.config import AgentSettings
+    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.serve.config import AgentSettings
 
     bundle = load_bundle(bundle_dir)
     agent = Agent(bundle, AgentSettings(device_id="bench", data_dir=data_dir), runtime=bundle.open_runtime(num_threads=threads))
@@ -138,7 +138,7 @@ def compare(bundle_dir: Path, threads: int, rounds: int, per_round: int, data_di
 
 def recording_cost(rounds: int, n: int) -> dict[str, Any]:
     """µs per WindowRecorder.record call (folds amortised in) and ms per snapshot_and_reset."""
-    from edgekit_agent.telemetry import WindowRecorder
+    from edgekit_agent.serve.telemetry import WindowRecorder
 
     labels = [str(i) for i in range(10)]
     ref = {"input_mean": {"edges": [i / 10 for i in range(11)], "freq": [0.1] * 10}, "class_freq": [0.1] * 10}

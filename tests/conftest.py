@@ -51,16 +51,16 @@ def digits_bundle(digits_build) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_splits(digits_dataset: Path):
-    """The digits folder loaded and split (seed 0) with `edgekit.data`, once per session."""
-    from edgekit.data import load_dataset, split_dataset
+    """The digits folder loaded and split (seed 0) with `edgekit.pipeline.data`, once per session."""
+    from edgekit.pipeline.data import load_dataset, split_dataset
 
     return split_dataset(load_dataset(digits_dataset), seed=0)
 
 
 @pytest.fixture(scope="session")
 def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits CNN trained for one (augmented) epoch with `edgekit.train`, saved as .keras; once per session."""
-    from edgekit.train import save_model, train_model
+    """A digits CNN trained for one (augmented) epoch with `edgekit.pipeline.train`, saved as .keras; once per session."""
+    from edgekit.pipeline.train import save_model, train_model
 
     result = train_model(digits_splits, epochs=1, seed=0)
     return save_model(result.model, tmp_path_factory.mktemp("digits-model") / "digits.keras")
@@ -68,7 +68,7 @@ def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def digits_int8(digits_model: Path, digits_splits):
-    """`edgekit.convert.convert_int8` of ``digits_model`` (int8 in/out, with the float32 twin); once per session."""
-    from edgekit.convert import convert_int8
+    """`edgekit.pipeline.convert.convert_int8` of ``digits_model`` (int8 in/out, with the float32 twin); once per session."""
+    from edgekit.pipeline.convert import convert_int8
 
     return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, name="digits")

@@ -21,7 +21,7 @@ def _convert(model, shape: tuple[int, ...], seed: int = 0) -> bytes:
 
 def int8_tflite(model, samples: np.ndarray) -> bytes:
     """Full-int8 TFLite of a Keras model, calibrated on ``samples``, in this process (test and benchmark
-    models only: edgekit's own path is edgekit.convert, which runs the converter in a child process)."""
+    models only: edgekit's own path is edgekit.pipeline.convert, which runs the converter in a child process)."""
     import tensorflow as tf
 
     c = tf.lite.TFLiteConverter.from_keras_model(model)

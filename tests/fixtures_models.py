@@ -23,7 +23,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def write_digits_dataset(out: Path) -> Path:
     """The demo image folder (`edgekit datasets digits`) at ``out/digits``."""
-    from edgekit.data import write_digits
+    from edgekit.pipeline.data import write_digits
 
     return write_digits(Path(out) / "digits").directory
 

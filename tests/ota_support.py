@@ -19,10 +19,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from edgekit.bundle import write_archive
-from edgekit.fleet import MqttLink, drain, topic
-from edgekit.keys import sign_bundle
-from edgekit_agent.manifest import dump_manifest
+from edgekit.package.writer import write_archive
+from edgekit.fleet.state import MqttLink, drain, topic
+from edgekit.package.keys import sign_bundle
+from edgekit_agent.contract.manifest import dump_manifest
 
 AGENT = [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgekit_agent.errors import DatasetError, ModelError, UsageError
+from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
 
-from .profiles import Profile, load_profile
+from edgekit.profiles import Profile, load_profile
 
 GOLDEN_SAMPLES = 16
 SPLIT = {"val": 0.15, "test": 0.15}
@@ -142,7 +142,7 @@ class _State:
 
 # --- steps --------------------------------------------------------------------------------------------
 def _load_data(s: _State) -> None:
-    from . import data
+    from edgekit.pipeline import data
 
     # A model file decides the image size and colour mode; the dataset must then match its input and classes.
     spec = s.model_shape.dataset_spec(s.dataset) if s.model_shape is not None else None
@@ -155,7 +155,7 @@ def _load_data(s: _State) -> None:
 
 
 def _load_model(s: _State) -> None:
-    from . import train
+    from edgekit.pipeline import train
 
     assert s.model_path is not None
     s.model = train.load_model(s.model_path)
@@ -166,7 +166,7 @@ def _load_model(s: _State) -> None:
 
 
 def _train(s: _State) -> None:
-    from . import train
+    from edgekit.pipeline import train
 
     kwargs: dict[str, Any] = {"arch": s.arch, "seed": s.seed, "on_epoch": _epoch_reporter(s)}
     if s.epochs is not None:
@@ -184,7 +184,7 @@ def _epoch_reporter(s: _State) -> Callable[[int, int, dict[str, float]], None]:
 
 
 def _prune(s: _State) -> None:
-    from . import prune
+    from edgekit.pipeline import prune
 
     result = prune.prune_model(s.model, s.splits, sparsity=s.prune, seed=s.seed)
     weights = sum(layer.weights for layer in result.layers)
@@ -200,13 +200,13 @@ def _prune(s: _State) -> None:
 
 
 def _save_model(s: _State) -> None:
-    from . import train, zoo
+    from edgekit.pipeline import train, zoo
 
     if s.model_file is None or s.prune_info:  # kept next to the bundles, so `--model` can rebuild from it
         s.model_file = train.save_model(s.model, _model_out(s))
     s.outputs_are = zoo.outputs_are(s.model)
     if s.float_accuracy < 0:  # a model file: training's (or pruning's) test-split figure does not exist
-        from . import evaluate
+        from edgekit.pipeline import evaluate
 
         s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
 
@@ -221,7 +221,7 @@ def _model_out(s: _State) -> Path:
 
 
 def _convert(s: _State, profile: Profile) -> None:
-    from . import convert
+    from edgekit.pipeline import convert
 
     # Profiles that ask for the same tensor dtypes get the same model: convert (and evaluate) once.
     key = (str(profile.input_dtype), str(profile.output_dtype))
@@ -236,7 +236,7 @@ def _convert(s: _State, profile: Profile) -> None:
 
 
 def _evaluate(s: _State, profile: Profile) -> None:
-    from . import evaluate
+    from edgekit.pipeline import evaluate
 
     key = s.current["key"]
     if key not in s.evaluations:
@@ -246,9 +246,9 @@ def _evaluate(s: _State, profile: Profile) -> None:
 
 def _fit(s: _State, profile: Profile) -> None:
     s.current["fit"] = None
-    if importlib.util.find_spec("edgekit.check") is None:
+    if importlib.util.find_spec("edgekit.fit.check") is None:
         return  # no fit checker installed in this version: the bundle records fit = null
-    from . import check
+    from edgekit.fit import check
 
     report = check.check_fit(s.current["tflite"], profile, name=s.name)
     s.current["fit"] = report
@@ -257,8 +257,8 @@ def _fit(s: _State, profile: Profile) -> None:
 
 
 def _bundle(s: _State, profile: Profile) -> None:
-    from .bundle import write_bundle
-    from .reference import compute_reference
+    from edgekit.package.writer import write_bundle
+    from edgekit.pipeline.reference import compute_reference
 
     cur = s.current
     conv, ev, fit = cur["conversion"], cur["eval"], cur["fit"]
@@ -278,7 +278,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         "fit_summary": fit.summary() if fit is not None else "no fit checker installed",
     }
     if fits is False:  # keep_going: report it, but never ship a bundle that does not fit
-        from .bundle import remove_bundle
+        from edgekit.package.writer import remove_bundle
 
         # Nor leave an earlier build's bundle for this profile behind: OUT/*.tar.gz must all be current.
         for path in remove_bundle(s.out, s.name, profile.name):
@@ -314,7 +314,7 @@ def _bundle(s: _State, profile: Profile) -> None:
     }
     extra_files: dict[str, bytes] = {}
     if fit is not None:  # C sources for an MCU, the compiled model for an Edge TPU
-        from . import check
+        from edgekit.fit import check
 
         extra_files.update(check.bundle_artifacts(tflite, fit, s.name))
     n = min(GOLDEN_SAMPLES, len(test.y))

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.errors import ProfileError
+from edgekit_agent.contract.errors import ProfileError
 
 
 class Target(StrEnum):

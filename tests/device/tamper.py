@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from edgekit_agent.manifest import dump_manifest
+from edgekit_agent.contract.manifest import dump_manifest
 
 
 def copy_bundle(src: Path, tmp_path: Path) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.config import PASSWORD_ENV, load_settings
-from edgekit_agent.errors import UsageError
-from edgekit_agent.link import BrokerSettings, Topics, cap, check_rc
+from edgekit_agent.serve.config import PASSWORD_ENV, load_settings
+from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.mqtt.link import BrokerSettings, Topics, cap, check_rc
 
 CONFIG = """
 bundle = "/opt/b.tar.gz"
@@ -105,14 +105,14 @@ def test_topics_caps_and_return_codes():
     assert len(cap(b"x" * 10_000)) < 250 and cap("short") == "short"
     check_rc(0, "ok")  # MQTT_ERR_SUCCESS
     check_rc(4, "queued while offline")  # MQTT_ERR_NO_CONN: paho keeps QoS 1 and sends it later
-    from edgekit_agent.errors import BrokerError
+    from edgekit_agent.contract.errors import BrokerError
 
     with pytest.raises(BrokerError, match="publishing"):
         check_rc(9, "publishing")  # MQTT_ERR_PAYLOAD_SIZE
 
 
 def test_run_flags_reach_the_settings(tmp_path):
-    from edgekit_agent import agent_cli
+    from edgekit_agent.cli import run as agent_cli
 
     parser = argparse.ArgumentParser()
     agent_cli.add_arguments(parser)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.agent import Agent
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.config import AgentSettings
-from edgekit_agent.errors import EdgekitError, InputError
-from edgekit_agent.manifest import dump_manifest
-from edgekit_agent.outbox import Outbox
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.config import AgentSettings
+from edgekit_agent.contract.errors import EdgekitError, InputError
+from edgekit_agent.contract.manifest import dump_manifest
+from edgekit_agent.mqtt.outbox import Outbox
 
 
 @pytest.fixture()

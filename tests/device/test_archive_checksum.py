@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.errors import BundleError
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.errors import BundleError
 
 
 def test_every_flipped_bit_in_the_compressed_data_is_refused(digits_bundle: Path, tmp_path: Path):

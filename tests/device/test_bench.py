@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.bench import REPORT_SAMPLES, LatencyStats, benchmark_bundle, random_input, run_benchmark
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.errors import InputError, UsageError
+from edgekit_agent.infer.benchmark import (
+    REPORT_SAMPLES,
+    LatencyStats,
+    benchmark_bundle,
+    random_input,
+    run_benchmark,
+)
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.errors import InputError, UsageError
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent import bundle as bundle_mod
-from edgekit_agent.bundle import FileStatus, extract_archive, load_bundle, verify_files
-from edgekit_agent.errors import BundleError, IntegrityError, SignatureError
-from edgekit_agent.manifest import dump_manifest
+from edgekit_agent.bundle import load as bundle_mod
+from edgekit_agent.bundle.load import FileStatus, extract_archive, load_bundle, verify_files
+from edgekit_agent.contract.errors import BundleError, IntegrityError, SignatureError
+from edgekit_agent.contract.manifest import dump_manifest
 
 from tamper import copy_bundle, flip_byte, rehash
 
@@ -85,7 +85,7 @@ def test_a_changed_byte_is_refused_naming_the_file(digits_bundle: Path, tmp_path
 
 
 def load_manifest(d: Path):
-    from edgekit_agent.manifest import Manifest
+    from edgekit_agent.contract.manifest import Manifest
 
     return Manifest.load(d / "manifest.json")
 
@@ -178,7 +178,7 @@ def test_signature_required_but_absent_is_refused(digits_bundle: Path):
 
 def test_signed_bundle_reports_its_key_and_a_changed_manifest_is_refused(digits_bundle: Path, tmp_path: Path):
     pytest.importorskip("cryptography")
-    from edgekit.keys import copy_public_key, new_keypair, sign_bundle
+    from edgekit.package.keys import copy_public_key, new_keypair, sign_bundle
 
     d = copy_bundle(digits_bundle, tmp_path)
     pair = new_keypair(tmp_path / "keys", "test")

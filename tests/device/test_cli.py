@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit_agent.cli import COMMANDS, format_table, main
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.cli.app import COMMANDS, format_table, main
+from edgekit_agent.contract.errors import ExitStatus
 
 from tamper import copy_bundle, flip_byte
 
@@ -106,7 +106,7 @@ def test_infer_reports_a_bad_image_and_exits_3(digits_bundle: Path, images: list
 
 
 def test_run_is_routed_to_the_agent_module():
-    assert COMMANDS["run"][0] == "edgekit_agent.agent_cli"
+    assert COMMANDS["run"][0] == "edgekit_agent.cli.run"
 
 
 def test_format_table_aligns_numbers_right():

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_examples
 
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.errors import BundleError, EdgekitError
-from edgekit_agent.limits import MAX_MEMBER_BYTES, MAX_MEMBERS
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.errors import BundleError, EdgekitError
+from edgekit_agent.contract.limits import MAX_MEMBER_BYTES, MAX_MEMBERS
 
 FUZZ = settings(max_examples=fuzz_examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 # An absolute path an escaping member would create; unique per run so a leftover cannot mask a new escape.

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_examples
 
-from edgekit_agent.agent import Agent, builtin_commands
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.commands import CommandProcessor, CommandStore
-from edgekit_agent.config import load_settings
-from edgekit_agent.limits import MAX_COMMAND_BYTES
-from edgekit_agent.link import Incoming
-from edgekit_agent.ota import ACTIONS
+from edgekit_agent.serve.agent import Agent, builtin_commands
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
+from edgekit_agent.serve.config import load_settings
+from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.mqtt.link import Incoming
+from edgekit_agent.ota.manager import ACTIONS
 
 DEVICE = "fuzz-dev"
 BASE = f"edge/v1/{DEVICE}"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_examples
 
-from edgekit_agent.errors import BundleError, EdgekitError
-from edgekit_agent.manifest import Manifest, dump_manifest
+from edgekit_agent.contract.errors import BundleError, EdgekitError
+from edgekit_agent.contract.manifest import Manifest, dump_manifest
 
 VALID: dict[str, Any] = {
     "format": "edgekit-bundle/1",

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from fuzzing import fuzz_examples
 
-from edgekit_agent.errors import ModelError
-from edgekit_agent.tflite_file import check_tflite
+from edgekit_agent.contract.errors import ModelError
+from edgekit_agent.bundle.tflite_file import check_tflite
 
 FUZZ = settings(max_examples=fuzz_examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHILD_CASES = fuzz_examples(150)
@@ -72,10 +72,10 @@ CHILD = textwrap.dedent(
     """
     import hashlib, json, random, shutil, sys, tempfile
     from pathlib import Path
-    from edgekit_agent.bundle import load_bundle
-    from edgekit_agent.errors import EdgekitError
-    from edgekit_agent.manifest import dump_manifest
-    from edgekit_agent.selftest import run_selftest
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.contract.errors import EdgekitError
+    from edgekit_agent.contract.manifest import dump_manifest
+    from edgekit_agent.bundle.selftest import run_selftest
 
     src, seed, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)

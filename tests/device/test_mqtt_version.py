@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from edgekit_agent.commands import CommandProcessor, CommandSpec, CommandStore
-from edgekit_agent.config import load_settings
-from edgekit_agent.errors import UsageError
-from edgekit_agent.link import Incoming
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandSpec, CommandStore
+from edgekit_agent.serve.config import load_settings
+from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.mqtt.link import Incoming
 
 DEVICE = "dev-311"
 BASE = f"edge/v1/{DEVICE}"

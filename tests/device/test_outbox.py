@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.errors import StorageError
-from edgekit_agent.outbox import Outbox
+from edgekit_agent.contract.errors import StorageError
+from edgekit_agent.mqtt.outbox import Outbox
 
 
 def payloads(entries):
@@ -81,7 +81,7 @@ def test_messages_survive_kill_9(tmp_path: Path):
     path = tmp_path / "o.sqlite"
     code = (
         "import os, signal, sys\n"
-        "from edgekit_agent.outbox import Outbox\n"
+        "from edgekit_agent.mqtt.outbox import Outbox\n"
         f"ob = Outbox({str(path)!r})\n"
         "for i in range(50): ob.put('t', {'i': i})\n"
         "print('written', flush=True)\n"

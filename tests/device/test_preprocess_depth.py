@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit_agent.errors import InputError
-from edgekit_agent.manifest import PreprocessSpec
-from edgekit_agent.preprocess import image_to_float, open_image
+from edgekit_agent.contract.errors import InputError
+from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 SPEC = PreprocessSpec(width=8, height=8, color_mode="L")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.errors import DelegateError, ModelError, RuntimeUnavailableError
-from edgekit_agent.runtime import Runtime
-from edgekit_agent.tflite_file import check_tflite
+from edgekit_agent.contract.errors import DelegateError, ModelError, RuntimeUnavailableError
+from edgekit_agent.infer.runtime import Runtime
+from edgekit_agent.bundle.tflite_file import check_tflite
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.errors import BundleError, SelfTestError
-from edgekit_agent.manifest import dump_manifest
-from edgekit_agent.selftest import run_selftest
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.errors import BundleError, SelfTestError
+from edgekit_agent.contract.manifest import dump_manifest
+from edgekit_agent.bundle.selftest import run_selftest
 
 from tamper import copy_bundle, rehash
 

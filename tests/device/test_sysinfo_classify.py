@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent import sysinfo
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.classify import outputs_are, probabilities, top1
-from edgekit_agent.manifest import TensorSpec
+from edgekit_agent.serve import sysinfo
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.infer.classify import outputs_are, probabilities, top1
+from edgekit_agent.contract.manifest import TensorSpec
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

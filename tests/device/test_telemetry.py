@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgekit_agent.telemetry import LATENCY_BUCKETS_MS, LatencyHistogram, WindowRecorder, psi
+from edgekit_agent.serve.telemetry import LATENCY_BUCKETS_MS, LatencyHistogram, WindowRecorder, psi
 
 LABELS = [str(i) for i in range(10)]
 UNIFORM = [0.1] * 10

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 AGENT = [sys.executable, "-m", "edgekit_agent.cli", "run"]
 
@@ -26,7 +26,7 @@ def test_unsigned_bundle_is_refused_without_allow_unsigned(digits_bundle: Path, 
 def test_signed_bundle_without_trusted_keys_is_refused(digits_bundle: Path, tmp_path: Path):
     import shutil
 
-    from edgekit.keys import new_keypair, sign_bundle
+    from edgekit.package.keys import new_keypair, sign_bundle
 
     bundle = tmp_path / "signed"
     shutil.copytree(digits_bundle, bundle)

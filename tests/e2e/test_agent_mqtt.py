@@ -24,12 +24,12 @@ from paho.mqtt.properties import Properties
 from PIL import Image
 
 from brokers import Mosquitto
-from edgekit_agent.agent import Agent
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.config import load_settings
-from edgekit_agent.errors import ExitStatus
-from edgekit_agent.preprocess import Preprocessor
-from edgekit_agent.runtime import Runtime
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.config import load_settings
+from edgekit_agent.contract.errors import ExitStatus
+from edgekit_agent.infer.preprocess import Preprocessor
+from edgekit_agent.infer.runtime import Runtime
 from fixtures_models import digits_arrays
 
 DEVICE = "pi-test"

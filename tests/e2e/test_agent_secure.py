@@ -15,9 +15,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from brokers import Mosquitto
-from edgekit_agent.agent import Agent
-from edgekit_agent.bundle import load_bundle
-from edgekit_agent.config import load_settings
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.config import load_settings
 from test_security_broker import DEVICES, FLEET, Client, make_auth, make_pki
 
 DEVICE = "dev-a"

@@ -19,8 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgekit.cli import main as edgekit_main
-from edgekit.exporter import Exporter
-from edgekit.watch import FleetWatcher
+from edgekit.fleet.exporter import Exporter
+from edgekit.fleet.watch import FleetWatcher
 
 LE = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]
 
@@ -167,7 +167,7 @@ def test_watch_json_lines_follow_live_updates(mosquitto, devices, tmp_path):
 
 @pytest.mark.parametrize("buckets", ["full", "coarse"])
 def test_exporter_metrics_equal_what_was_sent(mosquitto, devices, buckets):
-    from edgekit.exporter import COARSE_LE_MS
+    from edgekit.fleet.exporter import COARSE_LE_MS
 
     a, b = devices("pi-a"), devices("pi-b", seed=3)
     a.online(); b.online()

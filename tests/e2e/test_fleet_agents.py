@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgekit.exporter import Exporter
-from edgekit.remote import compare_reports, request_benchmark, save_report
-from edgekit.watch import FleetWatcher
+from edgekit.fleet.exporter import Exporter
+from edgekit.fleet.remote import compare_reports, request_benchmark, save_report
+from edgekit.fleet.watch import FleetWatcher
 
 AGENT = [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
 
@@ -77,8 +77,8 @@ def agents(digits_bundle, mosquitto, tmp_path):
 
 def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_path, capsys):
     from edgekit.cli import main as edgekit_main
-    from edgekit.exporter import COARSE_LE_MS
-    from edgekit.fleet import MqttLink, drain
+    from edgekit.fleet.exporter import COARSE_LE_MS
+    from edgekit.fleet.state import MqttLink, drain
 
     # A raw subscriber records exactly what the agents sent, to compare the exporter's numbers against.
     raw = MqttLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()
@@ -151,14 +151,14 @@ def test_remote_benchmark_round_trip_with_a_real_agent(mosquitto, agents, tmp_pa
     rows = compare_reports(reports)
     assert [r.device_id for r in rows] == ["pi-bench", "pi-bench"] and rows[0].p50_ratio == 1.0
     # A bad argument comes back as a rejection, not a hang.
-    from edgekit.remote import CommandFailed
+    from edgekit.fleet.remote import CommandFailed
 
     with pytest.raises(CommandFailed, match="INVALID_ARGS"):
         request_benchmark(mosquitto.url, "pi-bench", num_runs=10**6, timeout=20)
 
 
 def test_bench_of_an_absent_device_times_out_with_advice(mosquitto):
-    from edgekit_agent.errors import BrokerError
+    from edgekit_agent.contract.errors import BrokerError
 
     with pytest.raises(BrokerError, match="no answer at all"):
         request_benchmark(mosquitto.url, "nobody", num_runs=5, timeout=1.5)

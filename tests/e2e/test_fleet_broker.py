@@ -11,10 +11,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgekit.broker import mosquitto_path, start_dev_broker
-from edgekit.fleet import MqttLink
-from edgekit.watch import FleetWatcher
-from edgekit_agent.errors import BrokerError
+from edgekit.fleet.broker import mosquitto_path, start_dev_broker
+from edgekit.fleet.state import MqttLink
+from edgekit.fleet.watch import FleetWatcher
+from edgekit_agent.contract.errors import BrokerError
 
 
 def _eventually(pred, timeout: float = 10.0) -> bool:
@@ -47,7 +47,7 @@ def test_amqtt_broker_refuses_mqtt5_and_watch_falls_back_to_311():
             assert not w.link.mqtt5  # fell back
             assert w.sync(5)
             assert [(r.device_id, r.status) for r in w.snapshot()] == [("pi-amqtt", "online")]
-        from edgekit.exporter import Exporter
+        from edgekit.fleet.exporter import Exporter
 
         with Exporter(broker.url, port=0) as exp:  # "$share/G/..." becomes a plain subscription on 3.1.1
             assert not exp.link.mqtt5
@@ -128,7 +128,7 @@ def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch)
     from test_security_broker import make_auth, make_pki  # the same PKI and ACL the broker-security tests use
 
     from brokers import Mosquitto
-    from edgekit.exporter import Exporter
+    from edgekit.fleet.exporter import Exporter
 
     pki = make_pki(tmp_path / "pki")
     pw, acl = make_auth(tmp_path)

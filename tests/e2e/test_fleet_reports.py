@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.remote import compare_reports, plot_latency
-from edgekit_agent.errors import InputError
+from edgekit.fleet.remote import compare_reports, plot_latency
+from edgekit_agent.contract.errors import InputError
 
 
 def report(p50: float, **steady_extra) -> dict:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edgekit.fleet import BrokerAddress, Deduper, FleetState, Message, parse_topic
-from edgekit_agent.errors import UsageError
+from edgekit.fleet.state import BrokerAddress, Deduper, FleetState, Message, parse_topic
+from edgekit_agent.contract.errors import UsageError
 
 T0 = 1_800_000_000.0
 
@@ -120,7 +120,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_served_by_the_exporter():
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from edgekit.exporter import FleetCollector
+    from edgekit.fleet.exporter import FleetCollector
 
     st = FleetState(histogram_stages=("total",))
     st.apply(msg("d", "status", status("online", "b", 1, T0), at=T0))
@@ -165,7 +165,7 @@ def test_watch_table_escapes_device_strings():
 
 
 def test_deduper_memory_is_bounded_per_device():
-    from edgekit.fleet import DEDUP_WINDOW, MAX_EPOCHS
+    from edgekit.fleet.state import DEDUP_WINDOW, MAX_EPOCHS
 
     d = Deduper()
     for e in range(100):

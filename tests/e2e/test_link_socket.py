@@ -12,9 +12,9 @@ import socket
 import time
 from pathlib import Path
 
-from edgekit.link import MqttLink
-from edgekit_agent.link import BrokerSettings, Link, no_delay
-from edgekit_agent.outbox import Outbox
+from edgekit.fleet.link import MqttLink
+from edgekit_agent.mqtt.link import BrokerSettings, Link, no_delay
+from edgekit_agent.mqtt.outbox import Outbox
 
 
 def _nodelay(sock: socket.socket) -> int:
@@ -58,7 +58,7 @@ def test_agent_says_once_per_outage_why_the_broker_is_unreachable(tmp_path: Path
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=1)
     agent = Link(settings, "dev-1", "boot-1", outbox, on_message=lambda _m: None)
-    with caplog.at_level(logging.WARNING, logger="edgekit_agent.link"):
+    with caplog.at_level(logging.WARNING, logger="edgekit_agent.mqtt.link"):
         agent.start()
         try:
             deadline = time.monotonic() + 10
@@ -81,7 +81,7 @@ def test_a_message_mqtt_cannot_carry_is_dropped_not_retried_forever(mosquitto, t
     outbox.put("edge/v1/dev-2/events", {"event": "after"})
     with MqttLink(mosquitto.url, subscriptions=[("edge/v1/dev-2/events", 1)]).start(timeout=10) as fleet:
         agent = Link(BrokerSettings.from_url(mosquitto.url), "dev-2", "boot-2", outbox, on_message=lambda _m: None)
-        with caplog.at_level(logging.ERROR, logger="edgekit_agent.link"):
+        with caplog.at_level(logging.ERROR, logger="edgekit_agent.mqtt.link"):
             agent.start()
             try:
                 assert agent.connected.wait(10)

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgekit.broker import start_dev_broker
-from edgekit_agent.errors import ExitStatus
+from edgekit.fleet.broker import start_dev_broker
+from edgekit_agent.contract.errors import ExitStatus
 from test_agent_mqtt import write_digits
 
 DEVICE = "pi-311"
@@ -216,7 +216,7 @@ def test_short_demo_on_the_embedded_amqtt_broker(tmp_path, digits_bundle):
     import re
     import shutil
 
-    from edgekit.broker import port_in_use
+    from edgekit.fleet.broker import port_in_use
 
     work = tmp_path / "demo"
     shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
@@ -239,8 +239,8 @@ def test_deploy_over_the_embedded_broker_commits_with_payload_correlation(amqtt_
     """`edgekit deploy` (OTA: begin, chunks, commit, health window) to an agent that negotiated 3.1.1."""
     import shutil
 
-    from edgekit.deploy import deploy
-    from edgekit.keys import new_keypair
+    from edgekit.fleet.deploy import deploy
+    from edgekit.package.keys import new_keypair
     from ota_support import AgentProc, Feeder, Observer, make_variant, version_of
 
     key = new_keypair(tmp_path / "keys", "release")

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from edgekit.deploy import deploy
-from edgekit.fleet import topic
-from edgekit.keys import new_keypair
-from edgekit_agent.limits import OTA_CHUNK_BYTES
-from edgekit_agent.active import read_pointer
+from edgekit.fleet.deploy import deploy
+from edgekit.fleet.state import topic
+from edgekit.package.keys import new_keypair
+from edgekit_agent.contract.limits import OTA_CHUNK_BYTES
+from edgekit_agent.ota.slots import read_pointer
 from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of
 
 GOOD_HEALTH = {"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3}
@@ -259,7 +259,7 @@ def test_kill_9_during_an_update_leaves_a_working_bundle(mosquitto, bundles, fle
 
 def test_deploy_cli_exit_codes_and_json(mosquitto, bundles, fleet, capsys):
     from edgekit.cli import main
-    from edgekit_agent.errors import ExitStatus
+    from edgekit_agent.contract.errors import ExitStatus
 
     obs, agent = fleet
     a = agent("ota-cli")

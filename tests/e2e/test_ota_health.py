@@ -1,12 +1,12 @@
-"""The health-window verdict (edgekit_agent.ota.judge) and its policy, on constructed statistics: each
+"""The health-window verdict (edgekit_agent.ota.manager.judge) and its policy, on constructed statistics: each
 check fails when it should, and a check without enough data passes and says why."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgekit_agent.errors import InputError
-from edgekit_agent.health import HealthPolicy, HealthStats, TallyRecorder, judge
+from edgekit_agent.contract.errors import InputError
+from edgekit_agent.ota.health import HealthPolicy, HealthStats, TallyRecorder, judge
 
 POLICY = HealthPolicy(window_s=10, max_error_rate=0.05, max_p99_ratio=3.0, p99_slack_ms=2.0, min_latency_samples=100,
                       max_accuracy_drop=0.1, min_labeled=10)  # fmt: skip

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgekit.cli import main
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 COMMANDS = ("datasets", "train", "prune", "convert", "evaluate")
 
@@ -146,7 +146,7 @@ def test_train_resizes_and_converts_colour_images_to_grey(tmp_path, capsys):
     assert rc == ExitStatus.OK
     info = _json(capsys)
     assert info["input_shape"] == [1, 12, 16, 1] and info["labels"] == ["class0", "class1"] and model.is_file()
-    from edgekit.train import load_model
+    from edgekit.pipeline.train import load_model
 
     assert tuple(load_model(model).inputs[0].shape) == (1, 12, 16, 1)  # .h5 round trip keeps the batch of 1
     assert main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16by12"]) == ExitStatus.USAGE

@@ -30,11 +30,11 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from brokers import Mosquitto
-from edgekit.bundle import write_archive
-from edgekit.deploy import deploy
-from edgekit_agent.errors import ExitStatus
-from edgekit_agent.manifest import dump_manifest
-from edgekit_agent.active import read_pointer
+from edgekit.package.writer import write_archive
+from edgekit.fleet.deploy import deploy
+from edgekit_agent.contract.errors import ExitStatus
+from edgekit_agent.contract.manifest import dump_manifest
+from edgekit_agent.ota.slots import read_pointer
 
 DEVICES = {"dev-a": "pw-a", "dev-b": "pw-b"}
 FLEET = ("fleet", "pw-fleet")

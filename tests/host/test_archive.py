@@ -6,7 +6,7 @@ import struct
 import tarfile
 from pathlib import Path
 
-from edgekit.bundle import write_archive
+from edgekit.package.writer import write_archive
 
 
 def test_same_files_same_archive_bytes(tmp_path: Path) -> None:

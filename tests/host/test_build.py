@@ -13,7 +13,7 @@ import pytest
 from edgekit.build import BuildResult, build, default_name, plan
 from edgekit.cli import main
 from edgekit.profiles import load_profile
-from edgekit_agent.errors import DatasetError, ExitStatus, FitError, UsageError
+from edgekit_agent.contract.errors import DatasetError, ExitStatus, FitError, UsageError
 
 CPU_PROFILE = """
 name = "{name}"
@@ -71,9 +71,9 @@ def test_manifest_has_every_contract_field(built: tuple[BuildResult, dict]) -> N
 def test_metrics_are_reproduced_independently(built: tuple[BuildResult, dict], digits_dataset: Path) -> None:
     """Re-load the image folder, re-split with the manifest's seed, and run the bundle's model with the
     device's runtime: the same int8 accuracy and the same number of samples."""
-    from edgekit.data import load_dataset, split_dataset
-    from edgekit_agent.bundle import load_bundle
-    from edgekit_agent.preprocess import quantize
+    from edgekit.pipeline.data import load_dataset, split_dataset
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.infer.preprocess import quantize
 
     result, m = built
     split = m["metrics"]["split"]
@@ -87,16 +87,16 @@ def test_metrics_are_reproduced_independently(built: tuple[BuildResult, dict], d
     assert m["metrics"]["int8_accuracy"] > 0.9
     assert abs(m["metrics"]["float_accuracy"] - m["metrics"]["int8_accuracy"]) < 0.03
     # The float figure is the saved Keras model's accuracy on the same split.
-    from edgekit.evaluate import evaluate_keras
-    from edgekit.train import load_model
+    from edgekit.pipeline.evaluate import evaluate_keras
+    from edgekit.pipeline.train import load_model
 
     float_acc = evaluate_keras(load_model(result.model_file), test.x, test.y).accuracy
     assert float_acc == pytest.approx(m["metrics"]["float_accuracy"], abs=1e-6)
 
 
 def test_archive_loads_and_self_tests_on_the_device_side(built: tuple[BuildResult, dict], tmp_path: Path) -> None:
-    from edgekit_agent.bundle import load_bundle
-    from edgekit_agent.selftest import run_selftest
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.bundle.selftest import run_selftest
 
     result, m = built
     archive = result.profiles[0].archive

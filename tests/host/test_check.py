@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import fit_models
-from edgekit.check import Verdict, check_fit, require_fit
+from edgekit.fit.check import Verdict, check_fit, require_fit
 from edgekit.profiles import load_all_profiles, load_profile, load_profile_file
-from edgekit.tflm import measure_arena, tflm_agreement
-from edgekit_agent.errors import ExitStatus, FitError, ModelError
+from edgekit.fit.tflm import measure_arena, tflm_agreement
+from edgekit_agent.contract.errors import ExitStatus, FitError, ModelError
 
 
 def _tflm_accepts(model: bytes, size: int) -> bool:
@@ -158,7 +158,7 @@ def test_tflm_abort_is_a_failed_check_not_a_dead_process():
 
 def test_tflm_reproduces_the_bundle_golden_outputs(digits_bundle):
     """The workstation's golden outputs (LiteRT) come back from TFLite Micro within the manifest's tolerance."""
-    from edgekit.tflm import tflm_outputs
+    from edgekit.fit.tflm import tflm_outputs
 
     golden = np.load(digits_bundle / "golden.npz")
     model = (digits_bundle / "model.tflite").read_bytes()

@@ -8,7 +8,7 @@ import pytest
 
 import fit_models
 from edgekit.cli import main
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 NEW_PROFILES = {"arduino-nano-33-ble-sense", "esp32-s3", "stm32h743", "rp2040", "coral-usb-accelerator", "coral-dev-board"}
 

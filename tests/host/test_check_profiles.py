@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.edgetpu import SUPPORTED_OPS
-from edgekit.mcu import add_method
+from edgekit.fit.edgetpu import SUPPORTED_OPS
+from edgekit.fit.mcu import add_method
 from edgekit.profiles import Delegate, Target, load_profile
 
 KIB, MIB = 1024, 1024 * 1024

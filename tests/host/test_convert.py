@@ -1,4 +1,4 @@
-"""edgekit.convert: full-int8 PTQ in a child process, sizes, the crash path, uint8 profiles and the QAT fallback."""
+"""edgekit.pipeline.convert: full-int8 PTQ in a child process, sizes, the crash path, uint8 profiles and the QAT fallback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgekit_agent.errors import ConversionError, DatasetError
+from edgekit_agent.contract.errors import ConversionError, DatasetError
 
 
 def test_digits_conversion_is_full_int8_with_a_fixed_batch(digits_int8):
@@ -17,7 +17,7 @@ def test_digits_conversion_is_full_int8_with_a_fixed_batch(digits_int8):
     ops = dict(lint.ops)
     assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops)  # no dynamic-batch shape arithmetic (facts note 5)
-    from edgekit_agent.runtime import Runtime
+    from edgekit_agent.infer.runtime import Runtime
 
     rt = Runtime(digits_int8.tflite, num_threads=1)
     assert rt.input_shape == (1, 8, 8, 1) and rt.input_dtype == np.int8 and rt.output_dtype == np.int8
@@ -35,7 +35,7 @@ def test_evaluate_tflite_equals_a_direct_interpreter_run(digits_int8, digits_spl
     """The evaluation path (edgekit_agent's runtime and quantize) against a hand-written LiteRT loop."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgekit.evaluate import evaluate_tflite
+    from edgekit.pipeline.evaluate import evaluate_tflite
 
     x, y = digits_splits.test.x[:60], digits_splits.test.y[:60]
     res = evaluate_tflite(digits_int8.tflite, x, y, num_threads=1)
@@ -55,8 +55,8 @@ def test_evaluate_tflite_equals_a_direct_interpreter_run(digits_int8, digits_spl
 
 
 def test_int8_accuracy_is_close_to_float(digits_int8, digits_model, digits_splits):
-    from edgekit.evaluate import compare
-    from edgekit.train import load_model
+    from edgekit.pipeline.evaluate import compare
+    from edgekit.pipeline.train import load_model
 
     test = digits_splits.test
     report = compare(digits_int8.tflite, test.x, test.y, model=load_model(digits_model), num_threads=1)
@@ -66,7 +66,7 @@ def test_int8_accuracy_is_close_to_float(digits_int8, digits_model, digits_split
 
 
 def test_uint8_profile_gets_uint8_tensors(digits_model, digits_splits):
-    from edgekit.convert import convert_int8
+    from edgekit.pipeline.convert import convert_int8
 
     res = convert_int8(digits_model, digits_splits.train.x, input_dtype="uint8", output_dtype="uint8", num_samples=50, with_float=False)
     assert res.lint.ok and res.lint.input_dtype == res.lint.output_dtype == "uint8"
@@ -74,7 +74,7 @@ def test_uint8_profile_gets_uint8_tensors(digits_model, digits_splits):
 
 
 def test_no_representative_data_is_refused(digits_model):
-    from edgekit.convert import convert_int8
+    from edgekit.pipeline.convert import convert_int8
 
     with pytest.raises(DatasetError, match="representative"):
         convert_int8(digits_model, np.zeros((0, 8, 8, 1), np.float32))
@@ -82,7 +82,7 @@ def test_no_representative_data_is_refused(digits_model):
 
 def test_a_converter_exception_in_the_worker_is_a_conversion_error(tmp_path):
     """The worker is given an unreadable model file: the converter side fails, the parent reports it."""
-    from edgekit.convert import run_worker
+    from edgekit.pipeline.convert import run_worker
 
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
@@ -97,7 +97,7 @@ def test_a_converter_exception_in_the_worker_is_a_conversion_error(tmp_path):
 
 def test_a_crashed_converter_process_is_a_conversion_error(tmp_path, monkeypatch):
     """A child that dies from a real SIGSEGV (what the converter does on some Keras 3 RNNs) must not take us down."""
-    from edgekit import convert
+    from edgekit.pipeline import convert
 
     crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     monkeypatch.setattr(convert, "WORKER_COMMAND", [sys.executable, "-c", crash])
@@ -107,16 +107,16 @@ def test_a_crashed_converter_process_is_a_conversion_error(tmp_path, monkeypatch
 
 
 def test_worker_refuses_a_bad_job_file(tmp_path):
-    from edgekit import _convert_worker
+    from edgekit.pipeline import _convert_worker
 
     (tmp_path / "job.json").write_text("{not json")
     assert _convert_worker.run(str(tmp_path / "job.json")) == _convert_worker.EXIT_BAD_JOB
 
 
 def test_qat_runs_when_forced_and_the_better_model_is_kept(digits_model, digits_splits):
-    from edgekit.convert import convert_for_profile
+    from edgekit.pipeline.convert import convert_for_profile
     from edgekit.profiles import load_profile
-    from edgekit.train import load_model
+    from edgekit.pipeline.train import load_model
 
     small = replace(digits_splits, train=digits_splits.train.subset(np.arange(0, len(digits_splits.train), 3)))
     res = convert_for_profile(load_model(digits_model), small, load_profile("raspberry-pi-4"), force_qat=True, qat_epochs=1, num_samples=50)
@@ -133,9 +133,9 @@ def test_a_tf_keras_savedmodel_from_the_user_is_loaded_and_converted_with_batch_
     """A user's own tf_keras model (SavedModel dir, free batch) goes through load_model and convert_int8."""
     import tf_keras
 
-    from edgekit import zoo
-    from edgekit.convert import convert_int8
-    from edgekit.train import load_model
+    from edgekit.pipeline import zoo
+    from edgekit.pipeline.convert import convert_int8
+    from edgekit.pipeline.train import load_model
 
     tf_keras.utils.set_random_seed(0)
     user = tf_keras.Sequential([
@@ -150,6 +150,6 @@ def test_a_tf_keras_savedmodel_from_the_user_is_loaded_and_converted_with_batch_
     res = convert_int8(model, digits_splits.train.x, num_samples=20, with_float=False, name="user")
     ops = dict(res.lint.ops)
     assert res.lint.ok and "CONV_2D" in ops and not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
-    from edgekit_agent.runtime import Runtime
+    from edgekit_agent.infer.runtime import Runtime
 
     assert Runtime(res.tflite, num_threads=1).input_shape == (1, 8, 8, 1)

@@ -1,4 +1,4 @@
-"""edgekit.data: image folders, .npz, the digits demo and the seeded stratified split (no TensorFlow)."""
+"""edgekit.pipeline.data: image folders, .npz, the digits demo and the seeded stratified split (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.data import folder_spec, load_dataset, load_image_folder, load_npz, split_dataset, write_digits
-from edgekit_agent.errors import DatasetError, UsageError
-from edgekit_agent.manifest import PreprocessSpec
-from edgekit_agent.preprocess import image_to_float, open_image
+from edgekit.pipeline.data import (
+    folder_spec,
+    load_dataset,
+    load_image_folder,
+    load_npz,
+    split_dataset,
+    write_digits,
+)
+from edgekit_agent.contract.errors import DatasetError, UsageError
+from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 
 def _folder(root: Path, classes: dict[str, int], size=(10, 6), mode="L") -> Path:

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 import fit_models
-from edgekit.check import Verdict, bundle_artifacts, check_fit
-from edgekit.edgetpu import NOT_FOUND, compile_edgetpu, parse_compiler_log
+from edgekit.fit.check import Verdict, bundle_artifacts, check_fit
+from edgekit.fit.edgetpu import NOT_FOUND, compile_edgetpu, parse_compiler_log
 from edgekit.profiles import load_profile
 
 CORAL = ["coral-usb-accelerator", "coral-dev-board"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgekit.cli import COMMANDS, main
-from edgekit_agent import errors
-from edgekit_agent.errors import EdgekitError, ExitStatus, exit_status_for
+from edgekit_agent.contract import errors
+from edgekit_agent.contract.errors import EdgekitError, ExitStatus, exit_status_for
 
 
 def edgekit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

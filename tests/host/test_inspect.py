@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edgekit.cli import main
-from edgekit.inspect import inspect_path, read_archive
-from edgekit_agent.errors import BundleError, ExitStatus
+from edgekit.package.inspection import inspect_path, read_archive
+from edgekit_agent.contract.errors import BundleError, ExitStatus
 
 
 def flatbuffer_ops(tflite: bytes) -> list[str]:
@@ -201,7 +201,7 @@ def test_golden_file_is_readable_after_inspection(digits_bundle: Path) -> None:
 def test_signature_checked_with_trusted_keys(digits_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Signed with edgekit keys: valid with the right key (dir and archive), refused with another key or
     after the manifest changed; without --trusted-keys the signature is only reported as present."""
-    from edgekit.keys import new_keypair, sign_bundle
+    from edgekit.package.keys import new_keypair, sign_bundle
 
     out = tmp_path / "out"
     d = Path(shutil.copytree(digits_bundle, out / digits_bundle.name))

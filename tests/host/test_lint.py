@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit_agent.errors import ConversionError, QuantizationError
+from edgekit_agent.contract.errors import ConversionError, QuantizationError
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def layernorm_model():
 
 @pytest.fixture(scope="module")
 def layernorm_conversion(layernorm_model):
-    from edgekit.convert import convert_int8
+    from edgekit.pipeline.convert import convert_int8
 
     x = np.random.default_rng(0).random((40, 8, 8, 1), dtype=np.float32)
     return convert_int8(layernorm_model, x, num_samples=40, strict=False, with_float=False, name="layernorm")
@@ -45,7 +45,7 @@ def test_lint_finds_the_float_island_inside_layernormalization(layernorm_convers
 
 
 def test_strict_lint_names_the_operator_and_what_to_do(layernorm_conversion):
-    from edgekit.lint import lint_full_int8
+    from edgekit.pipeline.lint import lint_full_int8
 
     body = [op for op in layernorm_conversion.lint.islands[0].op_names if op not in ("QUANTIZE", "DEQUANTIZE")]
     with pytest.raises(QuantizationError) as err:
@@ -56,7 +56,7 @@ def test_strict_lint_names_the_operator_and_what_to_do(layernorm_conversion):
 
 
 def test_convert_is_strict_by_default(layernorm_model):
-    from edgekit.convert import convert_int8
+    from edgekit.pipeline.convert import convert_int8
 
     x = np.random.default_rng(1).random((20, 8, 8, 1), dtype=np.float32)
     with pytest.raises(QuantizationError, match="float island"):
@@ -64,7 +64,7 @@ def test_convert_is_strict_by_default(layernorm_model):
 
 
 def test_lint_checks_the_demanded_io_dtypes(layernorm_conversion):
-    from edgekit.lint import lint_full_int8
+    from edgekit.pipeline.lint import lint_full_int8
 
     report = lint_full_int8(layernorm_conversion.tflite, input_dtype="uint8", output_dtype="uint8")
     assert any("input tensor is int8" in p for p in report.problems)

@@ -9,10 +9,10 @@ import subprocess
 import pytest
 
 import fit_models
-from edgekit.check import bundle_artifacts, check_fit
-from edgekit.mcu import MODEL_DATA_CC, MODEL_DATA_H, MODEL_OPS_H, add_method, mcu_artifacts
+from edgekit.fit.check import bundle_artifacts, check_fit
+from edgekit.fit.mcu import MODEL_DATA_CC, MODEL_DATA_H, MODEL_OPS_H, add_method, mcu_artifacts
 from edgekit.profiles import load_profile
-from edgekit_agent.errors import FitError
+from edgekit_agent.contract.errors import FitError
 
 MAIN_CC = r"""
 #include <cstdint>

@@ -22,7 +22,7 @@ from edgekit.profiles import (
     load_profile,
     load_profile_file,
 )
-from edgekit_agent.errors import EdgekitError, ExitStatus, ProfileError
+from edgekit_agent.contract.errors import EdgekitError, ExitStatus, ProfileError
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_PROFILES = ("raspberry-pi-4", "raspberry-pi-5", "raspberry-pi-zero-2w")

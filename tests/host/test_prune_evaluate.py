@@ -1,4 +1,4 @@
-"""edgekit.prune (tfmot, schedule from the real step count) and edgekit.evaluate's per-layer errors and helpers."""
+"""edgekit.pipeline.prune (tfmot, schedule from the real step count) and edgekit.pipeline.evaluate's per-layer errors and helpers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgekit_agent.errors import ModelError, UsageError
+from edgekit_agent.contract.errors import ModelError, UsageError
 
 
 @pytest.mark.parametrize("n_train,batch,epochs", [(1259, 32, 2), (100, 32, 1), (50_000, 64, 3)])
 def test_schedule_steps_reach_the_target_within_the_fine_tune(n_train, batch, epochs):
-    from edgekit.prune import PRUNING_UPDATES, schedule_steps
+    from edgekit.pipeline.prune import PRUNING_UPDATES, schedule_steps
 
     steps, end_step, frequency = schedule_steps(n_train, batch, epochs)
     assert steps == epochs * -(-n_train // batch)
@@ -22,8 +22,8 @@ def test_schedule_steps_reach_the_target_within_the_fine_tune(n_train, batch, ep
 
 
 def test_prune_reaches_the_sparsity_and_shows_it_after_compression(digits_model, digits_splits):
-    from edgekit.prune import prune_model
-    from edgekit.train import load_model
+    from edgekit.pipeline.prune import prune_model
+    from edgekit.pipeline.train import load_model
 
     model = load_model(digits_model)
     before = [w.copy() for w in model.get_weights()]
@@ -43,16 +43,16 @@ def test_prune_reaches_the_sparsity_and_shows_it_after_compression(digits_model,
 
 
 def test_prune_rejects_nonsense(digits_model, digits_splits):
-    from edgekit.prune import prune_model
-    from edgekit.train import load_model
+    from edgekit.pipeline.prune import prune_model
+    from edgekit.pipeline.train import load_model
 
     with pytest.raises(UsageError):
         prune_model(load_model(digits_model), digits_splits, sparsity=1.5)
 
 
 def test_per_layer_errors_rank_real_layers(digits_model, digits_splits):
-    from edgekit.evaluate import per_layer_errors
-    from edgekit.train import load_model
+    from edgekit.pipeline.evaluate import per_layer_errors
+    from edgekit.pipeline.train import load_model
 
     rows = per_layer_errors(load_model(digits_model), digits_splits.train.x, top=3, num_samples=30)
     assert len(rows) == 3
@@ -62,9 +62,9 @@ def test_per_layer_errors_rank_real_layers(digits_model, digits_splits):
 
 
 def test_evaluate_keras_fixed_batch_equals_free_batch(digits_model, digits_splits):
-    from edgekit import zoo
-    from edgekit.evaluate import confusion_matrix, evaluate_keras
-    from edgekit.train import load_model
+    from edgekit.pipeline import zoo
+    from edgekit.pipeline.evaluate import confusion_matrix, evaluate_keras
+    from edgekit.pipeline.train import load_model
 
     model = load_model(digits_model)
     assert model.inputs[0].shape[0] == 1
@@ -76,7 +76,7 @@ def test_evaluate_keras_fixed_batch_equals_free_batch(digits_model, digits_split
 
 
 def test_load_model_names_the_file(tmp_path):
-    from edgekit.train import load_model
+    from edgekit.pipeline.train import load_model
 
     bad = tmp_path / "m.h5"
     bad.write_bytes(b"garbage")
@@ -89,8 +89,8 @@ def test_load_model_names_the_file(tmp_path):
 
 
 def test_tf_keras_copy_is_exact(digits_model):
-    from edgekit import zoo
-    from edgekit.train import load_model
+    from edgekit.pipeline import zoo
+    from edgekit.pipeline.train import load_model
 
     model = load_model(digits_model)
     twin = zoo.to_tf_keras(model)
@@ -100,7 +100,7 @@ def test_tf_keras_copy_is_exact(digits_model):
 
 
 def test_zoo_builds_both_architectures():
-    from edgekit import zoo
+    from edgekit.pipeline import zoo
 
     cnn = zoo.build_model("auto", (28, 28, 1), 5, batch_size=1)
     assert zoo.arch_of(cnn) == ("cnn", {"dense": 512}) and cnn.output_shape == (1, 5)

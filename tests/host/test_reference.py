@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.reference import (
+from edgekit.pipeline.reference import (
     CONFIDENCE_EDGES,
     compute_reference,
     detect_outputs_are,

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edgekit.cli import main
-from edgekit.keys import check_bundle_files, new_keypair, sign_bundle
-from edgekit_agent.errors import ExitStatus, IntegrityError, SignatureError
-from edgekit_agent.signing import encode_signature, parse_signature, verify_manifest
+from edgekit.package.keys import check_bundle_files, new_keypair, sign_bundle
+from edgekit_agent.contract.errors import ExitStatus, IntegrityError, SignatureError
+from edgekit_agent.contract.signing import encode_signature, parse_signature, verify_manifest
 
 
 @pytest.fixture()
@@ -204,8 +204,8 @@ def test_build_with_an_unusable_sign_key_fails_before_training(tmp_path, capsys)
 
 
 def test_the_device_loader_refuses_each_case_with_its_reason(bundle, keys):
-    """The same refusals through edgekit_agent.bundle.load_bundle, as the agent meets them."""
-    from edgekit_agent.bundle import load_bundle
+    """The same refusals through edgekit_agent.bundle.load.load_bundle, as the agent meets them."""
+    from edgekit_agent.bundle.load import load_bundle
 
     good, other, trusted = keys
     unsigned_archive = bundle.parent / f"{bundle.name}.tar.gz"

@@ -13,7 +13,7 @@ from PIL import Image
 from edgekit import build as build_module
 from edgekit.build import build
 from edgekit.cli import main
-from edgekit_agent.errors import ExitStatus, ModelError
+from edgekit_agent.contract.errors import ExitStatus, ModelError
 
 CLASSES = ("a", "b", "c")
 
@@ -118,7 +118,7 @@ def test_convert_and_prune_refuse_a_flat_input_model_with_a_clear_error(models, 
 def test_a_savedmodel_keras_did_not_write_is_refused_saying_how_to_save(tmp_path, grey8) -> None:
     """Keras 3 ``model.export()`` writes a SavedModel that tf_keras restores as a bare trackable object:
     a ModelError naming the directory and model.save('….keras'), not an AttributeError later."""
-    from edgekit.train import load_model
+    from edgekit.pipeline.train import load_model
 
     _cnn().export(str(tmp_path / "sm"), verbose=False)
     with pytest.raises(ModelError, match=r"sm: loads as a .*not a Keras model.*model\.save\('model\.keras'\)"):
@@ -130,7 +130,7 @@ def test_a_savedmodel_keras_did_not_write_is_refused_saying_how_to_save(tmp_path
 def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -> None:
     """The rebuild route the docs suggest, `--model OUT/NAME.keras --prune 0.5 --out OUT`: the pruned model
     goes to OUT/NAME-pruned.keras and the input file keeps its bytes; from elsewhere it is OUT/NAME.keras."""
-    from edgekit.train import load_model
+    from edgekit.pipeline.train import load_model
 
     def save_step(model_path: Path, out: Path) -> Path:
         state = build_module._State(  # noqa: SLF001 - the save step is the unit under test

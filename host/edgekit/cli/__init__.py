@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Sequence
 
-from edgekit_agent.errors import EdgekitError, ExitStatus, exit_status_for
+from edgekit_agent.contract.errors import EdgekitError, ExitStatus, exit_status_for
 
-from .. import __version__
+from edgekit import __version__
 
 # name -> (module under edgekit.cli, one-line help). Order is the order of `edgekit --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return int(ExitStatus.USAGE)
-    from .ui import err_console, native_logs_captured
+    from edgekit.cli.ui import err_console, native_logs_captured
 
     # TensorFlow reads this when it is first imported (inside a command's run): hide its INFO/WARNING lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")

@@ -13,12 +13,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit_agent.errors import ExitStatus, UsageError
+from edgekit_agent.contract.errors import ExitStatus, UsageError
 
-if TYPE_CHECKING:  # annotations only: rich and edgekit.remote load inside run(), keeping --help fast
+if TYPE_CHECKING:  # annotations only: rich and edgekit.fleet.remote load inside run(), keeping --help fast
     from rich.table import Table
 
-    from edgekit.remote import RemoteBench
+    from edgekit.fleet.remote import RemoteBench
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def _f(v: float | None, spec: str = ".3f") -> str:
 
 def report_table(bench: "RemoteBench") -> "Table":
     """The quantity/value table of one remote benchmark (the demo prints it too)."""
-    from . import ui
+    from edgekit.cli import ui
 
     rep = bench.report
     steady, rt, mem = rep.get("steady") or {}, rep.get("runtime") or {}, rep.get("memory") or {}
@@ -63,9 +63,9 @@ def report_table(bench: "RemoteBench") -> "Table":
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit import remote
+    from edgekit.fleet import remote
 
-    from . import ui
+    from edgekit.cli import ui
 
     if args.compare:
         rows = remote.compare_reports(args.compare)

@@ -12,7 +12,7 @@ import argparse
 import signal
 import threading
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.broker import BANNER, start_dev_broker
+    from edgekit.fleet.broker import BANNER, start_dev_broker
 
-    from .ui import err_console
+    from edgekit.cli.ui import err_console
 
     stop = threading.Event()
     # SIGTERM (from a demo script or systemd) stops as cleanly as Ctrl-C.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def _fraction(text: str) -> float:
@@ -61,10 +61,10 @@ def _pct(x: float) -> str:
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.build import BuildProgress, build
 
-    from . import ui
+    from edgekit.cli import ui
 
     if args.sign_key is not None:  # a bad key should fail now, not after minutes of training
-        from edgekit.keys import load_private_key
+        from edgekit.package.keys import load_private_key
 
         load_private_key(args.sign_key)
     with ui.progress() as bar:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT
     signed = {}
     if args.sign_key is not None:
-        from edgekit.keys import sign_bundle
+        from edgekit.package.keys import sign_bundle
 
         signed = {p.profile: sign_bundle(p.directory, args.sign_key).key_id for p in result.profiles if p.directory is not None}
     if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus, ModelError, UsageError
+from edgekit_agent.contract.errors import ExitStatus, ModelError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +47,10 @@ def _ops(report) -> str:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.check import check_fit
+    from edgekit.fit.check import check_fit
     from edgekit.profiles import load_all_profiles, load_profile
 
-    from . import ui
+    from edgekit.cli import ui
 
     try:
         tflite = args.model.read_bytes()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.convert import convert_for_profile
+    from edgekit.pipeline.convert import convert_for_profile
     from edgekit.profiles import load_profile
 
-    from . import ui
-    from .datasets import model_and_splits
+    from edgekit.cli import ui
+    from edgekit.cli.datasets import model_and_splits
 
     profile = load_profile(args.profile)  # fail fast on a typo, before TensorFlow loads
     model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)

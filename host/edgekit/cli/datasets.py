@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.errors import ExitStatus, UsageError
+from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +38,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, quiet: bool = False) -> Any:
     """Load a dataset with a progress bar; skipped images are listed on stderr (never on stdout)."""
-    from edgekit.data import load_dataset
+    from edgekit.pipeline.data import load_dataset
 
-    from . import ui
+    from edgekit.cli import ui
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -60,8 +60,8 @@ def model_and_splits(model_path: Path, dataset: Path, *, seed: int, strict: bool
     """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
     image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
     colour mode, and the dataset's tensors and classes must match it."""
-    from edgekit.data import split_dataset
-    from edgekit.train import load_model, model_shape
+    from edgekit.pipeline.data import split_dataset
+    from edgekit.pipeline.train import load_model, model_shape
 
     model = load_model(model_path)
     shape = model_shape(model, model_path, dataset)
@@ -71,10 +71,10 @@ def model_and_splits(model_path: Path, dataset: Path, *, seed: int, strict: bool
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from . import ui
+    from edgekit.cli import ui
 
     if args.action == "digits":
-        from edgekit.data import write_digits
+        from edgekit.pipeline.data import write_digits
 
         summary = write_digits(args.dir)
         result = {"directory": str(summary.directory), "classes": summary.classes, "samples": summary.samples,

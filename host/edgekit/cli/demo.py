@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekit_agent.errors import BrokerError, EdgekitError, ExitStatus
+from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus
 
 PI_PROFILE = "raspberry-pi-4"
 MCU_PROFILE = "esp32-s3"  # the digits CNN fits its 512 KB SRAM; --keep-going covers a model that does not
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- the steps, in order ----------------------------------------------------------------------------------
 def _dataset(d: Demo) -> None:
-    from edgekit.data import write_digits
+    from edgekit.pipeline.data import write_digits
 
     data = d.work / "data" / "digits"
     if not (data / "9").is_dir():
@@ -71,7 +71,7 @@ def _dataset(d: Demo) -> None:
 
 
 def _build(d: Demo) -> None:
-    from . import ui
+    from edgekit.cli import ui
 
     out = d.work / "bundles"
     wanted = {p: out / f"digits-{p}" for p in (PI_PROFILE, MCU_PROFILE)}
@@ -91,7 +91,7 @@ def _build(d: Demo) -> None:
     if PI_PROFILE not in d.bundles:
         raise EdgekitError(f"no {PI_PROFILE} bundle in {out}; run with --rebuild.")
     # Devices serve only bundles signed by a key they trust: sign with a demo key, as a release would.
-    from edgekit.keys import new_keypair, sign_bundle
+    from edgekit.package.keys import new_keypair, sign_bundle
 
     keys = d.work / "keys"
     if not (keys / "demo.key").is_file():
@@ -106,10 +106,10 @@ def _build(d: Demo) -> None:
 
 
 def _broker(d: Demo) -> None:
-    from edgekit.broker import BANNER, start_dev_broker
-    from edgekit.exporter import Exporter
+    from edgekit.fleet.broker import BANNER, start_dev_broker
+    from edgekit.fleet.exporter import Exporter
 
-    from . import ui
+    from edgekit.cli import ui
 
     if d.args.broker:
         d.broker_url = d.args.broker
@@ -129,9 +129,9 @@ def _agent_command() -> list[str]:
 
 
 def _agents(d: Demo) -> None:
-    from edgekit.watch import FleetWatcher
+    from edgekit.fleet.watch import FleetWatcher
 
-    from . import ui
+    from edgekit.cli import ui
 
     plan = [("pi-kitchen", PI_PROFILE), ("pi-garage", PI_PROFILE), ("esp32-sim", MCU_PROFILE if MCU_PROFILE in d.bundles else PI_PROFILE)]
     for device_id, profile in plan:
@@ -192,10 +192,10 @@ def _feed(d: Demo) -> None:
 def _watch(d: Demo) -> None:
     from rich.live import Live
 
-    from edgekit.watch import FleetWatcher
+    from edgekit.fleet.watch import FleetWatcher
 
-    from . import ui
-    from .watch import render
+    from edgekit.cli import ui
+    from edgekit.cli.watch import render
 
     seconds = d.args.watch_seconds if d.args.watch_seconds is not None else (5.0 if d.short else 30.0)
     title = f"$ edgekit watch --broker {d.broker_url}   ({seconds:g} s)"
@@ -209,10 +209,10 @@ def _watch(d: Demo) -> None:
 
 
 def _bench(d: Demo) -> None:
-    from edgekit import remote
+    from edgekit.fleet import remote
 
-    from . import ui
-    from .bench import report_table
+    from edgekit.cli import ui
+    from edgekit.cli.bench import report_table
 
     device = "pi-kitchen"
     runs = 50 if d.short else 300
@@ -228,7 +228,7 @@ def _bench(d: Demo) -> None:
 
 
 def _metrics(d: Demo) -> None:
-    from . import ui
+    from edgekit.cli import ui
 
     with d.exporter.state.lock:
         rows = [(r.device_id, r.requests, f"{100 * r.accuracy:.1f}" if r.accuracy is not None else "-", r.errors)
@@ -276,7 +276,7 @@ def _cleanup(d: Demo) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from . import ui
+    from edgekit.cli import ui
 
     if not ui.console.is_terminal:
         ui.console.width = max(ui.console.width, 160)  # a CI log or a pipe: wide tables rather than wrapped cells

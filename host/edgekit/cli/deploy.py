@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from edgekit_agent.limits import OTA_CHUNK_BYTES
+    from edgekit_agent.contract.limits import OTA_CHUNK_BYTES
 
     parser.add_argument("bundle", type=Path, help="bundle .tar.gz archive or bundle directory")
     parser.add_argument("--device", action="append", required=True, metavar="ID", help="device id (repeatable)")
@@ -46,8 +46,8 @@ def _health(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from ..deploy import deploy
-    from . import ui
+    from edgekit.fleet.deploy import deploy
+    from edgekit.cli import ui
 
     with ui.progress() as bar:
         tasks = {d: bar.add_task(f"{d}: begin", total=None) for d in args.device}

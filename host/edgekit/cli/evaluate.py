@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.errors import DatasetError, ExitStatus, ModelError, UsageError
+from edgekit_agent.contract.errors import DatasetError, ExitStatus, ModelError, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +47,8 @@ def _map_labels(ds_labels: tuple[str, ...], model_labels: tuple[str, ...], targe
 
 def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
     """The model file, preprocessing spec, labels and split settings of a bundle or .tflite."""
-    from edgekit.data import spec_for_input
-    from edgekit_agent.runtime import Runtime
+    from edgekit.pipeline.data import spec_for_input
+    from edgekit_agent.infer.runtime import Runtime
 
     if target.suffix == ".tflite":
         if not target.is_file():
@@ -59,7 +59,7 @@ def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
         finally:
             rt.close()
         return {"model": target, "spec": spec, "labels": None, "split": {}, "kind": "tflite"}
-    from edgekit_agent.bundle import load_bundle
+    from edgekit_agent.bundle.load import load_bundle
 
     bundle = load_bundle(target, workdir=workdir)  # verifies every file's sha256 against the manifest
     m = bundle.manifest
@@ -70,11 +70,11 @@ def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> ExitStatus:
     if args.per_layer and args.keras is None:
         raise UsageError("--per-layer needs the float model: add --keras MODEL.")
-    from edgekit.data import split_dataset
-    from edgekit.evaluate import compare, per_layer_errors
+    from edgekit.pipeline.data import split_dataset
+    from edgekit.pipeline.evaluate import compare, per_layer_errors
 
-    from . import ui
-    from .datasets import load_with_progress
+    from edgekit.cli import ui
+    from edgekit.cli.datasets import load_with_progress
 
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         t = _load_target(args.target, Path(tmp))
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         y = mapping[y_ds]
         model = None
         if args.keras is not None:
-            from edgekit.train import load_model, model_shape
+            from edgekit.pipeline.train import load_model, model_shape
 
             model = load_model(args.keras)
             shape = model_shape(model, args.keras, args.dataset)
@@ -124,7 +124,7 @@ def _size(path: Path | None) -> int | None:
 
 
 def _print(args: argparse.Namespace, t: dict[str, Any], report: Any, labels: tuple[str, ...], layers: list[Any], seed: int) -> None:
-    from . import ui
+    from edgekit.cli import ui
 
     c = ui.console
     where = f"{report.int8_result.samples} images ({'held-out test split, seed ' + str(seed) if args.split == 'test' else 'all'})"

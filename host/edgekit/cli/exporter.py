@@ -13,7 +13,7 @@ import argparse
 import signal
 import threading
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.exporter import Exporter
+    from edgekit.fleet.exporter import Exporter
 
-    from .ui import err_console
+    from edgekit.cli.ui import err_console
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +27,9 @@ def _quant(scales: tuple[float, ...], zeros: tuple[int, ...]) -> tuple[str, str]
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.inspect import inspect_path
+    from edgekit.package.inspection import inspect_path
 
-    from . import ui
+    from edgekit.cli import ui
 
     report = inspect_path(args.path, trusted_keys=args.trusted_keys)
     status = ExitStatus.OK if report.verified else ExitStatus.BUNDLE_REJECTED

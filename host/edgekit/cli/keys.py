@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from .. import keys
-    from . import ui
+    from edgekit.package import keys
+    from edgekit.cli import ui
 
     if args.keys_command == "new":
         pair = keys.new_keypair(args.out, args.name, overwrite=args.force)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.key.suffix == keys.PRIVATE_SUFFIX:
         _, key_id = keys.load_private_key(args.key)
     else:
-        from edgekit_agent.signing import load_public_key
+        from edgekit_agent.contract.signing import load_public_key
 
         key_id = load_public_key(args.key).key_id
     if args.json:

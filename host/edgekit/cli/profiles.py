@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.profiles import load_all_profiles, load_profile
 
-    from . import ui
+    from edgekit.cli import ui
 
     profiles = [load_profile(p) for p in args.paths] if args.paths else load_all_profiles()
     if args.json:

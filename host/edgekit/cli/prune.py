@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 NOTE = ("Sparsity does not shrink the raw .tflite file (zeros are stored like any other weight); "
         "it shows after compression, e.g. gzip for an OTA download.")
@@ -32,11 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.prune import prune_model
-    from edgekit.train import save_model
+    from edgekit.pipeline.prune import prune_model
+    from edgekit.pipeline.train import save_model
 
-    from . import ui
-    from .datasets import model_and_splits
+    from edgekit.cli import ui
+    from edgekit.cli.datasets import model_and_splits
 
     model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)
     with ui.progress() as bar:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
 
@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _spec(args: argparse.Namespace) -> object | None:
     """A preprocessing spec from --image-size/--color, or None to infer both from the images."""
-    from edgekit.data import folder_spec
+    from edgekit.pipeline.data import folder_spec
 
-    from .datasets import parse_size
+    from edgekit.cli.datasets import parse_size
 
     size = parse_size(args.image_size)
     if (size is None and args.color == "auto") or args.dataset.suffix == ".npz":
@@ -43,11 +43,11 @@ def _spec(args: argparse.Namespace) -> object | None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.data import split_dataset
-    from edgekit.train import save_model, train_model
+    from edgekit.pipeline.data import split_dataset
+    from edgekit.pipeline.train import save_model, train_model
 
-    from . import ui
-    from .datasets import load_with_progress
+    from edgekit.cli import ui
+    from edgekit.cli.datasets import load_with_progress
 
     ds = load_with_progress(args.dataset, _spec(args), strict=args.strict, quiet=args.json)
     splits = split_dataset(ds, seed=args.seed)

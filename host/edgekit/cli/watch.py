@@ -13,12 +13,12 @@ import re
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from edgekit_agent.errors import ExitStatus
+from edgekit_agent.contract.errors import ExitStatus
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from edgekit.fleet import DeviceRow
+    from edgekit.fleet.state import DeviceRow
 
 COLUMNS = ("device", "status", "bundle", "profile", "runtime", "ips", "p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps", "last seen")
 STATUS_STYLE = {"online": "green", "offline": "red", "lost": "yellow", "unknown": "dim"}
@@ -87,9 +87,9 @@ def _json_line(row: "DeviceRow") -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.watch import FleetWatcher
+    from edgekit.fleet.watch import FleetWatcher
 
-    from .ui import console, err_console
+    from edgekit.cli.ui import console, err_console
 
     with FleetWatcher(args.broker, protocol=args.mqtt, tls_ca=args.tls_ca) as watcher:
         if not watcher.sync(timeout=5.0):

@@ -1,0 +1,257 @@
+"""The bundle manifest: the typed contract between the workstation and the device.
+
+``manifest.json`` is written by ``edgekit.package.writer`` and read here, on the device, with no profile files
+and no TensorFlow. Unknown keys are kept (``extra``) so newer workstations can add fields; missing or
+wrongly typed required keys are a :class:`BundleError` that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgekit_agent.contract.errors import BundleError
+
+FORMAT = "edgekit-bundle/1"
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+
+_DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "float32": (None, None), "int32": (None, None)}
+
+
+def _req(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise BundleError(f"{where}: required key '{key}' is missing; rebuild the bundle with `edgekit build`.")
+    value = d[key]
+    if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
+        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise BundleError(f"{where}: key '{key}' should be {names}, got {type(value).__name__}.")
+    return value
+
+
+def _opt_number(d: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    """An optional number; a present value of the wrong type is an error, not a silent default."""
+    if key not in d:
+        return default
+    return float(_req(d, key, (int, float), where))
+
+
+def _numbers(d: Mapping[str, Any], key: str, default: tuple[float, ...], where: str) -> tuple[float, ...]:
+    """An optional non-empty list of numbers (per-channel mean/std)."""
+    if key not in d:
+        return default
+    values = _req(d, key, list, where)
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise BundleError(f"{where}: key '{key}' should be a non-empty list of numbers, got {values!r:.80}.")
+    return tuple(float(v) for v in values)
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BundleError(f"{where} should be an object, got {type(value).__name__}.")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output tensor: shape, dtype and affine quantisation (real = scale * (q - zero_point))."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> "TensorSpec":
+        d = _table(d, where)
+        shape = _req(d, "shape", list, where)
+        if not all(isinstance(s, int) and s > 0 for s in shape):
+            raise BundleError(f"{where}: shape {shape} must be positive integers (static shapes only).")
+        dtype = _req(d, "dtype", str, where)
+        if dtype not in _DTYPE_RANGES:
+            raise BundleError(f"{where}: dtype '{dtype}' is not one of {sorted(_DTYPE_RANGES)}.")
+        return cls(
+            name=str(d.get("name", "")),
+            shape=tuple(shape),
+            dtype=dtype,
+            scale=float(_req(d, "scale", (int, float), where)),
+            zero_point=int(_req(d, "zero_point", int, where)),
+        )
+
+    @property
+    def qmin(self) -> int | None:
+        return _DTYPE_RANGES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int | None:
+        return _DTYPE_RANGES[self.dtype][1]
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessSpec:
+    """How an image becomes the model's input tensor (shared by workstation evaluation and device).
+
+    Steps: decode with Pillow → convert to ``color_mode`` ("L" grey or "RGB") → resize to
+    ``width``×``height`` with ``resize`` → float32 pixels × ``scale`` → (x - mean) / std per channel →
+    quantise with the input tensor's scale and zero point.
+    """
+
+    width: int
+    height: int
+    color_mode: str = "L"
+    resize: str = "bilinear"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "L" else 3
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest.preprocess") -> "PreprocessSpec":
+        mode = _req(d, "color_mode", str, where)
+        if mode not in ("L", "RGB"):
+            raise BundleError(f"{where}: color_mode '{mode}' must be 'L' (grey) or 'RGB'.")
+        resize = str(d.get("resize", "bilinear"))
+        if resize not in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"):
+            raise BundleError(f"{where}: resize method '{resize}' is not a Pillow resampling filter.")
+        spec = cls(
+            width=int(_req(d, "width", int, where)),
+            height=int(_req(d, "height", int, where)),
+            color_mode=mode,
+            resize=resize,
+            scale=_opt_number(d, "scale", 1.0 / 255.0, where),
+            mean=_numbers(d, "mean", (0.0,), where),
+            std=_numbers(d, "std", (1.0,), where),
+        )
+        if spec.width <= 0 or spec.height <= 0:
+            raise BundleError(f"{where}: width and height must be positive, got {spec.width}×{spec.height}.")
+        if any(s == 0 for s in spec.std):
+            raise BundleError(f"{where}: std must not contain 0.")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A parsed ``manifest.json``. ``raw`` keeps the full document (profile, metrics, fit, reference...)."""
+
+    format: str
+    name: str
+    version: str
+    created: str
+    profile_name: str
+    target: str
+    model: FileEntry
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocess: PreprocessSpec
+    labels: tuple[str, ...]
+    files: tuple[FileEntry, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    # --- convenience views of the free-form parts -------------------------------------------------
+    @property
+    def profile(self) -> Mapping[str, Any]:
+        return self.raw.get("profile", {})
+
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        return self.raw.get("metrics", {})
+
+    @property
+    def reference(self) -> Mapping[str, Any]:
+        return self.raw.get("reference", {})
+
+    @property
+    def runtime(self) -> Mapping[str, Any]:
+        """Runtime settings from the profile: num_threads, delegate."""
+        return self.profile.get("runtime", {})
+
+    def file(self, name: str) -> FileEntry:
+        for entry in self.files:
+            if entry.name == name:
+                return entry
+        raise BundleError(f"manifest lists no file '{name}'.")
+
+    # --- (de)serialisation ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{source}: top level must be a JSON object.")
+        fmt = _req(d, "format", str, source)
+        if fmt != FORMAT:
+            raise BundleError(
+                f"{source}: format '{fmt}' is not supported by this agent (it reads '{FORMAT}'); "
+                "upgrade edgekit-agent or rebuild the bundle."
+            )
+        model = _req(d, "model", dict, source)
+        files_raw = _req(d, "files", dict, source)
+        files = []
+        for fname, meta in files_raw.items():
+            where = f"{source}: files['{fname}']"
+            if not isinstance(meta, dict):
+                raise BundleError(f"{where} must be an object with bytes and sha256.")
+            files.append(FileEntry(fname, int(_req(meta, "bytes", int, where)), str(_req(meta, "sha256", str, where))))
+        model_file = _req(model, "file", str, f"{source}: model")
+        if model_file not in files_raw:
+            raise BundleError(f"{source}: the model file '{model_file}' is not listed in 'files'.")
+        profile = _req(d, "profile", dict, source)
+        labels = _req(d, "labels", list, source)
+        outputs = tuple(TensorSpec.from_dict(t, f"{source}: outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, source)))
+        inputs = tuple(TensorSpec.from_dict(t, f"{source}: inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, source)))
+        if not inputs or not outputs:
+            raise BundleError(f"{source}: a model needs at least one input and one output tensor.")
+        return cls(
+            format=fmt,
+            name=str(_req(d, "name", str, source)),
+            version=str(_req(d, "version", str, source)),
+            created=str(d.get("created", "")),
+            profile_name=str(_req(profile, "name", str, f"{source}: profile")),
+            target=str(profile.get("target", "cpu")),
+            model=next(f for f in files if f.name == model_file),
+            inputs=inputs,
+            outputs=outputs,
+            preprocess=PreprocessSpec.from_dict(_req(d, "preprocess", dict, source), f"{source}: preprocess"),
+            labels=tuple(str(x) for x in labels),
+            files=tuple(files),
+            raw=dict(d),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = MANIFEST_NAME) -> "Manifest":
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{source} is not valid JSON ({exc}); the bundle is corrupt, rebuild or re-copy it.") from None
+        except RecursionError:  # "[[[[…" deeper than the interpreter's recursion limit
+            raise BundleError(f"{source} is nested too deeply to be a manifest; the bundle is corrupt.") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read {path}: {exc.strerror}; is this a bundle directory?") from None
+        return cls.from_bytes(data, str(path))
+
+
+def dump_manifest(doc: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a manifest: sorted keys, UTF-8, trailing newline (signatures cover exactly these)."""
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

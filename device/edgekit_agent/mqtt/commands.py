@@ -1,0 +1,414 @@
+"""Fleet commands over MQTT 5 request/response: ``edge/v1/{device_id}/cmd/{name}``.
+
+A request is ``{"cmd_id": str, "name": str, "args": {...}, "expires_at": ms-since-epoch | null,
+"requester": str}`` (``name`` may be omitted: the topic names the command). The answer goes to the
+request's MQTT 5 ResponseTopic, or ``res/{requester}`` (default requester ``fleet``), with its
+CorrelationData echoed. On MQTT 3.1.1 (no properties) the same fields travel in the payload:
+``"response_topic"`` and ``"correlation_data"`` (a string, echoed in every answer's payload); the MQTT 5
+properties win when both are given, so one code path serves both protocols. Every request gets ``accepted`` or ``rejected`` at once; an accepted one then
+gets exactly one of ``succeeded`` / ``failed`` / ``expired`` / ``canceled``.
+
+- ``cmd_id`` runs at most once: its answers are stored (bounded, on disk, so a restart keeps them) and a
+  repeated ``cmd_id`` gets the stored answer again with ``"duplicate": true``.
+- A request past ``expires_at`` is rejected with ``EXPIRED``; one that expires while queued ends ``expired``.
+- Payloads over :data:`edgekit_agent.contract.limits.MAX_COMMAND_BYTES` (256 KiB) are refused unread. Malformed
+  input (not JSON, wrong types, unknown command or argument) is a ``rejected`` answer, never a crash.
+- Errors are ``{code, message, retryable}``; the dispatch table (:meth:`CommandProcessor.register`) says
+  which arguments a command takes, so handlers receive validated, defaulted arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import queue
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from edgekit_agent.contract import errors as E
+from edgekit_agent.contract.limits import MAX_COMMAND_BYTES, loads_bounded
+from edgekit_agent.mqtt.link import Incoming, cap
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edge.command.response/1"
+DEFAULT_REQUESTER = "fleet"
+MAX_STORED_ANSWERS = 1000
+_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+_REQUESTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A topic name to answer on: no wildcards, no NUL, bounded (paho and brokers refuse the rest anyway).
+_TOPIC = re.compile(r"^[^+#\x00]{1,256}$")
+MAX_CORRELATION_CHARS = 256
+
+# Typed errors -> response error codes (first match wins; subclasses before their bases).
+ERROR_CODES: list[tuple[type[BaseException], str, bool]] = [
+    (E.SelfTestError, "SELFTEST_FAILED", False),
+    (E.SignatureError, "SIGNATURE_INVALID", False),
+    (E.IntegrityError, "CHECKSUM_MISMATCH", False),
+    (E.InputError, "INVALID_ARGS", False),
+    (E.UsageError, "INVALID_ARGS", False),
+    (E.BusyError, "BUSY", True),
+    (E.BrokerError, "UNAVAILABLE", True),
+    (E.RuntimeUnavailableError, "UNAVAILABLE", False),
+    (E.DelegateError, "UNAVAILABLE", False),
+    (E.StorageError, "STORAGE", True),
+    (E.EdgekitError, "FAILED", False),
+]
+
+
+def error_body(code: str, message: str, retryable: bool = False) -> dict[str, Any]:
+    return {"code": code, "message": message, "retryable": retryable}
+
+
+def error_for(exc: BaseException) -> dict[str, Any]:
+    """The ``{code, message, retryable}`` for an exception a handler raised."""
+    for typ, code, retryable in ERROR_CODES:
+        if isinstance(exc, typ):
+            return error_body(code, str(exc), retryable)
+    return error_body("INTERNAL", f"{type(exc).__name__}: {exc}", True)
+
+
+class Rejected(Exception):
+    """Internal: a request refused before it ran (carries the error body)."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.body = error_body(code, message, retryable)
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One argument of a command: accepted types, default, and an optional range/choice check."""
+
+    types: type | tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""  # what a valid value looks like, for the error message
+
+    def validate(self, name: str, value: Any) -> Any:
+        types = self.types if isinstance(self.types, tuple) else (self.types,)
+        # JSON has no int/float distinction for 1.0, and True is an int in Python: be exact about both.
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok or (self.check is not None and not self.check(value)):
+            want = self.expect or "/".join(t.__name__ for t in types)
+            raise Rejected("INVALID_ARGS", f"argument '{name}' must be {want}, got {json.dumps(value)[:60]}.")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A row of the dispatch table. ``inline`` commands run at once on the receiving thread (cheap ones)."""
+
+    name: str
+    handler: Callable[["Command"], Mapping[str, Any] | None]
+    args: Mapping[str, Arg] = field(default_factory=dict)
+    one_of: tuple[str, ...] = ()  # exactly one of these arguments must be given
+    inline: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A validated request, as handlers see it."""
+
+    cmd_id: str
+    name: str
+    args: Mapping[str, Any]
+    expires_at: float | None
+    requester: str
+    response_topic: str
+    correlation: bytes | None
+    correlation_data: str | None = None  # from the payload (MQTT 3.1.1): echoed in every answer's payload
+
+
+class CommandStore:
+    """The last answer per ``cmd_id`` (bounded, oldest forgotten first), in SQLite so restarts keep it."""
+
+    def __init__(self, path: str | Path, max_entries: int = MAX_STORED_ANSWERS) -> None:
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (cmd_id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                "body TEXT NOT NULL, n INTEGER NOT NULL)"
+            )
+            # An agent that died mid-command never sent its final answer: record that it will not come.
+            for cmd_id, body in self._db.execute("SELECT cmd_id, body FROM answers WHERE state = 'accepted'").fetchall():
+                doc = json.loads(body)
+                doc.update(state="canceled", error=error_body("AGENT_RESTARTED", "the agent restarted while this command ran.", True))
+                self._db.execute("UPDATE answers SET state = 'canceled', body = ? WHERE cmd_id = ?", (json.dumps(doc), cmd_id))
+            self._n = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM answers").fetchone()[0])
+        except (sqlite3.Error, ValueError) as exc:
+            raise E.StorageError(
+                f"{self.path}: cannot open the command store ({exc}); check the data directory, or delete the file "
+                "(repeated cmd_ids are then run again)."
+            ) from None
+
+    def get(self, cmd_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM answers WHERE cmd_id = ?", (cmd_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, cmd_id: str, body: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._n += 1
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                        (cmd_id, body["state"], json.dumps(body, default=str), self._n),
+                    )
+                    self._db.execute("DELETE FROM answers WHERE n <= ?", (self._n - self.max_entries,))
+            except sqlite3.Error as exc:
+                raise E.StorageError(f"{self.path}: cannot store the answer to {cmd_id} ({exc}).") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+Respond = Callable[[str, dict[str, Any], "bytes | None"], None]
+
+
+class CommandProcessor:
+    """Parses, validates, de-duplicates and runs commands; answers through ``respond(topic, body, correlation)``.
+
+    ``respond`` must not block for long (the agent puts the answer into the outbox's priority lane).
+    Queued commands run one at a time on a worker thread; at most ``queue_size`` wait, further ones are
+    rejected ``BUSY`` (retryable).
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        respond: Respond,
+        store: CommandStore,
+        *,
+        queue_size: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self.base = f"edge/v1/{device_id}"
+        self._respond = respond
+        self.store = store
+        self._clock = clock
+        self._specs: dict[str, CommandSpec] = {}
+        self._queue: queue.Queue[Command | None] = queue.Queue(maxsize=queue_size)
+        self._worker = threading.Thread(target=self._work, name="edgekit-commands", daemon=True)
+        self._closing = threading.Event()
+        self.on_busy: Callable[[Command], None] | None = None
+
+    # --- the dispatch table -----------------------------------------------------------------------------------
+    def register(self, spec: CommandSpec) -> None:
+        """Add (or replace) a command. Later engineers extend the agent here (e.g. ``swap_bundle``)."""
+        self._specs[spec.name] = spec
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def start(self) -> None:
+        self._worker.start()
+
+    # --- receiving ----------------------------------------------------------------------------------------------
+    def submit(self, msg: Incoming) -> None:
+        """Handle one delivered request. Never raises: every failure becomes a ``rejected`` answer."""
+        # A ResponseTopic property with a wildcard cannot be published to (paho refuses it at every attempt,
+        # which would block the outbox): refused below, answered on the default topic.
+        bad_response_topic = msg.response_topic is not None and not _TOPIC.match(msg.response_topic)
+        topic = (not bad_response_topic and msg.response_topic) or f"{self.base}/res/{DEFAULT_REQUESTER}"
+        cmd_id: str | None = None
+        name: str | None = None
+        corr_text: str | None = None
+        correlation = msg.correlation
+        try:
+            name = self._name_from_topic(msg.topic)
+            doc = loads_bounded(msg.payload, what=f"command on {msg.topic}", max_bytes=MAX_COMMAND_BYTES)
+            if not isinstance(doc, dict):
+                raise Rejected("INVALID_PAYLOAD", "a command must be a JSON object with cmd_id, args, expires_at.")
+            cmd_id = doc.get("cmd_id")
+            # Where to answer first, so that even a rejection reaches the requester (3.1.1: from the payload).
+            corr_text, payload_topic = self._reply_fields(doc)
+            if correlation is None and corr_text is not None:
+                correlation = corr_text.encode("utf-8")  # MQTT 5 answers then carry the property too
+            if bad_response_topic:
+                raise Rejected("INVALID_PAYLOAD", "the ResponseTopic property must be an MQTT topic name of 1-256 "
+                                                  "characters without + or #.")  # fmt: skip
+            requester = doc.get("requester", DEFAULT_REQUESTER)
+            if not isinstance(requester, str) or not _REQUESTER.match(requester):
+                raise Rejected("INVALID_PAYLOAD", "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")
+            if not msg.response_topic:
+                topic = payload_topic or f"{self.base}/res/{requester}"
+            if not isinstance(cmd_id, str) or not _ID.match(cmd_id):
+                cmd_id = None
+                raise Rejected("INVALID_PAYLOAD", "cmd_id must be a string of 1-128 characters A-Z a-z 0-9 _ . : @ -")
+            stored = self.store.get(cmd_id)
+            if stored is not None:  # at most once: the same answer again, marked as such
+                stored["duplicate"] = True
+                if corr_text is not None:
+                    stored["correlation_data"] = corr_text
+                self._send(topic, stored, correlation)
+                return
+            cmd = self._validate(doc, name, cmd_id, requester, topic, correlation, corr_text)
+            spec = self._specs[cmd.name]
+        except Rejected as rej:
+            self._answer_rejected(topic, cmd_id, name, rej.body, msg, correlation, corr_text)
+            return
+        except E.EdgekitError as exc:  # loads_bounded's InputError: too big, not UTF-8, not JSON, too deep
+            self._answer_rejected(topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg, correlation, corr_text)
+            return
+        except Exception as exc:  # noqa: BLE001 - malformed input must never kill the agent
+            log.exception("%s: unexpected error parsing %s", self.device_id, msg.topic)
+            self._answer_rejected(topic, cmd_id, name, error_for(exc), msg, correlation, corr_text)
+            return
+        if spec.inline:
+            self._answer(cmd, "accepted")
+            self._execute(cmd)
+            return
+        try:
+            self._answer(cmd, "accepted")  # stored before queueing: a duplicate arriving now is recognised
+            self._queue.put_nowait(cmd)
+        except queue.Full:
+            if self.on_busy:
+                self.on_busy(cmd)
+            self._answer(cmd, "rejected", error=error_body("BUSY", f"{self.device_id} is busy with other commands; retry later.", True))
+
+    @staticmethod
+    def _reply_fields(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """``(correlation_data, response_topic)`` from the payload (the MQTT 3.1.1 way), validated."""
+        corr, topic = doc.get("correlation_data"), doc.get("response_topic")
+        if corr is not None and (not isinstance(corr, str) or not 0 < len(corr) <= MAX_CORRELATION_CHARS):
+            raise Rejected("INVALID_PAYLOAD", f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters.")
+        if topic is not None and (not isinstance(topic, str) or not _TOPIC.match(topic)):
+            raise Rejected("INVALID_PAYLOAD", "response_topic must be an MQTT topic name of 1-256 characters without + or #.")
+        return corr, topic
+
+    def _name_from_topic(self, topic: str) -> str:
+        prefix = f"{self.base}/cmd/"
+        if not topic.startswith(prefix) or "/" in topic[len(prefix) :]:
+            raise Rejected("INVALID_PAYLOAD", f"commands are published to {prefix}NAME, not {topic}.")
+        return topic[len(prefix) :]
+
+    def _validate(
+        self, doc: Mapping[str, Any], name: str, cmd_id: str, requester: str, topic: str, correlation: bytes | None,
+        corr_text: str | None = None,
+    ) -> Command:
+        if "name" in doc and doc["name"] != name:
+            raise Rejected("INVALID_PAYLOAD", f"the payload names command '{doc['name']}' but was sent to cmd/{name}.")
+        unknown_top = set(doc) - {"cmd_id", "name", "args", "expires_at", "requester", "response_topic", "correlation_data"}
+        if unknown_top:
+            raise Rejected("INVALID_PAYLOAD", f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, "
+                           "expires_at, requester, response_topic, correlation_data.")  # fmt: skip
+        spec = self._specs.get(name)
+        if spec is None:
+            hint = difflib.get_close_matches(name, self._specs, n=1)
+            extra = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise Rejected("UNKNOWN_COMMAND", f"{self.device_id} has no command '{name}'.{extra} Known: {', '.join(self.names)}.")
+        expires_at = doc.get("expires_at")
+        if expires_at is not None:
+            if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
+                raise Rejected("INVALID_PAYLOAD", "expires_at must be milliseconds since the Unix epoch (UTC) or null.")
+            if expires_at <= self._clock() * 1000:
+                raise Rejected("EXPIRED", f"command {cmd_id} expired at {int(expires_at)} ms; the device clock says {int(self._clock() * 1000)} ms.")
+        raw_args = doc.get("args", {}) if doc.get("args") is not None else {}
+        if not isinstance(raw_args, dict):
+            raise Rejected("INVALID_ARGS", "args must be a JSON object.")
+        args: dict[str, Any] = {}
+        for key in raw_args:
+            if key not in spec.args:
+                hint = difflib.get_close_matches(key, list(spec.args), n=1)
+                extra = f" Did you mean '{hint[0]}'?" if hint else f" '{name}' takes: {', '.join(spec.args) or 'no arguments'}."
+                raise Rejected("INVALID_ARGS", f"unknown argument '{key}' for '{name}'.{extra}")
+        for key, arg in spec.args.items():
+            if key in raw_args and raw_args[key] is not None:
+                args[key] = arg.validate(key, raw_args[key])
+            elif arg.required:
+                raise Rejected("INVALID_ARGS", f"'{name}' needs the argument '{key}' ({arg.expect or arg.types}).")
+            else:
+                args[key] = arg.default
+        if spec.one_of and sum(args.get(k) is not None for k in spec.one_of) != 1:
+            raise Rejected("INVALID_ARGS", f"'{name}' needs exactly one of: {', '.join(spec.one_of)}.")
+        return Command(cmd_id, name, args, float(expires_at) if expires_at is not None else None, requester, topic, correlation,
+                       corr_text)  # fmt: skip
+
+    # --- running ------------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            cmd = self._queue.get()
+            if cmd is None:
+                return
+            if cmd.expires_at is not None and cmd.expires_at <= self._clock() * 1000:
+                self._answer(cmd, "expired", error=error_body("EXPIRED", "the command expired while it waited in the queue.", True))
+            elif self._closing.is_set():
+                self._answer(cmd, "canceled", error=error_body("SHUTTING_DOWN", "the agent is stopping.", True))
+            else:
+                self._execute(cmd)
+
+    def _execute(self, cmd: Command) -> None:
+        spec = self._specs[cmd.name]
+        try:
+            result = spec.handler(cmd)
+        except Exception as exc:  # noqa: BLE001 - a failing handler is an answer, not a dead agent
+            if not isinstance(exc, E.EdgekitError):
+                log.exception("%s: command %s (%s) crashed", self.device_id, cmd.name, cmd.cmd_id)
+            self._answer(cmd, "failed", error=error_for(exc))
+            return
+        self._answer(cmd, "succeeded", result=dict(result or {}))
+
+    # --- answering ----------------------------------------------------------------------------------------------
+    def _answer(self, cmd: Command, state: str, *, result: Mapping[str, Any] | None = None,
+                error: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        body: dict[str, Any] = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": state}
+        if result is not None:
+            body["result"] = result
+        if error is not None:
+            body["error"] = error
+        if cmd.correlation_data is not None:
+            body["correlation_data"] = cmd.correlation_data
+        try:
+            self.store.put(cmd.cmd_id, body)
+        except E.StorageError as exc:  # answering matters more than remembering
+            log.error("%s", exc)
+        self._send(cmd.response_topic, body, cmd.correlation)
+
+    def _answer_rejected(self, topic: str, cmd_id: str | None, name: str | None, err: dict[str, Any], msg: Incoming,
+                         correlation: bytes | None = None, corr_text: str | None = None) -> None:  # fmt: skip
+        log.warning("%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err["message"], cap(msg.payload))
+        body = {"schema": SCHEMA, "cmd_id": cmd_id, "name": name, "state": "rejected", "error": err}
+        if corr_text is not None:
+            body["correlation_data"] = corr_text
+        if cmd_id is not None and err["code"] not in ("INVALID_PAYLOAD",):
+            try:
+                self.store.put(cmd_id, body)
+            except E.StorageError as exc:
+                log.error("%s", exc)
+        self._send(topic, body, correlation if correlation is not None else msg.correlation)
+
+    def _send(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+        try:
+            self._respond(topic, body, correlation)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: cannot send the answer to %s on %s", self.device_id, body.get("cmd_id"), topic)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel what is still queued, let the running command finish (up to ``timeout`` s), stop."""
+        self._closing.set()
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        if self._worker.is_alive():
+            self._worker.join(timeout)

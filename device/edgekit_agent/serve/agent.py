@@ -1,0 +1,550 @@
+"""The serving loop: a verified bundle, a watched directory and MQTT commands in; predictions and telemetry out.
+
+``Agent(bundle, settings)`` can be used two ways:
+
+- as a library (benchmarks, notebooks): :meth:`Agent.serve_tensor` / :meth:`Agent.serve_image` return a
+  :class:`Prediction` and record telemetry; nothing else runs;
+- as the device agent: :meth:`Agent.run` opens the outbox and command store in ``data_dir``, connects the
+  MQTT link, self-tests the bundle, publishes the retained ``meta``, then serves the watched directory
+  and the ``cmd/*`` commands and closes a telemetry window every ``window_s`` until :meth:`request_stop`
+  (SIGTERM/SIGINT in the CLI), when it flushes the last window and publishes the shutdown status.
+
+Threads: the caller's (waits), the watcher, the window timer, the link worker, paho's loop and the
+command worker. The interpreter is not thread-safe, so one lock guards set-input/invoke/get-output;
+telemetry recording happens after that lock is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from edgekit_agent import __version__
+from edgekit_agent.serve import sysinfo
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
+from edgekit_agent.serve.config import AgentSettings
+from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
+from edgekit_agent.serve.handlers import builtin_commands
+from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.mqtt.link import Link, Topics
+from edgekit_agent.mqtt.outbox import Outbox
+from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
+from edgekit_agent.serve.telemetry import WindowRecorder
+
+if TYPE_CHECKING:
+    from edgekit_agent.bundle.load import Bundle
+    from edgekit_agent.infer.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PROCESSED_DIR = ".processed"
+FAILED_DIR = ".failed"
+SETTLE_S = 0.05  # a file modified more recently may still be being written: next scan
+MAX_SCAN = 256  # files per scan, so a flood of files cannot starve the window timer
+SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
+_NAN = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One served inference."""
+
+    index: int
+    label: str
+    confidence: float  # top-1 probability (softmax of dequantised logits, or the dequantised probability)
+    latency_ms: float  # total: preprocess + invoke + top-1
+    preprocess_ms: float
+    invoke_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "confidence": self.confidence, "latency_ms": self.latency_ms,
+                "preprocess_ms": self.preprocess_ms, "invoke_ms": self.invoke_ms}  # fmt: skip
+
+
+def _bundle_info(bundle: "Bundle") -> dict[str, Any]:
+    m = bundle.manifest
+    return {"name": m.name, "version": m.version, "sha256": m.model.sha256, "profile": m.profile_name,
+            "signed_by": getattr(bundle, "signed_by", None)}  # fmt: skip
+
+
+class _Stale(Exception):
+    """Another bundle became active between preprocessing and the interpreter lock: preprocess again."""
+
+
+class Agent:
+    """One bundle served on one device (see the module docstring)."""
+
+    #: Builds the telemetry recorder of each activated bundle (OTA swaps in one that also keeps a health tally).
+    recorder_factory: Callable[..., WindowRecorder] = WindowRecorder
+
+    def __init__(self, bundle: "Bundle", settings: AgentSettings, *, runtime: "Runtime | None" = None) -> None:
+        self.settings = settings
+        self.boot_id = uuid.uuid4().hex[:16]
+        self.topics = Topics(settings.device_id)
+        self.started_mono = time.monotonic()
+        self._rt_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seen: set[tuple[str, int, int]] = set()  # processed='keep': files already served
+        self.outbox: Outbox | None = None
+        self.link: Link | None = None
+        self.commands: CommandProcessor | None = None
+        self.selftest: Any = None
+        self.fatal: EdgekitError | None = None
+        self.ota: Any = None  # edgekit_agent.ota.manager.OtaManager once start() ran
+        self._activate(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads))
+
+    # --- the model ------------------------------------------------------------------------------------------
+    def _activate(self, bundle: "Bundle", runtime: "Runtime") -> None:
+        """Make ``bundle`` (already verified) with its ``runtime`` the one being served.
+
+        Everything is built first (the preprocessor can still refuse the bundle: nothing has changed then) and
+        swapped in one step under the interpreter lock; the generation counter moves last, so a request that
+        read the new generation sees only the new bundle's state (see :meth:`_serve_floats`)."""
+        m = bundle.manifest
+        preprocessor = bundle.preprocessor()
+        in_t, out = m.inputs[0], m.outputs[0]
+        out_scale, out_zero = float(out.scale or 0.0), int(out.zero_point)
+        span = (out.qmax - out.qmin) if out.qmax is not None and out.qmin is not None else 0
+        # exp(-(qmax_seen - q) * scale) for every possible raw gap: softmax's top-1 without numpy calls.
+        exp_table = [math.exp(-d * out_scale) for d in range(span + 1)] if span else []
+        interp = runtime.interpreter
+        # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
+        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
+               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
+        recorder = self.recorder_factory(m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict())
+        with self._rt_lock:
+            self.bundle, self.manifest, self.runtime, self.preprocessor, self.recorder = bundle, m, runtime, preprocessor, recorder
+            self.labels = m.labels
+            self.label_index = {name: i for i, name in enumerate(m.labels)}
+            self._in_tensor = in_t
+            self._in_scale, self._in_zero = float(in_t.scale or 0.0), int(in_t.zero_point)
+            self._logits = m.raw.get("outputs_are", "logits") != "probabilities"
+            self._out_scale, self._out_zero = out_scale, out_zero
+            self._exp_table = exp_table
+            self._exp_np = np.asarray(exp_table, dtype=np.float64) if span else None
+            self._n_tensor = 0
+            self._hot = hot
+            self._gen = getattr(self, "_gen", 0) + 1
+
+    def swap_runtime(self, runtime: "Runtime", bundle: "Bundle | None" = None) -> bool:
+        """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed.
+
+        With ``bundle`` (the one ``runtime`` was opened for), nothing happens when another bundle became
+        active meanwhile (an OTA switch or rollback): ``runtime`` is closed and False returned."""
+        interp = runtime.interpreter
+        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
+               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
+        with self._rt_lock:
+            if bundle is not None and bundle is not self.bundle:
+                old = None
+            else:
+                old, self.runtime, self._hot = self.runtime, runtime, hot
+                self.recorder.runtime = runtime.info.to_dict()
+        if old is None:
+            runtime.close()
+            return False
+        old.close()
+        return True
+
+    def bundle_info(self) -> dict[str, Any]:
+        return _bundle_info(self.bundle)
+
+    def _top1(self, out: np.ndarray) -> tuple[int, float]:
+        if not self._exp_table or out.size > SMALL_OUTPUT:
+            return self._top1_numpy(out)
+        values = out.ravel().tolist()
+        top = max(values)
+        index = values.index(top)
+        if not self._logits:
+            return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
+        table = self._exp_table
+        total = 0.0
+        for v in values:
+            total += table[top - v]
+        return index, 1.0 / total
+
+    def _top1_numpy(self, out: np.ndarray) -> tuple[int, float]:
+        flat = out.ravel()
+        index = int(flat.argmax())
+        if self._exp_np is not None:
+            top = int(flat[index])
+            if not self._logits:
+                return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
+            return index, float(1.0 / self._exp_np[top - flat.astype(np.int64)].sum())
+        real = flat.astype(np.float64)  # a float output tensor
+        if not self._logits:
+            return index, float(min(1.0, max(0.0, real[index])))
+        e = np.exp(real - real[index])
+        return index, float(1.0 / e.sum())
+
+    # --- serving (the hot path) -------------------------------------------------------------------------------
+    def serve_tensor(
+        self, x: np.ndarray, *, label: int = -1, input_mean: float | None = None, _t0: int | None = None,
+        _gen: int | None = None,
+    ) -> Prediction:
+        """Infer one ready input tensor (the model's input shape and dtype) and record telemetry.
+
+        ``label`` ≥ 0 is the true class (feeds accuracy). ``input_mean`` is the mean of the float input
+        before quantisation; when None it is derived from ``x`` on every ``drift_every``-th call.
+        """
+        clock = time.perf_counter_ns
+        t1 = clock()
+        t0 = t1 if _t0 is None else _t0
+        try:
+            with self._rt_lock:
+                if _gen is not None and _gen != self._gen:
+                    raise _Stale
+                set_tensor, invoke, get_tensor, in_index, out_index = self._hot
+                set_tensor(in_index, x)
+                invoke()
+                out = get_tensor(out_index)
+                t2 = clock()
+                # Under the lock too: an OTA switch right after invoke() must not pair this output with the
+                # next bundle's output scale, labels or telemetry window.
+                index, confidence = self._top1(out)
+                recorder, labels = self.recorder, self.labels
+        except _Stale:
+            raise
+        except ValueError as exc:  # set_tensor: wrong shape or dtype
+            self.recorder.record_error("INPUT_INVALID")
+            raise InputError(
+                f"input tensor {getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', []))} does not fit the model "
+                f"({self.runtime.input_dtype}{list(self.runtime.input_shape)}): {exc}"
+            ) from None
+        except Exception:
+            self.recorder.record_error("RUNTIME")
+            raise
+        if input_mean is None:
+            self._n_tensor += 1
+            if self._n_tensor % self.settings.drift_every == 0:
+                # An integer sum is 3-4x cheaper than ndarray.mean() (which converts to float64 first);
+                # int32 cannot overflow below 2**24 int8/uint8 elements.
+                q = int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size if x.dtype.kind in "iu" else float(x.mean())
+                input_mean = (q - self._in_zero) * self._in_scale if self._in_scale else q
+            else:
+                input_mean = _NAN
+        t3 = clock()
+        recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
+        return Prediction(index, labels[index] if index < len(labels) else str(index), confidence,
+                          (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)  # fmt: skip
+
+    def serve_image(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
+        """Preprocess an image (path or encoded bytes) per the manifest and serve it.
+
+        ``label_name`` (one of the bundle's labels) is resolved against the bundle that serves the image, which
+        an OTA switch may change while it is being preprocessed; ``label`` is a class index of the current one."""
+        return self._serve_floats(lambda pre: pre.floats(source), label, label_name)
+
+    def serve_array(self, x: Any, *, label_name: str | None = None) -> Prediction:
+        """Serve a float (H, W, C) array (or (1, H, W, C)) already normalised per the manifest: the ``infer``
+        command's tensor. Values that are not finite numbers are refused (InputError)."""
+        try:
+            a = np.asarray(x, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InputError("the tensor must be a nested list of numbers (H×W×C, preprocessed floats).") from None
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
+        if not np.isfinite(a).all():
+            self.recorder.record_error("INPUT_INVALID")
+            raise InputError("the tensor holds values that are not finite numbers (inf or NaN, or beyond float32).")
+        mean = float(a.mean()) if a.size else math.nan
+        return self._serve_floats(lambda pre: pre.from_array(a), -1, label_name, quantized=True, input_mean=mean)
+
+    def _serve_floats(self, make: Callable[[Any], np.ndarray], label: int, label_name: str | None, *,
+                      quantized: bool = False, input_mean: float | None = None) -> Prediction:  # fmt: skip
+        """Preprocess with the active bundle's preprocessor, then serve, provided that bundle is still the active
+        one when the interpreter lock is taken; otherwise preprocess again for the new one (an OTA switch)."""
+        t0 = time.perf_counter_ns()
+        for _ in range(3):
+            gen = self._gen  # read first: _activate moves it last
+            pre, spec, index = self.preprocessor, self._in_tensor, self.label_index
+            try:
+                arr = make(pre)
+            except InputError:
+                self.recorder.record_error("INPUT_INVALID")
+                raise
+            if quantized:
+                x, mean = arr, input_mean
+            else:
+                x, mean = quantize(arr, spec)[None, ...], float(arr.mean())
+            lab = index.get(label_name, -1) if label_name is not None else label
+            try:
+                return self.serve_tensor(x, label=lab, input_mean=mean, _t0=t0, _gen=gen)
+            except _Stale:
+                continue
+        raise BusyError(f"{self.settings.device_id}: the bundle changed three times while one input was being served; try again.")
+
+    # --- the watched directory ----------------------------------------------------------------------------------
+    def _candidates(self, root: Path) -> list[tuple[Path, str | None]]:
+        """(file, label folder name or None): images directly in ``root`` and in ``root/LABEL/``; hidden names
+        skipped. The name becomes a class index only when the file is served: an OTA switch in between
+        changes the labels (and their order)."""
+        found: list[tuple[Path, str | None]] = []
+        now = time.time()
+
+        def take(entry: os.DirEntry[str], label: str | None) -> None:
+            if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                return
+            try:
+                st = entry.stat()
+            except OSError:
+                return
+            if now - st.st_mtime < SETTLE_S:
+                return
+            if self.settings.processed == "keep" and (entry.path, st.st_mtime_ns, st.st_size) in self._seen:
+                return
+            found.append((Path(entry.path), label))
+
+        try:
+            with os.scandir(root) as top:
+                for entry in top:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        with os.scandir(entry.path) as sub:
+                            for e in sub:
+                                if e.is_file(follow_symlinks=False):
+                                    take(e, entry.name)
+                    elif entry.is_file(follow_symlinks=False):
+                        take(entry, None)
+        except OSError as exc:
+            log.warning("%s: cannot scan %s: %s", self.settings.device_id, root, exc)
+        found.sort(key=lambda f: f[0])
+        return found[:MAX_SCAN]
+
+    def scan_once(self) -> int:
+        """Serve every new image in the watched directory once; returns how many were handled."""
+        root = self.settings.watch_dir
+        if root is None:
+            return 0
+        handled = 0
+        for path, label_name in self._candidates(root):
+            if self._stop.is_set():  # shutting down: the rest waits for the next start
+                break
+            ok = True
+            try:
+                self.serve_image(path, label_name=label_name)
+            except InputError as exc:
+                ok = False
+                log.warning("%s: %s", self.settings.device_id, exc)
+            except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+                ok = False
+                log.exception("%s: serving %s failed", self.settings.device_id, path)
+            self._mark_done(root, path, ok)
+            handled += 1
+        return handled
+
+    def _mark_done(self, root: Path, path: Path, ok: bool) -> None:
+        mode = self.settings.processed
+        try:
+            if mode == "keep":
+                st = path.stat()
+                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+            elif mode == "delete" and ok:
+                path.unlink()
+            else:  # move, and failures in delete mode (kept for inspection)
+                target = root / (PROCESSED_DIR if ok else FAILED_DIR) / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    target = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:6]}{target.suffix}")
+                shutil.move(str(path), str(target))
+        except OSError as exc:
+            # Could not move it: remember it instead, so it is not served again in a loop.
+            log.warning("%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc)
+            try:
+                st = path.stat()
+                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                pass
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.scan_once() == 0:
+                self._stop.wait(self.settings.poll_s)
+
+    # --- windows, meta and events -----------------------------------------------------------------------------
+    def envelope(self, schema: str) -> dict[str, Any]:
+        """The envelope fields the agent owns (the outbox adds ``epoch`` and ``seq``)."""
+        return {"schema": schema, "device_id": self.settings.device_id, "boot_id": self.boot_id,
+                "ts": int(time.time() * 1000), "agent_version": __version__}  # fmt: skip
+
+    def publish(self, topic: str, body: dict[str, Any], *, retain: bool = False, priority: int = 0,
+                correlation: bytes | None = None, sequenced: bool = True) -> None:  # fmt: skip
+        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`."""
+        if self.outbox is None:
+            return
+        msg = self.envelope(body.get("schema", "edge.unknown/1"))
+        msg.update(body)
+        self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
+        if self.link is not None:
+            self.link.wake()
+
+    def flush_window(self) -> dict[str, Any]:
+        """Close the telemetry window now, queue it for sending, and return its body."""
+        outbox = self.outbox.stats().to_dict() if self.outbox else {}
+        if self.link is not None:
+            outbox["refused"] = self.link.stats().refused
+        body = self.recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
+        self.publish(self.topics.telemetry, body)
+        return body
+
+    def event(self, kind: str, **details: Any) -> None:
+        """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …).
+
+        Never raises: an event that cannot be queued (a full disk) is logged; the state change it reports has
+        happened and must finish (an OTA switch, a rollback)."""
+        try:
+            self.publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+        except EdgekitError as exc:
+            log.error("%s: cannot queue the %s event: %s", self.settings.device_id, kind, exc)
+
+    def meta(self) -> dict[str, Any]:
+        s = self.settings
+        bundle = self.bundle_info()
+        return {
+            "schema": "edge.meta/1",
+            "hardware": sysinfo.system_info().to_dict(),
+            "runtime": self.runtime.info.to_dict(),
+            "bundle": bundle,
+            "bundles": self.ota.installed() if self.ota else [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
+            "capabilities": {"commands": self.commands.names if self.commands else [], "inputs": ["watch", "infer"],
+                             "max_command_bytes": MAX_COMMAND_BYTES},  # fmt: skip
+            "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,
+                       "watch_dir": str(s.watch_dir) if s.watch_dir else None, "processed": s.processed},  # fmt: skip
+            "broker": s.broker.url if s.broker else None,
+            # "5" or "3.1.1" as negotiated (auto may fall back); None until connected (every connect republishes meta).
+            "mqtt_version": self.link.mqtt_version if self.link and self.link.connected.is_set() else None,
+            "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
+        }
+
+    _publish = publish  # the name ota.py uses
+
+    def publish_meta(self) -> None:
+        """Queue the retained ``meta`` (never raises: a full disk is logged, serving goes on)."""
+        try:
+            self.publish(self.topics.meta, self.meta(), retain=True)
+        except EdgekitError as exc:
+            log.error("%s: cannot queue meta: %s", self.settings.device_id, exc)
+
+    def _window_loop(self) -> None:
+        next_at = time.monotonic() + self.settings.window_s
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            try:
+                self.flush_window()
+            except Exception:  # noqa: BLE001 - a full disk must not stop serving; the log says so
+                log.exception("%s: cannot close the telemetry window", self.settings.device_id)
+            # Fixed schedule (the flush's own time does not accumulate); a changed window_s applies from now.
+            now, window = time.monotonic(), self.settings.window_s
+            next_at += window
+            if not now < next_at <= now + window:
+                next_at = now + window
+
+    # --- running ------------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def start(self) -> None:
+        """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
+        s = self.settings
+        self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
+        self.commands = CommandProcessor(s.device_id, self._respond, CommandStore(s.data_dir / "commands.sqlite"))
+        for spec in builtin_commands(self):
+            self.commands.register(spec)
+        from edgekit_agent.ota.manager import attach_ota  # swap_bundle: OTA with self-test, health window and rollback
+
+        self.ota = attach_ota(self)
+        self.commands.on_busy = lambda cmd: self.recorder.record_dropped() if cmd.name == "infer" else None
+        if s.broker is not None:
+            # meta is retained state: sent again on every (re)connect, so a broker restarted without
+            # persistence, or an outage long enough for the outbox bound to drop it, cannot lose it.
+            self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit,
+                             on_connected=self.publish_meta)  # fmt: skip
+            self.link.start()
+        if not s.skip_selftest:
+            self._selftest()
+        self.commands.start()
+        self.publish_meta()
+        self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
+        self.ota.publish_pending_events()
+        for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
+            if target == self._watch_loop and s.watch_dir is None:
+                continue
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _selftest(self) -> None:
+        from edgekit_agent.bundle.selftest import run_selftest
+
+        try:
+            with self._rt_lock:
+                self.selftest = run_selftest(self.bundle, self.runtime)
+        except SelfTestError as exc:
+            self.event("selftest_failed", bundle=self.bundle_info(), message=str(exc))
+            raise
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """:meth:`start`, serve until :meth:`request_stop` (or ``until()`` is true), then :meth:`shutdown`.
+
+        Raises :class:`BrokerError` when the broker refused the credentials.
+        """
+        try:
+            self.start()
+            while not self._stop.wait(0.1):
+                if self.link is not None and self.link.failed.is_set():
+                    self.fatal = self.link.fatal
+                    break
+                if until is not None and until():
+                    break
+        finally:
+            self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def shutdown(self, *, flush_timeout: float = 5.0) -> None:
+        """Stop serving, cancel queued commands, send the last window, publish ``offline``/``shutdown``, close."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads.clear()
+        if self.commands is not None:
+            self.commands.close(timeout=flush_timeout)
+        if self.outbox is not None:
+            try:
+                self.flush_window()
+            except Exception as exc:  # noqa: BLE001 - whatever happened, the shutdown status must still go out
+                log.error("%s: the last telemetry window is lost: %s", self.settings.device_id, exc)
+        if self.link is not None:
+            if self.outbox is not None and self.outbox.depth and not self.link.failed.is_set():
+                self.link.connected.wait(min(2.0, flush_timeout))  # e.g. a self-test failure right after start
+            if self.link.connected.is_set() and not self.link.flush(flush_timeout):
+                log.warning("%s: %d messages stay in the outbox for the next start", self.settings.device_id,
+                            self.outbox.depth if self.outbox else 0)  # fmt: skip
+            self.link.close()
+            self.link = None
+        if self.commands is not None:
+            self.commands.store.close()
+            self.commands = None
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    # --- commands ----------------------------------------------------------------------------------------------
+    def _respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+        # Responses overtake the telemetry backlog (priority) and carry their own identity (cmd_id, state).
+        self.publish(topic, body, priority=1, correlation=correlation, sequenced=False)
+
+
+__all__ = ["Agent", "Prediction", "builtin_commands"]

@@ -1,0 +1,122 @@
+"""The built-in fleet commands of the agent: ``ping``, ``run_benchmark``, ``set_config``, ``infer``.
+
+Each handler takes the :class:`~edgekit_agent.serve.agent.Agent` and a validated
+:class:`~edgekit_agent.mqtt.commands.Command` and returns the ``result`` object of the ``succeeded`` answer, or
+raises a typed error (which :mod:`edgekit_agent.mqtt.commands` turns into ``{code, message, retryable}``).
+:func:`builtin_commands` is the dispatch table; other modules register more (``swap_bundle`` in ``ota``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
+from edgekit_agent.contract.errors import BusyError, InputError
+
+if TYPE_CHECKING:
+    from edgekit_agent.serve.agent import Agent
+
+
+
+def cmd_ping(agent: "Agent", cmd: Command) -> dict[str, Any]:
+    """Liveness: answered inline, even while a benchmark occupies the command worker."""
+    return {"pong": True, "boot_id": agent.boot_id, "uptime_s": round(time.monotonic() - agent.started_mono, 3)}
+
+
+def cmd_run_benchmark(agent: "Agent", cmd: Command) -> dict[str, Any]:
+    """benchmark_model-style run on a separate interpreter (serving goes on); also ``bench/{run_id}/report``."""
+    from edgekit_agent.infer.benchmark import run_benchmark
+
+    a = cmd.args
+    t0 = time.perf_counter_ns()
+    rt = agent.bundle.open_runtime(num_threads=a["num_threads"] or agent.runtime.info.num_threads)
+    init_ms = (time.perf_counter_ns() - t0) / 1e6
+    try:
+        report = run_benchmark(rt, warmup_runs=a["warmup_runs"], num_runs=a["num_runs"], init_ms=init_ms,
+                               model_sha256=agent.manifest.model.sha256,
+                               model_name=f"{agent.manifest.name} {agent.manifest.version} ({agent.manifest.profile_name})")  # fmt: skip
+    finally:
+        rt.close()
+    doc = report.to_dict()
+    run_id = cmd.cmd_id
+    agent.publish(agent.topics.bench(run_id), {**doc, "run_id": run_id, "cmd_id": cmd.cmd_id}, sequenced=False)
+    return {"run_id": run_id, "report_topic": agent.topics.bench(run_id), "report": doc}
+
+
+def cmd_set_config(agent: "Agent", cmd: Command) -> dict[str, Any]:
+    """Change window_s, num_threads (a new interpreter, swapped under the serving lock) or drift_every."""
+    a = {k: v for k, v in cmd.args.items() if v is not None}
+    if not a:
+        raise InputError("set_config needs at least one of: window_s, num_threads, drift_every.")
+    settings = agent.settings.with_changes(**a)  # validates before anything changes
+    if "num_threads" in a and a["num_threads"] != agent.runtime.info.num_threads:
+        bundle = agent.bundle
+        if not agent.swap_runtime(bundle.open_runtime(num_threads=a["num_threads"]), bundle):
+            raise BusyError(f"{agent.settings.device_id}: the bundle changed while num_threads was being applied; retry.")
+    agent.settings = settings
+    agent.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
+    agent.publish_meta()
+    return {"applied": a, "config": agent.meta()["config"]}
+
+
+def cmd_infer(agent: "Agent", cmd: Command) -> dict[str, Any]:
+    """Request/response inference on a base64 image or a preprocessed float tensor (H×W×C)."""
+    a = cmd.args
+    if a["image"] is not None:
+        try:
+            data = base64.b64decode(a["image"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("infer: 'image' is not valid base64.") from None
+        pred = agent.serve_image(data, label_name=a["label"])
+    else:
+        try:
+            pred = agent.serve_array(a["tensor"], label_name=a["label"])
+        except InputError as exc:
+            raise InputError(f"infer: {exc}") from None
+    return pred.to_dict()
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+def builtin_commands(agent: "Agent") -> list[CommandSpec]:
+    """The dispatch table of the built-in commands (others are added with ``agent.commands.register``)."""
+    return [
+        CommandSpec("ping", partial(cmd_ping, agent), inline=True, doc="liveness: answers pong with boot_id and uptime"),
+        CommandSpec(
+            "run_benchmark",
+            partial(cmd_run_benchmark, agent),
+            {
+                "warmup_runs": Arg(int, 5, check=_between(0, 10_000), expect="an integer 0-10000"),
+                "num_runs": Arg(int, 100, check=_between(1, 100_000), expect="an integer 1-100000"),
+                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
+            },
+            doc="benchmark the active model on a separate interpreter; also publishes bench/{run_id}/report",
+        ),
+        CommandSpec(
+            "set_config",
+            partial(cmd_set_config, agent),
+            {
+                "window_s": Arg(float, None, check=_between(0.05, 86_400), expect="seconds between 0.05 and 86400"),
+                "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
+                "drift_every": Arg(int, None, check=_between(1, 1_000_000), expect="an integer ≥ 1"),
+            },
+            doc="change the telemetry window, interpreter threads or drift sampling at run time",
+        ),
+        CommandSpec(
+            "infer",
+            partial(cmd_infer, agent),
+            {
+                "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
+                "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
+                "label": Arg(str, None, check=lambda v: v in agent.label_index, expect=f"one of the labels {list(agent.labels)[:20]}"),
+            },
+            one_of=("image", "tensor"),
+            doc="request/response inference on one input",
+        ),
+    ]

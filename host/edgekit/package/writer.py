@@ -1,0 +1,181 @@
+"""Write a device bundle: a directory (manifest.json, model.tflite, golden.npz, …) and its single-file archive.
+
+The format is :mod:`edgekit_agent.contract.manifest` (the device reads it with no profile files and no
+TensorFlow). Golden outputs are computed here with the device's own runtime, so a device's self-test
+compares like with like.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit_agent.contract.errors import BundleError
+from edgekit_agent.contract.manifest import FORMAT, MANIFEST_NAME, PreprocessSpec, dump_manifest
+from edgekit_agent.infer.preprocess import quantize
+from edgekit_agent.contract.manifest import TensorSpec
+from edgekit_agent.infer.runtime import Runtime
+
+from edgekit.profiles import Profile
+
+MODEL_NAME = "model.tflite"
+GOLDEN_NAME = "golden.npz"
+ARCHIVE_SUFFIX = ".tar.gz"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleInfo:
+    """What :func:`write_bundle` made."""
+
+    directory: Path
+    archive: Path
+    manifest: dict[str, Any]
+    model_bytes: int
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensor_specs(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Input and output tensor descriptions (name, shape, dtype, scale, zero point) of a loaded model."""
+
+    def spec(d: Mapping[str, Any]) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        return {
+            "name": str(d["name"]),
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero),
+        }
+
+    interp = rt.interpreter
+    return [spec(d) for d in interp.get_input_details()], [spec(d) for d in interp.get_output_details()]
+
+
+def _golden(rt: Runtime, inputs: dict[str, Any], x_float: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    tin = TensorSpec.from_dict(inputs, "input")
+    xq = np.stack([quantize(x, tin) for x in x_float]).astype(tin.dtype)
+    outs = np.stack([rt.invoke(xq[i : i + 1])[0] for i in range(len(xq))])
+    return {"inputs": xq, "labels": y.astype(np.int64), "outputs": outs}
+
+
+#: gzip level of bundle archives. 9 took 2.7 s on an MCU bundle's 3.7 MB C array for 7 % less; 6 takes 0.24 s.
+ARCHIVE_GZIP_LEVEL = 6
+
+
+def write_archive(directory: Path, archive: Path) -> Path:
+    """A reproducible tar.gz of the bundle directory: the same files give the same bytes (sorted names, zeroed
+    owners and times, and a gzip header without the time or a file name, which ``tarfile``'s "w:gz" would add)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".part")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=ARCHIVE_GZIP_LEVEL, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(archive)
+    return archive
+
+
+def bundle_paths(out_dir: str | Path, name: str, profile_name: str) -> tuple[Path, Path]:
+    """``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``: where :func:`write_bundle` writes."""
+    directory = Path(out_dir) / f"{name}-{profile_name}"
+    return directory, directory.with_name(directory.name + ARCHIVE_SUFFIX)
+
+
+def remove_bundle(out_dir: str | Path, name: str, profile_name: str) -> list[Path]:
+    """Delete an earlier bundle of ``name`` for ``profile_name`` in ``out_dir`` (directory and archive), so a
+    build that no longer produces one leaves no stale bundle behind. A directory with sub-folders is not
+    something :func:`write_bundle` wrote and is left alone. Returns what was removed."""
+    directory, archive = bundle_paths(out_dir, name, profile_name)
+    removed = []
+    if directory.is_dir() and not directory.is_symlink() and all(not p.is_dir() for p in directory.iterdir()):
+        shutil.rmtree(directory)
+        removed.append(directory)
+    if archive.is_file() or archive.is_symlink():
+        archive.unlink()
+        removed.append(archive)
+    return removed
+
+
+def write_bundle(
+    out_dir: str | Path,
+    *,
+    name: str,
+    profile: Profile,
+    tflite: bytes,
+    preprocess: PreprocessSpec,
+    labels: list[str],
+    golden_x: np.ndarray,
+    golden_y: np.ndarray,
+    version: str = "1.0.0",
+    metrics: Mapping[str, Any] | None = None,
+    fit: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> BundleInfo:
+    """Write ``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``.
+
+    ``golden_x`` are a few preprocessed float inputs (N, H, W, C) with labels ``golden_y``; they are
+    quantised and run through the model here so the device can prove it reproduces these outputs.
+    """
+    if not tflite[4:8] == b"TFL3":
+        raise BundleError(f"{name}: the model is not a TFLite flatbuffer (file identifier TFL3 missing).")
+    out_dir = Path(out_dir)
+    directory, archive_path = bundle_paths(out_dir, name, profile.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():  # a rebuild must not leave files the new manifest does not list
+        if stale.is_file():
+            stale.unlink()
+
+    rt = Runtime(tflite, num_threads=1, model_name=f"{name}/{MODEL_NAME}")
+    inputs, outputs = tensor_specs(rt)
+    golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
+    if len(labels) != int(np.prod(outputs[0]["shape"][1:])):
+        raise BundleError(f"{name}: {len(labels)} labels but the model has {outputs[0]['shape'][1:]} outputs.")
+
+    files: dict[str, bytes] = {MODEL_NAME: tflite}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **golden)
+    files[GOLDEN_NAME] = buf.getvalue()
+    files.update(extra_files or {})
+    for fname, data in files.items():
+        if "/" in fname or fname.startswith("."):
+            raise BundleError(f"{name}: bundle file name '{fname}' must be a plain file name.")
+        (directory / fname).write_bytes(data)
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "profile": profile.to_dict(),
+        "model": {"file": MODEL_NAME, "bytes": len(tflite), "sha256": sha256_bytes(tflite)},
+        "inputs": inputs,
+        "outputs": outputs,
+        "preprocess": preprocess.to_dict(),
+        "labels": list(labels),
+        "metrics": dict(metrics or {}),
+        "fit": dict(fit) if fit is not None else None,
+        "reference": dict(reference or {}),
+        "golden": {"file": GOLDEN_NAME, "samples": int(len(golden_y)), "tolerance": 1},
+        "files": {f: {"bytes": len(d), "sha256": sha256_bytes(d)} for f, d in sorted(files.items())},
+    }
+    manifest.update(extra_manifest or {})
+    (directory / MANIFEST_NAME).write_bytes(dump_manifest(manifest))
+    archive = write_archive(directory, archive_path)
+    return BundleInfo(directory=directory, archive=archive, manifest=manifest, model_bytes=len(tflite))

@@ -1,0 +1,345 @@
+"""Full-integer post-training quantisation, checked: lint, accuracy against float, and QAT when it is needed.
+
+The converter runs in a child process (:mod:`edgekit.pipeline._convert_worker`) because it can crash its process
+(facts note 4); a crash or a converter exception becomes a :class:`ConversionError` that says what to do.
+Calibration data always comes from the caller (never a default dataset), drawn with a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
+
+from edgekit.pipeline.data import Splits
+from edgekit.pipeline.lint import LintReport, lint_full_int8
+
+# The worker command; a list so tests can point it at a process that really crashes.
+WORKER_COMMAND: list[str] = [sys.executable, "-m", "edgekit.pipeline._convert_worker"]
+EXIT_CONVERTER_ERROR = 3
+DEFAULT_TIMEOUT_S = 900
+StageFn = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    """A converted model and what was measured on it. Accuracies are fractions in [0, 1].
+
+    ``kept`` says which int8 model ``tflite`` is: ``"ptq"`` (post-training quantisation) or ``"qat"``
+    (quantisation-aware training, run when PTQ lost more than the allowed accuracy).
+    """
+
+    tflite: bytes = field(repr=False)
+    float_tflite: bytes = field(repr=False)
+    lint: LintReport = field(repr=False)
+    input_dtype: str
+    output_dtype: str
+    representative_samples: int
+    seconds: float
+    float_accuracy: float | None = None
+    int8_accuracy: float | None = None
+    ptq_int8_accuracy: float | None = None
+    qat_int8_accuracy: float | None = None
+    qat_ran: bool = False
+    kept: str = "ptq"
+    eval_split: str = ""
+    eval_samples: int = 0
+
+    @property
+    def qat_used(self) -> bool:
+        """True when the kept model came from quantisation-aware training."""
+        return self.kept == "qat"
+
+    @property
+    def size_ratio(self) -> float:
+        """int8 bytes / float32 bytes of the same model (ideal: a little over 0.25)."""
+        return len(self.tflite) / len(self.float_tflite) if self.float_tflite else float("nan")
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Float minus kept int8 accuracy, in percentage points."""
+        if self.float_accuracy is None or self.int8_accuracy is None:
+            return None
+        return round(100.0 * (self.float_accuracy - self.int8_accuracy), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "int8_bytes": len(self.tflite),
+            "float_tflite_bytes": len(self.float_tflite),
+            "size_ratio": round(self.size_ratio, 4),
+            "input_dtype": self.input_dtype,
+            "output_dtype": self.output_dtype,
+            "representative_samples": self.representative_samples,
+            "float_accuracy": self.float_accuracy,
+            "int8_accuracy": self.int8_accuracy,
+            "ptq_int8_accuracy": self.ptq_int8_accuracy,
+            "qat_int8_accuracy": self.qat_int8_accuracy,
+            "accuracy_drop_points": self.accuracy_drop,
+            "qat_ran": self.qat_ran,
+            "kept": self.kept,
+            "eval_split": self.eval_split,
+            "eval_samples": self.eval_samples,
+            "seconds": round(self.seconds, 2),
+            "lint": self.lint.to_dict(),
+        }
+
+
+# --- the child process -----------------------------------------------------------------------------
+def _export(model: Any, workdir: Path, stem: str = "model") -> tuple[str, str]:
+    """Write ``model`` where the worker can load it with a batch of 1: (path, format)."""
+    from edgekit.pipeline import zoo
+
+    if isinstance(model, (str, Path)):
+        from edgekit.pipeline.train import load_model
+
+        model = load_model(model)
+    if zoo.is_tf_keras(model):
+        # tf_keras models (QAT, pruned) go as a SavedModel whose signature fixes the batch at 1; a
+        # SavedModel carries the fake-quant ops of a QAT model without any custom-object registry.
+        import tensorflow as tf
+
+        shape = [1, *[int(s) for s in model.inputs[0].shape[1:]]]
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(shape, tf.float32))
+        path = workdir / f"{stem}_savedmodel"
+        tf.saved_model.save(model, str(path), signatures=fn)
+        return str(path), "saved_model"
+    path = workdir / f"{stem}.keras"
+    zoo.with_fixed_batch(model, 1).save(path)
+    return str(path), "keras"
+
+
+def _crash_message(rc: int, stderr: str, what: str) -> str:
+    try:
+        sig = signal.Signals(-rc).name
+    except ValueError:
+        sig = f"signal {-rc}"
+    tail = "\n".join(stderr.strip().splitlines()[-5:])
+    return (
+        f"the TFLite converter crashed ({sig}) while converting {what}. This is a converter bug (known for "
+        "Keras 3 LSTM/GRU layers under quantisation): replace the layer (e.g. unroll it or use Conv1D), "
+        "or build the model with tf_keras and save it as .h5, then convert again."
+        + (f"\nlast converter output:\n{tail}" if tail else "")
+    )
+
+
+def run_worker(job: dict[str, Any], workdir: Path, *, what: str = "the model", timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Run one conversion job in a child process; raise :class:`ConversionError` on a failure or crash."""
+    job_path = workdir / "job.json"
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    env.pop("TF_USE_LEGACY_KERAS", None)  # the worker loads Keras 3 models with Keras 3
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONFAULTHANDLER"] = "1"  # a segfault prints the Python stack to stderr, quoted in the error
+    try:
+        proc = subprocess.run([*WORKER_COMMAND, str(job_path)], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(
+            f"the TFLite converter did not finish converting {what} within {timeout:.0f} s; "
+            "try a smaller model or fewer representative samples (--representative-samples)."
+        ) from None
+    if proc.returncode == 0:
+        return
+    if proc.returncode < 0:
+        raise ConversionError(_crash_message(proc.returncode, proc.stderr, what))
+    error_file = workdir / "error.txt"
+    if proc.returncode == EXIT_CONVERTER_ERROR and error_file.is_file():
+        first = error_file.read_text().strip().splitlines()[0][:600]
+        raise ConversionError(
+            f"the TFLite converter failed on {what}: {first}. Check that every layer has a TFLite builtin "
+            "equivalent (`edgekit inspect` lists a converted model's operators) and that the model loads with "
+            "keras.models.load_model."
+        )
+    tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+    raise ConversionError(f"the converter process for {what} exited with code {proc.returncode}:\n{tail}")
+
+
+def _representative(x: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4 or len(x) == 0:
+        raise DatasetError(
+            "full-integer conversion needs representative samples (N, H, W, C) from the training data to "
+            f"calibrate activation ranges; got shape {x.shape}. edgekit never calibrates on made-up data."
+        )
+    n = min(int(num_samples), len(x))
+    if n < 1:
+        raise DatasetError(f"num_samples must be at least 1, got {num_samples}.")
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return x[idx]
+
+
+def convert_int8(
+    model: Any,
+    representative_x: np.ndarray,
+    *,
+    input_dtype: str = "int8",
+    output_dtype: str = "int8",
+    num_samples: int = 200,
+    seed: int = 0,
+    strict: bool = True,
+    with_float: bool = True,
+    name: str = "model",
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> ConversionResult:
+    """Full-integer PTQ of a Keras model (Keras 3, tf_keras, or a model file path), plus a float32 conversion.
+
+    ``num_samples`` representative inputs are drawn from ``representative_x`` with ``seed``. The result
+    is linted; with ``strict`` (the default) float islands or wrong input/output dtypes raise
+    :class:`QuantizationError` naming the operators.
+    """
+    return convert_int8_many(
+        [model], representative_x, input_dtype=input_dtype, output_dtype=output_dtype, num_samples=num_samples,
+        seed=seed, strict=strict, with_float=with_float, names=[name], timeout=timeout,
+    )[0]
+
+
+def convert_int8_many(
+    models: Sequence[Any],
+    representative_x: np.ndarray,
+    *,
+    input_dtype: str = "int8",
+    output_dtype: str = "int8",
+    num_samples: int = 200,
+    seed: int = 0,
+    strict: bool = True,
+    with_float: bool = True,
+    names: Sequence[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> list[ConversionResult]:
+    """:func:`convert_int8` for several models in one child process (TensorFlow is imported once).
+
+    All models are calibrated on the same representative sample, so their results compare like with like
+    (e.g. before and after pruning).
+    """
+    if input_dtype not in ("int8", "uint8") or output_dtype not in ("int8", "uint8"):
+        raise ModelError(f"input/output dtype must be int8 or uint8, got {input_dtype}/{output_dtype}.")
+    names = list(names or [f"model {i + 1}" for i in range(len(models))])
+    start = time.perf_counter()
+    rep = _representative(representative_x, num_samples, seed)
+    outputs: list[tuple[bytes, bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
+        work = Path(tmp)
+        np.save(work / "representative.npy", rep)
+        tasks = []
+        for i, model in enumerate(models):
+            path, fmt = _export(model, work, stem=f"model{i}")
+            tasks.append({"kind": "int8", "model": path, "format": fmt, "input_dtype": input_dtype,
+                          "output_dtype": output_dtype, "out": str(work / f"int8_{i}.tflite")})
+            if with_float:
+                tasks.append({"kind": "float", "model": path, "format": fmt, "out": str(work / f"float_{i}.tflite")})
+        job = {"representative": str(work / "representative.npy"), "tasks": tasks}
+        run_worker(job, work, what=", ".join(names), timeout=timeout)
+        for i in range(len(models)):
+            outputs.append(((work / f"int8_{i}.tflite").read_bytes(),
+                            (work / f"float_{i}.tflite").read_bytes() if with_float else b""))
+    seconds = time.perf_counter() - start
+    results = []
+    for name, (tflite, float_tflite) in zip(names, outputs):
+        report = lint_full_int8(tflite, input_dtype=input_dtype, output_dtype=output_dtype, strict=strict, name=f"{name} (int8)")
+        results.append(ConversionResult(
+            tflite=tflite, float_tflite=float_tflite, lint=report, input_dtype=input_dtype, output_dtype=output_dtype,
+            representative_samples=int(len(rep)), seconds=seconds,
+        ))
+    return results
+
+
+def run_debugger(model: Any, representative_x: np.ndarray, *, num_samples: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows of TF's QuantizationDebugger layer statistics, computed in the converter's child process."""
+    rep = _representative(representative_x, num_samples, seed)
+    with tempfile.TemporaryDirectory(prefix="edgekit-debug-") as tmp:
+        work = Path(tmp)
+        model_path, fmt = _export(model, work)
+        np.save(work / "representative.npy", rep)
+        out = work / "layers.json"
+        job = {"representative": str(work / "representative.npy"),
+               "tasks": [{"kind": "debug", "model": model_path, "format": fmt, "input_dtype": "int8", "output_dtype": "int8", "out": str(out)}]}
+        run_worker(job, work, what="the model (quantisation debugger)")
+        return list(json.loads(out.read_text()))
+
+
+# --- quantisation-aware training ---------------------------------------------------------------------
+def quantization_aware_training(model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32) -> Any:
+    """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: facts notes 6 and 8)."""
+    from edgekit.pipeline import zoo
+
+    tfmot = zoo.import_tfmot()
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    base = zoo.to_tf_keras(model)
+    try:
+        qat = tfmot.quantization.keras.quantize_model(base)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ModelError(
+            f"model '{model.name}': quantisation-aware training does not support it ({exc}); tfmot cannot handle "
+            "e.g. Conv+ReLU followed by BatchNorm. Convert with --no-qat or change the layer order to Conv→BN→ReLU."
+        ) from None
+    qat.compile(tf_keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    qat.fit(splits.train.x, splits.train.y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return qat
+
+
+def convert_for_profile(
+    model: Any,
+    splits: Splits,
+    profile: Any,
+    *,
+    max_accuracy_drop: float = 1.0,
+    qat: bool = True,
+    force_qat: bool = False,
+    qat_epochs: int = 3,
+    num_samples: int = 200,
+    seed: int = 0,
+    name: str = "model",
+    on_stage: StageFn | None = None,
+) -> ConversionResult:
+    """Convert for a profile's input/output dtypes, measure float vs int8, and run QAT when PTQ loses too much.
+
+    Accuracy is measured on the validation split (the test split when there is none). QAT runs when
+    int8 is more than ``max_accuracy_drop`` points below float (or always with ``force_qat``); the better
+    int8 model is kept. The result records both figures and which was kept.
+    """
+    from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite
+
+    stage = on_stage or (lambda _msg: None)
+    in_dt, out_dt = str(profile.input_dtype), str(profile.output_dtype)
+    split_name, part = ("val", splits.val) if len(splits.val.y) else ("test", splits.test)
+    if len(part.y) == 0:
+        raise DatasetError("no validation or test samples to compare float and int8 accuracy; use a larger dataset.")
+    stage("post-training quantisation")
+    ptq = convert_int8(model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed, name=name)
+    stage("measuring float and int8 accuracy")
+    n_cls = len(splits.labels)
+    float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls).accuracy
+    ptq_acc = evaluate_tflite(ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
+    result = replace(
+        ptq, float_accuracy=float_acc, int8_accuracy=ptq_acc, ptq_int8_accuracy=ptq_acc,
+        eval_split=split_name, eval_samples=int(len(part.y)),
+    )
+    drop = 100.0 * (float_acc - ptq_acc)
+    if not (qat and (force_qat or drop > max_accuracy_drop)):
+        return result
+    stage(f"quantisation-aware training (int8 lost {drop:.2f} points)" if not force_qat else "quantisation-aware training")
+    start = time.perf_counter()
+    qat_model = quantization_aware_training(model, splits, epochs=qat_epochs, seed=seed)
+    stage("converting the quantisation-aware model")
+    qres = convert_int8(
+        qat_model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed,
+        with_float=False, name=f"{name} (QAT)",
+    )
+    qat_acc = evaluate_tflite(qres.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
+    seconds = result.seconds + (time.perf_counter() - start)
+    if qat_acc > ptq_acc:
+        return replace(result, tflite=qres.tflite, lint=qres.lint, int8_accuracy=qat_acc, qat_int8_accuracy=qat_acc,
+                       qat_ran=True, kept="qat", seconds=seconds)
+    return replace(result, qat_int8_accuracy=qat_acc, qat_ran=True, kept="ptq", seconds=seconds)

@@ -1,0 +1,378 @@
+"""Datasets: image folders (one subfolder per class), ``.npz`` arrays, the digits demo, and a seeded split.
+
+Images are turned into float tensors with the device's own :func:`edgekit_agent.infer.preprocess.image_to_float`,
+so the workstation measures accuracy on exactly the tensors a device would compute from the same files.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
+from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.infer.preprocess import image_to_float, open_image
+
+# What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
+# Pillow modes that carry no colour; anything else is checked pixel by pixel.
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Preprocessed samples: ``x`` (N, H, W, C) float32, ``y`` int64 class indices into ``labels``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: tuple[str, ...]
+    spec: PreprocessSpec
+    files: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(len(self.y))
+
+    def class_counts(self) -> dict[str, int]:
+        """Samples per class name."""
+        counts = np.bincount(self.y, minlength=len(self.labels))
+        return {label: int(n) for label, n in zip(self.labels, counts)}
+
+    def subset(self, index: np.ndarray) -> "Dataset":
+        """The samples at ``index`` (same labels and spec)."""
+        files = tuple(self.files[i] for i in index) if self.files else ()
+        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=())
+
+
+@dataclass(frozen=True, slots=True)
+class Splits:
+    """A train / validation / test split of one dataset."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.train.labels
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.train.spec
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """What :func:`write_digits` wrote."""
+
+    directory: Path
+    classes: int
+    samples: int
+    width: int
+    height: int
+
+
+def write_digits(out_dir: str | Path) -> DatasetSummary:
+    """Write scikit-learn's handwritten digits (1,797 real 8×8 scans) as ``OUT/0/…png`` … ``OUT/9/…png``.
+
+    Pixel values 0..16 are scaled to 0..255 (grey PNG). The data ships inside scikit-learn: nothing is
+    downloaded.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out = Path(out_dir)
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    try:
+        for label in range(10):
+            (out / str(label)).mkdir(parents=True, exist_ok=True)
+        for i, (img, label) in enumerate(zip(pixels, digits.target)):
+            Image.fromarray(img, mode="L").save(out / str(int(label)) / f"digit_{i:04d}.png")
+    except OSError as exc:
+        raise DatasetError(f"cannot write the digits dataset to {out}: {exc.strerror}; choose a writable directory.") from None
+    h, w = pixels.shape[1:]
+    return DatasetSummary(directory=out, classes=10, samples=int(len(pixels)), width=int(w), height=int(h))
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset directory; give a folder with one subfolder per class.")
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if len(dirs) < 2:
+        found = ", ".join(p.name for p in dirs) or "none"
+        raise DatasetError(
+            f"{root}: an image-folder dataset needs at least two class subfolders (found {len(dirs)}: {found}); "
+            "put each class's images in its own subfolder."
+        )
+    return dirs
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _is_grey(img) -> bool:  # noqa: ANN001 - a PIL image
+    if img.mode in _GREY_MODES:
+        return True
+    rgb = np.asarray(img.convert("RGB"))
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def infer_spec(files: list[Path], *, probe: int = 64) -> PreprocessSpec:
+    """A preprocessing spec from a sample of images: the most common size, grey unless any image has colour."""
+    sizes: Counter[tuple[int, int]] = Counter()
+    grey = True
+    step = max(1, len(files) // probe)
+    for path in files[::step]:
+        try:
+            img = open_image(path)
+        except InputError:
+            continue  # reported when the dataset is loaded
+        sizes[img.size] += 1
+        grey = grey and _is_grey(img)
+    if not sizes:
+        raise DatasetError("no readable image among the dataset's files; check the folder's contents.")
+    (width, height), _ = sizes.most_common(1)[0]
+    return PreprocessSpec(width=int(width), height=int(height), color_mode="L" if grey else "RGB")
+
+
+def folder_spec(path: str | Path, *, size: tuple[int, int] | None = None, color_mode: str | None = None) -> PreprocessSpec:
+    """The spec for an image folder: ``size`` (width, height) and ``color_mode`` ("L"/"RGB") when given, else inferred."""
+    if size is not None and color_mode is not None:
+        return PreprocessSpec(width=int(size[0]), height=int(size[1]), color_mode=color_mode)
+    inferred = infer_spec([f for d in _class_dirs(Path(path)) for f in _image_files(d)])
+    w, h = size or (inferred.width, inferred.height)
+    return PreprocessSpec(width=int(w), height=int(h), color_mode=color_mode or inferred.color_mode)
+
+
+def image_input(shape: Sequence[int | None], where: str) -> tuple[int | None, int | None, int]:
+    """(height, width, channels) of a model input of ``shape`` (batch, H, W, C), None for a size left open.
+
+    ``where`` names the model (file) in errors. Raises :class:`ModelError` for an input that is not an image:
+    not rank 4, or not 1 (grey) or 3 (RGB) channels.
+    """
+    dims = tuple(None if s is None or int(s) <= 0 else int(s) for s in shape)
+    if len(dims) != 4:
+        raise ModelError(
+            f"{where}: its input has shape {shape_text(dims)}, but edgekit feeds images: the model needs one input "
+            "of shape (batch, height, width, channels), e.g. keras.Input((8, 8, 1)); put a Reshape layer after it "
+            "if the model works on flat vectors."
+        )
+    _, h, w, c = dims
+    if c not in (1, 3):
+        raise ModelError(
+            f"{where}: its input has {c} channels (shape {shape_text(dims)}); edgekit feeds grey (1 channel) or "
+            "RGB (3 channels) images: give a model whose input shape ends in 1 or 3."
+        )
+    return h, w, c
+
+
+def spec_for_input(shape: Sequence[int | None], where: str, dataset: str | Path | None = None) -> PreprocessSpec:
+    """The preprocessing spec that turns images into what a model input of ``shape`` (batch, H, W, C) takes.
+
+    A height or width the model leaves open (None) is taken from the images of the ``dataset`` folder.
+    Raises :class:`ModelError` naming ``where`` (see :func:`image_input`).
+    """
+    h, w, c = image_input(shape, where)
+    mode = "L" if c == 1 else "RGB"
+    if h and w:
+        return PreprocessSpec(width=w, height=h, color_mode=mode)
+    if dataset is None or Path(dataset).suffix.lower() == ".npz":
+        raise ModelError(f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); give a model with a fixed height and width.")
+    return folder_spec(dataset, color_mode=mode)  # the images' most common size
+
+
+def shape_text(dims: Sequence[int | None]) -> str:
+    """``(None, 8, 8, 1)``: a shape as Python prints a tuple, None for an open dimension."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def peek(path: str | Path) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    """(height, width, channels) of the tensors a dataset gives by default, and its class names, without
+    loading every image (an image folder's spec comes from a sample, as in :func:`infer_spec`)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        ds = load_npz(p)
+        h, w, c = (int(d) for d in ds.x.shape[1:])
+        return (h, w, c), ds.labels
+    spec = folder_spec(p)
+    return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), tuple(d.name for d in _class_dirs(p))
+
+
+def _skip(path: Path, reason: str, strict: bool) -> None:
+    if strict:
+        raise DatasetError(f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it).")
+    # A warning (not a log line): callers and tests can catch it, and the CLI lists it on stderr.
+    warnings.warn(f"skipping {reason}", UserWarning, stacklevel=3)
+
+
+def load_image_folder(
+    path: str | Path,
+    spec: PreprocessSpec | None = None,
+    *,
+    strict: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> Dataset:
+    """Load ``path/CLASS/*.png|jpg|bmp…`` (class = subfolder name, sorted) into a :class:`Dataset`.
+
+    ``spec=None`` infers size and colour mode from the images. A corrupt image is skipped with a warning
+    naming it (a :class:`DatasetError` with ``strict``); fewer than two classes or a class without a
+    usable image is a :class:`DatasetError`.
+    """
+    root = Path(path)
+    dirs = _class_dirs(root)
+    per_class = [(d.name, _image_files(d)) for d in dirs]
+    empty = [name for name, files in per_class if not files]
+    if empty:
+        raise DatasetError(
+            f"{root}: class folder(s) {', '.join(empty)} contain no images ({', '.join(IMAGE_SUFFIXES)}); "
+            "add images or remove the folder."
+        )
+    all_files = [f for _, files in per_class for f in files]
+    spec = spec or infer_spec(all_files)
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    kept: list[str] = []
+    skipped: list[str] = []
+    total, done = len(all_files), 0
+    for label, (name, files) in enumerate(per_class):
+        for f in files:
+            try:
+                xs.append(image_to_float(open_image(f), spec))
+            except InputError as exc:
+                _skip(f, str(exc) if str(f) in str(exc) else f"{f}: {exc}", strict)
+                skipped.append(str(f))
+            else:
+                ys.append(label)
+                kept.append(str(f))
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+    counts = np.bincount(np.asarray(ys, dtype=np.int64), minlength=len(per_class))
+    unusable = [name for (name, _), n in zip(per_class, counts) if n == 0]
+    if unusable:
+        raise DatasetError(f"{root}: no readable image left in class folder(s) {', '.join(unusable)}; fix the images.")
+    return Dataset(
+        x=np.stack(xs).astype(np.float32),
+        y=np.asarray(ys, dtype=np.int64),
+        labels=tuple(name for name, _ in per_class),
+        spec=spec,
+        files=tuple(kept),
+        skipped=tuple(skipped),
+    )
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Arrays ``x`` (N, H, W[, C]) and ``y`` (N,) and optionally ``labels``; uint8 ``x`` is scaled by 1/255.
+
+    Float ``x`` is taken as already preprocessed (the spec records scale 1, so a device must feed the same
+    floats) and must be finite; uint8 ``x`` gets the default spec (pixels / 255), like an image folder. Any
+    other dtype (uint16, int64, bool…) is a :class:`DatasetError`, as are duplicate names in ``labels``.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file.") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({exc}); save arrays with numpy.savez.") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise DatasetError(f"{path}: needs arrays named 'x' and 'y' (found {sorted(arrays)}).")
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim != 1:
+        raise DatasetError(f"{path}: x must be (N, H, W[, 1|3]) and y (N,) with the same N; got {x.shape} and {y.shape}.")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{path}: y must hold integer class indices, got {y.dtype}.")
+    mode = "L" if x.shape[-1] == 1 else "RGB"
+    if x.dtype == np.uint8:
+        spec = PreprocessSpec(width=int(x.shape[2]), height=int(x.shape[1]), color_mode=mode)
+        x = x.astype(np.float32) * np.float32(spec.scale)
+    elif np.issubdtype(x.dtype, np.floating):
+        spec = PreprocessSpec(width=int(x.shape[2]), height=int(x.shape[1]), color_mode=mode, scale=1.0)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf here, caught next
+            x = x.astype(np.float32)
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise DatasetError(
+                f"{path}: x holds NaN or infinite values in {len(bad)} sample(s) (first: index {int(bad[0])}); "
+                "a model cannot be trained, calibrated or measured on them: fix or drop those samples."
+            )
+    else:
+        raise DatasetError(
+            f"{path}: x is {x.dtype}; edgekit takes uint8 pixels (0..255, scaled by 1/255 like image files) or "
+            "float x that is already preprocessed. Convert it first, e.g. x.astype('uint8') for 8-bit pixels or "
+            "(x / 65535).astype('float32') for 16-bit ones."
+        )
+    n_classes = int(y.max()) + 1 if len(y) else 0
+    labels = tuple(str(v) for v in arrays["labels"]) if "labels" in arrays else tuple(str(i) for i in range(n_classes))
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    if dupes:
+        raise DatasetError(
+            f"{path}: 'labels' names {', '.join(repr(d) for d in dupes)} more than once; class names must be unique: "
+            "give each class index its own name (or merge those classes' samples under one index)."
+        )
+    if len(labels) < 2 or (len(y) and int(y.min()) < 0) or n_classes > len(labels):
+        raise DatasetError(f"{path}: need at least two classes with y in 0..{len(labels) - 1}.")
+    counts = np.bincount(y.astype(np.int64), minlength=len(labels))
+    empty = [labels[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DatasetError(f"{path}: class(es) {', '.join(empty)} have no samples; remove them from 'labels'.")
+    return Dataset(x=x, y=y.astype(np.int64), labels=labels, spec=spec)
+
+
+def load_dataset(path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None) -> Dataset:
+    """An image folder or an ``.npz`` file, by what ``path`` is."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        return load_npz(p)
+    if p.is_dir():
+        return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
+    if not p.exists():
+        raise DatasetError(f"{p}: no such dataset; give an image folder (one subfolder per class) or an .npz file.")
+    raise DatasetError(f"{p}: not a dataset; give an image folder (one subfolder per class) or an .npz file.")
+
+
+def class_rng(seed: int, label: str) -> np.random.Generator:
+    """The random stream that shuffles class ``label``: seeded from ``seed`` and a stable hash (CRC-32) of the
+    class name, so a class's shuffle depends only on its own files and the seed, never on the other classes."""
+    if seed < 0:
+        raise UsageError(f"the split seed must be a non-negative integer, got {seed}.")
+    return np.random.default_rng([int(seed), zlib.crc32(label.encode("utf-8"))])
+
+
+def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Splits:
+    """A deterministic, stratified split: each class is shuffled and cut in the same proportions.
+
+    Each class has its own random stream (:func:`class_rng`: the seed and the class name), so a class is
+    split the same way whichever other classes the dataset holds: evaluating a bundle on a folder with only
+    some of its classes tests on exactly the images the build held out. Every class with at least three
+    samples gets at least one validation and one test sample, so small classes are still measured.
+    """
+    if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
+        raise DatasetError(f"split fractions val={val} and test={test} must be in [0, 1) and sum to less than 1.")
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for cls, label in enumerate(ds.labels):
+        idx = np.flatnonzero(ds.y == cls)
+        idx = idx[class_rng(seed, label).permutation(len(idx))]
+        n = len(idx)
+        n_test = int(round(n * test))
+        n_val = int(round(n * val))
+        if n >= 3:  # keep each class visible in every part
+            n_test, n_val = max(n_test, 1 if test > 0 else 0), max(n_val, 1 if val > 0 else 0)
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test : n_test + n_val])
+        parts["train"].append(idx[n_test + n_val :])
+    chosen = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    return Splits(train=ds.subset(chosen["train"]), val=ds.subset(chosen["val"]), test=ds.subset(chosen["test"]))

@@ -1,0 +1,224 @@
+"""Accuracy of the float Keras model and of the int8 TFLite model, side by side.
+
+The int8 side runs through :class:`edgekit_agent.infer.runtime.Runtime` and :mod:`edgekit_agent.infer.preprocess`
+(quantise the float input with the model's own scale and zero point, invoke one sample at a time, argmax),
+i.e. the code a device runs, so the figure is the device's figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekit_agent.contract.errors import DatasetError, ModelError
+from edgekit_agent.contract.manifest import TensorSpec
+from edgekit_agent.infer.preprocess import dequantize, quantize
+from edgekit_agent.infer.runtime import Runtime
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """Accuracy (fraction in [0, 1]) on ``samples`` inputs, the confusion matrix (rows: true class) and predictions."""
+
+    accuracy: float
+    samples: int
+    confusion: list[list[int]] = field(repr=False)
+    predictions: np.ndarray = field(repr=False)
+
+    @property
+    def correct(self) -> int:
+        return int(sum(self.confusion[i][i] for i in range(len(self.confusion))))
+
+    def per_class_accuracy(self) -> list[float | None]:
+        """Recall per true class (None for a class with no samples)."""
+        return [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(self.confusion)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "samples": self.samples, "correct": self.correct, "confusion": self.confusion}
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonReport:
+    """Float against int8 on the same samples; ``drop_points`` = (float - int8) × 100."""
+
+    float_result: EvalResult | None
+    int8_result: EvalResult
+    int8_bytes: int
+    float_bytes: int | None = None  # the Keras file or float .tflite, when known
+
+    @property
+    def float_accuracy(self) -> float | None:
+        return self.float_result.accuracy if self.float_result else None
+
+    @property
+    def int8_accuracy(self) -> float:
+        return self.int8_result.accuracy
+
+    @property
+    def drop_points(self) -> float | None:
+        if self.float_result is None:
+            return None
+        return round(100.0 * (self.float_result.accuracy - self.int8_result.accuracy), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "accuracy": self.int8_accuracy,
+            "samples": self.int8_result.samples,
+            "int8_accuracy": self.int8_accuracy,
+            "confusion": self.int8_result.confusion,
+            "int8_bytes": self.int8_bytes,
+        }
+        if self.float_result is not None:
+            d.update(float_accuracy=self.float_accuracy, drop_points=self.drop_points, float_confusion=self.float_result.confusion)
+        if self.float_bytes is not None:
+            d["float_bytes"] = self.float_bytes
+        return d
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Counts with rows = true class and columns = predicted class."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return m.tolist()
+
+
+def _result(y: np.ndarray, pred: np.ndarray, num_classes: int) -> EvalResult:
+    y = np.asarray(y, dtype=np.int64)
+    acc = float(np.mean(pred == y)) if len(y) else float("nan")
+    return EvalResult(accuracy=acc, samples=int(len(y)), confusion=confusion_matrix(y, pred, num_classes), predictions=pred)
+
+
+def _check(x: np.ndarray, y: np.ndarray) -> None:
+    if len(x) != len(y):
+        raise DatasetError(f"{len(x)} inputs but {len(y)} labels.")
+    if len(y) == 0:
+        raise DatasetError("no samples to evaluate on; use a larger dataset or --split all.")
+
+
+def _tensor_spec(details: dict[str, Any]) -> TensorSpec:
+    scale, zero = details["quantization"]
+    return TensorSpec(
+        name=str(details["name"]), shape=tuple(int(s) for s in details["shape"]),
+        dtype=np.dtype(details["dtype"]).name, scale=float(scale), zero_point=int(zero),
+    )
+
+
+def predict_tflite(
+    tflite_or_path: bytes | str | Path,
+    x: np.ndarray,
+    *,
+    num_threads: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time."""
+    name = "<bytes>" if isinstance(tflite_or_path, bytes) else str(tflite_or_path)
+    rt = Runtime(tflite_or_path if isinstance(tflite_or_path, bytes) else Path(tflite_or_path), num_threads=num_threads, model_name=name)
+    try:
+        interp = rt.interpreter
+        tin = _tensor_spec(interp.get_input_details()[0])
+        tout = _tensor_spec(interp.get_output_details()[0])
+        if tuple(x.shape[1:]) != tin.shape[1:]:
+            raise ModelError(f"{name}: the model wants inputs of shape {tin.shape[1:]}, the data is {tuple(x.shape[1:])}; "
+                             "load the dataset with the model's preprocessing (image size, colour mode).")
+        out = np.empty((len(x), int(np.prod(tout.shape[1:]))), dtype=np.float32)
+        for i in range(len(x)):
+            q = quantize(x[i], tin)[None, ...]
+            out[i] = dequantize(rt.invoke(q), tout).reshape(-1)
+            if on_progress is not None:
+                on_progress(i + 1, len(x))
+        return out
+    finally:
+        rt.close()
+
+
+def evaluate_tflite(
+    tflite_or_path: bytes | str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_threads: int | None = None,
+    num_classes: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> EvalResult:
+    """Accuracy of a (quantised) TFLite model through the device's runtime and preprocessing code."""
+    _check(x, y)
+    out = predict_tflite(tflite_or_path, x, num_threads=num_threads, on_progress=on_progress)
+    return _result(y, np.argmax(out, axis=-1), num_classes or out.shape[1])
+
+
+def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int | None = None) -> EvalResult:
+    """Accuracy of a Keras model (Keras 3 or tf_keras, any batch size) on float inputs."""
+    _check(x, y)
+    from edgekit.pipeline.zoo import with_fixed_batch
+
+    fixed_batch = model.inputs[0].shape[0]
+    if fixed_batch:  # a batch-1 export model: predict with a free-batch twin (same weights), or sample by sample
+        try:
+            model = with_fixed_batch(model, None)
+        except ModelError:
+            probs = np.concatenate([np.asarray(model(x[i : i + fixed_batch], training=False)) for i in range(0, len(x), fixed_batch)])
+            return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
+    probs = np.asarray(model.predict(x, batch_size=256, verbose=0))
+    return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
+
+
+def compare(
+    tflite_or_path: bytes | str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    model: Any | None = None,
+    num_threads: int | None = None,
+    num_classes: int | None = None,
+    float_bytes: int | None = None,
+    on_progress: ProgressFn | None = None,
+) -> ComparisonReport:
+    """Int8 accuracy of the TFLite model and, when ``model`` is given, float accuracy of the Keras model."""
+    int8 = evaluate_tflite(tflite_or_path, x, y, num_threads=num_threads, num_classes=num_classes, on_progress=on_progress)
+    flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
+    size = len(tflite_or_path) if isinstance(tflite_or_path, bytes) else Path(tflite_or_path).stat().st_size
+    return ComparisonReport(float_result=flt, int8_result=int8, int8_bytes=size, float_bytes=float_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerError:
+    """Quantisation error of one layer's output (TF QuantizationDebugger), ``rmse_over_scale`` ranks them."""
+
+    op: str
+    tensor: str
+    rmse_over_scale: float
+    mean_error: float
+    max_abs_error: float
+    scale: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "tensor": self.tensor, "rmse_over_scale": self.rmse_over_scale,
+                "mean_error": self.mean_error, "max_abs_error": self.max_abs_error, "scale": self.scale}
+
+
+def per_layer_errors(model: Any, representative_x: np.ndarray, top: int = 10, *, num_samples: int = 100, seed: int = 0) -> list[LayerError]:
+    """The ``top`` layers with the largest quantisation error (RMSE in units of the layer's output scale).
+
+    A value near 0.3 is plain rounding noise (uniform error of one step has RMSE 1/√12 ≈ 0.29); much more
+    points at a layer whose range int8 cannot hold well. Runs TF's QuantizationDebugger in the converter's
+    subprocess (it invokes the converter).
+    """
+    from edgekit.pipeline.convert import run_debugger
+
+    rows: Sequence[dict[str, Any]] = run_debugger(model, representative_x, num_samples=num_samples, seed=seed)
+    errors = []
+    for r in rows:
+        scale = float(r.get("scale") or 0.0)
+        mse = float(r.get("mean_squared_error") or 0.0)
+        errors.append(LayerError(
+            op=str(r.get("op", "")), tensor=str(r.get("tensor", "")),
+            rmse_over_scale=float(np.sqrt(mse) / scale) if scale else float("nan"),
+            mean_error=float(r.get("mean_error") or 0.0), max_abs_error=float(r.get("max_abs_error") or 0.0), scale=scale,
+        ))
+    errors.sort(key=lambda e: -np.nan_to_num(e.rmse_over_scale, nan=-1.0))
+    return errors[:top]
