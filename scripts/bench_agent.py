@@ -75,8 +75,8 @@ def child_pair(bundle_dir: str, threads: int, seconds: float, blocks: int) -> di
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgekit_agent.infer.benchmark import random_input, run_benchmark
     from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.infer.benchmark import random_input, run_benchmark
 
     bundle = load_bundle(bundle_dir)
     rt = bundle.open_runtime(num_threads=threads)
@@ -87,7 +87,11 @@ def child_pair(bundle_dir: str, threads: int, seconds: float, blocks: int) -> di
     per_block = max(0.02, seconds / blocks)
     agent, bare = [], []
     for _ in range(blocks):
-        agent.append(run_benchmark(rt, warmup_runs=2, num_runs=5, min_seconds=per_block, input=x, include_system=False).steady.p50_ms)
+        agent.append(
+            run_benchmark(
+                rt, warmup_runs=2, num_runs=5, min_seconds=per_block, input=x, include_system=False
+            ).steady.p50_ms
+        )
         for _ in range(2):
             interp.invoke()
         samples = []
@@ -151,10 +155,12 @@ def build_bundles(out: Path) -> dict[str, Path]:
         return found
     print("building bundles (TensorFlow: takes a minute the first time)…", file=sys.stderr)
     import numpy as np
+
     from edgekit.package.writer import write_bundle
-    from edgekit.profiles import load_profile
     from edgekit.pipeline.zoo import build_model
+    from edgekit.profiles import load_profile
     from edgekit_agent.contract.manifest import PreprocessSpec
+
     from fit_models import int8_tflite
     from fixtures_models import build_digits_bundle
 
@@ -189,7 +195,18 @@ def run_json(cmd: list[str]) -> dict:
 
 
 def agent_bench(python: Path, bundle: Path, threads: int, seconds: float, *extra: str) -> dict:
-    cmd = ["bench", str(bundle), "--json", "--threads", str(threads), "--runs", "10", "--min-seconds", str(seconds), *extra]
+    cmd = [
+        "bench",
+        str(bundle),
+        "--json",
+        "--threads",
+        str(threads),
+        "--runs",
+        "10",
+        "--min-seconds",
+        str(seconds),
+        *extra,
+    ]
     return run_json([str(python), "-m", "edgekit_agent.cli", *cmd])
 
 
@@ -200,7 +217,9 @@ def compare_bench_with_bare(bundle: Path, threads: int, seconds: float, rounds: 
         bare.append(run_json([str(MAIN_PY), __file__, "_bare", str(bundle), str(threads), str(seconds), "5"]))
     a, b = statistics.median(r["p50_ms"] for r in agent), statistics.median(r["p50_ms"] for r in bare)
     amin, bmin = min(r["min_ms"] for r in agent), min(r["min_ms"] for r in bare)
-    pair = run_json([str(MAIN_PY), __file__, "_pair", str(bundle), str(threads), str(seconds * rounds), str(10 * rounds)])
+    pair = run_json(
+        [str(MAIN_PY), __file__, "_pair", str(bundle), str(threads), str(seconds * rounds), str(10 * rounds)]
+    )
     return {
         "same_process_agent_p50_ms": pair["agent_p50_ms"],
         "same_process_bare_p50_ms": pair["bare_p50_ms"],
@@ -225,7 +244,12 @@ def cold_start(bundle: Path, rounds: int, work: Path) -> dict:
     for i in range(rounds):
         inside.append(run_json([str(MAIN_PY), __file__, "_cold", str(archive), str(work / f"cold-{i}")]))
         t0 = time.perf_counter()
-        subprocess.run([str(MAIN_PY), "-m", "edgekit_agent.cli", "verify", str(archive)], capture_output=True, check=True, timeout=300)
+        subprocess.run(
+            [str(MAIN_PY), "-m", "edgekit_agent.cli", "verify", str(archive)],
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
         walls.append((time.perf_counter() - t0) * 1000)
     phases = {k: statistics.median(r["phases_ms"][k] for r in inside) for k in inside[0]["phases_ms"]}
     return {
@@ -246,7 +270,9 @@ def runtimes(bundle: Path, threads: int, seconds: float, rounds: int) -> dict:
         rows["tflite_runtime 2.14"] = []
     for _ in range(rounds):
         rows["litert+xnnpack"].append(agent_bench(MAIN_PY, bundle, threads, seconds)["steady"]["p50_ms"])
-        rows["litert builtin"].append(agent_bench(MAIN_PY, bundle, threads, seconds, "--no-xnnpack")["steady"]["p50_ms"])
+        rows["litert builtin"].append(
+            agent_bench(MAIN_PY, bundle, threads, seconds, "--no-xnnpack")["steady"]["p50_ms"]
+        )
         if LEGACY_PY.exists():
             rows["tflite_runtime 2.14"].append(agent_bench(LEGACY_PY, bundle, threads, seconds)["steady"]["p50_ms"])
     med = {k: statistics.median(v) for k, v in rows.items()}
@@ -289,7 +315,9 @@ def main() -> int:
             figures["runtimes"][name] = runtimes(bundle, args.threads, args.seconds, args.rounds)
 
     print(f"\nmedians of {args.rounds} alternating rounds, {args.threads} thread(s), {figures['machine']['hardware']}")
-    print("\n| model | `edgekit-agent bench` p50 | bare loop p50 | ratio | min: agent / bare | ratio | same process: agent / bare p50 | ratio |")
+    print(
+        "\n| model | `edgekit-agent bench` p50 | bare loop p50 | ratio | min: agent / bare | ratio | same process: agent / bare p50 | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, r in figures["bench_vs_bare"].items():
         print(
@@ -297,7 +325,9 @@ def main() -> int:
             f"{r['agent_min_ms']:.4g} / {r['bare_min_ms']:.4g} ms | {r['ratio_min']:.3f} | "
             f"{r['same_process_agent_p50_ms']:.4g} / {r['same_process_bare_p50_ms']:.4g} ms | {r['same_process_ratio']:.3f} |"
         )
-    print("\n| model | import | verify+extract | open interpreter | self-test | next inference | script total | `verify` process | RSS / peak |")
+    print(
+        "\n| model | import | verify+extract | open interpreter | self-test | next inference | script total | `verify` process | RSS / peak |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, c in figures["cold_start"].items():
         ph = c["phases_ms"]
@@ -309,7 +339,11 @@ def main() -> int:
     names = list(next(iter(figures["runtimes"].values())))
     print("\n| model | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for name, r in figures["runtimes"].items():
-        print(f"| {name} | " + " | ".join(f"{r[k]['p50_ms']:.4g} ms ({r[k]['vs_litert_xnnpack']:.2f}×)" for k in names) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{r[k]['p50_ms']:.4g} ms ({r[k]['vs_litert_xnnpack']:.2f}×)" for k in names)
+            + " |"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

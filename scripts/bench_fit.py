@@ -69,9 +69,9 @@ def _clear_caches() -> None:
 
 def bench(name: str, tflite: bytes, repeats: int) -> dict:
     from edgekit.fit.check import check_fit
-    from edgekit.profiles import load_all_profiles
     from edgekit.fit.tflite_graph import read_graph
     from edgekit.fit.tflm import measure_arena
+    from edgekit.profiles import load_all_profiles
     from edgekit_agent.contract.errors import ModelError
 
     profiles = load_all_profiles()
@@ -99,20 +99,35 @@ def bench(name: str, tflite: bytes, repeats: int) -> dict:
         mem = r.row("arena") if r.target == "mcu" else r.row("ram")
         flash = r.row("flash") if r.target == "mcu" else r.row("storage")
         ops_row = r.row("edgetpu") if r.edgetpu is not None else r.row("ops")
-        ops = ops_row.measured if r.edgetpu is not None else (
-            "ok" if str(ops_row.verdict) != "fail" else ops_row.detail.split(": ", 1)[-1].rstrip("."))
+        ops = (
+            ops_row.measured
+            if r.edgetpu is not None
+            else ("ok" if str(ops_row.verdict) != "fail" else ops_row.detail.split(": ", 1)[-1].rstrip("."))
+        )
         failed = [x.check for x in r.failures()]
-        rows.append({
-            "profile": r.profile, "target": r.target, "arena_or_ram": mem.measured, "ram_budget": mem.budget,
-            "flash": flash.measured, "flash_budget": flash.budget, "ops": str(ops),
-            "verdict": "fits" if r.fits else "does not fit (" + ", ".join(failed) + ")",
-        })
+        rows.append(
+            {
+                "profile": r.profile,
+                "target": r.target,
+                "arena_or_ram": mem.measured,
+                "ram_budget": mem.budget,
+                "flash": flash.measured,
+                "flash_budget": flash.budget,
+                "ops": str(ops),
+                "verdict": "fits" if r.fits else "does not fit (" + ", ".join(failed) + ")",
+            }
+        )
     return {
-        "model": name, "model_bytes": len(tflite), "ops": list(graph.op_names()), "operators": len(graph.operators),
-        "tflm_arena_bytes": arena, "tflm_error": crash,
+        "model": name,
+        "model_bytes": len(tflite),
+        "ops": list(graph.op_names()),
+        "operators": len(graph.operators),
+        "tflm_arena_bytes": arena,
+        "tflm_error": crash,
         "naive_activation_bytes": graph.activation_bytes(),
         "naive_to_arena_ratio": round(graph.activation_bytes() / arena, 2) if arena else None,
-        "profiles": len(profiles), "repeats": repeats,
+        "profiles": len(profiles),
+        "repeats": repeats,
         "check_all_cold_s_median": round(statistics.median(cold), 3),
         "check_all_warm_s_median": round(statistics.median(warm), 4),
         "arena_search_s_median": round(statistics.median(search), 3),

@@ -23,8 +23,37 @@ import sys
 import time
 import uuid
 
-LE = [0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0,
-      100.0, 150.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0]  # the agent's fleet-wide grid  # fmt: skip
+LE = [
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    50.0,
+    75.0,
+    100.0,
+    150.0,
+    200.0,
+    300.0,
+    500.0,
+    750.0,
+    1000.0,
+    2000.0,
+    5000.0,
+]  # the agent's fleet-wide grid
 
 
 def rss_mb() -> float:
@@ -41,20 +70,42 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
     n = 100
     lat = rng.gamma(2.0, 1.2, size=n)
     cum = [int(c) for c in np.searchsorted(np.sort(lat), LE, side="right")] + [n]
-    series = {"count": n, "sum": float(lat.sum()), "min": float(lat.min()), "max": float(lat.max()), "p50": float(np.median(lat)),
-              "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99)), "percentiles": "exact", "le": LE + ["+Inf"], "cum": cum}
+    series = {
+        "count": n,
+        "sum": float(lat.sum()),
+        "min": float(lat.min()),
+        "max": float(lat.max()),
+        "p50": float(np.median(lat)),
+        "p90": float(np.percentile(lat, 90)),
+        "p99": float(np.percentile(lat, 99)),
+        "percentiles": "exact",
+        "le": LE + ["+Inf"],
+        "cum": cum,
+    }
     now = int(time.time() * 1000)
     doc = {
-        "schema": "edge.telemetry.inference/1", "device_id": device, "boot_id": epoch, "epoch": epoch, "seq": seq, "ts": now,
-        "agent_version": "bench", "window": {"start": now - 10_000, "end": now, "duration_s": 10.0},
+        "schema": "edge.telemetry.inference/1",
+        "device_id": device,
+        "boot_id": epoch,
+        "epoch": epoch,
+        "seq": seq,
+        "ts": now,
+        "agent_version": "bench",
+        "window": {"start": now - 10_000, "end": now, "duration_s": 10.0},
         "bundle": {"name": "digits", "version": "1", "sha256": "0" * 64, "profile": "raspberry-pi-4"},
         "runtime": {"engine": "litert", "version": "2.3", "delegate": "xnnpack", "num_threads": 2},
-        "counts": {"requests": n, "ok": n, "errors": {}, "dropped": 0}, "throughput_ips": 10.0,
+        "counts": {"requests": n, "ok": n, "errors": {}, "dropped": 0},
+        "throughput_ips": 10.0,
         "latency_ms": {"total": series, "preprocess": series, "invoke": series},
         "accuracy": {"labeled": n, "correct": n - 3, "per_class": {}},
-        "predictions": {"class_counts": {str(i): 10 for i in range(10)}, "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [n]}},
-        "drift": {}, "system": {"cpu_temp_c": 50.0, "rss_mb": 60.0, "load1": 0.5}, "outbox": {"depth": 0, "dropped": 0},
-    }  # fmt: skip
+        "predictions": {
+            "class_counts": {str(i): 10 for i in range(10)},
+            "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [n]},
+        },
+        "drift": {},
+        "system": {"cpu_temp_c": 50.0, "rss_mb": 60.0, "load1": 0.5},
+        "outbox": {"depth": 0, "dropped": 0},
+    }
     return json.dumps(doc).encode()
 
 
@@ -93,9 +144,16 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
         applied = exp.processed()
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    result = {"role": role, "applied": applied, "seconds": elapsed, "rate": applied / elapsed, "cpu_rate": applied / cpu,
-              "devices": len(state.devices),
-              "rss_before_mb": base_rss, "rss_after_mb": rss_mb()}
+    result = {
+        "role": role,
+        "applied": applied,
+        "seconds": elapsed,
+        "rate": applied / elapsed,
+        "cpu_rate": applied / cpu,
+        "devices": len(state.devices),
+        "rss_before_mb": base_rss,
+        "rss_after_mb": rss_mb(),
+    }
     if role == "exporter":
         from prometheus_client import generate_latest
 
@@ -120,8 +178,13 @@ def publish_all(url: str, devices: int, n: int) -> float:
 
     rng = np.random.default_rng(0)
     epochs = [uuid.uuid4().hex for _ in range(devices)]
-    payloads = [(f"edge/v1/dev-{i % devices:04d}/telemetry/inference", telemetry(f"dev-{i % devices:04d}", epochs[i % devices], i // devices + 1, rng))
-                for i in range(n)]  # fmt: skip
+    payloads = [
+        (
+            f"edge/v1/dev-{i % devices:04d}/telemetry/inference",
+            telemetry(f"dev-{i % devices:04d}", epochs[i % devices], i // devices + 1, rng),
+        )
+        for i in range(n)
+    ]
     host, port = url.removeprefix("mqtt://").split(":")
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -158,8 +221,23 @@ def main() -> None:
         for rep in range(a.repeat):
             for role in results:
                 cid = f"bench-{role}-{rep}"
-                proc = subprocess.Popen([sys.executable, __file__, "--child", role, "--broker", broker.url, "--messages", str(a.messages), "--client-id", cid],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        role,
+                        "--broker",
+                        broker.url,
+                        "--messages",
+                        str(a.messages),
+                        "--client-id",
+                        cid,
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 try:
                     assert proc.stdout.readline().strip() == "parked"
                     size, pub_rate = publish_all(broker.url, a.devices, a.messages)
@@ -170,18 +248,38 @@ def main() -> None:
                     proc.wait(60)
                 res.update(payload_bytes=size, publish_rate=pub_rate)
                 results[role].append(res)
-                print(f"{role:8s} run {rep + 1}: {res['applied']}/{a.messages} msgs in {res['seconds']:.2f} s = {res['rate']:,.0f} msg/s "
-                      f"({res['cpu_rate']:,.0f} per CPU-second); "
-                      f"{res['devices']} devices; RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB"
-                      + (f"; /metrics {res['scrape_ms']:.0f} ms, {res['scrape_bytes'] / 1e6:.1f} MB" if "scrape_ms" in res else ""), flush=True)  # fmt: skip
-    print(f"\n{a.messages} telemetry records (~{results['watch'][0]['payload_bytes'] / 1024:.1f} KiB each) from {a.devices} devices, "
-          f"mosquitto on loopback, {os.cpu_count()} CPUs; medians of {a.repeat} runs:")
-    med = {r: {k: statistics.median(x[k] for x in v) for k in ("rate", "cpu_rate", "rss_before_mb", "rss_after_mb")} for r, v in results.items()}
-    print(f"  load average during the runs: {os.getloadavg()[0]:.1f} (other work on the machine slows wall-clock rates; CPU-second rates less so)")
+                print(
+                    f"{role:8s} run {rep + 1}: {res['applied']}/{a.messages} msgs in {res['seconds']:.2f} s = {res['rate']:,.0f} msg/s "
+                    f"({res['cpu_rate']:,.0f} per CPU-second); "
+                    f"{res['devices']} devices; RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB"
+                    + (
+                        f"; /metrics {res['scrape_ms']:.0f} ms, {res['scrape_bytes'] / 1e6:.1f} MB"
+                        if "scrape_ms" in res
+                        else ""
+                    ),
+                    flush=True,
+                )
+    print(
+        f"\n{a.messages} telemetry records (~{results['watch'][0]['payload_bytes'] / 1024:.1f} KiB each) from {a.devices} devices, "
+        f"mosquitto on loopback, {os.cpu_count()} CPUs; medians of {a.repeat} runs:"
+    )
+    med = {
+        r: {k: statistics.median(x[k] for x in v) for k in ("rate", "cpu_rate", "rss_before_mb", "rss_after_mb")}
+        for r, v in results.items()
+    }
+    print(
+        f"  load average during the runs: {os.getloadavg()[0]:.1f} (other work on the machine slows wall-clock rates; CPU-second rates less so)"
+    )
     for role, m in med.items():
-        extra = f", /metrics render {statistics.median(x['scrape_ms'] for x in results[role]):.0f} ms" if role == "exporter" else ""
-        print(f"  {role:8s} {m['rate']:>8,.0f} msg/s ({m['cpu_rate']:,.0f} per CPU-second)   RSS {m['rss_before_mb']:.0f} MB idle -> {m['rss_after_mb']:.0f} MB with {a.devices} devices"
-              f" (+{m['rss_after_mb'] - m['rss_before_mb']:.0f} MB){extra}")
+        extra = (
+            f", /metrics render {statistics.median(x['scrape_ms'] for x in results[role]):.0f} ms"
+            if role == "exporter"
+            else ""
+        )
+        print(
+            f"  {role:8s} {m['rate']:>8,.0f} msg/s ({m['cpu_rate']:,.0f} per CPU-second)   RSS {m['rss_before_mb']:.0f} MB idle -> {m['rss_after_mb']:.0f} MB with {a.devices} devices"
+            f" (+{m['rss_after_mb'] - m['rss_before_mb']:.0f} MB){extra}"
+        )
     print(f"  ratio exporter/watch throughput: {med['exporter']['rate'] / med['watch']['rate']:.2f}")
 
 

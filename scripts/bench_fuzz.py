@@ -38,8 +38,11 @@ def run_suite(path: str, scale: float) -> dict[str, float]:
     t = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-show-statistics", path],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     out = proc.stdout
     passing = failing = invalid = 0
     for p, f, i in CASES.findall(out):
@@ -66,14 +69,19 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     rows = {name: run_suite(path, a.scale) for name, path in SUITES.items()}
-    total = {k: sum(r[k] for r in rows.values()) for k in ("generated", "discarded", "fixed", "child_process", "crashes", "seconds")}
+    total = {
+        k: sum(r[k] for r in rows.values())
+        for k in ("generated", "discarded", "fixed", "child_process", "crashes", "seconds")
+    }
     if a.json:
         print(json.dumps({"scale": a.scale, "suites": rows, "total": total}, indent=2))
         return 0 if total["crashes"] == 0 else 1
     print(f"fuzz suites at EDGEKIT_FUZZ_SCALE={a.scale:g}:")
     print(f"  {'suite':18s} {'generated':>10s} {'fixed':>6s} {'child':>6s} {'crashes':>8s} {'seconds':>8s}")
     for name, r in [*rows.items(), ("total", total)]:
-        print(f"  {name:18s} {r['generated']:>10,d} {r['fixed']:>6d} {r['child_process']:>6d} {r['crashes']:>8d} {r['seconds']:>8.1f}")
+        print(
+            f"  {name:18s} {r['generated']:>10,d} {r['fixed']:>6d} {r['child_process']:>6d} {r['crashes']:>8d} {r['seconds']:>8.1f}"
+        )
     return 0 if total["crashes"] == 0 else 1
 
 

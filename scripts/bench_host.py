@@ -36,7 +36,9 @@ def edgekit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, check=False)
 
 
-def time_builds(dataset: Path, profile: str, out_root: Path, runs: int) -> tuple[list[float], list[float], list[float], dict]:
+def time_builds(
+    dataset: Path, profile: str, out_root: Path, runs: int
+) -> tuple[list[float], list[float], list[float], dict]:
     """Wall and CPU seconds (user + sys of the build and its converter child) per run, and load averages."""
     times, cpu, load, result = [], [], [], {}
     for i in range(runs):
@@ -51,7 +53,10 @@ def time_builds(dataset: Path, profile: str, out_root: Path, runs: int) -> tuple
         if r.returncode != 0:
             sys.exit(f"edgekit build failed ({r.returncode}):\n{r.stderr[-3000:]}")
         result = json.loads(r.stdout)
-        print(f"  build run {i + 1}/{runs}: {times[-1]:.1f} s wall, {cpu[-1]:.1f} s CPU, load {load[-1]:.1f}", file=sys.stderr)
+        print(
+            f"  build run {i + 1}/{runs}: {times[-1]:.1f} s wall, {cpu[-1]:.1f} s CPU, load {load[-1]:.1f}",
+            file=sys.stderr,
+        )
     return times, cpu, load, result
 
 
@@ -152,16 +157,47 @@ def main() -> int:
 
     lat = latency["median_ms"]
     rows = [
-        ("edgekit build wall time (median of %d)" % len(times), f"{figures['build_wall_s']['median']:.1f} s", f"aim < 60 s; load avg {statistics.median(load):.1f} on {os.cpu_count()} CPUs"),
-        ("edgekit build CPU time user+sys (median)", f"{figures['build_cpu_s']['median']:.1f} s", "incl. the converter child process"),
+        (
+            "edgekit build wall time (median of %d)" % len(times),
+            f"{figures['build_wall_s']['median']:.1f} s",
+            f"aim < 60 s; load avg {statistics.median(load):.1f} on {os.cpu_count()} CPUs",
+        ),
+        (
+            "edgekit build CPU time user+sys (median)",
+            f"{figures['build_cpu_s']['median']:.1f} s",
+            "incl. the converter child process",
+        ),
         ("float test accuracy", f"{100 * prof['float_accuracy']:.2f} %", "≥ 97 %"),
-        ("int8 test accuracy", f"{100 * prof['int8_accuracy']:.2f} %", f"drop {prof['accuracy_drop_points']:.2f} points (≤ 1.0)"),
-        ("int8 / float32 .tflite bytes", f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} = {sizes['int8_float_ratio']:.3f}", "≤ 0.26"),
-        ("int8 Runtime per sample (median)", f"{lat['int8_runtime']:.4f} ms", f"{latency['runtime']['engine']} {latency['runtime']['delegate']} x{latency['runtime']['num_threads']}"),
-        ("Keras .h5 model.predict per sample", f"{lat['keras_predict']:.3f} ms", f"{latency['ratio_keras_predict_over_int8']}× the int8 time"),
-        ("Keras .h5 model(x) per sample", f"{lat['keras_call']:.3f} ms", f"{latency['ratio_keras_call_over_int8']}× the int8 time"),
+        (
+            "int8 test accuracy",
+            f"{100 * prof['int8_accuracy']:.2f} %",
+            f"drop {prof['accuracy_drop_points']:.2f} points (≤ 1.0)",
+        ),
+        (
+            "int8 / float32 .tflite bytes",
+            f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} = {sizes['int8_float_ratio']:.3f}",
+            "≤ 0.26",
+        ),
+        (
+            "int8 Runtime per sample (median)",
+            f"{lat['int8_runtime']:.4f} ms",
+            f"{latency['runtime']['engine']} {latency['runtime']['delegate']} x{latency['runtime']['num_threads']}",
+        ),
+        (
+            "Keras .h5 model.predict per sample",
+            f"{lat['keras_predict']:.3f} ms",
+            f"{latency['ratio_keras_predict_over_int8']}× the int8 time",
+        ),
+        (
+            "Keras .h5 model(x) per sample",
+            f"{lat['keras_call']:.3f} ms",
+            f"{latency['ratio_keras_call_over_int8']}× the int8 time",
+        ),
     ]
-    rows += [(f"  step: {t['step']}", f"{t['seconds']:.1f} s wall, {t['cpu_seconds']:.1f} s CPU", "last run") for t in result.get("step_seconds", [])]
+    rows += [
+        (f"  step: {t['step']}", f"{t['seconds']:.1f} s wall, {t['cpu_seconds']:.1f} s CPU", "last run")
+        for t in result.get("step_seconds", [])
+    ]
     width = max(len(r[0]) for r in rows)
     print(f"host figures ({os.cpu_count()} CPUs, profile {args.profile}); JSON: {args.json}")
     for name, value, note in rows:

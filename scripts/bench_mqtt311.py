@@ -38,7 +38,9 @@ class Fleet:
     def __init__(self, host: str, port: int) -> None:
         self.cond = threading.Condition()
         self.docs: list[tuple[str, dict]] = []
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311
+        )
         self.c.on_message = self._on
         self.c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # as edgekit's own link does
         self.c.connect(host, port)
@@ -73,9 +75,26 @@ def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float,
     with start_dev_broker(port=0, engine=engine) as broker, tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(broker.host, broker.port)
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(bundle), "--allow-unsigned", "--broker", broker.url,
-                                 "--device-id", DEVICE, "--data-dir", tmp, "--mqtt-version", version],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgekit_agent.cli",
+                "run",
+                str(bundle),
+                "--allow-unsigned",
+                "--broker",
+                broker.url,
+                "--device-id",
+                DEVICE,
+                "--data-dir",
+                tmp,
+                "--mqtt-version",
+                version,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             meta = fleet.wait(lambda t, d: t == f"{BASE}/meta" and d.get("mqtt_version"))
             online = time.perf_counter() - t0
@@ -96,7 +115,9 @@ def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, required=True, help="a bundle directory (e.g. from edgekit build or the demo)")
+    ap.add_argument(
+        "--bundle", type=Path, required=True, help="a bundle directory (e.g. from edgekit build or the demo)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pings", type=int, default=50)
     args = ap.parse_args()
@@ -108,7 +129,9 @@ def main() -> int:
             online, r, negotiated = one_run(engine, version, args.bundle, args.pings)
             onlines.append(online)
             rtts += r
-        rows.append((f"{engine} / --mqtt-version {version}", negotiated, statistics.median(onlines), statistics.median(rtts)))
+        rows.append(
+            (f"{engine} / --mqtt-version {version}", negotiated, statistics.median(onlines), statistics.median(rtts))
+        )
     base_online, base_rtt = rows[0][2], rows[0][3]
     print(f"{'setting':34} {'MQTT':6} {'start->online s':>16} {'ratio':>6} {'ping p50 ms':>12} {'ratio':>6}")
     for name, negotiated, online, rtt in rows:

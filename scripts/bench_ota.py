@@ -48,7 +48,9 @@ def med(xs: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, help="bundle directory to start from (default: build the digits demo, 2 epochs)")
+    ap.add_argument(
+        "--bundle", type=Path, help="bundle directory to start from (default: build the digits demo, 2 epochs)"
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--window", type=float, default=4.0, help="health window seconds")
     ap.add_argument("--rate", type=float, default=40.0, help="labelled images per second fed to the agent")
@@ -58,6 +60,7 @@ def main() -> int:
     from edgekit.fleet.broker import start_dev_broker
     from edgekit.fleet.deploy import deploy
     from edgekit.package.keys import new_keypair
+
     from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of
 
     work = Path(tempfile.mkdtemp(prefix="bench-ota-"))
@@ -69,7 +72,11 @@ def main() -> int:
         shutil.copyfile(key.public_path, trusted / key.public_path.name)
         labels = json.loads((src / "manifest.json").read_text())["labels"]
         variants = {}
-        for name, version, lab in (("v1", "1.0.0", None), ("v2", "2.0.0", None), ("bad", "2.0.0-bad", labels[1:] + labels[:1])):
+        for name, version, lab in (
+            ("v1", "1.0.0", None),
+            ("v2", "2.0.0", None),
+            ("bad", "2.0.0-bad", labels[1:] + labels[:1]),
+        ):
             (work / name).mkdir()
             variants[name] = make_variant(src, work / name, version=version, key=key.private_path, labels=lab)
         archive_bytes = variants["v2"].stat().st_size
@@ -92,16 +99,21 @@ def main() -> int:
                         if d.outcome != "committed":
                             raise SystemExit(f"update {i + 1} to {target} did not commit: {d.to_dict()}")
                         updates.append(d)
-                        print(f"update {i + 1} -> {target}: transfer {d.transfer_s:.3f} s, to active {d.activate_s:.3f} s "
-                              f"(switch {d.commit['activated_ms']:.3f} ms), to committed {d.committed_s:.3f} s", file=sys.stderr)  # fmt: skip
+                        print(
+                            f"update {i + 1} -> {target}: transfer {d.transfer_s:.3f} s, to active {d.activate_s:.3f} s "
+                            f"(switch {d.commit['activated_ms']:.3f} ms), to committed {d.committed_s:.3f} s",
+                            file=sys.stderr,
+                        )
                     for i in range(a.repeat):
                         t = time.monotonic()
                         (d,) = deploy(variants["bad"], [agent.device_id], broker.url, health=bad, timeout=120).devices
                         if d.outcome != "rolled_back":
                             raise SystemExit(f"bad update {i + 1} did not roll back: {d.to_dict()}")
                         rollbacks.append((d, time.monotonic() - t))
-                        print(f"rollback {i + 1}: decided {d.rollback['after_s']:.3f} s into the window, took {d.rollback['took_ms']:.3f} ms",
-                              file=sys.stderr)  # fmt: skip
+                        print(
+                            f"rollback {i + 1}: decided {d.rollback['after_s']:.3f} s into the window, took {d.rollback['took_ms']:.3f} ms",
+                            file=sys.stderr,
+                        )
                 deadline = time.monotonic() + 30
                 while pending(agent.watch) and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -144,19 +156,36 @@ def main() -> int:
         "swaps": 3 * a.repeat,  # each update switches once; each bad one switches and rolls back
         "version_after_restart": final_version,
     }
-    result["ratio_restart_to_command_to_active"] = round(result["restart_s"]["median"] / result["command_to_active_s"]["median"], 2)
+    result["ratio_restart_to_command_to_active"] = round(
+        result["restart_s"]["median"] / result["command_to_active_s"]["median"], 2
+    )
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"OTA on loopback mosquitto, one agent, archive {archive_bytes:,} B, {a.repeat} updates + {a.repeat} rollbacks, "
-          f"health window {a.window:g} s, {a.rate:g} labelled images/s (median [min..max]):")  # fmt: skip
-    for key in ("first_start_s", "restart_s", "transfer_s", "command_to_active_s", "device_switch_ms", "command_to_committed_s",
-                "rollback_took_ms", "rollback_decided_after_s", "bad_deploy_total_s"):  # fmt: skip
+    print(
+        f"OTA on loopback mosquitto, one agent, archive {archive_bytes:,} B, {a.repeat} updates + {a.repeat} rollbacks, "
+        f"health window {a.window:g} s, {a.rate:g} labelled images/s (median [min..max]):"
+    )
+    for key in (
+        "first_start_s",
+        "restart_s",
+        "transfer_s",
+        "command_to_active_s",
+        "device_switch_ms",
+        "command_to_committed_s",
+        "rollback_took_ms",
+        "rollback_decided_after_s",
+        "bad_deploy_total_s",
+    ):
         v = result[key]
         print(f"  {key:28s} {v['median']:>10.3f}  [{v['min']:.3f} .. {v['max']:.3f}]")
-    print(f"  restart / command->active     {result['ratio_restart_to_command_to_active']:>8.2f}x  (and a restart serves nothing meanwhile)")
-    print(f"  images written {written}, served {processed}, failed {failed}, reported ok {reported}: "
-          f"{result['inferences_lost']} lost over {result['swaps']} swaps")  # fmt: skip
+    print(
+        f"  restart / command->active     {result['ratio_restart_to_command_to_active']:>8.2f}x  (and a restart serves nothing meanwhile)"
+    )
+    print(
+        f"  images written {written}, served {processed}, failed {failed}, reported ok {reported}: "
+        f"{result['inferences_lost']} lost over {result['swaps']} swaps"
+    )
     return 0
 
 

@@ -85,38 +85,62 @@ def main() -> None:
         splits = split_dataset(ds, seed=args.seeds[0])
         for sparsity in (0.5, 0.75):
             p = prune_model(prune_source, splits, sparsity=sparsity, epochs=2, seed=args.seeds[0])
-            prune_rows.append({"sparsity": sparsity, "achieved": p.sparsity, "acc_before": p.accuracy_before,
-                               "acc_after": p.accuracy_after, "raw_before": p.int8_bytes_before, "raw_after": p.int8_bytes_after,
-                               "gzip_before": p.int8_gzip_before, "gzip_after": p.int8_gzip_after, "seconds": p.seconds})
+            prune_rows.append(
+                {
+                    "sparsity": sparsity,
+                    "achieved": p.sparsity,
+                    "acc_before": p.accuracy_before,
+                    "acc_after": p.accuracy_after,
+                    "raw_before": p.int8_bytes_before,
+                    "raw_after": p.int8_bytes_after,
+                    "gzip_before": p.int8_gzip_before,
+                    "gzip_after": p.int8_gzip_after,
+                    "seconds": p.seconds,
+                }
+            )
             print(json.dumps(prune_rows[-1]), file=sys.stderr)
 
     med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
     summary = {
         "seeds": args.seeds,
         "median_load1": med("load1"),
-        "train_s_aug": med("train_s_aug"), "train_s_noaug": med("train_s_noaug"),
-        "float_acc_aug": med("float_acc_aug"), "float_acc_noaug": med("float_acc_noaug"),
+        "train_s_aug": med("train_s_aug"),
+        "train_s_noaug": med("train_s_noaug"),
+        "float_acc_aug": med("float_acc_aug"),
+        "float_acc_noaug": med("float_acc_noaug"),
         "min_float_acc_aug": min(r["float_acc_aug"] for r in rows),
-        "int8_acc": med("int8_acc"), "max_drop_points": max(r["drop_points"] for r in rows),
+        "int8_acc": med("int8_acc"),
+        "max_drop_points": max(r["drop_points"] for r in rows),
         "size_ratio": med("size_ratio"),
-        "convert_child_int8_s": med("convert_child_int8_s"), "convert_inproc_int8_s": med("convert_inproc_int8_s"),
+        "convert_child_int8_s": med("convert_child_int8_s"),
+        "convert_inproc_int8_s": med("convert_inproc_int8_s"),
         "child_over_inproc": med("convert_child_int8_s") / med("convert_inproc_int8_s"),
         "prune": prune_rows,
         "runs": rows,
     }
     print(f"\nseeds {args.seeds}, median load {summary['median_load1']:.1f} on {os.cpu_count()} cores")
-    print(f"training (default CNN, 30 passes): {summary['train_s_aug']:.1f} s with shifted copies, "
-          f"{summary['train_s_noaug']:.1f} s without (ratio {summary['train_s_aug'] / summary['train_s_noaug']:.2f})")
-    print(f"float test accuracy: {100 * summary['float_acc_aug']:.2f} % with (min {100 * summary['min_float_acc_aug']:.2f} %), "
-          f"{100 * summary['float_acc_noaug']:.2f} % without")
-    print(f"int8 test accuracy {100 * summary['int8_acc']:.2f} %, worst drop {summary['max_drop_points']:.2f} points; "
-          f"int8/float32 bytes {summary['size_ratio']:.4f}")
-    print(f"int8 conversion: {summary['convert_child_int8_s']:.1f} s in a child process vs "
-          f"{summary['convert_inproc_int8_s']:.1f} s in-process (x{summary['child_over_inproc']:.1f})")
+    print(
+        f"training (default CNN, 30 passes): {summary['train_s_aug']:.1f} s with shifted copies, "
+        f"{summary['train_s_noaug']:.1f} s without (ratio {summary['train_s_aug'] / summary['train_s_noaug']:.2f})"
+    )
+    print(
+        f"float test accuracy: {100 * summary['float_acc_aug']:.2f} % with (min {100 * summary['min_float_acc_aug']:.2f} %), "
+        f"{100 * summary['float_acc_noaug']:.2f} % without"
+    )
+    print(
+        f"int8 test accuracy {100 * summary['int8_acc']:.2f} %, worst drop {summary['max_drop_points']:.2f} points; "
+        f"int8/float32 bytes {summary['size_ratio']:.4f}"
+    )
+    print(
+        f"int8 conversion: {summary['convert_child_int8_s']:.1f} s in a child process vs "
+        f"{summary['convert_inproc_int8_s']:.1f} s in-process (x{summary['child_over_inproc']:.1f})"
+    )
     for p in prune_rows:
-        print(f"prune {p['sparsity']:.0%}: achieved {100 * p['achieved']:.1f} %, acc {100 * p['acc_before']:.2f} -> "
-              f"{100 * p['acc_after']:.2f} %, int8 raw {p['raw_before']} -> {p['raw_after']} B, "
-              f"gzip {p['gzip_before']} -> {p['gzip_after']} B ({p['gzip_after'] / p['gzip_before']:.2f}x)")
+        print(
+            f"prune {p['sparsity']:.0%}: achieved {100 * p['achieved']:.1f} %, acc {100 * p['acc_before']:.2f} -> "
+            f"{100 * p['acc_after']:.2f} %, int8 raw {p['raw_before']} -> {p['raw_after']} B, "
+            f"gzip {p['gzip_before']} -> {p['gzip_after']} B ({p['gzip_after'] / p['gzip_before']:.2f}x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

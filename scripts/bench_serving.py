@@ -50,9 +50,10 @@ def build_bundles(out: Path) -> dict[str, Path]:
 
     from edgekit.package.writer import write_bundle
     from edgekit.pipeline.convert import convert_int8
-    from edgekit.profiles import load_profile
     from edgekit.pipeline.zoo import build_model
+    from edgekit.profiles import load_profile
     from edgekit_agent.contract.manifest import PreprocessSpec
+
     from fixtures_models import build_digits_bundle
 
     shutil.rmtree(out / "digits", ignore_errors=True)  # missing or stale: built afresh
@@ -90,12 +91,14 @@ def compare(bundle_dir: Path, threads: int, rounds: int, per_round: int, data_di
     """Bare interpreter vs Agent.serve_tensor on the same interpreter, alternating rounds."""
     import numpy as np
 
-    from edgekit_agent.serve.agent import Agent
     from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.serve.agent import Agent
     from edgekit_agent.serve.config import AgentSettings
 
     bundle = load_bundle(bundle_dir)
-    agent = Agent(bundle, AgentSettings(device_id="bench", data_dir=data_dir), runtime=bundle.open_runtime(num_threads=threads))
+    agent = Agent(
+        bundle, AgentSettings(device_id="bench", data_dir=data_dir), runtime=bundle.open_runtime(num_threads=threads)
+    )
     rt = agent.runtime
     interp = rt.interpreter
     in_idx, out_idx = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
@@ -153,7 +156,11 @@ def recording_cost(rounds: int, n: int) -> dict[str, Any]:
         t0 = time.perf_counter_ns()
         rec.snapshot_and_reset()
         snaps.append(time.perf_counter_ns() - t0)
-    return {"record_us": statistics.median(per_call) / 1e3, "snapshot_ms": statistics.median(snaps) / 1e6, "records_per_round": n}
+    return {
+        "record_us": statistics.median(per_call) / 1e3,
+        "snapshot_ms": statistics.median(snaps) / 1e6,
+        "records_per_round": n,
+    }
 
 
 def main() -> int:
@@ -164,7 +171,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     bundles = build_bundles(args.out)
-    results: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds, "cpu_count": os.cpu_count(), "load1_before": os.getloadavg()[0]}
+    results: dict[str, Any] = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "cpu_count": os.cpu_count(),
+        "load1_before": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         results["digits"] = compare(bundles["digits"], args.threads, args.rounds, 3000, Path(tmp) / "d")
         results["mobilenetv2"] = compare(bundles["mobilenetv2"], args.threads, args.rounds, 200, Path(tmp) / "m")
@@ -175,10 +187,16 @@ def main() -> int:
     print(f"{'model':<22}{'bare':>12}{'serve':>12}{'ratio':>8}{'added':>11}")
     for key in ("digits", "mobilenetv2"):
         r = results[key]
-        print(f"{r['model']:<22}{r['bare_ms'] * 1e3:>9.1f} µs{r['serve_ms'] * 1e3:>9.1f} µs{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs")
+        print(
+            f"{r['model']:<22}{r['bare_ms'] * 1e3:>9.1f} µs{r['serve_ms'] * 1e3:>9.1f} µs{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs"
+        )
     rc = results["recording"]
-    print(f"WindowRecorder.record: {rc['record_us']:.2f} µs per inference; snapshot_and_reset: {rc['snapshot_ms']:.2f} ms per window")
-    print(f"load average {results['load1_before']:.2f} before, {results['load1_after']:.2f} after ({results['cpu_count']} CPUs)")
+    print(
+        f"WindowRecorder.record: {rc['record_us']:.2f} µs per inference; snapshot_and_reset: {rc['snapshot_ms']:.2f} ms per window"
+    )
+    print(
+        f"load average {results['load1_before']:.2f} before, {results['load1_after']:.2f} after ({results['cpu_count']} CPUs)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -19,7 +19,9 @@ def free_port() -> int:
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if not found:
-        raise RuntimeError("mosquitto is not installed: run scripts/test.sh (it installs it) or apt-get install mosquitto")
+        raise RuntimeError(
+            "mosquitto is not installed: run scripts/test.sh (it installs it) or apt-get install mosquitto"
+        )
     return found
 
 
@@ -63,7 +65,7 @@ class Mosquitto:
         )
         return conf
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         conf = self.write_config()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
@@ -88,7 +90,7 @@ class Mosquitto:
                 self.proc.wait(5)
         self.proc = None
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

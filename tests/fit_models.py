@@ -7,7 +7,7 @@ is built once per test session (cached here, so several test files share them).
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -41,25 +41,29 @@ def _seq(shape: tuple[int, ...], layers: list) -> bytes:
     return _convert(m, shape)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_cnn() -> bytes:
     """CONV_2D, MAX_POOL_2D, RESHAPE, FULLY_CONNECTED on 8x8x1: fits every profile."""
     import keras
 
     L = keras.layers
-    return _seq((8, 8, 1), [L.Conv2D(8, 3, activation="relu", padding="same"), L.MaxPooling2D(), L.Flatten(), L.Dense(10)])
+    return _seq(
+        (8, 8, 1), [L.Conv2D(8, 3, activation="relu", padding="same"), L.MaxPooling2D(), L.Flatten(), L.Dense(10)]
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def wide_cnn() -> bytes:
     """96x96x3 -> 24-channel conv at full resolution: about 240 KB of live activations, too much for the Nano."""
     import keras
 
     L = keras.layers
-    return _seq((96, 96, 3), [L.Conv2D(24, 3, padding="same", activation="relu"), L.MaxPooling2D(8), L.Flatten(), L.Dense(2)])
+    return _seq(
+        (96, 96, 3), [L.Conv2D(24, 3, padding="same", activation="relu"), L.MaxPooling2D(8), L.Flatten(), L.Dense(2)]
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def gap_cnn() -> bytes:
     """Conv + GlobalAveragePooling2D (a MEAN operator, which the Nano's op set leaves out) + Dense."""
     import keras
@@ -68,7 +72,7 @@ def gap_cnn() -> bytes:
     return _seq((16, 16, 1), [L.Conv2D(8, 3, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(3)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def float_island_cnn() -> bytes:
     """Conv -> cumsum -> Dense: TFLITE_BUILTINS_INT8 silently keeps CUMSUM in float (DEQUANTIZE/CUMSUM/QUANTIZE)."""
     import keras
@@ -83,14 +87,16 @@ def float_island_cnn() -> bytes:
     return _seq((8, 8, 1), [L.Conv2D(4, 3, activation="relu"), L.Flatten(), CumSum(), L.Dense(3)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def batch2_cnn() -> bytes:
     """The tiny CNN with a fixed batch of 2: the Edge TPU runs batch 1 only."""
     import keras
 
     L = keras.layers
     keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1), batch_size=2), L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(3)])
+    m = keras.Sequential(
+        [keras.Input((8, 8, 1), batch_size=2), L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(3)]
+    )
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -104,17 +110,24 @@ def batch2_cnn() -> bytes:
     return c.convert()
 
 
-@lru_cache(maxsize=None)
+@cache
 def dead_logits_cnn() -> bytes:
     """Logits with no range (zero dense weights) before a softmax: TFLite Micro aborts in SOFTMAX's prepare."""
     import keras
 
     L = keras.layers
-    return _seq((8, 8, 1), [L.Conv2D(4, 3, activation="relu"), L.Flatten(),
-                            L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros"), L.Softmax()])
+    return _seq(
+        (8, 8, 1),
+        [
+            L.Conv2D(4, 3, activation="relu"),
+            L.Flatten(),
+            L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros"),
+            L.Softmax(),
+        ],
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def heavy_dense() -> bytes:
     """32x32x1 -> Dense(800) -> Dense(4): about 820 KB of int8 weights, a small arena but too much flash for the Nano."""
     import keras

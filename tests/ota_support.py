@@ -13,23 +13,25 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from edgekit.package.writer import write_archive
 from edgekit.fleet.state import MqttLink, drain, topic
 from edgekit.package.keys import sign_bundle
+from edgekit.package.writer import write_archive
 from edgekit_agent.contract.manifest import dump_manifest
 
 AGENT = [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
 
 
 # --- bundles ----------------------------------------------------------------------------------------------------
-def make_variant(src: Path, out: Path, *, version: str, key: Path | None, labels: list[str] | None = None,
-                 tamper_model: bool = False) -> Path:  # fmt: skip
+def make_variant(
+    src: Path, out: Path, *, version: str, key: Path | None, labels: list[str] | None = None, tamper_model: bool = False
+) -> Path:
     """A copy of the digits bundle with another version (and labels), signed with ``key``; returns its archive."""
     d = out / src.name
     shutil.copytree(src, d)
@@ -82,7 +84,9 @@ class Observer:
                         return d
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out; last messages: {[(t, d.get('state') or d.get('event')) for t, d in self.msgs[-8:]]}")
+                    raise AssertionError(
+                        f"timed out; last messages: {[(t, d.get('state') or d.get('event')) for t, d in self.msgs[-8:]]}"
+                    )
                 self.cond.wait(left)
 
     def all(self, pred: Callable[[str, dict[str, Any]], bool]) -> list[dict[str, Any]]:
@@ -92,13 +96,23 @@ class Observer:
     def command(self, device: str, args: dict[str, Any]) -> str:
         cmd_id = f"t-{uuid.uuid4().hex[:12]}"
         body = {"cmd_id": cmd_id, "args": args, "requester": "tester"}
-        self.link.publish(topic(device, "cmd", "swap_bundle"), json.dumps(body), response_topic=topic(device, "res", "tester"),
-                          correlation_data=cmd_id.encode())  # fmt: skip
+        self.link.publish(
+            topic(device, "cmd", "swap_bundle"),
+            json.dumps(body),
+            response_topic=topic(device, "res", "tester"),
+            correlation_data=cmd_id.encode(),
+        )
         return cmd_id
 
     def final(self, device: str, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        return self.wait(lambda t, d: t == topic(device, "res", "tester") and d.get("cmd_id") == cmd_id
-                         and d.get("state") in ("succeeded", "failed", "rejected"), timeout)  # fmt: skip
+        return self.wait(
+            lambda t, d: (
+                t == topic(device, "res", "tester")
+                and d.get("cmd_id") == cmd_id
+                and d.get("state") in ("succeeded", "failed", "rejected")
+            ),
+            timeout,
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -122,12 +136,35 @@ class AgentProc:
         seen = {d.get("boot_id") for d in obs.all(lambda t, d: t == topic(self.device_id, "status"))}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*AGENT, "run", str(self.bundle), "--broker", self.url, "--device-id", self.device_id, "--data-dir", str(self.data),
-                 "--watch", str(self.watch), "--window", "1", "--trusted-keys", str(self.trusted), "-v"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
-            )  # fmt: skip
-        status = obs.wait(lambda t, d: t == topic(self.device_id, "status") and d.get("state") == "online"
-                          and d.get("boot_id") not in seen, 90)  # fmt: skip
+                [
+                    *AGENT,
+                    "run",
+                    str(self.bundle),
+                    "--broker",
+                    self.url,
+                    "--device-id",
+                    self.device_id,
+                    "--data-dir",
+                    str(self.data),
+                    "--watch",
+                    str(self.watch),
+                    "--window",
+                    "1",
+                    "--trusted-keys",
+                    str(self.trusted),
+                    "-v",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        status = obs.wait(
+            lambda t, d: (
+                t == topic(self.device_id, "status") and d.get("state") == "online" and d.get("boot_id") not in seen
+            ),
+            90,
+        )
         boot = status["boot_id"]
         self.boot_ids.append(boot)
         return obs.wait(lambda t, d: t == topic(self.device_id, "meta") and d.get("boot_id") == boot, 60)
@@ -175,7 +212,7 @@ class Feeder:
                 self.written[d] += 1
             k += 1
 
-    def __enter__(self) -> "Feeder":
+    def __enter__(self) -> Feeder:
         self._t.start()
         return self
 

@@ -13,13 +13,13 @@ import functools
 import importlib.util
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
+from typing import Any
 
 from edgekit.profiles import Profile, load_profile
+from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
 
 GOLDEN_SAMPLES = 16
 SPLIT = {"val": 0.15, "test": 0.15}
@@ -69,7 +69,9 @@ class ProfileBuild:
             "samples": self.samples,
             "int8_bytes": self.int8_bytes,
             "float_tflite_bytes": self.float_tflite_bytes,
-            "int8_float_ratio": round(self.int8_bytes / self.float_tflite_bytes, 4) if self.float_tflite_bytes else None,
+            "int8_float_ratio": round(self.int8_bytes / self.float_tflite_bytes, 4)
+            if self.float_tflite_bytes
+            else None,
             "qat": self.qat,
             "fits": self.fits,
             "fit_summary": self.fit_summary,
@@ -103,7 +105,9 @@ class BuildResult:
             "model_file": str(self.model_file),
             "float_accuracy": self.float_accuracy,
             "seconds": round(self.seconds, 2),
-            "step_seconds": [{"step": label, "seconds": round(t, 2), "cpu_seconds": round(c, 2)} for label, t, c in self.step_seconds],
+            "step_seconds": [
+                {"step": label, "seconds": round(t, 2), "cpu_seconds": round(c, 2)} for label, t, c in self.step_seconds
+            ],
             "profiles": [p.to_dict() for p in self.profiles],
         }
 
@@ -227,7 +231,14 @@ def _convert(s: _State, profile: Profile) -> None:
     key = (str(profile.input_dtype), str(profile.output_dtype))
     if key not in s.conversions:
         s.conversions[key] = convert.convert_for_profile(
-            s.model, s.splits, profile, max_accuracy_drop=s.max_accuracy_drop, qat=True, seed=s.seed, name=s.name, on_stage=s.report
+            s.model,
+            s.splits,
+            profile,
+            max_accuracy_drop=s.max_accuracy_drop,
+            qat=True,
+            seed=s.seed,
+            name=s.name,
+            on_stage=s.report,
         )
     else:
         s.report(f"same {key[0]}/{key[1]} model as an earlier profile")
@@ -358,7 +369,9 @@ def _size(path: Path | None) -> int | None:
 
 
 # --- the public function ----------------------------------------------------------------------------
-def plan(prune: float | None, profiles: Sequence[Profile], from_model: bool) -> list[tuple[str, Callable[[_State], None]]]:
+def plan(
+    prune: float | None, profiles: Sequence[Profile], from_model: bool
+) -> list[tuple[str, Callable[[_State], None]]]:
     """The steps :func:`build` will run, as (label, callable) pairs: a table, not an if-chain."""
     # A model file is loaded first: its input decides the size and colour mode the dataset is loaded at.
     steps: list[tuple[str, Callable[[_State], None]]] = (
@@ -412,7 +425,9 @@ def build(
         raise UsageError(f"profile given twice: {[p.name for p in loaded]}.")
     dataset = Path(dataset)
     if not dataset.exists():
-        raise DatasetError(f"{dataset}: no such dataset folder or .npz file. Make the demo one with `edgekit datasets digits {dataset}`.")
+        raise DatasetError(
+            f"{dataset}: no such dataset folder or .npz file. Make the demo one with `edgekit datasets digits {dataset}`."
+        )
     model_path = Path(model) if model is not None else None
     if model_path is not None and not model_path.exists():
         raise ModelError(f"{model_path}: no such model file (.keras, .h5 or a SavedModel directory).")

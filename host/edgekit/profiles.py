@@ -90,7 +90,7 @@ class Profile:
         if not 0.0 <= self.margin < 1.0:
             raise ProfileError(f"{where}: memory.margin is a fraction in [0, 1), got {self.margin}.")
         if self.target is Target.EDGETPU and self.delegate is not Delegate.EDGETPU:
-            raise ProfileError(f"{where}: an edgetpu target needs runtime.delegate = \"edgetpu\".")
+            raise ProfileError(f'{where}: an edgetpu target needs runtime.delegate = "edgetpu".')
 
     def to_dict(self) -> dict[str, Any]:
         """The form copied into a bundle's manifest (so the device never reads profile files)."""
@@ -168,7 +168,7 @@ def parse_profile(doc: dict[str, Any], where: str) -> Profile:
     default_delegate = "edgetpu" if target is Target.EDGETPU else ("none" if target is Target.MCU else "xnnpack")
     ops = doc.get("ops", {}).get("builtin")
     if ops is not None and not all(isinstance(o, str) for o in ops):
-        raise ProfileError(f"{where}: ops.builtin must be a list of operator names such as \"CONV_2D\".")
+        raise ProfileError(f'{where}: ops.builtin must be a list of operator names such as "CONV_2D".')
     return Profile(
         name=doc["name"],
         description=doc.get("description", ""),

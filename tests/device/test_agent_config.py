@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit_agent.serve.config import PASSWORD_ENV, load_settings
 from edgekit_agent.contract.errors import UsageError
 from edgekit_agent.mqtt.link import BrokerSettings, Topics, cap, check_rc
+from edgekit_agent.serve.config import PASSWORD_ENV, load_settings
 
 CONFIG = """
 bundle = "/opt/b.tar.gz"
@@ -46,12 +46,16 @@ def test_toml_is_read_into_typed_settings(tmp_path):
     assert s.watch_dir == Path("/srv/camera") and s.processed == "keep" and s.poll_s == 0.25
     assert s.bundle == Path("/opt/b.tar.gz") and s.data_dir == tmp_path / "d"
     b = s.broker
-    assert b is not None and b.tls and b.port == 8883 and b.host == "broker.lan" and b.keepalive == 20 and b.inflight == 4
+    assert (
+        b is not None and b.tls and b.port == 8883 and b.host == "broker.lan" and b.keepalive == 20 and b.inflight == 4
+    )
 
 
 def test_flags_override_the_file_and_the_environment_supplies_the_password(tmp_path, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
-    s = load_settings(write(tmp_path, CONFIG.format(data=tmp_path)), window_s=1.5, broker="mqtt://10.0.0.2:1999", device_id="pi-2")
+    s = load_settings(
+        write(tmp_path, CONFIG.format(data=tmp_path)), window_s=1.5, broker="mqtt://10.0.0.2:1999", device_id="pi-2"
+    )
     assert s.window_s == 1.5 and s.device_id == "pi-2"
     assert s.broker is not None and (s.broker.host, s.broker.port, s.broker.tls) == ("10.0.0.2", 1999, False)
     assert s.broker.password == "s3cret" and "s3cret" not in repr(s.broker)
@@ -101,7 +105,11 @@ def test_broker_url_forms():
 def test_topics_caps_and_return_codes():
     t = Topics("pi-1")
     assert t.status == "edge/v1/pi-1/status" and t.telemetry == "edge/v1/pi-1/telemetry/inference"
-    assert t.commands == "edge/v1/pi-1/cmd/+" and t.bench("r1") == "edge/v1/pi-1/bench/r1/report" and t.res("ops") == "edge/v1/pi-1/res/ops"
+    assert (
+        t.commands == "edge/v1/pi-1/cmd/+"
+        and t.bench("r1") == "edge/v1/pi-1/bench/r1/report"
+        and t.res("ops") == "edge/v1/pi-1/res/ops"
+    )
     assert len(cap(b"x" * 10_000)) < 250 and cap("short") == "short"
     check_rc(0, "ok")  # MQTT_ERR_SUCCESS
     check_rc(4, "queued while offline")  # MQTT_ERR_NO_CONN: paho keeps QoS 1 and sends it later
@@ -117,9 +125,25 @@ def test_run_flags_reach_the_settings(tmp_path):
     parser = argparse.ArgumentParser()
     agent_cli.add_arguments(parser)
     args = parser.parse_args(
-        ["b.tar.gz", "--broker", "mqtt://h:1", "--device-id", "d1", "--window", "2", "--watch", str(tmp_path),
-         "--username", "d1", "--password", "pw", "--data-dir", str(tmp_path / "data"), "--skip-selftest"]
-    )  # fmt: skip
+        [
+            "b.tar.gz",
+            "--broker",
+            "mqtt://h:1",
+            "--device-id",
+            "d1",
+            "--window",
+            "2",
+            "--watch",
+            str(tmp_path),
+            "--username",
+            "d1",
+            "--password",
+            "pw",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--skip-selftest",
+        ]
+    )
     s = agent_cli._settings(args)  # noqa: SLF001
     assert s.window_s == 2 and s.skip_selftest and s.watch_dir == tmp_path and s.bundle == Path("b.tar.gz")
     assert s.broker is not None and s.broker.username == "d1" and s.broker.password == "pw"

@@ -11,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.serve.agent import Agent
 from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.contract.errors import EdgekitError, InputError
 from edgekit_agent.contract.manifest import dump_manifest
 from edgekit_agent.mqtt.outbox import Outbox
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.serve.config import AgentSettings
 
 
 @pytest.fixture()
 def agent(digits_bundle: Path, tmp_path: Path) -> Agent:
-    return Agent(load_bundle(digits_bundle), AgentSettings(device_id="state", data_dir=tmp_path / "data", num_threads=1))
+    return Agent(
+        load_bundle(digits_bundle), AgentSettings(device_id="state", data_dir=tmp_path / "data", num_threads=1)
+    )
 
 
 def test_a_non_finite_tensor_is_refused_and_the_window_stays_valid_json(agent: Agent) -> None:
@@ -59,12 +61,28 @@ def test_a_bundle_refused_while_activating_changes_nothing(agent: Agent, digits_
     doc["preprocess"]["height"] = doc["preprocess"]["height"] * 2  # no longer the model's input shape
     (bad_dir / "manifest.json").write_bytes(dump_manifest(doc))
     bad = load_bundle(bad_dir)
-    before = (agent.bundle, agent.manifest, agent.runtime, agent.labels, agent.label_index, agent.preprocessor,
-              agent.recorder, agent._hot)  # noqa: SLF001
+    before = (
+        agent.bundle,
+        agent.manifest,
+        agent.runtime,
+        agent.labels,
+        agent.label_index,
+        agent.preprocessor,
+        agent.recorder,
+        agent._hot,
+    )  # noqa: SLF001
     with pytest.raises(EdgekitError):
         agent._activate(bad, bad.open_runtime(num_threads=1))  # noqa: SLF001
-    after = (agent.bundle, agent.manifest, agent.runtime, agent.labels, agent.label_index, agent.preprocessor,
-             agent.recorder, agent._hot)  # noqa: SLF001
+    after = (
+        agent.bundle,
+        agent.manifest,
+        agent.runtime,
+        agent.labels,
+        agent.label_index,
+        agent.preprocessor,
+        agent.recorder,
+        agent._hot,
+    )  # noqa: SLF001
     assert all(a is b for a, b in zip(before, after))
     assert agent.bundle_info()["version"] != "6.6.6"
 

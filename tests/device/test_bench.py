@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.errors import InputError, UsageError
 from edgekit_agent.infer.benchmark import (
     REPORT_SAMPLES,
     LatencyStats,
@@ -15,8 +17,6 @@ from edgekit_agent.infer.benchmark import (
     random_input,
     run_benchmark,
 )
-from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.contract.errors import InputError, UsageError
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def test_missing_bundle_and_usage_errors(tmp_path: Path, capsys):
 
 
 def test_bench_json(digits_bundle: Path, capsys):
-    code = main(["bench", str(digits_bundle), "--runs", "20", "--warmup", "2", "--threads", "1", "--no-xnnpack", "--json"])
+    code = main(
+        ["bench", str(digits_bundle), "--runs", "20", "--warmup", "2", "--threads", "1", "--no-xnnpack", "--json"]
+    )
     assert code == ExitStatus.OK
     doc = json.loads(capsys.readouterr().out)
     assert doc["steady"]["count"] == 20 and doc["warmup"]["runs"] == 2
@@ -127,6 +129,13 @@ def test_signature_options(digits_bundle: Path, tmp_path: Path, capsys):
     (tmp_path / "keys").mkdir()
     assert main(["verify", str(digits_bundle), "--trusted-keys", str(tmp_path / "keys")]) == ExitStatus.BUNDLE_REJECTED
     assert "not signed" in capsys.readouterr().err
-    args = ["verify", str(digits_bundle), "--trusted-keys", str(tmp_path / "keys"), "--allow-unsigned", "--skip-selftest"]
+    args = [
+        "verify",
+        str(digits_bundle),
+        "--trusted-keys",
+        str(tmp_path / "keys"),
+        "--allow-unsigned",
+        "--skip-selftest",
+    ]
     assert main(args) == ExitStatus.OK
     assert main(["verify", str(digits_bundle), "--require-signature"]) == ExitStatus.BUNDLE_REJECTED

@@ -16,13 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import fuzz_examples
-
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.errors import BundleError, EdgekitError
 from edgekit_agent.contract.limits import MAX_MEMBER_BYTES, MAX_MEMBERS
 
-FUZZ = settings(max_examples=fuzz_examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+from fuzzing import fuzz_examples
+
+FUZZ = settings(
+    max_examples=fuzz_examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 # An absolute path an escaping member would create; unique per run so a leftover cannot mask a new escape.
 ESCAPE = Path(tempfile.gettempdir()) / f"edgekit-fuzz-escape-{uuid.uuid4().hex[:8]}"
 
@@ -69,7 +73,14 @@ def _load(data: bytes, name: str = "bundle.tar.gz") -> None:
 def _tar(members: list[tuple[str, str, bytes, str]], gz: bool = True) -> bytes:
     """Build an archive from (name, kind, data, linkname) with kind in file/dir/sym/hard/fifo/chr."""
     buf = io.BytesIO()
-    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}
+    kinds = {
+        "file": tarfile.REGTYPE,
+        "dir": tarfile.DIRTYPE,
+        "sym": tarfile.SYMTYPE,
+        "hard": tarfile.LNKTYPE,
+        "fifo": tarfile.FIFOTYPE,
+        "chr": tarfile.CHRTYPE,
+    }
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, data, link in members:
             info = tarfile.TarInfo(name)
@@ -184,7 +195,9 @@ def test_each_hostile_member_kind_is_refused_by_name(members, match, tmp_path):
 
 
 def test_unlisted_member_is_refused(good_members, tmp_path):
-    members = [(f"digits/{n}", "file", d, "") for n, d in good_members.items()] + [("digits/run.sh", "file", b"#!/bin/sh", "")]
+    members = [(f"digits/{n}", "file", d, "") for n, d in good_members.items()] + [
+        ("digits/run.sh", "file", b"#!/bin/sh", "")
+    ]
     (tmp_path / "b.tar.gz").write_bytes(_tar(members))
     with pytest.raises(BundleError, match="run.sh.*not listed"):
         load_bundle(tmp_path / "b.tar.gz", workdir=tmp_path / "data")

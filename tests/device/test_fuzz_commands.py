@@ -17,20 +17,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import fuzz_examples
-
-from edgekit_agent.serve.agent import Agent, builtin_commands
 from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.serve.config import load_settings
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Incoming
 from edgekit_agent.ota.manager import ACTIONS
+from edgekit_agent.serve.agent import Agent, builtin_commands
+from edgekit_agent.serve.config import load_settings
+
+from fuzzing import fuzz_examples
 
 DEVICE = "fuzz-dev"
 BASE = f"edge/v1/{DEVICE}"
 FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
-FUZZ = settings(max_examples=fuzz_examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=fuzz_examples(250),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 # run_benchmark is left out: valid random arguments (100,000 runs) are slow, not hostile; its argument
 # checking is the same table-driven code the other commands use.
 NAMES = ["ping", "set_config", "infer", "swap_bundle", "reboot", "", "../../x", "cmd", "swap_bundle/extra"]
@@ -96,7 +100,11 @@ def _check(h: Harness, topic: str, payload: bytes) -> dict[str, Any]:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**65), 2**65)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=10,
 )
@@ -111,7 +119,10 @@ swap_args = st.fixed_dictionaries(
         "index": st.integers(-5, 10**7),
         "data": st.sampled_from(["", "AAAA", "!!!", "QUJD"]) | st.text(max_size=50),
         "sha256": st.sampled_from(["0" * 64]) | st.text(max_size=70),
-        "health": st.dictionaries(st.sampled_from(["window_s", "max_error_rate", "bogus", "min_labeled"]), json_values, max_size=3) | json_values,
+        "health": st.dictionaries(
+            st.sampled_from(["window_s", "max_error_rate", "bogus", "min_labeled"]), json_values, max_size=3
+        )
+        | json_values,
         "name": json_values,
     },
 )
@@ -135,9 +146,12 @@ def test_random_json(harness, name, doc):
     st.sampled_from(NAMES),
     st.fixed_dictionaries(
         {"cmd_id": ids},
-        optional={"name": st.sampled_from(NAMES) | json_values, "args": st.dictionaries(st.text(max_size=12), json_values, max_size=5) | json_values,
-                  "expires_at": st.one_of(st.none(), st.integers(0, 2**45), st.floats(allow_nan=False), st.text(max_size=5)),
-                  "requester": st.sampled_from(["fleet", "../x", "a/b", "+", ""]) | json_values},
+        optional={
+            "name": st.sampled_from(NAMES) | json_values,
+            "args": st.dictionaries(st.text(max_size=12), json_values, max_size=5) | json_values,
+            "expires_at": st.one_of(st.none(), st.integers(0, 2**45), st.floats(allow_nan=False), st.text(max_size=5)),
+            "requester": st.sampled_from(["fleet", "../x", "a/b", "+", ""]) | json_values,
+        },
     ),
 )
 def test_command_shaped_documents(harness, name, doc):
@@ -156,19 +170,29 @@ def test_swap_bundle_arguments(harness, args):
 
 
 @FUZZ
-@given(st.sampled_from(["", "+", "#", "edge/v1/other-dev/cmd/ping", f"{BASE}/cmd", f"{BASE}/res/x", f"{BASE}/cmd/ping/x", "\x00"]))
+@given(
+    st.sampled_from(
+        ["", "+", "#", "edge/v1/other-dev/cmd/ping", f"{BASE}/cmd", f"{BASE}/res/x", f"{BASE}/cmd/ping/x", "\x00"]
+    )
+)
 def test_commands_on_foreign_or_odd_topics_are_rejected(harness, topic):
     answer = _check(harness, topic, json.dumps({"cmd_id": uuid.uuid4().hex}).encode())
     assert answer["state"] == "rejected"
 
 
 @FUZZ
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70), min_size=64, max_size=64))
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70), min_size=64, max_size=64)
+)
 def test_infer_tensors_of_any_finite_json_numbers(harness, values):
     """JSON has no inf, but 1e39 is inf as float32 and 2**70 overflows nothing until it meets a window: refused
     or served, the telemetry window must stay strict JSON (an inf once stopped every later window)."""
     tensor = np.asarray(values, dtype=object).reshape(8, 8, 1).tolist()
-    _check(harness, f"{BASE}/cmd/infer", json.dumps({"cmd_id": f"i-{uuid.uuid4().hex}", "args": {"tensor": tensor}}).encode())
+    _check(
+        harness,
+        f"{BASE}/cmd/infer",
+        json.dumps({"cmd_id": f"i-{uuid.uuid4().hex}", "args": {"tensor": tensor}}).encode(),
+    )
     json.dumps(harness.agent.recorder.snapshot_and_reset(), allow_nan=False)
 
 

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import fuzz_examples
-
 from edgekit_agent.contract.errors import BundleError, EdgekitError
 from edgekit_agent.contract.manifest import Manifest, dump_manifest
+
+from fuzzing import fuzz_examples
 
 VALID: dict[str, Any] = {
     "format": "edgekit-bundle/1",
@@ -24,7 +24,15 @@ VALID: dict[str, Any] = {
     "model": {"file": "model.tflite", "bytes": 10, "sha256": "0" * 64},
     "inputs": [{"name": "in", "shape": [1, 8, 8, 1], "dtype": "int8", "scale": 0.0039, "zero_point": -128}],
     "outputs": [{"name": "out", "shape": [1, 10], "dtype": "int8", "scale": 0.1, "zero_point": 3}],
-    "preprocess": {"width": 8, "height": 8, "color_mode": "L", "resize": "bilinear", "scale": 0.0039, "mean": [0.0], "std": [1.0]},
+    "preprocess": {
+        "width": 8,
+        "height": 8,
+        "color_mode": "L",
+        "resize": "bilinear",
+        "scale": 0.0039,
+        "mean": [0.0],
+        "std": [1.0],
+    },
     "labels": [str(i) for i in range(10)],
     "golden": {"file": "golden.npz", "samples": 16, "tolerance": 1},
     "files": {"model.tflite": {"bytes": 10, "sha256": "0" * 64}, "golden.npz": {"bytes": 5, "sha256": "1" * 64}},
@@ -79,7 +87,13 @@ def test_random_json_documents(doc: Any):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(ALL_PATHS), st.sampled_from(["delete", "replace"]), json_values), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(ALL_PATHS), st.sampled_from(["delete", "replace"]), json_values),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_valid_manifest_with_keys_deleted_or_retyped(edits):
     doc = copy.deepcopy(VALID)
     for path, action, value in edits:

@@ -16,10 +16,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import fuzz_examples
-
-from edgekit_agent.contract.errors import ModelError
 from edgekit_agent.bundle.tflite_file import check_tflite
+from edgekit_agent.contract.errors import ModelError
+
+from fuzzing import fuzz_examples
 
 FUZZ = settings(max_examples=fuzz_examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHILD_CASES = fuzz_examples(150)

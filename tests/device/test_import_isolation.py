@@ -22,7 +22,12 @@ def agent_modules() -> list[str]:
 
 def test_every_agent_module_imports_without_tensorflow_or_edgekit():
     modules = agent_modules()
-    assert {"edgekit_agent.bundle.load", "edgekit_agent.bundle.selftest", "edgekit_agent.infer.benchmark", "edgekit_agent.cli"} <= set(modules)
+    assert {
+        "edgekit_agent.bundle.load",
+        "edgekit_agent.bundle.selftest",
+        "edgekit_agent.infer.benchmark",
+        "edgekit_agent.cli",
+    } <= set(modules)
     code = (
         "import importlib, json, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

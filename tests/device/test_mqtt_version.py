@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from edgekit_agent.mqtt.commands import CommandProcessor, CommandSpec, CommandStore
-from edgekit_agent.serve.config import load_settings
 from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandSpec, CommandStore
 from edgekit_agent.mqtt.link import Incoming
+from edgekit_agent.serve.config import load_settings
 
 DEVICE = "dev-311"
 BASE = f"edge/v1/{DEVICE}"
@@ -23,7 +23,9 @@ BASE = f"edge/v1/{DEVICE}"
 
 def test_mqtt_version_flag_config_key_and_default(tmp_path: Path) -> None:
     assert load_settings(None, device_id=DEVICE, broker="mqtt://h:1").broker.mqtt_version == "auto"
-    assert load_settings(None, device_id=DEVICE, broker="mqtt://h:1", mqtt_version="3.1.1").broker.mqtt_version == "3.1.1"
+    assert (
+        load_settings(None, device_id=DEVICE, broker="mqtt://h:1", mqtt_version="3.1.1").broker.mqtt_version == "3.1.1"
+    )
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'device_id = "{DEVICE}"\n[broker]\nurl = "mqtt://h:1"\nmqtt_version = "5"\n')
     assert load_settings(cfg).broker.mqtt_version == "5"
@@ -66,7 +68,9 @@ def processor(tmp_path: Path):
     proc.store.close()
 
 
-def _msg(name: str, doc: dict[str, Any], *, response_topic: str | None = None, correlation: bytes | None = None) -> Incoming:
+def _msg(
+    name: str, doc: dict[str, Any], *, response_topic: str | None = None, correlation: bytes | None = None
+) -> Incoming:
     return Incoming(f"{BASE}/cmd/{name}", json.dumps(doc).encode(), response_topic, correlation, time.monotonic())
 
 
@@ -81,13 +85,24 @@ def test_payload_response_topic_and_correlation_data_are_used_and_echoed(process
     # a repeated cmd_id gets the stored answer on the new request's topic with the new correlation
     proc.submit(_msg("echo", {"cmd_id": "c1", "requester": "other", "correlation_data": "k-2"}))
     topic, body, corr = answers.wait(3)[2]
-    assert topic == f"{BASE}/res/other" and body["duplicate"] is True and body["correlation_data"] == "k-2" and corr == b"k-2"
+    assert (
+        topic == f"{BASE}/res/other"
+        and body["duplicate"] is True
+        and body["correlation_data"] == "k-2"
+        and corr == b"k-2"
+    )
 
 
 def test_mqtt5_properties_win_over_the_payload_fields(processor) -> None:
     proc, answers = processor
-    proc.submit(_msg("ping", {"cmd_id": "p1", "response_topic": f"{BASE}/res/payload", "correlation_data": "text"},
-                     response_topic=f"{BASE}/res/prop", correlation=b"\x00bin"))  # fmt: skip
+    proc.submit(
+        _msg(
+            "ping",
+            {"cmd_id": "p1", "response_topic": f"{BASE}/res/payload", "correlation_data": "text"},
+            response_topic=f"{BASE}/res/prop",
+            correlation=b"\x00bin",
+        )
+    )
     got = answers.wait(2)
     assert {t for t, _, _ in got} == {f"{BASE}/res/prop"} and {c for _, _, c in got} == {b"\x00bin"}
     assert all(b["correlation_data"] == "text" for _, b, _ in got)  # the payload's copy is still echoed
@@ -123,5 +138,9 @@ def test_bad_payload_fields_are_rejected_with_a_clear_message(processor, doc: di
     proc, answers = processor
     proc.submit(_msg("ping", doc))
     topic, body, _ = answers.wait(1)[0]
-    assert body["state"] == "rejected" and body["error"]["code"] == "INVALID_PAYLOAD" and needle in body["error"]["message"]
+    assert (
+        body["state"] == "rejected"
+        and body["error"]["code"] == "INVALID_PAYLOAD"
+        and needle in body["error"]["message"]
+    )
     assert topic == f"{BASE}/res/fleet"  # the only safe place left to answer

@@ -22,7 +22,7 @@ def _png(img: Image.Image) -> bytes:
 
 
 def test_a_16_bit_png_keeps_its_gradient() -> None:
-    raw = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63,000 of 65,535
+    raw = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0 .. 63,000 of 65,535
     img = open_image(_png(Image.fromarray(raw)))
     assert img.mode.startswith("I;16")
     x = image_to_float(img, SPEC)[..., 0]

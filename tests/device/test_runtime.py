@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit_agent.bundle.tflite_file import check_tflite
 from edgekit_agent.contract.errors import DelegateError, ModelError, RuntimeUnavailableError
 from edgekit_agent.infer.runtime import Runtime
-from edgekit_agent.bundle.tflite_file import check_tflite
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,9 @@ def test_typed_errors(model):
 
 
 @pytest.mark.skipif(bool(ctypes.util.find_library("edgetpu")), reason="libedgetpu is installed here")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # LiteRT's Delegate.__del__ after a failed load
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # LiteRT's Delegate.__del__ after a failed load
 def test_missing_edgetpu_library_is_a_delegate_error(model):
     with pytest.raises(DelegateError, match="libedgetpu"):
         Runtime(model, delegate="edgetpu")

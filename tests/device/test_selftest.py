@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.bundle.selftest import run_selftest
 from edgekit_agent.contract.errors import BundleError, SelfTestError
 from edgekit_agent.contract.manifest import dump_manifest
-from edgekit_agent.bundle.selftest import run_selftest
 
 from tamper import copy_bundle, rehash
 
@@ -62,7 +62,9 @@ def test_altered_golden_outputs_fail_and_say_by_how_much(digits_bundle: Path, tm
     d = rewrite_golden(digits_bundle, tmp_path, outputs=outputs.astype(np.int8))
     b = load_bundle(d)  # hashes are consistent: only the self-test can notice
     n = len(outputs)
-    with pytest.raises(SelfTestError, match=rf"by up to 7 raw units \(tolerance 1\) on 1 of {n} golden samples \(worst: sample 3\)") as info:
+    with pytest.raises(
+        SelfTestError, match=rf"by up to 7 raw units \(tolerance 1\) on 1 of {n} golden samples \(worst: sample 3\)"
+    ) as info:
         run_selftest(b)
     assert info.value.result.max_abs_diff == 7 and not info.value.result.passed
     assert "--skip-selftest" in str(info.value)

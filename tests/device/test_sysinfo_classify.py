@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit_agent.serve import sysinfo
 from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.infer.classify import outputs_are, probabilities, top1
 from edgekit_agent.contract.manifest import TensorSpec
+from edgekit_agent.infer.classify import outputs_are, probabilities, top1
+from edgekit_agent.serve import sysinfo
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -24,7 +24,9 @@ def test_memory_and_system_description_on_linux():
         "block = np.ones(32 << 20, dtype=np.uint8); "
         "print(sysinfo.rss_mb() - before, sysinfo.peak_rss_mb() >= sysinfo.rss_mb())"
     )
-    grew, peak_ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grew, peak_ok = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert float(grew) > 24 and peak_ok == "True"  # touching 32 MiB shows in RSS
     info = sysinfo.system_info()
     assert info.cpu_count >= 1 and info.mem_total_mb and info.mem_total_mb > 0 and info.os
@@ -53,7 +55,11 @@ def test_softmax_only_for_logits():
     t = TensorSpec("out", (1, 3), "int8", 0.1, 0)
     raw = np.array([[10, 20, 0]], dtype=np.int8)
     p = probabilities(raw, t, "logits")
-    assert p.sum() == pytest.approx(1.0) and p.argmax() == 1 and p[1] == pytest.approx(np.exp(2) / (np.exp(1) + np.exp(2) + 1))
+    assert (
+        p.sum() == pytest.approx(1.0)
+        and p.argmax() == 1
+        and p[1] == pytest.approx(np.exp(2) / (np.exp(1) + np.exp(2) + 1))
+    )
     assert np.allclose(probabilities(raw, t, "probabilities"), [1.0, 1.0, 0.0])  # dequantised, clipped to [0, 1]
 
 

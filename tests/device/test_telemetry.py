@@ -76,7 +76,10 @@ def test_window_counts_accuracy_predictions_and_reset():
     assert body["accuracy"]["per_class"]["3"] == {"labeled": 3, "correct": 2}
     assert body["accuracy"]["per_class"]["9"] == {"labeled": 1, "correct": 0}
     assert body["predictions"]["class_counts"]["1"] == 2 and body["predictions"]["class_counts"]["4"] == 2
-    assert body["predictions"]["confidence_hist"]["counts"][9] == 12 and body["predictions"]["confidence_hist"]["counts"][3] == 1
+    assert (
+        body["predictions"]["confidence_hist"]["counts"][9] == 12
+        and body["predictions"]["confidence_hist"]["counts"][3] == 1
+    )
     assert body["latency_ms"]["total"]["count"] == 13 and body["latency_ms"]["invoke"]["max"] == pytest.approx(1.4)
     assert body["latency_ms"]["total"]["cum"][-1] == 13
     assert body["drift"]["input_mean"]["n"] == 12  # the unlabelled one had no input mean (NaN)
@@ -91,7 +94,9 @@ def test_psi_definition_and_floor():
     a, e = [0.7, 0.3], [0.5, 0.5]
     assert psi(a, e) == pytest.approx((0.7 - 0.5) * math.log(0.7 / 0.5) + (0.3 - 0.5) * math.log(0.3 / 0.5))
     # an empty bin is floored at 1e-4 instead of making PSI infinite
-    assert psi([1.0, 0.0], [0.5, 0.5]) == pytest.approx((1 - 0.5) * math.log(1 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5))
+    assert psi([1.0, 0.0], [0.5, 0.5]) == pytest.approx(
+        (1 - 0.5) * math.log(1 / 0.5) + (1e-4 - 0.5) * math.log(1e-4 / 0.5)
+    )
     assert math.isnan(psi([], [])) and math.isnan(psi([1, 2], [1.0]))
 
 

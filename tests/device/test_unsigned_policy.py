@@ -13,7 +13,16 @@ AGENT = [sys.executable, "-m", "edgekit_agent.cli", "run"]
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # Port 1 on loopback: nothing listens, so the bundle check is all that can fail before the broker does.
-    cmd = [*AGENT, *args, "--broker", "mqtt://127.0.0.1:1", "--device-id", "policy", "--data-dir", str(tmp_path / "data")]
+    cmd = [
+        *AGENT,
+        *args,
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--device-id",
+        "policy",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgekit_agent.serve.agent import Agent
 from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.agent import Agent
 from edgekit_agent.serve.config import AgentSettings
+
 from fixtures_models import digits_arrays
 
 

@@ -12,9 +12,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -23,13 +24,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from PIL import Image
 
-from brokers import Mosquitto
-from edgekit_agent.serve.agent import Agent
 from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.serve.config import load_settings
 from edgekit_agent.contract.errors import ExitStatus
 from edgekit_agent.infer.preprocess import Preprocessor
 from edgekit_agent.infer.runtime import Runtime
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.serve.config import load_settings
+
+from brokers import Mosquitto
 from fixtures_models import digits_arrays
 
 DEVICE = "pi-test"
@@ -51,7 +53,11 @@ class Subscriber:
     def __init__(self, broker: Mosquitto, *, client_id: str | None = None, persistent: bool = False) -> None:
         self.msgs: list[Msg] = []
         self.cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"fleet-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"fleet-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
@@ -86,7 +92,10 @@ class Subscriber:
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    topics = [(m.topic, m.retain, m.doc.get("state") if isinstance(m.doc, dict) else None) for m in self.msgs[:6]]
+                    topics = [
+                        (m.topic, m.retain, m.doc.get("state") if isinstance(m.doc, dict) else None)
+                        for m in self.msgs[:6]
+                    ]
                     raise AssertionError(f"timed out waiting for {count} message(s); last seen: {topics}")
                 self.cond.wait(left)
 
@@ -99,12 +108,18 @@ class Subscriber:
         self.client.publish(f"{BASE}/cmd/{name}", data, qos=1, properties=props).wait_for_publish(5)
 
     def answers(self, cmd_id: str | None) -> list[dict[str, Any]]:
-        return [m.doc for m in self.matching(lambda m: m.topic == f"{BASE}/res/tester" and m.doc.get("cmd_id") == cmd_id)]
+        return [
+            m.doc for m in self.matching(lambda m: m.topic == f"{BASE}/res/tester" and m.doc.get("cmd_id") == cmd_id)
+        ]
 
     def final(self, cmd_id: str, timeout: float = 15.0) -> dict[str, Any]:
         final_states = ("rejected", "succeeded", "failed", "expired", "canceled")
         return self.wait_for(
-            lambda m: m.topic.startswith(f"{BASE}/res/") and m.doc.get("cmd_id") == cmd_id and m.doc.get("state") in final_states,
+            lambda m: (
+                m.topic.startswith(f"{BASE}/res/")
+                and m.doc.get("cmd_id") == cmd_id
+                and m.doc.get("state") in final_states
+            ),
             timeout,
         )[-1].doc
 
@@ -118,7 +133,11 @@ def telemetry(m: Msg) -> bool:
 
 
 def status(state: str, reason: str | None = None) -> Callable[[Msg], bool]:
-    return lambda m: m.topic == f"{BASE}/status" and m.doc.get("state") == state and (reason is None or m.doc.get("reason") == reason)
+    return lambda m: (
+        m.topic == f"{BASE}/status"
+        and m.doc.get("state") == state
+        and (reason is None or m.doc.get("reason") == reason)
+    )
 
 
 def write_digits(root: Path, indices: range, *, labelled: bool = True) -> list[tuple[Path, int]]:
@@ -153,7 +172,9 @@ def agent_factory(digits_bundle: Path, tmp_path: Path):
 
     def start(broker: Mosquitto, **flags: Any) -> Agent:
         flags.setdefault("window_s", 1.0)
-        settings = load_settings(None, device_id=DEVICE, broker=broker.url, data_dir=str(tmp_path / "agent-data"), **flags)
+        settings = load_settings(
+            None, device_id=DEVICE, broker=broker.url, data_dir=str(tmp_path / "agent-data"), **flags
+        )
         agent = Agent(load_bundle(digits_bundle), settings)
         t = threading.Thread(target=agent.run, daemon=True)
         t.start()
@@ -166,9 +187,24 @@ def agent_factory(digits_bundle: Path, tmp_path: Path):
         t.join(30)
 
 
-def agent_process(bundle: Path, broker_url: str, data_dir: Path, *extra: str, python: str = sys.executable) -> subprocess.Popen[str]:
-    cmd = [python, "-m", "edgekit_agent.cli", "run", str(bundle), "--allow-unsigned", "--broker", broker_url, "--device-id", DEVICE,
-           "--data-dir", str(data_dir), *extra]  # fmt: skip
+def agent_process(
+    bundle: Path, broker_url: str, data_dir: Path, *extra: str, python: str = sys.executable
+) -> subprocess.Popen[str]:
+    cmd = [
+        python,
+        "-m",
+        "edgekit_agent.cli",
+        "run",
+        str(bundle),
+        "--allow-unsigned",
+        "--broker",
+        broker_url,
+        "--device-id",
+        DEVICE,
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -252,7 +288,9 @@ def test_broker_outage_every_window_arrives_with_contiguous_seq(agent_factory, t
         before_stop = max(m.doc["seq"] for m in fleet.matching(telemetry))
         fleet.wait_for(lambda m: telemetry(m) and m.doc["seq"] >= before_stop + 12, timeout=40)
         seqs = sorted({m.doc["seq"] for m in fleet.matching(telemetry)})
-        everything = sorted({m.doc["seq"] for m in fleet.matching(lambda m: isinstance(m.doc.get("seq"), int) and not m.retain)})
+        everything = sorted(
+            {m.doc["seq"] for m in fleet.matching(lambda m: isinstance(m.doc.get("seq"), int) and not m.retain)}
+        )
         assert everything == list(range(everything[0], everything[-1] + 1)), "a gap in seq: a window was lost"
         assert len(seqs) >= 14
         assert {m.doc["epoch"] for m in fleet.matching(telemetry)} == {agent.outbox.epoch}
@@ -283,7 +321,11 @@ def test_bad_commands_get_error_answers_and_the_agent_keeps_serving(mosquitto, a
     assert unknown["error"]["code"] == "UNKNOWN_COMMAND" and "ping" in unknown["error"]["message"]
     assert fleet.final("e1")["error"]["code"] == "EXPIRED"
     wrong_type = fleet.final("t1")
-    assert wrong_type["state"] == "rejected" and wrong_type["error"]["code"] == "INVALID_ARGS" and "num_runs" in wrong_type["error"]["message"]
+    assert (
+        wrong_type["state"] == "rejected"
+        and wrong_type["error"]["code"] == "INVALID_ARGS"
+        and "num_runs" in wrong_type["error"]["message"]
+    )
     assert "Did you mean 'num_runs'" in fleet.final("t2")["error"]["message"]
     assert fleet.final("t3")["error"]["code"] == "INVALID_ARGS"  # a bool is not a number of seconds
     bad_image = fleet.final("t4")
@@ -297,7 +339,9 @@ def test_bad_commands_get_error_answers_and_the_agent_keeps_serving(mosquitto, a
     pong = fleet.final("p1")
     assert pong["state"] == "succeeded" and pong["result"]["pong"] is True
     assert [a["state"] for a in fleet.answers("p1")] == ["accepted", "succeeded"]
-    assert {m.correlation for m in fleet.matching(lambda m: "/res/" in m.topic and m.doc.get("cmd_id") == "p1")} == {b"\x00\x01corr"}
+    assert {m.correlation for m in fleet.matching(lambda m: "/res/" in m.topic and m.doc.get("cmd_id") == "p1")} == {
+        b"\x00\x01corr"
+    }
     png = write_digits(tmp_path / "one", range(1500, 1501), labelled=False)[0][0]
     fleet.command("infer", {"cmd_id": "i1", "args": {"image": base64.b64encode(png.read_bytes()).decode()}})
     assert fleet.final("i1")["state"] == "succeeded"
@@ -358,7 +402,9 @@ def test_sigterm_flushes_the_last_window_and_publishes_shutdown(mosquitto, digit
     assert shutdown.doc["boot_id"] == last["boot_id"]
     assert not fleet.matching(status("offline", "lwt"))  # a clean stop never triggers the will
     topics = [m.topic for m in fleet.msgs]
-    assert topics.index(f"{BASE}/telemetry/inference") < topics.index(f"{BASE}/status", topics.index(f"{BASE}/telemetry/inference"))
+    assert topics.index(f"{BASE}/telemetry/inference") < topics.index(
+        f"{BASE}/status", topics.index(f"{BASE}/telemetry/inference")
+    )
 
 
 def test_bad_credentials_stop_the_agent_with_exit_status_unavailable(digits_bundle, tmp_path):
@@ -394,7 +440,9 @@ def test_outbox_bound_during_an_outage_drops_oldest_and_reports_it(agent_factory
             time.sleep(0.05)
         final = agent.outbox.dropped  # drained: no more drops from here on
         fleet.wait_for(lambda m: telemetry(m) and m.doc["outbox"]["dropped"] == final, timeout=30)
-        stream = sorted({m.doc["seq"] for m in fleet.matching(lambda m: isinstance(m.doc.get("seq"), int) and not m.retain)})
+        stream = sorted(
+            {m.doc["seq"] for m in fleet.matching(lambda m: isinstance(m.doc.get("seq"), int) and not m.retain)}
+        )
         # The count the device reported is exactly the number of seqs a consumer never sees: oldest first
         # (the first windows, meta and the event), except rows already in flight when the bound was hit.
         missing = sorted(set(range(1, stream[-1] + 1)) - set(stream))
@@ -411,7 +459,9 @@ def test_a_full_queue_answers_busy_queued_commands_expire_or_are_canceled_at_sto
     agent = agent_factory(mosquitto, window_s=0.5)
     fleet.wait_for(status("online"))
     # A long benchmark occupies the (single) command worker.
-    fleet.command("run_benchmark", {"cmd_id": "long", "args": {"warmup_runs": 0, "num_runs": 100_000, "num_threads": 1}})
+    fleet.command(
+        "run_benchmark", {"cmd_id": "long", "args": {"warmup_runs": 0, "num_runs": 100_000, "num_threads": 1}}
+    )
     fleet.wait_for(lambda m: m.doc.get("cmd_id") == "long" and m.doc.get("state") == "accepted")
     png = write_digits(tmp_path / "img", range(1790, 1791), labelled=False)[0][0]
     image = base64.b64encode(png.read_bytes()).decode()
@@ -441,8 +491,16 @@ def test_the_agent_serves_on_tflite_runtime_2_14_with_numpy_1(mosquitto, digits_
     watch = tmp_path / "watch"
     write_digits(watch, range(1750, 1760))
     fleet = Subscriber(mosquitto)
-    proc = agent_process(digits_bundle, mosquitto.url, tmp_path / "data", "--window", "0.5", "--watch", str(watch),
-                         python=str(LEGACY_PYTHON))  # fmt: skip
+    proc = agent_process(
+        digits_bundle,
+        mosquitto.url,
+        tmp_path / "data",
+        "--window",
+        "0.5",
+        "--watch",
+        str(watch),
+        python=str(LEGACY_PYTHON),
+    )
     try:
         fleet.wait_for(status("online"), timeout=60)
         deadline = time.monotonic() + 30

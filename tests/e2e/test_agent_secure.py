@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from test_security_broker import DEVICES, FLEET, Client, make_auth, make_pki
+
+from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.agent import Agent
+from edgekit_agent.serve.config import load_settings
 
 from brokers import Mosquitto
-from edgekit_agent.serve.agent import Agent
-from edgekit_agent.bundle.load import load_bundle
-from edgekit_agent.serve.config import load_settings
-from test_security_broker import DEVICES, FLEET, Client, make_auth, make_pki
 
 DEVICE = "dev-a"
 
@@ -31,9 +32,15 @@ def secure(tmp_path: Path):
         tmp_path / "broker",
         allow_anonymous=False,
         extra_config="\n".join(
-            [f"cafile {pki['ca']}", f"certfile {pki['server_cert']}", f"keyfile {pki['server_key']}",
-             "tls_version tlsv1.2", f"password_file {pw}", f"acl_file {acl}"]
-        ),  # fmt: skip
+            [
+                f"cafile {pki['ca']}",
+                f"certfile {pki['server_cert']}",
+                f"keyfile {pki['server_key']}",
+                "tls_version tlsv1.2",
+                f"password_file {pw}",
+                f"acl_file {acl}",
+            ]
+        ),
     ).start()
     yield broker, pki
     broker.stop()
@@ -55,9 +62,15 @@ def next_message(cl: Client, pred: Any, timeout: float = 20.0) -> dict[str, Any]
 def test_agent_over_tls_with_password_and_an_acl_refusal(secure, digits_bundle, tmp_path):
     broker, pki = secure
     settings = load_settings(
-        None, device_id=DEVICE, broker=f"mqtts://{broker.host}:{broker.port}", tls_ca=str(pki["ca"]),
-        username=DEVICE, password=DEVICES[DEVICE], data_dir=str(tmp_path / "data"), window_s=0.5,
-    )  # fmt: skip
+        None,
+        device_id=DEVICE,
+        broker=f"mqtts://{broker.host}:{broker.port}",
+        tls_ca=str(pki["ca"]),
+        username=DEVICE,
+        password=DEVICES[DEVICE],
+        data_dir=str(tmp_path / "data"),
+        window_s=0.5,
+    )
     agent = Agent(load_bundle(digits_bundle), settings)
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()

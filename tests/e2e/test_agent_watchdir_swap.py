@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgekit_agent.serve.agent import Agent
 from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.serve.agent import Agent
 from edgekit_agent.serve.config import AgentSettings
+
 from fixtures_models import digits_arrays
 from ota_support import make_variant
 
@@ -65,5 +66,8 @@ def test_labels_are_resolved_when_served(digits_bundle: Path, tmp_path: Path) ->
     body = agent.recorder.snapshot_and_reset()
     # Every image, the one in flight too, is scored with the labels of the bundle that served it.
     assert body["accuracy"]["labeled"] == n == expected["labeled"], body["accuracy"]
-    assert body["accuracy"]["correct"] == expected["correct"] and expected["accuracy"] > 0.9, (body["accuracy"], expected)
+    assert body["accuracy"]["correct"] == expected["correct"] and expected["accuracy"] > 0.9, (
+        body["accuracy"],
+        expected,
+    )
     assert body["counts"]["requests"] == n and not body["counts"]["errors"]

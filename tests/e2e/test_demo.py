@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     work = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "--short", "--workdir", str(work)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh"), "--short", "--workdir", str(work)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7", "clean-up"):
@@ -32,8 +38,11 @@ def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     reports = list((work / "bench").glob("bench-pi-kitchen-*.json"))
     assert len(reports) == 1 and reports[0].with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # Every device served labelled images, and every agent stopped cleanly.
-    assert re.search(r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), exporter, broker", out), out[-2000:]
-    counted = out[out.index("what the Prometheus exporter counted"):]
+    assert re.search(
+        r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), exporter, broker",
+        out,
+    ), out[-2000:]
+    counted = out[out.index("what the Prometheus exporter counted") :]
     for device in ("pi-kitchen", "pi-garage", "esp32-sim"):
         requests = int(re.search(rf"│ {device}\s+│\s+(\d+)", counted).group(1))
         assert requests > 0, (device, counted[:1500])
@@ -52,8 +61,13 @@ def test_demo_interrupted_by_sigterm_stops_everything_it_started(tmp_path, digit
 
     work = tmp_path / "demo"
     shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "demo", "--workdir", str(work), "--watch-seconds", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "demo", "--workdir", str(work), "--watch-seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     seen = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:
@@ -80,11 +94,19 @@ def test_demo_with_a_given_broker_uses_it_and_leaves_it_running(tmp_path, digits
 
     work = tmp_path / "demo"
     shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
-    proc = subprocess.run([sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work), "--broker", mosquitto.url],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work), "--broker", mosquitto.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert f"broker {mosquitto.url};" in proc.stdout
-    assert "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter" in proc.stdout
+    assert (
+        "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter"
+        in proc.stdout
+    )
     assert "broker (" not in proc.stdout.split("stopped:")[1].splitlines()[0]  # not ours to stop
     assert port_in_use("127.0.0.1", mosquitto.port)
     assert len(list((work / "bench").glob("*.json"))) == 1

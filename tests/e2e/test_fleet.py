@@ -41,9 +41,19 @@ class Device:
         host, port = url.removeprefix("mqtt://").split(":")
         self.device_id, self.epoch, self.boot_id, self.seq = device_id, uuid.uuid4().hex, uuid.uuid4().hex, 0
         self.rng = np.random.default_rng(seed)
-        self.sent = {"requests": 0, "errors": 0, "labeled": 0, "correct": 0, "count": 0, "sum": 0.0, "cum": np.zeros(len(LE) + 1, int)}
+        self.sent = {
+            "requests": 0,
+            "errors": 0,
+            "labeled": 0,
+            "correct": 0,
+            "count": 0,
+            "sum": 0.0,
+            "cum": np.zeros(len(LE) + 1, int),
+        }
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=protocol)
-        self.client.will_set(self.topic("status"), json.dumps(self.envelope(state="offline", reason="lwt")), qos=1, retain=True)
+        self.client.will_set(
+            self.topic("status"), json.dumps(self.envelope(state="offline", reason="lwt")), qos=1, retain=True
+        )
         self.client.connect(host, int(port))
         self.client.loop_start()
 
@@ -52,8 +62,15 @@ class Device:
 
     def envelope(self, **body) -> dict:
         self.seq += 1
-        return {"device_id": self.device_id, "boot_id": self.boot_id, "epoch": self.epoch, "seq": self.seq,
-                "ts": int(time.time() * 1000), "agent_version": "test", **body}
+        return {
+            "device_id": self.device_id,
+            "boot_id": self.boot_id,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "ts": int(time.time() * 1000),
+            "agent_version": "test",
+            **body,
+        }
 
     def publish(self, kind: str, doc: dict, retain: bool = False) -> dict:
         self.client.publish(self.topic(kind), json.dumps(doc), qos=1, retain=retain).wait_for_publish(5)
@@ -63,23 +80,41 @@ class Device:
         self.publish("status", self.envelope(schema="edge.status/1", state="online"), retain=True)
         self.publish("meta", self.envelope(schema="edge.meta/1", config={"window_s": 10}), retain=True)
 
-    def window(self, requests: int = 50, labeled: int = 40, correct: int = 36, errors: int = 2, dropped: int = 0) -> dict:
+    def window(
+        self, requests: int = 50, labeled: int = 40, correct: int = 36, errors: int = 2, dropped: int = 0
+    ) -> dict:
         lat = self.rng.gamma(2.0, 1.5, size=requests)
         cum = [int((lat <= le).sum()) for le in LE] + [requests]
         s = self.sent
-        s["requests"] += requests; s["errors"] += errors; s["labeled"] += labeled; s["correct"] += correct
-        s["count"] += requests; s["sum"] += float(lat.sum()); s["cum"] += np.array(cum)
-        series = {"count": requests, "sum": float(lat.sum()), "min": float(lat.min()), "max": float(lat.max()),
-                  "p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99)),
-                  "le": LE + ["+Inf"], "cum": cum}
+        s["requests"] += requests
+        s["errors"] += errors
+        s["labeled"] += labeled
+        s["correct"] += correct
+        s["count"] += requests
+        s["sum"] += float(lat.sum())
+        s["cum"] += np.array(cum)
+        series = {
+            "count": requests,
+            "sum": float(lat.sum()),
+            "min": float(lat.min()),
+            "max": float(lat.max()),
+            "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)),
+            "le": LE + ["+Inf"],
+            "cum": cum,
+        }
         now = int(time.time() * 1000)
         return self.envelope(
-            schema="edge.telemetry.inference/1", window={"start": now - 10_000, "end": now},
+            schema="edge.telemetry.inference/1",
+            window={"start": now - 10_000, "end": now},
             bundle={"name": "digits", "version": "1", "sha256": "0" * 64, "profile": "raspberry-pi-4"},
             runtime={"engine": "litert", "version": "2.3", "delegate": "xnnpack", "num_threads": 2},
             counts={"requests": requests, "ok": requests - errors, "errors": {"INTERNAL": errors}, "dropped": 0},
-            throughput_ips=requests / 10, latency_ms={"total": series, "invoke": series, "preprocess": series},
-            accuracy={"labeled": labeled, "correct": correct, "per_class": {}}, outbox={"depth": 0, "dropped": dropped},
+            throughput_ips=requests / 10,
+            latency_ms={"total": series, "invoke": series, "preprocess": series},
+            accuracy={"labeled": labeled, "correct": correct, "per_class": {}},
+            outbox={"depth": 0, "dropped": dropped},
         )
 
     def close(self, clean: bool = True) -> None:
@@ -128,17 +163,27 @@ def test_watch_state_equals_what_devices_sent_dedup_and_gaps(mosquitto, devices)
     a, b = devices("pi-a"), devices("pi-b", seed=1)
     with FleetWatcher(mosquitto.url) as w:
         assert w.sync()
-        a.online(); b.online()
+        a.online()
+        b.online()
         docs = [a.publish("telemetry/inference", a.window()) for _ in range(3)]
         a.publish("telemetry/inference", docs[1])  # a redelivery: same (device, epoch, seq)
         b.publish("telemetry/inference", b.window(requests=20, labeled=10, correct=10, errors=0))
         b.seq += 2  # two records lost on the way
         b.publish("telemetry/inference", b.window(requests=30, labeled=30, correct=15, errors=1))
-        assert wait_until(lambda: (w.poll(0.1) or True) and {r.device_id: r.requests for r in w.snapshot()} == {"pi-a": 150, "pi-b": 50})
+        assert wait_until(
+            lambda: (
+                (w.poll(0.1) or True) and {r.device_id: r.requests for r in w.snapshot()} == {"pi-a": 150, "pi-b": 50}
+            )
+        )
         rows = {r.device_id: r for r in w.snapshot()}
     ra, rb = rows["pi-a"], rows["pi-b"]
     assert ra.status == rb.status == "online"
-    assert (ra.requests, ra.labeled, ra.correct, ra.errors) == (a.sent["requests"], a.sent["labeled"], a.sent["correct"], a.sent["errors"])
+    assert (ra.requests, ra.labeled, ra.correct, ra.errors) == (
+        a.sent["requests"],
+        a.sent["labeled"],
+        a.sent["correct"],
+        a.sent["errors"],
+    )
     assert ra.accuracy == pytest.approx(108 / 120)
     assert rb.accuracy == pytest.approx(25 / 40) and rb.lost_messages == 2 and ra.lost_messages == 0
     assert w.state.dedup.duplicates == 1
@@ -152,8 +197,12 @@ def test_watch_json_lines_follow_live_updates(mosquitto, devices, tmp_path):
 
     a = devices("pi-a")
     a.online()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "watch", "--broker", mosquitto.url, "--json", "--timeout", "6"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "watch", "--broker", mosquitto.url, "--json", "--timeout", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = json.loads(proc.stdout.readline())  # the retained snapshot comes first
         assert first["device_id"] == "pi-a" and first["status"] == "online" and first["requests"] == 0
@@ -170,7 +219,8 @@ def test_exporter_metrics_equal_what_was_sent(mosquitto, devices, buckets):
     from edgekit.fleet.exporter import COARSE_LE_MS
 
     a, b = devices("pi-a"), devices("pi-b", seed=3)
-    a.online(); b.online()
+    a.online()
+    b.online()
     with Exporter(mosquitto.url, port=0, buckets=buckets, stages=("total", "invoke")) as exp:
         assert wait_until(lambda: exp.processed() >= 4)  # the retained status + meta of both
         for _ in range(3):
@@ -189,12 +239,18 @@ def test_exporter_metrics_equal_what_was_sent(mosquitto, devices, buckets):
         assert m[("edgekit_inference_latency_seconds_count", total)] == d.sent["count"]
         assert m[("edgekit_inference_latency_seconds_sum", total)] == pytest.approx(d.sent["sum"] / 1000)
         for le, c in zip(LE + [float("inf")], d.sent["cum"]):
-            key = ("edgekit_inference_latency_seconds_bucket", tuple(sorted({"device": d.device_id, "stage": "total", "le": _go(le / 1000)}.items())))
+            key = (
+                "edgekit_inference_latency_seconds_bucket",
+                tuple(sorted({"device": d.device_id, "stage": "total", "le": _go(le / 1000)}.items())),
+            )
             if buckets == "full" or le in COARSE_LE_MS or le == float("inf"):
                 assert m[key] == c, (d.device_id, le)
             else:
                 assert key not in m  # 0.05 ms is not a 1-2-5 bound
-        assert m[("edgekit_inference_latency_seconds_count", (("device", d.device_id), ("stage", "invoke")))] == d.sent["count"]
+        assert (
+            m[("edgekit_inference_latency_seconds_count", (("device", d.device_id), ("stage", "invoke")))]
+            == d.sent["count"]
+        )
         assert ("edgekit_inference_latency_seconds_count", (("device", d.device_id), ("stage", "preprocess"))) not in m
     assert m[("edgekit_outbox_dropped_total", (("device", "pi-b"),))] == 3
 
@@ -221,12 +277,15 @@ def test_duplicate_is_counted_once_and_device_goes_down(mosquitto, devices):
 
 def test_two_exporters_on_one_shared_subscription_split_without_double_counting(mosquitto, devices):
     a, b = devices("pi-a"), devices("pi-b", seed=2)
-    a.online(); b.online()
+    a.online()
+    b.online()
     with Exporter(mosquitto.url, port=0, group="g1") as e1, Exporter(mosquitto.url, port=0, group="g1") as e2:
         assert wait_until(lambda: e1.processed() >= 4 and e2.processed() >= 4)
         for i in range(20):
             (a if i % 2 else b).publish("telemetry/inference", (a if i % 2 else b).window(requests=5 + i))
-        windows = lambda: [sum(v for (n, _), v in scrape(e.url).items() if n == "edgekit_telemetry_windows_total") for e in (e1, e2)]  # noqa: E731
+        windows = lambda: [
+            sum(v for (n, _), v in scrape(e.url).items() if n == "edgekit_telemetry_windows_total") for e in (e1, e2)
+        ]  # noqa: E731
         assert wait_until(lambda: sum(windows()) == 20)
         time.sleep(0.3)  # nothing more may arrive: a double delivery would push the sum past 20
         w1, w2 = windows()
@@ -236,7 +295,11 @@ def test_two_exporters_on_one_shared_subscription_split_without_double_counting(
         key = ("edgekit_inference_requests_total", (("device", d.device_id),))
         assert m1.get(key, 0) + m2.get(key, 0) == d.sent["requests"]
         # both exporters know both devices are up (status is not shared)
-        assert m1[("edgekit_device_up", (("device", d.device_id),))] == m2[("edgekit_device_up", (("device", d.device_id),))] == 1.0
+        assert (
+            m1[("edgekit_device_up", (("device", d.device_id),))]
+            == m2[("edgekit_device_up", (("device", d.device_id),))]
+            == 1.0
+        )
 
 
 def test_exporter_cli_serves_metrics_and_stops_cleanly_on_sigterm(mosquitto, devices):
@@ -250,8 +313,23 @@ def test_exporter_cli_serves_metrics_and_stops_cleanly_on_sigterm(mosquitto, dev
     a.online()
     a.publish("telemetry/inference", a.window(requests=9))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "exporter", "--broker", mosquitto.url, "--port", str(port), "--host", "127.0.0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "exporter",
+            "--broker",
+            mosquitto.url,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
 

@@ -41,9 +41,27 @@ def start_agent(bundle: Path, url: str, device_id: str, tmp: Path) -> tuple[subp
     watch = tmp / f"{device_id}-in"
     watch.mkdir()
     log = open(tmp / f"{device_id}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*AGENT, "run", str(bundle), "--allow-unsigned", "--broker", url, "--device-id", device_id, "--watch", str(watch),
-                             "--window", "0.5", "--data-dir", str(tmp / f"{device_id}-data")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            *AGENT,
+            "run",
+            str(bundle),
+            "--allow-unsigned",
+            "--broker",
+            url,
+            "--device-id",
+            device_id,
+            "--watch",
+            str(watch),
+            "--window",
+            "0.5",
+            "--data-dir",
+            str(tmp / f"{device_id}-data"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, watch
 
 
@@ -88,7 +106,8 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
         assert edgekit_main(["watch", "--broker", mosquitto.url, "--once", "--json"]) == 0
         once = {r["device_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
         assert {d: (r["status"], r["bundle"], r["profile"]) for d, r in once.items()} == {
-            d: ("online", "digits 1.0.0", "raspberry-pi-4") for d in ("pi-a", "pi-b")}  # from the retained status + meta
+            d: ("online", "digits 1.0.0", "raspberry-pi-4") for d in ("pi-a", "pi-b")
+        }  # from the retained status + meta
         n_a, n_b = len(write_images(wa, 30, 1)), len(write_images(wb, 20, 2))
         assert _wait(lambda: _requests(w) == {"pi-a": n_a, "pi-b": n_b}, 60), (_requests(w), _logs(tmp_path))
         rows = {r.device_id: r for r in w.snapshot()}
@@ -101,13 +120,23 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
         raw.close()
         for dev, docs in sent.items():
             total = [d["latency_ms"]["total"] for d in docs.values()]
-            assert sum(t["count"] for t in total) == m[("edgekit_inference_latency_seconds_count", (("device", dev), ("stage", "total")))]
-            assert sum(t["sum"] for t in total) / 1000 == pytest.approx(m[("edgekit_inference_latency_seconds_sum", (("device", dev), ("stage", "total")))])
+            assert (
+                sum(t["count"] for t in total)
+                == m[("edgekit_inference_latency_seconds_count", (("device", dev), ("stage", "total")))]
+            )
+            assert sum(t["sum"] for t in total) / 1000 == pytest.approx(
+                m[("edgekit_inference_latency_seconds_sum", (("device", dev), ("stage", "total")))]
+            )
             for i, le in enumerate(total[0]["le"]):
                 if le in COARSE_LE_MS:
                     labels = (("device", dev), ("le", _go(le / 1000)), ("stage", "total"))
-                    assert sum(t["cum"][i] for t in total) == m[("edgekit_inference_latency_seconds_bucket", labels)], le
-            assert sum(d["accuracy"]["correct"] for d in docs.values()) == m[("edgekit_inference_correct_total", (("device", dev),))]
+                    assert sum(t["cum"][i] for t in total) == m[("edgekit_inference_latency_seconds_bucket", labels)], (
+                        le
+                    )
+            assert (
+                sum(d["accuracy"]["correct"] for d in docs.values())
+                == m[("edgekit_inference_correct_total", (("device", dev),))]
+            )
         for dev, n in (("pi-a", n_a), ("pi-b", n_b)):
             r = rows[dev]
             assert r.labeled == n and r.errors == 0 and r.bundle.startswith("digits") and r.profile == "raspberry-pi-4"
@@ -132,7 +161,9 @@ def test_remote_benchmark_round_trip_with_a_real_agent(mosquitto, agents, tmp_pa
     with FleetWatcher(mosquitto.url) as w:
         assert _wait(lambda: _statuses(w).get("pi-bench") == "online", 60), _logs(tmp_path)
     states = []
-    bench = request_benchmark(mosquitto.url, "pi-bench", num_runs=30, warmup_runs=2, num_threads=1, timeout=60, on_state=states.append)
+    bench = request_benchmark(
+        mosquitto.url, "pi-bench", num_runs=30, warmup_runs=2, num_threads=1, timeout=60, on_state=states.append
+    )
     assert states[:2] == ["sent", "accepted"] and states[-1] == "succeeded"
     rep = bench.report
     assert rep["steady"]["count"] == 30 and rep["warmup"]["runs"] == 2
@@ -144,7 +175,24 @@ def test_remote_benchmark_round_trip_with_a_real_agent(mosquitto, agents, tmp_pa
     # The CLI: a second run, then --compare of both.
     from edgekit.cli import main
 
-    assert main(["bench", "--device", "pi-bench", "--broker", mosquitto.url, "--runs", "20", "--warmup", "1", "--out", str(tmp_path / "reports")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                "pi-bench",
+                "--broker",
+                mosquitto.url,
+                "--runs",
+                "20",
+                "--warmup",
+                "1",
+                "--out",
+                str(tmp_path / "reports"),
+            ]
+        )
+        == 0
+    )
     assert "remote benchmark of pi-bench" in capsys.readouterr().out
     reports = sorted((tmp_path / "reports").glob("*.json"))
     assert len(reports) == 2

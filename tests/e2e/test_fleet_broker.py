@@ -55,7 +55,12 @@ def test_amqtt_broker_refuses_mqtt5_and_watch_falls_back_to_311():
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pi-amqtt", protocol=mqtt.MQTTv311)
             c.connect(host, int(port))
             c.loop_start()
-            doc = {"epoch": "e", "seq": 2, "ts": int(time.time() * 1000), "counts": {"requests": 6, "ok": 6, "errors": {}}}
+            doc = {
+                "epoch": "e",
+                "seq": 2,
+                "ts": int(time.time() * 1000),
+                "counts": {"requests": 6, "ok": 6, "errors": {}},
+            }
             c.publish("edge/v1/pi-amqtt/telemetry/inference", json.dumps(doc), qos=1).wait_for_publish(5)
             c.disconnect()
             c.loop_stop()
@@ -75,8 +80,12 @@ def test_auto_engine_prefers_mosquitto_with_mqtt5_and_refuses_a_taken_port():
 
 
 def test_broker_cli_prints_its_url_and_stops_on_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "broker", "--port", "0", "--engine", "amqtt"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "broker", "--port", "0", "--engine", "amqtt"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("mqtt://127.0.0.1:")
@@ -127,13 +136,25 @@ def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch)
     """mosquitto with TLS (a test CA), a password file and the per-device ACL of the security tests."""
     from test_security_broker import make_auth, make_pki  # the same PKI and ACL the broker-security tests use
 
-    from brokers import Mosquitto
     from edgekit.fleet.exporter import Exporter
+
+    from brokers import Mosquitto
 
     pki = make_pki(tmp_path / "pki")
     pw, acl = make_auth(tmp_path)
-    broker = Mosquitto(tmp_path / "broker", allow_anonymous=False, extra_config="\n".join([
-        f"cafile {pki['ca']}", f"certfile {pki['server_cert']}", f"keyfile {pki['server_key']}", f"password_file {pw}", f"acl_file {acl}"]))  # fmt: skip
+    broker = Mosquitto(
+        tmp_path / "broker",
+        allow_anonymous=False,
+        extra_config="\n".join(
+            [
+                f"cafile {pki['ca']}",
+                f"certfile {pki['server_cert']}",
+                f"keyfile {pki['server_key']}",
+                f"password_file {pw}",
+                f"acl_file {acl}",
+            ]
+        ),
+    )
     with broker:
         url = f"mqtts://fleet@127.0.0.1:{broker.port}"
         # A device publishes its retained birth under its own topic (the ACL allows edge/v1/dev-a/#).
@@ -149,7 +170,9 @@ def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch)
 
         with pytest.raises(BrokerError, match="user name and password"):
             MqttLink(url.replace("fleet@", "fleet:wrong@"), tls_ca=str(pki["ca"])).start(timeout=5)
-        with pytest.raises(BrokerError, match="TLS handshake failed"):  # the rogue CA did not sign the broker's certificate
+        with pytest.raises(
+            BrokerError, match="TLS handshake failed"
+        ):  # the rogue CA did not sign the broker's certificate
             MqttLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=60)
         monkeypatch.setenv("EDGEKIT_MQTT_PASSWORD", "pw-fleet")  # the password from the environment, not the URL
         with FleetWatcher(url, tls_ca=str(pki["ca"])) as w:

@@ -12,18 +12,33 @@ from edgekit_agent.contract.errors import InputError
 
 
 def report(p50: float, **steady_extra) -> dict:
-    return {"schema": "edge.bench.report/1", "model": {"name": "digits 1 (raspberry-pi-4)"},
-            "runtime": {"engine": "litert", "version": "2.3", "delegate": "xnnpack", "num_threads": 2},
-            "steady": {"count": 100, "min_ms": p50 / 2, "p50_ms": p50, "p90_ms": p50 * 1.2, "p99_ms": p50 * 2, "max_ms": p50 * 3,
-                       "mean_ms": p50 * 1.1, **steady_extra},
-            "throughput_ips": 1000 / (p50 * 1.1), "memory": {"peak_rss_mb": 60.0}}  # fmt: skip
+    return {
+        "schema": "edge.bench.report/1",
+        "model": {"name": "digits 1 (raspberry-pi-4)"},
+        "runtime": {"engine": "litert", "version": "2.3", "delegate": "xnnpack", "num_threads": 2},
+        "steady": {
+            "count": 100,
+            "min_ms": p50 / 2,
+            "p50_ms": p50,
+            "p90_ms": p50 * 1.2,
+            "p99_ms": p50 * 2,
+            "max_ms": p50 * 3,
+            "mean_ms": p50 * 1.1,
+            **steady_extra,
+        },
+        "throughput_ips": 1000 / (p50 * 1.1),
+        "memory": {"peak_rss_mb": 60.0},
+    }
 
 
-@pytest.mark.parametrize("extra", [
-    {},
-    {"samples_ms": list(np.random.default_rng(0).gamma(2, 0.5, 300))},
-    {"histogram": {"le": [0.5, 1, 2, 5, "+Inf"], "cum": [10, 60, 95, 100, 100]}},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"samples_ms": list(np.random.default_rng(0).gamma(2, 0.5, 300))},
+        {"histogram": {"le": [0.5, 1, 2, 5, "+Inf"], "cum": [10, 60, 95, 100, 100]}},
+    ],
+)
 def test_every_report_shape_gets_a_picture(tmp_path, extra):
     png = plot_latency(report(1.0, **extra), tmp_path / "r.png", title="pi")
     data = png.read_bytes()

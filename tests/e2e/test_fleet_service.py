@@ -16,8 +16,12 @@ def test_unit_uses_real_agent_options():
     text = UNIT.read_text()
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split("=", 1)[1].split()[1:] == ["run", "--config", "/etc/edgekit/agent.toml"]
-    helptext = subprocess.run([sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())", "run", "--help"],
-                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    helptext = subprocess.run(
+        [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert "--config" in helptext
 
 

@@ -20,10 +20,19 @@ def status(state: str, boot: str, seq: int, ts: float, **kw) -> dict:
     return {"state": state, "boot_id": boot, "epoch": "e1", "seq": seq, "ts": int(ts * 1000), **kw}
 
 
-def telemetry(seq: int, ts: float, window_s: float = 10.0, requests: int = 5, le=(1.0, 10.0, "+Inf"), cum=(2, 4, 5)) -> dict:
-    return {"epoch": "e1", "seq": seq, "ts": int(ts * 1000), "window": {"start": int((ts - window_s) * 1000), "end": int(ts * 1000)},
-            "counts": {"requests": requests, "ok": requests, "errors": {}},
-            "latency_ms": {"total": {"count": cum[-1], "sum": 12.5, "p50": 1.0, "p99": 9.0, "le": list(le), "cum": list(cum)}}}
+def telemetry(
+    seq: int, ts: float, window_s: float = 10.0, requests: int = 5, le=(1.0, 10.0, "+Inf"), cum=(2, 4, 5)
+) -> dict:
+    return {
+        "epoch": "e1",
+        "seq": seq,
+        "ts": int(ts * 1000),
+        "window": {"start": int((ts - window_s) * 1000), "end": int(ts * 1000)},
+        "counts": {"requests": requests, "ok": requests, "errors": {}},
+        "latency_ms": {
+            "total": {"count": cum[-1], "sum": 12.5, "p50": 1.0, "p99": 9.0, "le": list(le), "cum": list(cum)}
+        },
+    }
 
 
 def test_online_device_becomes_lost_after_three_silent_windows():
@@ -67,9 +76,16 @@ def test_histograms_add_bucketwise_a_new_grid_starts_again_and_a_broken_one_is_r
     st.apply(msg("d", "telemetry/inference", telemetry(3, T0 + 20, le=(2.0, 10.0, "+Inf")), at=T0 + 20))
     h2 = st.devices["d"].hist["total"]
     assert h2.le == (2.0, 10.0, float("inf")) and h2.cum == [2, 4, 5] and st.rejected_histograms == 0
-    for le, cum in (((1.0, 1.0, "+Inf"), (1, 2, 3)), ((1.0, float("nan"), "+Inf"), (1, 2, 3)), ((1.0, 10.0, "+Inf"), (3, 2, 5)),
-                    ((1.0, 10.0, "+Inf"), (-1, 2, 5)), ((1.0, 10.0), (1, 2, 3))):  # fmt: skip
-        st.apply(msg("d", "telemetry/inference", telemetry(4 + st.rejected_histograms, T0 + 30, le=le, cum=cum), at=T0 + 30))
+    for le, cum in (
+        ((1.0, 1.0, "+Inf"), (1, 2, 3)),
+        ((1.0, float("nan"), "+Inf"), (1, 2, 3)),
+        ((1.0, 10.0, "+Inf"), (3, 2, 5)),
+        ((1.0, 10.0, "+Inf"), (-1, 2, 5)),
+        ((1.0, 10.0), (1, 2, 3)),
+    ):
+        st.apply(
+            msg("d", "telemetry/inference", telemetry(4 + st.rejected_histograms, T0 + 30, le=le, cum=cum), at=T0 + 30)
+        )
     assert st.rejected_histograms == 5 and st.devices["d"].hist["total"].cum == [2, 4, 5]
     assert st.row("d").requests == 13 + 5 * 5  # the counters still count
 
@@ -98,7 +114,11 @@ def test_broker_url_password_from_the_environment_and_bad_urls(monkeypatch):
     assert BrokerAddress.parse("mqtt://fleet:in-url@h", password_env=True).password == "in-url"
     assert BrokerAddress.parse("mqtt://fleet@h").password is None  # only where the caller asks for it
     assert BrokerAddress.parse("mqtt://h", password_env=True).password is None  # no user, no password
-    for bad, needle in (("http://h:1883", "must look like"), ("mqtt://:1883", "must look like"), ("mqtt://h:99999", "port")):
+    for bad, needle in (
+        ("http://h:1883", "must look like"),
+        ("mqtt://:1883", "must look like"),
+        ("mqtt://h:99999", "port"),
+    ):
         with pytest.raises(UsageError, match=needle):
             BrokerAddress.parse(bad)
 
@@ -107,7 +127,9 @@ def test_last_will_of_the_current_run_counts_although_registered_before_the_birt
     st = FleetState()
     st.apply(msg("d", "status", status("online", "b1", 1, T0 + 1), at=T0 + 1))
     # The agent registers its LWT at connect time (T0), before the birth (T0 + 1); the broker sends it at T0 + 50.
-    st.apply(msg("d", "status", {"state": "offline", "reason": "lwt", "boot_id": "b1", "ts": int(T0 * 1000)}, at=T0 + 50))
+    st.apply(
+        msg("d", "status", {"state": "offline", "reason": "lwt", "boot_id": "b1", "ts": int(T0 * 1000)}, at=T0 + 50)
+    )
     assert (st.row("d", now=T0 + 50).status, st.row("d").status_reason) == ("offline", "lwt")
     # Live telemetry from the same run afterwards: that will belonged to a connection it has replaced.
     st.apply(msg("d", "telemetry/inference", {**telemetry(5, T0 + 51), "boot_id": "b1"}, at=T0 + 51))
@@ -129,7 +151,11 @@ def test_every_metric_the_grafana_dashboard_queries_is_served_by_the_exporter():
     st.apply(msg("d", "telemetry/inference", doc, at=T0 + 1))
     reg = CollectorRegistry()
     reg.register(FleetCollector(st))
-    served = {line.split("{")[0].split(" ")[0] for line in generate_latest(reg).decode().splitlines() if line and not line.startswith("#")}
+    served = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(reg).decode().splitlines()
+        if line and not line.startswith("#")
+    }
     dash = (Path(__file__).resolve().parents[2] / "dashboards" / "edgekit-grafana.json").read_text()
     exprs = [t["expr"] for p in json.loads(dash)["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bedgekit_[a-z_]+", e)}
@@ -190,7 +216,14 @@ def test_hostile_payloads_cost_one_message_each_and_never_the_consumer():
     for payload in hostile:
         st.apply(Message("edge/v1/d/telemetry/inference", payload, False, T0))
     assert st.invalid == 6
-    st.apply(msg("d", "telemetry/inference", {**telemetry(5, T0 + 1), "ts": 10**400, "throughput_ips": float("inf")}, at=T0 + 1))
+    st.apply(
+        msg(
+            "d",
+            "telemetry/inference",
+            {**telemetry(5, T0 + 1), "ts": 10**400, "throughput_ips": float("inf")},
+            at=T0 + 1,
+        )
+    )
     row = st.row("d")
     assert row.accuracy is None and row.throughput_ips is None and row.last_seen is not None and row.last_seen < 1e11
     json.dumps(row.to_dict(), allow_nan=False)  # watch --json stays strict JSON
@@ -246,8 +279,15 @@ def test_watch_prints_device_strings_without_terminal_escapes_or_markup():
 
     st = FleetState()
     st.apply(msg("d", "status", status("offline", "b", 1, T0, reason="\x1b]0;pwned\x07\x1b[2J"), at=T0, retain=True))
-    st.apply(msg("d", "meta", {"bundle": {"name": "[bold red]x[/]", "version": "1"}, "runtime": {"engine": "lite\x9brt"}},
-                 at=T0, retain=True))  # fmt: skip
+    st.apply(
+        msg(
+            "d",
+            "meta",
+            {"bundle": {"name": "[bold red]x[/]", "version": "1"}, "runtime": {"engine": "lite\x9brt"}},
+            at=T0,
+            retain=True,
+        )
+    )
     out = io.StringIO()
     Console(file=out, width=300, force_terminal=False, color_system=None).print(render(st.snapshot(T0), "fleet"))
     text = out.getvalue()

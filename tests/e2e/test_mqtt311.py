@@ -12,15 +12,15 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from test_agent_mqtt import write_digits
 
 from edgekit.fleet.broker import start_dev_broker
 from edgekit_agent.contract.errors import ExitStatus
-from test_agent_mqtt import write_digits
 
 DEVICE = "pi-311"
 BASE = f"edge/v1/{DEVICE}"
@@ -33,7 +33,9 @@ class Client311:
     def __init__(self, host: str, port: int, protocol: int = mqtt.MQTTv311) -> None:
         self.msgs: list[tuple[str, Any, bool]] = []
         self.cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=protocol)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=protocol
+        )
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = self._on_message
@@ -67,7 +69,9 @@ class Client311:
         self.client.publish(f"{BASE}/cmd/{name}", json.dumps(body), qos=1).wait_for_publish(5)
 
     def final(self, topic: str, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        return self.wait_for(lambda t, d, _r: t == topic and d.get("cmd_id") == cmd_id and d.get("state") in FINAL, timeout)[1]
+        return self.wait_for(
+            lambda t, d, _r: t == topic and d.get("cmd_id") == cmd_id and d.get("state") in FINAL, timeout
+        )[1]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -87,8 +91,25 @@ def agent_311(amqtt_broker, digits_bundle, tmp_path_factory):
     """One agent process (default --mqtt-version auto) on amqtt, watching a folder of labelled digits."""
     home = tmp_path_factory.mktemp("agent311")
     write_digits(home / "inbox", range(40))
-    cmd = [sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", amqtt_broker.url,
-           "--device-id", DEVICE, "--data-dir", str(home / "data"), "--watch", str(home / "inbox"), "--window", "1", "-v"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgekit_agent.cli",
+        "run",
+        str(digits_bundle),
+        "--allow-unsigned",
+        "--broker",
+        amqtt_broker.url,
+        "--device-id",
+        DEVICE,
+        "--data-dir",
+        str(home / "data"),
+        "--watch",
+        str(home / "inbox"),
+        "--window",
+        "1",
+        "-v",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(home / "agent.log", "wb"))  # noqa: SIM115
     yield proc, home / "agent.log"
     if proc.poll() is None:
@@ -129,19 +150,30 @@ def test_ping_answers_on_the_payload_response_topic_with_correlation_data_echoed
     answer = fleet.final(topic, "ping-311", 20)
     assert answer["state"] == "succeeded" and answer["result"]["pong"] is True
     assert answer["correlation_data"] == "corr-7"
-    accepted = fleet.wait_for(lambda t, d, r: t == topic and d.get("cmd_id") == "ping-311" and d["state"] == "accepted")[1]
+    accepted = fleet.wait_for(
+        lambda t, d, r: t == topic and d.get("cmd_id") == "ping-311" and d["state"] == "accepted"
+    )[1]
     assert accepted["correlation_data"] == "corr-7"
     # a rejection reaches the payload's topic too, still correlated
     fleet.command("pnig", {"cmd_id": "typo-311", "response_topic": topic, "correlation_data": "corr-8"})
     rej = fleet.final(topic, "typo-311", 20)
-    assert rej["state"] == "rejected" and rej["error"]["code"] == "UNKNOWN_COMMAND" and rej["correlation_data"] == "corr-8"
+    assert (
+        rej["state"] == "rejected" and rej["error"]["code"] == "UNKNOWN_COMMAND" and rej["correlation_data"] == "corr-8"
+    )
 
 
 def test_run_benchmark_round_trip_on_res_requester_with_payload_correlation(fleet, agent_311):
     fleet.wait_for(lambda t, d, r: t == f"{BASE}/meta" and d.get("mqtt_version"), 40)
-    fleet.command("run_benchmark", {"cmd_id": "bench-311", "args": {"num_runs": 20, "warmup_runs": 1},
-                                    "requester": "desk", "correlation_data": "b-1",
-                                    "expires_at": int(time.time() * 1000) + 60_000})  # fmt: skip
+    fleet.command(
+        "run_benchmark",
+        {
+            "cmd_id": "bench-311",
+            "args": {"num_runs": 20, "warmup_runs": 1},
+            "requester": "desk",
+            "correlation_data": "b-1",
+            "expires_at": int(time.time() * 1000) + 60_000,
+        },
+    )
     answer = fleet.final(f"{BASE}/res/desk", "bench-311", 60)
     assert answer["state"] == "succeeded", answer
     assert answer["correlation_data"] == "b-1" and answer["result"]["report"]["steady"]["count"] == 20
@@ -151,9 +183,30 @@ def test_run_benchmark_round_trip_on_res_requester_with_payload_correlation(flee
 
 def test_edgekit_bench_device_on_the_embedded_broker(amqtt_broker, agent_311, fleet, tmp_path):
     fleet.wait_for(lambda t, d, r: t == f"{BASE}/meta" and d.get("mqtt_version"), 40)
-    out = subprocess.run([sys.executable, "-m", "edgekit", "bench", "--device", DEVICE, "--broker", amqtt_broker.url,
-                          "--runs", "20", "--warmup", "1", "--timeout", "60", "--out", str(tmp_path), "--json"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "bench",
+            "--device",
+            DEVICE,
+            "--broker",
+            amqtt_broker.url,
+            "--runs",
+            "20",
+            "--warmup",
+            "1",
+            "--timeout",
+            "60",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == ExitStatus.OK, out.stdout[-2000:] + out.stderr[-2000:]
     doc = json.loads(out.stdout)
     assert doc["device_id"] == DEVICE and doc["report"]["steady"]["count"] == 20
@@ -178,9 +231,27 @@ def test_mqtt_version_5_pinned_against_a_311_broker_fails_with_a_clear_message(a
     # amqtt never answers our MQTT 5 CONNECT (it chokes on the will), so pinned 5 cannot connect: the agent
     # must not fall back by itself. It keeps retrying; we only check it never came online as 3.1.1.
     fleet = Client311(amqtt_broker.host, amqtt_broker.port)
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", amqtt_broker.url,
-                             "--device-id", "pinned5", "--data-dir", str(tmp_path / "d"), "--mqtt-version", "5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit_agent.cli",
+            "run",
+            str(digits_bundle),
+            "--allow-unsigned",
+            "--broker",
+            amqtt_broker.url,
+            "--device-id",
+            "pinned5",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--mqtt-version",
+            "5",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(9)  # longer than the auto mode's CONNACK timeout
         assert proc.poll() is None
@@ -195,9 +266,24 @@ def test_mqtt_version_5_pinned_against_a_311_broker_fails_with_a_clear_message(a
 def test_mqtt5_command_without_properties_is_answered_through_the_payload_fields(mosquitto, digits_bundle, tmp_path):
     """One code path: on MQTT 5 (mosquitto) a request with no ResponseTopic/CorrelationData but payload fields."""
     fleet = Client311(mosquitto.host, mosquitto.port, protocol=mqtt.MQTTv5)
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit_agent.cli", "run", str(digits_bundle), "--allow-unsigned", "--broker", mosquitto.url,
-                             "--device-id", DEVICE, "--data-dir", str(tmp_path / "d")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit_agent.cli",
+            "run",
+            str(digits_bundle),
+            "--allow-unsigned",
+            "--broker",
+            mosquitto.url,
+            "--device-id",
+            DEVICE,
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         meta = fleet.wait_for(lambda t, d, r: t == f"{BASE}/meta" and d.get("mqtt_version"), 40)[1]
         assert meta["mqtt_version"] == "5"
@@ -220,14 +306,24 @@ def test_short_demo_on_the_embedded_amqtt_broker(tmp_path, digits_bundle):
 
     work = tmp_path / "demo"
     shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test
-    proc = subprocess.run([sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work), "--broker-engine", "amqtt"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work), "--broker-engine", "amqtt"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
-    assert re.search(r"broker mqtt://127\.0\.0\.1:\d+ \(amqtt\); Prometheus exporter \S+ \(MQTT 3\.1\.1\)", out), out[-3000:]
+    assert re.search(r"broker mqtt://127\.0\.0\.1:\d+ \(amqtt\); Prometheus exporter \S+ \(MQTT 3\.1\.1\)", out), out[
+        -3000:
+    ]
     assert re.search(r"agents online on amqtt mqtt://127\.0\.0\.1:\d+, speaking MQTT 3\.1\.1\n", out), out[-3000:]
-    assert "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter, broker (amqtt)" in out
-    counted = out[out.index("what the Prometheus exporter counted"):]
+    assert (
+        "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter, broker (amqtt)"
+        in out
+    )
+    counted = out[out.index("what the Prometheus exporter counted") :]
     for device in ("pi-kitchen", "pi-garage", "esp32-sim"):
         assert int(re.search(rf"│ {device}\s+│\s+(\d+)", counted).group(1)) > 0, counted[:1500]
     assert len(list((work / "bench").glob("bench-pi-kitchen-*.json"))) == 1
@@ -241,6 +337,7 @@ def test_deploy_over_the_embedded_broker_commits_with_payload_correlation(amqtt_
 
     from edgekit.fleet.deploy import deploy
     from edgekit.package.keys import new_keypair
+
     from ota_support import AgentProc, Feeder, Observer, make_variant, version_of
 
     key = new_keypair(tmp_path / "keys", "release")
@@ -261,14 +358,23 @@ def test_deploy_over_the_embedded_broker_commits_with_payload_correlation(amqtt_
         assert meta["mqtt_version"] == "3.1.1"
         with Feeder([agent.watch]):
             time.sleep(2.0)  # labelled traffic on v1: the health window compares against it
-            report = deploy(v2, ["ota-311"], amqtt_broker.url, health={"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3},
-                            chunk_bytes=32 * 1024, timeout=120)  # fmt: skip
+            report = deploy(
+                v2,
+                ["ota-311"],
+                amqtt_broker.url,
+                health={"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3},
+                chunk_bytes=32 * 1024,
+                timeout=120,
+            )
         (dev,) = report.devices
         assert dev.outcome == "committed", dev.to_dict()
         assert dev.chunks > 1 and dev.stages[:3] == ("received", "verified", "selftested")
         cmds = obs.all(lambda t, d: t == "edge/v1/ota-311/cmd/swap_bundle")
         answers = obs.all(lambda t, d: t.startswith("edge/v1/ota-311/res/deploy-") and d.get("state") == "succeeded")
-        assert cmds and all(c["correlation_data"] == c["cmd_id"] and c["response_topic"].startswith("edge/v1/ota-311/res/deploy-") for c in cmds)
+        assert cmds and all(
+            c["correlation_data"] == c["cmd_id"] and c["response_topic"].startswith("edge/v1/ota-311/res/deploy-")
+            for c in cmds
+        )
         assert len(answers) >= dev.chunks + 2 and all(a["correlation_data"] == a["cmd_id"] for a in answers)
         assert obs.wait(lambda t, d: t == "edge/v1/ota-311/meta" and version_of(d) == "2.0.0", 30)
     finally:

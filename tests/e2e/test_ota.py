@@ -19,6 +19,7 @@ from edgekit.fleet.state import topic
 from edgekit.package.keys import new_keypair
 from edgekit_agent.contract.limits import OTA_CHUNK_BYTES
 from edgekit_agent.ota.slots import read_pointer
+
 from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of
 
 GOOD_HEALTH = {"window_s": 2.0, "max_p99_ratio": 20.0, "max_accuracy_drop": 0.3}
@@ -74,7 +75,9 @@ def test_ota_to_two_agents_commits_keeps_serving_and_survives_restart(mosquitto,
     assert version_of(a.start(obs)) == version_of(b.start(obs)) == "1.0.0"
     with Feeder([a.watch, b.watch]) as feeder:
         time.sleep(2.0)  # some labelled traffic on v1: the health window compares against it
-        report = deploy(bundles["v2"], ["ota-a", "ota-b"], mosquitto.url, health=GOOD_HEALTH, chunk_bytes=32 * 1024, timeout=120)
+        report = deploy(
+            bundles["v2"], ["ota-a", "ota-b"], mosquitto.url, health=GOOD_HEALTH, chunk_bytes=32 * 1024, timeout=120
+        )
         time.sleep(1.0)
     outcomes = {d.device_id: d.outcome for d in report.devices}
     assert outcomes == {"ota-a": "committed", "ota-b": "committed"}, [d.to_dict() for d in report.devices]
@@ -89,8 +92,13 @@ def test_ota_to_two_agents_commits_keeps_serving_and_survives_restart(mosquitto,
         meta = obs.all(lambda t, d, ag=ag: t == topic(ag.device_id, "meta"))[-1]
         assert [(x["version"], x["active"]) for x in meta["bundles"]] == [("2.0.0", True), ("1.0.0", False)]
         assert meta["bundles"][0]["state"] == "committed"
-        activated = obs.wait(lambda t, d, ag=ag: t == topic(ag.device_id, "events") and d.get("event") == "bundle_activated"
-                             and d.get("phase") == "trial")  # fmt: skip
+        activated = obs.wait(
+            lambda t, d, ag=ag: (
+                t == topic(ag.device_id, "events")
+                and d.get("event") == "bundle_activated"
+                and d.get("phase") == "trial"
+            )
+        )
         assert activated["bundle"]["version"] == "2.0.0" and activated["bundle"]["signed_by"]
 
     # Nothing was lost while the interpreter changed under the serving loop.
@@ -146,18 +154,44 @@ def test_corrupt_chunk_is_refused_and_can_be_resent(mosquitto, bundles, fleet):
     data = bundles["v2"].read_bytes()
     tid, size = "t-corrupt", OTA_CHUNK_BYTES
     chunks = [data[i : i + size] for i in range(0, len(data), size)]
-    begin = obs.final(a.device_id, obs.command(a.device_id, {"action": "begin", "transfer_id": tid, "archive_bytes": len(data),
-                      "archive_sha256": hashlib.sha256(data).hexdigest(), "chunk_bytes": size}))  # fmt: skip
+    begin = obs.final(
+        a.device_id,
+        obs.command(
+            a.device_id,
+            {
+                "action": "begin",
+                "transfer_id": tid,
+                "archive_bytes": len(data),
+                "archive_sha256": hashlib.sha256(data).hexdigest(),
+                "chunk_bytes": size,
+            },
+        ),
+    )
     assert begin["state"] == "succeeded" and begin["result"]["have"] == [], begin.get("error")
 
     def send(i: int, payload: bytes) -> dict[str, Any]:
-        return obs.final(a.device_id, obs.command(a.device_id, {"action": "chunk", "transfer_id": tid, "index": i,
-                         "data": base64.b64encode(payload).decode(), "sha256": hashlib.sha256(chunks[i]).hexdigest()}))  # fmt: skip
+        return obs.final(
+            a.device_id,
+            obs.command(
+                a.device_id,
+                {
+                    "action": "chunk",
+                    "transfer_id": tid,
+                    "index": i,
+                    "data": base64.b64encode(payload).decode(),
+                    "sha256": hashlib.sha256(chunks[i]).hexdigest(),
+                },
+            ),
+        )
 
     bad = bytearray(chunks[0])
     bad[10] ^= 1
     ans = send(0, bytes(bad))
-    assert ans["state"] == "failed" and ans["error"]["code"] == "CHECKSUM_MISMATCH" and "chunk 0" in ans["error"]["message"]
+    assert (
+        ans["state"] == "failed"
+        and ans["error"]["code"] == "CHECKSUM_MISMATCH"
+        and "chunk 0" in ans["error"]["message"]
+    )
     for i in range(1, len(chunks)):
         assert send(i, chunks[i])["state"] == "succeeded"
     ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "commit", "transfer_id": tid}))
@@ -166,9 +200,15 @@ def test_corrupt_chunk_is_refused_and_can_be_resent(mosquitto, bundles, fleet):
     assert status["transfers"] == [{"transfer_id": tid, "chunks": len(chunks), "have": len(chunks) - 1}]
     assert status["active"]["version"] == "1.0.0" and status["trial"] is None
     assert send(0, chunks[0])["state"] == "succeeded"
-    ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "commit", "transfer_id": tid, "health": {"window_s": 0.5}}))
+    ans = obs.final(
+        a.device_id, obs.command(a.device_id, {"action": "commit", "transfer_id": tid, "health": {"window_s": 0.5}})
+    )
     assert ans["state"] == "succeeded" and ans["result"]["phase"] == "trial"
-    obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "health_check" and e.get("verdict") == "passed")
+    obs.wait(
+        lambda t, e: (
+            t == topic(a.device_id, "events") and e.get("event") == "health_check" and e.get("verdict") == "passed"
+        )
+    )
 
     # The fleet can still go back by hand: the previous bundle is kept for exactly that.
     ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "rollback"}))
@@ -178,9 +218,22 @@ def test_corrupt_chunk_is_refused_and_can_be_resent(mosquitto, bundles, fleet):
     ev = obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "rollback")
     assert "requested by the fleet" in ev["reason"] and ev["bundle"]["version"] == "1.0.0"
     # A begun transfer can be abandoned.
-    obs.final(a.device_id, obs.command(a.device_id, {"action": "begin", "transfer_id": "t-abort", "archive_bytes": 5000,
-              "archive_sha256": "0" * 64, "chunk_bytes": 4096}))  # fmt: skip
-    assert obs.final(a.device_id, obs.command(a.device_id, {"action": "abort", "transfer_id": "t-abort"}))["result"]["aborted"]
+    obs.final(
+        a.device_id,
+        obs.command(
+            a.device_id,
+            {
+                "action": "begin",
+                "transfer_id": "t-abort",
+                "archive_bytes": 5000,
+                "archive_sha256": "0" * 64,
+                "chunk_bytes": 4096,
+            },
+        ),
+    )
+    assert obs.final(a.device_id, obs.command(a.device_id, {"action": "abort", "transfer_id": "t-abort"}))["result"][
+        "aborted"
+    ]
     assert obs.final(a.device_id, obs.command(a.device_id, {"action": "status"}))["result"]["transfers"] == []
 
 
@@ -190,7 +243,13 @@ def test_failing_health_window_rolls_back_by_itself(mosquitto, bundles, fleet):
     a.start(obs)
     with Feeder([a.watch]):
         time.sleep(2.0)
-        report = deploy(bundles["bad"], [a.device_id], mosquitto.url, health={"window_s": 3.0, "max_accuracy_drop": 0.3}, timeout=120)
+        report = deploy(
+            bundles["bad"],
+            [a.device_id],
+            mosquitto.url,
+            health={"window_s": 3.0, "max_accuracy_drop": 0.3},
+            timeout=120,
+        )
     (d,) = report.devices
     assert d.outcome == "rolled_back", d.to_dict()
     assert d.error["code"] == "HEALTH_CHECK_FAILED" and "accuracy" in d.error["message"]
@@ -216,26 +275,58 @@ def test_kill_9_during_an_update_leaves_a_working_bundle(mosquitto, bundles, fle
     tid = f"{hashlib.sha256(data).hexdigest()[:16]}-{size}"  # what `edgekit deploy` uses: it can resume
     n = -(-len(data) // size)
     assert n >= 3
-    ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "begin", "transfer_id": tid, "archive_bytes": len(data),
-                    "archive_sha256": hashlib.sha256(data).hexdigest(), "chunk_bytes": size}))  # fmt: skip
+    ans = obs.final(
+        a.device_id,
+        obs.command(
+            a.device_id,
+            {
+                "action": "begin",
+                "transfer_id": tid,
+                "archive_bytes": len(data),
+                "archive_sha256": hashlib.sha256(data).hexdigest(),
+                "chunk_bytes": size,
+            },
+        ),
+    )
     assert ans["state"] == "succeeded"
     sent = n // 2 if stage == "staging" else n
     for i in range(sent):
         chunk = data[i * size : (i + 1) * size]
-        ans = obs.final(a.device_id, obs.command(a.device_id, {"action": "chunk", "transfer_id": tid, "index": i,
-                        "data": base64.b64encode(chunk).decode(), "sha256": hashlib.sha256(chunk).hexdigest()}))  # fmt: skip
+        ans = obs.final(
+            a.device_id,
+            obs.command(
+                a.device_id,
+                {
+                    "action": "chunk",
+                    "transfer_id": tid,
+                    "index": i,
+                    "data": base64.b64encode(chunk).decode(),
+                    "sha256": hashlib.sha256(chunk).hexdigest(),
+                },
+            ),
+        )
         assert ans["state"] == "succeeded"
     if stage != "staging":
         obs.command(a.device_id, {"action": "commit", "transfer_id": tid, "health": {"window_s": 60}})
         if stage == "selftested":
-            obs.wait(lambda t, d: t == topic(a.device_id, "res", "tester") and (d.get("progress") or {}).get("stage") == "selftested")
+            obs.wait(
+                lambda t, d: (
+                    t == topic(a.device_id, "res", "tester") and (d.get("progress") or {}).get("stage") == "selftested"
+                )
+            )
         else:  # the pointer says "trial": the switch happened (paused right after it, or in the health window)
             deadline = time.monotonic() + 60
             while (p := read_pointer(a.data)) is None or p.state != "trial":
                 assert time.monotonic() < deadline, "the switch never happened"
                 time.sleep(0.05)
             if stage == "health_window":
-                obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "bundle_activated" and e.get("phase") == "trial")
+                obs.wait(
+                    lambda t, e: (
+                        t == topic(a.device_id, "events")
+                        and e.get("event") == "bundle_activated"
+                        and e.get("phase") == "trial"
+                    )
+                )
     a.kill9()
 
     meta = a.start(obs)  # no pause this time
@@ -243,13 +334,21 @@ def test_kill_9_during_an_update_leaves_a_working_bundle(mosquitto, bundles, fle
     p = read_pointer(a.data)
     assert p.current.version == "1.0.0" and p.state == "committed"
     if stage in ("switched", "health_window"):
-        ev = obs.wait(lambda t, e: t == topic(a.device_id, "events") and e.get("event") == "rollback" and e.get("boot_id") == a.boot_ids[-1])
+        ev = obs.wait(
+            lambda t, e: (
+                t == topic(a.device_id, "events")
+                and e.get("event") == "rollback"
+                and e.get("boot_id") == a.boot_ids[-1]
+            )
+        )
         assert "restarted during the health window" in ev["reason"] and ev["from"]["version"] == "2.0.0"
     store = a.data / "ota" / "store"
     assert not store.is_dir() or not any(store.iterdir())  # the half-installed bundle was cleaned up
 
     # The device still takes the update afterwards (and resumes an interrupted transfer).
-    report = deploy(bundles["v2"], [a.device_id], mosquitto.url, health={"window_s": 0.5}, chunk_bytes=size, timeout=120)
+    report = deploy(
+        bundles["v2"], [a.device_id], mosquitto.url, health={"window_s": 0.5}, chunk_bytes=size, timeout=120
+    )
     (d,) = report.devices
     assert d.outcome == "committed", d.to_dict()
     if stage == "staging":
@@ -271,6 +370,21 @@ def test_deploy_cli_exit_codes_and_json(mosquitto, bundles, fleet, capsys):
     assert main(["deploy", str(bundles["v2"]), *base]) == ExitStatus.OK
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["devices"][0]["outcome"] == "committed"
-    assert main(["deploy", str(bundles["v2"]), "--device", "nobody-home", "--broker", mosquitto.url, "--timeout", "2", "--json"]) == ExitStatus.UNAVAILABLE
+    assert (
+        main(
+            [
+                "deploy",
+                str(bundles["v2"]),
+                "--device",
+                "nobody-home",
+                "--broker",
+                mosquitto.url,
+                "--timeout",
+                "2",
+                "--json",
+            ]
+        )
+        == ExitStatus.UNAVAILABLE
+    )
     (dev,) = json.loads(capsys.readouterr().out)["devices"]
     assert dev["outcome"] == "timeout" and "nobody-home" in dev["error"]["message"]

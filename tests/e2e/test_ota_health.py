@@ -8,8 +8,15 @@ import pytest
 from edgekit_agent.contract.errors import InputError
 from edgekit_agent.ota.health import HealthPolicy, HealthStats, TallyRecorder, judge
 
-POLICY = HealthPolicy(window_s=10, max_error_rate=0.05, max_p99_ratio=3.0, p99_slack_ms=2.0, min_latency_samples=100,
-                      max_accuracy_drop=0.1, min_labeled=10)  # fmt: skip
+POLICY = HealthPolicy(
+    window_s=10,
+    max_error_rate=0.05,
+    max_p99_ratio=3.0,
+    p99_slack_ms=2.0,
+    min_latency_samples=100,
+    max_accuracy_drop=0.1,
+    min_labeled=10,
+)
 OLD = HealthStats(requests=500, errors=0, p99_invoke_ms=1.0, latency_samples=500, labeled=200, correct=190)
 
 
@@ -55,7 +62,9 @@ def test_min_requests_fails_an_idle_window_when_asked():
     assert verdict(HealthStats(3, 0, None, 3, 0, 0))["requests"].passed  # default 0: an idle device may update
 
 
-@pytest.mark.parametrize("args", [{"window": 3}, {"window_s": -1}, {"max_error_rate": 2}, {"window_s": True}, {"min_labeled": "ten"}])
+@pytest.mark.parametrize(
+    "args", [{"window": 3}, {"window_s": -1}, {"max_error_rate": 2}, {"window_s": True}, {"min_labeled": "ten"}]
+)
 def test_bad_health_arguments_are_input_errors(args):
     with pytest.raises(InputError):
         HealthPolicy.from_args(args)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +31,24 @@ def test_datasets_train_convert_evaluate_prune(tmp_path, capsys):
     assert trained["float_accuracy"] > 0.8 and trained["test_samples"] == 269
 
     tfl, flt = tmp_path / "digits.tflite", tmp_path / "digits_f32.tflite"
-    rc = main(["convert", str(model), "--dataset", str(data), "--profile", "raspberry-pi-4", "--out", str(tfl),
-               "--float-out", str(flt), "--no-qat", "--representative-samples", "50", "--json"])
+    rc = main(
+        [
+            "convert",
+            str(model),
+            "--dataset",
+            str(data),
+            "--profile",
+            "raspberry-pi-4",
+            "--out",
+            str(tfl),
+            "--float-out",
+            str(flt),
+            "--no-qat",
+            "--representative-samples",
+            "50",
+            "--json",
+        ]
+    )
     assert rc == ExitStatus.OK
     conv = _json(capsys)
     assert tfl.read_bytes()[4:8] == b"TFL3" and conv["int8_bytes"] == tfl.stat().st_size
@@ -49,7 +64,22 @@ def test_datasets_train_convert_evaluate_prune(tmp_path, capsys):
     assert _json(capsys)["samples"] == 1797
 
     pruned = tmp_path / "pruned.keras"
-    rc = main(["prune", str(model), "--dataset", str(data), "--out", str(pruned), "--sparsity", "0.5", "--epochs", "1", "--no-sizes", "--json"])
+    rc = main(
+        [
+            "prune",
+            str(model),
+            "--dataset",
+            str(data),
+            "--out",
+            str(pruned),
+            "--sparsity",
+            "0.5",
+            "--epochs",
+            "1",
+            "--no-sizes",
+            "--json",
+        ]
+    )
     assert rc == ExitStatus.OK
     pr = _json(capsys)
     assert pruned.is_file() and abs(pr["sparsity"] - 0.5) < 0.02 and "compression" in pr["note"]
@@ -88,9 +118,37 @@ def test_exit_codes_for_bad_input(tmp_path, digits_dataset, capsys):
     bad_model = tmp_path / "model.keras"
     bad_model.write_bytes(b"junk")
     out = tmp_path / "x.tflite"
-    assert main(["convert", str(bad_model), "--dataset", str(digits_dataset), "--profile", "raspbery-pi-4", "--out", str(out)]) == ExitStatus.BAD_INPUT
+    assert (
+        main(
+            [
+                "convert",
+                str(bad_model),
+                "--dataset",
+                str(digits_dataset),
+                "--profile",
+                "raspbery-pi-4",
+                "--out",
+                str(out),
+            ]
+        )
+        == ExitStatus.BAD_INPUT
+    )
     assert "raspberry-pi-4" in capsys.readouterr().err  # did you mean
-    assert main(["convert", str(bad_model), "--dataset", str(digits_dataset), "--profile", "raspberry-pi-4", "--out", str(out)]) == ExitStatus.BAD_INPUT
+    assert (
+        main(
+            [
+                "convert",
+                str(bad_model),
+                "--dataset",
+                str(digits_dataset),
+                "--profile",
+                "raspberry-pi-4",
+                "--out",
+                str(out),
+            ]
+        )
+        == ExitStatus.BAD_INPUT
+    )
     assert "model.keras" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope"), "--dataset", str(digits_dataset)]) == ExitStatus.BUNDLE_REJECTED
     assert main(["evaluate", str(out), "--dataset", str(digits_dataset)]) == ExitStatus.BAD_INPUT
@@ -141,12 +199,31 @@ def test_train_resizes_and_converts_colour_images_to_grey(tmp_path, capsys):
             img[5 + c * 8 : 9 + c * 8, 4:20] = colour  # a bar whose position tells the class
             Image.fromarray(img).save(tmp_path / "data" / f"class{c}" / f"{i}.bmp")
     model = tmp_path / "m.h5"
-    rc = main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16x12",
-               "--color", "grey", "--arch", "cnn", "--epochs", "1", "--json"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            str(tmp_path / "data"),
+            "--out",
+            str(model),
+            "--image-size",
+            "16x12",
+            "--color",
+            "grey",
+            "--arch",
+            "cnn",
+            "--epochs",
+            "1",
+            "--json",
+        ]
+    )
     assert rc == ExitStatus.OK
     info = _json(capsys)
     assert info["input_shape"] == [1, 12, 16, 1] and info["labels"] == ["class0", "class1"] and model.is_file()
     from edgekit.pipeline.train import load_model
 
     assert tuple(load_model(model).inputs[0].shape) == (1, 12, 16, 1)  # .h5 round trip keeps the batch of 1
-    assert main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16by12"]) == ExitStatus.USAGE
+    assert (
+        main(["train", "--dataset", str(tmp_path / "data"), "--out", str(model), "--image-size", "16by12"])
+        == ExitStatus.USAGE
+    )

@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import Mosquitto
-from edgekit.package.writer import write_archive
 from edgekit.fleet.deploy import deploy
+from edgekit.package.writer import write_archive
 from edgekit_agent.contract.errors import ExitStatus
 from edgekit_agent.contract.manifest import dump_manifest
 from edgekit_agent.ota.slots import read_pointer
+
+from brokers import Mosquitto
 
 DEVICES = {"dev-a": "pw-a", "dev-b": "pw-b"}
 FLEET = ("fleet", "pw-fleet")
@@ -42,13 +43,15 @@ FLEET = ("fleet", "pw-fleet")
 
 # --- test PKI -----------------------------------------------------------------------------------------
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def make_pki(out: Path) -> dict[str, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1/localhost signed by it (plus a rogue CA)."""
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     paths: dict[str, Path] = {}
     for label in ("ca", "rogue_ca"):
         key = ec.generate_private_key(ec.SECP256R1())
@@ -99,12 +102,7 @@ def make_auth(out: Path) -> tuple[Path, Path]:
         subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True, capture_output=True)
     acl = out / "acl"
     # Pattern lines first: they apply to every authenticated user (%u = the MQTT user name = device id).
-    acl.write_text(
-        "pattern readwrite edge/v1/%u/#\n"
-        "\n"
-        "user fleet\n"
-        "topic readwrite edge/v1/#\n"
-    )
+    acl.write_text("pattern readwrite edge/v1/%u/#\n\nuser fleet\ntopic readwrite edge/v1/#\n")
     return pw, acl
 
 
@@ -137,7 +135,9 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory):
 class Client:
     """paho (MQTT 5) with callbacks that only fill queues; connect() returns the CONNACK reason string."""
 
-    def __init__(self, broker: Mosquitto, user: str | None, password: str | None, *, ca: Path | None, tls: bool = True) -> None:
+    def __init__(
+        self, broker: Mosquitto, user: str | None, password: str | None, *, ca: Path | None, tls: bool = True
+    ) -> None:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
         if user:
             self.c.username_pw_set(user, password)
@@ -299,12 +299,30 @@ def _v2_archive(digits_bundle: Path, out: Path) -> Path:
 
 def _agent(secure_broker, digits_bundle: Path, tmp: Path, device: str, password: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*AGENT, "run", str(digits_bundle), "--allow-unsigned", "--broker", f"mqtts://{secure_broker.host}:{secure_broker.port}",
-         "--device-id", device, "--username", device, "--tls-ca", str(secure_broker.pki["ca"]),
-         "--data-dir", str(tmp / f"{device}-data"), "--window", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            *AGENT,
+            "run",
+            str(digits_bundle),
+            "--allow-unsigned",
+            "--broker",
+            f"mqtts://{secure_broker.host}:{secure_broker.port}",
+            "--device-id",
+            device,
+            "--username",
+            device,
+            "--tls-ca",
+            str(secure_broker.pki["ca"]),
+            "--data-dir",
+            str(tmp / f"{device}-data"),
+            "--window",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
         env={**os.environ, "EDGEKIT_MQTT_PASSWORD": password},
-    )  # fmt: skip
+    )
 
 
 def test_agent_over_tls_with_password_is_updated_by_the_fleet_over_tls(secure_broker, clients, digits_bundle, tmp_path):
@@ -322,8 +340,14 @@ def test_agent_over_tls_with_password_is_updated_by_the_fleet_over_tls(secure_br
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert online, "the agent never came online over TLS"
         url = f"mqtts://{FLEET[0]}:{FLEET[1]}@{secure_broker.host}:{secure_broker.port}"
-        report = deploy(_v2_archive(digits_bundle, tmp_path), ["dev-a"], url, tls_ca=secure_broker.pki["ca"],
-                        health={"window_s": 0.5}, timeout=90)  # fmt: skip
+        report = deploy(
+            _v2_archive(digits_bundle, tmp_path),
+            ["dev-a"],
+            url,
+            tls_ca=secure_broker.pki["ca"],
+            health={"window_s": 0.5},
+            timeout=90,
+        )
         (d,) = report.devices
         assert d.outcome == "committed", d.to_dict()
         assert read_pointer(tmp_path / "dev-a-data").current.version == "2.0.0"

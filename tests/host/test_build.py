@@ -57,7 +57,9 @@ def test_manifest_has_every_contract_field(built: tuple[BuildResult, dict]) -> N
     assert metrics["split"]["seed"] == 0 and metrics["split"]["test"] == pytest.approx(0.15)
     sizes = metrics["sizes"]
     assert sizes["int8_tflite_bytes"] == (result.profiles[0].directory / "model.tflite").stat().st_size
-    assert sizes["int8_float_ratio"] == pytest.approx(sizes["int8_tflite_bytes"] / sizes["float_tflite_bytes"], abs=1e-4)
+    assert sizes["int8_float_ratio"] == pytest.approx(
+        sizes["int8_tflite_bytes"] / sizes["float_tflite_bytes"], abs=1e-4
+    )
     assert sizes["int8_float_ratio"] < 0.3  # full int8 weights: about a quarter of float32
     assert sizes["keras_bytes"] == result.model_file.stat().st_size
     assert m["fit"]["fits"] is True
@@ -113,7 +115,10 @@ def test_plan_is_a_table_of_steps() -> None:
     assert labels[:3] == ["load and split the dataset", "train", "prune to 50% sparsity"]
     assert sum("raspberry-pi-5" in label for label in labels) == 4
     # A model file is loaded first: its input decides the size and colour mode the dataset is loaded at.
-    assert [label for label, _ in plan(None, profiles[:1], from_model=True)][:2] == ["load the model", "load and split the dataset"]
+    assert [label for label, _ in plan(None, profiles[:1], from_model=True)][:2] == [
+        "load the model",
+        "load and split the dataset",
+    ]
 
 
 def test_default_name(tmp_path: Path) -> None:
@@ -152,9 +157,27 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     (out / "dig-tiny-board").mkdir(parents=True)
     (out / "dig-tiny-board" / "manifest.json").write_text("{}")
     (out / "dig-tiny-board.tar.gz").write_bytes(b"old")
-    argv = ["build", "--dataset", str(digits_dataset), "--model", str(result.model_file), "--prune", "0.5",
-            "--profile", str(tiny), "--profile", str(u8), "--out", str(out), "--keep-going", "--json",
-            "--name", "dig", "--version", "2.0.1"]
+    argv = [
+        "build",
+        "--dataset",
+        str(digits_dataset),
+        "--model",
+        str(result.model_file),
+        "--prune",
+        "0.5",
+        "--profile",
+        str(tiny),
+        "--profile",
+        str(u8),
+        "--out",
+        str(out),
+        "--keep-going",
+        "--json",
+        "--name",
+        "dig",
+        "--version",
+        "2.0.1",
+    ]
     assert main(argv) == ExitStatus.DOES_NOT_FIT
     doc = json.loads(capsys.readouterr().out)
     by = {p["profile"]: p for p in doc["profiles"]}
@@ -164,7 +187,12 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     assert sorted(p.name for p in out.glob("*.tar.gz")) == ["dig-u8-board.tar.gz"]
     bundle = Path(by["u8-board"]["directory"])
     m = json.loads((bundle / "manifest.json").read_text())
-    assert (m["name"], m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == ("dig", "2.0.1", "uint8", "uint8")
+    assert (m["name"], m["version"], m["inputs"][0]["dtype"], m["outputs"][0]["dtype"]) == (
+        "dig",
+        "2.0.1",
+        "uint8",
+        "uint8",
+    )
     assert m["metrics"]["arch"] == f"file:{result.model_file.name}"
     prune = m["metrics"]["prune"]
     assert prune["target_sparsity"] == 0.5 and 0.4 <= prune["achieved_sparsity"] <= 0.55
@@ -172,7 +200,10 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     # The pruned model is saved next to the bundles; the input model file is left alone.
     assert doc["model_file"] == str(out / "dig.keras") and (out / "dig.keras").is_file()
     steps = [t["step"] for t in doc["step_seconds"]]
-    assert steps[:3] == ["load the model", "load and split the dataset", "prune to 50% sparsity"] and len(steps) == 3 + 1 + 2 * 4
+    assert (
+        steps[:3] == ["load the model", "load and split the dataset", "prune to 50% sparsity"]
+        and len(steps) == 3 + 1 + 2 * 4
+    )
     # Each figure is rounded to 0.01 s, so the steps may add up to a hair more than the rounded total.
     assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"] + 0.005 * (len(steps) + 1)
     convert = next(t for t in doc["step_seconds"] if t["step"].startswith("convert"))
@@ -180,7 +211,9 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     assert main(["inspect", str(bundle)]) == ExitStatus.OK
 
 
-def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(built: tuple[BuildResult, dict], tmp_path: Path) -> None:
+def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(
+    built: tuple[BuildResult, dict], tmp_path: Path
+) -> None:
     """The build's fit step on the real int8 model (no second conversion needed)."""
     from edgekit import build as build_module
 
@@ -188,8 +221,18 @@ def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(built: tuple[B
     tiny = load_profile(profile_file(tmp_path, "tiny-board", ram=2_000))
     tflite = (result.profiles[0].directory / "model.tflite").read_bytes()
     state = build_module._State(  # noqa: SLF001 - the step is the unit under test
-        dataset=tmp_path, out=tmp_path, profiles=[tiny], model_path=None, epochs=None, prune=None,
-        max_accuracy_drop=1.0, keep_going=False, name="digits", version="1", seed=0, arch="auto",
+        dataset=tmp_path,
+        out=tmp_path,
+        profiles=[tiny],
+        model_path=None,
+        epochs=None,
+        prune=None,
+        max_accuracy_drop=1.0,
+        keep_going=False,
+        name="digits",
+        version="1",
+        seed=0,
+        arch="auto",
     )
     state.current = {"tflite": tflite}
     with pytest.raises(FitError) as e:

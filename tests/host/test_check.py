@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fit_models
 from edgekit.fit.check import Verdict, check_fit, require_fit
-from edgekit.profiles import load_all_profiles, load_profile, load_profile_file
 from edgekit.fit.tflm import measure_arena, tflm_agreement
+from edgekit.profiles import load_all_profiles, load_profile, load_profile_file
 from edgekit_agent.contract.errors import ExitStatus, FitError, ModelError
+
+import fit_models
 
 
 def _tflm_accepts(model: bytes, size: int) -> bool:
@@ -113,7 +114,9 @@ def test_every_shipped_profile_checks_the_tiny_model():
 
 def test_input_dtype_mismatch_fails(tmp_path):
     path = tmp_path / "u8.toml"
-    path.write_text('name = "u8"\ntarget = "cpu"\n[tensors]\ninput_dtype = "uint8"\n[memory]\nram_bytes = 1000000\nflash_bytes = 1000000\n')
+    path.write_text(
+        'name = "u8"\ntarget = "cpu"\n[tensors]\ninput_dtype = "uint8"\n[memory]\nram_bytes = 1000000\nflash_bytes = 1000000\n'
+    )
     row = check_fit(fit_models.tiny_cnn(), load_profile_file(path)).row("dtypes")
     assert row.verdict is Verdict.FAIL and "uint8" in row.detail
 

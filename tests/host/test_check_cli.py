@@ -6,11 +6,19 @@ import json
 
 import pytest
 
-import fit_models
 from edgekit.cli import main
 from edgekit_agent.contract.errors import ExitStatus
 
-NEW_PROFILES = {"arduino-nano-33-ble-sense", "esp32-s3", "stm32h743", "rp2040", "coral-usb-accelerator", "coral-dev-board"}
+import fit_models
+
+NEW_PROFILES = {
+    "arduino-nano-33-ble-sense",
+    "esp32-s3",
+    "stm32h743",
+    "rp2040",
+    "coral-usb-accelerator",
+    "coral-dev-board",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,17 @@ def test_profiles_table(capsys):
 
 
 def test_check_exits_does_not_fit_with_numbers_in_json(models, capsys):
-    code = main(["check", str(models / "wide.tflite"), "--profile", "arduino-nano-33-ble-sense", "--profile", "stm32h743", "--json"])
+    code = main(
+        [
+            "check",
+            str(models / "wide.tflite"),
+            "--profile",
+            "arduino-nano-33-ble-sense",
+            "--profile",
+            "stm32h743",
+            "--json",
+        ]
+    )
     assert code == ExitStatus.DOES_NOT_FIT
     reports = json.loads(capsys.readouterr().out)
     verdicts = {r["profile"]: r["fits"] for r in reports}

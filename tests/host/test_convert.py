@@ -68,7 +68,9 @@ def test_int8_accuracy_is_close_to_float(digits_int8, digits_model, digits_split
 def test_uint8_profile_gets_uint8_tensors(digits_model, digits_splits):
     from edgekit.pipeline.convert import convert_int8
 
-    res = convert_int8(digits_model, digits_splits.train.x, input_dtype="uint8", output_dtype="uint8", num_samples=50, with_float=False)
+    res = convert_int8(
+        digits_model, digits_splits.train.x, input_dtype="uint8", output_dtype="uint8", num_samples=50, with_float=False
+    )
     assert res.lint.ok and res.lint.input_dtype == res.lint.output_dtype == "uint8"
     assert res.float_tflite == b""
 
@@ -87,8 +89,12 @@ def test_a_converter_exception_in_the_worker_is_a_conversion_error(tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
     np.save(tmp_path / "rep.npy", np.zeros((2, 8, 8, 1), np.float32))
-    job = {"model": str(bad), "format": "keras", "representative": str(tmp_path / "rep.npy"),
-           "tasks": [{"kind": "int8", "input_dtype": "int8", "output_dtype": "int8", "out": str(tmp_path / "o.tflite")}]}
+    job = {
+        "model": str(bad),
+        "format": "keras",
+        "representative": str(tmp_path / "rep.npy"),
+        "tasks": [{"kind": "int8", "input_dtype": "int8", "output_dtype": "int8", "out": str(tmp_path / "o.tflite")}],
+    }
     with pytest.raises(ConversionError, match="converter failed on broken.keras") as err:
         run_worker(job, tmp_path, what="broken.keras")
     assert err.value.exit_status == 6
@@ -115,11 +121,13 @@ def test_worker_refuses_a_bad_job_file(tmp_path):
 
 def test_qat_runs_when_forced_and_the_better_model_is_kept(digits_model, digits_splits):
     from edgekit.pipeline.convert import convert_for_profile
-    from edgekit.profiles import load_profile
     from edgekit.pipeline.train import load_model
+    from edgekit.profiles import load_profile
 
     small = replace(digits_splits, train=digits_splits.train.subset(np.arange(0, len(digits_splits.train), 3)))
-    res = convert_for_profile(load_model(digits_model), small, load_profile("raspberry-pi-4"), force_qat=True, qat_epochs=1, num_samples=50)
+    res = convert_for_profile(
+        load_model(digits_model), small, load_profile("raspberry-pi-4"), force_qat=True, qat_epochs=1, num_samples=50
+    )
     assert res.qat_ran and res.eval_split == "val" and res.eval_samples == len(small.val)
     assert res.ptq_int8_accuracy is not None and res.qat_int8_accuracy is not None
     assert res.kept == ("qat" if res.qat_int8_accuracy > res.ptq_int8_accuracy else "ptq")
@@ -138,12 +146,14 @@ def test_a_tf_keras_savedmodel_from_the_user_is_loaded_and_converted_with_batch_
     from edgekit.pipeline.train import load_model
 
     tf_keras.utils.set_random_seed(0)
-    user = tf_keras.Sequential([
-        tf_keras.Input((8, 8, 1)),
-        tf_keras.layers.Conv2D(8, 3, activation="relu"),
-        tf_keras.layers.Flatten(),
-        tf_keras.layers.Dense(10, activation="softmax"),
-    ])
+    user = tf_keras.Sequential(
+        [
+            tf_keras.Input((8, 8, 1)),
+            tf_keras.layers.Conv2D(8, 3, activation="relu"),
+            tf_keras.layers.Flatten(),
+            tf_keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     user.save(tmp_path / "user_savedmodel")  # no suffix: tf_keras writes a SavedModel directory
     model = load_model(tmp_path / "user_savedmodel")
     assert zoo.is_tf_keras(model) and model.inputs[0].shape[0] is None

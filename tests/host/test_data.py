@@ -167,8 +167,13 @@ def test_a_class_is_split_the_same_way_whatever_other_classes_the_dataset_holds(
     def by_class(ds_root: Path, seed: int) -> dict[str, dict[str, set[str]]]:
         ds = load_image_folder(ds_root)
         s = split_dataset(ds, seed=seed)
-        return {label: {part: {Path(f).name for f, y in zip(getattr(s, part).files, getattr(s, part).y) if y == cls}
-                         for part in ("train", "val", "test")} for cls, label in enumerate(ds.labels)}
+        return {
+            label: {
+                part: {Path(f).name for f, y in zip(getattr(s, part).files, getattr(s, part).y) if y == cls}
+                for part in ("train", "val", "test")
+            }
+            for cls, label in enumerate(ds.labels)
+        }
 
     for seed in (0, 1, 7):
         a, b = by_class(full, seed), by_class(sub, seed)
@@ -185,7 +190,9 @@ def test_npz_refuses_non_finite_x_other_integer_dtypes_and_duplicate_labels(tmp_
     x[5, 1, 2] = np.nan
     x[7, 0, 0] = np.inf
     np.savez(tmp_path / "nan.npz", x=x, y=y)
-    with pytest.raises(DatasetError, match=r"nan\.npz: x holds NaN or infinite values in 2 sample\(s\) \(first: index 5\)"):
+    with pytest.raises(
+        DatasetError, match=r"nan\.npz: x holds NaN or infinite values in 2 sample\(s\) \(first: index 5\)"
+    ):
         load_npz(tmp_path / "nan.npz")
     # float64 beyond float32's range would become inf on the way in.
     np.savez(tmp_path / "big.npz", x=np.full((12, 4, 4), 1e300), y=y)

@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 
-import fit_models
 from edgekit.fit.check import Verdict, bundle_artifacts, check_fit
 from edgekit.fit.edgetpu import NOT_FOUND, compile_edgetpu, parse_compiler_log
 from edgekit.profiles import load_profile
+
+import fit_models
 
 CORAL = ["coral-usb-accelerator", "coral-dev-board"]
 
@@ -93,7 +94,9 @@ def test_compiler_log_is_parsed():
     assert len(out["op_status"]) == 6
 
 
-@pytest.mark.skipif(shutil.which("edgetpu_compiler") is None, reason="edgetpu_compiler not installed (x86-64 Debian only)")
+@pytest.mark.skipif(
+    shutil.which("edgetpu_compiler") is None, reason="edgetpu_compiler not installed (x86-64 Debian only)"
+)
 def test_real_compiler_produces_a_model():
     result = compile_edgetpu(fit_models.tiny_cnn(), "tiny")
     assert result.compiled and result.model[4:8] == b"TFL3"

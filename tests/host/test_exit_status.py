@@ -18,7 +18,9 @@ from edgekit_agent.contract.errors import EdgekitError, ExitStatus, exit_status_
 
 def edgekit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 def test_exit_status_values_are_unique_and_stable() -> None:
@@ -41,7 +43,9 @@ def test_top_level_help_and_version_answer_0() -> None:
     r = edgekit("--help")
     assert r.returncode == ExitStatus.OK and "usage: edgekit" in r.stdout
     for name in COMMANDS:
-        assert name in r.stdout, f"`edgekit --help` does not list `{name}` (its module edgekit/cli/{COMMANDS[name][0]}.py is missing?)"
+        assert name in r.stdout, (
+            f"`edgekit --help` does not list `{name}` (its module edgekit/cli/{COMMANDS[name][0]}.py is missing?)"
+        )
     r = edgekit("--version")
     assert r.returncode == ExitStatus.OK and r.stdout.startswith("edgekit ")
 
@@ -84,7 +88,9 @@ def test_usage_error_in_a_real_process(tmp_path: Path) -> None:
 
 def test_unknown_profile_exits_3_with_a_suggestion(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    r = edgekit("build", "--dataset", str(tmp_path / "data"), "--profile", "raspberry-pi-44", "--out", str(tmp_path / "out"))
+    r = edgekit(
+        "build", "--dataset", str(tmp_path / "data"), "--profile", "raspberry-pi-44", "--out", str(tmp_path / "out")
+    )
     assert r.returncode == ExitStatus.BAD_INPUT
     assert "unknown profile 'raspberry-pi-44'" in r.stderr and "Did you mean 'raspberry-pi-4'" in r.stderr
     assert "Traceback" not in r.stderr

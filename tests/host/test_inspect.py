@@ -26,7 +26,10 @@ def flatbuffer_ops(tflite: bytes) -> list[str]:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = model.operatorCodes
-    return [names[max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)] for op in model.subgraphs[0].operators]
+    return [
+        names[max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)]
+        for op in model.subgraphs[0].operators
+    ]
 
 
 @pytest.fixture()
@@ -83,7 +86,9 @@ def test_cli_json_and_tables(digits_bundle: Path, capsys: pytest.CaptureFixture[
     doc = json.loads(capsys.readouterr().out)
     assert doc["verified"] is True and doc["kind"] == "bundle"
     assert {f["status"] for f in doc["files"]} == {"ok"}
-    assert sum(o["count"] for o in doc["operators"]) == len(flatbuffer_ops((digits_bundle / "model.tflite").read_bytes()))
+    assert sum(o["count"] for o in doc["operators"]) == len(
+        flatbuffer_ops((digits_bundle / "model.tflite").read_bytes())
+    )
     assert main(["inspect", str(digits_bundle), "--all-tensors"]) == ExitStatus.OK
     out = capsys.readouterr().out
     assert "verified" in out and "FULLY_CONNECTED" in out
@@ -97,7 +102,9 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 
 
 @pytest.mark.parametrize("victim", ["model.tflite", "golden.npz"])
-def test_one_changed_byte_is_a_mismatch_and_exit_5(bundle_copy: Path, victim: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_changed_byte_is_a_mismatch_and_exit_5(
+    bundle_copy: Path, victim: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     flip_byte(bundle_copy / victim)
     r = inspect_path(bundle_copy)
     status = {f.name: f.status for f in r.files}
@@ -198,7 +205,9 @@ def test_golden_file_is_readable_after_inspection(digits_bundle: Path) -> None:
         assert set(g.files) == {"inputs", "labels", "outputs"}
 
 
-def test_signature_checked_with_trusted_keys(digits_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_signature_checked_with_trusted_keys(
+    digits_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Signed with edgekit keys: valid with the right key (dir and archive), refused with another key or
     after the manifest changed; without --trusted-keys the signature is only reported as present."""
     from edgekit.package.keys import new_keypair, sign_bundle

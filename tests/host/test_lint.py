@@ -13,13 +13,15 @@ def layernorm_model():
     import keras
 
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((8, 8, 1), batch_size=1),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.LayerNormalization(),
-        keras.layers.Dense(3, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1), batch_size=1),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.LayerNormalization(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

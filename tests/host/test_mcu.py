@@ -8,11 +8,12 @@ import subprocess
 
 import pytest
 
-import fit_models
 from edgekit.fit.check import bundle_artifacts, check_fit
 from edgekit.fit.mcu import MODEL_DATA_CC, MODEL_DATA_H, MODEL_OPS_H, add_method, mcu_artifacts
 from edgekit.profiles import load_profile
 from edgekit_agent.contract.errors import FitError
+
+import fit_models
 
 MAIN_CC = r"""
 #include <cstdint>
@@ -47,8 +48,19 @@ def test_c_array_compiles_and_round_trips_exactly(tiny_artifacts, tmp_path):
     (tmp_path / "main.cc").write_text(MAIN_CC)
     exe = tmp_path / "roundtrip"
     subprocess.run(
-        ["g++", "-std=c++17", "-Wall", "-Werror", "-o", str(exe), str(tmp_path / "main.cc"), str(tmp_path / MODEL_DATA_CC)],
-        check=True, capture_output=True, text=True,
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(exe),
+            str(tmp_path / "main.cc"),
+            str(tmp_path / MODEL_DATA_CC),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     out = subprocess.run([str(exe), str(tmp_path / "back.tflite")], check=True, capture_output=True, text=True).stdout
     assert (tmp_path / "back.tflite").read_bytes() == model

@@ -112,13 +112,25 @@ def test_unrelated_unknown_name_lists_known_profiles_without_a_bogus_hint() -> N
     [
         ("num_threads = 2", "num_thread = 2", "unknown key 'runtime.num_thread'. Did you mean 'num_threads'?"),
         ("[memory]", "[memroy]", "unknown key 'memroy'. Did you mean 'memory'?"),
-        ('description = "a test board"', 'descripton = "a test board"', "unknown key 'descripton'. Did you mean 'description'?"),
+        (
+            'description = "a test board"',
+            'descripton = "a test board"',
+            "unknown key 'descripton'. Did you mean 'description'?",
+        ),
         ("num_threads = 2", 'num_threads = "2"', "'runtime.num_threads' must be an integer, got str"),
         ("ram_bytes = 1_048_576", "ram_bytes = 1.5", "'memory.ram_bytes' must be an integer, got float"),
         ("margin = 0.1", "margin = true", "'memory.margin' must be an integer or a number, got bool"),
         ('name = "my-board"', "name = 7", "'name' must be a string, got int"),
-        ('target = "cpu"', 'target = "cpux"', "target = 'cpux' is not one of ['cpu', 'edgetpu', 'mcu']. Did you mean 'cpu'?"),
-        ('input_dtype = "uint8"', 'input_dtype = "unit8"', "tensors.input_dtype = 'unit8' is not one of ['int8', 'uint8']. Did you mean 'uint8'?"),
+        (
+            'target = "cpu"',
+            'target = "cpux"',
+            "target = 'cpux' is not one of ['cpu', 'edgetpu', 'mcu']. Did you mean 'cpu'?",
+        ),
+        (
+            'input_dtype = "uint8"',
+            'input_dtype = "unit8"',
+            "tensors.input_dtype = 'unit8' is not one of ['int8', 'uint8']. Did you mean 'uint8'?",
+        ),
         ('delegate = "xnnpack"', 'delegate = "xnnpak"', "runtime.delegate = 'xnnpak' is not one of"),
         ("num_threads = 2", "num_threads = 0", "num_threads must be at least 1"),
         ("margin = 0.1", "margin = 1.5", "margin is a fraction"),
@@ -174,7 +186,18 @@ def test_profiles_ship_in_the_wheel(tmp_path: Path) -> None:
     readme = REPO / "README.md"
     (src / "README.md").write_text(readme.read_text() if readme.exists() else "edgekit\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
         check=True,
         capture_output=True,
     )

@@ -109,7 +109,9 @@ def test_reference_of_a_real_model(digits_model_and_data: tuple[bytes, np.ndarra
     assert d["input_mean"]["edges"][-1] == pytest.approx(np.percentile(means, 99.5))
 
 
-def test_reference_separates_drifted_from_fresh_inputs(digits_model_and_data: tuple[bytes, np.ndarray, np.ndarray, list[str]]) -> None:
+def test_reference_separates_drifted_from_fresh_inputs(
+    digits_model_and_data: tuple[bytes, np.ndarray, np.ndarray, list[str]],
+) -> None:
     """The point of the reference: fresh data of the same kind scores a low PSI, brightened data a high one."""
     tflite, train_x, held_x, labels = digits_model_and_data
     ref = compute_reference(tflite, train_x, held_x, len(labels))

@@ -41,7 +41,9 @@ def keys(tmp_path: Path):
 
 def _verify(d: Path, trusted: Path) -> str:
     sig = d / "manifest.sig"
-    return verify_manifest((d / "manifest.json").read_bytes(), sig.read_bytes() if sig.exists() else None, trusted, source=str(d))
+    return verify_manifest(
+        (d / "manifest.json").read_bytes(), sig.read_bytes() if sig.exists() else None, trusted, source=str(d)
+    )
 
 
 def test_new_keypair_private_key_is_0600_and_key_id_is_sha256_of_raw_public_key(keys):
@@ -196,8 +198,19 @@ def test_cli_keys_and_sign_exit_codes(bundle, tmp_path, capsys):
 
 def test_build_with_an_unusable_sign_key_fails_before_training(tmp_path, capsys):
     (tmp_path / "bad.key").write_text("not a key")
-    code = main(["build", "--dataset", str(tmp_path / "no-such-dataset"), "--profile", "raspberry-pi-4",
-                 "--out", str(tmp_path / "out"), "--sign-key", str(tmp_path / "bad.key")])  # fmt: skip
+    code = main(
+        [
+            "build",
+            "--dataset",
+            str(tmp_path / "no-such-dataset"),
+            "--profile",
+            "raspberry-pi-4",
+            "--out",
+            str(tmp_path / "out"),
+            "--sign-key",
+            str(tmp_path / "bad.key"),
+        ]
+    )
     assert code == ExitStatus.BUNDLE_REJECTED
     assert "bad.key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -87,11 +87,25 @@ def test_build_refuses_a_model_that_does_not_suit_the_dataset(models, grey8, tmp
 def test_build_loads_the_dataset_at_the_model_input_size_and_colour(models, grey8, tmp_path) -> None:
     """A 16x16 RGB model on 8x8 grey images: the images are resized and converted, as on the device."""
     state = build_module._State(  # noqa: SLF001 - the first two steps are the unit under test
-        dataset=grey8, out=tmp_path, profiles=[], model_path=models["rgb16"], epochs=None, prune=None,
-        max_accuracy_drop=1.0, keep_going=False, name="m", version="1", seed=0, arch="auto",
+        dataset=grey8,
+        out=tmp_path,
+        profiles=[],
+        model_path=models["rgb16"],
+        epochs=None,
+        prune=None,
+        max_accuracy_drop=1.0,
+        keep_going=False,
+        name="m",
+        version="1",
+        seed=0,
+        arch="auto",
     )
     steps = build_module.plan(None, [], from_model=True)
-    assert [label for label, _ in steps[:3]] == ["load the model", "load and split the dataset", "save and evaluate the float model"]
+    assert [label for label, _ in steps[:3]] == [
+        "load the model",
+        "load and split the dataset",
+        "save and evaluate the float model",
+    ]
     for _, step in steps[:3]:
         step(state)
     assert state.ds.x.shape[1:] == (16, 16, 3)
@@ -106,7 +120,9 @@ def test_npz_of_another_size_is_refused_naming_both_shapes(models, tmp_path) -> 
 
 
 @pytest.mark.parametrize("command", ["convert", "prune"])
-def test_convert_and_prune_refuse_a_flat_input_model_with_a_clear_error(models, grey8, tmp_path, command, capsys) -> None:
+def test_convert_and_prune_refuse_a_flat_input_model_with_a_clear_error(
+    models, grey8, tmp_path, command, capsys
+) -> None:
     argv = [command, str(models["flat"]), "--dataset", str(grey8), "--out", str(tmp_path / "x")]
     if command == "convert":
         argv += ["--profile", "raspberry-pi-4"]
@@ -134,8 +150,18 @@ def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -
 
     def save_step(model_path: Path, out: Path) -> Path:
         state = build_module._State(  # noqa: SLF001 - the save step is the unit under test
-            dataset=tmp_path, out=out, profiles=[], model_path=model_path, epochs=None, prune=0.5,
-            max_accuracy_drop=1.0, keep_going=False, name="m", version="1", seed=0, arch="auto",
+            dataset=tmp_path,
+            out=out,
+            profiles=[],
+            model_path=model_path,
+            epochs=None,
+            prune=0.5,
+            max_accuracy_drop=1.0,
+            keep_going=False,
+            name="m",
+            version="1",
+            seed=0,
+            arch="auto",
         )
         state.model, state.model_file, state.float_accuracy = load_model(model_path), model_path, 0.5
         state.prune_info = {"target_sparsity": 0.5}
@@ -152,8 +178,9 @@ def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -
     assert (tmp_path / "other" / "m.keras").is_file() and original.read_bytes() == before
 
 
-def test_evaluate_keras_model_that_is_not_the_bundles_is_refused(digits_bundle: Path, digits_dataset: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_evaluate_keras_model_that_is_not_the_bundles_is_refused(
+    digits_bundle: Path, digits_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wrong = _save(_cnn(shape=(8, 8, 1), classes=3), tmp_path / "three-classes.keras")  # the digits have 10
     code = main(["evaluate", str(digits_bundle), "--dataset", str(digits_dataset), "--keras", str(wrong)])
     err = capsys.readouterr().err.replace("\n", "")  # the console wraps long paths

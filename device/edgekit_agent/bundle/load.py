@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgekit_agent.bundle.tflite_file import check_tflite
 from edgekit_agent.contract.errors import BundleError, IntegrityError, ModelError
 from edgekit_agent.contract.limits import (
     MAX_ARCHIVE_BYTES,
@@ -39,7 +40,6 @@ from edgekit_agent.contract.limits import (
     MAX_MEMBERS,
 )
 from edgekit_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
-from edgekit_agent.bundle.tflite_file import check_tflite
 
 if TYPE_CHECKING:  # imported lazily at run time: keeps `import edgekit_agent.bundle.load` light
     from edgekit_agent.infer.preprocess import Preprocessor
@@ -106,11 +106,21 @@ def verify_files(directory: str | Path, manifest: Manifest) -> list[FileCheck]:
         try:
             st = path.lstat()
         except FileNotFoundError:
-            checks.append(FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle"))
+            checks.append(
+                FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle")
+            )
             continue
         if not stat.S_ISREG(st.st_mode):
             checks.append(
-                FileCheck(entry.name, FileStatus.MISMATCH, None, entry.bytes, None, entry.sha256, "not a regular file (a link or directory)")
+                FileCheck(
+                    entry.name,
+                    FileStatus.MISMATCH,
+                    None,
+                    entry.bytes,
+                    None,
+                    entry.sha256,
+                    "not a regular file (a link or directory)",
+                )
             )
             continue
         digest = sha256_file(path)
@@ -154,7 +164,9 @@ class Bundle:
             return self.directory / EDGETPU_MODEL
         return self.model_path
 
-    def open_runtime(self, num_threads: int | None = None, delegate: str | None = None, engine: str | None = None) -> "Runtime":
+    def open_runtime(
+        self, num_threads: int | None = None, delegate: str | None = None, engine: str | None = None
+    ) -> Runtime:
         """An interpreter for the model; threads and delegate default to the manifest's profile."""
         from edgekit_agent.infer.runtime import Runtime
 
@@ -171,7 +183,7 @@ class Bundle:
             model_name=f"{self.directory}/{model.name}",
         )
 
-    def preprocessor(self) -> "Preprocessor":
+    def preprocessor(self) -> Preprocessor:
         """Image → input tensor, per the manifest's preprocessing spec and first input tensor."""
         from edgekit_agent.infer.preprocess import Preprocessor
 
@@ -191,7 +203,9 @@ def _member_name(member: tarfile.TarInfo, archive: Path) -> str:
     if ".." in parts:
         raise BundleError(f"{where} contains '..'; refusing to extract this archive.")
     if member.issym() or member.islnk():
-        raise BundleError(f"{where} is a {'symbolic' if member.issym() else 'hard'} link (to '{member.linkname}'); bundles hold plain files only.")
+        raise BundleError(
+            f"{where} is a {'symbolic' if member.issym() else 'hard'} link (to '{member.linkname}'); bundles hold plain files only."
+        )
     if not (member.isreg() or member.isdir()):
         raise BundleError(f"{where} is a device, FIFO or other special file; bundles hold plain files only.")
     return "/".join(parts)
@@ -228,7 +242,9 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
     except OSError:
         size = 0
     if size > MAX_ARCHIVE_BYTES:
-        raise BundleError(f"{archive}: {size} bytes is over the {MAX_ARCHIVE_BYTES}-byte archive limit (edgekit_agent.contract.limits).")
+        raise BundleError(
+            f"{archive}: {size} bytes is over the {MAX_ARCHIVE_BYTES}-byte archive limit (edgekit_agent.contract.limits)."
+        )
     try:
         tar = tarfile.open(archive, "r:*")
     except FileNotFoundError:
@@ -246,10 +262,14 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
                     raise BundleError(f"{archive}: more than {MAX_MEMBERS} entries; not a bundle archive.")
                 name = _member_name(member, archive)
                 if member.size > MAX_MEMBER_BYTES:
-                    raise BundleError(f"{archive}: member '{member.name}' is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit.")
+                    raise BundleError(
+                        f"{archive}: member '{member.name}' is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit."
+                    )
                 total += member.size
                 if total > MAX_EXTRACTED_BYTES:
-                    raise BundleError(f"{archive}: members add up to over {MAX_EXTRACTED_BYTES} bytes (at '{member.name}'); refusing.")
+                    raise BundleError(
+                        f"{archive}: members add up to over {MAX_EXTRACTED_BYTES} bytes (at '{member.name}'); refusing."
+                    )
                 members.append((name, member))
             # tarfile stops at the end-of-archive blocks, before the gzip trailer: drain the stream (bounded)
             # so the compressor's own checksum (gzip CRC-32, xz CRC) is verified too. Without this a flipped
@@ -279,7 +299,9 @@ def extract_archive(archive: str | Path, target: str | Path) -> Path:
         listed = {e.name: e for e in manifest.files}
         for rel, m in by_name.items():
             if rel not in listed and rel not in UNLISTED_OK:
-                raise BundleError(f"{archive}: member '{m.name}' is not listed in the manifest; refusing to extract it.")
+                raise BundleError(
+                    f"{archive}: member '{m.name}' is not listed in the manifest; refusing to extract it."
+                )
             if rel in listed and m.size != listed[rel].bytes:
                 raise IntegrityError(
                     f"{archive}: member '{m.name}' is {m.size} bytes but {MANIFEST_NAME} records {listed[rel].bytes}; "
@@ -341,7 +363,9 @@ def load_bundle(
             Path(workdir).mkdir(parents=True, exist_ok=True)
         parent = Path(tempfile.mkdtemp(prefix=f"{_archive_stem(path)}.", dir=workdir))
         try:
-            return _load_directory(extract_archive(path, parent / _archive_stem(path)), trusted_keys, require_signature, allow_unsigned)
+            return _load_directory(
+                extract_archive(path, parent / _archive_stem(path)), trusted_keys, require_signature, allow_unsigned
+            )
         except BaseException:
             shutil.rmtree(parent, ignore_errors=True)  # a refused archive leaves nothing behind
             raise
@@ -352,7 +376,9 @@ def load_bundle(
     raise BundleError(f"{path}: no such bundle; give a bundle directory or its .tar.gz archive.")
 
 
-def _load_directory(directory: Path, trusted_keys: Path | None, require_signature: bool, allow_unsigned: bool) -> Bundle:
+def _load_directory(
+    directory: Path, trusted_keys: Path | None, require_signature: bool, allow_unsigned: bool
+) -> Bundle:
     manifest_path = directory / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise BundleError(f"{directory}: no {MANIFEST_NAME} (or it is a link); is this an edgekit bundle directory?")
@@ -369,7 +395,9 @@ def _load_directory(directory: Path, trusted_keys: Path | None, require_signatur
 
     signed_by = None
     if trusted_keys is not None or require_signature:
-        from edgekit_agent.contract.signing import verify_manifest  # needs `cryptography` only when a signature is checked
+        from edgekit_agent.contract.signing import (
+            verify_manifest,
+        )  # needs `cryptography` only when a signature is checked
 
         sig_path = directory / SIGNATURE_NAME
         sig = sig_path.read_bytes() if sig_path.is_file() and not sig_path.is_symlink() else None
@@ -383,14 +411,18 @@ def _load_directory(directory: Path, trusted_keys: Path | None, require_signatur
                 "manifest lists. Remove it or rebuild the bundle."
             )
         if check.status is FileStatus.MISSING:
-            raise IntegrityError(f"{directory}: '{check.name}' is listed in {MANIFEST_NAME} but missing; re-copy the bundle.")
+            raise IntegrityError(
+                f"{directory}: '{check.name}' is listed in {MANIFEST_NAME} but missing; re-copy the bundle."
+            )
         if check.status is FileStatus.MISMATCH:
             raise IntegrityError(
                 f"{directory}/{check.name}: {check.detail}; the file is corrupt or was tampered with. "
                 "Re-copy or rebuild the bundle."
             )
     model_path = directory / manifest.model.name
-    models = [model_path] + ([directory / EDGETPU_MODEL] if any(f.name == EDGETPU_MODEL for f in manifest.files) else [])
+    models = [model_path] + (
+        [directory / EDGETPU_MODEL] if any(f.name == EDGETPU_MODEL for f in manifest.files) else []
+    )
     for model in models:
         try:
             check_tflite(model.read_bytes(), str(model))

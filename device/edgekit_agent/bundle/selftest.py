@@ -51,7 +51,7 @@ class SelfTestResult:
         )
 
 
-def load_golden(bundle: "Bundle") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def load_golden(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(inputs, labels, outputs, tolerance) from the bundle's golden file; BundleError when unusable."""
     spec = bundle.manifest.raw.get("golden")
     if not isinstance(spec, dict):
@@ -70,7 +70,9 @@ def load_golden(bundle: "Bundle") -> tuple[np.ndarray, np.ndarray, np.ndarray, i
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
             missing = [k for k in _REQUIRED if k not in npz.files]
             if missing:
-                raise BundleError(f"{path}: arrays {missing} are missing; it needs {list(_REQUIRED)}. Rebuild the bundle.")
+                raise BundleError(
+                    f"{path}: arrays {missing} are missing; it needs {list(_REQUIRED)}. Rebuild the bundle."
+                )
             inputs, labels, outputs = (np.asarray(npz[k]) for k in _REQUIRED)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BundleError(f"{path}: not a readable .npz ({exc}); re-copy or rebuild the bundle.") from None
@@ -81,7 +83,7 @@ def load_golden(bundle: "Bundle") -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return inputs, labels, outputs, int(tolerance)
 
 
-def run_selftest(bundle: "Bundle", runtime: "Runtime | None" = None) -> SelfTestResult:
+def run_selftest(bundle: Bundle, runtime: Runtime | None = None) -> SelfTestResult:
     """Run the golden inputs through ``runtime`` (default: ``bundle.open_runtime()``) and compare.
 
     Returns the result when every output is within the tolerance; raises :class:`SelfTestError`

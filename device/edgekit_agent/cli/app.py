@@ -15,9 +15,10 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BundleError, EdgekitError, ExitStatus, InputError, exit_status_for
@@ -25,7 +26,10 @@ from edgekit_agent.contract.errors import BundleError, EdgekitError, ExitStatus,
 # name -> (target, one-line help). Order is the order of `edgekit-agent --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("edgekit_agent.cli.app:Verify", "check a bundle's hashes (and signature) and run its self-test"),
-    "bench": ("edgekit_agent.cli.app:Bench", "benchmark a bundle's model (benchmark_model style): latency, memory, runtime"),
+    "bench": (
+        "edgekit_agent.cli.app:Bench",
+        "benchmark a bundle's model (benchmark_model style): latency, memory, runtime",
+    ),
     "infer": ("edgekit_agent.cli.app:Infer", "classify image files with a bundle: prediction, confidence, latency"),
     "run": ("edgekit_agent.cli.run", "serve a bundle and report telemetry over MQTT"),
 }
@@ -78,10 +82,17 @@ def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     """BUNDLE plus the verification options every subcommand that loads a bundle shares."""
     parser.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle directory or .tar.gz archive")
     parser.add_argument("--skip-selftest", action="store_true", help="serve even without the golden-sample self-test")
-    parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
+    parser.add_argument(
+        "--trusted-keys",
+        type=Path,
+        metavar="DIR",
+        help="directory of trusted *.pub keys: the bundle must be signed by one",
+    )
     parser.add_argument("--require-signature", action="store_true", help="refuse unsigned bundles")
     parser.add_argument(
-        "--allow-unsigned", action="store_true", help="with --trusted-keys: accept an unsigned bundle (a signed one is still checked)"
+        "--allow-unsigned",
+        action="store_true",
+        help="with --trusted-keys: accept an unsigned bundle (a signed one is still checked)",
     )
 
 
@@ -99,10 +110,17 @@ def _count(minimum: int) -> Any:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_count(1), metavar="N", help="interpreter threads (default: the bundle's profile, at most this machine's cores)")
+    parser.add_argument(
+        "--threads",
+        type=_count(1),
+        metavar="N",
+        help="interpreter threads (default: the bundle's profile, at most this machine's cores)",
+    )
     parser.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only (no XNNPACK delegate)")
     parser.add_argument(
-        "--runtime", choices=("litert", "tflite_runtime", "tensorflow"), help="force an interpreter (default: the first that imports)"
+        "--runtime",
+        choices=("litert", "tflite_runtime", "tensorflow"),
+        help="force an interpreter (default: the first that imports)",
     )
 
 
@@ -123,7 +141,9 @@ def opened_bundle(args: argparse.Namespace) -> Iterator[Any]:
 
 def open_runtime(bundle: Any, args: argparse.Namespace) -> Any:
     delegate = "none" if getattr(args, "no_xnnpack", False) else None
-    return bundle.open_runtime(num_threads=getattr(args, "threads", None), delegate=delegate, engine=getattr(args, "runtime", None))
+    return bundle.open_runtime(
+        num_threads=getattr(args, "threads", None), delegate=delegate, engine=getattr(args, "runtime", None)
+    )
 
 
 def selftest_or_skip(bundle: Any, runtime: Any, args: argparse.Namespace) -> Any:
@@ -157,9 +177,13 @@ class Verify:
             # A refused directory still gets its per-file report (which files differ), then the error line.
             checks = Verify._file_report(args.bundle)
             if args.json:
-                print_json({"ok": False, "error": str(exc), "files": [_check_dict(c) for c in checks] if checks else None})
+                print_json(
+                    {"ok": False, "error": str(exc), "files": [_check_dict(c) for c in checks] if checks else None}
+                )
             elif checks:
-                print_table(("file", "bytes", "sha256", "status", "detail"), (_check_row(c) + (c.detail,) for c in checks))
+                print_table(
+                    ("file", "bytes", "sha256", "status", "detail"), (_check_row(c) + (c.detail,) for c in checks)
+                )
             raise
 
     @staticmethod
@@ -187,7 +211,12 @@ class Verify:
             if args.json:
                 print_json(
                     {
-                        "bundle": {"name": m.name, "version": m.version, "profile": m.profile_name, "path": str(args.bundle)},
+                        "bundle": {
+                            "name": m.name,
+                            "version": m.version,
+                            "profile": m.profile_name,
+                            "path": str(args.bundle),
+                        },
                         "files": [_check_dict(c) for c in checks],
                         "signed_by": bundle.signed_by,
                         "runtime": runtime.info.to_dict(),
@@ -198,7 +227,9 @@ class Verify:
                 return ExitStatus.OK
             print(f"bundle {m.name} {m.version} for {m.profile_name} ({args.bundle})")
             print_table(("file", "bytes", "sha256", "status"), (_check_row(c) for c in checks))
-            print(f"signature: {'signed by key ' + bundle.signed_by if bundle.signed_by else 'not checked (unsigned or no --trusted-keys)'}")
+            print(
+                f"signature: {'signed by key ' + bundle.signed_by if bundle.signed_by else 'not checked (unsigned or no --trusted-keys)'}"
+            )
             info = runtime.info
             print(f"runtime: {info.engine} {info.version}, delegate {info.delegate}, {info.num_threads} threads")
             print(result.summary() if result else "self-test: skipped")
@@ -224,7 +255,9 @@ class Bench:
         add_runtime_arguments(parser)
         parser.add_argument("--runs", type=_count(1), default=100, metavar="N", help="steady-state runs (default 100)")
         parser.add_argument("--warmup", type=_count(0), default=5, metavar="N", help="warm-up runs (default 5)")
-        parser.add_argument("--min-seconds", type=float, default=0.0, metavar="S", help="keep running until S seconds have passed")
+        parser.add_argument(
+            "--min-seconds", type=float, default=0.0, metavar="S", help="keep running until S seconds have passed"
+        )
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     @staticmethod
@@ -290,7 +323,12 @@ class Infer:
                     t2 = time.perf_counter_ns()
                     p = top1(raw, bundle.manifest)
                     results.append(
-                        {**p.to_dict(), "image": str(image), "preprocess_ms": (t1 - t0) / 1e6, "invoke_ms": (t2 - t1) / 1e6}
+                        {
+                            **p.to_dict(),
+                            "image": str(image),
+                            "preprocess_ms": (t1 - t0) / 1e6,
+                            "invoke_ms": (t2 - t1) / 1e6,
+                        }
                     )
             finally:
                 runtime.close()

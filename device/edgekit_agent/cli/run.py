@@ -25,26 +25,60 @@ log = logging.getLogger("edgekit_agent")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options (every one can also be set in the TOML config; see edgekit_agent.serve.config)."""
     on = {"action": "store_const", "const": True, "default": None}
-    parser.add_argument("bundle", metavar="BUNDLE", nargs="?", type=Path, help="bundle directory or .tar.gz (or 'bundle' in --config)")
+    parser.add_argument(
+        "bundle", metavar="BUNDLE", nargs="?", type=Path, help="bundle directory or .tar.gz (or 'bundle' in --config)"
+    )
     parser.add_argument("--config", type=Path, metavar="FILE", help="agent TOML config; flags override it")
-    parser.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT (none: serve and record offline)")
+    parser.add_argument(
+        "--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT (none: serve and record offline)"
+    )
     parser.add_argument("--device-id", metavar="ID", help="this device's id (= its MQTT user name)")
-    parser.add_argument("--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled")
-    parser.add_argument("--processed", choices=("move", "delete", "keep"), help="what to do with served files (default move to DIR/.processed)")
-    parser.add_argument("--window", dest="window_s", type=float, metavar="S", help="telemetry window in seconds (default 10)")
-    parser.add_argument("--num-threads", type=int, metavar="N", help="interpreter threads (default: the bundle's profile, at most this machine's cores)")
+    parser.add_argument(
+        "--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled"
+    )
+    parser.add_argument(
+        "--processed",
+        choices=("move", "delete", "keep"),
+        help="what to do with served files (default move to DIR/.processed)",
+    )
+    parser.add_argument(
+        "--window", dest="window_s", type=float, metavar="S", help="telemetry window in seconds (default 10)"
+    )
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        metavar="N",
+        help="interpreter threads (default: the bundle's profile, at most this machine's cores)",
+    )
     parser.add_argument("--username", help="MQTT user name")
     parser.add_argument("--password", help="MQTT password (better: EDGEKIT_MQTT_PASSWORD in the environment)")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the broker's certificate")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
-    parser.add_argument("--mqtt-version", choices=("auto", "5", "3.1.1"),
-                        help="MQTT protocol (default auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5)")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="outbox and command store (default ~/.local/state/edgekit-agent/ID)")
+    parser.add_argument(
+        "--mqtt-version",
+        choices=("auto", "5", "3.1.1"),
+        help="MQTT protocol (default auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="outbox and command store (default ~/.local/state/edgekit-agent/ID)",
+    )
     parser.add_argument("--skip-selftest", help="serve even if the golden-sample self-test was not run", **on)
-    parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="directory of trusted *.pub keys: the bundle must be signed by one")
+    parser.add_argument(
+        "--trusted-keys",
+        type=Path,
+        metavar="DIR",
+        help="directory of trusted *.pub keys: the bundle must be signed by one",
+    )
     parser.add_argument("--require-signature", help="refuse unsigned bundles", **on)
-    parser.add_argument("--allow-unsigned", help="serve bundles that carry no signature (development; without it `run` serves only bundles signed by a key in --trusted-keys)", **on)
+    parser.add_argument(
+        "--allow-unsigned",
+        help="serve bundles that carry no signature (development; without it `run` serves only bundles signed by a key in --trusted-keys)",
+        **on,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
 
 
@@ -76,15 +110,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> ExitStatus:
     """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
-    from edgekit_agent.serve.agent import Agent
     from edgekit_agent.ota.manager import startup_bundle
+    from edgekit_agent.serve.agent import Agent
 
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = _settings(args)
     if settings.bundle is None:
-        raise UsageError("no bundle given: `edgekit-agent run BUNDLE ...` or bundle = \"…\" in the config.")
+        raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
     if settings.watch_dir is not None and not settings.watch_dir.is_dir():
         raise UsageError(f"watch directory {settings.watch_dir} does not exist; create it or fix --watch.")
     workdir = settings.data_dir / "bundles"

@@ -8,9 +8,10 @@ wrongly typed required keys are a :class:`BundleError` that names the key.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgekit_agent.contract.errors import BundleError
 
@@ -18,7 +19,13 @@ FORMAT = "edgekit-bundle/1"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 
-_DTYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "float32": (None, None), "int32": (None, None)}
+_DTYPE_RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-32768, 32767),
+    "float32": (None, None),
+    "int32": (None, None),
+}
 
 
 def _req(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -65,7 +72,7 @@ class TensorSpec:
     zero_point: int
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> "TensorSpec":
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> TensorSpec:
         d = _table(d, where)
         shape = _req(d, "shape", list, where)
         if not all(isinstance(s, int) and s > 0 for s in shape):
@@ -112,7 +119,7 @@ class PreprocessSpec:
         return 1 if self.color_mode == "L" else 3
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest.preprocess") -> "PreprocessSpec":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest.preprocess") -> PreprocessSpec:
         mode = _req(d, "color_mode", str, where)
         if mode not in ("L", "RGB"):
             raise BundleError(f"{where}: color_mode '{mode}' must be 'L' (grey) or 'RGB'.")
@@ -191,7 +198,7 @@ class Manifest:
 
     # --- (de)serialisation ----------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = MANIFEST_NAME) -> "Manifest":
+    def from_dict(cls, d: Mapping[str, Any], source: str = MANIFEST_NAME) -> Manifest:
         if not isinstance(d, Mapping):
             raise BundleError(f"{source}: top level must be a JSON object.")
         fmt = _req(d, "format", str, source)
@@ -213,8 +220,12 @@ class Manifest:
             raise BundleError(f"{source}: the model file '{model_file}' is not listed in 'files'.")
         profile = _req(d, "profile", dict, source)
         labels = _req(d, "labels", list, source)
-        outputs = tuple(TensorSpec.from_dict(t, f"{source}: outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, source)))
-        inputs = tuple(TensorSpec.from_dict(t, f"{source}: inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, source)))
+        outputs = tuple(
+            TensorSpec.from_dict(t, f"{source}: outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, source))
+        )
+        inputs = tuple(
+            TensorSpec.from_dict(t, f"{source}: inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, source))
+        )
         if not inputs or not outputs:
             raise BundleError(f"{source}: a model needs at least one input and one output tensor.")
         return cls(
@@ -234,17 +245,19 @@ class Manifest:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = MANIFEST_NAME) -> "Manifest":
+    def from_bytes(cls, data: bytes, source: str = MANIFEST_NAME) -> Manifest:
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{source} is not valid JSON ({exc}); the bundle is corrupt, rebuild or re-copy it.") from None
+            raise BundleError(
+                f"{source} is not valid JSON ({exc}); the bundle is corrupt, rebuild or re-copy it."
+            ) from None
         except RecursionError:  # "[[[[…" deeper than the interpreter's recursion limit
             raise BundleError(f"{source} is nested too deeply to be a manifest; the bundle is corrupt.") from None
         return cls.from_dict(doc, source)
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit_agent import __version__
-from edgekit_agent.serve import sysinfo
 from edgekit_agent.contract.errors import InputError, UsageError
 from edgekit_agent.infer.runtime import RuntimeInfo
+from edgekit_agent.serve import sysinfo
 
 if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
@@ -51,7 +51,7 @@ class LatencyStats:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_ns(cls, samples_ns: np.ndarray) -> "LatencyStats":
+    def from_ns(cls, samples_ns: np.ndarray) -> LatencyStats:
         ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         kept = ms if ms.size <= REPORT_SAMPLES else ms[np.linspace(0, ms.size - 1, REPORT_SAMPLES).round().astype(int)]
@@ -122,7 +122,11 @@ class BenchReport:
         return [
             ("model", f"{self.model_name} ({(self.model_sha256 or '?')[:12]})"),
             ("runtime", f"{rt.engine} {rt.version}"),
-            ("delegate", rt.delegate + ("" if rt.delegate == self.requested_delegate else f" (asked for {self.requested_delegate})")),
+            (
+                "delegate",
+                rt.delegate
+                + ("" if rt.delegate == self.requested_delegate else f" (asked for {self.requested_delegate})"),
+            ),
             ("threads", str(rt.num_threads)),
             ("init", ms(self.init_ms)),
             ("first inference", ms(self.first_inference_ms)),
@@ -136,7 +140,7 @@ class BenchReport:
         ]
 
 
-def random_input(runtime: "Runtime", seed: int = 0) -> np.ndarray:
+def random_input(runtime: Runtime, seed: int = 0) -> np.ndarray:
     """A random input tensor of the model's shape and dtype (benchmark_model also feeds random data)."""
     rng = np.random.default_rng(seed)
     dtype = runtime.input_dtype
@@ -147,7 +151,7 @@ def random_input(runtime: "Runtime", seed: int = 0) -> np.ndarray:
 
 
 def run_benchmark(
-    runtime: "Runtime",
+    runtime: Runtime,
     *,
     warmup_runs: int = 5,
     num_runs: int = 100,
@@ -165,11 +169,15 @@ def run_benchmark(
     measured it (see :func:`benchmark_bundle`); ``model_sha256`` identifies the model in the report.
     """
     if num_runs < 1 or warmup_runs < 0 or min_seconds < 0:
-        raise UsageError(f"num_runs must be >= 1, warmup_runs and min_seconds >= 0 (got {num_runs}, {warmup_runs}, {min_seconds}).")
+        raise UsageError(
+            f"num_runs must be >= 1, warmup_runs and min_seconds >= 0 (got {num_runs}, {warmup_runs}, {min_seconds})."
+        )
     x = random_input(runtime) if input is None else np.asarray(input)
     if x.shape != runtime.input_shape or x.dtype != runtime.input_dtype:
-        raise InputError(f"benchmark input is {x.dtype}{list(x.shape)}, the model takes {runtime.input_dtype}{list(runtime.input_shape)}.")
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        raise InputError(
+            f"benchmark input is {x.dtype}{list(x.shape)}, the model takes {runtime.input_dtype}{list(runtime.input_shape)}."
+        )
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     runtime.set_input(x)
     invoke = runtime.invoke_only
     clock = time.perf_counter_ns
@@ -216,7 +224,7 @@ def run_benchmark(
 
 
 def benchmark_bundle(
-    bundle: "Bundle",
+    bundle: Bundle,
     *,
     num_threads: int | None = None,
     delegate: str | None = None,

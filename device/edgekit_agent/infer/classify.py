@@ -52,4 +52,3 @@ def top1(raw: np.ndarray, manifest: Manifest, labels: tuple[str, ...] | None = N
     i = int(np.argmax(probs))
     names = labels if labels is not None else manifest.labels
     return Prediction(index=i, label=names[i] if i < len(names) else str(i), confidence=float(probs[i]))
-

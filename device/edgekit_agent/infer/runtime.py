@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,12 @@ class RuntimeInfo:
     num_threads: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "version": self.version, "delegate": self.delegate, "num_threads": self.num_threads}
+        return {
+            "engine": self.engine,
+            "version": self.version,
+            "delegate": self.delegate,
+            "num_threads": self.num_threads,
+        }
 
 
 def _module_version(engine: str) -> str:
@@ -144,7 +150,7 @@ class Runtime:
         import platform
 
         lib = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
-        loader: Callable[..., Any] = getattr(mod, "load_delegate")
+        loader: Callable[..., Any] = mod.load_delegate
         try:
             return loader(lib)
         except (OSError, ValueError) as exc:  # OSError when the library is missing, ValueError when no device
@@ -191,7 +197,7 @@ class Runtime:
     def close(self) -> None:
         self._interp = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,9 +27,10 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from edgekit_agent.contract import errors as E
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES, loads_bounded
@@ -109,7 +110,7 @@ class CommandSpec:
     """A row of the dispatch table. ``inline`` commands run at once on the receiving thread (cheap ones)."""
 
     name: str
-    handler: Callable[["Command"], Mapping[str, Any] | None]
+    handler: Callable[[Command], Mapping[str, Any] | None]
     args: Mapping[str, Arg] = field(default_factory=dict)
     one_of: tuple[str, ...] = ()  # exactly one of these arguments must be given
     inline: bool = False
@@ -146,10 +147,17 @@ class CommandStore:
                 "body TEXT NOT NULL, n INTEGER NOT NULL)"
             )
             # An agent that died mid-command never sent its final answer: record that it will not come.
-            for cmd_id, body in self._db.execute("SELECT cmd_id, body FROM answers WHERE state = 'accepted'").fetchall():
+            for cmd_id, body in self._db.execute(
+                "SELECT cmd_id, body FROM answers WHERE state = 'accepted'"
+            ).fetchall():
                 doc = json.loads(body)
-                doc.update(state="canceled", error=error_body("AGENT_RESTARTED", "the agent restarted while this command ran.", True))
-                self._db.execute("UPDATE answers SET state = 'canceled', body = ? WHERE cmd_id = ?", (json.dumps(doc), cmd_id))
+                doc.update(
+                    state="canceled",
+                    error=error_body("AGENT_RESTARTED", "the agent restarted while this command ran.", True),
+                )
+                self._db.execute(
+                    "UPDATE answers SET state = 'canceled', body = ? WHERE cmd_id = ?", (json.dumps(doc), cmd_id)
+                )
             self._n = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM answers").fetchone()[0])
         except (sqlite3.Error, ValueError) as exc:
             raise E.StorageError(
@@ -245,8 +253,10 @@ class CommandProcessor:
             if correlation is None and corr_text is not None:
                 correlation = corr_text.encode("utf-8")  # MQTT 5 answers then carry the property too
             if bad_response_topic:
-                raise Rejected("INVALID_PAYLOAD", "the ResponseTopic property must be an MQTT topic name of 1-256 "
-                                                  "characters without + or #.")  # fmt: skip
+                raise Rejected(
+                    "INVALID_PAYLOAD",
+                    "the ResponseTopic property must be an MQTT topic name of 1-256 characters without + or #.",
+                )
             requester = doc.get("requester", DEFAULT_REQUESTER)
             if not isinstance(requester, str) or not _REQUESTER.match(requester):
                 raise Rejected("INVALID_PAYLOAD", "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -268,7 +278,9 @@ class CommandProcessor:
             self._answer_rejected(topic, cmd_id, name, rej.body, msg, correlation, corr_text)
             return
         except E.EdgekitError as exc:  # loads_bounded's InputError: too big, not UTF-8, not JSON, too deep
-            self._answer_rejected(topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg, correlation, corr_text)
+            self._answer_rejected(
+                topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg, correlation, corr_text
+            )
             return
         except Exception as exc:  # noqa: BLE001 - malformed input must never kill the agent
             log.exception("%s: unexpected error parsing %s", self.device_id, msg.topic)
@@ -284,16 +296,24 @@ class CommandProcessor:
         except queue.Full:
             if self.on_busy:
                 self.on_busy(cmd)
-            self._answer(cmd, "rejected", error=error_body("BUSY", f"{self.device_id} is busy with other commands; retry later.", True))
+            self._answer(
+                cmd,
+                "rejected",
+                error=error_body("BUSY", f"{self.device_id} is busy with other commands; retry later.", True),
+            )
 
     @staticmethod
     def _reply_fields(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
         """``(correlation_data, response_topic)`` from the payload (the MQTT 3.1.1 way), validated."""
         corr, topic = doc.get("correlation_data"), doc.get("response_topic")
         if corr is not None and (not isinstance(corr, str) or not 0 < len(corr) <= MAX_CORRELATION_CHARS):
-            raise Rejected("INVALID_PAYLOAD", f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters.")
+            raise Rejected(
+                "INVALID_PAYLOAD", f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters."
+            )
         if topic is not None and (not isinstance(topic, str) or not _TOPIC.match(topic)):
-            raise Rejected("INVALID_PAYLOAD", "response_topic must be an MQTT topic name of 1-256 characters without + or #.")
+            raise Rejected(
+                "INVALID_PAYLOAD", "response_topic must be an MQTT topic name of 1-256 characters without + or #."
+            )
         return corr, topic
 
     def _name_from_topic(self, topic: str) -> str:
@@ -303,26 +323,48 @@ class CommandProcessor:
         return topic[len(prefix) :]
 
     def _validate(
-        self, doc: Mapping[str, Any], name: str, cmd_id: str, requester: str, topic: str, correlation: bytes | None,
+        self,
+        doc: Mapping[str, Any],
+        name: str,
+        cmd_id: str,
+        requester: str,
+        topic: str,
+        correlation: bytes | None,
         corr_text: str | None = None,
     ) -> Command:
         if "name" in doc and doc["name"] != name:
             raise Rejected("INVALID_PAYLOAD", f"the payload names command '{doc['name']}' but was sent to cmd/{name}.")
-        unknown_top = set(doc) - {"cmd_id", "name", "args", "expires_at", "requester", "response_topic", "correlation_data"}
+        unknown_top = set(doc) - {
+            "cmd_id",
+            "name",
+            "args",
+            "expires_at",
+            "requester",
+            "response_topic",
+            "correlation_data",
+        }
         if unknown_top:
-            raise Rejected("INVALID_PAYLOAD", f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, "
-                           "expires_at, requester, response_topic, correlation_data.")  # fmt: skip
+            raise Rejected(
+                "INVALID_PAYLOAD",
+                f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, "
+                "expires_at, requester, response_topic, correlation_data.",
+            )
         spec = self._specs.get(name)
         if spec is None:
             hint = difflib.get_close_matches(name, self._specs, n=1)
             extra = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise Rejected("UNKNOWN_COMMAND", f"{self.device_id} has no command '{name}'.{extra} Known: {', '.join(self.names)}.")
+            raise Rejected(
+                "UNKNOWN_COMMAND", f"{self.device_id} has no command '{name}'.{extra} Known: {', '.join(self.names)}."
+            )
         expires_at = doc.get("expires_at")
         if expires_at is not None:
             if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
                 raise Rejected("INVALID_PAYLOAD", "expires_at must be milliseconds since the Unix epoch (UTC) or null.")
             if expires_at <= self._clock() * 1000:
-                raise Rejected("EXPIRED", f"command {cmd_id} expired at {int(expires_at)} ms; the device clock says {int(self._clock() * 1000)} ms.")
+                raise Rejected(
+                    "EXPIRED",
+                    f"command {cmd_id} expired at {int(expires_at)} ms; the device clock says {int(self._clock() * 1000)} ms.",
+                )
         raw_args = doc.get("args", {}) if doc.get("args") is not None else {}
         if not isinstance(raw_args, dict):
             raise Rejected("INVALID_ARGS", "args must be a JSON object.")
@@ -330,7 +372,11 @@ class CommandProcessor:
         for key in raw_args:
             if key not in spec.args:
                 hint = difflib.get_close_matches(key, list(spec.args), n=1)
-                extra = f" Did you mean '{hint[0]}'?" if hint else f" '{name}' takes: {', '.join(spec.args) or 'no arguments'}."
+                extra = (
+                    f" Did you mean '{hint[0]}'?"
+                    if hint
+                    else f" '{name}' takes: {', '.join(spec.args) or 'no arguments'}."
+                )
                 raise Rejected("INVALID_ARGS", f"unknown argument '{key}' for '{name}'.{extra}")
         for key, arg in spec.args.items():
             if key in raw_args and raw_args[key] is not None:
@@ -341,8 +387,16 @@ class CommandProcessor:
                 args[key] = arg.default
         if spec.one_of and sum(args.get(k) is not None for k in spec.one_of) != 1:
             raise Rejected("INVALID_ARGS", f"'{name}' needs exactly one of: {', '.join(spec.one_of)}.")
-        return Command(cmd_id, name, args, float(expires_at) if expires_at is not None else None, requester, topic, correlation,
-                       corr_text)  # fmt: skip
+        return Command(
+            cmd_id,
+            name,
+            args,
+            float(expires_at) if expires_at is not None else None,
+            requester,
+            topic,
+            correlation,
+            corr_text,
+        )
 
     # --- running ------------------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -351,7 +405,11 @@ class CommandProcessor:
             if cmd is None:
                 return
             if cmd.expires_at is not None and cmd.expires_at <= self._clock() * 1000:
-                self._answer(cmd, "expired", error=error_body("EXPIRED", "the command expired while it waited in the queue.", True))
+                self._answer(
+                    cmd,
+                    "expired",
+                    error=error_body("EXPIRED", "the command expired while it waited in the queue.", True),
+                )
             elif self._closing.is_set():
                 self._answer(cmd, "canceled", error=error_body("SHUTTING_DOWN", "the agent is stopping.", True))
             else:
@@ -369,8 +427,14 @@ class CommandProcessor:
         self._answer(cmd, "succeeded", result=dict(result or {}))
 
     # --- answering ----------------------------------------------------------------------------------------------
-    def _answer(self, cmd: Command, state: str, *, result: Mapping[str, Any] | None = None,
-                error: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def _answer(
+        self,
+        cmd: Command,
+        state: str,
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> None:
         body: dict[str, Any] = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": state}
         if result is not None:
             body["result"] = result
@@ -384,9 +448,19 @@ class CommandProcessor:
             log.error("%s", exc)
         self._send(cmd.response_topic, body, cmd.correlation)
 
-    def _answer_rejected(self, topic: str, cmd_id: str | None, name: str | None, err: dict[str, Any], msg: Incoming,
-                         correlation: bytes | None = None, corr_text: str | None = None) -> None:  # fmt: skip
-        log.warning("%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err["message"], cap(msg.payload))
+    def _answer_rejected(
+        self,
+        topic: str,
+        cmd_id: str | None,
+        name: str | None,
+        err: dict[str, Any],
+        msg: Incoming,
+        correlation: bytes | None = None,
+        corr_text: str | None = None,
+    ) -> None:
+        log.warning(
+            "%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err["message"], cap(msg.payload)
+        )
         body = {"schema": SCHEMA, "cmd_id": cmd_id, "name": name, "state": "rejected", "error": err}
         if corr_text is not None:
             body["correlation_data"] = corr_text

@@ -33,8 +33,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -51,8 +52,13 @@ PREFIX = "edge/v1"
 CONTENT_TYPE = "application/json"
 STATUS_SCHEMA = "edge.status/1"
 # CONNACK reason codes that mean "these credentials will never work": retrying only hammers the broker.
-BAD_CREDENTIALS = {0x04: "bad user name or password (MQTT 3)", 0x05: "not authorised (MQTT 3)",
-                   0x86: "bad user name or password", 0x87: "not authorised", 0x8C: "bad authentication method"}  # fmt: skip
+BAD_CREDENTIALS = {
+    0x04: "bad user name or password (MQTT 3)",
+    0x05: "not authorised (MQTT 3)",
+    0x86: "bad user name or password",
+    0x87: "not authorised",
+    0x8C: "bad authentication method",
+}
 LOG_PAYLOAD_CHARS = 200
 MQTT_VERSIONS = ("auto", "5", "3.1.1")
 # CONNACK codes for "I do not speak this protocol version": 0x84 (MQTT 5 reason code) or 1 (3.1.1 return code).
@@ -138,7 +144,7 @@ class BrokerUrl:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, url: str, *, tls: bool = False, password_env: bool = False) -> "BrokerUrl":
+    def parse(cls, url: str, *, tls: bool = False, password_env: bool = False) -> BrokerUrl:
         """``tls``: TLS even for ``mqtt://`` (a CA or client certificate was given; the default port is then
         8883). ``password_env``: a user name without a password takes the password from
         ``EDGEKIT_MQTT_PASSWORD`` (so it need not appear in shell history or a process list)."""
@@ -184,10 +190,14 @@ def why_unreachable(host: str, port: int, tls: bool) -> tuple[str, bool]:
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__, False
     if tls:
-        return ("the port accepts connections but the TLS handshake failed: check the CA file (--tls-ca) and the "
-                "host name, or use mqtt:// for a broker without TLS"), True
-    return ("the port accepts connections but the MQTT handshake failed: a TLS-only port needs mqtts://, "
-            "or this is not an MQTT broker"), True
+        return (
+            "the port accepts connections but the TLS handshake failed: check the CA file (--tls-ca) and the "
+            "host name, or use mqtt:// for a broker without TLS"
+        ), True
+    return (
+        "the port accepts connections but the MQTT handshake failed: a TLS-only port needs mqtts://, "
+        "or this is not an MQTT broker"
+    ), True
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +224,7 @@ class BrokerSettings:
             raise UsageError(f"broker.mqtt_version '{self.mqtt_version}' must be one of {', '.join(MQTT_VERSIONS)}.")
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "BrokerSettings":
+    def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:
         """Parse ``mqtt://user:pass@host:port``; TLS options switch TLS on even for ``mqtt://``."""
         u = BrokerUrl.parse(url, tls=any(kwargs.get(k) for k in ("tls_ca", "tls_cert", "tls_key")))
         if u.username and not kwargs.get("username"):
@@ -321,12 +331,19 @@ class Link:
         version: dict[str, Any] = {"protocol": mqtt.MQTTv5}
         if not self.mqtt5:  # a persistent session, as SessionExpiryInterval gives on MQTT 5
             version = {"protocol": mqtt.MQTTv311, "clean_session": s.session_expiry_s == 0}
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, reconnect_on_failure=True, **version)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, reconnect_on_failure=True, **version
+        )
         client.enable_logger(_PAHO_LOG)
         # The LWT's ts is when it was registered (the broker sends it later, verbatim); boot_id tells a
         # consumer which agent run it belongs to, so a late LWT of an older connection is recognised.
-        client.will_set(self.topics.status, self.status_message("offline", "lwt"), qos=1, retain=True,
-                        properties=json_properties(mqtt5=self.mqtt5))  # fmt: skip
+        client.will_set(
+            self.topics.status,
+            self.status_message("offline", "lwt"),
+            qos=1,
+            retain=True,
+            properties=json_properties(mqtt5=self.mqtt5),
+        )
         if s.username:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -336,7 +353,9 @@ class Link:
                 raise BrokerError(
                     f"TLS set-up for {s.url} failed ({exc}); check --tls-ca/--tls-cert/--tls-key paths and formats."
                 ) from None
-        client.reconnect_delay_set(min_delay=max(1, s.reconnect_min_s), max_delay=max(s.reconnect_min_s, s.reconnect_max_s))
+        client.reconnect_delay_set(
+            min_delay=max(1, s.reconnect_min_s), max_delay=max(s.reconnect_min_s, s.reconnect_max_s)
+        )
         # Room for the window plus birth/shutdown status, which must never wait behind telemetry.
         client.max_inflight_messages_set(s.inflight + 4)
         client.on_connect = self._cb_connect
@@ -373,8 +392,12 @@ class Link:
         self.mqtt5 = False
         self._connack_wait = None
         self._inflight.clear()  # never connected: nothing was handed to the old client's window
-        log.warning("%s: %s %s; using MQTT 3.1.1 (request/response fields travel in the JSON payload)",
-                    self.device_id, self.settings.url, why)  # fmt: skip
+        log.warning(
+            "%s: %s %s; using MQTT 3.1.1 (request/response fields travel in the JSON payload)",
+            self.device_id,
+            self.settings.url,
+            why,
+        )
         self._client = self._make_client()  # first: the retired client's disconnect callback is then ignored
         old.disconnect()  # ends paho's reconnect loop (again, if the CONNACK callback did already)
         old.loop_stop()
@@ -385,13 +408,22 @@ class Link:
         if rc.is_failure:
             code = int(rc.value)
             downgrade = code in _UNSUPPORTED_PROTOCOL and self.mqtt5 and self.settings.mqtt_version == "auto"
-            if code in BAD_CREDENTIALS or downgrade or (code in _UNSUPPORTED_PROTOCOL and self.settings.mqtt_version != "auto"):
+            if (
+                code in BAD_CREDENTIALS
+                or downgrade
+                or (code in _UNSUPPORTED_PROTOCOL and self.settings.mqtt_version != "auto")
+            ):
                 client.disconnect()  # ends paho's reconnect loop; the worker records why (or reconnects with 3.1.1)
             self._events.put(("downgrade",) if downgrade else ("refused", code, str(rc)))
             return
         # Birth first, before paho resends anything it kept and before the worker feeds the window.
-        client.publish(self.topics.status, self.status_message("online", "connected"), qos=1, retain=True,
-                       properties=json_properties(mqtt5=self.mqtt5))  # fmt: skip
+        client.publish(
+            self.topics.status,
+            self.status_message("online", "connected"),
+            qos=1,
+            retain=True,
+            properties=json_properties(mqtt5=self.mqtt5),
+        )
         client.subscribe(self.topics.commands, qos=1)
         self._events.put(("connected",))
 
@@ -449,8 +481,12 @@ class Link:
             except Exception:  # noqa: BLE001 - the link must outlive one bad event; the log says what it was
                 log.exception("%s: MQTT link worker error on %s", self.device_id, event[0])
             waited = self._connack_wait
-            if waited is not None and self.mqtt5 and self.settings.mqtt_version == "auto" \
-                    and time.monotonic() - waited > CONNACK_TIMEOUT_S:  # fmt: skip
+            if (
+                waited is not None
+                and self.mqtt5
+                and self.settings.mqtt_version == "auto"
+                and time.monotonic() - waited > CONNACK_TIMEOUT_S
+            ):
                 self._fall_back_to_311(f"sent no CONNACK to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:g} s")
             try:
                 self._pump()
@@ -472,8 +508,13 @@ class Link:
                 return
             if code >= 0x80:
                 self._refused += 1
-                log.warning("%s: the broker refused a message to %s (reason code 0x%02X; check its ACL); dropped: %s",
-                            self.device_id, entry.topic, code, cap(entry.payload))  # fmt: skip
+                log.warning(
+                    "%s: the broker refused a message to %s (reason code 0x%02X; check its ACL); dropped: %s",
+                    self.device_id,
+                    entry.topic,
+                    code,
+                    cap(entry.payload),
+                )
             else:
                 self._acked += 1
             self.outbox.ack(entry.id)
@@ -491,9 +532,16 @@ class Link:
                 self._unreachable_said = True
                 s = self.settings
                 why, _ = why_unreachable(s.host, s.port, s.tls)
-                log.warning("%s: cannot reach %s (%s); serving anyway: telemetry waits in the outbox (up to %d "
-                            "messages) and is sent when the broker is back; retrying every %d-%d s",
-                            self.device_id, s.url, why, self.outbox.max_messages, s.reconnect_min_s, s.reconnect_max_s)  # fmt: skip
+                log.warning(
+                    "%s: cannot reach %s (%s); serving anyway: telemetry waits in the outbox (up to %d "
+                    "messages) and is sent when the broker is back; retrying every %d-%d s",
+                    self.device_id,
+                    s.url,
+                    why,
+                    self.outbox.max_messages,
+                    s.reconnect_min_s,
+                    s.reconnect_max_s,
+                )
         elif kind == "disconnected":
             self.connected.clear()
             if not self._stopping.is_set():
@@ -519,8 +567,12 @@ class Link:
             else:
                 log.warning("%s: %s refused the connection (%s); retrying", self.device_id, self.settings.url, text)
         elif kind == "subscribe_failed":
-            log.error("%s: subscribing to %s failed (%s): commands will not arrive; check the broker ACL.",
-                      self.device_id, self.topics.commands, event[1])  # fmt: skip
+            log.error(
+                "%s: subscribing to %s failed (%s): commands will not arrive; check the broker ACL.",
+                self.device_id,
+                self.topics.commands,
+                event[1],
+            )
 
     def _pump(self) -> None:
         if not self.connected.is_set():
@@ -531,17 +583,32 @@ class Link:
             batch = self.outbox.head(free, exclude={e.id for e in self._inflight.values()}, pin=True)
             for i, entry in enumerate(batch):
                 try:
-                    info = self._client.publish(entry.topic, entry.payload, qos=entry.qos, retain=entry.retain,
-                                                properties=json_properties(entry.correlation, mqtt5=self.mqtt5))  # fmt: skip
+                    info = self._client.publish(
+                        entry.topic,
+                        entry.payload,
+                        qos=entry.qos,
+                        retain=entry.retain,
+                        properties=json_properties(entry.correlation, mqtt5=self.mqtt5),
+                    )
                 except ValueError as exc:  # a topic or payload paho will never accept: drop it, or it blocks the rest
                     self._refused += 1
-                    log.error("%s: dropped outbox message %d to %r that MQTT cannot carry (%s): %s",
-                              self.device_id, entry.id, entry.topic, exc, cap(entry.payload))  # fmt: skip
+                    log.error(
+                        "%s: dropped outbox message %d to %r that MQTT cannot carry (%s): %s",
+                        self.device_id,
+                        entry.id,
+                        entry.topic,
+                        exc,
+                        cap(entry.payload),
+                    )
                     self.outbox.ack(entry.id)
                     continue
                 if info.rc not in _OK_RC:
-                    log.warning("%s: paho refused to queue outbox message %d (%s); will retry",
-                                self.device_id, entry.id, mqtt.error_string(info.rc))  # fmt: skip
+                    log.warning(
+                        "%s: paho refused to queue outbox message %d (%s); will retry",
+                        self.device_id,
+                        entry.id,
+                        mqtt.error_string(info.rc),
+                    )
                     for rest in batch[i:]:
                         self.outbox.unpin(rest.id)
                     break
@@ -578,15 +645,18 @@ class Link:
         return False
 
     def stats(self) -> LinkStats:
-        return LinkStats(self.connected.is_set(), self._connects, len(self._inflight), self._sent, self._acked, self._refused)
+        return LinkStats(
+            self.connected.is_set(), self._connects, len(self._inflight), self._sent, self._acked, self._refused
+        )
 
     def close(self, *, timeout: float = 3.0) -> bool:
         """Publish ``offline``/``shutdown`` (retained), wait for its PUBACK, disconnect. True if it was acknowledged."""
         acked = False
         if self.connected.is_set():
             try:
-                acked = self.publish_direct(self.topics.status, self.status_message("offline", "shutdown"),
-                                            retain=True, wait_s=timeout)  # fmt: skip
+                acked = self.publish_direct(
+                    self.topics.status, self.status_message("offline", "shutdown"), retain=True, wait_s=timeout
+                )
             except BrokerError as exc:
                 log.warning("%s: could not publish the shutdown status: %s", self.device_id, exc)
         self._stopping.set()
@@ -596,7 +666,7 @@ class Link:
             self._worker.join(timeout=2.0)
         return acked
 
-    def __enter__(self) -> "Link":
+    def __enter__(self) -> Link:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,9 +21,10 @@ import math
 import sqlite3
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgekit_agent.contract.errors import StorageError
 
@@ -173,7 +174,9 @@ class Outbox:
                             "UPDATE meta SET value = ? WHERE key = 'dropped'", (str(self._dropped + over),)
                         )
             except sqlite3.Error as exc:
-                raise OutboxError(f"{self.path}: cannot store a message for {topic} ({exc}); is the disk full?") from None
+                raise OutboxError(
+                    f"{self.path}: cannot store a message for {topic} ({exc}); is the disk full?"
+                ) from None
             if seq is not None:
                 self._next_seq = seq + 1
             if over > 0:
@@ -184,7 +187,9 @@ class Outbox:
             return OutboxEntry(int(row_id), seq, topic, payload, qos, retain, priority, correlation)
 
     # --- reading ---------------------------------------------------------------------------------------------
-    def head(self, limit: int, exclude: set[int] | frozenset[int] = frozenset(), *, pin: bool = False) -> list[OutboxEntry]:
+    def head(
+        self, limit: int, exclude: set[int] | frozenset[int] = frozenset(), *, pin: bool = False
+    ) -> list[OutboxEntry]:
         """Up to ``limit`` entries to send next (highest priority, then oldest), skipping ``exclude`` ids.
 
         ``pin`` pins them in the same step (see :meth:`pin`), so a concurrent :meth:`put` cannot drop a row
@@ -198,7 +203,11 @@ class Outbox:
                 "ORDER BY priority DESC, id LIMIT ?",
                 (limit + len(exclude),),
             ).fetchall()
-            out = [OutboxEntry(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7]) for r in rows if r[0] not in exclude]
+            out = [
+                OutboxEntry(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]), r[6], r[7])
+                for r in rows
+                if r[0] not in exclude
+            ]
             out = out[:limit]
             if pin:
                 self._pinned.update(e.id for e in out)
@@ -249,7 +258,7 @@ class Outbox:
             except sqlite3.Error:
                 pass
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from edgekit_agent.contract.errors import InputError
 from edgekit_agent.serve.telemetry import WindowRecorder
@@ -38,12 +39,20 @@ class HealthPolicy:
     # for the GIL and the CPU), not the new model: the p99 check starts this many seconds into the window.
     latency_warmup_s: float = 1.0
 
-    _LIMITS = {"window_s": (0.0, 86_400.0), "min_requests": (0, 10**9), "max_error_rate": (0.0, 1.0), "latency_warmup_s": (0.0, 3600.0),
-               "max_p99_ratio": (1.0, 1000.0), "p99_slack_ms": (0.0, 60_000.0), "min_latency_samples": (1, 10**9),
-               "max_accuracy_drop": (0.0, 1.0), "min_labeled": (1, 10**9)}  # fmt: skip
+    _LIMITS = {
+        "window_s": (0.0, 86_400.0),
+        "min_requests": (0, 10**9),
+        "max_error_rate": (0.0, 1.0),
+        "latency_warmup_s": (0.0, 3600.0),
+        "max_p99_ratio": (1.0, 1000.0),
+        "p99_slack_ms": (0.0, 60_000.0),
+        "min_latency_samples": (1, 10**9),
+        "max_accuracy_drop": (0.0, 1.0),
+        "min_labeled": (1, 10**9),
+    }
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any] | None) -> "HealthPolicy":
+    def from_args(cls, args: Mapping[str, Any] | None) -> HealthPolicy:
         """Validated from a command's ``health`` object; unknown keys and bad values are :class:`InputError`."""
         args = dict(args or {})
         values: dict[str, Any] = {}
@@ -96,8 +105,16 @@ class TallyRecorder(WindowRecorder):
         # (monotonic time, invoke ns, correct: 1/0 or -1 unlabelled, error)
         self.tally: deque[tuple[float, int, int, bool]] = deque(maxlen=TALLY_SIZE)
 
-    def record(self, total_ns: int, preprocess_ns: int, invoke_ns: int, predicted: int, confidence: float,
-               label: int = -1, input_mean: float = math.nan) -> None:  # fmt: skip
+    def record(
+        self,
+        total_ns: int,
+        preprocess_ns: int,
+        invoke_ns: int,
+        predicted: int,
+        confidence: float,
+        label: int = -1,
+        input_mean: float = math.nan,
+    ) -> None:
         self.tally.append((time.monotonic(), invoke_ns, -1 if label < 0 else int(label == predicted), False))
         super().record(total_ns, preprocess_ns, invoke_ns, predicted, confidence, label, input_mean)
 
@@ -129,17 +146,35 @@ def judge(policy: HealthPolicy, new: HealthStats, old: HealthStats, reference_ac
         Check("requests", new.requests >= policy.min_requests, new.requests, policy.min_requests),
         Check("error_rate", new.error_rate <= policy.max_error_rate, round(new.error_rate, 4), policy.max_error_rate),
     ]
-    if new.latency_samples >= policy.min_latency_samples and old.p99_invoke_ms is not None and old.latency_samples >= policy.min_latency_samples:
+    if (
+        new.latency_samples >= policy.min_latency_samples
+        and old.p99_invoke_ms is not None
+        and old.latency_samples >= policy.min_latency_samples
+    ):
         limit = policy.max_p99_ratio * old.p99_invoke_ms + policy.p99_slack_ms
-        checks.append(Check("p99_invoke_ms", new.p99_invoke_ms <= limit, round(new.p99_invoke_ms, 3), round(limit, 3),  # type: ignore[operator]
-                            f"old bundle {old.p99_invoke_ms:.3f} ms"))  # fmt: skip
+        checks.append(
+            Check(
+                "p99_invoke_ms",
+                new.p99_invoke_ms <= limit,
+                round(new.p99_invoke_ms, 3),
+                round(limit, 3),  # type: ignore[operator]
+                f"old bundle {old.p99_invoke_ms:.3f} ms",
+            )
+        )
     else:
         checks.append(Check("p99_invoke_ms", True, new.p99_invoke_ms, None, "not enough inferences to compare"))
     base = old.accuracy if old.labeled >= policy.min_labeled else reference_accuracy
     if new.labeled >= policy.min_labeled and base is not None:
         limit = base - policy.max_accuracy_drop
-        checks.append(Check("accuracy", new.accuracy >= limit, round(new.accuracy, 4), round(limit, 4),  # type: ignore[operator]
-                            "vs the old bundle" if old.labeled >= policy.min_labeled else "vs the manifest's int8 accuracy"))  # fmt: skip
+        checks.append(
+            Check(
+                "accuracy",
+                new.accuracy >= limit,
+                round(new.accuracy, 4),
+                round(limit, 4),  # type: ignore[operator]
+                "vs the old bundle" if old.labeled >= policy.min_labeled else "vs the manifest's int8 accuracy",
+            )
+        )
     else:
         checks.append(Check("accuracy", True, new.accuracy, None, "not enough labelled inputs"))
     return checks

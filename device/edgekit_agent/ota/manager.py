@@ -37,10 +37,21 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from edgekit_agent.contract.errors import (
+    BusyError,
+    EdgekitError,
+    InputError,
+    IntegrityError,
+    SelfTestError,
+    StorageError,
+)
+from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
+from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge  # noqa: F401 - re-exported
 from edgekit_agent.ota.slots import (
     PENDING_EVENTS,
     Pointer,
@@ -53,23 +64,13 @@ from edgekit_agent.ota.slots import (
     write_json_atomic,
     write_pointer,
 )
-from edgekit_agent.contract.errors import (
-    BusyError,
-    EdgekitError,
-    InputError,
-    IntegrityError,
-    SelfTestError,
-    StorageError,
-)
-from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge  # noqa: F401 - re-exported
-from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
 from edgekit_agent.serve.telemetry import WindowRecorder
 
 if TYPE_CHECKING:
-    from edgekit_agent.serve.agent import Agent
     from edgekit_agent.bundle.load import Bundle
-    from edgekit_agent.mqtt.commands import Command, CommandSpec
     from edgekit_agent.infer.runtime import Runtime
+    from edgekit_agent.mqtt.commands import Command, CommandSpec
+    from edgekit_agent.serve.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ class _Trial:
     cmd_id: str
     policy: HealthPolicy
     started: float
-    old_bundle: "Bundle"
-    old_runtime: "Runtime"
+    old_bundle: Bundle
+    old_runtime: Runtime
     old_slot: Slot
     new_slot: Slot
     baseline: HealthStats
@@ -125,7 +126,7 @@ class _Trial:
 class OtaManager:
     """The device side of OTA for one :class:`Agent` (see the module docstring)."""
 
-    def __init__(self, agent: "Agent") -> None:
+    def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.data = Path(agent.settings.data_dir)
         self.root = ota_dir(self.data)
@@ -135,7 +136,11 @@ class OtaManager:
         self._trial: _Trial | None = None
         pointer = read_pointer(self.data)
         here = Slot.of(agent.bundle, agent.settings.bundle and Path(agent.settings.bundle).resolve())
-        if pointer is None or (pointer.current.name, pointer.current.version, pointer.current.sha256) != (here.name, here.version, here.sha256):
+        if pointer is None or (pointer.current.name, pointer.current.version, pointer.current.sha256) != (
+            here.name,
+            here.version,
+            here.sha256,
+        ):
             # Not started through startup_bundle (library use), or the pointer is stale: what runs is the truth.
             pointer = Pointer(here, None, "committed", int(time.time() * 1000), "", factory_id(agent.settings.bundle))
         self.pointer = pointer
@@ -151,7 +156,7 @@ class OtaManager:
         write_pointer(self.data, self.pointer)
 
     # --- wiring -----------------------------------------------------------------------------------------------
-    def command_spec(self) -> "CommandSpec":
+    def command_spec(self) -> CommandSpec:
         from edgekit_agent.mqtt.commands import Arg, CommandSpec
 
         hex64 = Arg(str, None, check=lambda v: bool(_HEX64.match(v)), expect="64 lowercase hex digits (sha256)")
@@ -159,11 +164,22 @@ class OtaManager:
             "swap_bundle",
             self.handle,
             {
-                "action": Arg(str, None, required=True, check=lambda v: v in ACTIONS, expect=f"one of {', '.join(ACTIONS)}"),
-                "transfer_id": Arg(str, None, check=lambda v: bool(_TRANSFER_ID.match(v)), expect="1-64 characters A-Z a-z 0-9 _ . -"),
+                "action": Arg(
+                    str, None, required=True, check=lambda v: v in ACTIONS, expect=f"one of {', '.join(ACTIONS)}"
+                ),
+                "transfer_id": Arg(
+                    str, None, check=lambda v: bool(_TRANSFER_ID.match(v)), expect="1-64 characters A-Z a-z 0-9 _ . -"
+                ),
                 "archive_sha256": hex64,
-                "archive_bytes": Arg(int, None, check=lambda v: 0 < v <= MAX_ARCHIVE_BYTES, expect=f"1..{MAX_ARCHIVE_BYTES} bytes"),
-                "chunk_bytes": Arg(int, OTA_CHUNK_BYTES, check=lambda v: 1024 <= v <= OTA_CHUNK_BYTES, expect=f"1024..{OTA_CHUNK_BYTES}"),
+                "archive_bytes": Arg(
+                    int, None, check=lambda v: 0 < v <= MAX_ARCHIVE_BYTES, expect=f"1..{MAX_ARCHIVE_BYTES} bytes"
+                ),
+                "chunk_bytes": Arg(
+                    int,
+                    OTA_CHUNK_BYTES,
+                    check=lambda v: 1024 <= v <= OTA_CHUNK_BYTES,
+                    expect=f"1024..{OTA_CHUNK_BYTES}",
+                ),
                 "index": Arg(int, None, check=lambda v: 0 <= v < MAX_OTA_CHUNKS, expect=f"0..{MAX_OTA_CHUNKS - 1}"),
                 "data": Arg(str, None, expect="base64 of the chunk's bytes"),
                 "sha256": hex64,
@@ -186,25 +202,34 @@ class OtaManager:
             self.agent.event(kind, bundle=self.agent.bundle_info(), **ev)
         path.unlink(missing_ok=True)
 
-    def handle(self, cmd: "Command") -> dict[str, Any]:
+    def handle(self, cmd: Command) -> dict[str, Any]:
         action = cmd.args["action"]
-        handler: Callable[["Command"], dict[str, Any]] = {
-            "begin": self._begin, "chunk": self._chunk, "commit": self._commit,
-            "status": self._status, "abort": self._abort, "rollback": self._rollback_cmd,
-        }[action]  # fmt: skip
+        handler: Callable[[Command], dict[str, Any]] = {
+            "begin": self._begin,
+            "chunk": self._chunk,
+            "commit": self._commit,
+            "status": self._status,
+            "abort": self._abort,
+            "rollback": self._rollback_cmd,
+        }[action]
         return handler(cmd)
 
-    def _need(self, cmd: "Command", *names: str) -> list[Any]:
+    def _need(self, cmd: Command, *names: str) -> list[Any]:
         missing = [n for n in names if cmd.args.get(n) is None]
         if missing:
             raise InputError(f"swap_bundle {cmd.args['action']} needs {', '.join(missing)}.")
         return [cmd.args[n] for n in names]
 
-    def _progress(self, cmd: "Command", stage: str, **details: Any) -> None:
+    def _progress(self, cmd: Command, stage: str, **details: Any) -> None:
         from edgekit_agent.mqtt.commands import SCHEMA
 
-        body = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": "progress",
-                "progress": {"stage": stage, **details}}  # fmt: skip
+        body = {
+            "schema": SCHEMA,
+            "cmd_id": cmd.cmd_id,
+            "name": cmd.name,
+            "state": "progress",
+            "progress": {"stage": stage, **details},
+        }
         if cmd.correlation_data is not None:  # MQTT 3.1.1 requesters match answers by the payload's copy
             body["correlation_data"] = cmd.correlation_data
         # Straight to the response topic (priority lane, not sequenced), like the command's own answers.
@@ -231,7 +256,7 @@ class OtaManager:
                 continue
         return sorted(i for i in have if i < t.chunks)
 
-    def _begin(self, cmd: "Command") -> dict[str, Any]:
+    def _begin(self, cmd: Command) -> dict[str, Any]:
         tid, sha, size = self._need(cmd, "transfer_id", "archive_sha256", "archive_bytes")
         t = Transfer(tid, sha, int(size), int(cmd.args["chunk_bytes"]))
         if t.chunks > MAX_OTA_CHUNKS:
@@ -252,12 +277,14 @@ class OtaManager:
             except OSError as exc:
                 raise StorageError(f"{d}: cannot create the staging directory ({exc.strerror}).") from None
             if free < 3 * t.archive_bytes + (1 << 20):  # archive + extracted copy + slack
-                raise StorageError(f"{self.root}: {free} bytes free, a {t.archive_bytes}-byte bundle needs about {3 * t.archive_bytes}.")
+                raise StorageError(
+                    f"{self.root}: {free} bytes free, a {t.archive_bytes}-byte bundle needs about {3 * t.archive_bytes}."
+                )
             write_json_atomic(d / "transfer.json", asdict(t))
             have = self._have(t)
         return {"transfer_id": tid, "chunks": t.chunks, "have": have, "chunk_bytes": t.chunk_bytes}
 
-    def _chunk(self, cmd: "Command") -> dict[str, Any]:
+    def _chunk(self, cmd: Command) -> dict[str, Any]:
         tid, index, data, sha = self._need(cmd, "transfer_id", "index", "data", "sha256")
         t = self._load_transfer(tid)
         if index >= t.chunks:
@@ -269,10 +296,14 @@ class OtaManager:
         except (binascii.Error, ValueError):
             raise InputError(f"swap_bundle: chunk {index} is not valid base64.") from None
         if len(raw) != t.chunk_size(index):
-            raise IntegrityError(f"swap_bundle: chunk {index} of {tid} is {len(raw)} bytes, expected {t.chunk_size(index)}; resend it.")
+            raise IntegrityError(
+                f"swap_bundle: chunk {index} of {tid} is {len(raw)} bytes, expected {t.chunk_size(index)}; resend it."
+            )
         digest = hashlib.sha256(raw).hexdigest()
         if digest != sha:
-            raise IntegrityError(f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; resend it.")
+            raise IntegrityError(
+                f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; resend it."
+            )
         path = self._transfer_dir(tid) / "chunks" / f"{index:06d}.bin"
         tmp = path.with_suffix(".part")
         try:
@@ -282,7 +313,7 @@ class OtaManager:
             raise StorageError(f"{path}: cannot write chunk {index} ({exc.strerror}).") from None
         return {"transfer_id": tid, "index": index, "received": len(self._have(t)), "chunks": t.chunks}
 
-    def _abort(self, cmd: "Command") -> dict[str, Any]:
+    def _abort(self, cmd: Command) -> dict[str, Any]:
         (tid,) = self._need(cmd, "transfer_id")
         shutil.rmtree(self._transfer_dir(tid), ignore_errors=True)
         return {"transfer_id": tid, "aborted": True}
@@ -292,7 +323,9 @@ class OtaManager:
         have = set(self._have(t))
         missing = [i for i in range(t.chunks) if i not in have]
         if missing:
-            raise InputError(f"swap_bundle: transfer {t.transfer_id} misses chunks {missing[:10]}{'…' if len(missing) > 10 else ''}; send them, then commit.")
+            raise InputError(
+                f"swap_bundle: transfer {t.transfer_id} misses chunks {missing[:10]}{'…' if len(missing) > 10 else ''}; send them, then commit."
+            )
         d = self._transfer_dir(t.transfer_id)
         archive = d / "bundle.tar.gz"
         h = hashlib.sha256()
@@ -312,7 +345,7 @@ class OtaManager:
             )
         return archive
 
-    def _commit(self, cmd: "Command") -> dict[str, Any]:
+    def _commit(self, cmd: Command) -> dict[str, Any]:
         from edgekit_agent.bundle.selftest import run_selftest
 
         (tid,) = self._need(cmd, "transfer_id")
@@ -322,7 +355,9 @@ class OtaManager:
             raise BusyError("swap_bundle: another update or rollback is running; retry when it is done.")
         try:
             if self._trial is not None and not self._trial.done.is_set():
-                raise BusyError(f"swap_bundle: the health window of {self._trial.new_slot.label()} is still running; retry after it.")
+                raise BusyError(
+                    f"swap_bundle: the health window of {self._trial.new_slot.label()} is still running; retry after it."
+                )
             t = self._load_transfer(tid)
             archive = self._assemble(t)
             self._progress(cmd, "received", bytes=t.archive_bytes, elapsed_ms=_ms(t0))
@@ -332,12 +367,19 @@ class OtaManager:
                 bundle = load_for(self.agent.settings, archive, workdir=self.store)
             except EdgekitError as exc:
                 self._prune_store()  # what load_bundle extracted before it refused
-                self.agent.event("bundle_rejected", transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc), code=type(exc).__name__)
+                self.agent.event(
+                    "bundle_rejected", transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc), code=type(exc).__name__
+                )
                 raise
             finally:
                 shutil.rmtree(self._transfer_dir(tid), ignore_errors=True)
-            self._progress(cmd, "verified", bundle=f"{bundle.manifest.name} {bundle.manifest.version}",
-                           signed_by=bundle.signed_by, elapsed_ms=_ms(t0))  # fmt: skip
+            self._progress(
+                cmd,
+                "verified",
+                bundle=f"{bundle.manifest.name} {bundle.manifest.version}",
+                signed_by=bundle.signed_by,
+                elapsed_ms=_ms(t0),
+            )
             _pause("verified")
             try:
                 runtime = bundle.open_runtime(num_threads=self.agent.settings.num_threads)
@@ -345,20 +387,33 @@ class OtaManager:
             except EdgekitError as exc:
                 shutil.rmtree(bundle.directory.parent, ignore_errors=True)
                 kind = "selftest_failed" if isinstance(exc, SelfTestError) else "bundle_rejected"
-                self.agent.event(kind, transfer_id=tid, cmd_id=cmd.cmd_id, reason=str(exc),
-                                 bundle={"name": bundle.manifest.name, "version": bundle.manifest.version})  # fmt: skip
+                self.agent.event(
+                    kind,
+                    transfer_id=tid,
+                    cmd_id=cmd.cmd_id,
+                    reason=str(exc),
+                    bundle={"name": bundle.manifest.name, "version": bundle.manifest.version},
+                )
                 raise
             self._progress(cmd, "selftested", selftest=selftest.to_dict() if selftest else None, elapsed_ms=_ms(t0))
             _pause("selftested")
             activated_ms = self._switch(cmd, tid, bundle, runtime, policy, selftest)
-            return {"phase": "trial", "transfer_id": tid, "bundle": self.agent.bundle_info(), "signed_by": bundle.signed_by,
-                    "selftest": selftest.to_dict() if selftest else None, "health": policy.to_dict(),
-                    "activated_ms": activated_ms, "elapsed_ms": _ms(t0)}  # fmt: skip
+            return {
+                "phase": "trial",
+                "transfer_id": tid,
+                "bundle": self.agent.bundle_info(),
+                "signed_by": bundle.signed_by,
+                "selftest": selftest.to_dict() if selftest else None,
+                "health": policy.to_dict(),
+                "activated_ms": activated_ms,
+                "elapsed_ms": _ms(t0),
+            }
         finally:
             self._lock.release()
 
-    def _switch(self, cmd: "Command", tid: str, bundle: "Bundle", runtime: "Runtime", policy: HealthPolicy,
-                selftest: Any) -> float:  # fmt: skip
+    def _switch(
+        self, cmd: Command, tid: str, bundle: Bundle, runtime: Runtime, policy: HealthPolicy, selftest: Any
+    ) -> float:
         agent = self.agent
         old_bundle, old_runtime = agent.bundle, agent.runtime
         old_rec = agent.recorder
@@ -374,10 +429,28 @@ class OtaManager:
         self._report_window(old_rec)  # the old bundle's partial window, reported as the old bundle's
         _pause("switched")
         ref = bundle.manifest.metrics.get("int8_accuracy")
-        self._trial = _Trial(tid, cmd.cmd_id, policy, time.monotonic(), old_bundle, old_runtime, old_slot, new_slot, baseline,
-                             float(ref) if isinstance(ref, (int, float)) and 0 <= ref <= 1 else None)  # fmt: skip
-        agent.event("bundle_activated", bundle=agent.bundle_info(), phase="trial", transfer_id=tid, cmd_id=cmd.cmd_id,
-                    previous=asdict(old_slot), health=policy.to_dict(), selftest=selftest.to_dict() if selftest else None)  # fmt: skip
+        self._trial = _Trial(
+            tid,
+            cmd.cmd_id,
+            policy,
+            time.monotonic(),
+            old_bundle,
+            old_runtime,
+            old_slot,
+            new_slot,
+            baseline,
+            float(ref) if isinstance(ref, (int, float)) and 0 <= ref <= 1 else None,
+        )
+        agent.event(
+            "bundle_activated",
+            bundle=agent.bundle_info(),
+            phase="trial",
+            transfer_id=tid,
+            cmd_id=cmd.cmd_id,
+            previous=asdict(old_slot),
+            health=policy.to_dict(),
+            selftest=selftest.to_dict() if selftest else None,
+        )
         agent.publish_meta()
         threading.Thread(target=self._watch, args=(self._trial,), name="edgekit-ota-health", daemon=True).start()
         return activated_ms
@@ -400,8 +473,11 @@ class OtaManager:
         while True:
             now = time.monotonic()
             rec = self.agent.recorder
-            stats = (rec.stats(trial.started, trial.started + policy.latency_warmup_s) if isinstance(rec, TallyRecorder)
-                     else HealthStats(0, 0, None, 0, 0, 0))  # fmt: skip
+            stats = (
+                rec.stats(trial.started, trial.started + policy.latency_warmup_s)
+                if isinstance(rec, TallyRecorder)
+                else HealthStats(0, 0, None, 0, 0, 0)
+            )
             early = stats.requests >= max(policy.min_requests, 20) and stats.error_rate > policy.max_error_rate
             if early or now >= end:
                 checks = judge(policy, stats, trial.baseline, trial.reference_accuracy)
@@ -421,9 +497,17 @@ class OtaManager:
                 self._point(trial.new_slot, trial.old_slot, "committed", trial.transfer_id)
                 trial.done.set()
                 trial.old_runtime.close()
-                self.agent.event("health_check", verdict="passed", transfer_id=trial.transfer_id, cmd_id=trial.cmd_id,
-                                 bundle=self.agent.bundle_info(), stats=stats.to_dict(), baseline=trial.baseline.to_dict(),
-                                 checks=[asdict(c) for c in checks], window_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
+                self.agent.event(
+                    "health_check",
+                    verdict="passed",
+                    transfer_id=trial.transfer_id,
+                    cmd_id=trial.cmd_id,
+                    bundle=self.agent.bundle_info(),
+                    stats=stats.to_dict(),
+                    baseline=trial.baseline.to_dict(),
+                    checks=[asdict(c) for c in checks],
+                    window_s=round(time.monotonic() - trial.started, 3),
+                )
                 self._prune_store()
                 self.agent.publish_meta()  # "bundles" now says committed
 
@@ -440,11 +524,27 @@ class OtaManager:
         trial.done.set()
         new_runtime.close()
         if checks:
-            agent.event("health_check", verdict="failed", transfer_id=trial.transfer_id, cmd_id=trial.cmd_id, bundle=failed_info,
-                        stats=stats.to_dict() if stats else None, baseline=trial.baseline.to_dict(), checks=[asdict(c) for c in checks])  # fmt: skip
-        agent.event("rollback", reason=reason, transfer_id=trial.transfer_id, cmd_id=trial.cmd_id, bundle=agent.bundle_info(),
-                    **{"from": failed_info}, to=asdict(trial.old_slot), took_ms=took_ms,
-                    after_s=round(time.monotonic() - trial.started, 3))  # fmt: skip
+            agent.event(
+                "health_check",
+                verdict="failed",
+                transfer_id=trial.transfer_id,
+                cmd_id=trial.cmd_id,
+                bundle=failed_info,
+                stats=stats.to_dict() if stats else None,
+                baseline=trial.baseline.to_dict(),
+                checks=[asdict(c) for c in checks],
+            )
+        agent.event(
+            "rollback",
+            reason=reason,
+            transfer_id=trial.transfer_id,
+            cmd_id=trial.cmd_id,
+            bundle=agent.bundle_info(),
+            **{"from": failed_info},
+            to=asdict(trial.old_slot),
+            took_ms=took_ms,
+            after_s=round(time.monotonic() - trial.started, 3),
+        )
         agent.publish_meta()
         self._prune_store()
         log.warning("%s: rolled back to %s: %s", agent.settings.device_id, trial.old_slot.label(), reason)
@@ -467,7 +567,7 @@ class OtaManager:
         except Exception as exc:  # noqa: BLE001 - the switch has happened; a lost window must not undo its bookkeeping
             log.warning("%s: the last window of the replaced bundle is lost: %s", agent.settings.device_id, exc)
 
-    def _rollback_cmd(self, cmd: "Command") -> dict[str, Any]:
+    def _rollback_cmd(self, cmd: Command) -> dict[str, Any]:
         """Manual rollback: end a running health window now, or go back to the previous committed bundle."""
         with self._lock:
             trial = self._trial
@@ -491,20 +591,41 @@ class OtaManager:
             old_runtime.close()
             self._clean_extractions()
             took = round((time.monotonic() - t0) * 1000, 3)
-            self.agent.event("rollback", reason=f"requested by the fleet (cmd {cmd.cmd_id})", bundle=self.agent.bundle_info(),
-                             **{"from": asdict(current)}, to=asdict(prev), took_ms=took)  # fmt: skip
+            self.agent.event(
+                "rollback",
+                reason=f"requested by the fleet (cmd {cmd.cmd_id})",
+                bundle=self.agent.bundle_info(),
+                **{"from": asdict(current)},
+                to=asdict(prev),
+                took_ms=took,
+            )
             self.agent.publish_meta()
             return {"rolled_back_to": asdict(prev), "took_ms": took}
 
     def installed(self) -> list[dict[str, Any]]:
         """The bundles on the device for ``meta``: the active one, and the previous one kept for rollback."""
-        active = {**self.agent.bundle_info(), "active": True, "directory": str(self.agent.bundle.directory),
-                  "state": self.pointer.state}  # fmt: skip
+        active = {
+            **self.agent.bundle_info(),
+            "active": True,
+            "directory": str(self.agent.bundle.directory),
+            "state": self.pointer.state,
+        }
         prev = self.pointer.previous
-        return [active] + ([{"name": prev.name, "version": prev.version, "sha256": prev.sha256, "active": False,
-                             "source": prev.source}] if prev else [])  # fmt: skip
+        return [active] + (
+            [
+                {
+                    "name": prev.name,
+                    "version": prev.version,
+                    "sha256": prev.sha256,
+                    "active": False,
+                    "source": prev.source,
+                }
+            ]
+            if prev
+            else []
+        )
 
-    def _status(self, cmd: "Command") -> dict[str, Any]:
+    def _status(self, cmd: Command) -> dict[str, Any]:
         trial = self._trial
         running = trial is not None and not trial.done.is_set()
         transfers = []
@@ -517,8 +638,13 @@ class OtaManager:
         return {
             "active": self.agent.bundle_info(),
             "pointer": self.pointer.to_dict(),
-            "trial": {"transfer_id": trial.transfer_id, "elapsed_s": round(time.monotonic() - trial.started, 3),
-                      "window_s": trial.policy.window_s} if running else None,  # fmt: skip
+            "trial": {
+                "transfer_id": trial.transfer_id,
+                "elapsed_s": round(time.monotonic() - trial.started, 3),
+                "window_s": trial.policy.window_s,
+            }
+            if running
+            else None,
             "transfers": transfers,
         }
 
@@ -551,7 +677,7 @@ def _ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 3)
 
 
-def attach_ota(agent: "Agent") -> OtaManager:
+def attach_ota(agent: Agent) -> OtaManager:
     """Give ``agent`` the ``swap_bundle`` command (called by :meth:`Agent.start` once its command table exists)."""
     manager = OtaManager(agent)
     if agent.commands is not None:
@@ -559,5 +685,17 @@ def attach_ota(agent: "Agent") -> OtaManager:
     return manager
 
 
-__all__ = ["OtaManager", "HealthPolicy", "HealthStats", "Pointer", "Slot", "TallyRecorder", "attach_ota",
-           "judge", "read_pointer", "startup_bundle", "write_pointer", "load_for"]  # fmt: skip
+__all__ = [
+    "OtaManager",
+    "HealthPolicy",
+    "HealthStats",
+    "Pointer",
+    "Slot",
+    "TallyRecorder",
+    "attach_ota",
+    "judge",
+    "read_pointer",
+    "startup_bundle",
+    "write_pointer",
+    "load_for",
+]

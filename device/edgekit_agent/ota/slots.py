@@ -16,9 +16,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from edgekit_agent.contract.errors import BundleError, EdgekitError, StorageError, UsageError
 
@@ -51,7 +52,7 @@ class Slot:
     transfer_id: str = ""
 
     @classmethod
-    def of(cls, bundle: "Bundle", source: str | Path | None = None, transfer_id: str = "") -> "Slot":
+    def of(cls, bundle: Bundle, source: str | Path | None = None, transfer_id: str = "") -> Slot:
         m = bundle.manifest
         return cls(str(source or bundle.directory), m.name, m.version, m.model.sha256, transfer_id)
 
@@ -74,10 +75,16 @@ class Pointer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Pointer":
+    def from_dict(cls, d: Mapping[str, Any]) -> Pointer:
         prev = d.get("previous")
-        return cls(Slot(**d["current"]), Slot(**prev) if prev else None, str(d.get("state", "committed")),
-                   int(d.get("since_ms", 0)), str(d.get("transfer_id", "")), str(d.get("factory", "")))  # fmt: skip
+        return cls(
+            Slot(**d["current"]),
+            Slot(**prev) if prev else None,
+            str(d.get("state", "committed")),
+            int(d.get("since_ms", 0)),
+            str(d.get("transfer_id", "")),
+            str(d.get("factory", "")),
+        )
 
 
 def factory_id(path: str | Path | None) -> str:
@@ -153,7 +160,7 @@ def queue_event(data_dir: Path, kind: str, **details: Any) -> None:
 # --- loading with the agent's signature policy -------------------------------------------------------------
 
 
-def load_for(settings: "AgentSettings", source: str | Path, workdir: Path | None = None) -> "Bundle":
+def load_for(settings: AgentSettings, source: str | Path, workdir: Path | None = None) -> Bundle:
     """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed)."""
     from edgekit_agent.bundle.load import load_bundle
 
@@ -169,7 +176,7 @@ def load_for(settings: "AgentSettings", source: str | Path, workdir: Path | None
     )
 
 
-def startup_bundle(settings: "AgentSettings") -> "Bundle":
+def startup_bundle(settings: AgentSettings) -> Bundle:
     """The bundle to serve at start: the pointer's current one, unless a health window was cut short
     (then the previous one), falling back to the one on the command line. Every candidate is verified."""
     data = Path(settings.data_dir)
@@ -179,16 +186,24 @@ def startup_bundle(settings: "AgentSettings") -> "Bundle":
     factory = str(Path(settings.bundle).resolve()) if settings.bundle else None
     fid = factory_id(factory)
     if pointer is not None and pointer.factory and fid and pointer.factory != fid:
-        log.warning("%s: the bundle on the command line changed (%s); serving it and forgetting the OTA history",
-                    settings.device_id, factory)  # fmt: skip
+        log.warning(
+            "%s: the bundle on the command line changed (%s); serving it and forgetting the OTA history",
+            settings.device_id,
+            factory,
+        )
         pointer = None
     candidates: list[tuple[Slot, str]] = []
     if pointer is not None and pointer.state == "trial":
         if pointer.previous is not None:
             candidates.append((pointer.previous, "rollback"))
-        queue_event(data, "rollback", reason="the agent restarted during the health window of "
-                     f"{pointer.current.label()}", **{"from": asdict(pointer.current)},
-                     to=asdict(pointer.previous) if pointer.previous else None, transfer_id=pointer.transfer_id)  # fmt: skip
+        queue_event(
+            data,
+            "rollback",
+            reason=f"the agent restarted during the health window of {pointer.current.label()}",
+            **{"from": asdict(pointer.current)},
+            to=asdict(pointer.previous) if pointer.previous else None,
+            transfer_id=pointer.transfer_id,
+        )
     elif pointer is not None:
         candidates += [(pointer.current, "current")] + ([(pointer.previous, "previous")] if pointer.previous else [])
     if factory:
@@ -203,15 +218,21 @@ def startup_bundle(settings: "AgentSettings") -> "Bundle":
             continue
         if why != "current" or pointer is None:
             # Make the pointer say what is served now (a rollback, a fallback, or the factory bundle).
-            new = Pointer(Slot.of(bundle, slot.source, slot.transfer_id), None, "committed", int(time.time() * 1000),
-                          factory=fid)  # fmt: skip
+            new = Pointer(
+                Slot.of(bundle, slot.source, slot.transfer_id), None, "committed", int(time.time() * 1000), factory=fid
+            )
             write_pointer(data, new)
             if why in ("previous", "factory") and pointer is not None:
-                queue_event(data, "rollback", reason=f"the {('current' if why == 'previous' else 'installed')} bundle "
-                             f"could not be loaded: {errors[-1] if errors else 'unknown'}", to=asdict(new.current))  # fmt: skip
+                queue_event(
+                    data,
+                    "rollback",
+                    reason=f"the {('current' if why == 'previous' else 'installed')} bundle "
+                    f"could not be loaded: {errors[-1] if errors else 'unknown'}",
+                    to=asdict(new.current),
+                )
         return bundle
     if not candidates:
-        raise UsageError("no bundle given: `edgekit-agent run BUNDLE ...` or bundle = \"…\" in the config.")
+        raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
     raise BundleError("no usable bundle: " + "; ".join(errors))
 
 
@@ -221,5 +242,17 @@ def _clean_dir(path: Path) -> None:
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
-__all__ = ["Pointer", "Slot", "load_for", "read_pointer", "startup_bundle", "write_json_atomic", "write_pointer", "ota_dir",
-           "factory_id", "queue_event", "PENDING_EVENTS", "POINTER_NAME"]  # fmt: skip
+__all__ = [
+    "Pointer",
+    "Slot",
+    "load_for",
+    "read_pointer",
+    "startup_bundle",
+    "write_json_atomic",
+    "write_pointer",
+    "ota_dir",
+    "factory_id",
+    "queue_event",
+    "PENDING_EVENTS",
+    "POINTER_NAME",
+]

@@ -23,22 +23,23 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit_agent import __version__
-from edgekit_agent.serve import sysinfo
-from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
-from edgekit_agent.serve.handlers import builtin_commands
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link, Topics
 from edgekit_agent.mqtt.outbox import Outbox
-from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
+from edgekit_agent.serve import sysinfo
+from edgekit_agent.serve.config import AgentSettings
+from edgekit_agent.serve.handlers import builtin_commands
 from edgekit_agent.serve.telemetry import WindowRecorder
 
 if TYPE_CHECKING:
@@ -67,14 +68,25 @@ class Prediction:
     invoke_ms: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "label": self.label, "confidence": self.confidence, "latency_ms": self.latency_ms,
-                "preprocess_ms": self.preprocess_ms, "invoke_ms": self.invoke_ms}  # fmt: skip
+        return {
+            "index": self.index,
+            "label": self.label,
+            "confidence": self.confidence,
+            "latency_ms": self.latency_ms,
+            "preprocess_ms": self.preprocess_ms,
+            "invoke_ms": self.invoke_ms,
+        }
 
 
-def _bundle_info(bundle: "Bundle") -> dict[str, Any]:
+def _bundle_info(bundle: Bundle) -> dict[str, Any]:
     m = bundle.manifest
-    return {"name": m.name, "version": m.version, "sha256": m.model.sha256, "profile": m.profile_name,
-            "signed_by": getattr(bundle, "signed_by", None)}  # fmt: skip
+    return {
+        "name": m.name,
+        "version": m.version,
+        "sha256": m.model.sha256,
+        "profile": m.profile_name,
+        "signed_by": getattr(bundle, "signed_by", None),
+    }
 
 
 class _Stale(Exception):
@@ -87,7 +99,7 @@ class Agent:
     #: Builds the telemetry recorder of each activated bundle (OTA swaps in one that also keeps a health tally).
     recorder_factory: Callable[..., WindowRecorder] = WindowRecorder
 
-    def __init__(self, bundle: "Bundle", settings: AgentSettings, *, runtime: "Runtime | None" = None) -> None:
+    def __init__(self, bundle: Bundle, settings: AgentSettings, *, runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:16]
         self.topics = Topics(settings.device_id)
@@ -105,7 +117,7 @@ class Agent:
         self._activate(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads))
 
     # --- the model ------------------------------------------------------------------------------------------
-    def _activate(self, bundle: "Bundle", runtime: "Runtime") -> None:
+    def _activate(self, bundle: Bundle, runtime: Runtime) -> None:
         """Make ``bundle`` (already verified) with its ``runtime`` the one being served.
 
         Everything is built first (the preprocessor can still refuse the bundle: nothing has changed then) and
@@ -120,11 +132,24 @@ class Agent:
         exp_table = [math.exp(-d * out_scale) for d in range(span + 1)] if span else []
         interp = runtime.interpreter
         # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
-        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
-               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
-        recorder = self.recorder_factory(m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict())
+        hot = (
+            interp.set_tensor,
+            interp.invoke,
+            interp.get_tensor,
+            interp.get_input_details()[0]["index"],
+            interp.get_output_details()[0]["index"],
+        )
+        recorder = self.recorder_factory(
+            m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict()
+        )
         with self._rt_lock:
-            self.bundle, self.manifest, self.runtime, self.preprocessor, self.recorder = bundle, m, runtime, preprocessor, recorder
+            self.bundle, self.manifest, self.runtime, self.preprocessor, self.recorder = (
+                bundle,
+                m,
+                runtime,
+                preprocessor,
+                recorder,
+            )
             self.labels = m.labels
             self.label_index = {name: i for i, name in enumerate(m.labels)}
             self._in_tensor = in_t
@@ -137,14 +162,19 @@ class Agent:
             self._hot = hot
             self._gen = getattr(self, "_gen", 0) + 1
 
-    def swap_runtime(self, runtime: "Runtime", bundle: "Bundle | None" = None) -> bool:
+    def swap_runtime(self, runtime: Runtime, bundle: Bundle | None = None) -> bool:
         """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed.
 
         With ``bundle`` (the one ``runtime`` was opened for), nothing happens when another bundle became
         active meanwhile (an OTA switch or rollback): ``runtime`` is closed and False returned."""
         interp = runtime.interpreter
-        hot = (interp.set_tensor, interp.invoke, interp.get_tensor,
-               interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"])  # fmt: skip
+        hot = (
+            interp.set_tensor,
+            interp.invoke,
+            interp.get_tensor,
+            interp.get_input_details()[0]["index"],
+            interp.get_output_details()[0]["index"],
+        )
         with self._rt_lock:
             if bundle is not None and bundle is not self.bundle:
                 old = None
@@ -190,7 +220,12 @@ class Agent:
 
     # --- serving (the hot path) -------------------------------------------------------------------------------
     def serve_tensor(
-        self, x: np.ndarray, *, label: int = -1, input_mean: float | None = None, _t0: int | None = None,
+        self,
+        x: np.ndarray,
+        *,
+        label: int = -1,
+        input_mean: float | None = None,
+        _t0: int | None = None,
         _gen: int | None = None,
     ) -> Prediction:
         """Infer one ready input tensor (the model's input shape and dtype) and record telemetry.
@@ -230,14 +265,24 @@ class Agent:
             if self._n_tensor % self.settings.drift_every == 0:
                 # An integer sum is 3-4x cheaper than ndarray.mean() (which converts to float64 first);
                 # int32 cannot overflow below 2**24 int8/uint8 elements.
-                q = int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size if x.dtype.kind in "iu" else float(x.mean())
+                q = (
+                    int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size
+                    if x.dtype.kind in "iu"
+                    else float(x.mean())
+                )
                 input_mean = (q - self._in_zero) * self._in_scale if self._in_scale else q
             else:
                 input_mean = _NAN
         t3 = clock()
         recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
-        return Prediction(index, labels[index] if index < len(labels) else str(index), confidence,
-                          (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)  # fmt: skip
+        return Prediction(
+            index,
+            labels[index] if index < len(labels) else str(index),
+            confidence,
+            (t3 - t0) / 1e6,
+            (t1 - t0) / 1e6,
+            (t2 - t1) / 1e6,
+        )
 
     def serve_image(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
         """Preprocess an image (path or encoded bytes) per the manifest and serve it.
@@ -261,8 +306,15 @@ class Agent:
         mean = float(a.mean()) if a.size else math.nan
         return self._serve_floats(lambda pre: pre.from_array(a), -1, label_name, quantized=True, input_mean=mean)
 
-    def _serve_floats(self, make: Callable[[Any], np.ndarray], label: int, label_name: str | None, *,
-                      quantized: bool = False, input_mean: float | None = None) -> Prediction:  # fmt: skip
+    def _serve_floats(
+        self,
+        make: Callable[[Any], np.ndarray],
+        label: int,
+        label_name: str | None,
+        *,
+        quantized: bool = False,
+        input_mean: float | None = None,
+    ) -> Prediction:
         """Preprocess with the active bundle's preprocessor, then serve, provided that bundle is still the active
         one when the interpreter lock is taken; otherwise preprocess again for the new one (an OTA switch)."""
         t0 = time.perf_counter_ns()
@@ -283,7 +335,9 @@ class Agent:
                 return self.serve_tensor(x, label=lab, input_mean=mean, _t0=t0, _gen=gen)
             except _Stale:
                 continue
-        raise BusyError(f"{self.settings.device_id}: the bundle changed three times while one input was being served; try again.")
+        raise BusyError(
+            f"{self.settings.device_id}: the bundle changed three times while one input was being served; try again."
+        )
 
     # --- the watched directory ----------------------------------------------------------------------------------
     def _candidates(self, root: Path) -> list[tuple[Path, str | None]]:
@@ -361,7 +415,9 @@ class Agent:
                 shutil.move(str(path), str(target))
         except OSError as exc:
             # Could not move it: remember it instead, so it is not served again in a loop.
-            log.warning("%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc)
+            log.warning(
+                "%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc
+            )
             try:
                 st = path.stat()
                 self._seen.add((str(path), st.st_mtime_ns, st.st_size))
@@ -376,11 +432,24 @@ class Agent:
     # --- windows, meta and events -----------------------------------------------------------------------------
     def envelope(self, schema: str) -> dict[str, Any]:
         """The envelope fields the agent owns (the outbox adds ``epoch`` and ``seq``)."""
-        return {"schema": schema, "device_id": self.settings.device_id, "boot_id": self.boot_id,
-                "ts": int(time.time() * 1000), "agent_version": __version__}  # fmt: skip
+        return {
+            "schema": schema,
+            "device_id": self.settings.device_id,
+            "boot_id": self.boot_id,
+            "ts": int(time.time() * 1000),
+            "agent_version": __version__,
+        }
 
-    def publish(self, topic: str, body: dict[str, Any], *, retain: bool = False, priority: int = 0,
-                correlation: bytes | None = None, sequenced: bool = True) -> None:  # fmt: skip
+    def publish(
+        self,
+        topic: str,
+        body: dict[str, Any],
+        *,
+        retain: bool = False,
+        priority: int = 0,
+        correlation: bytes | None = None,
+        sequenced: bool = True,
+    ) -> None:
         """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`."""
         if self.outbox is None:
             return
@@ -417,11 +486,21 @@ class Agent:
             "hardware": sysinfo.system_info().to_dict(),
             "runtime": self.runtime.info.to_dict(),
             "bundle": bundle,
-            "bundles": self.ota.installed() if self.ota else [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
-            "capabilities": {"commands": self.commands.names if self.commands else [], "inputs": ["watch", "infer"],
-                             "max_command_bytes": MAX_COMMAND_BYTES},  # fmt: skip
-            "config": {"window_s": s.window_s, "num_threads": self.runtime.info.num_threads, "drift_every": s.drift_every,
-                       "watch_dir": str(s.watch_dir) if s.watch_dir else None, "processed": s.processed},  # fmt: skip
+            "bundles": self.ota.installed()
+            if self.ota
+            else [{**bundle, "active": True, "directory": str(self.bundle.directory)}],
+            "capabilities": {
+                "commands": self.commands.names if self.commands else [],
+                "inputs": ["watch", "infer"],
+                "max_command_bytes": MAX_COMMAND_BYTES,
+            },
+            "config": {
+                "window_s": s.window_s,
+                "num_threads": self.runtime.info.num_threads,
+                "drift_every": s.drift_every,
+                "watch_dir": str(s.watch_dir) if s.watch_dir else None,
+                "processed": s.processed,
+            },
             "broker": s.broker.url if s.broker else None,
             # "5" or "3.1.1" as negotiated (auto may fall back); None until connected (every connect republishes meta).
             "mqtt_version": self.link.mqtt_version if self.link and self.link.connected.is_set() else None,
@@ -469,8 +548,9 @@ class Agent:
         if s.broker is not None:
             # meta is retained state: sent again on every (re)connect, so a broker restarted without
             # persistence, or an outage long enough for the outbox bound to drop it, cannot lose it.
-            self.link = Link(s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit,
-                             on_connected=self.publish_meta)  # fmt: skip
+            self.link = Link(
+                s.broker, s.device_id, self.boot_id, self.outbox, self.commands.submit, on_connected=self.publish_meta
+            )
             self.link.start()
         if not s.skip_selftest:
             self._selftest()
@@ -530,8 +610,11 @@ class Agent:
             if self.outbox is not None and self.outbox.depth and not self.link.failed.is_set():
                 self.link.connected.wait(min(2.0, flush_timeout))  # e.g. a self-test failure right after start
             if self.link.connected.is_set() and not self.link.flush(flush_timeout):
-                log.warning("%s: %d messages stay in the outbox for the next start", self.settings.device_id,
-                            self.outbox.depth if self.outbox else 0)  # fmt: skip
+                log.warning(
+                    "%s: %d messages stay in the outbox for the next start",
+                    self.settings.device_id,
+                    self.outbox.depth if self.outbox else 0,
+                )
             self.link.close()
             self.link = None
         if self.commands is not None:

@@ -37,9 +37,10 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edgekit_agent.contract.errors import UsageError
 from edgekit_agent.mqtt.link import PASSWORD_ENV, BrokerSettings
@@ -49,15 +50,35 @@ PROCESSED_MODES = ("move", "delete", "keep")
 
 # section -> key -> accepted types ("" = top level).
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
-    "": {"bundle": (str,), "device_id": (str,), "data_dir": (str,), "window_s": (int, float), "num_threads": (int,),
-         "skip_selftest": (bool,), "trusted_keys": (str,), "require_signature": (bool,), "drift_every": (int,),
-         "allow_unsigned": (bool,)},
-    "broker": {"url": (str,), "username": (str,), "password": (str,), "tls_ca": (str,), "tls_cert": (str,),
-               "tls_key": (str,), "keepalive": (int,), "reconnect_min_s": (int,), "reconnect_max_s": (int,),
-               "inflight": (int,), "session_expiry_s": (int,), "mqtt_version": (str,)},
+    "": {
+        "bundle": (str,),
+        "device_id": (str,),
+        "data_dir": (str,),
+        "window_s": (int, float),
+        "num_threads": (int,),
+        "skip_selftest": (bool,),
+        "trusted_keys": (str,),
+        "require_signature": (bool,),
+        "drift_every": (int,),
+        "allow_unsigned": (bool,),
+    },
+    "broker": {
+        "url": (str,),
+        "username": (str,),
+        "password": (str,),
+        "tls_ca": (str,),
+        "tls_cert": (str,),
+        "tls_key": (str,),
+        "keepalive": (int,),
+        "reconnect_min_s": (int,),
+        "reconnect_max_s": (int,),
+        "inflight": (int,),
+        "session_expiry_s": (int,),
+        "mqtt_version": (str,),
+    },
     "watch": {"dir": (str,), "processed": (str,), "poll_s": (int, float)},
     "outbox": {"max_messages": (int,)},
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +102,9 @@ class AgentSettings:
     bundle: Path | None = None
     trusted_keys: Path | None = None
     require_signature: bool = False
-    allow_unsigned: bool = False  # with trusted_keys: accept bundles without manifest.sig (signed ones are still checked)
+    allow_unsigned: bool = (
+        False  # with trusted_keys: accept bundles without manifest.sig (signed ones are still checked)
+    )
 
     def __post_init__(self) -> None:
         if not DEVICE_ID.match(self.device_id):
@@ -104,7 +127,7 @@ class AgentSettings:
         if self.broker is not None and not 1 <= self.broker.inflight <= 100:
             raise UsageError(f"broker.inflight must be between 1 and 100, got {self.broker.inflight}.")
 
-    def with_changes(self, **changes: Any) -> "AgentSettings":
+    def with_changes(self, **changes: Any) -> AgentSettings:
         """A validated copy (used by the ``set_config`` command)."""
         return replace(self, **changes)
 
@@ -172,7 +195,7 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
 
     device_id = pick("device_id", doc.get("device_id"))
     if not device_id:
-        raise UsageError(f"{where}: a device id is needed (--device-id ID or device_id = \"…\" in the config).")
+        raise UsageError(f'{where}: a device id is needed (--device-id ID or device_id = "…" in the config).')
     url = pick("broker", bro.get("url"))
     broker = None
     if url:
@@ -185,7 +208,10 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
             "tls_key": pick("tls_key", bro.get("tls_key")),
             "mqtt_version": pick("mqtt_version", bro.get("mqtt_version")) or "auto",
         }
-        numbers = {k: pick(k, bro.get(k)) for k in ("keepalive", "reconnect_min_s", "reconnect_max_s", "inflight", "session_expiry_s")}
+        numbers = {
+            k: pick(k, bro.get(k))
+            for k in ("keepalive", "reconnect_min_s", "reconnect_max_s", "inflight", "session_expiry_s")
+        }
         for key, value in numbers.items():
             if value is not None and value < (1 if key != "session_expiry_s" else 0):
                 raise UsageError(f"{where}: broker.{key} must be positive, got {value}.")

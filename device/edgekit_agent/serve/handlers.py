@@ -11,23 +11,23 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
 from edgekit_agent.contract.errors import BusyError, InputError
+from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
 
 if TYPE_CHECKING:
     from edgekit_agent.serve.agent import Agent
 
 
-
-def cmd_ping(agent: "Agent", cmd: Command) -> dict[str, Any]:
+def cmd_ping(agent: Agent, cmd: Command) -> dict[str, Any]:
     """Liveness: answered inline, even while a benchmark occupies the command worker."""
     return {"pong": True, "boot_id": agent.boot_id, "uptime_s": round(time.monotonic() - agent.started_mono, 3)}
 
 
-def cmd_run_benchmark(agent: "Agent", cmd: Command) -> dict[str, Any]:
+def cmd_run_benchmark(agent: Agent, cmd: Command) -> dict[str, Any]:
     """benchmark_model-style run on a separate interpreter (serving goes on); also ``bench/{run_id}/report``."""
     from edgekit_agent.infer.benchmark import run_benchmark
 
@@ -36,9 +36,14 @@ def cmd_run_benchmark(agent: "Agent", cmd: Command) -> dict[str, Any]:
     rt = agent.bundle.open_runtime(num_threads=a["num_threads"] or agent.runtime.info.num_threads)
     init_ms = (time.perf_counter_ns() - t0) / 1e6
     try:
-        report = run_benchmark(rt, warmup_runs=a["warmup_runs"], num_runs=a["num_runs"], init_ms=init_ms,
-                               model_sha256=agent.manifest.model.sha256,
-                               model_name=f"{agent.manifest.name} {agent.manifest.version} ({agent.manifest.profile_name})")  # fmt: skip
+        report = run_benchmark(
+            rt,
+            warmup_runs=a["warmup_runs"],
+            num_runs=a["num_runs"],
+            init_ms=init_ms,
+            model_sha256=agent.manifest.model.sha256,
+            model_name=f"{agent.manifest.name} {agent.manifest.version} ({agent.manifest.profile_name})",
+        )
     finally:
         rt.close()
     doc = report.to_dict()
@@ -47,7 +52,7 @@ def cmd_run_benchmark(agent: "Agent", cmd: Command) -> dict[str, Any]:
     return {"run_id": run_id, "report_topic": agent.topics.bench(run_id), "report": doc}
 
 
-def cmd_set_config(agent: "Agent", cmd: Command) -> dict[str, Any]:
+def cmd_set_config(agent: Agent, cmd: Command) -> dict[str, Any]:
     """Change window_s, num_threads (a new interpreter, swapped under the serving lock) or drift_every."""
     a = {k: v for k, v in cmd.args.items() if v is not None}
     if not a:
@@ -56,14 +61,16 @@ def cmd_set_config(agent: "Agent", cmd: Command) -> dict[str, Any]:
     if "num_threads" in a and a["num_threads"] != agent.runtime.info.num_threads:
         bundle = agent.bundle
         if not agent.swap_runtime(bundle.open_runtime(num_threads=a["num_threads"]), bundle):
-            raise BusyError(f"{agent.settings.device_id}: the bundle changed while num_threads was being applied; retry.")
+            raise BusyError(
+                f"{agent.settings.device_id}: the bundle changed while num_threads was being applied; retry."
+            )
     agent.settings = settings
     agent.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
     agent.publish_meta()
     return {"applied": a, "config": agent.meta()["config"]}
 
 
-def cmd_infer(agent: "Agent", cmd: Command) -> dict[str, Any]:
+def cmd_infer(agent: Agent, cmd: Command) -> dict[str, Any]:
     """Request/response inference on a base64 image or a preprocessed float tensor (H×W×C)."""
     a = cmd.args
     if a["image"] is not None:
@@ -84,10 +91,12 @@ def _between(lo: float, hi: float) -> Callable[[Any], bool]:
     return lambda v: lo <= v <= hi
 
 
-def builtin_commands(agent: "Agent") -> list[CommandSpec]:
+def builtin_commands(agent: Agent) -> list[CommandSpec]:
     """The dispatch table of the built-in commands (others are added with ``agent.commands.register``)."""
     return [
-        CommandSpec("ping", partial(cmd_ping, agent), inline=True, doc="liveness: answers pong with boot_id and uptime"),
+        CommandSpec(
+            "ping", partial(cmd_ping, agent), inline=True, doc="liveness: answers pong with boot_id and uptime"
+        ),
         CommandSpec(
             "run_benchmark",
             partial(cmd_run_benchmark, agent),
@@ -114,7 +123,12 @@ def builtin_commands(agent: "Agent") -> list[CommandSpec]:
             {
                 "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
                 "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
-                "label": Arg(str, None, check=lambda v: v in agent.label_index, expect=f"one of the labels {list(agent.labels)[:20]}"),
+                "label": Arg(
+                    str,
+                    None,
+                    check=lambda v: v in agent.label_index,
+                    expect=f"one of the labels {list(agent.labels)[:20]}",
+                ),
             },
             one_of=("image", "tensor"),
             doc="request/response inference on one input",

@@ -22,19 +22,44 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from itertools import chain
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 # Upper bounds in milliseconds, roughly 1-1.5-2-3-5-7.5 per decade: ~±20 % resolution from 50 µs to 5 s.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-    1.0, 1.5, 2.0, 3.0, 5.0, 7.5,
-    10.0, 15.0, 20.0, 30.0, 50.0, 75.0,
-    100.0, 150.0, 200.0, 300.0, 500.0, 750.0,
-    1000.0, 2000.0, 5000.0,
-)  # fmt: skip
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    50.0,
+    75.0,
+    100.0,
+    150.0,
+    200.0,
+    300.0,
+    500.0,
+    750.0,
+    1000.0,
+    2000.0,
+    5000.0,
+)
 # Per window, per latency series, this many raw values are kept for exact percentiles.
 EXACT_SAMPLE = 4096
 # Records queued before they are folded into the aggregates (bounds memory; amortises numpy's overhead).
@@ -270,7 +295,9 @@ class WindowRecorder:
         means = a[:, 6]
         means = means[np.isfinite(means)]  # NaN: not sampled; inf: a hostile tensor, never a statistic
         if means.size:
-            w.mean_bins += np.bincount(np.searchsorted(self._mean_inner, means, side="right"), minlength=len(w.mean_bins))
+            w.mean_bins += np.bincount(
+                np.searchsorted(self._mean_inner, means, side="right"), minlength=len(w.mean_bins)
+            )
             w.mean_n += int(means.size)
             w.mean_sum += float(means.sum())
 
@@ -329,7 +356,9 @@ class WindowRecorder:
                 "psi": _finite(psi(counts, mean_ref["freq"])) if mean_ref.get("freq") and w.mean_n else None,
             },
             "predicted_class": {
-                "psi": _finite(psi([int(c) for c in w.class_counts], ref["class_freq"])) if ref.get("class_freq") and w.ok else None,
+                "psi": _finite(psi([int(c) for c in w.class_counts], ref["class_freq"]))
+                if ref.get("class_freq") and w.ok
+                else None,
             },
         }
         conf_ref = ref.get("confidence") or {}

@@ -12,11 +12,10 @@ import importlib
 import logging
 import os
 import sys
-from typing import Sequence
-
-from edgekit_agent.contract.errors import EdgekitError, ExitStatus, exit_status_for
+from collections.abc import Sequence
 
 from edgekit import __version__
+from edgekit_agent.contract.errors import EdgekitError, ExitStatus, exit_status_for
 
 # name -> (module under edgekit.cli, one-line help). Order is the order of `edgekit --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "_run", None):
         parser.print_help()
         return int(ExitStatus.USAGE)

@@ -16,23 +16,30 @@ from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=1883, help="TCP port (default %(default)s; 0 picks a free one)")
-    parser.add_argument("--engine", choices=("auto", "mosquitto", "amqtt"), default="auto",
-                        help="auto = mosquitto if installed, else amqtt (MQTT 3.1.1 only)")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="auto = mosquitto if installed, else amqtt (MQTT 3.1.1 only)",
+    )
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.fleet.broker import BANNER, start_dev_broker
-
     from edgekit.cli.ui import err_console
+    from edgekit.fleet.broker import BANNER, start_dev_broker
 
     stop = threading.Event()
     # SIGTERM (from a demo script or systemd) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with start_dev_broker(args.host, args.port, engine=args.engine) as broker:
         err_console.print(f"[bold yellow]{BANNER}[/]")
-        protocol = "MQTT 5 and 3.1.1" if broker.mqtt5 else "MQTT 3.1.1 only (no shared subscriptions, no MQTT 5 properties)"
+        protocol = (
+            "MQTT 5 and 3.1.1" if broker.mqtt5 else "MQTT 3.1.1 only (no shared subscriptions, no MQTT 5 properties)"
+        )
         err_console.print(f"listening on {broker.url} ({broker.engine}: {protocol}); Ctrl-C to stop")
         # Printed on stdout alone so scripts can read the URL (useful with --port 0).
         print(broker.url, flush=True)

@@ -38,19 +38,44 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
-    parser.add_argument("--profile", action="append", required=True, metavar="NAME", help="device profile name or TOML path (repeatable)")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz"
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="device profile name or TOML path (repeatable)",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where bundles and archives are written")
-    parser.add_argument("--model", type=Path, metavar="FILE", help="use this Keras model (.keras, .h5, SavedModel) instead of training")
+    parser.add_argument(
+        "--model", type=Path, metavar="FILE", help="use this Keras model (.keras, .h5, SavedModel) instead of training"
+    )
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
-    parser.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="magnitude-prune to this sparsity before converting")
-    parser.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS", help="int8 may lose this many points before QAT runs (default 1.0)")
-    parser.add_argument("--keep-going", action="store_true", help="skip profiles the model does not fit instead of stopping")
+    parser.add_argument(
+        "--prune", type=_fraction, metavar="SPARSITY", help="magnitude-prune to this sparsity before converting"
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="int8 may lose this many points before QAT runs (default 1.0)",
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="skip profiles the model does not fit instead of stopping"
+    )
     parser.add_argument("--name", help="bundle name (default: the dataset folder name)")
     parser.add_argument("--version", default="1.0.0", help="bundle version (default 1.0.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, training and calibration (default 0)")
-    parser.add_argument("--sign-key", type=Path, metavar="KEY", help="sign every bundle with this Ed25519 private key (edgekit keys new)")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="KEY",
+        help="sign every bundle with this Ed25519 private key (edgekit keys new)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -60,7 +85,6 @@ def _pct(x: float) -> str:
 
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.build import BuildProgress, build
-
     from edgekit.cli import ui
 
     if args.sign_key is not None:  # a bad key should fail now, not after minutes of training
@@ -72,7 +96,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
         def on_progress(event: BuildProgress) -> None:
             text = event.label + (f": {event.detail}" if event.detail else "")
-            bar.update(task, total=event.total, completed=event.step - (0 if event.label == "done" else 1), description=text)
+            bar.update(
+                task, total=event.total, completed=event.step - (0 if event.label == "done" else 1), description=text
+            )
 
         result = build(
             args.dataset,
@@ -94,7 +120,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.sign_key is not None:
         from edgekit.package.keys import sign_bundle
 
-        signed = {p.profile: sign_bundle(p.directory, args.sign_key).key_id for p in result.profiles if p.directory is not None}
+        signed = {
+            p.profile: sign_bundle(p.directory, args.sign_key).key_id
+            for p in result.profiles
+            if p.directory is not None
+        }
     if args.json:
         ui.print_json({**result.to_dict(), **({"signed_by": signed} if signed else {})})
         return status
@@ -117,7 +147,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
             [(label, *(get(p) for p in result.profiles)) for label, get in fields],
         )
     )
-    ui.console.print("time per step (wall / CPU s): " + ", ".join(f"{label} {t:.1f}/{c:.1f}" for label, t, c in result.step_seconds), highlight=False, markup=False)
+    ui.console.print(
+        "time per step (wall / CPU s): " + ", ".join(f"{label} {t:.1f}/{c:.1f}" for label, t, c in result.step_seconds),
+        highlight=False,
+        markup=False,
+    )
     for p in result.profiles:
         if p.directory is not None:
             how = f" (signed by key {signed[p.profile]})" if p.profile in signed else ""

@@ -15,9 +15,13 @@ from edgekit_agent.contract.errors import ExitStatus, ModelError, UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL.tflite", help="the .tflite model to check")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--profile", "-p", action="append", metavar="NAME", help="a profile name or TOML path (repeatable)")
+    which.add_argument(
+        "--profile", "-p", action="append", metavar="NAME", help="a profile name or TOML path (repeatable)"
+    )
     which.add_argument("--all-profiles", action="store_true", help="check every shipped profile")
-    parser.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler even when it is installed")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not run edgetpu_compiler even when it is installed"
+    )
     parser.add_argument("--json", action="store_true", help="print the fit reports as JSON on stdout")
 
 
@@ -47,17 +51,18 @@ def _ops(report) -> str:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
+    from edgekit.cli import ui
     from edgekit.fit.check import check_fit
     from edgekit.profiles import load_all_profiles, load_profile
-
-    from edgekit.cli import ui
 
     try:
         tflite = args.model.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{args.model}: no such file; give the path of a .tflite model.") from None
     except IsADirectoryError:
-        raise UsageError(f"{args.model} is a directory; give a .tflite file (use `edgekit inspect` for bundles).") from None
+        raise UsageError(
+            f"{args.model} is a directory; give a .tflite file (use `edgekit inspect` for bundles)."
+        ) from None
     profiles = load_all_profiles() if args.all_profiles else [load_profile(p) for p in args.profile]
     reports = []
     with ui.progress() as bar:
@@ -95,5 +100,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ui.console.print(r.summary(), highlight=False, markup=False)
     coral = [r for r in reports if r.edgetpu is not None]
     if coral and all(r.fits for r in coral):  # a fitting report prints no summary: still say whether it was compiled
-        ui.console.print(f"Edge TPU: {coral[0].edgetpu.split_description()}; {coral[0].edgetpu.compiler.message}.", markup=False)
+        ui.console.print(
+            f"Edge TPU: {coral[0].edgetpu.split_description()}; {coral[0].edgetpu.compiler.message}.", markup=False
+        )
     return status

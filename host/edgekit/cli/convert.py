@@ -19,14 +19,25 @@ from edgekit_agent.contract.errors import ExitStatus
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help="Keras model: .keras, .h5 or SavedModel directory")
-    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder or .npz (calibration and accuracy)")
-    parser.add_argument("--profile", required=True, metavar="NAME", help="device profile name or profile .toml (see `edgekit profiles`)")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, metavar="DIR", help="image folder or .npz (calibration and accuracy)"
+    )
+    parser.add_argument(
+        "--profile", required=True, metavar="NAME", help="device profile name or profile .toml (see `edgekit profiles`)"
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the int8 .tflite")
-    parser.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
-                        help="run quantisation-aware training when int8 loses more than this (default 1.0 point)")
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="run quantisation-aware training when int8 loses more than this (default 1.0 point)",
+    )
     parser.add_argument("--no-qat", action="store_true", help="never run quantisation-aware training")
     parser.add_argument("--qat-epochs", type=int, default=3, help="epochs of quantisation-aware training (default 3)")
-    parser.add_argument("--representative-samples", type=int, default=200, metavar="N", help="calibration samples (default 200)")
+    parser.add_argument(
+        "--representative-samples", type=int, default=200, metavar="N", help="calibration samples (default 200)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the calibration sample (default 0)")
     parser.add_argument("--float-out", type=Path, default=None, metavar="FILE", help="also write the float32 .tflite")
     parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
@@ -34,20 +45,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.pipeline.convert import convert_for_profile
-    from edgekit.profiles import load_profile
-
     from edgekit.cli import ui
     from edgekit.cli.datasets import model_and_splits
+    from edgekit.pipeline.convert import convert_for_profile
+    from edgekit.profiles import load_profile
 
     profile = load_profile(args.profile)  # fail fast on a typo, before TensorFlow loads
     model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)
     with ui.progress() as bar:
         task = bar.add_task("converting", total=None)
         res = convert_for_profile(
-            model, splits, profile, max_accuracy_drop=args.max_accuracy_drop, qat=not args.no_qat,
-            qat_epochs=args.qat_epochs, num_samples=args.representative_samples, seed=args.seed,
-            name=args.model.name, on_stage=lambda msg: bar.update(task, description=msg),
+            model,
+            splits,
+            profile,
+            max_accuracy_drop=args.max_accuracy_drop,
+            qat=not args.no_qat,
+            qat_epochs=args.qat_epochs,
+            num_samples=args.representative_samples,
+            seed=args.seed,
+            name=args.model.name,
+            on_stage=lambda msg: bar.update(task, description=msg),
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(res.tflite)
@@ -64,7 +81,14 @@ def run(args: argparse.Namespace) -> ExitStatus:
         ("calibration", f"{res.representative_samples} training images (seed {args.seed})"),
         (f"float accuracy ({res.eval_split})", f"{pct(res.float_accuracy)} on {res.eval_samples} images"),
         ("int8 accuracy, post-training", pct(res.ptq_int8_accuracy)),
-        ("int8 accuracy, QAT", pct(res.qat_int8_accuracy) if res.qat_ran else "not run (drop within limit)" if not args.no_qat else "not run (--no-qat)"),
+        (
+            "int8 accuracy, QAT",
+            pct(res.qat_int8_accuracy)
+            if res.qat_ran
+            else "not run (drop within limit)"
+            if not args.no_qat
+            else "not run (--no-qat)",
+        ),
         ("kept", f"{res.kept} (drop {res.accuracy_drop:+.2f} points)" if res.accuracy_drop is not None else res.kept),
     ]
     ui.console.print(ui.table(f"Converted for {profile.name}", ("", "value"), rows))
@@ -72,6 +96,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
     for w in res.lint.warnings:
         ui.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, markup=True)
     if res.accuracy_drop is not None and res.accuracy_drop > args.max_accuracy_drop:
-        ui.err_console.print(f"[yellow]warning:[/] int8 is still {res.accuracy_drop:.2f} points below float "
-                             f"(limit {args.max_accuracy_drop}); more data or QAT epochs may help.", highlight=False, markup=True)
+        ui.err_console.print(
+            f"[yellow]warning:[/] int8 is still {res.accuracy_drop:.2f} points below float "
+            f"(limit {args.max_accuracy_drop}); more data or QAT epochs may help.",
+            highlight=False,
+            markup=True,
+        )
     return ExitStatus.OK

@@ -17,9 +17,15 @@ from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("digits", "show"), help="digits: write the demo dataset; show: summarise a dataset")
-    parser.add_argument("dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)")
-    parser.add_argument("--strict", action="store_true", help="show: an unreadable image is an error instead of a warning")
+    parser.add_argument(
+        "action", choices=("digits", "show"), help="digits: write the demo dataset; show: summarise a dataset"
+    )
+    parser.add_argument(
+        "dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="show: an unreadable image is an error instead of a warning"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -38,9 +44,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, quiet: bool = False) -> Any:
     """Load a dataset with a progress bar; skipped images are listed on stderr (never on stdout)."""
-    from edgekit.pipeline.data import load_dataset
-
     from edgekit.cli import ui
+    from edgekit.pipeline.data import load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -49,14 +54,21 @@ def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, qu
         else:
             with ui.progress() as bar:
                 task = bar.add_task(f"loading {path}", total=None)
-                ds = load_dataset(path, spec, strict=strict, on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+                ds = load_dataset(
+                    path,
+                    spec,
+                    strict=strict,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     for w in caught:
         if issubclass(w.category, UserWarning):
             ui.err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, markup=True)
     return ds
 
 
-def model_and_splits(model_path: Path, dataset: Path, *, seed: int, strict: bool = False, quiet: bool = False) -> tuple[Any, Any]:
+def model_and_splits(
+    model_path: Path, dataset: Path, *, seed: int, strict: bool = False, quiet: bool = False
+) -> tuple[Any, Any]:
     """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
     image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
     colour mode, and the dataset's tensors and classes must match it."""
@@ -77,23 +89,41 @@ def run(args: argparse.Namespace) -> ExitStatus:
         from edgekit.pipeline.data import write_digits
 
         summary = write_digits(args.dir)
-        result = {"directory": str(summary.directory), "classes": summary.classes, "samples": summary.samples,
-                  "width": summary.width, "height": summary.height}
+        result = {
+            "directory": str(summary.directory),
+            "classes": summary.classes,
+            "samples": summary.samples,
+            "width": summary.width,
+            "height": summary.height,
+        }
         if args.json:
             ui.print_json(result)
         else:
-            ui.console.print(f"wrote {summary.samples} digit images ({summary.width}x{summary.height} grey PNG, "
-                             f"{summary.classes} classes) to {summary.directory}")
+            ui.console.print(
+                f"wrote {summary.samples} digit images ({summary.width}x{summary.height} grey PNG, "
+                f"{summary.classes} classes) to {summary.directory}"
+            )
         return ExitStatus.OK
     ds = load_with_progress(args.dir, strict=args.strict, quiet=args.json)
     counts = ds.class_counts()
-    info = {"path": str(args.dir), "samples": len(ds), "classes": len(ds.labels), "class_counts": counts,
-            "spec": ds.spec.to_dict(), "skipped": list(ds.skipped)}
+    info = {
+        "path": str(args.dir),
+        "samples": len(ds),
+        "classes": len(ds.labels),
+        "class_counts": counts,
+        "spec": ds.spec.to_dict(),
+        "skipped": list(ds.skipped),
+    }
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK
-    ui.console.print(ui.table(f"{args.dir}: {len(ds)} images, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
-                              ("class", "images count"), counts.items()))
+    ui.console.print(
+        ui.table(
+            f"{args.dir}: {len(ds)} images, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
+            ("class", "images count"),
+            counts.items(),
+        )
+    )
     if ds.skipped:
         ui.console.print(f"{len(ds.skipped)} unreadable image(s) skipped")
     return ExitStatus.OK

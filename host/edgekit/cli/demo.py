@@ -18,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus
 
@@ -40,7 +41,9 @@ class Demo:
     mqtt_versions: str = ""  # what the agents negotiated, from their retained meta (e.g. "3.1.1")
     exporter: Any = None
     bundles: dict[str, Path] = field(default_factory=dict)  # profile -> bundle dir
-    devices: dict[str, tuple[subprocess.Popen, Path, Path]] = field(default_factory=dict)  # id -> (proc, watch dir, log)
+    devices: dict[str, tuple[subprocess.Popen, Path, Path]] = field(
+        default_factory=dict
+    )  # id -> (proc, watch dir, log)
     feeder: threading.Thread | None = None
     stop_feeding: threading.Event = field(default_factory=threading.Event)
     outputs: list[tuple[str, Path | str]] = field(default_factory=list)
@@ -51,13 +54,25 @@ class Demo:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", help="use this MQTT broker (mqtt://HOST:PORT) instead of starting a development one")
-    parser.add_argument("--broker-engine", choices=("auto", "mosquitto", "amqtt"), default="auto",
-                        help="development broker: auto = mosquitto if installed, else the embedded amqtt (MQTT 3.1.1)")
-    parser.add_argument("--short", action="store_true", help="CI mode: 1 epoch, a few seconds of watching, a short benchmark")
+    parser.add_argument(
+        "--broker", help="use this MQTT broker (mqtt://HOST:PORT) instead of starting a development one"
+    )
+    parser.add_argument(
+        "--broker-engine",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="development broker: auto = mosquitto if installed, else the embedded amqtt (MQTT 3.1.1)",
+    )
+    parser.add_argument(
+        "--short", action="store_true", help="CI mode: 1 epoch, a few seconds of watching, a short benchmark"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("demo-out"), help="where outputs go (default %(default)s)")
-    parser.add_argument("--rebuild", action="store_true", help="retrain and rebuild the bundles even if workdir has them")
-    parser.add_argument("--watch-seconds", type=float, default=None, help="how long to show the fleet view (default 30, --short 5)")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="retrain and rebuild the bundles even if workdir has them"
+    )
+    parser.add_argument(
+        "--watch-seconds", type=float, default=None, help="how long to show the fleet view (default 30, --short 5)"
+    )
 
 
 # --- the steps, in order ----------------------------------------------------------------------------------
@@ -76,8 +91,23 @@ def _build(d: Demo) -> None:
     out = d.work / "bundles"
     wanted = {p: out / f"digits-{p}" for p in (PI_PROFILE, MCU_PROFILE)}
     if d.args.rebuild or not (wanted[PI_PROFILE] / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "edgekit", "build", "--dataset", str(d.work / "data" / "digits"), "--out", str(out),
-               "--profile", PI_PROFILE, "--profile", MCU_PROFILE, "--keep-going", "--name", "digits"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "build",
+            "--dataset",
+            str(d.work / "data" / "digits"),
+            "--out",
+            str(out),
+            "--profile",
+            PI_PROFILE,
+            "--profile",
+            MCU_PROFILE,
+            "--keep-going",
+            "--name",
+            "digits",
+        ]
         if d.short:
             cmd += ["--epochs", "1"]
         ui.console.print(f"[bold]$ edgekit build[/] {' '.join(cmd[4:])}")
@@ -98,7 +128,9 @@ def _build(d: Demo) -> None:
         new_keypair(keys, "demo", overwrite=True)
     for b in d.bundles.values():
         signed = sign_bundle(b, keys / "demo.key")
-    ui.console.print(f"signed the bundles with key {signed.key_id} ({keys / 'demo.key'}); devices trust {keys / 'demo.pub'}")
+    ui.console.print(
+        f"signed the bundles with key {signed.key_id} ({keys / 'demo.key'}); devices trust {keys / 'demo.pub'}"
+    )
     d.outputs.append(("signing key pair (demo)", keys))
     for p, b in d.bundles.items():
         d.outputs.append((f"bundle for {p}", b))
@@ -106,10 +138,9 @@ def _build(d: Demo) -> None:
 
 
 def _broker(d: Demo) -> None:
+    from edgekit.cli import ui
     from edgekit.fleet.broker import BANNER, start_dev_broker
     from edgekit.fleet.exporter import Exporter
-
-    from edgekit.cli import ui
 
     if d.args.broker:
         d.broker_url = d.args.broker
@@ -119,36 +150,61 @@ def _broker(d: Demo) -> None:
         ui.err_console.print(f"[yellow]{BANNER}[/]")
     d.exporter = Exporter(d.broker_url, port=0).start()
     engine = f" ({d.broker.engine})" if d.broker else ""
-    ui.console.print(f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} (MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})")
+    ui.console.print(
+        f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} (MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})"
+    )
     d.outputs.append(("MQTT broker (stopped now)" if d.broker else "MQTT broker", d.broker_url))
 
 
 def _agent_command() -> list[str]:
     exe = Path(sys.executable).with_name("edgekit-agent")
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
+    return (
+        [str(exe)]
+        if exe.exists()
+        else [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
+    )
 
 
 def _agents(d: Demo) -> None:
+    from edgekit.cli import ui
     from edgekit.fleet.watch import FleetWatcher
 
-    from edgekit.cli import ui
-
-    plan = [("pi-kitchen", PI_PROFILE), ("pi-garage", PI_PROFILE), ("esp32-sim", MCU_PROFILE if MCU_PROFILE in d.bundles else PI_PROFILE)]
+    plan = [
+        ("pi-kitchen", PI_PROFILE),
+        ("pi-garage", PI_PROFILE),
+        ("esp32-sim", MCU_PROFILE if MCU_PROFILE in d.bundles else PI_PROFILE),
+    ]
     for device_id, profile in plan:
         home = d.work / "devices" / device_id
         shutil.rmtree(home, ignore_errors=True)  # a fresh outbox: the demo's numbers start at zero
         (home / "inbox").mkdir(parents=True)
         log = home / "agent.log"
-        cmd = [*_agent_command(), "run", str(d.bundles[profile]), "--broker", d.broker_url, "--device-id", device_id,
-               "--watch", str(home / "inbox"), "--window", str(d.window_s), "--data-dir", str(home / "data"),
-               "--trusted-keys", str(d.work / "keys")]  # fmt: skip
+        cmd = [
+            *_agent_command(),
+            "run",
+            str(d.bundles[profile]),
+            "--broker",
+            d.broker_url,
+            "--device-id",
+            device_id,
+            "--watch",
+            str(home / "inbox"),
+            "--window",
+            str(d.window_s),
+            "--data-dir",
+            str(home / "data"),
+            "--trusted-keys",
+            str(d.work / "keys"),
+        ]
         if d.broker is not None and d.broker.engine == "amqtt":
             # The embedded broker speaks 3.1.1 only; saying so spares each agent the 5 s wait for a CONNACK
             # that amqtt never sends to an MQTT 5 CONNECT carrying a will (auto mode would then fall back).
             cmd += ["--mqtt-version", "3.1.1"]
         with open(log, "wb") as f:
             # Own session (process group): the cleanup signals the whole group, whatever it spawned.
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         d.devices[device_id] = (proc, home / "inbox", log)
         ui.console.print(f"started {device_id}: edgekit-agent run {d.bundles[profile].name} (pid {proc.pid})")
         d.outputs.append((f"{device_id} log and inbox", home))
@@ -158,13 +214,19 @@ def _agents(d: Demo) -> None:
             w.poll(0.2)
             online = {r.device_id for r in w.snapshot() if r.status == "online"}
             with w.state.lock:  # the version each agent negotiated, from its retained meta (sent after connecting)
-                versions = {i: dev.meta.get("mqtt_version") for i, dev in w.state.devices.items() if dev.meta.get("mqtt_version")}
+                versions = {
+                    i: dev.meta.get("mqtt_version")
+                    for i, dev in w.state.devices.items()
+                    if dev.meta.get("mqtt_version")
+                }
             if online >= set(d.devices) and set(versions) >= set(d.devices):
                 d.mqtt_versions = "/".join(sorted({str(versions[i]) for i in d.devices}))
                 break
             for device_id, (proc, _, log) in d.devices.items():
                 if proc.poll() is not None:
-                    raise EdgekitError(f"agent {device_id} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-1500:]}")
+                    raise EdgekitError(
+                        f"agent {device_id} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-1500:]}"
+                    )
         else:
             raise BrokerError(f"the agents did not come online within 90 s; see their logs under {d.work / 'devices'}.")
     engine = d.broker.engine if d.broker else "your broker"
@@ -192,16 +254,17 @@ def _feed(d: Demo) -> None:
 def _watch(d: Demo) -> None:
     from rich.live import Live
 
-    from edgekit.fleet.watch import FleetWatcher
-
     from edgekit.cli import ui
     from edgekit.cli.watch import render
+    from edgekit.fleet.watch import FleetWatcher
 
     seconds = d.args.watch_seconds if d.args.watch_seconds is not None else (5.0 if d.short else 30.0)
     title = f"$ edgekit watch --broker {d.broker_url}   ({seconds:g} s)"
     with FleetWatcher(d.broker_url) as w:
         w.sync()
-        with Live(render(w.snapshot(), title), console=ui.console, refresh_per_second=4, transient=not ui.console.is_terminal) as live:
+        with Live(
+            render(w.snapshot(), title), console=ui.console, refresh_per_second=4, transient=not ui.console.is_terminal
+        ) as live:
             for _ in w.follow(seconds, tick=0.5):
                 live.update(render(w.snapshot(), title))
         if not ui.console.is_terminal:
@@ -209,18 +272,23 @@ def _watch(d: Demo) -> None:
 
 
 def _bench(d: Demo) -> None:
-    from edgekit.fleet import remote
-
     from edgekit.cli import ui
     from edgekit.cli.bench import report_table
+    from edgekit.fleet import remote
 
     device = "pi-kitchen"
     runs = 50 if d.short else 300
     ui.console.print(f"[bold]$ edgekit bench --device {device} --runs {runs}[/]")
     with ui.progress() as prog:
         task = prog.add_task(f"{device}: run_benchmark", total=3)
-        bench = remote.request_benchmark(d.broker_url, device, num_runs=runs, warmup_runs=5, timeout=120,
-                                         on_state=lambda s: prog.update(task, description=f"{device}: {s}", advance=1))  # fmt: skip
+        bench = remote.request_benchmark(
+            d.broker_url,
+            device,
+            num_runs=runs,
+            warmup_runs=5,
+            timeout=120,
+            on_state=lambda s: prog.update(task, description=f"{device}: {s}", advance=1),
+        )
     json_path, png_path = remote.save_report(bench, d.work / "bench")
     ui.console.print(report_table(bench))
     d.outputs.append(("benchmark report (JSON)", json_path))
@@ -231,9 +299,17 @@ def _metrics(d: Demo) -> None:
     from edgekit.cli import ui
 
     with d.exporter.state.lock:
-        rows = [(r.device_id, r.requests, f"{100 * r.accuracy:.1f}" if r.accuracy is not None else "-", r.errors)
-                for r in d.exporter.state.snapshot()]  # fmt: skip
-    ui.console.print(ui.table(f"what the Prometheus exporter counted ({d.exporter.url})", ["device", "requests count", "accuracy %", "errors"], rows))
+        rows = [
+            (r.device_id, r.requests, f"{100 * r.accuracy:.1f}" if r.accuracy is not None else "-", r.errors)
+            for r in d.exporter.state.snapshot()
+        ]
+    ui.console.print(
+        ui.table(
+            f"what the Prometheus exporter counted ({d.exporter.url})",
+            ["device", "requests count", "accuracy %", "errors"],
+            rows,
+        )
+    )
     repo_copy = Path(__file__).resolve().parents[3] / "dashboards" / "edgekit-grafana.json"  # a source checkout
     where = repo_copy if repo_copy.is_file() else "dashboards/edgekit-grafana.json in the edgekit repository"
     d.outputs.append(("Grafana dashboard for the exporter", where))
@@ -297,6 +373,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
         stopped = _cleanup(d)
         ui.console.rule("[bold]clean-up")
         ui.console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    ui.console.print(ui.table(f"where everything went (demo took {time.monotonic() - t0:.0f} s)", ["what", "where"], d.outputs))
-    ui.console.print("next: `edgekit watch --broker URL`, `edgekit exporter --broker URL`, docs/fleet.md (running on a real Pi)")
+    ui.console.print(
+        ui.table(f"where everything went (demo took {time.monotonic() - t0:.0f} s)", ["what", "where"], d.outputs)
+    )
+    ui.console.print(
+        "next: `edgekit watch --broker URL`, `edgekit exporter --broker URL`, docs/fleet.md (running on a real Pi)"
+    )
     return ExitStatus.OK

@@ -21,16 +21,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("bundle", type=Path, help="bundle .tar.gz archive or bundle directory")
     parser.add_argument("--device", action="append", required=True, metavar="ID", help="device id (repeatable)")
-    parser.add_argument("--broker", required=True, metavar="URL", help="mqtt://[user:pass@]HOST:PORT or mqtts://… (TLS)")
+    parser.add_argument(
+        "--broker", required=True, metavar="URL", help="mqtt://[user:pass@]HOST:PORT or mqtts://… (TLS)"
+    )
     parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA certificate of the broker (private CA)")
-    parser.add_argument("--health-window", type=float, default=30.0, metavar="S", help="seconds the device watches the new bundle (default 30)")
-    parser.add_argument("--max-error-rate", type=float, metavar="F", help="fail above this error rate (device default 0.05)")
-    parser.add_argument("--max-p99-ratio", type=float, metavar="X", help="fail when p99 invoke latency exceeds X times the old bundle's (default 3)")
-    parser.add_argument("--max-accuracy-drop", type=float, metavar="F", help="fail when labelled accuracy falls more than F below the old bundle's (default 0.10)")
-    parser.add_argument("--min-requests", type=int, metavar="N", help="fail when fewer inferences than N ran in the window (default 0)")
-    parser.add_argument("--chunk-bytes", type=int, default=OTA_CHUNK_BYTES, metavar="N", help=f"chunk size (default {OTA_CHUNK_BYTES})")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up on a device after S seconds (default 300)")
-    parser.add_argument("--no-wait", action="store_true", help="return once the devices serve the new bundle (do not wait for the health window)")
+    parser.add_argument(
+        "--health-window",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds the device watches the new bundle (default 30)",
+    )
+    parser.add_argument(
+        "--max-error-rate", type=float, metavar="F", help="fail above this error rate (device default 0.05)"
+    )
+    parser.add_argument(
+        "--max-p99-ratio",
+        type=float,
+        metavar="X",
+        help="fail when p99 invoke latency exceeds X times the old bundle's (default 3)",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="F",
+        help="fail when labelled accuracy falls more than F below the old bundle's (default 0.10)",
+    )
+    parser.add_argument(
+        "--min-requests", type=int, metavar="N", help="fail when fewer inferences than N ran in the window (default 0)"
+    )
+    parser.add_argument(
+        "--chunk-bytes", type=int, default=OTA_CHUNK_BYTES, metavar="N", help=f"chunk size (default {OTA_CHUNK_BYTES})"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, metavar="S", help="give up on a device after S seconds (default 300)"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the devices serve the new bundle (do not wait for the health window)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -46,8 +76,8 @@ def _health(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.fleet.deploy import deploy
     from edgekit.cli import ui
+    from edgekit.fleet.deploy import deploy
 
     with ui.progress() as bar:
         tasks = {d: bar.add_task(f"{d}: begin", total=None) for d in args.device}
@@ -83,7 +113,13 @@ def run(args: argparse.Namespace) -> ExitStatus:
             for d in report.devices
         ]
         title = f"deploy {report.archive.name} ({report.archive_bytes:,} B, sha256 {report.archive_sha256[:12]}…) in {report.seconds:.1f} s"
-        ui.console.print(ui.table(title, ("device", "outcome", "chunks sent", "transfer s", "to active s", "to committed s", "rollback", "why"), rows))
+        ui.console.print(
+            ui.table(
+                title,
+                ("device", "outcome", "chunks sent", "transfer s", "to active s", "to committed s", "rollback", "why"),
+                rows,
+            )
+        )
     outcomes = {d.outcome for d in report.devices}
     if report.ok:
         return ExitStatus.OK

@@ -23,11 +23,23 @@ from edgekit_agent.contract.errors import DatasetError, ExitStatus, ModelError, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", type=Path, metavar="TARGET", help="bundle directory, bundle .tar.gz or .tflite file")
-    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
-    parser.add_argument("--keras", type=Path, default=None, metavar="MODEL", help="also evaluate this float Keras model on the same images")
-    parser.add_argument("--split", choices=("test", "all"), default="test", help="held-out test split (default) or every image")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz"
+    )
+    parser.add_argument(
+        "--keras",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="also evaluate this float Keras model on the same images",
+    )
+    parser.add_argument(
+        "--split", choices=("test", "all"), default="test", help="held-out test split (default) or every image"
+    )
     parser.add_argument("--seed", type=int, default=None, help="split seed (default: the bundle's, else 0)")
-    parser.add_argument("--per-layer", action="store_true", help="list the layers with the worst quantisation error (needs --keras)")
+    parser.add_argument(
+        "--per-layer", action="store_true", help="list the layers with the worst quantisation error (needs --keras)"
+    )
     parser.add_argument("--top", type=int, default=10, help="how many layers --per-layer lists (default 10)")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
@@ -63,29 +75,38 @@ def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
 
     bundle = load_bundle(target, workdir=workdir)  # verifies every file's sha256 against the manifest
     m = bundle.manifest
-    return {"model": bundle.model_path, "spec": m.preprocess, "labels": m.labels,
-            "split": dict(m.metrics.get("split") or {}), "kind": "bundle", "name": f"{m.name} {m.version} ({m.profile_name})"}
+    return {
+        "model": bundle.model_path,
+        "spec": m.preprocess,
+        "labels": m.labels,
+        "split": dict(m.metrics.get("split") or {}),
+        "kind": "bundle",
+        "name": f"{m.name} {m.version} ({m.profile_name})",
+    }
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
     if args.per_layer and args.keras is None:
         raise UsageError("--per-layer needs the float model: add --keras MODEL.")
+    from edgekit.cli import ui
+    from edgekit.cli.datasets import load_with_progress
     from edgekit.pipeline.data import split_dataset
     from edgekit.pipeline.evaluate import compare, per_layer_errors
 
-    from edgekit.cli import ui
-    from edgekit.cli.datasets import load_with_progress
-
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         t = _load_target(args.target, Path(tmp))
-        ds = load_with_progress(args.dataset, t["spec"] if args.dataset.suffix != ".npz" else None, strict=args.strict, quiet=args.json)
+        ds = load_with_progress(
+            args.dataset, t["spec"] if args.dataset.suffix != ".npz" else None, strict=args.strict, quiet=args.json
+        )
         labels = t["labels"] or ds.labels
         mapping = _map_labels(ds.labels, labels, args.target)
         seed = args.seed if args.seed is not None else int(t["split"].get("seed", 0))
         if args.split == "all":
             x, y_ds, train_x = ds.x, ds.y, ds.x
         else:
-            splits = split_dataset(ds, val=float(t["split"].get("val", 0.15)), test=float(t["split"].get("test", 0.15)), seed=seed)
+            splits = split_dataset(
+                ds, val=float(t["split"].get("val", 0.15)), test=float(t["split"].get("test", 0.15)), seed=seed
+            )
             x, y_ds, train_x = splits.test.x, splits.test.y, splits.train.x
         y = mapping[y_ds]
         model = None
@@ -95,19 +116,37 @@ def run(args: argparse.Namespace) -> ExitStatus:
             model = load_model(args.keras)
             shape = model_shape(model, args.keras, args.dataset)
             takes, feeds = tuple(shape.input_shape[1:]), tuple(x.shape[1:])
-            if any(a is not None and a != b for a, b in zip(takes, feeds)) or len(takes) != len(feeds) \
-                    or shape.classes not in (None, len(labels)):  # fmt: skip
+            if (
+                any(a is not None and a != b for a, b in zip(takes, feeds))
+                or len(takes) != len(feeds)
+                or shape.classes not in (None, len(labels))
+            ):
                 raise ModelError(
                     f"{args.keras}: the Keras model takes {takes} and gives {shape.classes} classes, but "
                     f"{args.target} takes {feeds} and gives {len(labels)}; pass the float model this bundle was built from."
                 )
         with ui.progress() as bar:
             task = bar.add_task("evaluating int8", total=len(y))
-            report = compare(t["model"], x, y, model=model, num_threads=args.threads, num_classes=len(labels),
-                             float_bytes=_size(args.keras), on_progress=lambda d, n: bar.update(task, completed=d))
+            report = compare(
+                t["model"],
+                x,
+                y,
+                model=model,
+                num_threads=args.threads,
+                num_classes=len(labels),
+                float_bytes=_size(args.keras),
+                on_progress=lambda d, n: bar.update(task, completed=d),
+            )
         layers = per_layer_errors(model, train_x, top=args.top, seed=seed) if args.per_layer else []
-    info = {"target": str(args.target), "kind": t["kind"], "labels": list(labels), "split": args.split, "seed": seed,
-            **report.to_dict(), "skipped_images": len(ds.skipped)}
+    info = {
+        "target": str(args.target),
+        "kind": t["kind"],
+        "labels": list(labels),
+        "split": args.split,
+        "seed": seed,
+        **report.to_dict(),
+        "skipped_images": len(ds.skipped),
+    }
     if layers:
         info["per_layer"] = [e.to_dict() for e in layers]
     if args.json:
@@ -123,23 +162,39 @@ def _size(path: Path | None) -> int | None:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _print(args: argparse.Namespace, t: dict[str, Any], report: Any, labels: tuple[str, ...], layers: list[Any], seed: int) -> None:
+def _print(
+    args: argparse.Namespace, t: dict[str, Any], report: Any, labels: tuple[str, ...], layers: list[Any], seed: int
+) -> None:
     from edgekit.cli import ui
 
     c = ui.console
     where = f"{report.int8_result.samples} images ({'held-out test split, seed ' + str(seed) if args.split == 'test' else 'all'})"
-    rows = [("target", f"{args.target} ({t.get('name', t['kind'])})"), ("evaluated on", where),
-            ("int8 accuracy", f"{100 * report.int8_accuracy:.2f} %  ({report.int8_result.correct} correct)"),
-            ("int8 model", ui.kib(report.int8_bytes))]
+    rows = [
+        ("target", f"{args.target} ({t.get('name', t['kind'])})"),
+        ("evaluated on", where),
+        ("int8 accuracy", f"{100 * report.int8_accuracy:.2f} %  ({report.int8_result.correct} correct)"),
+        ("int8 model", ui.kib(report.int8_bytes)),
+    ]
     if report.float_result is not None:
-        rows += [("float accuracy (Keras)", f"{100 * report.float_accuracy:.2f} %"),
-                 ("drop", f"{report.drop_points:+.2f} points"),
-                 ("float model file", ui.kib(report.float_bytes))]
+        rows += [
+            ("float accuracy (Keras)", f"{100 * report.float_accuracy:.2f} %"),
+            ("drop", f"{report.drop_points:+.2f} points"),
+            ("float model file", ui.kib(report.float_bytes)),
+        ]
     c.print(ui.table("Evaluation", ("", "value"), rows))
     conf = report.int8_result.confusion
-    c.print(ui.table("int8 confusion matrix (rows: true class, columns: predicted)", ("true \\ predicted", *labels),
-                     [(labels[i], *row) for i, row in enumerate(conf) if sum(row)]))
+    c.print(
+        ui.table(
+            "int8 confusion matrix (rows: true class, columns: predicted)",
+            ("true \\ predicted", *labels),
+            [(labels[i], *row) for i, row in enumerate(conf) if sum(row)],
+        )
+    )
     if layers:
-        c.print(ui.table("Layers with the largest quantisation error (RMSE in output-scale steps; ~0.29 is rounding alone)",
-                         ("op", "tensor", "rmse/scale", "max abs error"),
-                         [(e.op, e.tensor, f"{e.rmse_over_scale:.3f}", f"{e.max_abs_error:.4g}") for e in layers]))
+        c.print(
+            ui.table(
+                "Layers with the largest quantisation error (RMSE in output-scale steps; ~0.29 is rounding alone)",
+                ("op", "tensor", "rmse/scale", "max abs error"),
+                [(e.op, e.tensor, f"{e.rmse_over_scale:.3f}", f"{e.max_abs_error:.4g}") for e in layers],
+            )
+        )

@@ -12,10 +12,14 @@ from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, metavar="PATH", help="bundle directory, bundle archive (.tar.gz) or .tflite file")
+    parser.add_argument(
+        "path", type=Path, metavar="PATH", help="bundle directory, bundle archive (.tar.gz) or .tflite file"
+    )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     parser.add_argument("--all-tensors", action="store_true", help="list every tensor, not only inputs and outputs")
-    parser.add_argument("--trusted-keys", type=Path, metavar="DIR", help="also check the signature against the *.pub keys in DIR")
+    parser.add_argument(
+        "--trusted-keys", type=Path, metavar="DIR", help="also check the signature against the *.pub keys in DIR"
+    )
 
 
 def _quant(scales: tuple[float, ...], zeros: tuple[int, ...]) -> tuple[str, str]:
@@ -27,9 +31,8 @@ def _quant(scales: tuple[float, ...], zeros: tuple[int, ...]) -> tuple[str, str]
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.package.inspection import inspect_path
-
     from edgekit.cli import ui
+    from edgekit.package.inspection import inspect_path
 
     report = inspect_path(args.path, trusted_keys=args.trusted_keys)
     status = ExitStatus.OK if report.verified else ExitStatus.BUNDLE_REJECTED
@@ -39,7 +42,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     c = ui.console
     m = report.manifest
-    rows: list[tuple[str, str]] = [("path", str(report.path)), ("kind", report.kind), ("model", f"{report.model_file} ({ui.kib(report.model_bytes)})")]
+    rows: list[tuple[str, str]] = [
+        ("path", str(report.path)),
+        ("kind", report.kind),
+        ("model", f"{report.model_file} ({ui.kib(report.model_bytes)})"),
+    ]
     if m is not None:
         metrics = m.get("metrics") or {}
         rows += [
@@ -51,14 +58,21 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ("output", ", ".join(f"{t['dtype']} {t['shape']} ({m.get('outputs_are') or '?'})" for t in m["outputs"])),
         ]
         if "float_accuracy" in metrics and "int8_accuracy" in metrics:
-            rows.append((
-                "accuracy",
-                f"float {100 * metrics['float_accuracy']:.2f} %, int8 {100 * metrics['int8_accuracy']:.2f} % "
-                f"on {metrics.get('samples', '?')} held-out samples" + (" (QAT)" if metrics.get("qat") else ""),
-            ))
+            rows.append(
+                (
+                    "accuracy",
+                    f"float {100 * metrics['float_accuracy']:.2f} %, int8 {100 * metrics['int8_accuracy']:.2f} % "
+                    f"on {metrics.get('samples', '?')} held-out samples" + (" (QAT)" if metrics.get("qat") else ""),
+                )
+            )
         sizes = metrics.get("sizes") or {}
         if sizes.get("int8_float_ratio"):
-            rows.append(("int8 / float32", f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} B = {sizes['int8_float_ratio']:.3f}"))
+            rows.append(
+                (
+                    "int8 / float32",
+                    f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} B = {sizes['int8_float_ratio']:.3f}",
+                )
+            )
         if m.get("fit"):
             rows.append(("fit", "fits" if m["fit"].get("fits") else "DOES NOT FIT"))
         if report.signed_by:
@@ -71,13 +85,25 @@ def run(args: argparse.Namespace) -> ExitStatus:
     c.print(ui.table("Summary", ("field", "value"), rows))
 
     if report.files:
-        c.print(ui.table("Files (sha256 against the manifest)", ("file", "bytes", "status"), [(f.name, f.bytes if f.bytes is not None else "-", f.status) for f in report.files]))
+        c.print(
+            ui.table(
+                "Files (sha256 against the manifest)",
+                ("file", "bytes", "status"),
+                [(f.name, f.bytes if f.bytes is not None else "-", f.status) for f in report.files],
+            )
+        )
     if report.operators:
         c.print(ui.table("Operators", ("operator", "count"), report.operators))
     tensors = report.tensors if args.all_tensors else [t for t in report.tensors if t.role]
     if tensors:
         title = "Tensors" if args.all_tensors else "Input and output tensors (--all-tensors for all)"
-        c.print(ui.table(title, ("#", "role", "name", "dtype", "shape", "scale", "zero point"), [(t.index, t.role, t.name, t.dtype, list(t.shape), *_quant(t.scales, t.zero_points)) for t in tensors]))
+        c.print(
+            ui.table(
+                title,
+                ("#", "role", "name", "dtype", "shape", "scale", "zero point"),
+                [(t.index, t.role, t.name, t.dtype, list(t.shape), *_quant(t.scales, t.zero_points)) for t in tensors],
+            )
+        )
     if report.verified:
         if report.kind != "tflite":
             c.print("[green]verified:[/] every file matches the manifest")

@@ -26,17 +26,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.package import keys
     from edgekit.cli import ui
+    from edgekit.package import keys
 
     if args.keys_command == "new":
         pair = keys.new_keypair(args.out, args.name, overwrite=args.force)
-        result = {"name": pair.name, "key_id": pair.key_id, "private_key": str(pair.private_path), "public_key": str(pair.public_path)}
+        result = {
+            "name": pair.name,
+            "key_id": pair.key_id,
+            "private_key": str(pair.private_path),
+            "public_key": str(pair.public_path),
+        }
         if args.json:
             ui.print_json(result)
         else:
             ui.console.print(ui.table("signing key", ["field", "value"], result.items()))
-            ui.err_console.print(f"keep {pair.private_path} secret; copy {pair.public_path} to each device's --trusted-keys directory.")
+            ui.err_console.print(
+                f"keep {pair.private_path} secret; copy {pair.public_path} to each device's --trusted-keys directory."
+            )
         return ExitStatus.OK
     # keys id
     if args.key.suffix == keys.PRIVATE_SUFFIX:

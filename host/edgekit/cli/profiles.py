@@ -11,14 +11,15 @@ from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", metavar="PROFILE", help="profile names or TOML paths (default: every shipped profile)")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PROFILE", help="profile names or TOML paths (default: every shipped profile)"
+    )
     parser.add_argument("--json", action="store_true", help="print the profiles as JSON on stdout")
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.profiles import load_all_profiles, load_profile
-
     from edgekit.cli import ui
+    from edgekit.profiles import load_all_profiles, load_profile
 
     profiles = [load_profile(p) for p in args.paths] if args.paths else load_all_profiles()
     if args.json:
@@ -46,5 +47,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         )
     )
     for p in profiles:
-        ui.console.print(f"[bold]{p.name}[/]: {p.description}" + (f" — {p.datasheet}" if p.datasheet else ""), highlight=False)
+        ui.console.print(
+            f"[bold]{p.name}[/]: {p.description}" + (f" — {p.datasheet}" if p.datasheet else ""), highlight=False
+        )
     return ExitStatus.OK

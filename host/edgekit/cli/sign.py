@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.package.keys import sign_bundle
     from edgekit.cli import ui
+    from edgekit.package.keys import sign_bundle
 
     res = sign_bundle(args.bundle, args.key)
     result = {

@@ -17,14 +17,29 @@ ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz")
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL", help="where to save the model (.keras or .h5)")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL", help="where to save the model (.keras or .h5)"
+    )
     parser.add_argument("--arch", choices=ARCH_CHOICES, default="auto", help="zoo architecture (default: auto)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per architecture, 6 for the CNN)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: per architecture, 6 for the CNN)"
+    )
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
-    parser.add_argument("--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)")
-    parser.add_argument("--color", choices=("auto", "grey", "rgb"), default="auto", help="colour mode (default: inferred from the images)")
-    parser.add_argument("--no-augment", action="store_true", help="train on the images only (the CNN adds shifted copies by default)")
+    parser.add_argument(
+        "--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)"
+    )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "grey", "rgb"),
+        default="auto",
+        help="colour mode (default: inferred from the images)",
+    )
+    parser.add_argument(
+        "--no-augment", action="store_true", help="train on the images only (the CNN adds shifted copies by default)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
     parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -32,9 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _spec(args: argparse.Namespace) -> object | None:
     """A preprocessing spec from --image-size/--color, or None to infer both from the images."""
-    from edgekit.pipeline.data import folder_spec
-
     from edgekit.cli.datasets import parse_size
+    from edgekit.pipeline.data import folder_spec
 
     size = parse_size(args.image_size)
     if (size is None and args.color == "auto") or args.dataset.suffix == ".npz":
@@ -43,11 +57,10 @@ def _spec(args: argparse.Namespace) -> object | None:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
-    from edgekit.pipeline.data import split_dataset
-    from edgekit.pipeline.train import save_model, train_model
-
     from edgekit.cli import ui
     from edgekit.cli.datasets import load_with_progress
+    from edgekit.pipeline.data import split_dataset
+    from edgekit.pipeline.train import save_model, train_model
 
     ds = load_with_progress(args.dataset, _spec(args), strict=args.strict, quiet=args.json)
     splits = split_dataset(ds, seed=args.seed)
@@ -58,8 +71,15 @@ def run(args: argparse.Namespace) -> ExitStatus:
             acc = logs.get("val_accuracy", logs.get("accuracy", 0.0))
             bar.update(task, completed=epoch + 1, total=epochs, description=f"training (val accuracy {acc:.3f})")
 
-        result = train_model(splits, arch=args.arch, epochs=args.epochs, seed=args.seed, alpha=args.alpha,
-                             augment=False if args.no_augment else None, on_epoch=on_epoch)
+        result = train_model(
+            splits,
+            arch=args.arch,
+            epochs=args.epochs,
+            seed=args.seed,
+            alpha=args.alpha,
+            augment=False if args.no_augment else None,
+            on_epoch=on_epoch,
+        )
     path = save_model(result.model, args.out)
     info = {
         "model": str(path),
@@ -80,7 +100,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
     rows = [
         ("model", info["model"]),
         ("architecture", f"{result.arch} ({info['params']:,} parameters, input {tuple(info['input_shape'])})"),
-        ("dataset", f"{len(ds)} images, {len(ds.labels)} classes, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}"),
+        (
+            "dataset",
+            f"{len(ds)} images, {len(ds.labels)} classes, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
+        ),
         ("split (seed)", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} ({args.seed})"),
         ("epochs", str(result.epochs)),
         ("float test accuracy", f"{100 * result.float_accuracy:.2f} % on {result.test_samples} images"),

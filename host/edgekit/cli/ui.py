@@ -6,15 +6,17 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
-from edgekit_agent.contract.errors import EdgekitError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from edgekit_agent.contract.errors import EdgekitError
 
 # Not a terminal (a pipe, a file, CI): rich would assume 80 columns and squeeze the tables; use a wide page.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160

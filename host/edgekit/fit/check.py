@@ -14,16 +14,16 @@ Checks per target (a table, not an if-chain):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable
-
-from edgekit_agent.contract.errors import FitError, ModelError
+from typing import Any
 
 from edgekit.fit.edgetpu import CACHE_BYTES, EdgeTpuReport, edgetpu_report
-from edgekit.profiles import Profile, Target
 from edgekit.fit.tflite_graph import Graph, read_graph
 from edgekit.fit.tflm import measure_arena
+from edgekit.profiles import Profile, Target
+from edgekit_agent.contract.errors import FitError, ModelError
 
 
 class Verdict(StrEnum):
@@ -48,8 +48,15 @@ class FitRow:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (verdict as a string)."""
-        return {"check": self.check, "measured": self.measured, "budget": self.budget, "headroom": self.headroom,
-                "verdict": str(self.verdict), "detail": self.detail, "what_to_try": self.what_to_try}
+        return {
+            "check": self.check,
+            "measured": self.measured,
+            "budget": self.budget,
+            "headroom": self.headroom,
+            "verdict": str(self.verdict),
+            "detail": self.detail,
+            "what_to_try": self.what_to_try,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +95,18 @@ class FitReport:
     def to_dict(self) -> dict[str, Any]:
         """The form stored in a bundle's manifest["fit"] and printed by ``edgekit check --json``."""
         d: dict[str, Any] = {
-            "model": self.model, "profile": self.profile, "target": self.target, "fits": self.fits,
-            "model_bytes": self.model_bytes, "model_sha256": self.model_sha256, "ops": list(self.ops),
-            "margin": self.margin, "arena_bytes": self.arena_bytes, "arena_with_margin": self.arena_with_margin,
-            "flash_bytes": self.flash_bytes, "tflm_agreement": self.tflm_agreement,
+            "model": self.model,
+            "profile": self.profile,
+            "target": self.target,
+            "fits": self.fits,
+            "model_bytes": self.model_bytes,
+            "model_sha256": self.model_sha256,
+            "ops": list(self.ops),
+            "margin": self.margin,
+            "arena_bytes": self.arena_bytes,
+            "arena_with_margin": self.arena_with_margin,
+            "flash_bytes": self.flash_bytes,
+            "tflm_agreement": self.tflm_agreement,
             "checks": [r.to_dict() for r in self.rows],
         }
         if self.edgetpu is not None:
@@ -104,7 +119,9 @@ class FitReport:
         lines = [head]
         for r in self.rows:
             if r.verdict is not Verdict.OK:
-                lines.append(f"  {r.check} [{r.verdict}]: {r.detail}" + (f" Try: {r.what_to_try}" if r.what_to_try else ""))
+                lines.append(
+                    f"  {r.check} [{r.verdict}]: {r.detail}" + (f" Try: {r.what_to_try}" if r.what_to_try else "")
+                )
         return "\n".join(lines)
 
 
@@ -138,9 +155,18 @@ def _with_margin(n: int, margin: float) -> int:
 def _row_budget(check: str, need: int, budget: int, what: str, detail: str, try_: str, warn: bool = False) -> FitRow:
     head = budget - need
     if head >= 0:
-        return FitRow(check, need, budget, head, Verdict.OK, f"{detail} = {_b(need)} ≤ {_b(budget)} {what}; headroom {_b(head)}.")
-    return FitRow(check, need, budget, head, Verdict.WARN if warn else Verdict.FAIL,
-                  f"{detail} = {_b(need)} > {_b(budget)} {what}: over by {_b(-head)}.", try_)
+        return FitRow(
+            check, need, budget, head, Verdict.OK, f"{detail} = {_b(need)} ≤ {_b(budget)} {what}; headroom {_b(head)}."
+        )
+    return FitRow(
+        check,
+        need,
+        budget,
+        head,
+        Verdict.WARN if warn else Verdict.FAIL,
+        f"{detail} = {_b(need)} > {_b(budget)} {what}: over by {_b(-head)}.",
+        try_,
+    )
 
 
 def _check_dtypes(c: _Ctx) -> FitRow:
@@ -157,14 +183,26 @@ def _check_dtypes(c: _Ctx) -> FitRow:
     islands = sorted({produced_by[t.index].name for t in floats if t.index in produced_by})
     measured = f"in {'/'.join(io_in)}, out {'/'.join(io_out)}, {len(floats)} float tensors"
     if floats:
-        problems.append(f"{len(floats)} float activation tensors (float island made by {', '.join(islands) or 'inputs'})")
+        problems.append(
+            f"{len(floats)} float activation tensors (float island made by {', '.join(islands) or 'inputs'})"
+        )
     if not problems:
-        return FitRow("dtypes", measured, f"{p.input_dtype}/{p.output_dtype}, no float", None, Verdict.OK,
-                      "all activations are 8-bit integers; input and output dtypes match the profile.")
+        return FitRow(
+            "dtypes",
+            measured,
+            f"{p.input_dtype}/{p.output_dtype}, no float",
+            None,
+            Verdict.OK,
+            "all activations are 8-bit integers; input and output dtypes match the profile.",
+        )
     only_floats_on_cpu = p.target is Target.CPU and len(problems) == 1 and floats
     return FitRow(
-        "dtypes", measured, f"{p.input_dtype}/{p.output_dtype}, no float", None,
-        Verdict.WARN if only_floats_on_cpu else Verdict.FAIL, "; ".join(problems) + ".",
+        "dtypes",
+        measured,
+        f"{p.input_dtype}/{p.output_dtype}, no float",
+        None,
+        Verdict.WARN if only_floats_on_cpu else Verdict.FAIL,
+        "; ".join(problems) + ".",
         f"convert with `edgekit convert --profile {p.name}` (full int8, {p.input_dtype} input, {p.output_dtype} output) "
         "and replace the layers that leave float islands.",
     )
@@ -175,14 +213,21 @@ def _check_arena(c: _Ctx) -> FitRow:
     arena = c.arena()
     if arena is None:
         error = c.extra["arena_error"]
-        try_ = ("calibrate with representative inputs of a trained model so every tensor has a real range."
-                if "Likely cause" in error else "use only TFLite Micro operators and full-int8 tensors.")
+        try_ = (
+            "calibrate with representative inputs of a trained model so every tensor has a real range."
+            if "Likely cause" in error
+            else "use only TFLite Micro operators and full-int8 tensors."
+        )
         return FitRow("arena", "unmeasurable", p.ram_bytes, None, Verdict.FAIL, error, try_)
     need = _with_margin(arena, p.margin)
     c.extra["arena_with_margin"] = need
     return _row_budget(
-        "arena", need, p.ram_bytes, "RAM left for the arena",
-        f"TFLite Micro arena {_b(arena)} + {p.margin:.0%} margin", "fewer or narrower channels in the early layers, "
+        "arena",
+        need,
+        p.ram_bytes,
+        "RAM left for the arena",
+        f"TFLite Micro arena {_b(arena)} + {p.margin:.0%} margin",
+        "fewer or narrower channels in the early layers, "
         "a smaller input resolution, or stride 2 sooner (the largest pair of live activations sets the arena).",
     )
 
@@ -192,7 +237,10 @@ def _check_flash(c: _Ctx) -> FitRow:
     need = c.graph.model_bytes + p.runtime_flash_bytes
     c.extra["flash"] = need
     return _row_budget(
-        "flash", need, p.flash_bytes, "flash left for model and runtime",
+        "flash",
+        need,
+        p.flash_bytes,
+        "flash left for model and runtime",
         f"model {_b(c.graph.model_bytes)} + runtime/kernels estimate {_b(p.runtime_flash_bytes)}",
         "fewer parameters (narrower layers, depthwise-separable convolutions, pruning does not shrink flash).",
     )
@@ -202,17 +250,33 @@ def _check_storage(c: _Ctx) -> FitRow:
     p = c.profile
     need = c.graph.model_bytes + p.runtime_flash_bytes
     c.extra["flash"] = need
-    return _row_budget("storage", need, p.flash_bytes, "storage budget", f"model {_b(c.graph.model_bytes)}",
-                       "a smaller model, or raise memory.flash_bytes if the device has the space.")
+    return _row_budget(
+        "storage",
+        need,
+        p.flash_bytes,
+        "storage budget",
+        f"model {_b(c.graph.model_bytes)}",
+        "a smaller model, or raise memory.flash_bytes if the device has the space.",
+    )
 
 
 def _check_ram(c: _Ctx) -> FitRow:
     p = c.profile
     arena = c.arena()
-    acts, how = (arena, "activations planned by TFLite Micro") if arena else (c.graph.activation_bytes(), "all activation tensors")
+    acts, how = (
+        (arena, "activations planned by TFLite Micro")
+        if arena
+        else (c.graph.activation_bytes(), "all activation tensors")
+    )
     need = _with_margin(c.graph.model_bytes + acts, p.margin)
-    return _row_budget("ram", need, p.ram_bytes, "RAM budget", f"model + {how} {_b(acts)} + {p.margin:.0%} margin",
-                       "a smaller input resolution or fewer channels.")
+    return _row_budget(
+        "ram",
+        need,
+        p.ram_bytes,
+        "RAM budget",
+        f"model + {how} {_b(acts)} + {p.margin:.0%} margin",
+        "a smaller input resolution or fewer channels.",
+    )
 
 
 def _check_ops_mcu(c: _Ctx) -> FitRow:
@@ -222,11 +286,21 @@ def _check_ops_mcu(c: _Ctx) -> FitRow:
     missing = [op for op in used if op not in allowed]
     measured = f"{len(used)} ops: {', '.join(used)}"
     if p.ops is None or not missing:
-        return FitRow("ops", measured, f"{len(allowed) if p.ops is not None else 'all'} registered", None, Verdict.OK,
-                      "every operator is registered by the firmware.")
+        return FitRow(
+            "ops",
+            measured,
+            f"{len(allowed) if p.ops is not None else 'all'} registered",
+            None,
+            Verdict.OK,
+            "every operator is registered by the firmware.",
+        )
     counts = {op: sum(1 for o in g.operators if o.name == op) for op in missing}
     return FitRow(
-        "ops", measured, f"{len(allowed)} registered", None, Verdict.FAIL,
+        "ops",
+        measured,
+        f"{len(allowed)} registered",
+        None,
+        Verdict.FAIL,
         "not registered by the firmware: " + ", ".join(f"{op} (×{n})" for op, n in counts.items()) + ".",
         f"register {', '.join(_registration(op) for op in missing)} in the firmware's MicroMutableOpResolver and "
         "list them in the profile's ops.builtin, or change the layers that produce them.",
@@ -248,12 +322,24 @@ def _check_ops_cpu(c: _Ctx) -> FitRow:
     flex = [n for n in custom if n.startswith("Flex")]
     measured = f"{len(used)} ops"
     if flex:
-        return FitRow("ops", measured, "TFLite builtins", None, Verdict.FAIL,
-                      f"TensorFlow (Flex) ops {', '.join(flex)} need the Flex delegate, which LiteRT wheels lack.",
-                      "convert with TFLITE_BUILTINS_INT8 only.")
+        return FitRow(
+            "ops",
+            measured,
+            "TFLite builtins",
+            None,
+            Verdict.FAIL,
+            f"TensorFlow (Flex) ops {', '.join(flex)} need the Flex delegate, which LiteRT wheels lack.",
+            "convert with TFLITE_BUILTINS_INT8 only.",
+        )
     if custom:
-        return FitRow("ops", measured, "TFLite builtins", None, Verdict.WARN,
-                      f"custom ops {', '.join(custom)} must be registered by the application.")
+        return FitRow(
+            "ops",
+            measured,
+            "TFLite builtins",
+            None,
+            Verdict.WARN,
+            f"custom ops {', '.join(custom)} must be registered by the application.",
+        )
     return FitRow("ops", measured, "TFLite builtins", None, Verdict.OK, "only builtin operators.")
 
 
@@ -268,21 +354,40 @@ def _check_edgetpu(c: _Ctx) -> FitRow:
     if rep.all_mapped:
         return FitRow("edgetpu", measured, f"{total}/{total}", 0, Verdict.OK, f"{rep.split_description()}; {compiled}.")
     return FitRow(
-        "edgetpu", measured, f"{total}/{total}", rep.mapped - total, Verdict.FAIL, f"{rep.split_description()}; {compiled}.",
+        "edgetpu",
+        measured,
+        f"{total}/{total}",
+        rep.mapped - total,
+        Verdict.FAIL,
+        f"{rep.split_description()}; {compiled}.",
         "keep every layer 8-bit and in Coral's list (no float islands, fixed batch-1 shapes) so the whole graph maps.",
     )
 
 
 def _check_param_cache(c: _Ctx) -> FitRow:
-    rep: EdgeTpuReport = c.extra.get("edgetpu") or edgetpu_report(c.graph, c.tflite, c.name, supported=c.profile.ops, run_compiler=c.run_compiler)
+    rep: EdgeTpuReport = c.extra.get("edgetpu") or edgetpu_report(
+        c.graph, c.tflite, c.name, supported=c.profile.ops, run_compiler=c.run_compiler
+    )
     if rep.compiler.compiled and rep.compiler.off_chip_bytes is not None:
         off = rep.compiler.off_chip_bytes
         verdict = Verdict.OK if off == 0 else Verdict.WARN
-        return FitRow("param-cache", rep.compiler.on_chip_bytes or 0, CACHE_BYTES, CACHE_BYTES - (rep.compiler.on_chip_bytes or 0),
-                      verdict, f"compiler: {_b(off)} of parameters stream from host memory.")
-    return _row_budget("param-cache", rep.parameter_bytes, CACHE_BYTES, "on-chip parameter cache (about 8 MB)",
-                       "parameters of the mapped operators", "fewer parameters, or accept off-chip streaming (slower).",
-                       warn=True)
+        return FitRow(
+            "param-cache",
+            rep.compiler.on_chip_bytes or 0,
+            CACHE_BYTES,
+            CACHE_BYTES - (rep.compiler.on_chip_bytes or 0),
+            verdict,
+            f"compiler: {_b(off)} of parameters stream from host memory.",
+        )
+    return _row_budget(
+        "param-cache",
+        rep.parameter_bytes,
+        CACHE_BYTES,
+        "on-chip parameter cache (about 8 MB)",
+        "parameters of the mapped operators",
+        "fewer parameters, or accept off-chip streaming (slower).",
+        warn=True,
+    )
 
 
 _CHECKS: dict[Target, tuple[Callable[[_Ctx], FitRow], ...]] = {
@@ -305,8 +410,15 @@ def _check_agreement(c: _Ctx, golden_inputs: Any) -> FitRow:
     if agreement == 1.0:
         return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.OK, detail + ".")
     # Kernels round differently; a few flips near a decision boundary are expected, many are not.
-    return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.WARN, detail + " (rounding differences).",
-                  "compare the raw outputs of the disagreeing samples; check the input quantisation.")
+    return FitRow(
+        "tflm-agreement",
+        agreement,
+        1.0,
+        None,
+        Verdict.WARN,
+        detail + " (rounding differences).",
+        "compare the raw outputs of the disagreeing samples; check the input quantisation.",
+    )
 
 
 def check_fit(
@@ -325,10 +437,19 @@ def check_fit(
         rows += (_check_agreement(c, golden_inputs),)
     arena = c.extra.get("arena")
     return FitReport(
-        model=name, profile=profile.name, target=str(profile.target), model_bytes=graph.model_bytes,
-        model_sha256=graph.sha256, ops=graph.op_names(), rows=rows, margin=profile.margin,
-        arena_bytes=arena, arena_with_margin=c.extra.get("arena_with_margin") or (_with_margin(arena, profile.margin) if arena else None),
-        flash_bytes=c.extra.get("flash"), edgetpu=c.extra.get("edgetpu"), tflm_agreement=c.extra.get("agreement"),
+        model=name,
+        profile=profile.name,
+        target=str(profile.target),
+        model_bytes=graph.model_bytes,
+        model_sha256=graph.sha256,
+        ops=graph.op_names(),
+        rows=rows,
+        margin=profile.margin,
+        arena_bytes=arena,
+        arena_with_margin=c.extra.get("arena_with_margin") or (_with_margin(arena, profile.margin) if arena else None),
+        flash_bytes=c.extra.get("flash"),
+        edgetpu=c.extra.get("edgetpu"),
+        tflm_agreement=c.extra.get("agreement"),
     )
 
 
@@ -338,7 +459,8 @@ def require_fit(report: FitReport) -> FitReport:
         return report
     parts = [f"{r.check}: {r.detail}" + (f" Try: {r.what_to_try}" if r.what_to_try else "") for r in report.failures()]
     raise FitError(
-        f"{report.model} does not fit {report.profile} ({report.target}): " + " | ".join(parts)
+        f"{report.model} does not fit {report.profile} ({report.target}): "
+        + " | ".join(parts)
         + " (use --keep-going to build the other profiles anyway)"
     )
 
@@ -350,6 +472,8 @@ def bundle_artifacts(tflite: bytes, report: FitReport, name: str) -> dict[str, b
 
         return mcu_artifacts(tflite, report, name)
     if report.target == str(Target.EDGETPU) and report.edgetpu is not None and report.edgetpu.compiler.model:
-        return {"model_edgetpu.tflite": report.edgetpu.compiler.model,
-                "model_edgetpu.log": report.edgetpu.compiler.log.encode("utf-8")}
+        return {
+            "model_edgetpu.tflite": report.edgetpu.compiler.model,
+            "model_edgetpu.log": report.edgetpu.compiler.log.encode("utf-8"),
+        }
     return {}

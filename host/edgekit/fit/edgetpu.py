@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from edgekit.fit.tflite_graph import Graph, Operator
 
@@ -92,8 +93,14 @@ class OpMapping:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "op": self.name, "version": self.version, "supported": self.supported,
-                "runs_on": self.runs_on, "reason": self.reason}
+        return {
+            "index": self.index,
+            "op": self.name,
+            "version": self.version,
+            "supported": self.supported,
+            "runs_on": self.runs_on,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +120,13 @@ class CompilerResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "compiled": self.compiled, "message": self.message, "version": self.version,
-            "ops_on_edgetpu": self.ops_on_edgetpu, "ops_on_cpu": self.ops_on_cpu,
-            "on_chip_bytes": self.on_chip_bytes, "off_chip_bytes": self.off_chip_bytes,
+            "compiled": self.compiled,
+            "message": self.message,
+            "version": self.version,
+            "ops_on_edgetpu": self.ops_on_edgetpu,
+            "ops_on_cpu": self.ops_on_cpu,
+            "on_chip_bytes": self.on_chip_bytes,
+            "off_chip_bytes": self.off_chip_bytes,
             "op_status": [{"op": o, "count": c, "status": s} for o, c, s in self.op_status],
         }
 
@@ -156,9 +167,14 @@ class EdgeTpuReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mapped": self.mapped, "total": len(self.ops), "first_unsupported": self.first_unsupported,
-            "split": self.split_description(), "parameter_bytes": self.parameter_bytes,
-            "cache_bytes": CACHE_BYTES, "ops": [o.to_dict() for o in self.ops], "compiler": self.compiler.to_dict(),
+            "mapped": self.mapped,
+            "total": len(self.ops),
+            "first_unsupported": self.first_unsupported,
+            "split": self.split_description(),
+            "parameter_bytes": self.parameter_bytes,
+            "cache_bytes": CACHE_BYTES,
+            "ops": [o.to_dict() for o in self.ops],
+            "compiler": self.compiler.to_dict(),
         }
 
 
@@ -212,8 +228,14 @@ def _parse_size(text: str) -> int | None:
 
 def parse_compiler_log(log: str) -> dict[str, Any]:
     """The figures of an ``edgetpu_compiler -s`` log: version, ops on the Edge TPU / CPU, memory, op table."""
-    out: dict[str, Any] = {"version": "", "ops_on_edgetpu": None, "ops_on_cpu": None,
-                           "on_chip_bytes": None, "off_chip_bytes": None, "op_status": []}
+    out: dict[str, Any] = {
+        "version": "",
+        "ops_on_edgetpu": None,
+        "ops_on_cpu": None,
+        "on_chip_bytes": None,
+        "off_chip_bytes": None,
+        "op_status": [],
+    }
     for line in log.splitlines():
         s = line.strip()
         if s.startswith("Edge TPU Compiler version"):
@@ -250,21 +272,34 @@ def _compile(tflite: bytes, name: str, exe: str, timeout_s: int) -> CompilerResu
         try:
             proc = subprocess.run([exe, "-s", "-o", tmp, str(src)], capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return CompilerResult(compiled=False, message=f"not compiled: {COMPILER} timed out after {timeout_s} s on {name}")
+            return CompilerResult(
+                compiled=False, message=f"not compiled: {COMPILER} timed out after {timeout_s} s on {name}"
+            )
         log_file = Path(tmp) / "model_edgetpu.log"
         log = proc.stdout + proc.stderr + (log_file.read_text(errors="replace") if log_file.is_file() else "")
         out_model = Path(tmp) / "model_edgetpu.tflite"
         figures = parse_compiler_log(log)
         if proc.returncode != 0 or not out_model.is_file():
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return CompilerResult(compiled=False, message=f"not compiled: {COMPILER} failed on {name} ({last[0]})",
-                                  log=log, **figures)
-        return CompilerResult(compiled=True, message=f"compiled with {COMPILER} {figures['version']}".strip(),
-                              log=log, model=out_model.read_bytes(), **figures)
+            return CompilerResult(
+                compiled=False, message=f"not compiled: {COMPILER} failed on {name} ({last[0]})", log=log, **figures
+            )
+        return CompilerResult(
+            compiled=True,
+            message=f"compiled with {COMPILER} {figures['version']}".strip(),
+            log=log,
+            model=out_model.read_bytes(),
+            **figures,
+        )
 
 
 def edgetpu_report(
-    graph: Graph, tflite: bytes, name: str = "model", *, supported: Iterable[str] | None = None, run_compiler: bool = True
+    graph: Graph,
+    tflite: bytes,
+    name: str = "model",
+    *,
+    supported: Iterable[str] | None = None,
+    run_compiler: bool = True,
 ) -> EdgeTpuReport:
     """Per-operator Edge TPU compatibility of a model, where the graph splits, and the compiler's result.
 
@@ -283,5 +318,9 @@ def edgetpu_report(
             params += sum(graph.tensor(i).nbytes for i in op.inputs if i >= 0 and graph.tensor(i).constant)
         reason = problem or ("" if on_tpu else "after the first unsupported operator, everything runs on the CPU")
         mappings.append(OpMapping(op.index, op.name, op.version, not problem, "edgetpu" if on_tpu else "cpu", reason))
-    compiler = compile_edgetpu(bytes(tflite), name) if run_compiler else CompilerResult(False, "not compiled: compiler not requested")
+    compiler = (
+        compile_edgetpu(bytes(tflite), name)
+        if run_compiler
+        else CompilerResult(False, "not compiled: compiler not requested")
+    )
     return EdgeTpuReport(tuple(mappings), first, params, compiler)

@@ -16,9 +16,25 @@ from typing import Any
 from edgekit_agent.contract.errors import ModelError
 
 _DTYPE_BYTES = {
-    "float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "string": 0, "bool": 1, "int16": 2,
-    "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "resource": 0, "variant": 0,
-    "uint32": 4, "uint16": 2, "int4": 1, "bfloat16": 2,
+    "float32": 4,
+    "float16": 2,
+    "int32": 4,
+    "uint8": 1,
+    "int64": 8,
+    "string": 0,
+    "bool": 1,
+    "int16": 2,
+    "complex64": 8,
+    "int8": 1,
+    "float64": 8,
+    "complex128": 16,
+    "uint64": 8,
+    "resource": 0,
+    "variant": 0,
+    "uint32": 4,
+    "uint16": 2,
+    "int4": 1,
+    "bfloat16": 2,
 }
 
 

@@ -227,14 +227,22 @@ def measure_arena(tflite: bytes, name: str = "model") -> ArenaMeasurement:
     return result
 
 
-def tflm_outputs(tflite: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None, name: str = "model") -> np.ndarray:
+def tflm_outputs(
+    tflite: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None, name: str = "model"
+) -> np.ndarray:
     """Raw outputs of TFLite Micro for each sample of ``inputs`` (N, ...) already quantised to the input dtype."""
     arena = arena_bytes or measure_arena(tflite, name).bytes
 
     def run(tmp: Path, model: Path) -> np.ndarray:
         np.savez(tmp / "inputs.npz", x=np.asarray(inputs))
         _call_worker(
-            {"op": "run", "model": str(model), "arena": arena, "inputs": str(tmp / "inputs.npz"), "outputs": str(tmp / "out.npy")},
+            {
+                "op": "run",
+                "model": str(model),
+                "arena": arena,
+                "inputs": str(tmp / "inputs.npz"),
+                "outputs": str(tmp / "out.npy"),
+            },
             name,
         )
         return np.load(tmp / "out.npy")

@@ -25,9 +25,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgekit_agent.contract.errors import BrokerError, UsageError
 
@@ -82,7 +83,7 @@ class DevBroker:
             self._stopped = True
             self._stop()
 
-    def __enter__(self) -> "DevBroker":
+    def __enter__(self) -> DevBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -110,7 +111,9 @@ def _start_mosquitto(host: str, port: int, timeout: float) -> DevBroker:
     conf.write_text("\n".join(lines) + "\n")
     log_file = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - closed in stop()
     # Own process group: Ctrl-C in the terminal reaches us, and we stop the broker in order.
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -183,7 +186,9 @@ def _start_amqtt(host: str, port: int, timeout: float) -> DevBroker:
 ENGINES: dict[str, Callable[[str, int, float], DevBroker]] = {"mosquitto": _start_mosquitto, "amqtt": _start_amqtt}
 
 
-def start_dev_broker(host: str = "127.0.0.1", port: int = 1883, *, engine: str = "auto", timeout: float = 10.0) -> DevBroker:
+def start_dev_broker(
+    host: str = "127.0.0.1", port: int = 1883, *, engine: str = "auto", timeout: float = 10.0
+) -> DevBroker:
     """Start a development broker on ``host:port`` and return once it accepts connections.
 
     ``engine``: ``auto`` (mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``.

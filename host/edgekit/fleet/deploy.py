@@ -25,14 +25,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-from edgekit_agent.contract.errors import BrokerError, BundleError, UsageError
-from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
+from typing import Any
 
 from edgekit.fleet.state import BrokerAddress, MqttLink, drain, load_json, topic
+from edgekit_agent.contract.errors import BrokerError, BundleError, UsageError
+from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,14 @@ class DeployReport:
         return all(d.ok for d in self.devices)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"archive": str(self.archive), "archive_sha256": self.archive_sha256, "archive_bytes": self.archive_bytes,
-                "seconds": self.seconds, "ok": self.ok, "devices": [d.to_dict() for d in self.devices]}  # fmt: skip
+        return {
+            "archive": str(self.archive),
+            "archive_sha256": self.archive_sha256,
+            "archive_bytes": self.archive_bytes,
+            "seconds": self.seconds,
+            "ok": self.ok,
+            "devices": [d.to_dict() for d in self.devices],
+        }
 
 
 def resolve_archive(bundle: str | Path, workdir: Path) -> Path:
@@ -110,7 +116,7 @@ class _Device:
     """One device's mailbox: the dispatcher thread fills it, the device's worker reads it."""
 
     device_id: str
-    inbox: "queue.Queue[tuple[str, dict[str, Any]]]" = field(default_factory=queue.Queue)
+    inbox: queue.Queue[tuple[str, dict[str, Any]]] = field(default_factory=queue.Queue)
 
 
 class _Session:
@@ -124,13 +130,24 @@ class _Session:
     def send(self, device_id: str, args: Mapping[str, Any]) -> str:
         cmd_id = f"ota-{uuid.uuid4().hex[:20]}"
         expires = int((time.time() + self.timeout) * 1000)
-        body = {"cmd_id": cmd_id, "name": "swap_bundle", "args": dict(args), "expires_at": expires, "requester": self.requester}
+        body = {
+            "cmd_id": cmd_id,
+            "name": "swap_bundle",
+            "args": dict(args),
+            "expires_at": expires,
+            "requester": self.requester,
+        }
         res_topic = topic(device_id, "res", self.requester)
         if not self.link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
             body.update(response_topic=res_topic, correlation_data=cmd_id)
-        self.link.publish(topic(device_id, "cmd", "swap_bundle"), json.dumps(body, separators=(",", ":")), qos=1,
-                          response_topic=res_topic, correlation_data=cmd_id.encode(),
-                          expiry_s=max(1, int(self.timeout)))  # fmt: skip
+        self.link.publish(
+            topic(device_id, "cmd", "swap_bundle"),
+            json.dumps(body, separators=(",", ":")),
+            qos=1,
+            response_topic=res_topic,
+            correlation_data=cmd_id.encode(),
+            expiry_s=max(1, int(self.timeout)),
+        )
         return cmd_id
 
 
@@ -142,9 +159,20 @@ def _dict(v: Any) -> dict[str, Any]:
 class _Worker:
     """The state machine of one device's deployment."""
 
-    def __init__(self, session: _Session, dev: _Device, data: bytes, sha: str, transfer_id: str, chunk_bytes: int,
-                 health: Mapping[str, Any], window: int, wait_health: bool, deadline: float,
-                 on_progress: ProgressFn | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        session: _Session,
+        dev: _Device,
+        data: bytes,
+        sha: str,
+        transfer_id: str,
+        chunk_bytes: int,
+        health: Mapping[str, Any],
+        window: int,
+        wait_health: bool,
+        deadline: float,
+        on_progress: ProgressFn | None,
+    ) -> None:
         self.s, self.dev, self.data, self.sha = session, dev, data, sha
         self.transfer_id, self.chunk_bytes, self.health = transfer_id, chunk_bytes, dict(health)
         self.window, self.wait_health, self.deadline = window, wait_health, deadline
@@ -213,18 +241,37 @@ class _Worker:
         base = {"transfer_id": self.transfer_id}
 
         def done(outcome: str, **kw: Any) -> None:
-            self.result = DeviceDeploy(self.dev.device_id, outcome, self.transfer_id, n, kw.pop("resumed", 0),
-                                       kw.pop("transfer_s", None), kw.pop("activate_s", None), kw.pop("committed_s", None),
-                                       stages=tuple(self.stages), commit=self.commit, **kw)  # fmt: skip
+            self.result = DeviceDeploy(
+                self.dev.device_id,
+                outcome,
+                self.transfer_id,
+                n,
+                kw.pop("resumed", 0),
+                kw.pop("transfer_s", None),
+                kw.pop("activate_s", None),
+                kw.pop("committed_s", None),
+                stages=tuple(self.stages),
+                commit=self.commit,
+                **kw,
+            )
             self._report(outcome, n, n)
 
         try:
             self._report("begin", 0, n)
-            ans = self._call({**base, "action": "begin", "archive_sha256": self.sha, "archive_bytes": len(self.data),
-                              "chunk_bytes": self.chunk_bytes})  # fmt: skip
+            ans = self._call(
+                {
+                    **base,
+                    "action": "begin",
+                    "archive_sha256": self.sha,
+                    "archive_bytes": len(self.data),
+                    "chunk_bytes": self.chunk_bytes,
+                }
+            )
             if ans.get("state") != "succeeded":
                 return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"))
-            have = {i for i in _dict(ans.get("result")).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)}
+            have = {
+                i for i in _dict(ans.get("result")).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)
+            }
             todo = [i for i in range(n) if i not in have]
             inflight: dict[str, int] = {}
             tries = {i: 0 for i in todo}
@@ -234,9 +281,16 @@ class _Worker:
                 while todo and len(inflight) < self.window:
                     i = todo.pop(0)
                     chunk = self.data[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
-                    cmd_id = self.s.send(self.dev.device_id, {**base, "action": "chunk", "index": i,
-                                         "data": base64.b64encode(chunk).decode("ascii"),
-                                         "sha256": hashlib.sha256(chunk).hexdigest()})  # fmt: skip
+                    cmd_id = self.s.send(
+                        self.dev.device_id,
+                        {
+                            **base,
+                            "action": "chunk",
+                            "index": i,
+                            "data": base64.b64encode(chunk).decode("ascii"),
+                            "sha256": hashlib.sha256(chunk).hexdigest(),
+                        },
+                    )
                     inflight[cmd_id] = i
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("chunks")
@@ -256,8 +310,12 @@ class _Worker:
             transfer_s = round(time.monotonic() - t0, 3)
             ans = self._call({**base, "action": "commit", "health": self.health})
             if ans.get("state") != "succeeded":
-                return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"),
-                            resumed=len(have), transfer_s=transfer_s)  # fmt: skip
+                return done(
+                    "rejected" if ans.get("state") == "rejected" else "failed",
+                    error=ans.get("error"),
+                    resumed=len(have),
+                    transfer_s=transfer_s,
+                )
             activate_s = round(time.monotonic() - t0, 3)
             self.commit = _dict(ans.get("result"))
             self._report("trial", n, n)
@@ -267,23 +325,49 @@ class _Worker:
                 ev = self._event("rollback")
                 if ev is not None:
                     hc = self._event("health_check")
-                    return done("rolled_back", rollback=ev, health=hc, resumed=len(have), transfer_s=transfer_s,
-                                activate_s=activate_s, error={"code": "HEALTH_CHECK_FAILED", "message": str(ev.get("reason"))})  # fmt: skip
+                    return done(
+                        "rolled_back",
+                        rollback=ev,
+                        health=hc,
+                        resumed=len(have),
+                        transfer_s=transfer_s,
+                        activate_s=activate_s,
+                        error={"code": "HEALTH_CHECK_FAILED", "message": str(ev.get("reason"))},
+                    )
                 hc = self._event("health_check")
                 if hc is not None and hc.get("verdict") == "passed":
-                    return done("committed", health=hc, resumed=len(have), transfer_s=transfer_s, activate_s=activate_s,
-                                committed_s=round(time.monotonic() - t0, 3))  # fmt: skip
+                    return done(
+                        "committed",
+                        health=hc,
+                        resumed=len(have),
+                        transfer_s=transfer_s,
+                        activate_s=activate_s,
+                        committed_s=round(time.monotonic() - t0, 3),
+                    )
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("health")
                 self._pump(0.2)
         except TimeoutError as exc:
-            done("timeout", error={"code": "TIMEOUT", "message": f"no answer from {self.dev.device_id} while waiting for {exc}; is it online?"})
+            done(
+                "timeout",
+                error={
+                    "code": "TIMEOUT",
+                    "message": f"no answer from {self.dev.device_id} while waiting for {exc}; is it online?",
+                },
+            )
         except BrokerError as exc:
             done("failed", error={"code": "UNAVAILABLE", "message": str(exc)})
         except Exception as exc:  # noqa: BLE001 - an answer that breaks the protocol: this device failed, say why
-            log.warning("%s: deploy stopped on a malformed answer (%s: %s)", self.dev.device_id, type(exc).__name__, exc)
-            done("failed", error={"code": "INVALID_ANSWER",
-                                  "message": f"{self.dev.device_id} sent an answer edgekit cannot read ({type(exc).__name__}: {exc})"})  # fmt: skip
+            log.warning(
+                "%s: deploy stopped on a malformed answer (%s: %s)", self.dev.device_id, type(exc).__name__, exc
+            )
+            done(
+                "failed",
+                error={
+                    "code": "INVALID_ANSWER",
+                    "message": f"{self.dev.device_id} sent an answer edgekit cannot read ({type(exc).__name__}: {exc})",
+                },
+            )
 
 
 def deploy(
@@ -323,7 +407,9 @@ def deploy(
     mailboxes = {d: _Device(d) for d in devices}
     subs = [(topic(d, "res", requester), 1) for d in devices] + [(topic(d, "events"), 1) for d in devices]
     t0 = time.monotonic()
-    link = MqttLink(broker, client_id=f"edgekit-{requester}", subscriptions=subs, tls_ca=str(tls_ca) if tls_ca else None)
+    link = MqttLink(
+        broker, client_id=f"edgekit-{requester}", subscriptions=subs, tls_ca=str(tls_ca) if tls_ca else None
+    )
     link.start()
     stop = threading.Event()
 
@@ -341,8 +427,22 @@ def deploy(
     dispatcher.start()
     session = _Session(link, requester, timeout)
     deadline = time.monotonic() + timeout
-    workers = [_Worker(session, mailboxes[d], data, sha, transfer_id, chunk_bytes, health or {}, window, wait_health,
-                       deadline, on_progress) for d in devices]  # fmt: skip
+    workers = [
+        _Worker(
+            session,
+            mailboxes[d],
+            data,
+            sha,
+            transfer_id,
+            chunk_bytes,
+            health or {},
+            window,
+            wait_health,
+            deadline,
+            on_progress,
+        )
+        for d in devices
+    ]
     threads = [threading.Thread(target=w.run, name=f"edgekit-deploy-{w.dev.device_id}", daemon=True) for w in workers]
     try:
         for t in threads:
@@ -354,11 +454,27 @@ def deploy(
         dispatcher.join(2)
         link.close()
     results = tuple(
-        w.result or DeviceDeploy(w.dev.device_id, "timeout", transfer_id, 0, 0, None, None, None, error={"code": "TIMEOUT", "message": "no result"})
+        w.result
+        or DeviceDeploy(
+            w.dev.device_id,
+            "timeout",
+            transfer_id,
+            0,
+            0,
+            None,
+            None,
+            None,
+            error={"code": "TIMEOUT", "message": "no result"},
+        )
         for w in workers
     )
-    return DeployReport(archive=Path(bundle), archive_sha256=sha, archive_bytes=len(data), devices=results,
-                        seconds=round(time.monotonic() - t0, 3))  # fmt: skip
+    return DeployReport(
+        archive=Path(bundle),
+        archive_sha256=sha,
+        archive_bytes=len(data),
+        devices=results,
+        seconds=round(time.monotonic() - t0, 3),
+    )
 
 
 __all__ = ["DeployReport", "DeviceDeploy", "deploy", "resolve_archive"]

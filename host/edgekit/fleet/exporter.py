@@ -26,15 +26,14 @@ import logging
 import math
 import threading
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from edgekit_agent.contract.errors import UsageError
-
 from edgekit.fleet.state import ROOT, FleetState, MqttLink, drain
+from edgekit_agent.contract.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +55,37 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus-client at every scrape: metric families from the current state."""
         st = self.state
-        up = GaugeMetricFamily("edgekit_device_up", "1 while the device is online (birth seen, not silent for 3 windows)", labels=["device"])
-        info = GaugeMetricFamily("edgekit_device_info", "the bundle and runtime a device last reported (value 1)",
-                                 labels=["device", "bundle", "version", "profile", "engine", "delegate"])
+        up = GaugeMetricFamily(
+            "edgekit_device_up",
+            "1 while the device is online (birth seen, not silent for 3 windows)",
+            labels=["device"],
+        )
+        info = GaugeMetricFamily(
+            "edgekit_device_info",
+            "the bundle and runtime a device last reported (value 1)",
+            labels=["device", "bundle", "version", "profile", "engine", "delegate"],
+        )
         counters = {
             "requests": CounterMetricFamily("edgekit_inference_requests", "inference requests", labels=["device"]),
             "errors": CounterMetricFamily("edgekit_inference_errors", "failed inference requests", labels=["device"]),
-            "labeled": CounterMetricFamily("edgekit_inference_labeled", "inferences on labelled inputs", labels=["device"]),
-            "correct": CounterMetricFamily("edgekit_inference_correct", "labelled inferences predicted correctly", labels=["device"]),
-            "dropped": CounterMetricFamily("edgekit_outbox_dropped", "telemetry records the device's outbox dropped when full", labels=["device"]),
-            "windows": CounterMetricFamily("edgekit_telemetry_windows", "telemetry records received (after de-duplication)", labels=["device"]),
+            "labeled": CounterMetricFamily(
+                "edgekit_inference_labeled", "inferences on labelled inputs", labels=["device"]
+            ),
+            "correct": CounterMetricFamily(
+                "edgekit_inference_correct", "labelled inferences predicted correctly", labels=["device"]
+            ),
+            "dropped": CounterMetricFamily(
+                "edgekit_outbox_dropped", "telemetry records the device's outbox dropped when full", labels=["device"]
+            ),
+            "windows": CounterMetricFamily(
+                "edgekit_telemetry_windows", "telemetry records received (after de-duplication)", labels=["device"]
+            ),
         }
-        hist = HistogramMetricFamily("edgekit_inference_latency_seconds", "inference latency per stage, summed from device histograms",
-                                     labels=["device", "stage"])
+        hist = HistogramMetricFamily(
+            "edgekit_inference_latency_seconds",
+            "inference latency per stage, summed from device histograms",
+            labels=["device", "stage"],
+        )
         dup = CounterMetricFamily("edgekit_exporter_duplicates", "duplicate messages dropped by this exporter")
         with st.lock:
             now = None
@@ -77,11 +94,24 @@ class FleetCollector(Collector):
                 up.add_metric([device_id], 1.0 if st.status_of(dev, now) == "online" else 0.0)
                 b, r = dev.bundle, dev.runtime
                 if b or r:
-                    info.add_metric([device_id, str(b.get("name", "")), str(b.get("version", "")), str(b.get("profile", "")),
-                                     str(r.get("engine", "")), str(r.get("delegate", ""))], 1.0)
+                    info.add_metric(
+                        [
+                            device_id,
+                            str(b.get("name", "")),
+                            str(b.get("version", "")),
+                            str(b.get("profile", "")),
+                            str(r.get("engine", "")),
+                            str(r.get("delegate", "")),
+                        ],
+                        1.0,
+                    )
                 values = {
-                    "requests": dev.requests, "errors": dev.errors, "labeled": dev.labeled, "correct": dev.correct,
-                    "dropped": sum(dev.outbox_dropped_by_epoch.values()), "windows": dev.windows,
+                    "requests": dev.requests,
+                    "errors": dev.errors,
+                    "labeled": dev.labeled,
+                    "correct": dev.correct,
+                    "dropped": sum(dev.outbox_dropped_by_epoch.values()),
+                    "windows": dev.windows,
                 }
                 for key, fam in counters.items():
                     fam.add_metric([device_id], float(values[key]))
@@ -107,15 +137,35 @@ class FleetCollector(Collector):
 class Exporter:
     """MQTT consumer + HTTP ``/metrics`` server. ``port=0`` picks a free port (see :attr:`port`)."""
 
-    def __init__(self, broker: str, *, port: int = 9108, host: str = "127.0.0.1", group: str = DEFAULT_GROUP,
-                 client_id: str | None = None, protocol: str = "auto", shared: bool = True,
-                 stages: tuple[str, ...] = ("total",), buckets: str = "coarse", tls_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        port: int = 9108,
+        host: str = "127.0.0.1",
+        group: str = DEFAULT_GROUP,
+        client_id: str | None = None,
+        protocol: str = "auto",
+        shared: bool = True,
+        stages: tuple[str, ...] = ("total",),
+        buckets: str = "coarse",
+        tls_ca: str | None = None,
+    ) -> None:
         """``stages``: latency series exported as histograms (``total``, ``preprocess``, ``invoke``);
         ``buckets``: ``coarse`` (a 1-2-5 subset of the devices' bounds, exact) or ``full``."""
         telemetry = f"{ROOT}/+/telemetry/inference"
-        subs = [(f"{ROOT}/+/status", 1), (f"{ROOT}/+/meta", 1), (f"$share/{group}/{telemetry}" if shared else telemetry, 1)]
-        self.link = MqttLink(broker, client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}", subscriptions=subs, protocol=protocol,
-                             tls_ca=tls_ca)
+        subs = [
+            (f"{ROOT}/+/status", 1),
+            (f"{ROOT}/+/meta", 1),
+            (f"$share/{group}/{telemetry}" if shared else telemetry, 1),
+        ]
+        self.link = MqttLink(
+            broker,
+            client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}",
+            subscriptions=subs,
+            protocol=protocol,
+            tls_ca=tls_ca,
+        )
         self.state = FleetState(histogram_stages=stages)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(self.state, buckets))
@@ -129,7 +179,7 @@ class Exporter:
         """Where /metrics is served."""
         return f"http://{self.host}:{self.port}/metrics"
 
-    def start(self, timeout: float = 10.0) -> "Exporter":
+    def start(self, timeout: float = 10.0) -> Exporter:
         """Connect to the broker, serve /metrics and start consuming telemetry."""
         from prometheus_client import start_http_server
 
@@ -166,7 +216,7 @@ class Exporter:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "Exporter":
+    def __enter__(self) -> Exporter:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -148,7 +149,9 @@ class MqttLink:
             try:
                 c.tls_set(ca_certs=self.tls_ca)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise BrokerError(f"TLS set-up for {self.address.url} failed ({exc}); check the --tls-ca file.") from None
+                raise BrokerError(
+                    f"TLS set-up for {self.address.url} failed ({exc}); check the --tls-ca file."
+                ) from None
         c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # no 40 ms Nagle wait per request/response
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
@@ -159,7 +162,7 @@ class MqttLink:
         c.reconnect_delay_set(0.2, 5)
         return c
 
-    def start(self, timeout: float = 10.0) -> "MqttLink":
+    def start(self, timeout: float = 10.0) -> MqttLink:
         """Connect (in the background, paho reconnects by itself) and wait for the first CONNACK."""
         for attempt in range(2):
             self._connected.clear()
@@ -169,8 +172,13 @@ class MqttLink:
                 props = Properties(PacketTypes.CONNECT)
                 if self.session_expiry_s:
                     props.SessionExpiryInterval = int(self.session_expiry_s)
-                self._client.connect_async(self.address.host, self.address.port, keepalive=30,
-                                           clean_start=not self.session_expiry_s, properties=props)
+                self._client.connect_async(
+                    self.address.host,
+                    self.address.port,
+                    keepalive=30,
+                    clean_start=not self.session_expiry_s,
+                    properties=props,
+                )
             else:
                 self._client.connect_async(self.address.host, self.address.port, keepalive=30)
             self._client.loop_start()
@@ -179,8 +187,14 @@ class MqttLink:
                 self.close()
                 if failed:
                     why, listening = why_unreachable(self.address.host, self.address.port, self.address.tls)
-                    advice = "" if listening else (" Is a broker running there? Start a development broker with "
-                                                   "`edgekit broker`, or pass --broker mqtt://HOST:PORT.")
+                    advice = (
+                        ""
+                        if listening
+                        else (
+                            " Is a broker running there? Start a development broker with "
+                            "`edgekit broker`, or pass --broker mqtt://HOST:PORT."
+                        )
+                    )
                     raise BrokerError(f"cannot reach the MQTT broker at {self.address.url}: {why}.{advice}")
                 raise BrokerError(
                     f"no answer from the MQTT broker at {self.address.url} within {timeout:g} s: is it running? "
@@ -194,11 +208,14 @@ class MqttLink:
             if refused == _UNSUPPORTED_PROTOCOL and self.protocol == "auto" and attempt == 0:
                 log.warning(
                     "broker %s refuses MQTT 5; using MQTT 3.1.1 (no shared subscriptions, request/response "
-                    "properties carried in the JSON payload)", self.address.url
+                    "properties carried in the JSON payload)",
+                    self.address.url,
                 )
                 self.mqtt5 = False
                 continue
-            hint = "check the user name and password in the URL" if refused in _FATAL_CONNECT else "check the broker's log"
+            hint = (
+                "check the user name and password in the URL" if refused in _FATAL_CONNECT else "check the broker's log"
+            )
             raise BrokerError(f"the MQTT broker at {self.address.url} refused the connection ({refused}); {hint}.")
         raise BrokerError(f"cannot connect to {self.address.url}.")  # pragma: no cover - loop always returns/raises
 
@@ -251,7 +268,9 @@ class MqttLink:
         deadline = time.monotonic() + timeout
         while not self._sub_sent <= self._sub_acked:
             if time.monotonic() > deadline:
-                log.warning("%s: the broker did not acknowledge every subscription within %g s", self.address.url, timeout)
+                log.warning(
+                    "%s: the broker did not acknowledge every subscription within %g s", self.address.url, timeout
+                )
                 return False
             time.sleep(0.01)
         return True
@@ -265,15 +284,14 @@ class MqttLink:
                 self._client.loop_stop()
             self._client = None
 
-    def __enter__(self) -> "MqttLink":
+    def __enter__(self) -> MqttLink:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-
-def drain(q: "queue.Queue[Message]", first_timeout: float, limit: int = 10_000, linger: float = 0.01) -> list[Message]:
+def drain(q: queue.Queue[Message], first_timeout: float, limit: int = 10_000, linger: float = 0.01) -> list[Message]:
     """Wait up to ``first_timeout`` for one message, then take whatever else is queued (up to ``limit``).
 
     After the first message it lingers ``linger`` seconds so that a burst is taken as one batch: waking

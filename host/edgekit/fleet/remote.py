@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus, InputError, UsageError
+from typing import Any
 
 from edgekit.fleet.state import MqttLink, bucket_grid, drain, finite_number, load_json, topic
+from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus, InputError, UsageError
 
 BENCH_SCHEMA = "edge.bench.report/1"
 FINAL_STATES = ("succeeded", "failed", "expired", "canceled", "rejected")
@@ -49,8 +49,14 @@ class RemoteBench:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: what `edgekit bench --out` saves."""
-        return {"device_id": self.device_id, "cmd_id": self.cmd_id, "args": self.args, "round_trip_s": self.round_trip_s,
-                "states": list(self.states), "report": self.report}
+        return {
+            "device_id": self.device_id,
+            "cmd_id": self.cmd_id,
+            "args": self.args,
+            "round_trip_s": self.round_trip_s,
+            "states": list(self.states),
+            "report": self.report,
+        }
 
 
 def _report_from(result: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -91,14 +97,18 @@ def request_benchmark(
     or fails.
     """
     if num_runs < 1 or warmup_runs < 0 or (num_threads is not None and num_threads < 1):
-        raise UsageError(f"--runs must be >= 1, --warmup >= 0, --threads >= 1 (got {num_runs}, {warmup_runs}, {num_threads}).")
+        raise UsageError(
+            f"--runs must be >= 1, --warmup >= 0, --threads >= 1 (got {num_runs}, {warmup_runs}, {num_threads})."
+        )
     requester = requester or f"bench-{uuid.uuid4().hex[:8]}"
     cmd_id = f"bench-{uuid.uuid4().hex}"
     res_topic = topic(device_id, "res", requester)
     report_topic = topic(device_id, "bench", "+", "report")
     own = link is None
     if link is None:
-        link = MqttLink(broker, client_id=f"edgekit-{requester}", subscriptions=[(res_topic, 1), (report_topic, 1)], tls_ca=tls_ca)
+        link = MqttLink(
+            broker, client_id=f"edgekit-{requester}", subscriptions=[(res_topic, 1), (report_topic, 1)], tls_ca=tls_ca
+        )
         link.start()  # returns once the subscriptions are acknowledged: no answer can be missed
     else:
         link.subscribe(res_topic)
@@ -107,7 +117,13 @@ def request_benchmark(
     if num_threads:
         args["num_threads"] = int(num_threads)
     now_ms = int(time.time() * 1000)
-    request = {"cmd_id": cmd_id, "name": "run_benchmark", "args": args, "expires_at": now_ms + int(timeout * 1000), "requester": requester}
+    request = {
+        "cmd_id": cmd_id,
+        "name": "run_benchmark",
+        "args": args,
+        "expires_at": now_ms + int(timeout * 1000),
+        "requester": requester,
+    }
     if not link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
         request.update(response_topic=res_topic, correlation_data=cmd_id)
     states: list[str] = []
@@ -117,8 +133,14 @@ def request_benchmark(
     final: dict[str, Any] | None = None
     t0 = time.monotonic()
     try:
-        link.publish(topic(device_id, "cmd", "run_benchmark"), json.dumps(request), qos=1, response_topic=res_topic,
-                     correlation_data=cmd_id.encode(), expiry_s=max(1, int(timeout)))
+        link.publish(
+            topic(device_id, "cmd", "run_benchmark"),
+            json.dumps(request),
+            qos=1,
+            response_topic=res_topic,
+            correlation_data=cmd_id.encode(),
+            expiry_s=max(1, int(timeout)),
+        )
         states.append("sent")
         if on_state:
             on_state("sent")
@@ -156,7 +178,11 @@ def request_benchmark(
             link.close()
     elapsed = time.monotonic() - t0
     if final is None:
-        seen = f" (it said: {', '.join(states[1:])})" if len(states) > 1 else " (no answer at all: is it online? see `edgekit watch`)"
+        seen = (
+            f" (it said: {', '.join(states[1:])})"
+            if len(states) > 1
+            else " (no answer at all: is it online? see `edgekit watch`)"
+        )
         raise BrokerError(f"device '{device_id}' did not finish run_benchmark within {timeout:g} s{seen}.")
     if final.get("state") != "succeeded":
         err = final.get("error") or {}
@@ -179,7 +205,9 @@ def save_report(bench: RemoteBench, out_dir: Path) -> tuple[Path, Path]:
     stem = f"bench-{bench.device_id}-{time.strftime('%Y%m%dT%H%M%S')}-{bench.cmd_id[-6:]}"
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(bench.to_dict(), indent=2, sort_keys=True) + "\n")
-    png_path = plot_latency(bench.report, out_dir / f"{stem}.png", title=f"{bench.device_id}: {_model_name(bench.report)}")
+    png_path = plot_latency(
+        bench.report, out_dir / f"{stem}.png", title=f"{bench.device_id}: {_model_name(bench.report)}"
+    )
     return json_path, png_path
 
 
@@ -231,8 +259,11 @@ def plot_latency(report: Mapping[str, Any], path: Path, title: str = "") -> Path
         ax.legend()
     ax.set_xlabel("latency (ms)" if (samples or grid is not None) else "")
     rt = report.get("runtime") if isinstance(report.get("runtime"), Mapping) else {}
-    fig.suptitle(f"{title}\n{rt.get('engine', '?')} {rt.get('version', '')}, {rt.get('delegate', '?')}, {rt.get('num_threads', '?')} threads, "
-                 f"{steady.get('count', '?')} runs", fontsize=10)
+    fig.suptitle(
+        f"{title}\n{rt.get('engine', '?')} {rt.get('version', '')}, {rt.get('delegate', '?')}, {rt.get('num_threads', '?')} threads, "
+        f"{steady.get('count', '?')} runs",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -267,7 +298,9 @@ def load_report(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} is not JSON ({exc}); pass files written by `edgekit bench --out`.") from None
     if not isinstance(doc, dict) or not (_report_from(doc.get("report") or {}) or _report_from(doc)):
-        raise InputError(f"{path} is not a benchmark report (no 'steady' latency); pass files written by `edgekit bench --out`.")
+        raise InputError(
+            f"{path} is not a benchmark report (no 'steady' latency); pass files written by `edgekit bench --out`."
+        )
     return doc
 
 
@@ -282,15 +315,21 @@ def compare_reports(paths: Sequence[Path]) -> list[CompareRow]:
         p50 = steady.get("p50_ms")
         if base is None:
             base = p50
-        rows.append(CompareRow(
-            source=Path(p).name,
-            device_id=str(doc.get("device_id") or (rep.get("system") or {}).get("hostname") or "local"),
-            model=str((rep.get("model") or {}).get("name", "?")),
-            engine=f"{rt.get('engine', '?')} {rt.get('version', '')}".strip(),
-            delegate=str(rt.get("delegate", "?")),
-            threads=rt.get("num_threads"),
-            p50_ms=p50, p90_ms=steady.get("p90_ms"), p99_ms=steady.get("p99_ms"), mean_ms=steady.get("mean_ms"),
-            throughput_ips=rep.get("throughput_ips"), peak_rss_mb=mem.get("peak_rss_mb"),
-            p50_ratio=(p50 / base) if (p50 and base) else None,
-        ))  # fmt: skip
+        rows.append(
+            CompareRow(
+                source=Path(p).name,
+                device_id=str(doc.get("device_id") or (rep.get("system") or {}).get("hostname") or "local"),
+                model=str((rep.get("model") or {}).get("name", "?")),
+                engine=f"{rt.get('engine', '?')} {rt.get('version', '')}".strip(),
+                delegate=str(rt.get("delegate", "?")),
+                threads=rt.get("num_threads"),
+                p50_ms=p50,
+                p90_ms=steady.get("p90_ms"),
+                p99_ms=steady.get("p99_ms"),
+                mean_ms=steady.get("mean_ms"),
+                throughput_ips=rep.get("throughput_ips"),
+                peak_rss_mb=mem.get("peak_rss_mb"),
+                p50_ratio=(p50 / base) if (p50 and base) else None,
+            )
+        )
     return rows

@@ -14,13 +14,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
-
-from edgekit_agent.contract.errors import UsageError
+from typing import Any
 
 # The MQTT link lives in edgekit.fleet.link; re-exported here because the fleet tools (and deploy) import it from here.
 from edgekit.fleet.link import BrokerAddress, Message, MqttLink, drain  # noqa: F401
+from edgekit_agent.contract.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +252,12 @@ class FleetState:
     """Everything known about the fleet, fed one message at a time with :meth:`apply` (not thread-safe:
     one consumer thread applies, readers take :attr:`lock`)."""
 
-    def __init__(self, lost_after_windows: int = LOST_AFTER_WINDOWS, histogram_stages: Sequence[str] = STAGES,
-                 forget_after_s: float = FORGET_AFTER_S) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lost_after_windows: int = LOST_AFTER_WINDOWS,
+        histogram_stages: Sequence[str] = STAGES,
+        forget_after_s: float = FORGET_AFTER_S,
+    ) -> None:
         """``histogram_stages``: which latency series to sum bucket by bucket (the exporter needs them,
         the watch table does not: it passes ``()`` and saves the work). A device not heard from for
         ``forget_after_s`` is forgotten (a long-running exporter must not keep every device that ever was)."""
@@ -304,7 +308,12 @@ class FleetState:
                 dev.last_seen = ts
         if not msg.retain:
             dev.last_heard = msg.received
-            if kind != "status" and dev.status == "offline" and dev.status_reason == "lwt" and doc.get("boot_id") == dev.boot_id:
+            if (
+                kind != "status"
+                and dev.status == "offline"
+                and dev.status_reason == "lwt"
+                and doc.get("boot_id") == dev.boot_id
+            ):
                 # Live traffic after a last will of the same run: the will was an old connection's
                 # (reconnect/takeover); the device is evidently connected again.
                 dev.status, dev.status_reason = "online", "reconnected"
@@ -324,7 +333,11 @@ class FleetState:
         """Forget devices whose last live message is older than ``forget_after_s``; returns their ids.
         (Devices known only from a retained status were never heard live and stay: they are the roster.)"""
         now = time.time() if now is None else now
-        gone = [d for d, dev in self.devices.items() if dev.last_heard is not None and now - dev.last_heard > self.forget_after_s]
+        gone = [
+            d
+            for d, dev in self.devices.items()
+            if dev.last_heard is not None and now - dev.last_heard > self.forget_after_s
+        ]
         for d in gone:
             del self.devices[d]
             self.dedup.forget(d)
@@ -357,7 +370,14 @@ class FleetState:
         dev = self.devices[device_id]
         b, r = dev.bundle, dev.runtime
         runtime = " ".join(
-            str(x) for x in (r.get("engine"), r.get("version"), r.get("delegate"), f"x{r['num_threads']}" if r.get("num_threads") else None) if x
+            str(x)
+            for x in (
+                r.get("engine"),
+                r.get("version"),
+                r.get("delegate"),
+                f"x{r['num_threads']}" if r.get("num_threads") else None,
+            )
+            if x
         )
         return DeviceRow(
             device_id=device_id,
@@ -394,7 +414,11 @@ def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Messag
     # an "offline" of the current run always counts; an older "online" does not.
     if boot == dev.boot_id and value == "online" and ts < dev.status_ts:
         return
-    dev.status, dev.status_reason, dev.status_ts = value, str(doc.get("reason") or ""), max(ts, dev.status_ts if boot == dev.boot_id else ts)
+    dev.status, dev.status_reason, dev.status_ts = (
+        value,
+        str(doc.get("reason") or ""),
+        max(ts, dev.status_ts if boot == dev.boot_id else ts),
+    )
     if boot:
         dev.boot_id = boot
     if value == "online" and msg.retain and dev.last_heard is None:
@@ -469,7 +493,9 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
         existing = dev.hist.get(stage)
         if existing is None or not existing.add(h["le"], cum, total_ms, n):
             if existing is not None:  # a new grid (an agent upgrade): a new series, as after a counter reset
-                log.warning("%s: latency buckets changed (le=%s); the %s histogram starts again", dev.device_id, le, stage)
+                log.warning(
+                    "%s: latency buckets changed (le=%s); the %s histogram starts again", dev.device_id, le, stage
+                )
             dev.hist[stage] = Histogram(le, cum, total_ms, n, list(h["le"]))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from edgekit.fleet.state import FLEET_SUBSCRIPTIONS, DeviceRow, FleetState, Message, MqttLink, drain
 
@@ -22,19 +22,31 @@ SYNC_ROOT = "edgekit/sync"
 class FleetWatcher:
     """A connected watcher. Not thread-safe: call :meth:`poll` from one thread."""
 
-    def __init__(self, broker: str, *, client_id: str | None = None, protocol: str = "auto", state: FleetState | None = None,
-                 tls_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        client_id: str | None = None,
+        protocol: str = "auto",
+        state: FleetState | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
         self.client_id = client_id or f"edgekit-watch-{uuid.uuid4().hex[:8]}"
         self.sync_topic = f"{SYNC_ROOT}/{self.client_id}"
         # The sync topic is subscribed last: the broker sends the retained messages of the earlier
         # subscriptions first, so our own marker coming back means the snapshot is complete.
-        self.link = MqttLink(broker, client_id=self.client_id, subscriptions=[*FLEET_SUBSCRIPTIONS, (self.sync_topic, 1)],
-                              protocol=protocol, tls_ca=tls_ca)
+        self.link = MqttLink(
+            broker,
+            client_id=self.client_id,
+            subscriptions=[*FLEET_SUBSCRIPTIONS, (self.sync_topic, 1)],
+            protocol=protocol,
+            tls_ca=tls_ca,
+        )
         self.state = state or FleetState(histogram_stages=())  # the table shows the devices' own percentiles
         self._sync_token: str | None = None
         self._synced = False
 
-    def start(self, timeout: float = 10.0) -> "FleetWatcher":
+    def start(self, timeout: float = 10.0) -> FleetWatcher:
         """Connect and subscribe (returns once the broker acknowledged the subscriptions)."""
         self.link.start(timeout)
         return self
@@ -43,7 +55,7 @@ class FleetWatcher:
         """Disconnect."""
         self.link.close()
 
-    def __enter__(self) -> "FleetWatcher":
+    def __enter__(self) -> FleetWatcher:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

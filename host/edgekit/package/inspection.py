@@ -19,19 +19,20 @@ import io
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from edgekit_agent.bundle.load import UNLISTED_OK, FileCheck, FileStatus
 from edgekit_agent.bundle.load import verify_files as verify_directory
+from edgekit_agent.bundle.tflite_file import check_tflite
 from edgekit_agent.contract.errors import BundleError, EdgekitError, SignatureError
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_EXTRACTED_BYTES
 from edgekit_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from edgekit_agent.infer.runtime import Runtime
-from edgekit_agent.bundle.tflite_file import check_tflite
 
 Kind = Literal["bundle", "archive", "tflite"]
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -134,7 +135,9 @@ def _sha(data: bytes) -> str:
 def _safe_member_name(name: str, archive: Path) -> str:
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise BundleError(f"{archive}: unsafe member name '{name}' (absolute or with '..'); the archive is not a bundle, do not extract it.")
+        raise BundleError(
+            f"{archive}: unsafe member name '{name}' (absolute or with '..'); the archive is not a bundle, do not extract it."
+        )
     return name
 
 
@@ -147,7 +150,9 @@ def read_archive(archive: Path) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     try:
         if archive.stat().st_size > MAX_ARCHIVE_BYTES:
-            raise BundleError(f"{archive}: {archive.stat().st_size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit for bundle archives.")
+            raise BundleError(
+                f"{archive}: {archive.stat().st_size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit for bundle archives."
+            )
         raw = archive.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             # Decompress fully first: tarfile stops before gzip's trailer, so a changed byte inside the
@@ -155,14 +160,18 @@ def read_archive(archive: Path) -> dict[str, bytes]:
             with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
                 raw = g.read(MAX_EXTRACTED_BYTES + 1)
             if len(raw) > MAX_EXTRACTED_BYTES:
-                raise BundleError(f"{archive}: unpacks to more than {MAX_EXTRACTED_BYTES} bytes, over the limit for bundles.")
+                raise BundleError(
+                    f"{archive}: unpacks to more than {MAX_EXTRACTED_BYTES} bytes, over the limit for bundles."
+                )
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for m in tar:
                 name = _safe_member_name(m.name, archive)
                 if m.isdir():
                     continue
                 if not m.isfile():
-                    raise BundleError(f"{archive}: member '{name}' is a link or special file; bundles hold regular files only.")
+                    raise BundleError(
+                        f"{archive}: member '{name}' is a link or special file; bundles hold regular files only."
+                    )
                 f = tar.extractfile(m)
                 files[name] = f.read() if f else b""
     except FileNotFoundError:
@@ -181,7 +190,9 @@ def verify_members(manifest: Manifest, files: Mapping[str, bytes]) -> tuple[File
     checks: list[FileCheck] = []
     for entry in manifest.files:
         if entry.name not in files:
-            checks.append(FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle"))
+            checks.append(
+                FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle")
+            )
             continue
         data = files[entry.name]
         got = _sha(data)
@@ -191,10 +202,24 @@ def verify_members(manifest: Manifest, files: Mapping[str, bytes]) -> tuple[File
             detail = f"sha256 is {got[:16]}…, {MANIFEST_NAME} records {entry.sha256[:16]}…"
         else:
             detail = ""
-        checks.append(FileCheck(entry.name, FileStatus.MISMATCH if detail else FileStatus.OK, len(data), entry.bytes, got, entry.sha256, detail))
+        checks.append(
+            FileCheck(
+                entry.name,
+                FileStatus.MISMATCH if detail else FileStatus.OK,
+                len(data),
+                entry.bytes,
+                got,
+                entry.sha256,
+                detail,
+            )
+        )
     listed = {e.name for e in manifest.files} | UNLISTED_OK
     for name in sorted(set(files) - listed):
-        checks.append(FileCheck(name, FileStatus.UNLISTED, len(files[name]), None, _sha(files[name]), None, "not listed in the manifest"))
+        checks.append(
+            FileCheck(
+                name, FileStatus.UNLISTED, len(files[name]), None, _sha(files[name]), None, "not listed in the manifest"
+            )
+        )
     return tuple(checks)
 
 
@@ -211,8 +236,14 @@ def manifest_summary(m: Manifest) -> dict[str, Any]:
         "target": m.target,
         "labels": list(m.labels),
         "preprocess": m.preprocess.to_dict(),
-        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point} for t in m.inputs],
-        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point} for t in m.outputs],
+        "inputs": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
+            for t in m.inputs
+        ],
+        "outputs": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
+            for t in m.outputs
+        ],
         "outputs_are": raw.get("outputs_are"),
         "metrics": metrics,
         "fit": {"fits": fit.get("fits"), "summary": fit.get("summary")} if fit else None,
@@ -246,7 +277,9 @@ def _tensor_infos(rt: Runtime) -> tuple[TensorInfo, ...]:
     return tuple(out)
 
 
-def describe_model(tflite: bytes, model_name: str = "model.tflite") -> tuple[tuple[tuple[str, int], ...], tuple[TensorInfo, ...]]:
+def describe_model(
+    tflite: bytes, model_name: str = "model.tflite"
+) -> tuple[tuple[tuple[str, int], ...], tuple[TensorInfo, ...]]:
     """Operators with counts (first-execution order) and tensors of a .tflite, loaded without delegates."""
     rt = Runtime(tflite, num_threads=1, delegate="none", model_name=model_name)
     try:
@@ -295,7 +328,9 @@ def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) ->
     if kind == "bundle":
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file() or manifest_path.is_symlink():
-            raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
+            raise BundleError(
+                f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`)."
+            )
         manifest_bytes = manifest_path.read_bytes()
         manifest = Manifest.from_bytes(manifest_bytes, str(manifest_path))
         checks = tuple(verify_directory(path, manifest))
@@ -304,7 +339,9 @@ def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) ->
     else:
         files = read_archive(path)
         if MANIFEST_NAME not in files:
-            raise BundleError(f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`).")
+            raise BundleError(
+                f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`)."
+            )
         manifest_bytes = files[MANIFEST_NAME]
         manifest = Manifest.from_bytes(manifest_bytes, f"{path}:{MANIFEST_NAME}")
         checks = verify_members(manifest, files)

@@ -60,9 +60,13 @@ def new_keypair(out_dir: str | Path, name: str = "edgekit", *, overwrite: bool =
     if not overwrite:
         for p in (private_path, public_path):
             if p.exists():
-                raise UsageError(f"{p} already exists; pick another --name or remove it first (keys are not replaced silently).")
+                raise UsageError(
+                    f"{p} already exists; pick another --name or remove it first (keys are not replaced silently)."
+                )
     key = ed25519.Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public = key.public_key()
     public_pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -86,11 +90,15 @@ def load_private_key(path: str | Path) -> tuple[object, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SignatureError(f"cannot read signing key {path}: {exc.strerror}; make one with `edgekit keys new`.") from None
+        raise SignatureError(
+            f"cannot read signing key {path}: {exc.strerror}; make one with `edgekit keys new`."
+        ) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise SignatureError(f"{path} is not an unencrypted PEM private key ({exc}); use the .key file `edgekit keys new` wrote.") from None
+        raise SignatureError(
+            f"{path} is not an unencrypted PEM private key ({exc}); use the .key file `edgekit keys new` wrote."
+        ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SignatureError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key.")
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

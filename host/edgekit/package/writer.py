@@ -12,20 +12,19 @@ import hashlib
 import io
 import shutil
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from edgekit_agent.contract.errors import BundleError
-from edgekit_agent.contract.manifest import FORMAT, MANIFEST_NAME, PreprocessSpec, dump_manifest
-from edgekit_agent.infer.preprocess import quantize
-from edgekit_agent.contract.manifest import TensorSpec
-from edgekit_agent.infer.runtime import Runtime
-
 from edgekit.profiles import Profile
+from edgekit_agent.contract.errors import BundleError
+from edgekit_agent.contract.manifest import FORMAT, MANIFEST_NAME, PreprocessSpec, TensorSpec, dump_manifest
+from edgekit_agent.infer.preprocess import quantize
+from edgekit_agent.infer.runtime import Runtime
 
 MODEL_NAME = "model.tflite"
 GOLDEN_NAME = "golden.npz"
@@ -79,8 +78,11 @@ def write_archive(directory: Path, archive: Path) -> Path:
     owners and times, and a gzip header without the time or a file name, which ``tarfile``'s "w:gz" would add)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".part")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=ARCHIVE_GZIP_LEVEL, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=ARCHIVE_GZIP_LEVEL, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             data = path.read_bytes()
             info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
@@ -162,7 +164,7 @@ def write_bundle(
         "format": FORMAT,
         "name": name,
         "version": version,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "profile": profile.to_dict(),
         "model": {"file": MODEL_NAME, "bytes": len(tflite), "sha256": sha256_bytes(tflite)},
         "inputs": inputs,

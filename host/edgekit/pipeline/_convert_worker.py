@@ -14,8 +14,9 @@ import io
 import json
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 EXIT_CONVERTER_ERROR = 3
 EXIT_BAD_JOB = 4

@@ -14,16 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
-
 from edgekit.pipeline.data import Splits
 from edgekit.pipeline.lint import LintReport, lint_full_int8
+from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
 
 # The worker command; a list so tests can point it at a process that really crashes.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "edgekit.pipeline._convert_worker"]
@@ -133,7 +133,9 @@ def _crash_message(rc: int, stderr: str, what: str) -> str:
     )
 
 
-def run_worker(job: dict[str, Any], workdir: Path, *, what: str = "the model", timeout: float = DEFAULT_TIMEOUT_S) -> None:
+def run_worker(
+    job: dict[str, Any], workdir: Path, *, what: str = "the model", timeout: float = DEFAULT_TIMEOUT_S
+) -> None:
     """Run one conversion job in a child process; raise :class:`ConversionError` on a failure or crash."""
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
@@ -142,7 +144,9 @@ def run_worker(job: dict[str, Any], workdir: Path, *, what: str = "the model", t
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONFAULTHANDLER"] = "1"  # a segfault prints the Python stack to stderr, quoted in the error
     try:
-        proc = subprocess.run([*WORKER_COMMAND, str(job_path)], capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [*WORKER_COMMAND, str(job_path)], capture_output=True, text=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         raise ConversionError(
             f"the TFLite converter did not finish converting {what} within {timeout:.0f} s; "
@@ -198,8 +202,16 @@ def convert_int8(
     :class:`QuantizationError` naming the operators.
     """
     return convert_int8_many(
-        [model], representative_x, input_dtype=input_dtype, output_dtype=output_dtype, num_samples=num_samples,
-        seed=seed, strict=strict, with_float=with_float, names=[name], timeout=timeout,
+        [model],
+        representative_x,
+        input_dtype=input_dtype,
+        output_dtype=output_dtype,
+        num_samples=num_samples,
+        seed=seed,
+        strict=strict,
+        with_float=with_float,
+        names=[name],
+        timeout=timeout,
     )[0]
 
 
@@ -233,27 +245,50 @@ def convert_int8_many(
         tasks = []
         for i, model in enumerate(models):
             path, fmt = _export(model, work, stem=f"model{i}")
-            tasks.append({"kind": "int8", "model": path, "format": fmt, "input_dtype": input_dtype,
-                          "output_dtype": output_dtype, "out": str(work / f"int8_{i}.tflite")})
+            tasks.append(
+                {
+                    "kind": "int8",
+                    "model": path,
+                    "format": fmt,
+                    "input_dtype": input_dtype,
+                    "output_dtype": output_dtype,
+                    "out": str(work / f"int8_{i}.tflite"),
+                }
+            )
             if with_float:
                 tasks.append({"kind": "float", "model": path, "format": fmt, "out": str(work / f"float_{i}.tflite")})
         job = {"representative": str(work / "representative.npy"), "tasks": tasks}
         run_worker(job, work, what=", ".join(names), timeout=timeout)
         for i in range(len(models)):
-            outputs.append(((work / f"int8_{i}.tflite").read_bytes(),
-                            (work / f"float_{i}.tflite").read_bytes() if with_float else b""))
+            outputs.append(
+                (
+                    (work / f"int8_{i}.tflite").read_bytes(),
+                    (work / f"float_{i}.tflite").read_bytes() if with_float else b"",
+                )
+            )
     seconds = time.perf_counter() - start
     results = []
     for name, (tflite, float_tflite) in zip(names, outputs):
-        report = lint_full_int8(tflite, input_dtype=input_dtype, output_dtype=output_dtype, strict=strict, name=f"{name} (int8)")
-        results.append(ConversionResult(
-            tflite=tflite, float_tflite=float_tflite, lint=report, input_dtype=input_dtype, output_dtype=output_dtype,
-            representative_samples=int(len(rep)), seconds=seconds,
-        ))
+        report = lint_full_int8(
+            tflite, input_dtype=input_dtype, output_dtype=output_dtype, strict=strict, name=f"{name} (int8)"
+        )
+        results.append(
+            ConversionResult(
+                tflite=tflite,
+                float_tflite=float_tflite,
+                lint=report,
+                input_dtype=input_dtype,
+                output_dtype=output_dtype,
+                representative_samples=int(len(rep)),
+                seconds=seconds,
+            )
+        )
     return results
 
 
-def run_debugger(model: Any, representative_x: np.ndarray, *, num_samples: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+def run_debugger(
+    model: Any, representative_x: np.ndarray, *, num_samples: int = 100, seed: int = 0
+) -> list[dict[str, Any]]:
     """Rows of TF's QuantizationDebugger layer statistics, computed in the converter's child process."""
     rep = _representative(representative_x, num_samples, seed)
     with tempfile.TemporaryDirectory(prefix="edgekit-debug-") as tmp:
@@ -261,14 +296,27 @@ def run_debugger(model: Any, representative_x: np.ndarray, *, num_samples: int =
         model_path, fmt = _export(model, work)
         np.save(work / "representative.npy", rep)
         out = work / "layers.json"
-        job = {"representative": str(work / "representative.npy"),
-               "tasks": [{"kind": "debug", "model": model_path, "format": fmt, "input_dtype": "int8", "output_dtype": "int8", "out": str(out)}]}
+        job = {
+            "representative": str(work / "representative.npy"),
+            "tasks": [
+                {
+                    "kind": "debug",
+                    "model": model_path,
+                    "format": fmt,
+                    "input_dtype": "int8",
+                    "output_dtype": "int8",
+                    "out": str(out),
+                }
+            ],
+        }
         run_worker(job, work, what="the model (quantisation debugger)")
         return list(json.loads(out.read_text()))
 
 
 # --- quantisation-aware training ---------------------------------------------------------------------
-def quantization_aware_training(model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32) -> Any:
+def quantization_aware_training(
+    model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32
+) -> Any:
     """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: facts notes 6 and 8)."""
     from edgekit.pipeline import zoo
 
@@ -317,29 +365,51 @@ def convert_for_profile(
     if len(part.y) == 0:
         raise DatasetError("no validation or test samples to compare float and int8 accuracy; use a larger dataset.")
     stage("post-training quantisation")
-    ptq = convert_int8(model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed, name=name)
+    ptq = convert_int8(
+        model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed, name=name
+    )
     stage("measuring float and int8 accuracy")
     n_cls = len(splits.labels)
     float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls).accuracy
     ptq_acc = evaluate_tflite(ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
     result = replace(
-        ptq, float_accuracy=float_acc, int8_accuracy=ptq_acc, ptq_int8_accuracy=ptq_acc,
-        eval_split=split_name, eval_samples=int(len(part.y)),
+        ptq,
+        float_accuracy=float_acc,
+        int8_accuracy=ptq_acc,
+        ptq_int8_accuracy=ptq_acc,
+        eval_split=split_name,
+        eval_samples=int(len(part.y)),
     )
     drop = 100.0 * (float_acc - ptq_acc)
     if not (qat and (force_qat or drop > max_accuracy_drop)):
         return result
-    stage(f"quantisation-aware training (int8 lost {drop:.2f} points)" if not force_qat else "quantisation-aware training")
+    stage(
+        f"quantisation-aware training (int8 lost {drop:.2f} points)" if not force_qat else "quantisation-aware training"
+    )
     start = time.perf_counter()
     qat_model = quantization_aware_training(model, splits, epochs=qat_epochs, seed=seed)
     stage("converting the quantisation-aware model")
     qres = convert_int8(
-        qat_model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed,
-        with_float=False, name=f"{name} (QAT)",
+        qat_model,
+        splits.train.x,
+        input_dtype=in_dt,
+        output_dtype=out_dt,
+        num_samples=num_samples,
+        seed=seed,
+        with_float=False,
+        name=f"{name} (QAT)",
     )
     qat_acc = evaluate_tflite(qres.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
     seconds = result.seconds + (time.perf_counter() - start)
     if qat_acc > ptq_acc:
-        return replace(result, tflite=qres.tflite, lint=qres.lint, int8_accuracy=qat_acc, qat_int8_accuracy=qat_acc,
-                       qat_ran=True, kept="qat", seconds=seconds)
+        return replace(
+            result,
+            tflite=qres.tflite,
+            lint=qres.lint,
+            int8_accuracy=qat_acc,
+            qat_int8_accuracy=qat_acc,
+            qat_ran=True,
+            kept="qat",
+            seconds=seconds,
+        )
     return replace(result, qat_int8_accuracy=qat_acc, qat_ran=True, kept="ptq", seconds=seconds)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import warnings
 import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class Dataset:
         counts = np.bincount(self.y, minlength=len(self.labels))
         return {label: int(n) for label, n in zip(self.labels, counts)}
 
-    def subset(self, index: np.ndarray) -> "Dataset":
+    def subset(self, index: np.ndarray) -> Dataset:
         """The samples at ``index`` (same labels and spec)."""
         files = tuple(self.files[i] for i in index) if self.files else ()
         return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=())
@@ -97,7 +97,9 @@ def write_digits(out_dir: str | Path) -> DatasetSummary:
         for i, (img, label) in enumerate(zip(pixels, digits.target)):
             Image.fromarray(img, mode="L").save(out / str(int(label)) / f"digit_{i:04d}.png")
     except OSError as exc:
-        raise DatasetError(f"cannot write the digits dataset to {out}: {exc.strerror}; choose a writable directory.") from None
+        raise DatasetError(
+            f"cannot write the digits dataset to {out}: {exc.strerror}; choose a writable directory."
+        ) from None
     h, w = pixels.shape[1:]
     return DatasetSummary(directory=out, classes=10, samples=int(len(pixels)), width=int(w), height=int(h))
 
@@ -144,7 +146,9 @@ def infer_spec(files: list[Path], *, probe: int = 64) -> PreprocessSpec:
     return PreprocessSpec(width=int(width), height=int(height), color_mode="L" if grey else "RGB")
 
 
-def folder_spec(path: str | Path, *, size: tuple[int, int] | None = None, color_mode: str | None = None) -> PreprocessSpec:
+def folder_spec(
+    path: str | Path, *, size: tuple[int, int] | None = None, color_mode: str | None = None
+) -> PreprocessSpec:
     """The spec for an image folder: ``size`` (width, height) and ``color_mode`` ("L"/"RGB") when given, else inferred."""
     if size is not None and color_mode is not None:
         return PreprocessSpec(width=int(size[0]), height=int(size[1]), color_mode=color_mode)
@@ -186,7 +190,9 @@ def spec_for_input(shape: Sequence[int | None], where: str, dataset: str | Path 
     if h and w:
         return PreprocessSpec(width=w, height=h, color_mode=mode)
     if dataset is None or Path(dataset).suffix.lower() == ".npz":
-        raise ModelError(f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); give a model with a fixed height and width.")
+        raise ModelError(
+            f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); give a model with a fixed height and width."
+        )
     return folder_spec(dataset, color_mode=mode)  # the images' most common size
 
 
@@ -291,7 +297,9 @@ def load_npz(path: str | Path) -> Dataset:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim != 1:
-        raise DatasetError(f"{path}: x must be (N, H, W[, 1|3]) and y (N,) with the same N; got {x.shape} and {y.shape}.")
+        raise DatasetError(
+            f"{path}: x must be (N, H, W[, 1|3]) and y (N,) with the same N; got {x.shape} and {y.shape}."
+        )
     if not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"{path}: y must hold integer class indices, got {y.dtype}.")
     mode = "L" if x.shape[-1] == 1 else "RGB"
@@ -332,7 +340,9 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(x=x, y=y.astype(np.int64), labels=labels, spec=spec)
 
 
-def load_dataset(path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None) -> Dataset:
+def load_dataset(
+    path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
+) -> Dataset:
     """An image folder or an ``.npz`` file, by what ``path`` is."""
     p = Path(path)
     if p.suffix.lower() == ".npz":

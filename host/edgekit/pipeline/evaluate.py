@@ -7,9 +7,10 @@ i.e. the code a device runs, so the figure is the device's figure.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,12 @@ class EvalResult:
         return [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(self.confusion)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "samples": self.samples, "correct": self.correct, "confusion": self.confusion}
+        return {
+            "accuracy": self.accuracy,
+            "samples": self.samples,
+            "correct": self.correct,
+            "confusion": self.confusion,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,11 @@ class ComparisonReport:
             "int8_bytes": self.int8_bytes,
         }
         if self.float_result is not None:
-            d.update(float_accuracy=self.float_accuracy, drop_points=self.drop_points, float_confusion=self.float_result.confusion)
+            d.update(
+                float_accuracy=self.float_accuracy,
+                drop_points=self.drop_points,
+                float_confusion=self.float_result.confusion,
+            )
         if self.float_bytes is not None:
             d["float_bytes"] = self.float_bytes
         return d
@@ -90,7 +100,9 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> list[
 def _result(y: np.ndarray, pred: np.ndarray, num_classes: int) -> EvalResult:
     y = np.asarray(y, dtype=np.int64)
     acc = float(np.mean(pred == y)) if len(y) else float("nan")
-    return EvalResult(accuracy=acc, samples=int(len(y)), confusion=confusion_matrix(y, pred, num_classes), predictions=pred)
+    return EvalResult(
+        accuracy=acc, samples=int(len(y)), confusion=confusion_matrix(y, pred, num_classes), predictions=pred
+    )
 
 
 def _check(x: np.ndarray, y: np.ndarray) -> None:
@@ -103,8 +115,11 @@ def _check(x: np.ndarray, y: np.ndarray) -> None:
 def _tensor_spec(details: dict[str, Any]) -> TensorSpec:
     scale, zero = details["quantization"]
     return TensorSpec(
-        name=str(details["name"]), shape=tuple(int(s) for s in details["shape"]),
-        dtype=np.dtype(details["dtype"]).name, scale=float(scale), zero_point=int(zero),
+        name=str(details["name"]),
+        shape=tuple(int(s) for s in details["shape"]),
+        dtype=np.dtype(details["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero),
     )
 
 
@@ -117,14 +132,20 @@ def predict_tflite(
 ) -> np.ndarray:
     """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time."""
     name = "<bytes>" if isinstance(tflite_or_path, bytes) else str(tflite_or_path)
-    rt = Runtime(tflite_or_path if isinstance(tflite_or_path, bytes) else Path(tflite_or_path), num_threads=num_threads, model_name=name)
+    rt = Runtime(
+        tflite_or_path if isinstance(tflite_or_path, bytes) else Path(tflite_or_path),
+        num_threads=num_threads,
+        model_name=name,
+    )
     try:
         interp = rt.interpreter
         tin = _tensor_spec(interp.get_input_details()[0])
         tout = _tensor_spec(interp.get_output_details()[0])
         if tuple(x.shape[1:]) != tin.shape[1:]:
-            raise ModelError(f"{name}: the model wants inputs of shape {tin.shape[1:]}, the data is {tuple(x.shape[1:])}; "
-                             "load the dataset with the model's preprocessing (image size, colour mode).")
+            raise ModelError(
+                f"{name}: the model wants inputs of shape {tin.shape[1:]}, the data is {tuple(x.shape[1:])}; "
+                "load the dataset with the model's preprocessing (image size, colour mode)."
+            )
         out = np.empty((len(x), int(np.prod(tout.shape[1:]))), dtype=np.float32)
         for i in range(len(x)):
             q = quantize(x[i], tin)[None, ...]
@@ -161,7 +182,9 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int
         try:
             model = with_fixed_batch(model, None)
         except ModelError:
-            probs = np.concatenate([np.asarray(model(x[i : i + fixed_batch], training=False)) for i in range(0, len(x), fixed_batch)])
+            probs = np.concatenate(
+                [np.asarray(model(x[i : i + fixed_batch], training=False)) for i in range(0, len(x), fixed_batch)]
+            )
             return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
     probs = np.asarray(model.predict(x, batch_size=256, verbose=0))
     return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
@@ -179,7 +202,9 @@ def compare(
     on_progress: ProgressFn | None = None,
 ) -> ComparisonReport:
     """Int8 accuracy of the TFLite model and, when ``model`` is given, float accuracy of the Keras model."""
-    int8 = evaluate_tflite(tflite_or_path, x, y, num_threads=num_threads, num_classes=num_classes, on_progress=on_progress)
+    int8 = evaluate_tflite(
+        tflite_or_path, x, y, num_threads=num_threads, num_classes=num_classes, on_progress=on_progress
+    )
     flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
     size = len(tflite_or_path) if isinstance(tflite_or_path, bytes) else Path(tflite_or_path).stat().st_size
     return ComparisonReport(float_result=flt, int8_result=int8, int8_bytes=size, float_bytes=float_bytes)
@@ -197,11 +222,19 @@ class LayerError:
     scale: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"op": self.op, "tensor": self.tensor, "rmse_over_scale": self.rmse_over_scale,
-                "mean_error": self.mean_error, "max_abs_error": self.max_abs_error, "scale": self.scale}
+        return {
+            "op": self.op,
+            "tensor": self.tensor,
+            "rmse_over_scale": self.rmse_over_scale,
+            "mean_error": self.mean_error,
+            "max_abs_error": self.max_abs_error,
+            "scale": self.scale,
+        }
 
 
-def per_layer_errors(model: Any, representative_x: np.ndarray, top: int = 10, *, num_samples: int = 100, seed: int = 0) -> list[LayerError]:
+def per_layer_errors(
+    model: Any, representative_x: np.ndarray, top: int = 10, *, num_samples: int = 100, seed: int = 0
+) -> list[LayerError]:
     """The ``top`` layers with the largest quantisation error (RMSE in units of the layer's output scale).
 
     A value near 0.3 is plain rounding noise (uniform error of one step has RMSE 1/√12 ≈ 0.29); much more
@@ -215,10 +248,15 @@ def per_layer_errors(model: Any, representative_x: np.ndarray, top: int = 10, *,
     for r in rows:
         scale = float(r.get("scale") or 0.0)
         mse = float(r.get("mean_squared_error") or 0.0)
-        errors.append(LayerError(
-            op=str(r.get("op", "")), tensor=str(r.get("tensor", "")),
-            rmse_over_scale=float(np.sqrt(mse) / scale) if scale else float("nan"),
-            mean_error=float(r.get("mean_error") or 0.0), max_abs_error=float(r.get("max_abs_error") or 0.0), scale=scale,
-        ))
+        errors.append(
+            LayerError(
+                op=str(r.get("op", "")),
+                tensor=str(r.get("tensor", "")),
+                rmse_over_scale=float(np.sqrt(mse) / scale) if scale else float("nan"),
+                mean_error=float(r.get("mean_error") or 0.0),
+                max_abs_error=float(r.get("max_abs_error") or 0.0),
+                scale=scale,
+            )
+        )
     errors.sort(key=lambda e: -np.nan_to_num(e.rmse_over_scale, nan=-1.0))
     return errors[:top]

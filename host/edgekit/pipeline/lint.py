@@ -84,7 +84,9 @@ class LintReport:
         }
 
 
-def _islands(float_ops: list[FloatOp], op_io: dict[int, tuple[list[int], list[int]]], float_tensors: set[int]) -> list[FloatIsland]:
+def _islands(
+    float_ops: list[FloatOp], op_io: dict[int, tuple[list[int], list[int]]], float_tensors: set[int]
+) -> list[FloatIsland]:
     """Group float ops (plus their DEQUANTIZE/QUANTIZE boundaries) connected through float tensors."""
     members = {o.index: o for o in float_ops}
     parent = {i: i for i in members}
@@ -123,7 +125,9 @@ def lint_full_int8(
     dtypes = {int(t["index"]): np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
     names = {int(t["index"]): str(t["name"]) for t in interp.get_tensor_details()}
     details = interp._get_ops_details()  # noqa: SLF001 - the only per-op listing the interpreter offers
-    op_io = {int(d["index"]): ([int(i) for i in d["inputs"] if i >= 0], [int(o) for o in d["outputs"]]) for d in details}
+    op_io = {
+        int(d["index"]): ([int(i) for i in d["inputs"] if i >= 0], [int(o) for o in d["outputs"]]) for d in details
+    }
     counts = Counter(str(d["op_name"]) for d in details)
     float_tensors = {i for i, dt in dtypes.items() if dt in _FLOATS}
     float_ops: list[FloatOp] = []

@@ -13,14 +13,14 @@ from __future__ import annotations
 import gzip
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from edgekit_agent.contract.errors import ModelError, UsageError
-
 from edgekit.pipeline.data import Splits
+from edgekit_agent.contract.errors import ModelError, UsageError
 
 EpochFn = Callable[[int, int, dict[str, float]], None]
 # Pruning happens in this many steps between 0 and the target, then the mask is held while fine-tuning.
@@ -74,7 +74,10 @@ class PruneResult:
         return {
             "target_sparsity": self.target_sparsity,
             "sparsity": round(self.sparsity, 4),
-            "layers": [{"layer": l.layer, "weights": l.weights, "zeros": l.zeros, "sparsity": round(l.sparsity, 4)} for l in self.layers],
+            "layers": [
+                {"layer": l.layer, "weights": l.weights, "zeros": l.zeros, "sparsity": round(l.sparsity, 4)}
+                for l in self.layers
+            ],
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
             "accuracy_drop_points": self.accuracy_drop,
@@ -152,7 +155,9 @@ def prune_model(
     sp = tfmot.sparsity.keras
     steps, end_step, frequency = schedule_steps(len(splits.train.y), batch_size, epochs)
     if schedule == "polynomial":
-        sched = sp.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=end_step, frequency=frequency)
+        sched = sp.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=end_step, frequency=frequency
+        )
     else:
         sched = sp.ConstantSparsity(sparsity, begin_step=0, end_step=end_step, frequency=frequency)
     base = zoo.to_tf_keras(model)  # a fresh copy: prune_low_magnitude changes weights in place (facts note 7)
@@ -170,8 +175,16 @@ def prune_model(
 
         callbacks.append(_Report())
     val = (splits.val.x, splits.val.y) if len(splits.val.y) else None
-    wrapped.fit(splits.train.x, splits.train.y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-                validation_data=val, callbacks=callbacks)
+    wrapped.fit(
+        splits.train.x,
+        splits.train.y,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+        validation_data=val,
+        callbacks=callbacks,
+    )
     stripped = sp.strip_pruning(wrapped)
     layers = kernel_sparsity(stripped)
     pruned = stripped if zoo.is_tf_keras(model) else zoo.to_keras3(stripped, like=model)
@@ -184,15 +197,31 @@ def prune_model(
     test = splits.test if len(splits.test.y) else splits.val
     before = evaluate_keras(model, test.x, test.y, num_classes=len(splits.labels)).accuracy
     after = evaluate_keras(pruned, test.x, test.y, num_classes=len(splits.labels)).accuracy
-    sizes: dict[str, int | None] = dict.fromkeys(("int8_bytes_before", "int8_bytes_after", "int8_gzip_before", "int8_gzip_after"))
+    sizes: dict[str, int | None] = dict.fromkeys(
+        ("int8_bytes_before", "int8_bytes_after", "int8_gzip_before", "int8_gzip_after")
+    )
     if measure_sizes:  # both models in one converter process, calibrated on the same sample
         from edgekit.pipeline.convert import convert_int8_many
 
-        results = convert_int8_many([model, pruned], splits.train.x, seed=seed, strict=False, with_float=False,
-                                    names=[f"{model.name} (before pruning)", f"{model.name} (after pruning)"])
+        results = convert_int8_many(
+            [model, pruned],
+            splits.train.x,
+            seed=seed,
+            strict=False,
+            with_float=False,
+            names=[f"{model.name} (before pruning)", f"{model.name} (after pruning)"],
+        )
         for tag, res in zip(("before", "after"), results):
             sizes[f"int8_bytes_{tag}"], sizes[f"int8_gzip_{tag}"] = len(res.tflite), gzip_size(res.tflite)
     return PruneResult(
-        model=pruned, target_sparsity=sparsity, layers=layers, accuracy_before=before, accuracy_after=after,
-        steps=steps, end_step=end_step, frequency=frequency, seconds=time.perf_counter() - start, **sizes,
+        model=pruned,
+        target_sparsity=sparsity,
+        layers=layers,
+        accuracy_before=before,
+        accuracy_after=after,
+        steps=steps,
+        end_step=end_step,
+        frequency=frequency,
+        seconds=time.perf_counter() - start,
+        **sizes,
     )

@@ -19,8 +19,9 @@ device's live statistics and this reference are measured the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -143,7 +144,9 @@ def run_int8(tflite: bytes, x_float: np.ndarray, *, model_name: str = "model.tfl
 
 def _spec(d: dict[str, Any]) -> TensorSpec:
     scale, zero = d["quantization"]
-    return TensorSpec(str(d["name"]), tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zero))
+    return TensorSpec(
+        str(d["name"]), tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zero)
+    )
 
 
 def compute_reference(

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from edgekit.pipeline.data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 from edgekit_agent.contract.errors import EdgekitError, ModelError, UsageError
 from edgekit_agent.contract.manifest import PreprocessSpec
-
-from edgekit.pipeline.data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -51,7 +51,9 @@ def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     copies = [x]
     for sy, sx in ((dy, 0), (-dy, 0), (0, dx), (0, -dx)):
         out = np.zeros_like(x)
-        out[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)] = x[:, max(-sy, 0) : h + min(-sy, 0), max(-sx, 0) : w + min(-sx, 0)]
+        out[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)] = x[
+            :, max(-sy, 0) : h + min(-sy, 0), max(-sx, 0) : w + min(-sx, 0)
+        ]
         copies.append(out)
     return np.concatenate(copies), np.tile(y, len(copies))
 
@@ -106,7 +108,9 @@ def train_model(
         raise UsageError(f"epochs must be at least 1, got {epochs}.")
     _seed_everything(seed)
     model = zoo.build_model(name, shape, len(train.labels), alpha=alpha)
-    x_train, y_train = augment_shifts(train.x, train.y) if (augment if augment is not None else name == "cnn") else (train.x, train.y)
+    x_train, y_train = (
+        augment_shifts(train.x, train.y) if (augment if augment is not None else name == "cnn") else (train.x, train.y)
+    )
     # Cosine decay: a high rate early, a small one for the last epochs, without a tuning knob per dataset.
     steps = epochs * int(np.ceil(len(y_train) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate * 2, decay_steps=max(steps, 1), alpha=0.05)
@@ -116,12 +120,20 @@ def train_model(
     with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
         best = os.path.join(tmp, "best.weights.h5")
         if has_val:  # keep the epoch with the best validation accuracy, not merely the last one
-            callbacks.append(keras.callbacks.ModelCheckpoint(
-                best, monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
-            ))
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    best, monitor="val_accuracy", save_best_only=True, save_weights_only=True, verbose=0
+                )
+            )
         hist = model.fit(
-            x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-            validation_data=(val.x, val.y) if has_val else None, callbacks=callbacks,
+            x_train,
+            y_train,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            verbose=0,
+            validation_data=(val.x, val.y) if has_val else None,
+            callbacks=callbacks,
         )
         if has_val and os.path.exists(best):
             model.load_weights(best)
@@ -188,7 +200,9 @@ def load_model(path: str | Path) -> Any:
     elif path.suffix in (".keras", ".h5", ".hdf5"):
         loaders = [_load_keras3, _load_tf_keras]
     else:
-        raise ModelError(f"{path}: unknown model format '{path.suffix}'; give a .keras, .h5 file or a SavedModel directory.")
+        raise ModelError(
+            f"{path}: unknown model format '{path.suffix}'; give a .keras, .h5 file or a SavedModel directory."
+        )
     errors = []
     for loader in loaders:
         try:
@@ -275,7 +289,9 @@ def _model_shape(model: Any, path: Path) -> ModelShape:
     try:
         inputs, outputs = _shapes(model.inputs), _shapes(model.outputs)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the model's inputs and outputs ({exc}); save a built Keras model with model.save('model.keras').") from None
+        raise ModelError(
+            f"{path}: cannot read the model's inputs and outputs ({exc}); save a built Keras model with model.save('model.keras')."
+        ) from None
     if len(inputs) != 1:
         raise ModelError(
             f"{path}: the model has {len(inputs)} inputs {', '.join(map(shape_text, inputs))}; edgekit feeds one image: "

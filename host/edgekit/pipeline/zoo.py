@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from edgekit_agent.contract.errors import ModelError, UsageError
 
@@ -41,7 +42,9 @@ def is_tf_keras(model: Any) -> bool:
     return type(model).__module__.startswith("tf_keras")
 
 
-def _cnn(K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_size: int | None, dense: int = 512, **_: Any) -> Any:
+def _cnn(
+    K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_size: int | None, dense: int = 512, **_: Any
+) -> Any:
     """Conv 32 → conv 64 → pool, then conv 64 + pool until about 4×4, dense 512, softmax.
 
     The dense layer holds most of the weights on purpose: per-channel quantisation parameters are a fixed
@@ -58,7 +61,10 @@ def _cnn(K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_s
     h, w = input_shape[0] // 2, input_shape[1] // 2
     block = 2
     while min(h, w) > 4 and block < 6:
-        layers += [L.Conv2D(64, 3, padding="same", activation="relu", name=f"conv{block + 1}"), L.MaxPooling2D(name=f"pool{block}")]
+        layers += [
+            L.Conv2D(64, 3, padding="same", activation="relu", name=f"conv{block + 1}"),
+            L.MaxPooling2D(name=f"pool{block}"),
+        ]
         h, w, block = h // 2, w // 2, block + 1
     layers += [
         L.Conv2D(64, 3, padding="same", activation="relu", name=f"conv{block + 1}"),
@@ -70,19 +76,33 @@ def _cnn(K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_s
     return K.Sequential(layers, name=f"{PREFIX}cnn")
 
 
-def _mobilenetv2(K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_size: int | None, alpha: float = 0.35, **_: Any) -> Any:
+def _mobilenetv2(
+    K: Any,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    batch_size: int | None,
+    alpha: float = 0.35,
+    **_: Any,
+) -> Any:
     """Keras' MobileNetV2 (random init) with width multiplier ``alpha`` and a softmax head."""
     if min(input_shape[:2]) < 32:
-        raise UsageError(f"mobilenetv2 needs images of at least 32×32, got {input_shape[1]}×{input_shape[0]}; use --arch cnn.")
+        raise UsageError(
+            f"mobilenetv2 needs images of at least 32×32, got {input_shape[1]}×{input_shape[0]}; use --arch cnn."
+        )
     inp = K.Input(shape=input_shape, batch_size=batch_size)
-    base = K.applications.MobileNetV2(input_tensor=inp, alpha=alpha, weights=None, classes=num_classes, classifier_activation="softmax")
+    base = K.applications.MobileNetV2(
+        input_tensor=inp, alpha=alpha, weights=None, classes=num_classes, classifier_activation="softmax"
+    )
     # The alpha is kept in the name so a saved model can be rebuilt for tf_keras (prune, QAT).
     return K.Model(base.inputs, base.outputs, name=f"{PREFIX}mobilenetv2_a{alpha:g}")
 
 
 ARCHITECTURES: dict[str, Arch] = {
     "cnn": Arch("cnn", "compact CNN for small grey images (digits, 8×8 to 64×64)", _cnn),
-    "mobilenetv2": Arch("mobilenetv2", "MobileNetV2 with a width multiplier (alpha), colour or larger images, ≥32×32", _mobilenetv2),
+    "mobilenetv2": Arch(
+        "mobilenetv2", "MobileNetV2 with a width multiplier (alpha), colour or larger images, ≥32×32", _mobilenetv2
+    ),
 }
 
 
@@ -198,7 +218,9 @@ def to_tf_keras(model: Any, *, batch_size: int | None = None) -> Any:
         if found is not None:
             arch, options = found
             shape = tuple(int(s) for s in model.inputs[0].shape[1:])
-            built = ARCHITECTURES[arch].build(tf_keras, shape, int(model.outputs[0].shape[-1]), batch_size=batch_size, **options)
+            built = ARCHITECTURES[arch].build(
+                tf_keras, shape, int(model.outputs[0].shape[-1]), batch_size=batch_size, **options
+            )
         else:
             cfg = _fixed_batch_config(_tf_keras_config(model.get_config()), batch_size)
             cls = tf_keras.Sequential if type(model).__name__ == "Sequential" else tf_keras.Model
