@@ -20,7 +20,7 @@ from edgekit_agent.serve import sysinfo
 def test_memory_and_system_description_on_linux():
     # In a fresh interpreter: inside a long test session the allocator may reuse freed pages, so RSS need not grow.
     code = (
-        "import numpy as np; from edgekit_agent import sysinfo; before = sysinfo.rss_mb(); "
+        "import numpy as np; from edgekit_agent.serve import sysinfo; before = sysinfo.rss_mb(); "
         "block = np.ones(32 << 20, dtype=np.uint8); "
         "print(sysinfo.rss_mb() - before, sysinfo.peak_rss_mb() >= sysinfo.rss_mb())"
     )
