@@ -8,9 +8,9 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv-legacy
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 stamp="$VENV/.edgekit-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements/lock-legacy.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[device-legacy]"
+  "$VENV/bin/pip" install -q -c requirements/lock-legacy.txt -e ".[device-legacy]"
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment .venv with everything: host (TensorFlow), device, dev.
-# Idempotent: a second run with an unchanged pyproject.toml does nothing. Usage: scripts/setup.sh
+# Idempotent: a second run with an unchanged pyproject.toml and lock does nothing. Usage: scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -12,9 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
 fi
 stamp="$VENV/.edgekit-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements/lock.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing edgekit[host,device,dev] into $VENV (TensorFlow is ~600 MB the first time)" >&2
-  "$VENV/bin/pip" install -q -e ".[host,device,dev]"
+  # The lock pins the versions CI tested (scripts/lock.sh refreshes it); pyproject.toml keeps the ranges.
+  "$VENV/bin/pip" install -q -c requirements/lock.txt -e ".[host,device,dev]"
   echo "$want" > "$stamp"
 fi
