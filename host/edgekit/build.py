@@ -10,16 +10,23 @@ golden samples for the device's self-test.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
+
+if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
+    from edgekit.fit.check import FitReport
+    from edgekit.pipeline.convert import ConversionResult
+    from edgekit.pipeline.data import Dataset, Splits
+    from edgekit.pipeline.evaluate import EvalResult
+    from edgekit.pipeline.prune import PruneResult
+    from edgekit.pipeline.train import ModelShape
 
 GOLDEN_SAMPLES = 16
 SPLIT = {"val": 0.15, "test": 0.15}
@@ -49,7 +56,7 @@ class ProfileBuild:
     int8_bytes: int
     float_tflite_bytes: int
     qat: bool
-    fits: bool | None  # None when no fit checker is installed
+    fits: bool
     fit_summary: str
     manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -95,7 +102,7 @@ class BuildResult:
 
     @property
     def all_fit(self) -> bool:
-        return all(p.fits is not False for p in self.profiles)
+        return all(p.fits for p in self.profiles)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +117,25 @@ class BuildResult:
             ],
             "profiles": [p.to_dict() for p in self.profiles],
         }
+
+
+@dataclass(slots=True)
+class _ProfileWork:
+    """One profile's work in progress: its steps fill in the int8 evaluation and the fit report in turn."""
+
+    profile: Profile
+    conversion: ConversionResult
+    evaluation: EvalResult | None = None
+    fit: FitReport | None = None
+
+    @property
+    def tflite(self) -> bytes:
+        return self.conversion.tflite
+
+
+def _dtypes(profile: Profile) -> tuple[str, str]:
+    """Profiles that ask for the same tensor dtypes get the same model: conversions and evaluations are shared."""
+    return str(profile.input_dtype), str(profile.output_dtype)
 
 
 @dataclass
@@ -129,19 +155,25 @@ class _State:
     seed: int
     arch: str
     report: Callable[[str], None] = lambda detail: None
-    ds: Any = None
-    splits: Any = None
-    model: Any = None
-    model_shape: Any = None  # train.ModelShape of a --model file
+    ds: Dataset | None = None
+    splits: Splits | None = None
+    model: Any = None  # a Keras 3 or tf_keras model
+    model_shape: ModelShape | None = None  # of a --model file
     model_file: Path | None = None
     float_accuracy: float = 0.0
     trained_arch: str = ""
     outputs_are: str = "probabilities"
-    prune_info: dict[str, Any] | None = None
-    current: dict[str, Any] = field(default_factory=dict)  # per-profile work in progress
-    conversions: dict[tuple[str, str], Any] = field(default_factory=dict)
-    evaluations: dict[tuple[str, str], Any] = field(default_factory=dict)
+    pruned: PruneResult | None = None
+    current: _ProfileWork | None = None  # set by each profile's convert step
+    conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
+    evaluations: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
+
+    @property
+    def work(self) -> _ProfileWork:
+        """The profile being built (its convert step has run)."""
+        assert self.current is not None, "a per-profile step ran before the profile's convert step"
+        return self.current
 
 
 # --- steps --------------------------------------------------------------------------------------------
@@ -172,10 +204,7 @@ def _load_model(s: _State) -> None:
 def _train(s: _State) -> None:
     from edgekit.pipeline import train
 
-    kwargs: dict[str, Any] = {"arch": s.arch, "seed": s.seed, "on_epoch": _epoch_reporter(s)}
-    if s.epochs is not None:
-        kwargs["epochs"] = s.epochs
-    result = train.train_model(s.splits, **kwargs)
+    result = train.train_model(s.splits, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s))
     s.model, s.trained_arch, s.float_accuracy = result.model, result.arch, float(result.float_accuracy)
 
 
@@ -190,23 +219,29 @@ def _epoch_reporter(s: _State) -> Callable[[int, int, dict[str, float]], None]:
 def _prune(s: _State) -> None:
     from edgekit.pipeline import prune
 
-    result = prune.prune_model(s.model, s.splits, sparsity=s.prune, seed=s.seed)
-    weights = sum(layer.weights for layer in result.layers)
-    s.model = result.model
-    s.prune_info = {
+    s.pruned = prune.prune_model(s.model, s.splits, sparsity=s.prune, seed=s.seed)
+    s.model = s.pruned.model
+    s.float_accuracy = float(s.pruned.accuracy_after)  # measured on the test split, like training's figure
+
+
+def _prune_metrics(s: _State) -> dict[str, Any] | None:
+    """The manifest's ``metrics.prune``: None when the model was not pruned."""
+    if s.pruned is None:
+        return None
+    weights = sum(layer.weights for layer in s.pruned.layers)
+    return {
         "target_sparsity": s.prune,
-        "achieved_sparsity": round(sum(layer.zeros for layer in result.layers) / weights, 4) if weights else None,
-        "float_accuracy_before": result.accuracy_before,
-        "float_accuracy_after": result.accuracy_after,
-        "fine_tune_steps": result.steps,
+        "achieved_sparsity": round(sum(layer.zeros for layer in s.pruned.layers) / weights, 4) if weights else None,
+        "float_accuracy_before": s.pruned.accuracy_before,
+        "float_accuracy_after": s.pruned.accuracy_after,
+        "fine_tune_steps": s.pruned.steps,
     }
-    s.float_accuracy = float(result.accuracy_after)  # measured on the test split, like training's figure
 
 
 def _save_model(s: _State) -> None:
     from edgekit.pipeline import train, zoo
 
-    if s.model_file is None or s.prune_info:  # kept next to the bundles, so `--model` can rebuild from it
+    if s.model_file is None or s.pruned is not None:  # kept next to the bundles, so `--model` can rebuild from it
         s.model_file = train.save_model(s.model, _model_out(s))
     s.outputs_are = zoo.outputs_are(s.model)
     if s.float_accuracy < 0:  # a model file: training's (or pruning's) test-split figure does not exist
@@ -227,8 +262,7 @@ def _model_out(s: _State) -> Path:
 def _convert(s: _State, profile: Profile) -> None:
     from edgekit.pipeline import convert
 
-    # Profiles that ask for the same tensor dtypes get the same model: convert (and evaluate) once.
-    key = (str(profile.input_dtype), str(profile.output_dtype))
+    key = _dtypes(profile)
     if key not in s.conversions:
         s.conversions[key] = convert.convert_for_profile(
             s.model,
@@ -242,59 +276,55 @@ def _convert(s: _State, profile: Profile) -> None:
         )
     else:
         s.report(f"same {key[0]}/{key[1]} model as an earlier profile")
-    res = s.conversions[key]
-    s.current = {"profile": profile, "conversion": res, "tflite": res.tflite, "key": key}
+    s.current = _ProfileWork(profile, s.conversions[key])
 
 
 def _evaluate(s: _State, profile: Profile) -> None:
     from edgekit.pipeline import evaluate
 
-    key = s.current["key"]
+    key = _dtypes(profile)
     if key not in s.evaluations:
-        s.evaluations[key] = evaluate.evaluate_tflite(s.current["tflite"], s.splits.test.x, s.splits.test.y)
-    s.current["eval"] = s.evaluations[key]
+        s.evaluations[key] = evaluate.evaluate_tflite(s.work.tflite, s.splits.test.x, s.splits.test.y)
+    s.work.evaluation = s.evaluations[key]
 
 
 def _fit(s: _State, profile: Profile) -> None:
-    s.current["fit"] = None
-    if importlib.util.find_spec("edgekit.fit.check") is None:
-        return  # no fit checker installed in this version: the bundle records fit = null
     from edgekit.fit import check
 
-    report = check.check_fit(s.current["tflite"], profile, name=s.name)
-    s.current["fit"] = report
+    s.work.fit = check.check_fit(s.work.tflite, profile, name=s.name)
     if not s.keep_going:
-        check.require_fit(report)  # FitError with every failed check's numbers
+        check.require_fit(s.work.fit)  # FitError with every failed check's numbers
 
 
 def _bundle(s: _State, profile: Profile) -> None:
+    from edgekit.fit import check
     from edgekit.package.writer import write_bundle
     from edgekit.pipeline.reference import compute_reference
 
-    cur = s.current
-    conv, ev, fit = cur["conversion"], cur["eval"], cur["fit"]
-    tflite: bytes = cur["tflite"]
-    float_tflite: bytes = getattr(conv, "float_tflite", b"") or b""
-    fits = None if fit is None else bool(fit.fits)
+    conv, ev, fit = s.work.conversion, s.work.evaluation, s.work.fit
+    assert ev is not None and fit is not None, "the bundle step runs after the profile's evaluate and fit steps"
+    tflite, float_tflite = conv.tflite, conv.float_tflite
     qat = bool(conv.qat_ran)
-    pb_args: dict[str, Any] = {
-        "profile": profile.name,
-        "float_accuracy": s.float_accuracy,
-        "int8_accuracy": float(ev.accuracy),
-        "samples": int(ev.samples),
-        "int8_bytes": len(tflite),
-        "float_tflite_bytes": len(float_tflite),
-        "qat": qat,
-        "fits": fits,
-        "fit_summary": fit.summary() if fit is not None else "no fit checker installed",
-    }
-    if fits is False:  # keep_going: report it, but never ship a bundle that does not fit
+    built = ProfileBuild(
+        profile=profile.name,
+        directory=None,
+        archive=None,
+        float_accuracy=s.float_accuracy,
+        int8_accuracy=float(ev.accuracy),
+        samples=int(ev.samples),
+        int8_bytes=len(tflite),
+        float_tflite_bytes=len(float_tflite),
+        qat=qat,
+        fits=fit.fits,
+        fit_summary=fit.summary(),
+    )
+    if not fit.fits:  # keep_going: report it, but never ship a bundle that does not fit
         from edgekit.package.writer import remove_bundle
 
         # Nor leave an earlier build's bundle for this profile behind: OUT/*.tar.gz must all be current.
         for path in remove_bundle(s.out, s.name, profile.name):
             s.report(f"removed the earlier bundle {path}")
-        s.built.append(ProfileBuild(directory=None, archive=None, **pb_args))
+        s.built.append(built)
         return
 
     test = s.splits.test
@@ -319,15 +349,11 @@ def _bundle(s: _State, profile: Profile) -> None:
             "measured_on": conv.eval_split,
             "representative_samples": conv.representative_samples,
         },
-        "prune": s.prune_info,
+        "prune": _prune_metrics(s),
         "arch": s.trained_arch,
         "max_accuracy_drop": s.max_accuracy_drop,
     }
-    extra_files: dict[str, bytes] = {}
-    if fit is not None:  # C sources for an MCU, the compiled model for an Edge TPU
-        from edgekit.fit import check
-
-        extra_files.update(check.bundle_artifacts(tflite, fit, s.name))
+    extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,
@@ -345,7 +371,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         extra_files=extra_files,
         extra_manifest={"outputs_are": ref.outputs_are},
     )
-    s.built.append(ProfileBuild(directory=info.directory, archive=info.archive, manifest=info.manifest, **pb_args))
+    s.built.append(replace(built, directory=info.directory, archive=info.archive, manifest=info.manifest))
 
 
 def _cpu_seconds() -> float:

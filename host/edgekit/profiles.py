@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgekit_agent.contract.errors import ProfileError
 
@@ -112,7 +112,10 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in _profiles_dir().glob("*.toml"))
 
 
-def _enum(enum: type[StrEnum], value: str, where: str, key: str) -> Any:
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(enum: type[E], value: str, where: str, key: str) -> E:
     try:
         return enum(value)
     except ValueError:

@@ -123,7 +123,7 @@ def test_run_flags_reach_the_settings(tmp_path):
     from edgekit_agent.cli import run as agent_cli
 
     parser = argparse.ArgumentParser()
-    agent_cli.add_arguments(parser)
+    agent_cli.Run.add_arguments(parser)
     args = parser.parse_args(
         [
             "b.tar.gz",

@@ -107,8 +107,24 @@ def test_infer_reports_a_bad_image_and_exits_3(digits_bundle: Path, images: list
     assert str(images[0]) in captured.out and "bad.png: not an image" in captured.err
 
 
-def test_run_is_routed_to_the_agent_module():
-    assert COMMANDS["run"][0] == "edgekit_agent.cli.run"
+def test_every_command_is_a_class_in_the_table():
+    assert COMMANDS["run"][0] == "edgekit_agent.cli.run:Run"
+    assert all(target.count(":") == 1 for target, _ in COMMANDS.values())
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        ("verify", "refused only with --trusted-keys or --require-signature"),
+        ("run", "run serves only bundles signed by a key in --trusted-keys"),
+    ],
+)
+def test_allow_unsigned_help_states_each_commands_default(command: str, default: str, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help text, also at hyphens, to the terminal width
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    helptext = capsys.readouterr().out
+    assert "--allow-unsigned" in helptext and default in helptext
 
 
 def test_format_table_aligns_numbers_right():

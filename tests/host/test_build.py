@@ -216,6 +216,8 @@ def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(
 ) -> None:
     """The build's fit step on the real int8 model (no second conversion needed)."""
     from edgekit import build as build_module
+    from edgekit.pipeline.convert import ConversionResult
+    from edgekit.pipeline.lint import lint_full_int8
 
     result, _ = built
     tiny = load_profile(profile_file(tmp_path, "tiny-board", ram=2_000))
@@ -234,14 +236,25 @@ def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(
         seed=0,
         arch="auto",
     )
-    state.current = {"tflite": tflite}
+    state.current = build_module._ProfileWork(  # noqa: SLF001
+        tiny,
+        ConversionResult(
+            tflite=tflite,
+            float_tflite=b"",
+            lint=lint_full_int8(tflite),
+            input_dtype="int8",
+            output_dtype="int8",
+            representative_samples=0,
+            seconds=0.0,
+        ),
+    )
     with pytest.raises(FitError) as e:
         build_module._fit(state, tiny)  # noqa: SLF001
     assert "tiny-board" in str(e.value) and "ram" in str(e.value).lower() and any(ch.isdigit() for ch in str(e.value))
     assert e.value.exit_status is ExitStatus.DOES_NOT_FIT
     state.keep_going = True
     build_module._fit(state, tiny)  # noqa: SLF001
-    assert state.current["fit"].fits is False
+    assert state.current.fit is not None and state.current.fit.fits is False
 
 
 def test_progress_events_come_before_each_step(tmp_path: Path) -> None:

@@ -87,11 +87,11 @@ Number of operations that will run on CPU: 3
 
 def test_compiler_log_is_parsed():
     out = parse_compiler_log(SAMPLE_LOG + SAMPLE_LOG)  # stdout and the .log file can both carry it
-    assert out["version"] == "16.0.384591198"
-    assert out["ops_on_edgetpu"] == 3 and out["ops_on_cpu"] == 3
-    assert out["on_chip_bytes"] == round(4.21 * 1024 * 1024) and out["off_chip_bytes"] == 0
-    assert ("CUMSUM", 1, "Operation not supported") in out["op_status"]
-    assert len(out["op_status"]) == 6
+    assert out.version == "16.0.384591198"
+    assert out.ops_on_edgetpu == 3 and out.ops_on_cpu == 3
+    assert out.on_chip_bytes == round(4.21 * 1024 * 1024) and out.off_chip_bytes == 0
+    assert ("CUMSUM", 1, "Operation not supported") in out.op_status
+    assert len(out.op_status) == 6
 
 
 @pytest.mark.skipif(

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
 def tiny_artifacts():
     model = fit_models.tiny_cnn()
     report = check_fit(model, load_profile("rp2040"), name="tiny-cnn")
-    return model, report, mcu_artifacts(model, report, "tiny-cnn")
+    return model, report, mcu_artifacts(model, "tiny-cnn", report.arena_bytes, report.arena_with_margin, report.margin)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")

@@ -51,7 +51,7 @@ def test_prune_rejects_nonsense(digits_model, digits_splits):
 
 
 def test_per_layer_errors_rank_real_layers(digits_model, digits_splits):
-    from edgekit.pipeline.evaluate import per_layer_errors
+    from edgekit.pipeline.convert import per_layer_errors
     from edgekit.pipeline.train import load_model
 
     rows = per_layer_errors(load_model(digits_model), digits_splits.train.x, top=3, num_samples=30)
@@ -103,9 +103,9 @@ def test_zoo_builds_both_architectures():
     from edgekit.pipeline import zoo
 
     cnn = zoo.build_model("auto", (28, 28, 1), 5, batch_size=1)
-    assert zoo.arch_of(cnn) == ("cnn", {"dense": 512}) and cnn.output_shape == (1, 5)
-    mnv2 = zoo.build_model("auto", (32, 32, 3), 4, alpha=0.35)
-    assert zoo.arch_of(mnv2) == ("mobilenetv2", {"alpha": 0.35}) and mnv2.output_shape == (None, 4)
+    assert zoo.arch_of(cnn) == zoo.ZooModel("cnn", dense=512) and cnn.output_shape == (1, 5)
+    mnv2 = zoo.build_model("auto", (32, 32, 3), 4, alpha=0.5)
+    assert zoo.arch_of(mnv2) == zoo.ZooModel("mobilenetv2", alpha=0.5) and mnv2.output_shape == (None, 4)
     assert zoo.outputs_are(mnv2) == zoo.outputs_are(cnn) == "probabilities"
     with pytest.raises(UsageError, match="at least 32"):
         zoo.build_model("mobilenetv2", (8, 8, 3), 4)

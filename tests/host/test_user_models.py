@@ -146,6 +146,7 @@ def test_a_savedmodel_keras_did_not_write_is_refused_saying_how_to_save(tmp_path
 def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -> None:
     """The rebuild route the docs suggest, `--model OUT/NAME.keras --prune 0.5 --out OUT`: the pruned model
     goes to OUT/NAME-pruned.keras and the input file keeps its bytes; from elsewhere it is OUT/NAME.keras."""
+    from edgekit.pipeline.prune import PruneResult
     from edgekit.pipeline.train import load_model
 
     def save_step(model_path: Path, out: Path) -> Path:
@@ -164,7 +165,16 @@ def test_a_pruned_model_never_overwrites_the_model_file_it_came_from(tmp_path) -
             arch="auto",
         )
         state.model, state.model_file, state.float_accuracy = load_model(model_path), model_path, 0.5
-        state.prune_info = {"target_sparsity": 0.5}
+        state.pruned = PruneResult(
+            model=state.model,
+            target_sparsity=0.5,
+            layers=(),
+            accuracy_before=0.5,
+            accuracy_after=0.5,
+            steps=1,
+            end_step=1,
+            frequency=1,
+        )
         build_module._save_model(state)  # noqa: SLF001
         return state.model_file
 

@@ -1,9 +1,9 @@
 """The ``edgekit-agent`` command: verify, benchmark and run a bundle on the device.
 
-Subcommands are a table (``COMMANDS``): name → ("module" or "module:Object", help). The target has
-``add_arguments(parser)`` and ``run(args) -> ExitStatus``; a target whose module is not installed is
-left out (that is how ``run``, the MQTT agent in ``edgekit_agent.cli.run``, plugs in). Output is plain
-text (no rich: the device installs only numpy, Pillow and paho-mqtt); ``--json`` prints JSON on stdout.
+Subcommands are a table (``COMMANDS``): name → ("module:Class", help). Each class has
+``add_arguments(parser)`` and ``run(args) -> ExitStatus``; its module is imported when the parser is built
+(``run``, the MQTT agent, lives in :mod:`edgekit_agent.cli.run`). Output is plain text (no rich: the
+device installs only numpy, Pillow and paho-mqtt); ``--json`` prints JSON on stdout.
 An :class:`EdgekitError` becomes one ``error:`` line on stderr and its exit status, never a traceback.
 """
 
@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "benchmark a bundle's model (benchmark_model style): latency, memory, runtime",
     ),
     "infer": ("edgekit_agent.cli.app:Infer", "classify image files with a bundle: prediction, confidence, latency"),
-    "run": ("edgekit_agent.cli.run", "serve a bundle and report telemetry over MQTT"),
+    "run": ("edgekit_agent.cli.run:Run", "serve a bundle and report telemetry over MQTT"),
 }
 
 
@@ -78,22 +78,40 @@ def note(message: str) -> None:
 # --- shared options and bundle opening --------------------------------------------------------------------
 
 
-def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
-    """BUNDLE plus the verification options every subcommand that loads a bundle shares."""
-    parser.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle directory or .tar.gz archive")
-    parser.add_argument("--skip-selftest", action="store_true", help="serve even without the golden-sample self-test")
+# --allow-unsigned means the same for every command: accept a bundle without manifest.sig, still checking a
+# signed one against --trusted-keys (--require-signature wins). What differs is each command's default for an
+# unsigned bundle, which its help states: a serving agent refuses one, the local tools serve nobody and check a
+# signature only when asked to.
+_UNSIGNED_LOCAL = "without it, an unsigned bundle is refused only with --trusted-keys or --require-signature"
+_UNSIGNED_SERVING = "without it, run serves only bundles signed by a key in --trusted-keys"
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    """The self-test and signature options of every command that loads a bundle. An unset flag is None, so
+    ``run`` can tell it from a value in its config file (a given flag wins)."""
+    given = {"action": "store_const", "const": True, "default": None}
+    parser.add_argument(
+        "--skip-selftest", help="skip the golden-sample self-test: outputs are not checked against the build", **given
+    )
     parser.add_argument(
         "--trusted-keys",
         type=Path,
         metavar="DIR",
         help="directory of trusted *.pub keys: the bundle must be signed by one",
     )
-    parser.add_argument("--require-signature", action="store_true", help="refuse unsigned bundles")
+    parser.add_argument("--require-signature", help="refuse unsigned bundles", **given)
     parser.add_argument(
         "--allow-unsigned",
-        action="store_true",
-        help="with --trusted-keys: accept an unsigned bundle (a signed one is still checked)",
+        help="accept a bundle without a signature (a signed one is still checked against --trusted-keys); "
+        + (_UNSIGNED_SERVING if serving else _UNSIGNED_LOCAL),
+        **given,
     )
+
+
+def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    """BUNDLE plus the self-test and signature options of the local commands (verify, bench, infer)."""
+    parser.add_argument("bundle", metavar="BUNDLE", type=Path, help="bundle directory or .tar.gz archive")
+    add_trust_arguments(parser, serving=False)
 
 
 def _count(minimum: int) -> Any:
@@ -133,8 +151,8 @@ def opened_bundle(args: argparse.Namespace) -> Iterator[Any]:
         yield load_bundle(
             args.bundle,
             trusted_keys=args.trusted_keys,
-            require_signature=args.require_signature,
-            allow_unsigned=args.allow_unsigned,
+            require_signature=bool(args.require_signature),
+            allow_unsigned=bool(args.allow_unsigned),
             workdir=Path(work),
         )
 
@@ -352,16 +370,10 @@ class Infer:
 # --- entry point ------------------------------------------------------------------------------------------
 
 
-def _resolve(target: str) -> Any | None:
-    """The module or module attribute named by ``target``; None when its module is not installed."""
+def _resolve(target: str) -> Any:
+    """The command class named by ``target`` ("module:Class")."""
     module_name, _, attr = target.partition(":")
-    try:
-        mod = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None  # an optional command that is not built or not installed
-        raise
-    return getattr(mod, attr) if attr else mod
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,8 +386,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (target, help_text) in COMMANDS.items():
         command = _resolve(target)
-        if command is None:
-            continue
         p = sub.add_parser(name, help=help_text, description=(command.__doc__ or help_text).strip())
         command.add_arguments(p)
         p.set_defaults(_run=command.run)

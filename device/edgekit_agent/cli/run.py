@@ -1,11 +1,4 @@
-"""Serve a bundle: infer new images in a watched directory and ``infer`` commands, report windowed telemetry
-over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
-on-disk outbox. Settings come from ``--config agent.toml`` and/or flags (flags win). SIGTERM or Ctrl-C
-sends the last telemetry window and the ``offline``/``shutdown`` status, then exits 0.
-
-Example: edgekit-agent run digits-raspberry-pi-4.tar.gz --broker mqtt://broker.lan:1883 --device-id pi-kitchen
---watch /srv/camera --window 10
-"""
+"""``edgekit-agent run``: the MQTT serving agent (:class:`Run`)."""
 
 from __future__ import annotations
 
@@ -15,74 +8,18 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgekit_agent.cli.app import add_trust_arguments
 from edgekit_agent.contract.errors import ExitStatus, UsageError
+
+if TYPE_CHECKING:
+    from edgekit_agent.serve.config import AgentSettings
 
 log = logging.getLogger("edgekit_agent")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` options (every one can also be set in the TOML config; see edgekit_agent.serve.config)."""
-    on = {"action": "store_const", "const": True, "default": None}
-    parser.add_argument(
-        "bundle", metavar="BUNDLE", nargs="?", type=Path, help="bundle directory or .tar.gz (or 'bundle' in --config)"
-    )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="agent TOML config; flags override it")
-    parser.add_argument(
-        "--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT (none: serve and record offline)"
-    )
-    parser.add_argument("--device-id", metavar="ID", help="this device's id (= its MQTT user name)")
-    parser.add_argument(
-        "--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled"
-    )
-    parser.add_argument(
-        "--processed",
-        choices=("move", "delete", "keep"),
-        help="what to do with served files (default move to DIR/.processed)",
-    )
-    parser.add_argument(
-        "--window", dest="window_s", type=float, metavar="S", help="telemetry window in seconds (default 10)"
-    )
-    parser.add_argument(
-        "--num-threads",
-        type=int,
-        metavar="N",
-        help="interpreter threads (default: the bundle's profile, at most this machine's cores)",
-    )
-    parser.add_argument("--username", help="MQTT user name")
-    parser.add_argument("--password", help="MQTT password (better: EDGEKIT_MQTT_PASSWORD in the environment)")
-    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the broker's certificate")
-    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
-    parser.add_argument(
-        "--mqtt-version",
-        choices=("auto", "5", "3.1.1"),
-        help="MQTT protocol (default auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        metavar="DIR",
-        help="outbox and command store (default ~/.local/state/edgekit-agent/ID)",
-    )
-    parser.add_argument("--skip-selftest", help="serve even if the golden-sample self-test was not run", **on)
-    parser.add_argument(
-        "--trusted-keys",
-        type=Path,
-        metavar="DIR",
-        help="directory of trusted *.pub keys: the bundle must be signed by one",
-    )
-    parser.add_argument("--require-signature", help="refuse unsigned bundles", **on)
-    parser.add_argument(
-        "--allow-unsigned",
-        help="serve bundles that carry no signature (development; without it `run` serves only bundles signed by a key in --trusted-keys)",
-        **on,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
-
-
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> AgentSettings:
     from edgekit_agent.serve.config import load_settings
 
     return load_settings(
@@ -108,44 +45,106 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def run(args: argparse.Namespace) -> ExitStatus:
-    """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
-    from edgekit_agent.ota.manager import startup_bundle
-    from edgekit_agent.serve.agent import Agent
+class Run:
+    """Serve a bundle: infer new images in a watched directory and ``infer`` commands, report windowed telemetry
+    over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
+    on-disk outbox. Settings come from ``--config agent.toml`` and/or flags (flags win). SIGTERM or Ctrl-C
+    sends the last telemetry window and the ``offline``/``shutdown`` status, then exits 0.
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = _settings(args)
-    if settings.bundle is None:
-        raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
-    if settings.watch_dir is not None and not settings.watch_dir.is_dir():
-        raise UsageError(f"watch directory {settings.watch_dir} does not exist; create it or fix --watch.")
-    workdir = settings.data_dir / "bundles"
-    # The bundle an OTA update installed (or restored by rollback) wins over the one on the command line.
-    bundle = startup_bundle(settings)
-    extracted = bundle.directory.parent if bundle.directory.parent.parent == workdir else None
-    try:
-        agent = Agent(bundle, settings)
+    Example: edgekit-agent run digits-raspberry-pi-4.tar.gz --broker mqtt://broker.lan:1883 --device-id pi-kitchen
+    --watch /srv/camera --window 10
+    """
 
-        def stop(signum: int, _frame: Any) -> None:
-            log.info("%s: signal %d, stopping", settings.device_id, signum)
-            agent.request_stop()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        where = settings.broker.url if settings.broker else "no broker"
-        print(
-            f"serving {bundle.manifest.name} {bundle.manifest.version} as {settings.device_id} on {where}, "
-            f"window {settings.window_s:g} s{f', watching {settings.watch_dir}' if settings.watch_dir else ''}; "
-            "Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The ``run`` options (every one can also be set in the TOML config; see edgekit_agent.serve.config)."""
+        parser.add_argument(
+            "bundle",
+            metavar="BUNDLE",
+            nargs="?",
+            type=Path,
+            help="bundle directory or .tar.gz (or 'bundle' in --config)",
         )
-        agent.run()
-    finally:
-        if extracted is not None:
-            shutil.rmtree(extracted, ignore_errors=True)
-    return ExitStatus.OK
+        parser.add_argument("--config", type=Path, metavar="FILE", help="agent TOML config; flags override it")
+        parser.add_argument(
+            "--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT (none: serve and record offline)"
+        )
+        parser.add_argument("--device-id", metavar="ID", help="this device's id (= its MQTT user name)")
+        parser.add_argument(
+            "--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled"
+        )
+        parser.add_argument(
+            "--processed",
+            choices=("move", "delete", "keep"),
+            help="what to do with served files (default move to DIR/.processed)",
+        )
+        parser.add_argument(
+            "--window", dest="window_s", type=float, metavar="S", help="telemetry window in seconds (default 10)"
+        )
+        parser.add_argument(
+            "--num-threads",
+            type=int,
+            metavar="N",
+            help="interpreter threads (default: the bundle's profile, at most this machine's cores)",
+        )
+        parser.add_argument("--username", help="MQTT user name")
+        parser.add_argument("--password", help="MQTT password (better: EDGEKIT_MQTT_PASSWORD in the environment)")
+        parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the broker's certificate")
+        parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+        parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
+        parser.add_argument(
+            "--mqtt-version",
+            choices=("auto", "5", "3.1.1"),
+            help="MQTT protocol (default auto: MQTT 5, falling back to 3.1.1 when the broker refuses 5)",
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            metavar="DIR",
+            help="outbox and command store (default ~/.local/state/edgekit-agent/ID)",
+        )
+        add_trust_arguments(parser, serving=True)
+        parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> ExitStatus:
+        """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
+        from edgekit_agent.ota.manager import startup_bundle
+        from edgekit_agent.serve.agent import Agent
+
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        settings = _settings(args)
+        if settings.bundle is None:
+            raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
+        if settings.watch_dir is not None and not settings.watch_dir.is_dir():
+            raise UsageError(f"watch directory {settings.watch_dir} does not exist; create it or fix --watch.")
+        workdir = settings.data_dir / "bundles"
+        # The bundle an OTA update installed (or restored by rollback) wins over the one on the command line.
+        bundle = startup_bundle(settings)
+        extracted = bundle.directory.parent if bundle.directory.parent.parent == workdir else None
+        try:
+            agent = Agent(bundle, settings)
+
+            def stop(signum: int, _frame: Any) -> None:
+                log.info("%s: signal %d, stopping", settings.device_id, signum)
+                agent.request_stop()
+
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+            where = settings.broker.url if settings.broker else "no broker"
+            print(
+                f"serving {bundle.manifest.name} {bundle.manifest.version} as {settings.device_id} on {where}, "
+                f"window {settings.window_s:g} s{f', watching {settings.watch_dir}' if settings.watch_dir else ''}; "
+                "Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            agent.run()
+        finally:
+            if extracted is not None:
+                shutil.rmtree(extracted, ignore_errors=True)
+        return ExitStatus.OK

@@ -2,7 +2,7 @@
 
 The serving loop calls :meth:`WindowRecorder.record` once per inference; every ``window_s`` the agent
 calls :meth:`WindowRecorder.snapshot_and_reset` and publishes the result as ``telemetry/inference``
-(see /work/shared/design/telemetry.md).
+(see docs/agent.md, "Topics and payloads").
 
 ``record`` is the hot path. It takes no lock and does no arithmetic: it appends one tuple to a
 ``collections.deque`` (atomic and thread-safe in CPython), and every :data:`FOLD_EVERY` records the

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         ("int8 .tflite", lambda p: ui.kib(p.int8_bytes)),
         ("int8 / float32", lambda p: f"{p.int8_bytes / p.float_tflite_bytes:.3f}" if p.float_tflite_bytes else "-"),
         ("QAT ran", lambda p: "yes" if p.qat else "no"),
-        ("fit", lambda p: {True: "fits", False: "DOES NOT FIT", None: "not checked"}[p.fits]),
+        ("fit", lambda p: "fits" if p.fits else "DOES NOT FIT"),
     )
     ui.console.print(
         ui.table(
@@ -156,6 +156,6 @@ def run(args: argparse.Namespace) -> ExitStatus:
         if p.directory is not None:
             how = f" (signed by key {signed[p.profile]})" if p.profile in signed else ""
             ui.console.print(f"{p.profile}: {p.directory}/  and  {p.archive}{how}", highlight=False, markup=False)
-        if p.fits is False:
+        if not p.fits:
             ui.err_console.print(f"[bold red]{p.profile}:[/] does not fit: {p.fit_summary}")
     return status

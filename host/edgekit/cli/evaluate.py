@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, ExitStatus, ModelError, UsageError
+
+if TYPE_CHECKING:
+    from edgekit.pipeline.convert import LayerError
+    from edgekit.pipeline.evaluate import ComparisonReport
+    from edgekit_agent.contract.manifest import PreprocessSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +63,22 @@ def _map_labels(ds_labels: tuple[str, ...], model_labels: tuple[str, ...], targe
     return np.asarray([model_labels.index(name) for name in ds_labels], dtype=np.int64)
 
 
-def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A bundle's or .tflite's model file, preprocessing, labels (None: the dataset's) and the split it was built
+    with (a .tflite's defaults are those of `edgekit build`)."""
+
+    model: Path
+    spec: PreprocessSpec
+    labels: tuple[str, ...] | None
+    kind: str  # "bundle" or "tflite"
+    description: str
+    split_seed: int = 0
+    split_val: float = 0.15
+    split_test: float = 0.15
+
+
+def _load_target(target: Path, workdir: Path) -> _Target:
     """The model file, preprocessing spec, labels and split settings of a bundle or .tflite."""
     from edgekit.pipeline.data import spec_for_input
     from edgekit_agent.infer.runtime import Runtime
@@ -70,19 +91,22 @@ def _load_target(target: Path, workdir: Path) -> dict[str, Any]:
             spec = spec_for_input(rt.input_shape, str(target))
         finally:
             rt.close()
-        return {"model": target, "spec": spec, "labels": None, "split": {}, "kind": "tflite"}
+        return _Target(model=target, spec=spec, labels=None, kind="tflite", description="tflite")
     from edgekit_agent.bundle.load import load_bundle
 
     bundle = load_bundle(target, workdir=workdir)  # verifies every file's sha256 against the manifest
     m = bundle.manifest
-    return {
-        "model": bundle.model_path,
-        "spec": m.preprocess,
-        "labels": m.labels,
-        "split": dict(m.metrics.get("split") or {}),
-        "kind": "bundle",
-        "name": f"{m.name} {m.version} ({m.profile_name})",
-    }
+    split = m.metrics.get("split") or {}
+    return _Target(
+        model=bundle.model_path,
+        spec=m.preprocess,
+        labels=m.labels,
+        kind="bundle",
+        description=f"{m.name} {m.version} ({m.profile_name})",
+        split_seed=int(split.get("seed", 0)),
+        split_val=float(split.get("val", 0.15)),
+        split_test=float(split.get("test", 0.15)),
+    )
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
@@ -90,23 +114,22 @@ def run(args: argparse.Namespace) -> ExitStatus:
         raise UsageError("--per-layer needs the float model: add --keras MODEL.")
     from edgekit.cli import ui
     from edgekit.cli.datasets import load_with_progress
+    from edgekit.pipeline.convert import per_layer_errors
     from edgekit.pipeline.data import split_dataset
-    from edgekit.pipeline.evaluate import compare, per_layer_errors
+    from edgekit.pipeline.evaluate import compare
 
     with tempfile.TemporaryDirectory(prefix="edgekit-evaluate-") as tmp:
         t = _load_target(args.target, Path(tmp))
         ds = load_with_progress(
-            args.dataset, t["spec"] if args.dataset.suffix != ".npz" else None, strict=args.strict, quiet=args.json
+            args.dataset, t.spec if args.dataset.suffix != ".npz" else None, strict=args.strict, quiet=args.json
         )
-        labels = t["labels"] or ds.labels
+        labels = t.labels or ds.labels
         mapping = _map_labels(ds.labels, labels, args.target)
-        seed = args.seed if args.seed is not None else int(t["split"].get("seed", 0))
+        seed = args.seed if args.seed is not None else t.split_seed
         if args.split == "all":
             x, y_ds, train_x = ds.x, ds.y, ds.x
         else:
-            splits = split_dataset(
-                ds, val=float(t["split"].get("val", 0.15)), test=float(t["split"].get("test", 0.15)), seed=seed
-            )
+            splits = split_dataset(ds, val=t.split_val, test=t.split_test, seed=seed)
             x, y_ds, train_x = splits.test.x, splits.test.y, splits.train.x
         y = mapping[y_ds]
         model = None
@@ -128,7 +151,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         with ui.progress() as bar:
             task = bar.add_task("evaluating int8", total=len(y))
             report = compare(
-                t["model"],
+                t.model,
                 x,
                 y,
                 model=model,
@@ -140,7 +163,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         layers = per_layer_errors(model, train_x, top=args.top, seed=seed) if args.per_layer else []
     info = {
         "target": str(args.target),
-        "kind": t["kind"],
+        "kind": t.kind,
         "labels": list(labels),
         "split": args.split,
         "seed": seed,
@@ -163,14 +186,19 @@ def _size(path: Path | None) -> int | None:
 
 
 def _print(
-    args: argparse.Namespace, t: dict[str, Any], report: Any, labels: tuple[str, ...], layers: list[Any], seed: int
+    args: argparse.Namespace,
+    t: _Target,
+    report: ComparisonReport,
+    labels: tuple[str, ...],
+    layers: list[LayerError],
+    seed: int,
 ) -> None:
     from edgekit.cli import ui
 
     c = ui.console
     where = f"{report.int8_result.samples} images ({'held-out test split, seed ' + str(seed) if args.split == 'test' else 'all'})"
     rows = [
-        ("target", f"{args.target} ({t.get('name', t['kind'])})"),
+        ("target", f"{args.target} ({t.description})"),
         ("evaluated on", where),
         ("int8 accuracy", f"{100 * report.int8_accuracy:.2f} %  ({report.int8_result.correct} correct)"),
         ("int8 model", ui.kib(report.int8_bytes)),

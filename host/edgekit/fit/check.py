@@ -17,11 +17,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
+import numpy as np
+
 from edgekit.fit.edgetpu import CACHE_BYTES, EdgeTpuReport, edgetpu_report
+from edgekit.fit.mcu import add_method, mcu_artifacts
 from edgekit.fit.tflite_graph import Graph, read_graph
-from edgekit.fit.tflm import measure_arena
+from edgekit.fit.tflm import measure_arena, tflm_agreement
 from edgekit.profiles import Profile, Target
 from edgekit_agent.contract.errors import FitError, ModelError
 
@@ -129,23 +133,41 @@ def _b(n: int) -> str:
     return f"{n:,} B ({n / 1024:,.1f} KiB)"
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class _Arena:
+    """TFLite Micro's exact arena in bytes, or None with the reason it could not load the model."""
+
+    bytes: int | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class _Ctx:
+    """One model against one profile. Measurements that several checks need are made once, on first use."""
+
     tflite: bytes
     graph: Graph
     profile: Profile
     name: str
     run_compiler: bool
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def arena(self) -> int | None:
-        """TFLite Micro's exact arena, or None (with the reason kept) when it cannot load the model."""
-        if "arena" not in self.extra:
-            try:
-                self.extra["arena"] = measure_arena(self.tflite, self.name).bytes
-            except ModelError as exc:
-                self.extra["arena"], self.extra["arena_error"] = None, str(exc)
-        return self.extra["arena"]
+    @cached_property
+    def arena(self) -> _Arena:
+        try:
+            return _Arena(measure_arena(self.tflite, self.name).bytes)
+        except ModelError as exc:
+            return _Arena(None, str(exc))
+
+    @cached_property
+    def edgetpu(self) -> EdgeTpuReport:
+        return edgetpu_report(
+            self.graph, self.tflite, self.name, supported=self.profile.ops, run_compiler=self.run_compiler
+        )
+
+    @property
+    def flash_bytes(self) -> int:
+        """Model plus the runtime/kernels estimate: what flash (or storage) must hold."""
+        return self.graph.model_bytes + self.profile.runtime_flash_bytes
 
 
 def _with_margin(n: int, margin: float) -> int:
@@ -210,23 +232,20 @@ def _check_dtypes(c: _Ctx) -> FitRow:
 
 def _check_arena(c: _Ctx) -> FitRow:
     p = c.profile
-    arena = c.arena()
-    if arena is None:
-        error = c.extra["arena_error"]
+    arena = c.arena
+    if arena.bytes is None:
         try_ = (
             "calibrate with representative inputs of a trained model so every tensor has a real range."
-            if "Likely cause" in error
+            if "Likely cause" in arena.error
             else "use only TFLite Micro operators and full-int8 tensors."
         )
-        return FitRow("arena", "unmeasurable", p.ram_bytes, None, Verdict.FAIL, error, try_)
-    need = _with_margin(arena, p.margin)
-    c.extra["arena_with_margin"] = need
+        return FitRow("arena", "unmeasurable", p.ram_bytes, None, Verdict.FAIL, arena.error, try_)
     return _row_budget(
         "arena",
-        need,
+        _with_margin(arena.bytes, p.margin),
         p.ram_bytes,
         "RAM left for the arena",
-        f"TFLite Micro arena {_b(arena)} + {p.margin:.0%} margin",
+        f"TFLite Micro arena {_b(arena.bytes)} + {p.margin:.0%} margin",
         "fewer or narrower channels in the early layers, "
         "a smaller input resolution, or stride 2 sooner (the largest pair of live activations sets the arena).",
     )
@@ -234,11 +253,9 @@ def _check_arena(c: _Ctx) -> FitRow:
 
 def _check_flash(c: _Ctx) -> FitRow:
     p = c.profile
-    need = c.graph.model_bytes + p.runtime_flash_bytes
-    c.extra["flash"] = need
     return _row_budget(
         "flash",
-        need,
+        c.flash_bytes,
         p.flash_bytes,
         "flash left for model and runtime",
         f"model {_b(c.graph.model_bytes)} + runtime/kernels estimate {_b(p.runtime_flash_bytes)}",
@@ -248,11 +265,9 @@ def _check_flash(c: _Ctx) -> FitRow:
 
 def _check_storage(c: _Ctx) -> FitRow:
     p = c.profile
-    need = c.graph.model_bytes + p.runtime_flash_bytes
-    c.extra["flash"] = need
     return _row_budget(
         "storage",
-        need,
+        c.flash_bytes,
         p.flash_bytes,
         "storage budget",
         f"model {_b(c.graph.model_bytes)}",
@@ -262,7 +277,7 @@ def _check_storage(c: _Ctx) -> FitRow:
 
 def _check_ram(c: _Ctx) -> FitRow:
     p = c.profile
-    arena = c.arena()
+    arena = c.arena.bytes
     acts, how = (
         (arena, "activations planned by TFLite Micro")
         if arena
@@ -308,8 +323,6 @@ def _check_ops_mcu(c: _Ctx) -> FitRow:
 
 
 def _registration(op: str) -> str:
-    from edgekit.fit.mcu import add_method
-
     try:
         return f"{op} ({add_method(op)}())"
     except FitError:
@@ -344,8 +357,7 @@ def _check_ops_cpu(c: _Ctx) -> FitRow:
 
 
 def _check_edgetpu(c: _Ctx) -> FitRow:
-    rep = edgetpu_report(c.graph, c.tflite, c.name, supported=c.profile.ops, run_compiler=c.run_compiler)
-    c.extra["edgetpu"] = rep
+    rep = c.edgetpu
     total = len(rep.ops)
     compiled = rep.compiler.message
     measured = f"{rep.mapped}/{total} ops on the Edge TPU (predicted)"
@@ -365,9 +377,7 @@ def _check_edgetpu(c: _Ctx) -> FitRow:
 
 
 def _check_param_cache(c: _Ctx) -> FitRow:
-    rep: EdgeTpuReport = c.extra.get("edgetpu") or edgetpu_report(
-        c.graph, c.tflite, c.name, supported=c.profile.ops, run_compiler=c.run_compiler
-    )
+    rep = c.edgetpu
     if rep.compiler.compiled and rep.compiler.off_chip_bytes is not None:
         off = rep.compiler.off_chip_bytes
         verdict = Verdict.OK if off == 0 else Verdict.WARN
@@ -397,20 +407,18 @@ _CHECKS: dict[Target, tuple[Callable[[_Ctx], FitRow], ...]] = {
 }
 
 
-def _check_agreement(c: _Ctx, golden_inputs: Any) -> FitRow:
-    from edgekit.fit.tflm import tflm_agreement
-
+def _check_agreement(c: _Ctx, golden_inputs: np.ndarray) -> tuple[FitRow, float | None]:
+    """The agreement row and the agreement itself (None when TFLite Micro could not run the samples)."""
     try:
         agreement = tflm_agreement(c.tflite, golden_inputs)
     except ModelError as exc:
-        return FitRow("tflm-agreement", "not run", 1.0, None, Verdict.WARN, str(exc))
-    c.extra["agreement"] = agreement
+        return FitRow("tflm-agreement", "not run", 1.0, None, Verdict.WARN, str(exc)), None
     n = len(golden_inputs)
     detail = f"TFLite Micro and LiteRT agree on the top-1 class of {agreement:.1%} of {n} golden samples"
     if agreement == 1.0:
-        return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.OK, detail + ".")
+        return FitRow("tflm-agreement", agreement, 1.0, None, Verdict.OK, detail + "."), agreement
     # Kernels round differently; a few flips near a decision boundary are expected, many are not.
-    return FitRow(
+    row = FitRow(
         "tflm-agreement",
         agreement,
         1.0,
@@ -419,10 +427,16 @@ def _check_agreement(c: _Ctx, golden_inputs: Any) -> FitRow:
         detail + " (rounding differences).",
         "compare the raw outputs of the disagreeing samples; check the input quantisation.",
     )
+    return row, agreement
 
 
 def check_fit(
-    tflite: bytes, profile: Profile, *, name: str = "model", run_compiler: bool = True, golden_inputs: Any = None
+    tflite: bytes,
+    profile: Profile,
+    *,
+    name: str = "model",
+    run_compiler: bool = True,
+    golden_inputs: np.ndarray | None = None,
 ) -> FitReport:
     """Check ``tflite`` against ``profile``; never raises for a misfit (see :func:`require_fit`).
 
@@ -433,9 +447,11 @@ def check_fit(
     graph = read_graph(tflite, name)
     c = _Ctx(bytes(tflite), graph, profile, name, run_compiler)
     rows = tuple(check(c) for check in _CHECKS[profile.target])
-    if golden_inputs is not None and profile.target is Target.MCU and c.arena() is not None:
-        rows += (_check_agreement(c, golden_inputs),)
-    arena = c.extra.get("arena")
+    arena = c.arena.bytes  # every target's checks measured it (arena or ram)
+    agreement = None
+    if golden_inputs is not None and profile.target is Target.MCU and arena is not None:
+        row, agreement = _check_agreement(c, golden_inputs)
+        rows += (row,)
     return FitReport(
         model=name,
         profile=profile.name,
@@ -446,10 +462,10 @@ def check_fit(
         rows=rows,
         margin=profile.margin,
         arena_bytes=arena,
-        arena_with_margin=c.extra.get("arena_with_margin") or (_with_margin(arena, profile.margin) if arena else None),
-        flash_bytes=c.extra.get("flash"),
-        edgetpu=c.extra.get("edgetpu"),
-        tflm_agreement=c.extra.get("agreement"),
+        arena_with_margin=_with_margin(arena, profile.margin) if arena else None,
+        flash_bytes=c.flash_bytes,
+        edgetpu=c.edgetpu if profile.target is Target.EDGETPU else None,
+        tflm_agreement=agreement,
     )
 
 
@@ -468,9 +484,7 @@ def require_fit(report: FitReport) -> FitReport:
 def bundle_artifacts(tflite: bytes, report: FitReport, name: str) -> dict[str, bytes]:
     """Extra bundle files for the report's target: C sources for an MCU, ``model_edgetpu.tflite`` when compiled."""
     if report.target == str(Target.MCU):
-        from edgekit.fit.mcu import mcu_artifacts
-
-        return mcu_artifacts(tflite, report, name)
+        return mcu_artifacts(tflite, name, report.arena_bytes, report.arena_with_margin, report.margin)
     if report.target == str(Target.EDGETPU) and report.edgetpu is not None and report.edgetpu.compiler.model:
         return {
             "model_edgetpu.tflite": report.edgetpu.compiler.model,

@@ -226,34 +226,64 @@ def _parse_size(text: str) -> int | None:
     return round(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
-def parse_compiler_log(log: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class CompilerLog:
+    """The figures of an ``edgetpu_compiler -s`` log (None where the log does not say)."""
+
+    version: str = ""
+    ops_on_edgetpu: int | None = None
+    ops_on_cpu: int | None = None
+    on_chip_bytes: int | None = None
+    off_chip_bytes: int | None = None
+    op_status: tuple[tuple[str, int, str], ...] = ()  # (operator, count, status) per row of the op table
+
+
+def parse_compiler_log(log: str) -> CompilerLog:
     """The figures of an ``edgetpu_compiler -s`` log: version, ops on the Edge TPU / CPU, memory, op table."""
-    out: dict[str, Any] = {
-        "version": "",
-        "ops_on_edgetpu": None,
-        "ops_on_cpu": None,
-        "on_chip_bytes": None,
-        "off_chip_bytes": None,
-        "op_status": [],
-    }
+    version = ""
+    ops_on_edgetpu = ops_on_cpu = on_chip_bytes = off_chip_bytes = None
+    op_status: list[tuple[str, int, str]] = []
     for line in log.splitlines():
         s = line.strip()
         if s.startswith("Edge TPU Compiler version"):
-            out["version"] = s.rsplit(" ", 1)[-1]
+            version = s.rsplit(" ", 1)[-1]
         elif s.startswith("Number of operations that will run on Edge TPU:"):
-            out["ops_on_edgetpu"] = int(s.rsplit(":", 1)[1])
+            ops_on_edgetpu = int(s.rsplit(":", 1)[1])
         elif s.startswith("Number of operations that will run on CPU:"):
-            out["ops_on_cpu"] = int(s.rsplit(":", 1)[1])
+            ops_on_cpu = int(s.rsplit(":", 1)[1])
         elif s.startswith("On-chip memory used for caching model parameters:"):
-            out["on_chip_bytes"] = _parse_size(s.rsplit(":", 1)[1])
+            on_chip_bytes = _parse_size(s.rsplit(":", 1)[1])
         elif s.startswith("Off-chip memory used for streaming uncached model parameters:"):
-            out["off_chip_bytes"] = _parse_size(s.rsplit(":", 1)[1])
+            off_chip_bytes = _parse_size(s.rsplit(":", 1)[1])
         else:
             m = re.match(r"^([A-Z0-9_]+)\s+(\d+)\s+(\S.*)$", s)
             if m and m.group(1) not in ("Operator",):
-                out["op_status"].append((m.group(1), int(m.group(2)), m.group(3).strip()))
-    out["op_status"] = tuple(dict.fromkeys(out["op_status"]))  # stdout and the .log file may repeat the table
-    return out
+                op_status.append((m.group(1), int(m.group(2)), m.group(3).strip()))
+    return CompilerLog(
+        version=version,
+        ops_on_edgetpu=ops_on_edgetpu,
+        ops_on_cpu=ops_on_cpu,
+        on_chip_bytes=on_chip_bytes,
+        off_chip_bytes=off_chip_bytes,
+        op_status=tuple(dict.fromkeys(op_status)),  # stdout and the .log file may repeat the table
+    )
+
+
+def _compiler_result(
+    compiled: bool, message: str, figures: CompilerLog, log: str, model: bytes | None = None
+) -> CompilerResult:
+    return CompilerResult(
+        compiled=compiled,
+        message=message,
+        version=figures.version,
+        ops_on_edgetpu=figures.ops_on_edgetpu,
+        ops_on_cpu=figures.ops_on_cpu,
+        on_chip_bytes=figures.on_chip_bytes,
+        off_chip_bytes=figures.off_chip_bytes,
+        op_status=figures.op_status,
+        log=log,
+        model=model,
+    )
 
 
 def compile_edgetpu(tflite: bytes, name: str = "model", timeout_s: int = 180) -> CompilerResult:
@@ -281,15 +311,9 @@ def _compile(tflite: bytes, name: str, exe: str, timeout_s: int) -> CompilerResu
         figures = parse_compiler_log(log)
         if proc.returncode != 0 or not out_model.is_file():
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return CompilerResult(
-                compiled=False, message=f"not compiled: {COMPILER} failed on {name} ({last[0]})", log=log, **figures
-            )
-        return CompilerResult(
-            compiled=True,
-            message=f"compiled with {COMPILER} {figures['version']}".strip(),
-            log=log,
-            model=out_model.read_bytes(),
-            **figures,
+            return _compiler_result(False, f"not compiled: {COMPILER} failed on {name} ({last[0]})", figures, log)
+        return _compiler_result(
+            True, f"compiled with {COMPILER} {figures.version}".strip(), figures, log, out_model.read_bytes()
         )
 
 

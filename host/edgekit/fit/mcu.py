@@ -8,13 +8,9 @@ operators the model uses, so no flash is spent on kernels it never calls).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from edgekit.fit.tflite_graph import read_graph
 from edgekit_agent.contract.errors import FitError
-
-if TYPE_CHECKING:
-    from edgekit.fit.check import FitReport
 
 MODEL_DATA_H = "model_data.h"
 MODEL_DATA_CC = "model_data.cc"
@@ -120,13 +116,15 @@ def op_resolver_header(ops: tuple[str, ...], name: str) -> bytes:
     return text.encode("ascii")
 
 
-def mcu_artifacts(tflite: bytes, report: FitReport, name: str) -> dict[str, bytes]:
+def mcu_artifacts(
+    tflite: bytes, name: str, arena_bytes: int | None, arena_with_margin: int | None, margin: float
+) -> dict[str, bytes]:
     """The extra files of an MCU bundle: ``model_data.cc``, ``model_data.h`` and ``model_ops.h``.
 
-    The arena constant comes from ``report`` (measured arena plus the profile's margin); the op list is
-    read from the model itself. Raises :class:`FitError` for a custom operator with no known registration.
+    The arena constants are the fit report's (measured arena, and with the profile's margin); the op list
+    is read from the model itself. Raises :class:`FitError` for a custom operator with no known registration.
     """
     ops = read_graph(tflite, name).op_names()
-    files = model_data_files(tflite, name, report.arena_bytes, report.arena_with_margin, report.margin)
+    files = model_data_files(tflite, name, arena_bytes, arena_with_margin, margin)
     files[MODEL_OPS_H] = op_resolver_header(ops, name)
     return files

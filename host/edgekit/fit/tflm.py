@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ SEARCH_FLOOR = 1024
 # Largest arena tried before giving up: no microcontroller profile comes close.
 SEARCH_CEILING = 256 * 1024 * 1024
 _TIMEOUT_S = 300
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,7 @@ def _call_worker(request: dict[str, Any], name: str) -> dict[str, Any]:
     return result
 
 
-def _with_model_file(tflite: bytes, fn: Any) -> Any:
+def _with_model_file(tflite: bytes, fn: Callable[[Path, Path], T]) -> T:
     with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(tflite)

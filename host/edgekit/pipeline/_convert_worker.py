@@ -1,6 +1,6 @@
 """The TFLite converter in a child process: ``python -m edgekit.pipeline._convert_worker JOB.json``.
 
-The converter can kill its process (a segfault on some Keras 3 models with quantisation, facts note 4),
+The converter can kill its process (a segfault on some Keras 3 models with quantisation, docs/pipeline.md, Convert),
 so :mod:`edgekit.pipeline.convert` never runs it in the caller's process. The job file names the model (a Keras 3
 ``.keras`` file or a SavedModel directory), a ``.npy`` of representative samples and the outputs to write.
 Each task may name its own model (several models, one TensorFlow import). A converter exception exits with :data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other
@@ -54,7 +54,7 @@ def _int8(converter: Any, job: dict[str, Any], task: dict[str, Any]) -> None:
 
 
 def _debug(job: dict[str, Any], task: dict[str, Any]) -> None:
-    """Per-layer quantisation error with TF's QuantizationDebugger (facts note 9), written as JSON rows."""
+    """Per-layer quantisation error with TF's QuantizationDebugger (docs/pipeline.md, Evaluate), as JSON rows."""
     import tensorflow as tf
 
     converter = _converter(job, task)

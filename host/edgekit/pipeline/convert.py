@@ -1,7 +1,7 @@
 """Full-integer post-training quantisation, checked: lint, accuracy against float, and QAT when it is needed.
 
 The converter runs in a child process (:mod:`edgekit.pipeline._convert_worker`) because it can crash its process
-(facts note 4); a crash or a converter exception becomes a :class:`ConversionError` that says what to do.
+(docs/pipeline.md, Convert); a crash or a converter exception becomes a :class:`ConversionError` that says what to do.
 Calibration data always comes from the caller (never a default dataset), drawn with a seed.
 """
 
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.pipeline.data import Splits
+from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite
 from edgekit.pipeline.lint import LintReport, lint_full_int8
+from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
 
 # The worker command; a list so tests can point it at a process that really crashes.
@@ -286,6 +288,7 @@ def convert_int8_many(
     return results
 
 
+# --- per-layer quantisation error ------------------------------------------------------------------
 def run_debugger(
     model: Any, representative_x: np.ndarray, *, num_samples: int = 100, seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -313,11 +316,61 @@ def run_debugger(
         return list(json.loads(out.read_text()))
 
 
+@dataclass(frozen=True, slots=True)
+class LayerError:
+    """Quantisation error of one layer's output (TF QuantizationDebugger), ``rmse_over_scale`` ranks them."""
+
+    op: str
+    tensor: str
+    rmse_over_scale: float
+    mean_error: float
+    max_abs_error: float
+    scale: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "tensor": self.tensor,
+            "rmse_over_scale": self.rmse_over_scale,
+            "mean_error": self.mean_error,
+            "max_abs_error": self.max_abs_error,
+            "scale": self.scale,
+        }
+
+
+def per_layer_errors(
+    model: Any, representative_x: np.ndarray, top: int = 10, *, num_samples: int = 100, seed: int = 0
+) -> list[LayerError]:
+    """The ``top`` layers with the largest quantisation error (RMSE in units of the layer's output scale).
+
+    A value near 0.3 is plain rounding noise (uniform error of one step has RMSE 1/√12 ≈ 0.29); much more
+    points at a layer whose range int8 cannot hold well. Runs TF's QuantizationDebugger in the converter's
+    subprocess (it invokes the converter).
+    """
+    rows = run_debugger(model, representative_x, num_samples=num_samples, seed=seed)
+    errors = []
+    for r in rows:
+        scale = float(r.get("scale") or 0.0)
+        mse = float(r.get("mean_squared_error") or 0.0)
+        errors.append(
+            LayerError(
+                op=str(r.get("op", "")),
+                tensor=str(r.get("tensor", "")),
+                rmse_over_scale=float(np.sqrt(mse) / scale) if scale else float("nan"),
+                mean_error=float(r.get("mean_error") or 0.0),
+                max_abs_error=float(r.get("max_abs_error") or 0.0),
+                scale=scale,
+            )
+        )
+    errors.sort(key=lambda e: -np.nan_to_num(e.rmse_over_scale, nan=-1.0))
+    return errors[:top]
+
+
 # --- quantisation-aware training ---------------------------------------------------------------------
 def quantization_aware_training(
     model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32
 ) -> Any:
-    """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: facts notes 6 and 8)."""
+    """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: docs/pipeline.md, Convert)."""
     from edgekit.pipeline import zoo
 
     tfmot = zoo.import_tfmot()
@@ -340,7 +393,7 @@ def quantization_aware_training(
 def convert_for_profile(
     model: Any,
     splits: Splits,
-    profile: Any,
+    profile: Profile,
     *,
     max_accuracy_drop: float = 1.0,
     qat: bool = True,
@@ -357,8 +410,6 @@ def convert_for_profile(
     int8 is more than ``max_accuracy_drop`` points below float (or always with ``force_qat``); the better
     int8 model is kept. The result records both figures and which was kept.
     """
-    from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite
-
     stage = on_stage or (lambda _msg: None)
     in_dt, out_dt = str(profile.input_dtype), str(profile.output_dtype)
     split_name, part = ("val", splits.val) if len(splits.val.y) else ("test", splits.test)

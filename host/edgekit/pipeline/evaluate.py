@@ -7,7 +7,7 @@ i.e. the code a device runs, so the figure is the device's figure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,55 +208,3 @@ def compare(
     flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
     size = len(tflite_or_path) if isinstance(tflite_or_path, bytes) else Path(tflite_or_path).stat().st_size
     return ComparisonReport(float_result=flt, int8_result=int8, int8_bytes=size, float_bytes=float_bytes)
-
-
-@dataclass(frozen=True, slots=True)
-class LayerError:
-    """Quantisation error of one layer's output (TF QuantizationDebugger), ``rmse_over_scale`` ranks them."""
-
-    op: str
-    tensor: str
-    rmse_over_scale: float
-    mean_error: float
-    max_abs_error: float
-    scale: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "tensor": self.tensor,
-            "rmse_over_scale": self.rmse_over_scale,
-            "mean_error": self.mean_error,
-            "max_abs_error": self.max_abs_error,
-            "scale": self.scale,
-        }
-
-
-def per_layer_errors(
-    model: Any, representative_x: np.ndarray, top: int = 10, *, num_samples: int = 100, seed: int = 0
-) -> list[LayerError]:
-    """The ``top`` layers with the largest quantisation error (RMSE in units of the layer's output scale).
-
-    A value near 0.3 is plain rounding noise (uniform error of one step has RMSE 1/√12 ≈ 0.29); much more
-    points at a layer whose range int8 cannot hold well. Runs TF's QuantizationDebugger in the converter's
-    subprocess (it invokes the converter).
-    """
-    from edgekit.pipeline.convert import run_debugger
-
-    rows: Sequence[dict[str, Any]] = run_debugger(model, representative_x, num_samples=num_samples, seed=seed)
-    errors = []
-    for r in rows:
-        scale = float(r.get("scale") or 0.0)
-        mse = float(r.get("mean_squared_error") or 0.0)
-        errors.append(
-            LayerError(
-                op=str(r.get("op", "")),
-                tensor=str(r.get("tensor", "")),
-                rmse_over_scale=float(np.sqrt(mse) / scale) if scale else float("nan"),
-                mean_error=float(r.get("mean_error") or 0.0),
-                max_abs_error=float(r.get("max_abs_error") or 0.0),
-                scale=scale,
-            )
-        )
-    errors.sort(key=lambda e: -np.nan_to_num(e.rmse_over_scale, nan=-1.0))
-    return errors[:top]

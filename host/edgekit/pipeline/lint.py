@@ -1,7 +1,7 @@
 """Lint a converted model: is it really full int8?
 
 ``TFLITE_BUILTINS_INT8`` does not guarantee an all-integer graph: the converter silently leaves float
-islands (DEQUANTIZE → float op → QUANTIZE), e.g. inside LayerNormalization (facts note 3). Such a model
+islands (DEQUANTIZE → float op → QUANTIZE), e.g. inside LayerNormalization (docs/pipeline.md, Convert). Such a model
 is slower, cannot run on an Edge TPU past the island and needs float kernels on a microcontroller. The
 lint reads the operators and tensor types with the device's own interpreter shim (reference kernels, so
 XNNPACK does not hide operators behind ``DELEGATE``).
@@ -20,7 +20,7 @@ from edgekit_agent.infer.runtime import Runtime
 
 # Ops that only move between integer and float representations: boundaries of an island, not its body.
 _CASTS = {"QUANTIZE", "DEQUANTIZE"}
-# Int32 shape arithmetic left by a dynamic batch dimension (facts note 5): legal, but worth a warning.
+# Int32 shape arithmetic left by a dynamic batch dimension (docs/pipeline.md, Train): legal, but worth a warning.
 _SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK"}
 _FLOATS = {"float32", "float16", "float64"}
 

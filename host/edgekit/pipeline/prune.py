@@ -1,9 +1,9 @@
 """Magnitude pruning to a target sparsity with tensorflow-model-optimization, measured honestly.
 
-tfmot 0.8.1 accepts only tf_keras models (facts note 6): a Keras 3 model is rebuilt with tf_keras (weights
+tfmot 0.8.1 accepts only tf_keras models (docs/pipeline.md, Prune): a Keras 3 model is rebuilt with tf_keras (weights
 copied exactly), pruned, stripped of its wrappers and copied back, so later steps get the kind of model
 they were given. The schedule's end step and frequency come from the real number of fine-tune steps: the
-default frequency (every 100 steps) silently prunes nothing in a short fine-tune (facts note 7).
+default frequency (every 100 steps) silently prunes nothing in a short fine-tune (docs/pipeline.md, Prune).
 Sparsity does not shrink a raw .tflite file (zeros are stored like any other int8); it shows only after
 compression, so both sizes are reported.
 """
@@ -160,7 +160,8 @@ def prune_model(
         )
     else:
         sched = sp.ConstantSparsity(sparsity, begin_step=0, end_step=end_step, frequency=frequency)
-    base = zoo.to_tf_keras(model)  # a fresh copy: prune_low_magnitude changes weights in place (facts note 7)
+    # A fresh copy: prune_low_magnitude changes weights in place (docs/pipeline.md, Prune).
+    base = zoo.to_tf_keras(model)
     try:
         wrapped = sp.prune_low_magnitude(base, pruning_schedule=sched)
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """Train a zoo model on a dataset split, and load/save user models (.keras, .h5, SavedModel).
 
 Training uses Keras 3 with a free batch dimension; the returned model is rebuilt with a fixed batch of 1
-(weights copied, facts note 5) so that every later step — conversion, pruning, the bundle — sees the
+(weights copied, docs/pipeline.md, Train) so that every later step — conversion, pruning, the bundle — sees the
 shape the device runs.
 """
 

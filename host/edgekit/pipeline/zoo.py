@@ -1,10 +1,10 @@
 """The model zoo: a compact CNN for small grey images and MobileNetV2 with a width multiplier.
 
 Models are built with random weights (nothing is downloaded) by Keras 3 by default, or by tf_keras
-(``keras_module``) for tensorflow-model-optimization, which accepts only tf_keras models (facts note 6).
+(``keras_module``) for tensorflow-model-optimization, which accepts only tf_keras models (docs/pipeline.md, Prune).
 Training uses a free batch dimension; :func:`with_fixed_batch` rebuilds any Keras model with a batch of 1
 and copies the weights, because a dynamic batch turns Flatten into SHAPE/STRIDED_SLICE/PACK ops that
-split XNNPACK partitions, are not allowed on the Edge TPU and cost TFLite Micro arena (facts note 5).
+split XNNPACK partitions, are not allowed on the Edge TPU and cost TFLite Micro arena (docs/pipeline.md, Train).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgekit_agent.contract.errors import ModelError, UsageError
@@ -133,15 +133,27 @@ def build_model(
     return ARCHITECTURES[name].build(_keras(keras_module), shape, int(num_classes), batch_size=batch_size, alpha=alpha)
 
 
-def arch_of(model: Any) -> tuple[str, dict[str, Any]] | None:
+@dataclass(frozen=True, slots=True)
+class ZooModel:
+    """The zoo architecture a model was built with and the options to rebuild it (each builder takes the
+    ones it knows: ``alpha`` for MobileNetV2, ``dense`` for the CNN)."""
+
+    arch: str
+    alpha: float = 0.35
+    dense: int = 512
+
+
+def arch_of(model: Any) -> ZooModel | None:
     """The zoo architecture and options a model was built with (from its name), or None for a user model."""
     m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2)(?:_a([0-9.]+))?", model.name)
     if not m:
         return None
-    options: dict[str, Any] = {"alpha": float(m.group(2))} if m.group(2) else {}
+    found = ZooModel(m.group(1))
+    if m.group(2):
+        found = replace(found, alpha=float(m.group(2)))
     if m.group(1) == "cnn":
-        options["dense"] = int(model.get_layer("dense").units)
-    return m.group(1), options
+        found = replace(found, dense=int(model.get_layer("dense").units))
+    return found
 
 
 def outputs_are(model: Any) -> str:
@@ -205,7 +217,7 @@ def to_tf_keras(model: Any, *, batch_size: int | None = None) -> Any:
     """A tf_keras copy of a Keras 3 model (same weights), for tensorflow-model-optimization.
 
     Zoo models are rebuilt by architecture; other Sequential/functional models through their config.
-    A tf_keras model is returned as a fresh clone (tfmot changes weights in place, facts note 7).
+    A tf_keras model is returned as a fresh clone (tfmot changes weights in place: docs/pipeline.md, Prune).
     """
     import tf_keras
 
@@ -216,10 +228,14 @@ def to_tf_keras(model: Any, *, batch_size: int | None = None) -> Any:
     found = arch_of(model)
     try:
         if found is not None:
-            arch, options = found
             shape = tuple(int(s) for s in model.inputs[0].shape[1:])
-            built = ARCHITECTURES[arch].build(
-                tf_keras, shape, int(model.outputs[0].shape[-1]), batch_size=batch_size, **options
+            built = ARCHITECTURES[found.arch].build(
+                tf_keras,
+                shape,
+                int(model.outputs[0].shape[-1]),
+                batch_size=batch_size,
+                alpha=found.alpha,
+                dense=found.dense,
             )
         else:
             cfg = _fixed_batch_config(_tf_keras_config(model.get_config()), batch_size)
@@ -248,7 +264,7 @@ def to_keras3(model: Any, *, like: Any) -> Any:
 def import_tfmot() -> Any:
     """Import tensorflow-model-optimization without leaking its ``TF_USE_LEGACY_KERAS=1`` side effect.
 
-    tfmot 0.8.1 sets that variable at import (facts note 6) and binds tf_keras for itself; left set, it
+    tfmot 0.8.1 sets that variable at import (docs/pipeline.md, Prune) and binds tf_keras for itself; left set, it
     would switch ``tf.keras`` to tf_keras for the rest of this process and for every child process
     (including the converter worker, which loads Keras 3 models).
     """
