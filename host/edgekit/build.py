@@ -20,6 +20,7 @@ from typing import Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
+from edgekit_agent.contract.manifest import Manifest
 
 GOLDEN_SAMPLES = 16
 SPLIT = {"val": 0.15, "test": 0.15}
@@ -51,7 +52,7 @@ class ProfileBuild:
     qat: bool
     fits: bool | None  # None when no fit checker is installed
     fit_summary: str
-    manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
 
     @property
     def accuracy_drop(self) -> float:
@@ -343,7 +344,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         fit=fit.to_dict() if fit is not None else None,
         reference=ref.to_dict(),
         extra_files=extra_files,
-        extra_manifest={"outputs_are": ref.outputs_are},
+        outputs_are=ref.outputs_are,
     )
     s.built.append(ProfileBuild(directory=info.directory, archive=info.archive, manifest=info.manifest, **pb_args))
 
