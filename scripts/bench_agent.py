@@ -178,7 +178,7 @@ def build_bundles(out: Path) -> dict[str, Path]:
         labels=[str(i) for i in range(10)],
         golden_x=calib[:8],
         golden_y=np.zeros(8, dtype=np.int64),
-        extra_manifest={"outputs_are": "probabilities"},
+        outputs_are="probabilities",
     )
     found["mobilenetv2"] = info.directory
     return found

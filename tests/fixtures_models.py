@@ -41,7 +41,14 @@ def _pipeline_key() -> str:
 
     host = Path(__file__).resolve().parents[1] / "host" / "edgekit"
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("data.py", "zoo.py", "train.py", "convert.py", "build.py", "bundle.py"):
+    for name in (
+        "pipeline/data.py",
+        "pipeline/zoo.py",
+        "pipeline/train.py",
+        "pipeline/convert.py",
+        "build.py",
+        "package/writer.py",
+    ):
         h.update((host / name).read_bytes())
     return h.hexdigest()
 

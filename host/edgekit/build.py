@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
+from edgekit_agent.contract.manifest import Manifest
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
@@ -58,7 +59,7 @@ class ProfileBuild:
     qat: bool
     fits: bool
     fit_summary: str
-    manifest: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
 
     @property
     def accuracy_drop(self) -> float:
@@ -369,7 +370,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         fit=fit.to_dict() if fit is not None else None,
         reference=ref.to_dict(),
         extra_files=extra_files,
-        extra_manifest={"outputs_are": ref.outputs_are},
+        outputs_are=ref.outputs_are,
     )
     s.built.append(replace(built, directory=info.directory, archive=info.archive, manifest=info.manifest))
 

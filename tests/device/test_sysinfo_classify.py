@@ -12,7 +12,7 @@ import pytest
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.manifest import TensorSpec
-from edgekit_agent.infer.classify import outputs_are, probabilities, top1
+from edgekit_agent.infer.classify import SMALL_OUTPUT, TopOne, probabilities, top1
 from edgekit_agent.serve import sysinfo
 
 
@@ -69,4 +69,28 @@ def test_top1_on_the_real_bundle(digits_bundle: Path):
         raw, want = g["outputs"][0], int(g["outputs"][0].argmax())
     p = top1(raw, b.manifest)
     assert p.index == want and p.label == b.manifest.labels[want] and 0 < p.confidence <= 1
-    assert outputs_are(b.manifest) in ("logits", "probabilities")
+    assert p.to_dict() == {"index": want, "label": p.label, "confidence": p.confidence}  # no timings outside the agent
+
+
+@pytest.mark.parametrize("kind", ["logits", "probabilities"])
+@pytest.mark.parametrize(
+    "dtype, scale, zero",
+    [("int8", 0.1, 3), ("int8", 0.00390625, -128), ("uint8", 0.05, 128), ("int16", 0.001, 0), ("float32", 0.0, 0)],
+)
+@pytest.mark.parametrize("classes", [3, SMALL_OUTPUT, SMALL_OUTPUT + 1, 1000])
+def test_top_one_agrees_with_the_probabilities(kind, dtype, scale, zero, classes):
+    """TopOne's table look-ups (pure Python below SMALL_OUTPUT classes, numpy above) give the argmax and the
+    top probability of the dequantised outputs: softmax for logits, the clipped value for probabilities."""
+    rng = np.random.default_rng(classes)
+    t = TensorSpec("out", (1, classes), dtype, scale, zero)
+    top_one = TopOne(t, kind, tuple(f"c{i}" for i in range(classes)))
+    for _ in range(20):
+        if dtype == "float32":
+            raw = rng.normal(0, 3 if kind == "logits" else 0.4, size=(1, classes)).astype(np.float32)
+        else:
+            info = np.iinfo(dtype)
+            raw = rng.integers(info.min, info.max, size=(1, classes), endpoint=True).astype(dtype)
+        want = probabilities(raw, t, kind)
+        p = top_one(raw)
+        assert p.index == int(np.argmax(raw)) and p.label == f"c{p.index}"  # clipped probabilities can tie
+        assert p.confidence == pytest.approx(float(want.max()), rel=1e-5, abs=1e-7)

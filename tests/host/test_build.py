@@ -14,6 +14,7 @@ from edgekit.build import BuildResult, build, default_name, plan
 from edgekit.cli import main
 from edgekit.profiles import load_profile
 from edgekit_agent.contract.errors import DatasetError, ExitStatus, FitError, UsageError
+from edgekit_agent.contract.manifest import Manifest
 
 CPU_PROFILE = """
 name = "{name}"
@@ -68,6 +69,8 @@ def test_manifest_has_every_contract_field(built: tuple[BuildResult, dict]) -> N
     assert len(ref["class_freq"]) == 10 and sum(ref["class_freq"]) == pytest.approx(1)
     assert ref["confidence"]["edges"][0] == 0.0 and ref["confidence"]["edges"][-1] == 1.0
     assert m["golden"]["samples"] == 16 and m["golden"]["tolerance"] == 1
+    written = result.profiles[0].manifest  # the typed manifest the build wrote is the one the device reads
+    assert written is not None and written == Manifest.load(result.profiles[0].directory / "manifest.json")
 
 
 def test_metrics_are_reproduced_independently(built: tuple[BuildResult, dict], digits_dataset: Path) -> None:

@@ -1,8 +1,10 @@
 """The bundle manifest: the typed contract between the workstation and the device.
 
-``manifest.json`` is written by ``edgekit.package.writer`` and read here, on the device, with no profile files
-and no TensorFlow. Unknown keys are kept (``extra``) so newer workstations can add fields; missing or
-wrongly typed required keys are a :class:`BundleError` that names the key.
+``manifest.json`` is defined here, for both sides: the workstation (``edgekit.package.writer``) fills a
+:class:`Manifest` and writes :meth:`Manifest.to_bytes`; the device reads it back with
+:meth:`Manifest.from_bytes`, with no profile files and no TensorFlow. Unknown keys are kept (``raw`` holds the
+document as read) so newer workstations can add fields; missing or wrongly typed keys are a
+:class:`BundleError` that names the key.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from edgekit_agent.contract.errors import BundleError
 
 FORMAT = "edgekit-bundle/1"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
+
+#: What the model's output tensor holds: softmax is applied on the device only to logits.
+OutputsAre = Literal["logits", "probabilities"]
+OUTPUTS_ARE: tuple[OutputsAre, ...] = ("logits", "probabilities")
 
 _DTYPE_RANGES = {
     "int8": (-128, 127),
@@ -61,6 +67,11 @@ def _table(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _opt_table(d: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    """An optional object (metrics, reference): absent is empty, anything but an object is an error."""
+    return _table(d[key], f"{where}: '{key}'") if key in d else {}
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output tensor: shape, dtype and affine quantisation (real = scale * (q - zero_point))."""
@@ -87,6 +98,15 @@ class TensorSpec:
             scale=float(_req(d, "scale", (int, float), where)),
             zero_point=int(_req(d, "zero_point", int, where)),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
 
     @property
     def qmin(self) -> int | None:
@@ -155,35 +175,64 @@ class FileEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
-    """A parsed ``manifest.json``. ``raw`` keeps the full document (profile, metrics, fit, reference...)."""
+class GoldenSpec:
+    """The self-test's samples: ``file`` (a listed .npz of quantised inputs, labels and the workstation's raw
+    outputs), how many, and how many raw units a device's outputs may differ by."""
 
-    format: str
+    file: str
+    samples: int
+    tolerance: int | float = 1
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> GoldenSpec:
+        d = _table(d, where)
+        samples = int(_req(d, "samples", int, where))
+        tolerance = d.get("tolerance", 1)
+        if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
+            raise BundleError(f"{where}: key 'tolerance' should be a number >= 0, got {tolerance!r:.40}.")
+        if samples < 0:
+            raise BundleError(f"{where}: key 'samples' should be >= 0, got {samples}.")
+        file = str(_req(d, "file", str, where)) if "file" in d else "golden.npz"
+        return cls(file=file, samples=samples, tolerance=tolerance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "samples": self.samples, "tolerance": self.tolerance}
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A bundle's ``manifest.json``, parsed (:meth:`from_bytes`) or filled by the workstation (:meth:`to_bytes`).
+
+    ``profile``, ``metrics``, ``fit`` and ``reference`` are JSON objects made by the workstation's own typed
+    results (profile, metrics, fit report, drift reference); the device reads only a few keys of them.
+    ``raw`` is the document as read (unknown keys included); a manifest built in memory has none.
+    """
+
     name: str
     version: str
     created: str
-    profile_name: str
-    target: str
+    profile: Mapping[str, Any]  # the workstation profile: name, target, runtime {num_threads, delegate}, budgets
     model: FileEntry
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
     files: tuple[FileEntry, ...]
+    outputs_are: OutputsAre = "logits"  # a manifest written before the key existed is read as logits
+    golden: GoldenSpec | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    fit: Mapping[str, Any] | None = None  # None: no fit checker was installed on the workstation
+    reference: Mapping[str, Any] = field(default_factory=dict)  # drift statistics; empty: no drift monitoring
+    format: str = FORMAT
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
-    # --- convenience views of the free-form parts -------------------------------------------------
     @property
-    def profile(self) -> Mapping[str, Any]:
-        return self.raw.get("profile", {})
+    def profile_name(self) -> str:
+        return str(self.profile["name"])
 
     @property
-    def metrics(self) -> Mapping[str, Any]:
-        return self.raw.get("metrics", {})
-
-    @property
-    def reference(self) -> Mapping[str, Any]:
-        return self.raw.get("reference", {})
+    def target(self) -> str:
+        return str(self.profile.get("target", "cpu"))
 
     @property
     def runtime(self) -> Mapping[str, Any]:
@@ -219,6 +268,7 @@ class Manifest:
         if model_file not in files_raw:
             raise BundleError(f"{source}: the model file '{model_file}' is not listed in 'files'.")
         profile = _req(d, "profile", dict, source)
+        _req(profile, "name", str, f"{source}: profile")
         labels = _req(d, "labels", list, source)
         outputs = tuple(
             TensorSpec.from_dict(t, f"{source}: outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, source))
@@ -228,19 +278,29 @@ class Manifest:
         )
         if not inputs or not outputs:
             raise BundleError(f"{source}: a model needs at least one input and one output tensor.")
+        outputs_are = d.get("outputs_are", "logits")
+        if outputs_are not in OUTPUTS_ARE:
+            raise BundleError(
+                f"{source}: key 'outputs_are' should be one of {list(OUTPUTS_ARE)}, got {outputs_are!r:.40}."
+            )
+        fit = d.get("fit")
         return cls(
             format=fmt,
             name=str(_req(d, "name", str, source)),
             version=str(_req(d, "version", str, source)),
             created=str(d.get("created", "")),
-            profile_name=str(_req(profile, "name", str, f"{source}: profile")),
-            target=str(profile.get("target", "cpu")),
+            profile=profile,
             model=next(f for f in files if f.name == model_file),
             inputs=inputs,
             outputs=outputs,
             preprocess=PreprocessSpec.from_dict(_req(d, "preprocess", dict, source), f"{source}: preprocess"),
             labels=tuple(str(x) for x in labels),
             files=tuple(files),
+            outputs_are=cast(OutputsAre, outputs_are),
+            golden=GoldenSpec.from_dict(d["golden"], f"{source}: golden") if "golden" in d else None,
+            metrics=_opt_table(d, "metrics", source),
+            fit=None if fit is None else _table(fit, f"{source}: 'fit'"),
+            reference=_opt_table(d, "reference", source),
             raw=dict(d),
         )
 
@@ -263,6 +323,33 @@ class Manifest:
         except OSError as exc:
             raise BundleError(f"cannot read {path}: {exc.strerror}; is this a bundle directory?") from None
         return cls.from_bytes(data, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (every key the workstation writes; ``fit`` is null without a fit checker)."""
+        doc: dict[str, Any] = {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "profile": dict(self.profile),
+            "model": {"file": self.model.name, "bytes": self.model.bytes, "sha256": self.model.sha256},
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "preprocess": self.preprocess.to_dict(),
+            "labels": list(self.labels),
+            "outputs_are": self.outputs_are,
+            "metrics": dict(self.metrics),
+            "fit": dict(self.fit) if self.fit is not None else None,
+            "reference": dict(self.reference),
+            "files": {f.name: {"bytes": f.bytes, "sha256": f.sha256} for f in self.files},
+        }
+        if self.golden is not None:
+            doc["golden"] = self.golden.to_dict()
+        return doc
+
+    def to_bytes(self) -> bytes:
+        """The bytes to write as ``manifest.json`` (and to sign)."""
+        return dump_manifest(self.to_dict())
 
 
 def dump_manifest(doc: Mapping[str, Any]) -> bytes:

@@ -1,37 +1,103 @@
-"""Raw output tensor → class probabilities and the top-1 prediction (like pycoral's adapters/classify.py).
+"""Raw output tensor → the top-1 :class:`Prediction` and class probabilities (like pycoral's adapters/classify.py).
 
-Whether the model ends in logits or probabilities is recorded by the workstation in
-``manifest["outputs_are"]`` ("logits" or "probabilities"); softmax is applied only to logits, so
-confidences on the device mean the same as the drift reference's confidence histogram.
+Whether the model ends in logits or probabilities is the manifest's ``outputs_are``; softmax is applied
+only to logits, so confidences on the device mean the same as the drift reference's confidence histogram.
+:class:`TopOne` is the one top-1: the agent builds it once per bundle and calls it on every inference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edgekit_agent.contract.manifest import Manifest, TensorSpec
+from edgekit_agent.contract.manifest import Manifest, OutputsAre, TensorSpec
 from edgekit_agent.infer.preprocess import dequantize
+
+SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """Top-1 class of one inference."""
+    """The top-1 class of one inference; a served one (the agent's) also says where the time went."""
 
     index: int
     label: str
-    confidence: float  # top-1 probability in [0, 1]
+    confidence: float  # top-1 probability in [0, 1] (softmax of dequantised logits, or the dequantised probability)
+    latency_ms: float | None = None  # total: preprocess + invoke + top-1
+    preprocess_ms: float | None = None
+    invoke_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "label": self.label, "confidence": self.confidence}
+        d: dict[str, Any] = {"index": self.index, "label": self.label, "confidence": self.confidence}
+        if self.latency_ms is not None:
+            d.update(latency_ms=self.latency_ms, preprocess_ms=self.preprocess_ms, invoke_ms=self.invoke_ms)
+        return d
 
 
-def outputs_are(manifest: Manifest) -> str:
-    """'logits' or 'probabilities' as the manifest records it; 'logits' when a manifest predates the key."""
-    value = manifest.raw.get("outputs_are", "logits")
-    return value if value in ("logits", "probabilities") else "logits"
+class TopOne:
+    """Top-1 index and confidence of one sample's raw output tensor, set up once per bundle.
+
+    For a quantised output, softmax's top-1 probability is ``1 / sum(exp(-(q_top - q) * scale))``: the
+    exponential of every possible raw gap is tabulated here, so an inference costs table look-ups (in pure
+    Python below :data:`SMALL_OUTPUT` classes, where numpy's per-call overhead is the larger cost).
+    """
+
+    __slots__ = ("labels", "_logits", "_scale", "_zero", "_table", "_table_np")
+
+    def __init__(self, tensor: TensorSpec, outputs_are: OutputsAre, labels: tuple[str, ...] = ()) -> None:
+        self.labels = labels
+        self._logits = outputs_are == "logits"
+        self._scale, self._zero = float(tensor.scale or 0.0), int(tensor.zero_point)
+        qmin, qmax = tensor.qmin, tensor.qmax
+        span = qmax - qmin if self._scale and qmin is not None and qmax is not None else 0
+        self._table = [math.exp(-d * self._scale) for d in range(span + 1)] if span else []
+        self._table_np = np.asarray(self._table, dtype=np.float64) if span else None
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> TopOne:
+        return cls(manifest.outputs[0], manifest.outputs_are, manifest.labels)
+
+    def index_confidence(self, out: np.ndarray) -> tuple[int, float]:
+        """(class index, top-1 probability) of one raw output (any shape holding one sample's classes)."""
+        if not self._table or out.size > SMALL_OUTPUT:
+            return self._index_confidence_numpy(out)
+        values = out.ravel().tolist()
+        top = max(values)
+        index = values.index(top)
+        if not self._logits:
+            return index, min(1.0, max(0.0, (top - self._zero) * self._scale))
+        table = self._table
+        total = 0.0
+        for v in values:
+            total += table[top - v]
+        return index, 1.0 / total
+
+    def _index_confidence_numpy(self, out: np.ndarray) -> tuple[int, float]:
+        flat = out.ravel()
+        index = int(flat.argmax())
+        if self._table_np is not None:
+            top = int(flat[index])
+            if not self._logits:
+                return index, min(1.0, max(0.0, (top - self._zero) * self._scale))
+            return index, float(1.0 / self._table_np[top - flat.astype(np.int64)].sum())
+        real = flat.astype(np.float64)  # a float output tensor
+        if self._scale:  # an integer tensor with no table (int32): dequantised like preprocess.dequantize
+            real = (real - self._zero) * self._scale
+        if not self._logits:
+            return index, float(min(1.0, max(0.0, real[index])))
+        return index, float(1.0 / np.exp(real - real[index]).sum())
+
+    def __call__(self, out: np.ndarray) -> Prediction:
+        index, confidence = self.index_confidence(out)
+        return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
+
+
+def top1(raw: np.ndarray, manifest: Manifest) -> Prediction:
+    """The top-1 :class:`Prediction` for one sample's raw output (a :class:`TopOne` serves many faster)."""
+    return TopOne.of(manifest)(raw)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -40,15 +106,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return (e / e.sum()).astype(np.float32)
 
 
-def probabilities(raw: np.ndarray, tensor: TensorSpec, kind: str = "logits") -> np.ndarray:
-    """Class probabilities (1-D) from a raw (quantised) output tensor of one sample."""
+def probabilities(raw: np.ndarray, tensor: TensorSpec, kind: OutputsAre = "logits") -> np.ndarray:
+    """Every class's probability (1-D) from a raw (quantised) output tensor of one sample."""
     real = dequantize(np.asarray(raw).reshape(-1), tensor)
     return softmax(real) if kind == "logits" else np.clip(real, 0.0, 1.0)
-
-
-def top1(raw: np.ndarray, manifest: Manifest, labels: tuple[str, ...] | None = None) -> Prediction:
-    """The top-1 :class:`Prediction` for one sample's raw output."""
-    probs = probabilities(raw, manifest.outputs[0], outputs_are(manifest))
-    i = int(np.argmax(probs))
-    names = labels if labels is not None else manifest.labels
-    return Prediction(index=i, label=names[i] if i < len(names) else str(i), confidence=float(probs[i]))

@@ -3,7 +3,7 @@
 ``Agent(bundle, settings)`` can be used two ways:
 
 - as a library (benchmarks, notebooks): :meth:`Agent.serve_tensor` / :meth:`Agent.serve_image` return a
-  :class:`Prediction` and record telemetry; nothing else runs;
+  :class:`~edgekit_agent.infer.classify.Prediction` and record telemetry; nothing else runs;
 - as the device agent: :meth:`Agent.run` opens the outbox and command store in ``data_dir``, connects the
   MQTT link, self-tests the bundle, publishes the retained ``meta``, then serves the watched directory
   and the ``cmd/*`` commands and closes a telemetry window every ``window_s`` until :meth:`request_stop`
@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.infer.classify import Prediction, TopOne
 from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link, Topics
@@ -52,30 +52,7 @@ PROCESSED_DIR = ".processed"
 FAILED_DIR = ".failed"
 SETTLE_S = 0.05  # a file modified more recently may still be being written: next scan
 MAX_SCAN = 256  # files per scan, so a flood of files cannot starve the window timer
-SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
 _NAN = math.nan
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One served inference."""
-
-    index: int
-    label: str
-    confidence: float  # top-1 probability (softmax of dequantised logits, or the dequantised probability)
-    latency_ms: float  # total: preprocess + invoke + top-1
-    preprocess_ms: float
-    invoke_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "label": self.label,
-            "confidence": self.confidence,
-            "latency_ms": self.latency_ms,
-            "preprocess_ms": self.preprocess_ms,
-            "invoke_ms": self.invoke_ms,
-        }
 
 
 def _bundle_info(bundle: Bundle) -> dict[str, Any]:
@@ -125,11 +102,8 @@ class Agent:
         read the new generation sees only the new bundle's state (see :meth:`_serve_floats`)."""
         m = bundle.manifest
         preprocessor = bundle.preprocessor()
-        in_t, out = m.inputs[0], m.outputs[0]
-        out_scale, out_zero = float(out.scale or 0.0), int(out.zero_point)
-        span = (out.qmax - out.qmin) if out.qmax is not None and out.qmin is not None else 0
-        # exp(-(qmax_seen - q) * scale) for every possible raw gap: softmax's top-1 without numpy calls.
-        exp_table = [math.exp(-d * out_scale) for d in range(span + 1)] if span else []
+        in_t = m.inputs[0]
+        top_one = TopOne(m.outputs[0], m.outputs_are)
         interp = runtime.interpreter
         # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
         hot = (
@@ -154,10 +128,7 @@ class Agent:
             self.label_index = {name: i for i, name in enumerate(m.labels)}
             self._in_tensor = in_t
             self._in_scale, self._in_zero = float(in_t.scale or 0.0), int(in_t.zero_point)
-            self._logits = m.raw.get("outputs_are", "logits") != "probabilities"
-            self._out_scale, self._out_zero = out_scale, out_zero
-            self._exp_table = exp_table
-            self._exp_np = np.asarray(exp_table, dtype=np.float64) if span else None
+            self._top1 = top_one.index_confidence
             self._n_tensor = 0
             self._hot = hot
             self._gen = getattr(self, "_gen", 0) + 1
@@ -189,34 +160,6 @@ class Agent:
 
     def bundle_info(self) -> dict[str, Any]:
         return _bundle_info(self.bundle)
-
-    def _top1(self, out: np.ndarray) -> tuple[int, float]:
-        if not self._exp_table or out.size > SMALL_OUTPUT:
-            return self._top1_numpy(out)
-        values = out.ravel().tolist()
-        top = max(values)
-        index = values.index(top)
-        if not self._logits:
-            return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
-        table = self._exp_table
-        total = 0.0
-        for v in values:
-            total += table[top - v]
-        return index, 1.0 / total
-
-    def _top1_numpy(self, out: np.ndarray) -> tuple[int, float]:
-        flat = out.ravel()
-        index = int(flat.argmax())
-        if self._exp_np is not None:
-            top = int(flat[index])
-            if not self._logits:
-                return index, min(1.0, max(0.0, (top - self._out_zero) * self._out_scale))
-            return index, float(1.0 / self._exp_np[top - flat.astype(np.int64)].sum())
-        real = flat.astype(np.float64)  # a float output tensor
-        if not self._logits:
-            return index, float(min(1.0, max(0.0, real[index])))
-        e = np.exp(real - real[index])
-        return index, float(1.0 / e.sum())
 
     # --- serving (the hot path) -------------------------------------------------------------------------------
     def serve_tensor(
@@ -630,4 +573,4 @@ class Agent:
         self.publish(topic, body, priority=1, correlation=correlation, sequenced=False)
 
 
-__all__ = ["Agent", "Prediction", "builtin_commands"]
+__all__ = ["Agent", "builtin_commands"]

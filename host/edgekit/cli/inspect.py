@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ("created", m["created"]),
             ("labels", f"{len(m['labels'])}: {', '.join(m['labels'][:12])}{' …' if len(m['labels']) > 12 else ''}"),
             ("input", ", ".join(f"{t['dtype']} {t['shape']}" for t in m["inputs"])),
-            ("output", ", ".join(f"{t['dtype']} {t['shape']} ({m.get('outputs_are') or '?'})" for t in m["outputs"])),
+            ("output", ", ".join(f"{t['dtype']} {t['shape']} ({m['outputs_are']})" for t in m["outputs"])),
         ]
         if "float_accuracy" in metrics and "int8_accuracy" in metrics:
             rows.append(

@@ -225,8 +225,7 @@ def verify_members(manifest: Manifest, files: Mapping[str, bytes]) -> tuple[File
 
 def manifest_summary(m: Manifest) -> dict[str, Any]:
     """The parts of a manifest a person wants first: identity, profile, data, metrics, fit verdict."""
-    raw = m.raw
-    fit = raw.get("fit") or {}
+    fit = m.fit or {}
     metrics = dict(m.metrics)
     return {
         "name": m.name,
@@ -244,11 +243,11 @@ def manifest_summary(m: Manifest) -> dict[str, Any]:
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
             for t in m.outputs
         ],
-        "outputs_are": raw.get("outputs_are"),
+        "outputs_are": m.outputs_are,
         "metrics": metrics,
         "fit": {"fits": fit.get("fits"), "summary": fit.get("summary")} if fit else None,
-        "golden_samples": (raw.get("golden") or {}).get("samples"),
-        "has_reference": bool(raw.get("reference")),
+        "golden_samples": m.golden.samples if m.golden is not None else None,
+        "has_reference": bool(m.reference),
     }
 
 

@@ -1,7 +1,8 @@
 """Write a device bundle: a directory (manifest.json, model.tflite, golden.npz, …) and its single-file archive.
 
-The format is :mod:`edgekit_agent.contract.manifest` (the device reads it with no profile files and no
-TensorFlow). Golden outputs are computed here with the device's own runtime, so a device's self-test
+The manifest is a :class:`edgekit_agent.contract.manifest.Manifest` filled here and written with its own
+``to_bytes``, so the device reads back exactly what was written (with no profile files and no TensorFlow).
+Golden outputs are computed here with the device's own runtime, so a device's self-test
 compares like with like.
 """
 
@@ -22,7 +23,15 @@ import numpy as np
 
 from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import BundleError
-from edgekit_agent.contract.manifest import FORMAT, MANIFEST_NAME, PreprocessSpec, TensorSpec, dump_manifest
+from edgekit_agent.contract.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    GoldenSpec,
+    Manifest,
+    OutputsAre,
+    PreprocessSpec,
+    TensorSpec,
+)
 from edgekit_agent.infer.preprocess import quantize
 from edgekit_agent.infer.runtime import Runtime
 
@@ -37,7 +46,7 @@ class BundleInfo:
 
     directory: Path
     archive: Path
-    manifest: dict[str, Any]
+    manifest: Manifest  # as the device reads it back from the written bytes
     model_bytes: int
 
 
@@ -45,25 +54,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def tensor_specs(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Input and output tensor descriptions (name, shape, dtype, scale, zero point) of a loaded model."""
+def tensor_specs(rt: Runtime) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Input and output tensors (name, shape, dtype, scale, zero point) of a loaded model."""
 
-    def spec(d: Mapping[str, Any]) -> dict[str, Any]:
+    def spec(d: Mapping[str, Any]) -> TensorSpec:  # an interpreter's tensor details: LiteRT's dict
         scale, zero = d["quantization"]
-        return {
-            "name": str(d["name"]),
-            "shape": [int(s) for s in d["shape"]],
-            "dtype": np.dtype(d["dtype"]).name,
-            "scale": float(scale),
-            "zero_point": int(zero),
-        }
+        return TensorSpec(
+            str(d["name"]), tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zero)
+        )
 
     interp = rt.interpreter
-    return [spec(d) for d in interp.get_input_details()], [spec(d) for d in interp.get_output_details()]
+    return tuple(spec(d) for d in interp.get_input_details()), tuple(spec(d) for d in interp.get_output_details())
 
 
-def _golden(rt: Runtime, inputs: dict[str, Any], x_float: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    tin = TensorSpec.from_dict(inputs, "input")
+def _golden(rt: Runtime, tin: TensorSpec, x_float: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     xq = np.stack([quantize(x, tin) for x in x_float]).astype(tin.dtype)
     outs = np.stack([rt.invoke(xq[i : i + 1])[0] for i in range(len(xq))])
     return {"inputs": xq, "labels": y.astype(np.int64), "outputs": outs}
@@ -123,15 +127,17 @@ def write_bundle(
     labels: list[str],
     golden_x: np.ndarray,
     golden_y: np.ndarray,
+    outputs_are: OutputsAre,
     version: str = "1.0.0",
     metrics: Mapping[str, Any] | None = None,
     fit: Mapping[str, Any] | None = None,
     reference: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
-    extra_manifest: Mapping[str, Any] | None = None,
 ) -> BundleInfo:
     """Write ``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``.
 
+    ``outputs_are`` says whether the model ends in logits or probabilities (the device's confidence depends on
+    it); ``metrics``, ``fit`` and ``reference`` are JSON objects (the ``to_dict()`` of the build's results).
     ``golden_x`` are a few preprocessed float inputs (N, H, W, C) with labels ``golden_y``; they are
     quantised and run through the model here so the device can prove it reproduces these outputs.
     """
@@ -147,8 +153,8 @@ def write_bundle(
     rt = Runtime(tflite, num_threads=1, model_name=f"{name}/{MODEL_NAME}")
     inputs, outputs = tensor_specs(rt)
     golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
-    if len(labels) != int(np.prod(outputs[0]["shape"][1:])):
-        raise BundleError(f"{name}: {len(labels)} labels but the model has {outputs[0]['shape'][1:]} outputs.")
+    if len(labels) != int(np.prod(outputs[0].shape[1:])):
+        raise BundleError(f"{name}: {len(labels)} labels but the model has {list(outputs[0].shape[1:])} outputs.")
 
     files: dict[str, bytes] = {MODEL_NAME: tflite}
     buf = io.BytesIO()
@@ -160,24 +166,27 @@ def write_bundle(
             raise BundleError(f"{name}: bundle file name '{fname}' must be a plain file name.")
         (directory / fname).write_bytes(data)
 
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "name": name,
-        "version": version,
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "profile": profile.to_dict(),
-        "model": {"file": MODEL_NAME, "bytes": len(tflite), "sha256": sha256_bytes(tflite)},
-        "inputs": inputs,
-        "outputs": outputs,
-        "preprocess": preprocess.to_dict(),
-        "labels": list(labels),
-        "metrics": dict(metrics or {}),
-        "fit": dict(fit) if fit is not None else None,
-        "reference": dict(reference or {}),
-        "golden": {"file": GOLDEN_NAME, "samples": int(len(golden_y)), "tolerance": 1},
-        "files": {f: {"bytes": len(d), "sha256": sha256_bytes(d)} for f, d in sorted(files.items())},
-    }
-    manifest.update(extra_manifest or {})
-    (directory / MANIFEST_NAME).write_bytes(dump_manifest(manifest))
+    entries = tuple(FileEntry(f, len(d), sha256_bytes(d)) for f, d in sorted(files.items()))
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        profile=profile.to_dict(),
+        model=next(e for e in entries if e.name == MODEL_NAME),
+        inputs=inputs,
+        outputs=outputs,
+        preprocess=preprocess,
+        labels=tuple(labels),
+        files=entries,
+        outputs_are=outputs_are,
+        golden=GoldenSpec(file=GOLDEN_NAME, samples=int(len(golden_y)), tolerance=1),
+        metrics=dict(metrics or {}),
+        fit=dict(fit) if fit is not None else None,
+        reference=dict(reference or {}),
+    )
+    data = manifest.to_bytes()
+    # Parsed back before it is written: a value the device would refuse fails the build, not the device.
+    written = Manifest.from_bytes(data, str(directory / MANIFEST_NAME))
+    (directory / MANIFEST_NAME).write_bytes(data)
     archive = write_archive(directory, archive_path)
-    return BundleInfo(directory=directory, archive=archive, manifest=manifest, model_bytes=len(tflite))
+    return BundleInfo(directory=directory, archive=archive, manifest=written, model_bytes=len(tflite))

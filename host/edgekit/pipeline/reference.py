@@ -21,19 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, ModelError
-from edgekit_agent.contract.manifest import TensorSpec
+from edgekit_agent.contract.manifest import OutputsAre, TensorSpec
 from edgekit_agent.infer.preprocess import dequantize, quantize
 from edgekit_agent.infer.runtime import Runtime
 
 BINS = 10
 PSI_FLOOR = 1e-4  # fractions are floored here before the log (an empty bin would make PSI infinite)
 CONFIDENCE_EDGES: tuple[float, ...] = tuple(round(i / BINS, 10) for i in range(BINS + 1))
-OutputsAre = Literal["logits", "probabilities"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class Reference:
     samples: int  # held-out samples behind class_freq and confidence
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``manifest["reference"]`` object (``outputs_are`` goes to the manifest's top level)."""
+        """The ``manifest["reference"]`` object (``outputs_are`` is a field of the manifest itself)."""
         return {
             "input_mean": self.input_mean.to_dict(),
             "class_freq": list(self.class_freq),

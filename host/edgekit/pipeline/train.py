@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.pipeline.data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 from edgekit_agent.contract.errors import EdgekitError, ModelError, UsageError
-from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.contract.manifest import OutputsAre, PreprocessSpec
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -36,7 +36,7 @@ class TrainResult:
     history: dict[str, list[float]] = field(repr=False)
     float_accuracy: float
     test_samples: int
-    outputs_are: str = "probabilities"
+    outputs_are: OutputsAre = "probabilities"
 
 
 def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgekit_agent.contract.errors import ModelError, UsageError
+from edgekit_agent.contract.manifest import OutputsAre
 
 PREFIX = "edgekit_"
 
@@ -156,7 +157,7 @@ def arch_of(model: Any) -> ZooModel | None:
     return found
 
 
-def outputs_are(model: Any) -> str:
+def outputs_are(model: Any) -> OutputsAre:
     """``"probabilities"`` when the last layer ends in softmax, else ``"logits"`` (for the drift reference)."""
     last = model.layers[-1]
     act = getattr(last, "activation", None)
