@@ -72,7 +72,7 @@ def test_a_bundle_refused_while_activating_changes_nothing(agent: Agent, digits_
         agent._hot,
     )  # noqa: SLF001
     with pytest.raises(EdgekitError):
-        agent._activate(bad, bad.open_runtime(num_threads=1))  # noqa: SLF001
+        agent.activate(bad, bad.open_runtime(num_threads=1))
     after = (
         agent.bundle,
         agent.manifest,
@@ -90,7 +90,7 @@ def test_a_bundle_refused_while_activating_changes_nothing(agent: Agent, digits_
 def test_a_runtime_for_a_bundle_no_longer_active_is_not_swapped_in(agent: Agent, digits_bundle: Path) -> None:
     other = load_bundle(digits_bundle)  # what an OTA switch or rollback made active meanwhile
     stale = agent.bundle
-    agent._activate(other, other.open_runtime(num_threads=1))  # noqa: SLF001
+    agent.activate(other, other.open_runtime(num_threads=1))
     serving = agent.runtime
     assert agent.swap_runtime(stale.open_runtime(num_threads=1), stale) is False
     assert agent.runtime is serving

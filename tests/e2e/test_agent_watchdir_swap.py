@@ -58,7 +58,7 @@ def test_labels_are_resolved_when_served(digits_bundle: Path, tmp_path: Path) ->
         # does) lands while the first image is being preprocessed for the rotated bundle: the worst moment.
         if not switched:
             switched.append(True)
-            agent._activate(good, good.open_runtime(num_threads=1))  # noqa: SLF001
+            agent.activate(good, good.open_runtime(num_threads=1))
         return floats(source)
 
     pre.floats = switch_while_preprocessing

@@ -1,4 +1,4 @@
-"""The health-window verdict (edgekit_agent.ota.manager.judge) and its policy, on constructed statistics: each
+"""The health-window verdict (edgekit_agent.ota.health.judge) and its policy, on constructed statistics: each
 check fails when it should, and a check without enough data passes and says why."""
 
 from __future__ import annotations

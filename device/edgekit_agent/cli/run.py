@@ -109,7 +109,7 @@ class Run:
     @staticmethod
     def run(args: argparse.Namespace) -> ExitStatus:
         """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
-        from edgekit_agent.ota.manager import startup_bundle
+        from edgekit_agent.ota.slots import startup_bundle
         from edgekit_agent.serve.agent import Agent
 
         logging.basicConfig(

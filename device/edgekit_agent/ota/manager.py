@@ -21,6 +21,10 @@ by the device itself. At start-up (:func:`startup_bundle`) a pointer still in ``
 died or stopped during a health window: the old bundle is restored. So a ``kill -9`` at any moment
 leaves a working bundle: before the rename the old pointer holds, after it the restart rolls back.
 
+The manager talks to the agent only through :class:`~edgekit_agent.ota.target.UpdateTarget` (activate a bundle,
+the health window's recorder, events and answers); each action's result is a typed value of
+:mod:`edgekit_agent.ota.results`, turned into the answer's JSON by :meth:`OtaManager.handle`.
+
 ``EDGEKIT_OTA_PAUSE="stage:seconds,…"`` sleeps at a stage (``received``, ``verified``, ``selftested``,
 ``switched``): a fault-injection point for the kill -9 tests, documented so nobody is surprised by it.
 """
@@ -42,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgekit_agent.bundle.selftest import run_selftest
 from edgekit_agent.contract.errors import (
     BusyError,
     EdgekitError,
@@ -51,7 +56,18 @@ from edgekit_agent.contract.errors import (
     StorageError,
 )
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
-from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge  # noqa: F401 - re-exported
+from edgekit_agent.mqtt.commands import SCHEMA, Arg, Command, CommandSpec
+from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge
+from edgekit_agent.ota.results import (
+    Aborted,
+    Begun,
+    ChunkStored,
+    Committed,
+    OtaStatus,
+    RolledBack,
+    TransferStatus,
+    TrialStatus,
+)
 from edgekit_agent.ota.slots import (
     PENDING_EVENTS,
     Pointer,
@@ -60,17 +76,15 @@ from edgekit_agent.ota.slots import (
     load_for,
     ota_dir,
     read_pointer,
-    startup_bundle,
     write_json_atomic,
     write_pointer,
 )
-from edgekit_agent.serve.telemetry import WindowRecorder
 
 if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
+    from edgekit_agent.bundle.selftest import SelfTestResult
     from edgekit_agent.infer.runtime import Runtime
-    from edgekit_agent.mqtt.commands import Command, CommandSpec
-    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.ota.target import Serving, UpdateTarget
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +128,7 @@ class _Trial:
     cmd_id: str
     policy: HealthPolicy
     started: float
-    old_bundle: Bundle
-    old_runtime: Runtime
+    replaced: Serving  # what served before the switch: its interpreter stays open for a rollback
     old_slot: Slot
     new_slot: Slot
     baseline: HealthStats
@@ -124,9 +137,9 @@ class _Trial:
 
 
 class OtaManager:
-    """The device side of OTA for one :class:`Agent` (see the module docstring)."""
+    """The device side of OTA for one agent (see the module docstring); :meth:`command_spec` is its command."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: UpdateTarget) -> None:
         self.agent = agent
         self.data = Path(agent.settings.data_dir)
         self.root = ota_dir(self.data)
@@ -145,9 +158,7 @@ class OtaManager:
             pointer = Pointer(here, None, "committed", int(time.time() * 1000), "", factory_id(agent.settings.bundle))
         self.pointer = pointer
         # Telemetry plus a rolling tally, so a health window can compare with the bundle before it.
-        agent.recorder_factory = TallyRecorder
-        old = agent.recorder
-        agent.recorder = TallyRecorder(old.labels, old.reference, bundle=old.bundle, runtime=old.runtime)
+        agent.use_recorder(TallyRecorder)
         self._prune_store()
 
     def _point(self, current: Slot, previous: Slot | None, state: str, transfer_id: str) -> None:
@@ -157,8 +168,6 @@ class OtaManager:
 
     # --- wiring -----------------------------------------------------------------------------------------------
     def command_spec(self) -> CommandSpec:
-        from edgekit_agent.mqtt.commands import Arg, CommandSpec
-
         hex64 = Arg(str, None, check=lambda v: bool(_HEX64.match(v)), expect="64 lowercase hex digits (sha256)")
         return CommandSpec(
             "swap_bundle",
@@ -203,8 +212,9 @@ class OtaManager:
         path.unlink(missing_ok=True)
 
     def handle(self, cmd: Command) -> dict[str, Any]:
+        """The ``swap_bundle`` handler: one action, its typed result as the answer's JSON."""
         action = cmd.args["action"]
-        handler: Callable[[Command], dict[str, Any]] = {
+        handler: Callable[[Command], Begun | ChunkStored | Committed | OtaStatus | Aborted | RolledBack] = {
             "begin": self._begin,
             "chunk": self._chunk,
             "commit": self._commit,
@@ -212,7 +222,7 @@ class OtaManager:
             "abort": self._abort,
             "rollback": self._rollback_cmd,
         }[action]
-        return handler(cmd)
+        return handler(cmd).to_dict()
 
     def _need(self, cmd: Command, *names: str) -> list[Any]:
         missing = [n for n in names if cmd.args.get(n) is None]
@@ -221,8 +231,6 @@ class OtaManager:
         return [cmd.args[n] for n in names]
 
     def _progress(self, cmd: Command, stage: str, **details: Any) -> None:
-        from edgekit_agent.mqtt.commands import SCHEMA
-
         body = {
             "schema": SCHEMA,
             "cmd_id": cmd.cmd_id,
@@ -232,8 +240,7 @@ class OtaManager:
         }
         if cmd.correlation_data is not None:  # MQTT 3.1.1 requesters match answers by the payload's copy
             body["correlation_data"] = cmd.correlation_data
-        # Straight to the response topic (priority lane, not sequenced), like the command's own answers.
-        self.agent.publish(cmd.response_topic, body, priority=1, correlation=cmd.correlation, sequenced=False)
+        self.agent.respond(cmd.response_topic, body, cmd.correlation)
 
     # --- begin / chunk ----------------------------------------------------------------------------------------
     def _transfer_dir(self, transfer_id: str) -> Path:
@@ -256,7 +263,7 @@ class OtaManager:
                 continue
         return sorted(i for i in have if i < t.chunks)
 
-    def _begin(self, cmd: Command) -> dict[str, Any]:
+    def _begin(self, cmd: Command) -> Begun:
         tid, sha, size = self._need(cmd, "transfer_id", "archive_sha256", "archive_bytes")
         t = Transfer(tid, sha, int(size), int(cmd.args["chunk_bytes"]))
         if t.chunks > MAX_OTA_CHUNKS:
@@ -278,13 +285,14 @@ class OtaManager:
                 raise StorageError(f"{d}: cannot create the staging directory ({exc.strerror}).") from None
             if free < 3 * t.archive_bytes + (1 << 20):  # archive + extracted copy + slack
                 raise StorageError(
-                    f"{self.root}: {free} bytes free, a {t.archive_bytes}-byte bundle needs about {3 * t.archive_bytes}."
+                    f"{self.root}: {free} bytes free, a {t.archive_bytes}-byte bundle needs about "
+                    f"{3 * t.archive_bytes}."
                 )
             write_json_atomic(d / "transfer.json", asdict(t))
             have = self._have(t)
-        return {"transfer_id": tid, "chunks": t.chunks, "have": have, "chunk_bytes": t.chunk_bytes}
+        return Begun(tid, t.chunks, have, t.chunk_bytes)
 
-    def _chunk(self, cmd: Command) -> dict[str, Any]:
+    def _chunk(self, cmd: Command) -> ChunkStored:
         tid, index, data, sha = self._need(cmd, "transfer_id", "index", "data", "sha256")
         t = self._load_transfer(tid)
         if index >= t.chunks:
@@ -302,7 +310,8 @@ class OtaManager:
         digest = hashlib.sha256(raw).hexdigest()
         if digest != sha:
             raise IntegrityError(
-                f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; resend it."
+                f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; "
+                "resend it."
             )
         path = self._transfer_dir(tid) / "chunks" / f"{index:06d}.bin"
         tmp = path.with_suffix(".part")
@@ -311,12 +320,12 @@ class OtaManager:
             os.replace(tmp, path)  # a chunk file exists only complete: a restart resumes from the rest
         except OSError as exc:
             raise StorageError(f"{path}: cannot write chunk {index} ({exc.strerror}).") from None
-        return {"transfer_id": tid, "index": index, "received": len(self._have(t)), "chunks": t.chunks}
+        return ChunkStored(tid, index, len(self._have(t)), t.chunks)
 
-    def _abort(self, cmd: Command) -> dict[str, Any]:
+    def _abort(self, cmd: Command) -> Aborted:
         (tid,) = self._need(cmd, "transfer_id")
         shutil.rmtree(self._transfer_dir(tid), ignore_errors=True)
-        return {"transfer_id": tid, "aborted": True}
+        return Aborted(tid)
 
     # --- commit: verify, self-test, switch, watch -----------------------------------------------------------------
     def _assemble(self, t: Transfer) -> Path:
@@ -324,7 +333,8 @@ class OtaManager:
         missing = [i for i in range(t.chunks) if i not in have]
         if missing:
             raise InputError(
-                f"swap_bundle: transfer {t.transfer_id} misses chunks {missing[:10]}{'…' if len(missing) > 10 else ''}; send them, then commit."
+                f"swap_bundle: transfer {t.transfer_id} misses chunks {missing[:10]}"
+                f"{'…' if len(missing) > 10 else ''}; send them, then commit."
             )
         d = self._transfer_dir(t.transfer_id)
         archive = d / "bundle.tar.gz"
@@ -340,14 +350,12 @@ class OtaManager:
         if h.hexdigest() != t.archive_sha256:
             shutil.rmtree(d, ignore_errors=True)
             raise IntegrityError(
-                f"swap_bundle: the assembled archive of {t.transfer_id} has sha256 {h.hexdigest()[:16]}…, the sender said "
-                f"{t.archive_sha256[:16]}…; the transfer was discarded, deploy again."
+                f"swap_bundle: the assembled archive of {t.transfer_id} has sha256 {h.hexdigest()[:16]}…, "
+                f"the sender said {t.archive_sha256[:16]}…; the transfer was discarded, deploy again."
             )
         return archive
 
-    def _commit(self, cmd: Command) -> dict[str, Any]:
-        from edgekit_agent.bundle.selftest import run_selftest
-
+    def _commit(self, cmd: Command) -> Committed:
         (tid,) = self._need(cmd, "transfer_id")
         policy = HealthPolicy.from_args(cmd.args.get("health"))
         t0 = time.monotonic()
@@ -356,7 +364,8 @@ class OtaManager:
         try:
             if self._trial is not None and not self._trial.done.is_set():
                 raise BusyError(
-                    f"swap_bundle: the health window of {self._trial.new_slot.label()} is still running; retry after it."
+                    f"swap_bundle: the health window of {self._trial.new_slot.label()} is still running; "
+                    "retry after it."
                 )
             t = self._load_transfer(tid)
             archive = self._assemble(t)
@@ -398,24 +407,20 @@ class OtaManager:
             self._progress(cmd, "selftested", selftest=selftest.to_dict() if selftest else None, elapsed_ms=_ms(t0))
             _pause("selftested")
             activated_ms = self._switch(cmd, tid, bundle, runtime, policy, selftest)
-            return {
-                "phase": "trial",
-                "transfer_id": tid,
-                "bundle": self.agent.bundle_info(),
-                "signed_by": bundle.signed_by,
-                "selftest": selftest.to_dict() if selftest else None,
-                "health": policy.to_dict(),
-                "activated_ms": activated_ms,
-                "elapsed_ms": _ms(t0),
-            }
+            return Committed(tid, self.agent.bundle_info(), bundle.signed_by, selftest, policy, activated_ms, _ms(t0))
         finally:
             self._lock.release()
 
     def _switch(
-        self, cmd: Command, tid: str, bundle: Bundle, runtime: Runtime, policy: HealthPolicy, selftest: Any
+        self,
+        cmd: Command,
+        tid: str,
+        bundle: Bundle,
+        runtime: Runtime,
+        policy: HealthPolicy,
+        selftest: SelfTestResult | None,
     ) -> float:
         agent = self.agent
-        old_bundle, old_runtime = agent.bundle, agent.runtime
         old_rec = agent.recorder
         baseline = old_rec.stats() if isinstance(old_rec, TallyRecorder) else HealthStats(0, 0, None, 0, 0, 0)
         old_slot = self.pointer.current
@@ -423,10 +428,9 @@ class OtaManager:
         # The pointer first: from here a restart rolls back (state "trial"), before here the old one holds.
         self._point(new_slot, old_slot, "trial", tid)
         t_switch = time.monotonic()
-        agent._activate(bundle, runtime)  # noqa: SLF001 - swaps under the interpreter lock: serving never stops
-        agent.selftest = selftest
+        replaced = agent.activate(bundle, runtime, selftest)  # one step under the interpreter lock
         activated_ms = round((time.monotonic() - t_switch) * 1000, 3)
-        self._report_window(old_rec)  # the old bundle's partial window, reported as the old bundle's
+        agent.report_window(replaced.recorder)  # the old bundle's partial window, reported as the old bundle's
         _pause("switched")
         ref = bundle.manifest.metrics.get("int8_accuracy")
         self._trial = _Trial(
@@ -434,8 +438,7 @@ class OtaManager:
             cmd.cmd_id,
             policy,
             time.monotonic(),
-            old_bundle,
-            old_runtime,
+            replaced,
             old_slot,
             new_slot,
             baseline,
@@ -472,7 +475,7 @@ class OtaManager:
         checks: list[Check] = []
         while True:
             now = time.monotonic()
-            rec = self.agent.recorder
+            rec = self.agent.recorder  # read each time: a rollback replaces it
             stats = (
                 rec.stats(trial.started, trial.started + policy.latency_warmup_s)
                 if isinstance(rec, TallyRecorder)
@@ -484,7 +487,7 @@ class OtaManager:
                 break
             if trial.done.wait(min(0.25, end - now)):  # a manual rollback ended it
                 return
-            if self.agent._stop.is_set():  # noqa: SLF001 - the agent is stopping
+            if self.agent.stopping:
                 return  # the pointer stays in "trial": the next start rolls back, as documented
         failed = [c for c in checks if not c.passed]
         with self._lock:
@@ -496,7 +499,7 @@ class OtaManager:
             else:
                 self._point(trial.new_slot, trial.old_slot, "committed", trial.transfer_id)
                 trial.done.set()
-                trial.old_runtime.close()
+                trial.replaced.runtime.close()
                 self.agent.event(
                     "health_check",
                     verdict="passed",
@@ -516,13 +519,13 @@ class OtaManager:
         agent = self.agent
         t0 = time.monotonic()
         failed_info = agent.bundle_info()
-        new_runtime, new_rec = agent.runtime, agent.recorder
-        agent._activate(trial.old_bundle, trial.old_runtime)  # noqa: SLF001
+        old = trial.replaced
+        failed = agent.activate(old.bundle, old.runtime, old.selftest)
         took_ms = round((time.monotonic() - t0) * 1000, 3)
-        self._report_window(new_rec)
+        agent.report_window(failed.recorder)
         self._point(trial.old_slot, None, "committed", trial.transfer_id)
         trial.done.set()
-        new_runtime.close()
+        failed.runtime.close()
         if checks:
             agent.event(
                 "health_check",
@@ -550,45 +553,25 @@ class OtaManager:
         log.warning("%s: rolled back to %s: %s", agent.settings.device_id, trial.old_slot.label(), reason)
         return took_ms
 
-    def _report_window(self, recorder: WindowRecorder) -> None:
-        """Publish what ``recorder`` (of a bundle just replaced) holds, so no served inference goes unreported.
-
-        Called after the switch: an inference that ran on the old interpreter but records afterwards lands
-        in the new window (attributed to the new bundle, but counted).
-        """
-        from edgekit_agent.serve import sysinfo
-
-        agent = self.agent
-        try:
-            outbox = agent.outbox.stats().to_dict() if agent.outbox else {}
-            body = recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
-            if body["counts"]["requests"] or body["counts"]["dropped"]:
-                agent.publish(agent.topics.telemetry, body)
-        except Exception as exc:  # noqa: BLE001 - the switch has happened; a lost window must not undo its bookkeeping
-            log.warning("%s: the last window of the replaced bundle is lost: %s", agent.settings.device_id, exc)
-
-    def _rollback_cmd(self, cmd: Command) -> dict[str, Any]:
+    def _rollback_cmd(self, cmd: Command) -> RolledBack:
         """Manual rollback: end a running health window now, or go back to the previous committed bundle."""
         with self._lock:
             trial = self._trial
             if trial is not None and not trial.done.is_set():
                 took = self._rollback(trial, f"requested by the fleet (cmd {cmd.cmd_id})", None, [])
-                return {"rolled_back_to": asdict(trial.old_slot), "took_ms": took}
+                return RolledBack(trial.old_slot, took)
             prev = self.pointer.previous
             if prev is None:
                 raise InputError(f"{self.agent.settings.device_id} has no previous bundle to roll back to.")
             t0 = time.monotonic()
             bundle = load_for(self.agent.settings, prev.source, workdir=self.data / "bundles")
             runtime = bundle.open_runtime(num_threads=self.agent.settings.num_threads)
-            from edgekit_agent.bundle.selftest import run_selftest
-
-            if not self.agent.settings.skip_selftest:
-                run_selftest(bundle, runtime)
-            old_runtime, old_rec, current = self.agent.runtime, self.agent.recorder, self.pointer.current
+            selftest = run_selftest(bundle, runtime) if not self.agent.settings.skip_selftest else None
+            current = self.pointer.current
             self._point(prev, current, "committed", "")
-            self.agent._activate(bundle, runtime)  # noqa: SLF001
-            self._report_window(old_rec)
-            old_runtime.close()
+            replaced = self.agent.activate(bundle, runtime, selftest)
+            self.agent.report_window(replaced.recorder)
+            replaced.runtime.close()
             self._clean_extractions()
             took = round((time.monotonic() - t0) * 1000, 3)
             self.agent.event(
@@ -600,7 +583,7 @@ class OtaManager:
                 took_ms=took,
             )
             self.agent.publish_meta()
-            return {"rolled_back_to": asdict(prev), "took_ms": took}
+            return RolledBack(prev, took)
 
     def installed(self) -> list[dict[str, Any]]:
         """The bundles on the device for ``meta``: the active one, and the previous one kept for rollback."""
@@ -625,7 +608,7 @@ class OtaManager:
             else []
         )
 
-    def _status(self, cmd: Command) -> dict[str, Any]:
+    def _status(self, cmd: Command) -> OtaStatus:
         trial = self._trial
         running = trial is not None and not trial.done.is_set()
         transfers = []
@@ -634,19 +617,15 @@ class OtaManager:
                 t = self._load_transfer(d.name)
             except InputError:
                 continue
-            transfers.append({"transfer_id": t.transfer_id, "chunks": t.chunks, "have": len(self._have(t))})
-        return {
-            "active": self.agent.bundle_info(),
-            "pointer": self.pointer.to_dict(),
-            "trial": {
-                "transfer_id": trial.transfer_id,
-                "elapsed_s": round(time.monotonic() - trial.started, 3),
-                "window_s": trial.policy.window_s,
-            }
+            transfers.append(TransferStatus(t.transfer_id, t.chunks, len(self._have(t))))
+        return OtaStatus(
+            self.agent.bundle_info(),
+            self.pointer,
+            TrialStatus(trial.transfer_id, round(time.monotonic() - trial.started, 3), trial.policy.window_s)
             if running
             else None,
-            "transfers": transfers,
-        }
+            transfers,
+        )
 
     def _clean_extractions(self) -> None:
         """Remove archive extractions in ``data/bundles`` other than the one being served (each manual rollback
@@ -677,25 +656,4 @@ def _ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 3)
 
 
-def attach_ota(agent: Agent) -> OtaManager:
-    """Give ``agent`` the ``swap_bundle`` command (called by :meth:`Agent.start` once its command table exists)."""
-    manager = OtaManager(agent)
-    if agent.commands is not None:
-        agent.commands.register(manager.command_spec())
-    return manager
-
-
-__all__ = [
-    "OtaManager",
-    "HealthPolicy",
-    "HealthStats",
-    "Pointer",
-    "Slot",
-    "TallyRecorder",
-    "attach_ota",
-    "judge",
-    "read_pointer",
-    "startup_bundle",
-    "write_pointer",
-    "load_for",
-]
+__all__ = ["ACTIONS", "PAUSE_ENV", "OtaManager", "Transfer"]

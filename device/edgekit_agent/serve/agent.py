@@ -37,6 +37,8 @@ from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link, Topics
 from edgekit_agent.mqtt.outbox import Outbox
+from edgekit_agent.ota.manager import OtaManager
+from edgekit_agent.ota.target import RecorderFactory, Serving
 from edgekit_agent.serve import sysinfo
 from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.serve.handlers import builtin_commands
@@ -44,6 +46,7 @@ from edgekit_agent.serve.telemetry import WindowRecorder
 
 if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
+    from edgekit_agent.bundle.selftest import SelfTestResult
     from edgekit_agent.infer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,11 @@ class _Stale(Exception):
 
 
 class Agent:
-    """One bundle served on one device (see the module docstring)."""
+    """One bundle served on one device (see the module docstring); OTA updates it as an
+    :class:`~edgekit_agent.ota.target.UpdateTarget`."""
 
     #: Builds the telemetry recorder of each activated bundle (OTA swaps in one that also keeps a health tally).
-    recorder_factory: Callable[..., WindowRecorder] = WindowRecorder
+    recorder_factory: RecorderFactory = WindowRecorder
 
     def __init__(self, bundle: Bundle, settings: AgentSettings, *, runtime: Runtime | None = None) -> None:
         self.settings = settings
@@ -88,18 +92,27 @@ class Agent:
         self.outbox: Outbox | None = None
         self.link: Link | None = None
         self.commands: CommandProcessor | None = None
-        self.selftest: Any = None
+        self.selftest: SelfTestResult | None = None
         self.fatal: EdgekitError | None = None
-        self.ota: Any = None  # edgekit_agent.ota.manager.OtaManager once start() ran
-        self._activate(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads))
+        self.ota: OtaManager | None = None  # once start() ran
+        self._gen = 0
+        self._install(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads), None)
 
     # --- the model ------------------------------------------------------------------------------------------
-    def _activate(self, bundle: Bundle, runtime: Runtime) -> None:
-        """Make ``bundle`` (already verified) with its ``runtime`` the one being served.
+    def activate(self, bundle: Bundle, runtime: Runtime, selftest: SelfTestResult | None = None) -> Serving:
+        """Make ``bundle`` (already verified) with its ``runtime`` the one being served, with a new telemetry
+        recorder and ``selftest`` as its self-test result; returns what it replaced (whose runtime stays open:
+        an OTA rollback puts it back).
 
         Everything is built first (the preprocessor can still refuse the bundle: nothing has changed then) and
         swapped in one step under the interpreter lock; the generation counter moves last, so a request that
         read the new generation sees only the new bundle's state (see :meth:`_serve_floats`)."""
+        replaced = self._install(bundle, runtime, selftest)
+        assert replaced is not None  # the constructor installed the first bundle
+        return replaced
+
+    def _install(self, bundle: Bundle, runtime: Runtime, selftest: SelfTestResult | None) -> Serving | None:
+        """:meth:`activate`; returns None on the constructor's call, when nothing was served yet."""
         m = bundle.manifest
         preprocessor = bundle.preprocessor()
         in_t = m.inputs[0]
@@ -113,10 +126,9 @@ class Agent:
             interp.get_input_details()[0]["index"],
             interp.get_output_details()[0]["index"],
         )
-        recorder = self.recorder_factory(
-            m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict()
-        )
+        recorder = self._new_recorder(bundle, runtime)
         with self._rt_lock:
+            replaced = Serving(self.bundle, self.runtime, self.recorder, self.selftest) if self._gen else None
             self.bundle, self.manifest, self.runtime, self.preprocessor, self.recorder = (
                 bundle,
                 m,
@@ -124,6 +136,7 @@ class Agent:
                 preprocessor,
                 recorder,
             )
+            self.selftest = selftest
             self.labels = m.labels
             self.label_index = {name: i for i, name in enumerate(m.labels)}
             self._in_tensor = in_t
@@ -131,7 +144,19 @@ class Agent:
             self._top1 = top_one.index_confidence
             self._n_tensor = 0
             self._hot = hot
-            self._gen = getattr(self, "_gen", 0) + 1
+            self._gen += 1
+        return replaced
+
+    def _new_recorder(self, bundle: Bundle, runtime: Runtime) -> WindowRecorder:
+        m = bundle.manifest
+        return self.recorder_factory(m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict())
+
+    def use_recorder(self, factory: RecorderFactory) -> None:
+        """Build every bundle's telemetry recorder with ``factory`` from now on, the current one's too (what it
+        recorded so far is dropped: OTA calls this before serving starts)."""
+        self.recorder_factory = factory
+        with self._rt_lock:
+            self.recorder = self._new_recorder(self.bundle, self.runtime)
 
     def swap_runtime(self, runtime: Runtime, bundle: Bundle | None = None) -> bool:
         """Serve the same bundle with another interpreter (e.g. other threads); the old one is closed.
@@ -402,14 +427,31 @@ class Agent:
         if self.link is not None:
             self.link.wake()
 
-    def flush_window(self) -> dict[str, Any]:
-        """Close the telemetry window now, queue it for sending, and return its body."""
+    def _window_body(self, recorder: WindowRecorder) -> dict[str, Any]:
         outbox = self.outbox.stats().to_dict() if self.outbox else {}
         if self.link is not None:
             outbox["refused"] = self.link.stats().refused
-        body = self.recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
+        return recorder.snapshot_and_reset(system=sysinfo.system_stats(), outbox=outbox)
+
+    def flush_window(self) -> dict[str, Any]:
+        """Close the telemetry window now, queue it for sending, and return its body."""
+        body = self._window_body(self.recorder)
         self.publish(self.topics.telemetry, body)
         return body
+
+    def report_window(self, recorder: WindowRecorder) -> None:
+        """Publish what ``recorder`` (of a bundle just replaced by :meth:`activate`) holds, so no served inference
+        goes unreported; nothing when it recorded nothing.
+
+        An inference that ran on the old interpreter but records after the switch lands in the new window
+        (attributed to the new bundle, but counted). Never raises: the switch has happened, and a lost window
+        must not undo its bookkeeping."""
+        try:
+            body = self._window_body(recorder)
+            if body["counts"]["requests"] or body["counts"]["dropped"]:
+                self.publish(self.topics.telemetry, body)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("%s: the last window of the replaced bundle is lost: %s", self.settings.device_id, exc)
 
     def event(self, kind: str, **details: Any) -> None:
         """Publish an ``events`` message (bundle_activated, selftest_failed, config_applied, error, …).
@@ -447,10 +489,8 @@ class Agent:
             "broker": s.broker.url if s.broker else None,
             # "5" or "3.1.1" as negotiated (auto may fall back); None until connected (every connect republishes meta).
             "mqtt_version": self.link.mqtt_version if self.link and self.link.connected.is_set() else None,
-            "selftest": self.selftest.to_dict() if hasattr(self.selftest, "to_dict") else None,
+            "selftest": self.selftest.to_dict() if self.selftest is not None else None,
         }
-
-    _publish = publish  # the name ota.py uses
 
     def publish_meta(self) -> None:
         """Queue the retained ``meta`` (never raises: a full disk is logged, serving goes on)."""
@@ -477,16 +517,20 @@ class Agent:
         """Ask :meth:`run` to finish (safe from a signal handler)."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`request_stop` (or :meth:`shutdown`) was called."""
+        return self._stop.is_set()
+
     def start(self) -> None:
         """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
         s = self.settings
         self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
-        self.commands = CommandProcessor(s.device_id, self._respond, CommandStore(s.data_dir / "commands.sqlite"))
+        self.commands = CommandProcessor(s.device_id, self.respond, CommandStore(s.data_dir / "commands.sqlite"))
         for spec in builtin_commands(self):
             self.commands.register(spec)
-        from edgekit_agent.ota.manager import attach_ota  # swap_bundle: OTA with self-test, health window and rollback
-
-        self.ota = attach_ota(self)
+        self.ota = OtaManager(self)  # swap_bundle: OTA with self-test, health window and rollback
+        self.commands.register(self.ota.command_spec())
         self.commands.on_busy = lambda cmd: self.recorder.record_dropped() if cmd.name == "infer" else None
         if s.broker is not None:
             # meta is retained state: sent again on every (re)connect, so a broker restarted without
@@ -568,8 +612,9 @@ class Agent:
             self.outbox = None
 
     # --- commands ----------------------------------------------------------------------------------------------
-    def _respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
-        # Responses overtake the telemetry backlog (priority) and carry their own identity (cmd_id, state).
+    def respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+        """Queue a command answer: answers overtake the telemetry backlog (priority) and carry their own
+        identity (cmd_id, state), so they are not sequenced."""
         self.publish(topic, body, priority=1, correlation=correlation, sequenced=False)
 
 

@@ -1,9 +1,10 @@
 """The built-in fleet commands of the agent: ``ping``, ``run_benchmark``, ``set_config``, ``infer``.
 
 Each handler takes the :class:`~edgekit_agent.serve.agent.Agent` and a validated
-:class:`~edgekit_agent.mqtt.commands.Command` and returns the ``result`` object of the ``succeeded`` answer, or
-raises a typed error (which :mod:`edgekit_agent.mqtt.commands` turns into ``{code, message, retryable}``).
-:func:`builtin_commands` is the dispatch table; other modules register more (``swap_bundle`` in ``ota``).
+:class:`~edgekit_agent.mqtt.commands.Command` and returns a typed result, whose ``to_dict()`` is the ``result``
+object of the ``succeeded`` answer, or raises a typed error (which :mod:`edgekit_agent.mqtt.commands` turns into
+``{code, message, retryable}``). :func:`builtin_commands` is the dispatch table, where results become JSON; other
+modules register more (``swap_bundle`` in ``ota``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,56 @@ import base64
 import binascii
 import time
 from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgekit_agent.contract.errors import BusyError, InputError
 from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
 
 if TYPE_CHECKING:
-    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.infer.benchmark import BenchReport
+    from edgekit_agent.serve.agent import Agent, Prediction
 
 
-def cmd_ping(agent: Agent, cmd: Command) -> dict[str, Any]:
+class _Result(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    boot_id: str
+    uptime_s: float
+    pong: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkRun:
+    run_id: str  # the command's cmd_id
+    report_topic: str
+    report: BenchReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "report_topic": self.report_topic, "report": self.report.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigApplied:
+    applied: dict[str, Any]  # the arguments given, as given
+    config: dict[str, Any]  # meta's ``config`` after the change
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cmd_ping(agent: Agent, cmd: Command) -> Pong:
     """Liveness: answered inline, even while a benchmark occupies the command worker."""
-    return {"pong": True, "boot_id": agent.boot_id, "uptime_s": round(time.monotonic() - agent.started_mono, 3)}
+    return Pong(agent.boot_id, round(time.monotonic() - agent.started_mono, 3))
 
 
-def cmd_run_benchmark(agent: Agent, cmd: Command) -> dict[str, Any]:
+def cmd_run_benchmark(agent: Agent, cmd: Command) -> BenchmarkRun:
     """benchmark_model-style run on a separate interpreter (serving goes on); also ``bench/{run_id}/report``."""
     from edgekit_agent.infer.benchmark import run_benchmark
 
@@ -49,10 +84,10 @@ def cmd_run_benchmark(agent: Agent, cmd: Command) -> dict[str, Any]:
     doc = report.to_dict()
     run_id = cmd.cmd_id
     agent.publish(agent.topics.bench(run_id), {**doc, "run_id": run_id, "cmd_id": cmd.cmd_id}, sequenced=False)
-    return {"run_id": run_id, "report_topic": agent.topics.bench(run_id), "report": doc}
+    return BenchmarkRun(run_id, agent.topics.bench(run_id), report)
 
 
-def cmd_set_config(agent: Agent, cmd: Command) -> dict[str, Any]:
+def cmd_set_config(agent: Agent, cmd: Command) -> ConfigApplied:
     """Change window_s, num_threads (a new interpreter, swapped under the serving lock) or drift_every."""
     a = {k: v for k, v in cmd.args.items() if v is not None}
     if not a:
@@ -67,10 +102,10 @@ def cmd_set_config(agent: Agent, cmd: Command) -> dict[str, Any]:
     agent.settings = settings
     agent.event("config_applied", changes=a, cmd_id=cmd.cmd_id)
     agent.publish_meta()
-    return {"applied": a, "config": agent.meta()["config"]}
+    return ConfigApplied(a, agent.meta()["config"])
 
 
-def cmd_infer(agent: Agent, cmd: Command) -> dict[str, Any]:
+def cmd_infer(agent: Agent, cmd: Command) -> Prediction:
     """Request/response inference on a base64 image or a preprocessed float tensor (H×W×C)."""
     a = cmd.args
     if a["image"] is not None:
@@ -84,22 +119,27 @@ def cmd_infer(agent: Agent, cmd: Command) -> dict[str, Any]:
             pred = agent.serve_array(a["tensor"], label_name=a["label"])
         except InputError as exc:
             raise InputError(f"infer: {exc}") from None
-    return pred.to_dict()
+    return pred
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
     return lambda v: lo <= v <= hi
 
 
+def _answering(handler: Callable[[Agent, Command], _Result], agent: Agent) -> Callable[[Command], dict[str, Any]]:
+    """The table's handler: the typed result becomes the answer's JSON here, at the edge."""
+    return lambda cmd: handler(agent, cmd).to_dict()
+
+
 def builtin_commands(agent: Agent) -> list[CommandSpec]:
     """The dispatch table of the built-in commands (others are added with ``agent.commands.register``)."""
     return [
         CommandSpec(
-            "ping", partial(cmd_ping, agent), inline=True, doc="liveness: answers pong with boot_id and uptime"
+            "ping", _answering(cmd_ping, agent), inline=True, doc="liveness: answers pong with boot_id and uptime"
         ),
         CommandSpec(
             "run_benchmark",
-            partial(cmd_run_benchmark, agent),
+            _answering(cmd_run_benchmark, agent),
             {
                 "warmup_runs": Arg(int, 5, check=_between(0, 10_000), expect="an integer 0-10000"),
                 "num_runs": Arg(int, 100, check=_between(1, 100_000), expect="an integer 1-100000"),
@@ -109,7 +149,7 @@ def builtin_commands(agent: Agent) -> list[CommandSpec]:
         ),
         CommandSpec(
             "set_config",
-            partial(cmd_set_config, agent),
+            _answering(cmd_set_config, agent),
             {
                 "window_s": Arg(float, None, check=_between(0.05, 86_400), expect="seconds between 0.05 and 86400"),
                 "num_threads": Arg(int, None, check=_between(1, 64), expect="an integer 1-64"),
@@ -119,7 +159,7 @@ def builtin_commands(agent: Agent) -> list[CommandSpec]:
         ),
         CommandSpec(
             "infer",
-            partial(cmd_infer, agent),
+            _answering(cmd_infer, agent),
             {
                 "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
                 "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
