@@ -39,7 +39,8 @@ def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert len(reports) == 1 and reports[0].with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # Every device served labelled images, and every agent stopped cleanly.
     assert re.search(
-        r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), exporter, broker",
+        r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), "
+        r"exporter, broker",
         out,
     ), out[-2000:]
     counted = out[out.index("what the Prometheus exporter counted") :]
@@ -110,3 +111,25 @@ def test_demo_with_a_given_broker_uses_it_and_leaves_it_running(tmp_path, digits
     assert "broker (" not in proc.stdout.split("stopped:")[1].splitlines()[0]  # not ours to stop
     assert port_in_use("127.0.0.1", mosquitto.port)
     assert len(list((work / "bench").glob("*.json"))) == 1
+
+
+def test_a_failed_build_shows_its_own_error_and_exit_status(tmp_path):
+    """The build runs as a child process: its error (and progress) must reach the user's terminal, not the
+    temporary log that holds TensorFlow's native chatter, and the demo exits with the build's own code."""
+    import sys
+
+    from edgekit_agent.contract.errors import ExitStatus
+
+    work = tmp_path / "demo"
+    (work / "data" / "digits" / "9").mkdir(parents=True)  # the demo takes this for its dataset: one class, unusable
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == ExitStatus.BAD_INPUT, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "needs at least two class subfolders" in proc.stderr, proc.stderr[-2000:]
+    assert "`edgekit build` failed with exit status 3" in proc.stderr
+    assert "stopped: nothing was running" in proc.stdout

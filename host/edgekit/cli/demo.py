@@ -113,8 +113,9 @@ def _build(d: Demo) -> None:
         ui.console.print(f"[bold]$ edgekit build[/] {' '.join(cmd[4:])}")
         # Wide tables in logs too (rich reads COLUMNS when stdout is not a terminal).
         env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if subprocess.run(cmd, env=env).returncode != 0:
-            raise EdgekitError(f"`edgekit build` failed (see above); the dataset is in {d.work / 'data' / 'digits'}.")
+        code = subprocess.run(cmd, env=env, stderr=_user_stderr()).returncode
+        if code != 0:
+            raise _child_failed("edgekit build", code, f"the dataset is in {d.work / 'data' / 'digits'}")
     else:
         ui.console.print(f"reusing the bundles in {out} (--rebuild to retrain)")
     d.bundles = {p: b for p, b in wanted.items() if (b / "manifest.json").is_file()}
@@ -151,9 +152,32 @@ def _broker(d: Demo) -> None:
     d.exporter = Exporter(d.broker_url, port=0).start()
     engine = f" ({d.broker.engine})" if d.broker else ""
     ui.console.print(
-        f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} (MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})"
+        f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} "
+        f"(MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})"
     )
     d.outputs.append(("MQTT broker (stopped now)" if d.broker else "MQTT broker", d.broker_url))
+
+
+def _user_stderr() -> int | None:
+    """Where a child's stderr must go for the user to see it. The demo runs inside
+    ``ui.native_logs_captured``, which points file descriptor 2 at a temporary log (TensorFlow's native
+    chatter); a child inherits that descriptor, so its progress bar and its error would vanish. Python's
+    ``sys.stderr`` still writes to the terminal then: give the child that."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (pytest's capture)
+        return None
+
+
+def _child_failed(command: str, code: int, hint: str) -> EdgekitError:
+    """The error for a failed child command: the same exit status (its error is printed above)."""
+    try:
+        status = ExitStatus(code)
+    except ValueError:  # killed by a signal (negative) or an undocumented code
+        status = ExitStatus.ERROR
+    exc = EdgekitError(f"`{command}` failed with exit status {code} ({status.name}; its error is above); {hint}.")
+    exc.exit_status = status
+    return exc
 
 
 def _agent_command() -> list[str]:
@@ -242,7 +266,7 @@ def _feed(d: Demo) -> None:
     files = sorted(data.glob("*/*.png"))
     i = 0
     while not d.stop_feeding.wait(0.05):
-        for device_id, (_, inbox, _) in d.devices.items():
+        for _, inbox, _ in d.devices.values():
             src = files[i % len(files)]
             i += 7  # a stride, so the devices see different digits
             (inbox / src.parent.name).mkdir(exist_ok=True)
@@ -332,7 +356,7 @@ def _cleanup(d: Demo) -> list[str]:
     d.stop_feeding.set()
     if d.feeder:
         d.feeder.join(5)
-    for device_id, (proc, _, _) in d.devices.items():
+    for proc, _, _ in d.devices.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # the agent sends its last window and "offline/shutdown"
     for device_id, (proc, _, _) in d.devices.items():
