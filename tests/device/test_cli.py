@@ -124,6 +124,28 @@ def test_console_script_prints_no_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and "manifest.json" in proc.stderr
 
 
+def test_errors_on_an_archive_name_the_archive_not_its_temporary_extraction(
+    digits_bundle: Path, tmp_path: Path, capsys
+):
+    import tarfile
+
+    archive = digits_bundle.parent / f"{digits_bundle.name}.tar.gz"
+    assert main(["verify", str(archive), "--require-signature"]) == ExitStatus.BUNDLE_REJECTED
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {archive} is not signed"), err
+    tampered = copy_bundle(digits_bundle, tmp_path)
+    flip_byte(tampered / "model.tflite")
+    bad = tmp_path / "tampered.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tampered, arcname=digits_bundle.name)
+    assert main(["verify", str(bad), "--json"]) == ExitStatus.BUNDLE_REJECTED
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error.startswith(f"{bad}/model.tflite: sha256"), error
+    assert main(["bench", str(bad)]) == ExitStatus.BUNDLE_REJECTED
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}/model.tflite: sha256") and "edgekit-agent-" not in err, err
+
+
 def test_signature_options(digits_bundle: Path, tmp_path: Path, capsys):
     pytest.importorskip("cryptography")
     (tmp_path / "keys").mkdir()

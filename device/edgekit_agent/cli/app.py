@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -126,17 +127,26 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def opened_bundle(args: argparse.Namespace) -> Iterator[Any]:
-    """Load (and verify) ``args.bundle``; an archive is extracted into a temporary directory removed afterwards."""
+    """Load (and verify) ``args.bundle``; an archive is extracted into a temporary directory removed afterwards.
+
+    Errors name the extracted copy (``WORK/NAME.XXXX/NAME``), which is gone by the time the user reads
+    them: they are rewritten to name the archive the user gave (a member as ``ARCHIVE/member``).
+    """
     from edgekit_agent.bundle.load import load_bundle
 
     with tempfile.TemporaryDirectory(prefix="edgekit-agent-") as work:
-        yield load_bundle(
-            args.bundle,
-            trusted_keys=args.trusted_keys,
-            require_signature=args.require_signature,
-            allow_unsigned=args.allow_unsigned,
-            workdir=Path(work),
-        )
+        extracted = re.compile(re.escape(work) + r"(?:/[^/\s]+){0,2}")
+        try:
+            yield load_bundle(
+                args.bundle,
+                trusted_keys=args.trusted_keys,
+                require_signature=args.require_signature,
+                allow_unsigned=args.allow_unsigned,
+                workdir=Path(work),
+            )
+        except EdgekitError as exc:
+            exc.args = tuple(extracted.sub(str(args.bundle), a) if isinstance(a, str) else a for a in exc.args)
+            raise
 
 
 def open_runtime(bundle: Any, args: argparse.Namespace) -> Any:
