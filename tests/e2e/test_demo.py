@@ -133,3 +133,35 @@ def test_a_failed_build_shows_its_own_error_and_exit_status(tmp_path):
     assert "needs at least two class subfolders" in proc.stderr, proc.stderr[-2000:]
     assert "`edgekit build` failed with exit status 3" in proc.stderr
     assert "stopped: nothing was running" in proc.stdout
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_where_everything_went_fits_the_terminal_and_never_cuts_a_path(tmp_path, width):
+    import argparse
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from edgekit.cli.demo import Demo, _where_table
+
+    d = Demo(args=argparse.Namespace(), work=tmp_path / "demo-out", short=True)
+    report = "bench/bench-pi-kitchen-20261203T140121-647e65.json"
+    d.outputs = [
+        ("archive for raspberry-pi-4 (copy it to the device)", d.work / "bundles" / "digits-raspberry-pi-4.tar.gz"),
+        ("benchmark report (JSON)", d.work / report),
+        ("MQTT broker (stopped now)", "mqtt://127.0.0.1:51113"),
+        ("Grafana dashboard for the exporter", Path("/opt/edgekit/dashboards/edgekit-grafana.json")),
+    ]
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(_where_table(d, 42))
+    text = out.getvalue()
+    assert max(Text(line).cell_len for line in text.splitlines()) <= width, text
+    assert str(d.work) in text  # once, in the title: the rows are relative to it
+    for where in (
+        "bundles/digits-raspberry-pi-4.tar.gz",
+        report,
+        "mqtt://127.0.0.1:51113",
+        "/opt/edgekit/dashboards/edgekit-grafana.json",
+    ):
+        assert where in text, text  # whole, on one line: a path is there to be copied

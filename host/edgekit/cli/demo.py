@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 PI_PROFILE = "raspberry-pi-4"
 MCU_PROFILE = "esp32-s3"  # the digits CNN fits its 512 KB SRAM; --keep-going covers a model that does not
@@ -111,8 +114,9 @@ def _build(d: Demo) -> None:
         if d.short:
             cmd += ["--epochs", "1"]
         ui.console.print(f"[bold]$ edgekit build[/] {' '.join(cmd[4:])}")
-        # Wide tables in logs too (rich reads COLUMNS when stdout is not a terminal).
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if not ui.console.is_terminal:  # a log: wide tables (rich would take COLUMNS over a terminal's own width)
+            env.setdefault("COLUMNS", "160")
         code = subprocess.run(cmd, env=env, stderr=_user_stderr()).returncode
         if code != 0:
             raise _child_failed("edgekit build", code, f"the dataset is in {d.work / 'data' / 'digits'}")
@@ -135,7 +139,7 @@ def _build(d: Demo) -> None:
     d.outputs.append(("signing key pair (demo)", keys))
     for p, b in d.bundles.items():
         d.outputs.append((f"bundle for {p}", b))
-        d.outputs.append((f"archive for {p} (copy this to the device)", b.with_name(b.name + ".tar.gz")))
+        d.outputs.append((f"archive for {p} (copy it to the device)", b.with_name(b.name + ".tar.gz")))
 
 
 def _broker(d: Demo) -> None:
@@ -375,6 +379,32 @@ def _cleanup(d: Demo) -> list[str]:
     return stopped
 
 
+def _where_table(d: Demo, seconds: float) -> Table:
+    """What the demo made and where, fitted to the terminal: paths relative to the work directory (or to
+    the current one), and a path is folded onto a second line rather than cut: it is there to be copied."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    def shown(where: Path | str) -> str:
+        for base in (d.work, Path.cwd()):
+            try:
+                return str(Path(where).relative_to(base)) if isinstance(where, Path) else where
+            except ValueError:
+                continue
+        return str(where)
+
+    t = Table(
+        title=f"where everything went (in {d.work}; the demo took {seconds:.0f} s)",
+        title_justify="left",
+        header_style="bold",
+    )
+    t.add_column("what")
+    t.add_column("where", no_wrap=True, overflow="fold")  # "what" wraps first
+    for what, where in d.outputs:
+        t.add_row(escape(what), escape(shown(where)))
+    return t
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
 
@@ -397,9 +427,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         stopped = _cleanup(d)
         ui.console.rule("[bold]clean-up")
         ui.console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    ui.console.print(
-        ui.table(f"where everything went (demo took {time.monotonic() - t0:.0f} s)", ["what", "where"], d.outputs)
-    )
+    ui.console.print(_where_table(d, time.monotonic() - t0))
     ui.console.print(
         "next: `edgekit watch --broker URL`, `edgekit exporter --broker URL`, docs/fleet.md (running on a real Pi)"
     )
