@@ -391,10 +391,8 @@ def _where_table(d: Demo, seconds: float) -> Table:
 
     def shown(where: Path | str) -> str:
         for base in (d.work, Path.cwd()):
-            try:
-                return str(Path(where).relative_to(base)) if isinstance(where, Path) else where
-            except ValueError:
-                continue
+            if isinstance(where, Path) and where.is_relative_to(base):
+                return str(where.relative_to(base))
         return str(where)
 
     t = Table(
