@@ -11,5 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-# exec: Ctrl-C and SIGTERM go straight to `edgekit demo`, which stops its agents, exporter and broker.
+# exec: Ctrl-C and SIGTERM go straight to `edgekit demo`, which stops its agents, exporter and broker, and
+# its exit status is this script's: a failed step exits with that step's documented code (e.g. 3 when the
+# build refuses the dataset), its own error printed above the demo's.
 exec .venv/bin/edgekit demo "$@"

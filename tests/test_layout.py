@@ -23,3 +23,21 @@ def test_every_package_ships_in_the_wheel() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     assert _packages() <= listed, f"add to [tool.setuptools] packages: {sorted(_packages() - listed)}"
     assert listed - _packages() == {"edgekit.firmware_profiles"}
+
+
+def test_what_the_tour_writes_is_git_ignored() -> None:
+    """The README's tour runs in the checkout: its private key and its data must not end up in a commit."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tour = ["keys/edgekit.key", "keys/edgekit.pub", "data/digits/0/0.png", "inbox/3/x.png", "bench-reports/b.json"]
+    tour += ["out/digits-raspberry-pi-4.tar.gz", "elsewhere/release.key"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *tour], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(tour), done.stdout + done.stderr
+    kept = ["firmware_profiles/esp32-s3.toml", "host/edgekit/pipeline/data.py", "tests/device/test_cli.py"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *kept], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout == "", done.stdout

@@ -452,8 +452,11 @@ def build(
         raise UsageError(f"profile given twice: {[p.name for p in loaded]}.")
     dataset = Path(dataset)
     if not dataset.exists():
-        raise DatasetError(
-            f"{dataset}: no such dataset folder or .npz file. Make the demo one with `edgekit datasets digits {dataset}`."
+        from edgekit.pipeline.data import missing_dataset
+
+        # A typo gets "did you mean" the folders that exist; only a path like no other gets "make one".
+        raise missing_dataset(
+            dataset, "dataset folder or .npz file", f"make the demo one with `edgekit datasets digits {dataset}`."
         )
     model_path = Path(model) if model is not None else None
     if model_path is not None and not model_path.exists():

@@ -140,6 +140,51 @@ def test_console_script_prints_no_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and "manifest.json" in proc.stderr
 
 
+def test_errors_on_an_archive_name_the_archive_not_its_temporary_extraction(
+    digits_bundle: Path, tmp_path: Path, capsys
+):
+    import tarfile
+
+    archive = digits_bundle.parent / f"{digits_bundle.name}.tar.gz"
+    assert main(["verify", str(archive), "--require-signature"]) == ExitStatus.BUNDLE_REJECTED
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {archive} is not signed"), err
+    tampered = copy_bundle(digits_bundle, tmp_path)
+    flip_byte(tampered / "model.tflite")
+    bad = tmp_path / "tampered.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tampered, arcname=digits_bundle.name)
+    assert main(["verify", str(bad), "--json"]) == ExitStatus.BUNDLE_REJECTED
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error.startswith(f"{bad}/model.tflite: sha256"), error
+    assert main(["bench", str(bad)]) == ExitStatus.BUNDLE_REJECTED
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}/model.tflite: sha256") and "edgekit-agent-" not in err, err
+
+
+XNNPACK_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def test_litert_delegate_notice_is_dropped_and_real_errors_still_show(digits_bundle: Path, tmp_path: Path):
+    script = Path(sys.executable).with_name("edgekit-agent")
+    ok = subprocess.run([str(script), "verify", str(digits_bundle)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == ExitStatus.OK, ok.stderr
+    assert "delegate xnnpack" in ok.stdout  # the interpreter that prints the notice was built
+    assert XNNPACK_NOTICE not in ok.stderr and ok.stderr == "", ok.stderr
+    d = copy_bundle(digits_bundle, tmp_path)
+    flip_byte(d / "model.tflite")
+    bad = subprocess.run([str(script), "bench", str(d)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == ExitStatus.BUNDLE_REJECTED and bad.stderr.startswith("error: "), bad.stderr
+    # What native code writes to file descriptor 2 meanwhile is passed on, all but the notice.
+    native = (
+        "import os; from edgekit_agent.cli.app import native_notices_dropped\n"
+        "with native_notices_dropped():\n"
+        f"    os.write(2, b'{XNNPACK_NOTICE}\\nE native: something real broke\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", native], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "E native: something real broke\n", done.stderr
+
+
 def test_signature_options(digits_bundle: Path, tmp_path: Path, capsys):
     pytest.importorskip("cryptography")
     (tmp_path / "keys").mkdir()

@@ -39,7 +39,8 @@ def test_short_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert len(reports) == 1 and reports[0].with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # Every device served labelled images, and every agent stopped cleanly.
     assert re.search(
-        r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), exporter, broker",
+        r"stopped: agent pi-kitchen \(exit 0\), agent pi-garage \(exit 0\), agent esp32-sim \(exit 0\), "
+        r"exporter, broker",
         out,
     ), out[-2000:]
     counted = out[out.index("what the Prometheus exporter counted") :]
@@ -110,3 +111,57 @@ def test_demo_with_a_given_broker_uses_it_and_leaves_it_running(tmp_path, digits
     assert "broker (" not in proc.stdout.split("stopped:")[1].splitlines()[0]  # not ours to stop
     assert port_in_use("127.0.0.1", mosquitto.port)
     assert len(list((work / "bench").glob("*.json"))) == 1
+
+
+def test_a_failed_build_shows_its_own_error_and_exit_status(tmp_path):
+    """The build runs as a child process: its error (and progress) must reach the user's terminal, not the
+    temporary log that holds TensorFlow's native chatter, and the demo exits with the build's own code."""
+    import sys
+
+    from edgekit_agent.contract.errors import ExitStatus
+
+    work = tmp_path / "demo"
+    (work / "data" / "digits" / "9").mkdir(parents=True)  # the demo takes this for its dataset: one class, unusable
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "demo", "--short", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == ExitStatus.BAD_INPUT, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "needs at least two class subfolders" in proc.stderr, proc.stderr[-2000:]
+    assert "`edgekit build` failed with exit status 3" in proc.stderr
+    assert "stopped: nothing was running" in proc.stdout
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_where_everything_went_fits_the_terminal_and_never_cuts_a_path(tmp_path, width):
+    import argparse
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from edgekit.cli.demo import Demo, _where_table
+
+    d = Demo(args=argparse.Namespace(), work=tmp_path / "demo-out", short=True)
+    report = "bench/bench-pi-kitchen-20261203T140121-647e65.json"
+    d.outputs = [
+        ("archive for raspberry-pi-4 (copy it to the device)", d.work / "bundles" / "digits-raspberry-pi-4.tar.gz"),
+        ("benchmark report (JSON)", d.work / report),
+        ("MQTT broker (stopped now)", "mqtt://127.0.0.1:51113"),
+        ("Grafana dashboard for the exporter", Path("/opt/edgekit/dashboards/edgekit-grafana.json")),
+    ]
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(_where_table(d, 42))
+    text = out.getvalue()
+    assert max(Text(line).cell_len for line in text.splitlines()) <= width, text
+    assert str(d.work) in text  # once, in the title: the rows are relative to it
+    for where in (
+        "bundles/digits-raspberry-pi-4.tar.gz",
+        report,
+        "mqtt://127.0.0.1:51113",
+        "/opt/edgekit/dashboards/edgekit-grafana.json",
+    ):
+        assert where in text, text  # whole, on one line: a path is there to be copied

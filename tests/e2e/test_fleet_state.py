@@ -293,3 +293,59 @@ def test_watch_prints_device_strings_without_terminal_escapes_or_markup():
     text = out.getvalue()
     assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
     assert "[bold red]x[/]" in text and "pwned" in text  # shown, harmless
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_watch_table_fits_the_terminal_and_keeps_one_line_per_device(width):
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from edgekit.cli.watch import render
+    from edgekit.fleet.state import DeviceRow
+
+    def row(device: str, status: str, reason: str, profile: str, runtime: str, p50: float | None) -> DeviceRow:
+        return DeviceRow(
+            device_id=device,
+            status=status,
+            status_reason=reason,
+            bundle="digits 1.0.0",
+            profile=profile,
+            runtime=runtime,
+            throughput_ips=None if p50 is None else 19.8,
+            p50_ms=p50,
+            p99_ms=None if p50 is None else 0.93,
+            requests=1200,
+            labeled=1000,
+            correct=989,
+            errors=2,
+            outbox_dropped=0,
+            lost_messages=1,
+            last_seen=time.time() - 3,
+        )
+
+    rows = [
+        row("pi-kitchen", "online", "", "raspberry-pi-4", "litert 2.3.0 xnnpack x2", 0.21),
+        row("pi-garage", "online", "", "raspberry-pi-4", "litert 2.3.0 xnnpack x2", 0.34),
+        row("esp32-sim", "offline", "shutdown", "esp32-s3", "tflite_runtime 2.14.0 none x1", None),
+    ]
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(
+        render(rows, "fleet on mqtt://h:1883")
+    )
+    lines = out.getvalue().splitlines()
+    assert max(Text(line).cell_len for line in lines) <= width, out.getvalue()
+    body = {line.split()[0]: line for line in lines[3:]}  # title, header, rule, then one line per device
+    assert set(body) == {"pi-kitchen", "pi-garage", "esp32-sim"}, out.getvalue()
+    for device, p50 in (("pi-kitchen", "0.21"), ("pi-garage", "0.34")):
+        assert all(v in body[device] for v in ("online", p50, "19.8", "98.9", "3s")), body[device]
+    assert "offline" in body["esp32-sim"] and "98.9" in body["esp32-sim"]
+    if width >= 80:  # what a deployment changes, and latency at its tail
+        assert "digits 1.0.0" in body["pi-kitchen"] and "0.93" in body["pi-kitchen"]
+    if width >= 120:
+        assert "litert 2.3.0 xnnpack x2" in body["pi-kitchen"]
+    if width >= 200:  # everything, with full headers
+        assert "raspberry-pi-4" in body["pi-kitchen"] and "offline (shutdown)" in body["esp32-sim"]
+        assert all(h in lines[1] for h in ("p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps", "last seen"))

@@ -368,8 +368,14 @@ def test_deploy_cli_exit_codes_and_json(mosquitto, bundles, fleet, capsys):
     (dev,) = json.loads(capsys.readouterr().out)["devices"]
     assert dev["outcome"] == "failed" and dev["error"]["code"] == "SIGNATURE_INVALID"
     assert main(["deploy", str(bundles["v2"]), *base]) == ExitStatus.OK
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["ok"] and report["devices"][0]["outcome"] == "committed"
+    # The wait on "trial" is explained once: what the device waits for and how long.
+    assert (
+        " ".join(captured.err.split()).count("ota-cli: serving the new bundle; waiting out its 0.5 s health window")
+        == 1
+    )
     assert (
         main(
             [

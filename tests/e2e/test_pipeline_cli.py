@@ -180,6 +180,34 @@ def test_dataset_problems_on_the_command_line(tmp_path, digits_dataset, capsys):
     assert "contain no images" in capsys.readouterr().err
 
 
+def test_a_mistyped_dataset_path_suggests_the_folders_that_exist(tmp_path, monkeypatch, capsys):
+    for name in ("digits/0", "digits/1", "photos/cat"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    build = ["build", "--profile", "raspberry-pi-4", "--out", "out", "--dataset"]
+    for typo in ("data/digts", "dat/digits", "data/Digits"):
+        assert main([*build, typo]) == ExitStatus.BAD_INPUT
+        err = " ".join(capsys.readouterr().err.split())
+        assert "did you mean data/digits?" in err and "edgekit datasets digits" not in err, err
+    assert main(["datasets", "show", "data/digts"]) == ExitStatus.BAD_INPUT
+    assert "did you mean data/digits?" in " ".join(capsys.readouterr().err.split())
+    # Nothing close: then making the demo dataset there is the helpful answer.
+    assert main([*build, "elsewhere/mnist"]) == ExitStatus.BAD_INPUT
+    err = " ".join(capsys.readouterr().err.split())
+    assert "did you mean" not in err and "`edgekit datasets digits elsewhere/mnist`" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_help_prints_each_example_on_its_own_line(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "  edgekit datasets digits data/digits" in lines
+    assert "  edgekit build --dataset data/digits --profile raspberry-pi-4 --out out" in lines
+    assert max(len(line) for line in lines) <= 80
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_pipeline_command_answers_help(command, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -3,10 +3,7 @@ evaluate (int8 through the device's own runtime) → fit check → bundle, for e
 
 Writes OUT/NAME-PROFILE/ (manifest.json, model.tflite, golden.npz, …) and OUT/NAME-PROFILE.tar.gz per
 profile, and the trained (or pruned) model as OUT/NAME.keras - OUT/NAME-pruned.keras when --model is
-OUT/NAME.keras itself, which is never overwritten. Example:
-
-    edgekit datasets digits data/digits
-    edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
+OUT/NAME.keras itself, which is never overwritten.
 """
 
 from __future__ import annotations
@@ -15,6 +12,25 @@ import argparse
 from pathlib import Path
 
 from edgekit_agent.contract.errors import ExitStatus
+
+EXAMPLES = """examples:
+  edgekit datasets digits data/digits
+  edgekit build --dataset data/digits --profile raspberry-pi-4 --out out"""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Prose is reflowed to the terminal, paragraph by paragraph; a paragraph with indented lines (the
+    examples) is printed as written, one command a line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in text.strip().split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line[:1].isspace() for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(out)
 
 
 def _fraction(text: str) -> float:
@@ -38,6 +54,8 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _HelpFormatter
+    parser.epilog = EXAMPLES
     parser.add_argument(
         "--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz"
     )

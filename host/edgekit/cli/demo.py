@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 PI_PROFILE = "raspberry-pi-4"
 MCU_PROFILE = "esp32-s3"  # the digits CNN fits its 512 KB SRAM; --keep-going covers a model that does not
@@ -111,10 +114,16 @@ def _build(d: Demo) -> None:
         if d.short:
             cmd += ["--epochs", "1"]
         ui.console.print(f"[bold]$ edgekit build[/] {' '.join(cmd[4:])}")
-        # Wide tables in logs too (rich reads COLUMNS when stdout is not a terminal).
-        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "160"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if subprocess.run(cmd, env=env).returncode != 0:
-            raise EdgekitError(f"`edgekit build` failed (see above); the dataset is in {d.work / 'data' / 'digits'}.")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if not ui.console.is_terminal:  # a log: wide tables (rich would take COLUMNS over a terminal's own width)
+            env.setdefault("COLUMNS", "160")
+        code = subprocess.run(cmd, env=env, stderr=_user_stderr()).returncode
+        # --keep-going: a profile that does not fit is left out (exit 4, the table says which); the demo goes
+        # on as long as the devices' Raspberry Pi bundle was built.
+        if code not in (ExitStatus.OK, ExitStatus.DOES_NOT_FIT):
+            raise _child_failed("edgekit build", code, f"the dataset is in {d.work / 'data' / 'digits'}")
+        if not (wanted[PI_PROFILE] / "manifest.json").is_file():
+            raise _child_failed("edgekit build", code, f"the devices need the {PI_PROFILE} bundle")
     else:
         ui.console.print(f"reusing the bundles in {out} (--rebuild to retrain)")
     d.bundles = {p: b for p, b in wanted.items() if (b / "manifest.json").is_file()}
@@ -134,7 +143,7 @@ def _build(d: Demo) -> None:
     d.outputs.append(("signing key pair (demo)", keys))
     for p, b in d.bundles.items():
         d.outputs.append((f"bundle for {p}", b))
-        d.outputs.append((f"archive for {p} (copy this to the device)", b.with_name(b.name + ".tar.gz")))
+        d.outputs.append((f"archive for {p} (copy it to the device)", b.with_name(b.name + ".tar.gz")))
 
 
 def _broker(d: Demo) -> None:
@@ -151,9 +160,32 @@ def _broker(d: Demo) -> None:
     d.exporter = Exporter(d.broker_url, port=0).start()
     engine = f" ({d.broker.engine})" if d.broker else ""
     ui.console.print(
-        f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} (MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})"
+        f"broker {d.broker_url}{engine}; Prometheus exporter {d.exporter.url} "
+        f"(MQTT {'5' if d.exporter.link.mqtt5 else '3.1.1'})"
     )
     d.outputs.append(("MQTT broker (stopped now)" if d.broker else "MQTT broker", d.broker_url))
+
+
+def _user_stderr() -> int | None:
+    """Where a child's stderr must go for the user to see it. The demo runs inside
+    ``ui.native_logs_captured``, which points file descriptor 2 at a temporary log (TensorFlow's native
+    chatter); a child inherits that descriptor, so its progress bar and its error would vanish. Python's
+    ``sys.stderr`` still writes to the terminal then: give the child that."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (pytest's capture)
+        return None
+
+
+def _child_failed(command: str, code: int, hint: str) -> EdgekitError:
+    """The error for a failed child command: the same exit status (its error is printed above)."""
+    try:
+        status = ExitStatus(code)
+    except ValueError:  # killed by a signal (negative) or an undocumented code
+        status = ExitStatus.ERROR
+    exc = EdgekitError(f"`{command}` failed with exit status {code} ({status.name}; its error is above); {hint}.")
+    exc.exit_status = status
+    return exc
 
 
 def _agent_command() -> list[str]:
@@ -242,7 +274,7 @@ def _feed(d: Demo) -> None:
     files = sorted(data.glob("*/*.png"))
     i = 0
     while not d.stop_feeding.wait(0.05):
-        for device_id, (_, inbox, _) in d.devices.items():
+        for _, inbox, _ in d.devices.values():
             src = files[i % len(files)]
             i += 7  # a stride, so the devices see different digits
             (inbox / src.parent.name).mkdir(exist_ok=True)
@@ -332,7 +364,7 @@ def _cleanup(d: Demo) -> list[str]:
     d.stop_feeding.set()
     if d.feeder:
         d.feeder.join(5)
-    for device_id, (proc, _, _) in d.devices.items():
+    for proc, _, _ in d.devices.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # the agent sends its last window and "offline/shutdown"
     for device_id, (proc, _, _) in d.devices.items():
@@ -349,6 +381,30 @@ def _cleanup(d: Demo) -> list[str]:
         d.broker.stop()
         stopped.append(f"broker ({d.broker.engine})")
     return stopped
+
+
+def _where_table(d: Demo, seconds: float) -> Table:
+    """What the demo made and where, fitted to the terminal: paths relative to the work directory (or to
+    the current one), and a path is folded onto a second line rather than cut: it is there to be copied."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    def shown(where: Path | str) -> str:
+        for base in (d.work, Path.cwd()):
+            if isinstance(where, Path) and where.is_relative_to(base):
+                return str(where.relative_to(base))
+        return str(where)
+
+    t = Table(
+        title=f"where everything went (in {d.work}; the demo took {seconds:.0f} s)",
+        title_justify="left",
+        header_style="bold",
+    )
+    t.add_column("what")
+    t.add_column("where", no_wrap=True, overflow="fold")  # "what" wraps first
+    for what, where in d.outputs:
+        t.add_row(escape(what), escape(shown(where)))
+    return t
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
@@ -373,9 +429,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         stopped = _cleanup(d)
         ui.console.rule("[bold]clean-up")
         ui.console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    ui.console.print(
-        ui.table(f"where everything went (demo took {time.monotonic() - t0:.0f} s)", ["what", "where"], d.outputs)
-    )
+    ui.console.print(_where_table(d, time.monotonic() - t0))
     ui.console.print(
         "next: `edgekit watch --broker URL`, `edgekit exporter --broker URL`, docs/fleet.md (running on a real Pi)"
     )

@@ -81,9 +81,21 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     with ui.progress() as bar:
         tasks = {d: bar.add_task(f"{d}: begin", total=None) for d in args.device}
+        on_trial: set[str] = set()
 
         def on_progress(device: str, stage: str, done: int, total: int) -> None:
-            bar.update(tasks[device], description=f"{device}: {stage}", completed=done, total=total or None)
+            description = f"{device}: {stage}"
+            if stage == "trial" and not args.no_wait:
+                # The device now serves the new bundle and judges it for the whole window: without this the
+                # bar sits on "trial" for --health-window seconds (30 by default) with no word why.
+                description += f" (health window {args.health_window:g} s)"
+                if device not in on_trial:
+                    on_trial.add(device)
+                    bar.console.print(
+                        f"{device}: serving the new bundle; waiting out its {args.health_window:g} s health window "
+                        "(error rate, p99 latency, accuracy against the old bundle), then it commits or rolls back"
+                    )
+            bar.update(tasks[device], description=description, completed=done, total=total or None)
 
         report = deploy(
             args.bundle,
@@ -112,7 +124,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
             )
             for d in report.devices
         ]
-        title = f"deploy {report.archive.name} ({report.archive_bytes:,} B, sha256 {report.archive_sha256[:12]}…) in {report.seconds:.1f} s"
+        title = (
+            f"deploy {report.archive.name} ({report.archive_bytes:,} B, sha256 {report.archive_sha256[:12]}…) "
+            f"in {report.seconds:.1f} s"
+        )
         ui.console.print(
             ui.table(
                 title,

@@ -6,6 +6,7 @@ so the workstation measures accuracy on exactly the tensors a device would compu
 
 from __future__ import annotations
 
+import difflib
 import warnings
 import zlib
 from collections import Counter
@@ -104,9 +105,40 @@ def write_digits(out_dir: str | Path) -> DatasetSummary:
     return DatasetSummary(directory=out, classes=10, samples=int(len(pixels)), width=int(w), height=int(h))
 
 
+def close_paths(path: str | Path, limit: int = 3) -> list[Path]:
+    """Existing paths that ``path`` (which does not exist) was probably meant to be: each missing part of it
+    is matched (difflib) against the names at its level, so ``data/digts`` finds ``data/digits`` and
+    ``dat/digits`` finds ``data/digits``. At most ``limit``, closest first; none when nothing is close."""
+    found = [Path(Path(path).anchor)]
+    for part in Path(path).relative_to(Path(path).anchor).parts:
+        level = []
+        for base in found:
+            if (base / part).exists():
+                level.append(base / part)
+            elif base.is_dir():
+                try:
+                    names = [entry.name for entry in base.iterdir()]
+                except OSError:
+                    continue
+                level += [base / name for name in difflib.get_close_matches(part, names, n=limit)]
+        found = level[:limit]
+    return [p for p in found if p != Path(path)]
+
+
+def missing_dataset(path: Path, what: str, otherwise: str) -> DatasetError:
+    """The error for a dataset path that does not exist: "did you mean" the close ones when there are,
+    else ``otherwise`` (what to do)."""
+    close = close_paths(path)
+    if close:
+        return DatasetError(f"{path}: no such {what}; did you mean {' or '.join(str(p) for p in close)}?")
+    return DatasetError(f"{path}: no such {what}; {otherwise}")
+
+
 def _class_dirs(root: Path) -> list[Path]:
+    if not root.exists():
+        raise missing_dataset(root, "dataset directory", "give a folder with one subfolder per class.")
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such dataset directory; give a folder with one subfolder per class.")
+        raise DatasetError(f"{root}: not a directory; give a folder with one subfolder per class.")
     dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if len(dirs) < 2:
         found = ", ".join(p.name for p in dirs) or "none"
@@ -288,7 +320,7 @@ def load_npz(path: str | Path) -> Dataset:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file.") from None
+        raise missing_dataset(path, "file", "give an .npz file with arrays x and y.") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc}); save arrays with numpy.savez.") from None
     if "x" not in arrays or "y" not in arrays:
@@ -350,7 +382,7 @@ def load_dataset(
     if p.is_dir():
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
-        raise DatasetError(f"{p}: no such dataset; give an image folder (one subfolder per class) or an .npz file.")
+        raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")
     raise DatasetError(f"{p}: not a dataset; give an image folder (one subfolder per class) or an .npz file.")
 
 
