@@ -1,7 +1,10 @@
-"""load_bundle / verify_files on the real digits bundle: integrity, unlisted files, unsafe archives, broken models."""
+"""load_bundle / verify_files / extract_archive on the real digits bundle: integrity, unlisted files, unsafe
+archives, broken models. (Every hostile archive refused alike by the agent and `edgekit inspect`:
+tests/host/test_hostile_archives.py.)"""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -9,25 +12,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hostile_archives import END, special, tar_archive, tar_body
 
-from edgekit_agent.bundle import load as bundle_mod
-from edgekit_agent.bundle.load import FileStatus, extract_archive, load_bundle, verify_files
+from edgekit_agent.bundle import archive as archive_mod
+from edgekit_agent.bundle.archive import FileStatus, extract_archive, scan_archive, verify_files
+from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.errors import BundleError, IntegrityError, SignatureError
 from edgekit_agent.contract.manifest import dump_manifest
 
 from tamper import copy_bundle, flip_byte, rehash
-
-
-def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for m in members:
-            if isinstance(m, tarfile.TarInfo):
-                tar.addfile(m)
-            else:
-                info = tarfile.TarInfo(m[0])
-                info.size = len(m[1])
-                tar.addfile(info, io.BytesIO(m[1]))
-    return path
 
 
 @pytest.fixture()
@@ -196,27 +189,21 @@ def test_signed_bundle_reports_its_key_and_a_changed_manifest_is_refused(digits_
 # --- unsafe archives ---------------------------------------------------------------------------------------
 
 
-def _link(name: str, kind: bytes, target: str) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info
-
-
 @pytest.mark.parametrize(
     "evil, message",
     [
         (("digits/../x", b"escaped"), r"contains '\.\.'"),
         (("../x", b"escaped"), r"contains '\.\.'"),
         (("/tmp/edgekit-test-abs-x", b"escaped"), "absolute path"),
-        (_link("digits/golden.npz", tarfile.SYMTYPE, "/etc/passwd"), "is a symbolic link"),
-        (_link("digits/golden.npz", tarfile.LNKTYPE, "/etc/passwd"), "is a hard link"),
-        (_link("digits/dev", tarfile.CHRTYPE, ""), "device, FIFO or other special file"),
-        (_link("digits/fifo", tarfile.FIFOTYPE, ""), "device, FIFO or other special file"),
+        (special("digits/golden.npz", tarfile.SYMTYPE, "/etc/passwd"), "is a symbolic link"),
+        (special("digits/golden.npz", tarfile.LNKTYPE, "/etc/passwd"), "is a hard link"),
+        (special("digits/dev", tarfile.CHRTYPE, ""), "device, FIFO or other special file"),
+        (special("digits/fifo", tarfile.FIFOTYPE, ""), "device, FIFO or other special file"),
     ],
     ids=["dotdot-inside", "dotdot", "absolute", "symlink", "hardlink", "chardev", "fifo"],
 )
 def test_unsafe_archive_members_are_refused(tmp_path: Path, good_files, evil, message):
-    archive = make_tar(tmp_path / "evil.tar.gz", [*good_files, evil])
+    archive = tar_archive(tmp_path / "evil.tar.gz", [*good_files, evil])
     with pytest.raises(BundleError, match=message) as info:
         load_bundle(archive, workdir=tmp_path / "work")
     member = evil.name if isinstance(evil, tarfile.TarInfo) else evil[0]
@@ -226,7 +213,7 @@ def test_unsafe_archive_members_are_refused(tmp_path: Path, good_files, evil, me
 
 
 def test_an_unlisted_archive_member_is_refused(tmp_path: Path, good_files):
-    archive = make_tar(tmp_path / "b.tar.gz", [*good_files, ("digits-raspberry-pi-4/run.sh", b"#!/bin/sh\n")])
+    archive = tar_archive(tmp_path / "b.tar.gz", [*good_files, ("digits-raspberry-pi-4/run.sh", b"#!/bin/sh\n")])
     with pytest.raises(BundleError, match="member 'digits-raspberry-pi-4/run.sh' is not listed in the manifest"):
         load_bundle(archive, workdir=tmp_path / "work")
     assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))
@@ -235,29 +222,29 @@ def test_an_unlisted_archive_member_is_refused(tmp_path: Path, good_files):
 def test_an_oversized_member_is_refused(tmp_path: Path, good_files, monkeypatch):
     name, data = max(good_files, key=lambda m: len(m[1]))
     limit = len(data) - 1  # the real limit is 128 MiB; the same code path refuses the largest member here
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", limit)
-    archive = make_tar(tmp_path / "b.tar.gz", good_files)
+    monkeypatch.setattr(archive_mod, "MAX_MEMBER_BYTES", limit)
+    archive = tar_archive(tmp_path / "b.tar.gz", good_files)
     with pytest.raises(BundleError, match=rf"member '{name}' is {len(data)} bytes, over the {limit}-byte limit"):
         load_bundle(archive, workdir=tmp_path / "work")
 
 
 def test_a_member_whose_size_differs_from_the_manifest_is_refused(tmp_path: Path, good_files):
     files = [(n, d + b"\0" if n.endswith("golden.npz") else d) for n, d in good_files]
-    archive = make_tar(tmp_path / "b.tar.gz", files)
+    archive = tar_archive(tmp_path / "b.tar.gz", files)
     with pytest.raises(IntegrityError, match="golden.npz' is .* bytes but manifest.json records"):
         load_bundle(archive, workdir=tmp_path / "work")
 
 
 def test_a_refused_archive_leaves_nothing_in_the_workdir(tmp_path: Path, good_files):
     files = [(n, d[:-1] + bytes([d[-1] ^ 1]) if n.endswith("model.tflite") else d) for n, d in good_files]
-    archive = make_tar(tmp_path / "b.tar.gz", files)  # same sizes, one flipped byte: caught after extraction
+    archive = tar_archive(tmp_path / "b.tar.gz", files)  # same sizes, one flipped byte: caught after extraction
     with pytest.raises(IntegrityError, match="model.tflite: sha256 is"):
         load_bundle(archive, workdir=tmp_path / "work")
     assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_a_flat_archive_without_top_directory_loads(tmp_path: Path, good_files):
-    archive = make_tar(tmp_path / "flat.tar.gz", [(n.split("/")[-1], d) for n, d in good_files])
+    archive = tar_archive(tmp_path / "flat.tar.gz", [(n.split("/")[-1], d) for n, d in good_files])
     assert load_bundle(archive, workdir=tmp_path / "work").manifest.name == "digits"
 
 
@@ -271,7 +258,7 @@ def test_a_corrupt_archive_is_a_bundle_error(tmp_path: Path, digits_bundle: Path
 def test_extract_archive_never_reuses_an_existing_target(tmp_path: Path, digits_bundle: Path):
     (tmp_path / "t").mkdir()
     with pytest.raises(BundleError, match="already exists"):
-        extract_archive(digits_bundle.parent / f"{digits_bundle.name}.tar.gz", tmp_path / "t")
+        extract_archive(scan_archive(digits_bundle.parent / f"{digits_bundle.name}.tar.gz"), tmp_path / "t")
 
 
 def test_not_a_bundle(tmp_path: Path):
@@ -302,7 +289,7 @@ def test_edgetpu_runs_the_compiled_model_when_the_bundle_has_one(digits_bundle: 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path, monkeypatch):
     """A member of 4 MiB zeros (a few KB compressed) under a 1 MiB limit: refused before it is inflated."""
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(archive_mod, "MAX_MEMBER_BYTES", 1 << 20)
     path = tmp_path / "bomb.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         info = tarfile.TarInfo("digits/model.tflite")
@@ -312,3 +299,32 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path, monkeyp
     with pytest.raises(BundleError, match=rf"is {4 << 20} bytes, over the {1 << 20}-byte limit"):
         load_bundle(path, workdir=tmp_path / "work")
     assert not any(p.is_file() for p in (tmp_path / "work").rglob("*"))
+
+
+def test_data_after_the_end_of_the_archive_is_refused(tmp_path: Path, good_files):
+    """A member hidden behind the end-of-archive blocks (or an unreadable header, where tarfile stops) is not
+    silently ignored: only zero padding may follow the end."""
+    hidden = tar_body([("digits-raspberry-pi-4/run.sh", b"#!/bin/sh\n")])
+    (tmp_path / "b.tar.gz").write_bytes(gzip.compress(tar_body(good_files) + END + hidden + END, mtime=0))
+    with pytest.raises(BundleError, match="refusing data after the end of the tar archive"):
+        load_bundle(tmp_path / "b.tar.gz", workdir=tmp_path / "work")
+
+
+def test_the_stream_bound_holds_whatever_the_headers_say(digits_bundle: Path, monkeypatch):
+    """The decompressor is never asked for more than MAX_STREAM_BYTES, even where every header looks fine."""
+    monkeypatch.setattr(archive_mod, "MAX_STREAM_BYTES", 64 << 10)
+    with pytest.raises(BundleError, match=r"refusing a tar stream of more than 65536 bytes"):
+        scan_archive(digits_bundle.parent / f"{digits_bundle.name}.tar.gz")
+
+
+def test_verify_archive_matches_the_directory_and_keeps_only_a_matching_model(digits_bundle: Path, tmp_path: Path):
+    from edgekit_agent.bundle.archive import verify_archive
+
+    archive = digits_bundle.parent / f"{digits_bundle.name}.tar.gz"
+    contents = verify_archive(scan_archive(archive))
+    assert contents.files == verify_files(digits_bundle, contents.manifest)
+    assert contents.model == (digits_bundle / "model.tflite").read_bytes() and contents.signature is None
+    files = [(f"d/{p.name}", p.read_bytes()) for p in sorted(digits_bundle.iterdir())]
+    files = [(n, d[:-1] + bytes([d[-1] ^ 1]) if n.endswith("model.tflite") else d) for n, d in files]
+    bad = verify_archive(scan_archive(tar_archive(tmp_path / "bad.tar.gz", files)))
+    assert {c.name: c.status for c in bad.files}["model.tflite"] is FileStatus.MISMATCH and bad.model is None

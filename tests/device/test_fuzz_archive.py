@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hostile_archives import pax_sparse_member
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +72,8 @@ def _load(data: bytes, name: str = "bundle.tar.gz") -> None:
 
 
 def _tar(members: list[tuple[str, str, bytes, str]], gz: bool = True) -> bytes:
-    """Build an archive from (name, kind, data, linkname) with kind in file/dir/sym/hard/fifo/chr."""
+    """Build an archive from (name, kind, data, linkname) with kind in file/dir/sym/hard/fifo/chr/sparse
+    (a GNU sparse file of 2 GiB)."""
     buf = io.BytesIO()
     kinds = {
         "file": tarfile.REGTYPE,
@@ -80,6 +82,7 @@ def _tar(members: list[tuple[str, str, bytes, str]], gz: bool = True) -> bytes:
         "hard": tarfile.LNKTYPE,
         "fifo": tarfile.FIFOTYPE,
         "chr": tarfile.CHRTYPE,
+        "sparse": tarfile.REGTYPE,  # its pax headers make it sparse
     }
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, data, link in members:
@@ -90,6 +93,10 @@ def _tar(members: list[tuple[str, str, bytes, str]], gz: bool = True) -> bytes:
             if kind == "file":
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+            elif kind == "sparse":
+                info, payload = pax_sparse_member(name, 2 << 30, "1.0")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
             else:
                 tar.addfile(info)
     return buf.getvalue()
@@ -123,7 +130,7 @@ LINK_TARGETS = ["/etc/passwd", "../outside", str(ESCAPE), "manifest.json", "digi
 @st.composite
 def hostile_member(draw, good: dict[str, bytes]):
     name = draw(st.sampled_from(HOSTILE_NAMES) | st.text(min_size=1, max_size=30))
-    kind = draw(st.sampled_from(["file", "file", "file", "dir", "sym", "hard", "fifo", "chr"]))
+    kind = draw(st.sampled_from(["file", "file", "file", "dir", "sym", "hard", "fifo", "chr", "sparse"]))
     if kind == "file":
         data = draw(st.sampled_from(sorted(good.values())) | st.binary(max_size=200))
     else:

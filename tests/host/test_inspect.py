@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgekit.cli import main
-from edgekit.package.inspection import inspect_path, read_archive
+from edgekit.package.inspection import inspect_path
 from edgekit_agent.contract.errors import BundleError, ExitStatus
 
 
@@ -160,18 +160,20 @@ def test_corrupt_archive_bytes_are_a_bundle_error(digits_bundle: Path, tmp_path:
 
 
 @pytest.mark.parametrize(
-    "member",
+    "member, reason",
     [
-        tarfile.TarInfo("digits/../../evil.txt"),
-        tarfile.TarInfo("/etc/evil.txt"),
+        (tarfile.TarInfo("digits/../../evil.txt"), r"contains '\.\.'"),
+        (tarfile.TarInfo("/etc/evil.txt"), "has an absolute path"),
     ],
 )
-def test_unsafe_member_names_are_refused(digits_bundle: Path, tmp_path: Path, member: tarfile.TarInfo) -> None:
+def test_unsafe_member_names_are_refused(
+    digits_bundle: Path, tmp_path: Path, member: tarfile.TarInfo, reason: str
+) -> None:
     member.size = 3
     bad = tmp_path / "unsafe.tar.gz"
     _rewrite_archive(archive_of(digits_bundle), bad, {}, [member])
-    with pytest.raises(BundleError, match="unsafe member name"):
-        read_archive(bad)
+    with pytest.raises(BundleError, match=reason):
+        inspect_path(bad)
     assert not (tmp_path.parent / "evil.txt").exists()
 
 
@@ -180,7 +182,7 @@ def test_links_in_archives_are_refused(digits_bundle: Path, tmp_path: Path) -> N
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     bad = tmp_path / "link.tar.gz"
     _rewrite_archive(archive_of(digits_bundle), bad, {}, [link])
-    with pytest.raises(BundleError, match="link or special file"):
+    with pytest.raises(BundleError, match="is a symbolic link"):
         inspect_path(bad)
 
 

@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edgekit.cli import main
-from edgekit.package.keys import check_bundle_files, new_keypair, sign_bundle
+from edgekit.package.keys import new_keypair, sign_bundle
+from edgekit_agent.bundle.archive import check_files, read_manifest
 from edgekit_agent.contract.errors import ExitStatus, IntegrityError, SignatureError
 from edgekit_agent.contract.signing import encode_signature, parse_signature, verify_manifest
 
@@ -112,7 +113,7 @@ def test_tampered_model_is_refused_naming_the_file(bundle, keys):
     model[-10] ^= 0xFF
     (bundle / "model.tflite").write_bytes(bytes(model))
     with pytest.raises(IntegrityError, match=r"model\.tflite"):
-        check_bundle_files(bundle)
+        check_files(bundle, read_manifest(bundle)[0])
     # …and the workstation refuses to bless it with a fresh signature.
     with pytest.raises(IntegrityError, match=r"model\.tflite"):
         sign_bundle(bundle, good.private_path)

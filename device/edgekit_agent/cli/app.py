@@ -250,7 +250,7 @@ class Verify:
 
     @staticmethod
     def _file_report(path: Path) -> list[Any] | None:
-        from edgekit_agent.bundle.load import verify_files
+        from edgekit_agent.bundle.archive import verify_files
         from edgekit_agent.contract.manifest import MANIFEST_NAME, Manifest
 
         try:
@@ -260,7 +260,7 @@ class Verify:
 
     @staticmethod
     def _verify(args: argparse.Namespace) -> ExitStatus:
-        from edgekit_agent.bundle.load import verify_files
+        from edgekit_agent.bundle.archive import verify_files
 
         with opened_bundle(args) as bundle:
             checks = verify_files(bundle.directory, bundle.manifest)

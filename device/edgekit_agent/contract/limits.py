@@ -35,6 +35,12 @@ MAX_MEMBER_BYTES = 128 * MiB
 MAX_EXTRACTED_BYTES = 256 * MiB
 #: Most entries an archive may hold (a bundle has 3–6 files).
 MAX_MEMBERS = 64
+#: Largest header of one archive entry, extended headers included (pax records, GNU long names, sparse maps):
+#: tarfile reads these into memory before the entry can be checked. A bundle's are 0.5–1.5 KiB.
+MAX_HEADER_BYTES = 64 * KiB
+#: Most bytes a compressed archive may unpack to: the files, one header (and padding) per entry and the end
+#: blocks. The decompressor is never asked for more, so a compression bomb costs bounded time and memory.
+MAX_STREAM_BYTES = MAX_EXTRACTED_BYTES + (MAX_MEMBERS + 1) * MAX_HEADER_BYTES
 
 # --- OTA -------------------------------------------------------------------------------------------------
 #: Raw bytes per swap_bundle chunk (base64 in the payload).
@@ -50,6 +56,8 @@ LIMITS: dict[str, int] = {
     "max_member_bytes": MAX_MEMBER_BYTES,
     "max_extracted_bytes": MAX_EXTRACTED_BYTES,
     "max_members": MAX_MEMBERS,
+    "max_header_bytes": MAX_HEADER_BYTES,
+    "max_stream_bytes": MAX_STREAM_BYTES,
     "ota_chunk_bytes": OTA_CHUNK_BYTES,
 }
 

@@ -94,7 +94,7 @@ def factory_id(path: str | Path | None) -> str:
         return ""
     p = Path(path).resolve()
     target = p / "manifest.json" if p.is_dir() else p
-    from edgekit_agent.bundle.load import sha256_file
+    from edgekit_agent.bundle.archive import sha256_file
 
     try:
         return f"{p}#{sha256_file(target)[:16]}"

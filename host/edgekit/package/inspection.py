@@ -6,38 +6,39 @@ file sizes, a summary of the manifest, and the result of checking every file aga
 manifest records: ``ok``, ``mismatch``, ``missing`` (listed but absent) or ``unlisted`` (present but
 not in the manifest, which a device refuses to extract).
 
-Archives are read in memory and never extracted: inspecting an untrusted archive cannot write files.
-Links, absolute names and ``..`` in an archive are errors. With trusted keys, the signature is checked
-with the device's own ``edgekit_agent.contract.signing.verify_manifest``.
+Directories and archives are checked by the device's own verifier (:mod:`edgekit_agent.bundle.archive`), so
+`edgekit inspect` and the agent agree on what "verified" means and refuse the same archives for the same
+reason, from their headers (unsafe names, links, special and sparse files, duplicates, sizes, compression
+bombs). Archives are never extracted: inspecting an untrusted archive cannot write files. With trusted keys,
+the signature is checked with the device's own ``edgekit_agent.contract.signing.verify_manifest``.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import tarfile
-import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from edgekit_agent.bundle.load import UNLISTED_OK, FileCheck, FileStatus
-from edgekit_agent.bundle.load import verify_files as verify_directory
+from edgekit_agent.bundle.archive import (
+    ARCHIVE_SUFFIXES,
+    FileCheck,
+    read_manifest,
+    read_signature,
+    scan_archive,
+    verify_archive,
+    verify_files,
+)
 from edgekit_agent.bundle.tflite_file import check_tflite
 from edgekit_agent.contract.errors import BundleError, EdgekitError, SignatureError
-from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_EXTRACTED_BYTES
-from edgekit_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from edgekit_agent.contract.manifest import Manifest
 from edgekit_agent.infer.runtime import Runtime
 
 Kind = Literal["bundle", "archive", "tflite"]
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-# FileCheck/FileStatus and the directory check are the device's own (edgekit_agent.bundle.load), so
-# `edgekit inspect` and the agent agree on what "verified" means; archives are checked in memory here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,97 +133,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _safe_member_name(name: str, archive: Path) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise BundleError(
-            f"{archive}: unsafe member name '{name}' (absolute or with '..'); the archive is not a bundle, do not extract it."
-        )
-    return name
-
-
-def read_archive(archive: Path) -> dict[str, bytes]:
-    """The regular files of a bundle archive, keyed by their name inside the bundle directory.
-
-    Bundle archives hold one top-level directory (``NAME-PROFILE/``); its prefix is removed. Links,
-    devices and unsafe names are a :class:`BundleError`.
-    """
-    files: dict[str, bytes] = {}
-    try:
-        if archive.stat().st_size > MAX_ARCHIVE_BYTES:
-            raise BundleError(
-                f"{archive}: {archive.stat().st_size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit for bundle archives."
-            )
-        raw = archive.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            # Decompress fully first: tarfile stops before gzip's trailer, so a changed byte inside the
-            # deflate stream would otherwise slip past the CRC check.
-            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
-                raw = g.read(MAX_EXTRACTED_BYTES + 1)
-            if len(raw) > MAX_EXTRACTED_BYTES:
-                raise BundleError(
-                    f"{archive}: unpacks to more than {MAX_EXTRACTED_BYTES} bytes, over the limit for bundles."
-                )
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-            for m in tar:
-                name = _safe_member_name(m.name, archive)
-                if m.isdir():
-                    continue
-                if not m.isfile():
-                    raise BundleError(
-                        f"{archive}: member '{name}' is a link or special file; bundles hold regular files only."
-                    )
-                f = tar.extractfile(m)
-                files[name] = f.read() if f else b""
-    except FileNotFoundError:
-        raise BundleError(f"{archive}: no such file.") from None
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:  # a bad CRC is BadGzipFile (an OSError)
-        raise BundleError(f"{archive}: not a readable bundle archive ({exc}); re-copy or rebuild it.") from None
-    tops = {PurePosixPath(n).parts[0] for n in files}
-    if len(tops) == 1 and all(len(PurePosixPath(n).parts) > 1 for n in files):
-        prefix = tops.pop() + "/"
-        files = {n[len(prefix) :]: d for n, d in files.items()}
-    return files
-
-
-def verify_members(manifest: Manifest, files: Mapping[str, bytes]) -> tuple[FileCheck, ...]:
-    """Compare in-memory archive members with the manifest (same rules and order as the device's check)."""
-    checks: list[FileCheck] = []
-    for entry in manifest.files:
-        if entry.name not in files:
-            checks.append(
-                FileCheck(entry.name, FileStatus.MISSING, None, entry.bytes, None, entry.sha256, "not in the bundle")
-            )
-            continue
-        data = files[entry.name]
-        got = _sha(data)
-        if len(data) != entry.bytes:
-            detail = f"is {len(data)} bytes, {MANIFEST_NAME} records {entry.bytes}"
-        elif got != entry.sha256:
-            detail = f"sha256 is {got[:16]}…, {MANIFEST_NAME} records {entry.sha256[:16]}…"
-        else:
-            detail = ""
-        checks.append(
-            FileCheck(
-                entry.name,
-                FileStatus.MISMATCH if detail else FileStatus.OK,
-                len(data),
-                entry.bytes,
-                got,
-                entry.sha256,
-                detail,
-            )
-        )
-    listed = {e.name for e in manifest.files} | UNLISTED_OK
-    for name in sorted(set(files) - listed):
-        checks.append(
-            FileCheck(
-                name, FileStatus.UNLISTED, len(files[name]), None, _sha(files[name]), None, "not listed in the manifest"
-            )
-        )
-    return tuple(checks)
-
-
 def manifest_summary(m: Manifest) -> dict[str, Any]:
     """The parts of a manifest a person wants first: identity, profile, data, metrics, fit verdict."""
     fit = m.fit or {}
@@ -292,12 +202,13 @@ def describe_model(
 def _kind_of(path: Path) -> Kind:
     if path.is_dir():
         return "bundle"
-    if path.name.endswith(_ARCHIVE_SUFFIXES):
+    if path.name.endswith(ARCHIVE_SUFFIXES):
         return "archive"
     if path.suffix == ".tflite":
         return "tflite"
     if path.is_file():
-        head = path.read_bytes()[:8]
+        with open(path, "rb") as f:
+            head = f.read(8)
         if head[4:8] == b"TFL3":
             return "tflite"
         if head[:2] == b"\x1f\x8b":
@@ -324,27 +235,15 @@ def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) ->
         ops, tensors = describe_model(data, str(path))
         return InspectReport(path, kind, path.name, len(data), _sha(data), ops, tensors, (), None, False, None)
 
+    model: bytes | None = None
     if kind == "bundle":
-        manifest_path = path / MANIFEST_NAME
-        if not manifest_path.is_file() or manifest_path.is_symlink():
-            raise BundleError(
-                f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`)."
-            )
-        manifest_bytes = manifest_path.read_bytes()
-        manifest = Manifest.from_bytes(manifest_bytes, str(manifest_path))
-        checks = tuple(verify_directory(path, manifest))
-        sig_path = path / SIGNATURE_NAME
-        signature = sig_path.read_bytes() if sig_path.is_file() and not sig_path.is_symlink() else None
+        manifest, manifest_bytes = read_manifest(path)
+        checks = verify_files(path, manifest)
+        signature = read_signature(path)
     else:
-        files = read_archive(path)
-        if MANIFEST_NAME not in files:
-            raise BundleError(
-                f"{path}: no {MANIFEST_NAME}; this is not an edgekit bundle (make one with `edgekit build`)."
-            )
-        manifest_bytes = files[MANIFEST_NAME]
-        manifest = Manifest.from_bytes(manifest_bytes, f"{path}:{MANIFEST_NAME}")
-        checks = verify_members(manifest, files)
-        signature = files.get(SIGNATURE_NAME)
+        contents = verify_archive(scan_archive(path))
+        manifest, manifest_bytes, signature = contents.manifest, contents.manifest_bytes, contents.signature
+        checks, model = contents.files, contents.model
     signed_by = signature_error = None
     if trusted_keys is not None:
         from edgekit_agent.contract.signing import verify_manifest
@@ -355,19 +254,18 @@ def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) ->
             signature_error = str(exc)
     model_name = manifest.model.name
     model_check = next(c for c in checks if c.name == model_name)  # the manifest guarantees it is listed
-    data = b""
-    if model_check.ok:  # read only a verified model: what is hashed is what is loaded
-        data = (path / model_name).read_bytes() if kind == "bundle" else files[model_name]
+    if model_check.ok and kind == "bundle":
+        model = (path / model_name).read_bytes()  # an archive's model is kept by verify_archive only when it matched
     ops: tuple[tuple[str, int], ...] = ()
     tensors: tuple[TensorInfo, ...] = ()
     model_error = None
     if not model_check.ok:
         # A model that fails its hash is not handed to the interpreter: a corrupted flatbuffer can crash it.
         model_error = f"{model_name}: not loaded, it does not match the manifest ({model_check.status}); re-copy or rebuild the bundle"
-    else:
+    elif model is not None:
         try:
-            check_tflite(data, f"{path}/{model_name}")  # a structurally broken model must not reach the interpreter
-            ops, tensors = describe_model(data, f"{path}/{model_name}")
+            check_tflite(model, f"{path}/{model_name}")  # a structurally broken model must not reach the interpreter
+            ops, tensors = describe_model(model, f"{path}/{model_name}")
         except EdgekitError as exc:  # a corrupted model is a finding, not a crash of the inspection
             model_error = str(exc)
     return InspectReport(

@@ -1,10 +1,11 @@
 """Signing keys and bundle signing on the workstation (Ed25519, ``cryptography``).
 
 ``new_keypair`` writes ``NAME.key`` (PKCS#8 PEM, mode 0600, never leaves the workstation) and
-``NAME.pub`` (PEM, copied to each device's ``--trusted-keys`` directory). ``sign_bundle`` checks that
-every file of a bundle still matches its manifest (so a tampered bundle is never blessed), writes
-``manifest.sig`` over the exact manifest bytes and rewrites the bundle's archive. The format and the
-verification are in :mod:`edgekit_agent.contract.signing`, the code the device runs.
+``NAME.pub`` (PEM, copied to each device's ``--trusted-keys`` directory). ``sign_bundle`` checks the bundle
+with the device's own verifier (:mod:`edgekit_agent.bundle.archive`: every file matches its manifest, and an
+archive passes the same header checks as on the device), so a tampered or hostile bundle is never blessed;
+then it writes ``manifest.sig`` over the exact manifest bytes and rewrites the bundle's archive. The format
+and the verification are in :mod:`edgekit_agent.contract.signing`, the code the device runs.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import hashlib
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit_agent.contract.errors import BundleError, IntegrityError, SignatureError, UsageError
-from edgekit_agent.contract.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from edgekit_agent.bundle.archive import check_files, extract_archive, read_manifest, scan_archive
+from edgekit_agent.contract.errors import SignatureError, UsageError
+from edgekit_agent.contract.manifest import SIGNATURE_NAME
 from edgekit_agent.contract.signing import PUBLIC_SUFFIX, encode_signature, key_id_for
 
 PRIVATE_SUFFIX = ".key"
@@ -105,33 +106,6 @@ def load_private_key(path: str | Path) -> tuple[object, str]:
     return key, key_id_for(raw)
 
 
-def sign_manifest_bytes(manifest_bytes: bytes, key_path: str | Path) -> bytes:
-    """The content of ``manifest.sig`` for these exact manifest bytes."""
-    key, key_id = load_private_key(key_path)
-    return encode_signature(key_id, key.sign(manifest_bytes))  # type: ignore[attr-defined]
-
-
-def check_bundle_files(directory: Path) -> Manifest:
-    """Every file the manifest lists exists with its recorded size and sha256, and no other file is there."""
-    manifest_path = directory / MANIFEST_NAME
-    manifest = Manifest.load(manifest_path)
-    listed = {f.name for f in manifest.files}
-    for entry in manifest.files:
-        path = directory / entry.name
-        if not path.is_file():
-            raise IntegrityError(f"{directory}: {entry.name} is listed in the manifest but missing.")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != entry.sha256:
-            raise IntegrityError(
-                f"{directory}: {entry.name} has sha256 {digest[:16]}…, the manifest records {entry.sha256[:16]}…; "
-                "it was changed after the build. Rebuild the bundle before signing it."
-            )
-    for path in directory.iterdir():
-        if path.name not in listed | {MANIFEST_NAME, SIGNATURE_NAME}:
-            raise BundleError(f"{directory}: {path.name} is not listed in the manifest; remove it or rebuild.")
-    return manifest
-
-
 def _write_archive(directory: Path, archive: Path) -> None:
     from edgekit.package.writer import write_archive
 
@@ -139,8 +113,8 @@ def _write_archive(directory: Path, archive: Path) -> None:
 
 
 def _sign_directory(directory: Path, key_path: Path) -> tuple[str, str]:
-    check_bundle_files(directory)
-    manifest_bytes = (directory / MANIFEST_NAME).read_bytes()
+    manifest, manifest_bytes = read_manifest(directory)
+    check_files(directory, manifest)
     key, key_id = load_private_key(key_path)
     (directory / SIGNATURE_NAME).write_bytes(encode_signature(key_id, key.sign(manifest_bytes)))  # type: ignore[attr-defined]
     return key_id, hashlib.sha256(manifest_bytes).hexdigest()
@@ -150,8 +124,8 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> SignResult:
     """Sign a bundle directory or ``.tar.gz`` archive with the private key ``key``.
 
     A directory gets ``manifest.sig`` and its sibling archive (``DIR.tar.gz``, when present) is rewritten.
-    An archive whose directory is not beside it is unpacked into a temporary directory, signed and
-    written back in place.
+    An archive whose directory is not beside it is unpacked into a temporary directory (as the device unpacks
+    it), signed and written back in place, under the same top-level directory name.
     """
     bundle, key_path = Path(bundle), Path(key)
     if bundle.is_dir():
@@ -167,18 +141,11 @@ def sign_bundle(bundle: str | Path, key: str | Path) -> SignResult:
         key_id, digest = _sign_directory(sibling, key_path)
         _write_archive(sibling, bundle)
         return SignResult(sibling, bundle, key_id, digest)
+    index = scan_archive(bundle)
     with tempfile.TemporaryDirectory(prefix="edgekit-sign-") as tmp:
-        try:
-            with tarfile.open(bundle, "r:gz") as tar:
-                # The 'data' filter refuses absolute paths, '..', links and device files.
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise BundleError(f"{bundle}: not a readable bundle archive ({exc}).") from None
-        tops = [p for p in Path(tmp).iterdir()]
-        if len(tops) != 1 or not tops[0].is_dir():
-            raise BundleError(f"{bundle}: a bundle archive holds exactly one top-level directory.")
-        key_id, digest = _sign_directory(tops[0], key_path)
-        _write_archive(tops[0], bundle)
+        directory = extract_archive(index, Path(tmp) / (index.top or sibling.name))
+        key_id, digest = _sign_directory(directory, key_path)
+        _write_archive(directory, bundle)
     return SignResult(None, bundle, key_id, digest)
 
 
