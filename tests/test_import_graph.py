@@ -18,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOTS = {"edgekit": ROOT / "host" / "edgekit", "edgekit_agent": ROOT / "device" / "edgekit_agent"}
 DEVICE_FORBIDDEN = ("edgekit", "tensorflow", "keras", "tf_keras")
 
-# A host cycle another branch is removing; the merge of that work empties this list. Each entry is the set of
-# modules of one cycle; a cycle not listed here, or a listed one that is gone, fails the test. (fit.check and
-# fit.mcu, named with it in the issue, import each other only through fit.mcu's TYPE_CHECKING block: no cycle.)
-KNOWN_HOST_CYCLES: list[frozenset[str]] = [
-    frozenset({"edgekit.pipeline.convert", "edgekit.pipeline.evaluate"}),
-]
-
 
 @dataclass(frozen=True, slots=True)
 class Import:
@@ -212,16 +205,12 @@ def test_ota_talks_to_the_agent_through_its_interface_only() -> None:
 
 def test_no_import_cycles() -> None:
     cycles = _cycles(_graph())
-    found = {frozenset(c) for c in cycles}
-    new = [c for c in cycles if frozenset(c) not in KNOWN_HOST_CYCLES]
     described = [
-        " -> ".join(c) + "  (" + "; ".join(_where(a, b) for a, b in zip(c, c[1:], strict=False)) + ")" for c in new
+        " -> ".join(c) + "  (" + "; ".join(_where(a, b) for a, b in zip(c, c[1:], strict=False)) + ")" for c in cycles
     ]
-    assert not new, "import cycles (break them; a TYPE_CHECKING import is fine for annotations):\n" + "\n".join(
+    assert not cycles, "import cycles (break them; a TYPE_CHECKING import is fine for annotations):\n" + "\n".join(
         described
     )
-    gone = [sorted(c) for c in KNOWN_HOST_CYCLES if c not in found]
-    assert not gone, f"these cycles are gone: remove them from KNOWN_HOST_CYCLES: {gone}"
 
 
 def test_the_device_package_never_imports_the_host_tensorflow_or_keras() -> None:
