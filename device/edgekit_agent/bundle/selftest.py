@@ -53,18 +53,15 @@ class SelfTestResult:
 
 def load_golden(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(inputs, labels, outputs, tolerance) from the bundle's golden file; BundleError when unusable."""
-    spec = bundle.manifest.raw.get("golden")
-    if not isinstance(spec, dict):
+    spec = bundle.manifest.golden
+    if spec is None:
         raise BundleError(
             f"{bundle.directory}: the manifest has no 'golden' section, so the bundle cannot be self-tested; "
             "rebuild it with `edgekit build` or pass --skip-selftest."
         )
-    name = str(spec.get("file", "golden.npz"))
-    bundle.manifest.file(name)  # must be a listed (hence hash-verified) file
-    path = bundle.directory / name
-    tolerance = spec.get("tolerance", DEFAULT_TOLERANCE)
-    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
-        raise BundleError(f"{bundle.directory}: golden.tolerance must be a number >= 0, got {tolerance!r}.")
+    bundle.manifest.file(spec.file)  # must be a listed (hence hash-verified) file
+    path = bundle.directory / spec.file
+    tolerance = spec.tolerance  # validated by the manifest reader: a number >= 0
     try:
         # allow_pickle=False: a .npz from elsewhere must never run code when it is opened
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:

@@ -127,7 +127,7 @@ class Runtime:
         if not self._in or not self._out:
             raise ModelError(f"{self.model_name}: the model has no input or no output tensor.")
         # tflite-runtime 2.14 accepts the XNNPACK request and then leaves int8 models to the builtin kernels
-        # (tflite-facts #2): report what ran. XNNPACK shows up as DELEGATE nodes in the execution plan.
+        # (docs/agent.md, "Figures"): report what ran. XNNPACK shows up as DELEGATE nodes in the execution plan.
         self.requested_delegate = delegate
         if delegate == "xnnpack" and "DELEGATE" not in ops:
             delegate = "none"
