@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.mqtt.link import Incoming
+from edgekit_agent.mqtt.client import Message
 from edgekit_agent.ota.manager import ACTIONS
 from edgekit_agent.serve.agent import Agent, builtin_commands
 from edgekit_agent.serve.config import load_settings
@@ -62,7 +62,7 @@ class Harness:
 
     def send(self, topic: str, payload: bytes, timeout: float = 20.0) -> dict[str, Any]:
         corr = uuid.uuid4().bytes
-        self.proc.submit(Incoming(topic, payload, f"{BASE}/res/fuzz", corr, time.monotonic()))
+        self.proc.submit(Message(topic, payload, response_topic=f"{BASE}/res/fuzz", correlation=corr))
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:

@@ -51,6 +51,7 @@ from edgekit_agent.contract.errors import (
     StorageError,
 )
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
+from edgekit_agent.contract.topics import Schema
 from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge  # noqa: F401 - re-exported
 from edgekit_agent.ota.slots import (
     PENDING_EVENTS,
@@ -221,10 +222,8 @@ class OtaManager:
         return [cmd.args[n] for n in names]
 
     def _progress(self, cmd: Command, stage: str, **details: Any) -> None:
-        from edgekit_agent.mqtt.commands import SCHEMA
-
         body = {
-            "schema": SCHEMA,
+            "schema": Schema.COMMAND_RESPONSE,
             "cmd_id": cmd.cmd_id,
             "name": cmd.name,
             "state": "progress",

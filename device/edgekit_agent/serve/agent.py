@@ -33,9 +33,10 @@ import numpy as np
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.contract.topics import Topics
 from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.mqtt.link import Link, Topics
+from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
 from edgekit_agent.serve import sysinfo
 from edgekit_agent.serve.config import AgentSettings
