@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 LE = [
     0.05,
@@ -117,13 +118,12 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
 
     if role == "watch":
         watcher = FleetWatcher(broker, client_id=client_id)
-        watcher.link.session_expiry_s = 600
         link, state = watcher.link, watcher.state
     else:
         # A group of its own: an earlier run's parked session in the same group would take its share.
         exp = Exporter(broker, port=0, client_id=client_id, group=client_id)
-        exp.link.session_expiry_s = 600
         link, state = exp.link, exp.state
+    link.settings = replace(link.settings, session_expiry_s=600)  # a persistent session, parked below
     link.start()
     link.close()
     print("parked", flush=True)

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
-from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.client import Message
+from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.ota.manager import ACTIONS
 from edgekit_agent.serve.agent import Agent, builtin_commands
 from edgekit_agent.serve.config import load_settings

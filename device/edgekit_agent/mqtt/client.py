@@ -238,7 +238,10 @@ class MqttClient:
 
     # --- connecting --------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin connecting in the background (returns at once; paho retries until :meth:`close`)."""
+        """Begin connecting in the background (returns at once; paho retries until :meth:`close`). Started
+        already: nothing to do."""
+        if self._client is not None:
+            return
         self._stopping.clear()
         self.failed.clear()
         self.fatal = self.refused = self.unreachable_since = None

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority DESC, id);
 """
 
+
 def _finite(value: Any) -> Any:
     """``value`` with every float that JSON cannot carry (inf, NaN) replaced by None."""
     if isinstance(value, float):
