@@ -327,7 +327,7 @@ class MqttClient:
             if code in FATAL_CONNACK or code in UNSUPPORTED_PROTOCOL:
                 client.disconnect()  # ends paho's reconnect loop; the worker records why (or falls back)
             self.post(
-                partial(self._fall_back, "refuses MQTT 5") if downgrade else partial(self._refused, code, str(rc))
+                partial(self._fall_back, "refuses MQTT 5") if downgrade else partial(self._on_refusal, code, str(rc))
             )
             return
         self.announce()
@@ -442,7 +442,7 @@ class MqttClient:
         if not self._stopping.is_set() and not self.failed.is_set():
             log.warning("%s: disconnected from %s (%s); reconnecting", self.label, self.address.url, why)
 
-    def _refused(self, code: int, text: str) -> None:
+    def _on_refusal(self, code: int, text: str) -> None:
         self._connack_wait = None
         if code in UNSUPPORTED_PROTOCOL:
             self._fail(

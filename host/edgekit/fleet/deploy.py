@@ -187,8 +187,11 @@ class _Worker:
         return None
 
     def _wait_event(self, wait: float) -> None:
+        """Move the events that arrived (waiting up to ``wait`` s for the first) to :attr:`events`."""
         try:
             self.events.append(self.inbox.get(timeout=max(0.0, wait)))
+            while True:
+                self.events.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
 
