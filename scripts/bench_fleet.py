@@ -24,6 +24,8 @@ import time
 import uuid
 from dataclasses import replace
 
+from edgekit_agent.contract.topics import TELEMETRY, Schema, topic
+
 LE = [
     0.05,
     0.075,
@@ -85,7 +87,7 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
     }
     now = int(time.time() * 1000)
     doc = {
-        "schema": "edge.telemetry.inference/1",
+        "schema": Schema.TELEMETRY,
         "device_id": device,
         "boot_id": epoch,
         "epoch": epoch,
@@ -180,7 +182,7 @@ def publish_all(url: str, devices: int, n: int) -> float:
     epochs = [uuid.uuid4().hex for _ in range(devices)]
     payloads = [
         (
-            f"edge/v1/dev-{i % devices:04d}/telemetry/inference",
+            topic(f"dev-{i % devices:04d}", TELEMETRY),
             telemetry(f"dev-{i % devices:04d}", epochs[i % devices], i // devices + 1, rng),
         )
         for i in range(n)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.envelope import FINAL_STATES
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.mqtt.client import Message
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
@@ -29,7 +30,6 @@ from fuzzing import fuzz_examples
 
 DEVICE = "fuzz-dev"
 BASE = f"edge/v1/{DEVICE}"
-FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
 FUZZ = settings(
     max_examples=fuzz_examples(250),
     deadline=None,
@@ -66,7 +66,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                final = [a for a in self.answers.get(corr, []) if a.get("state") in FINAL]
+                final = [a for a in self.answers.get(corr, []) if a.get("state") in FINAL_STATES]
                 if final:
                     assert len(final) == 1, final
                     return final[0]

@@ -59,7 +59,7 @@ def test_agent_says_once_per_outage_why_the_broker_is_unreachable(tmp_path: Path
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=1)
     agent = Link(settings, "dev-1", "boot-1", outbox, on_message=lambda _m: None)
-    with caplog.at_level(logging.WARNING, logger="edgekit_agent.mqtt.link"):
+    with caplog.at_level(logging.WARNING, logger="edgekit_agent.mqtt.client"):
         agent.start()
         try:
             deadline = time.monotonic() + 10

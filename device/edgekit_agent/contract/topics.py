@@ -59,10 +59,6 @@ class Topics:
     device_id: str
 
     @property
-    def base(self) -> str:
-        return topic(self.device_id)
-
-    @property
     def status(self) -> str:
         return topic(self.device_id, STATUS)
 

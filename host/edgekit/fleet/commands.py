@@ -48,14 +48,14 @@ class Pending:
         if answer.final:
             self.final = answer
 
-    def poll(self, on_answer: AnswerFn | None = None) -> Answer | None:
+    def poll(self) -> Answer | None:
         """Take the answers that arrived, without waiting; the final answer once it came."""
         while self.final is None:
             try:
                 answer = self._answers.get_nowait()
             except queue.Empty:
                 break
-            self._take(answer, on_answer)
+            self._take(answer, None)
         return self.final
 
     def wait(self, timeout: float, on_answer: AnswerFn | None = None) -> Answer | None:
