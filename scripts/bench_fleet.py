@@ -22,6 +22,9 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
+
+from edgekit_agent.contract.topics import TELEMETRY, Schema, topic
 
 LE = [
     0.05,
@@ -84,7 +87,7 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
     }
     now = int(time.time() * 1000)
     doc = {
-        "schema": "edge.telemetry.inference/1",
+        "schema": Schema.TELEMETRY,
         "device_id": device,
         "boot_id": epoch,
         "epoch": epoch,
@@ -117,13 +120,12 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
 
     if role == "watch":
         watcher = FleetWatcher(broker, client_id=client_id)
-        watcher.link.session_expiry_s = 600
         link, state = watcher.link, watcher.state
     else:
         # A group of its own: an earlier run's parked session in the same group would take its share.
         exp = Exporter(broker, port=0, client_id=client_id, group=client_id)
-        exp.link.session_expiry_s = 600
         link, state = exp.link, exp.state
+    link.settings = replace(link.settings, session_expiry_s=600)  # a persistent session, parked below
     link.start()
     link.close()
     print("parked", flush=True)
@@ -180,7 +182,7 @@ def publish_all(url: str, devices: int, n: int) -> float:
     epochs = [uuid.uuid4().hex for _ in range(devices)]
     payloads = [
         (
-            f"edge/v1/dev-{i % devices:04d}/telemetry/inference",
+            topic(f"dev-{i % devices:04d}", TELEMETRY),
             telemetry(f"dev-{i % devices:04d}", epochs[i % devices], i // devices + 1, rng),
         )
         for i in range(n)

@@ -15,7 +15,6 @@ Usage: .venv/bin/python scripts/bench_mqtt311.py --bundle demo-out/bundles/digit
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,36 +24,33 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from edgekit.fleet.broker import start_dev_broker
-from edgekit_agent.mqtt.link import no_delay
+from edgekit.fleet.commands import CommandClient
+from edgekit.fleet.link import FleetLink
+from edgekit.fleet.state import load_json
+from edgekit_agent.contract.topics import META, topic
 
 DEVICE = "bench-311"
-BASE = f"edge/v1/{DEVICE}"
 
 
 class Fleet:
-    def __init__(self, host: str, port: int) -> None:
+    """A fleet client pinned to MQTT 3.1.1: commands carry response_topic/correlation_data in the payload, the
+    same path on every broker."""
+
+    def __init__(self, url: str) -> None:
         self.cond = threading.Condition()
         self.docs: list[tuple[str, dict]] = []
-        self.c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311
-        )
-        self.c.on_message = self._on
-        self.c.on_socket_open = lambda _c, _u, sock: no_delay(sock)  # as edgekit's own link does
-        self.c.connect(host, port)
-        self.c.subscribe("edge/v1/#", 1)
-        self.c.loop_start()
+        subs = [(topic(DEVICE, META), 1), (topic(DEVICE, "res", "bench"), 1)]
+        self.link = FleetLink(url, client_id=f"b-{uuid.uuid4().hex[:6]}", subscriptions=subs, protocol="3.1.1")
+        self.link.start()
+        self.client = CommandClient(self.link, "bench", on_message=self._on).start()
 
-    def _on(self, _c, _u, m) -> None:
-        try:
-            doc = json.loads(m.payload)
-        except ValueError:
-            return
-        with self.cond:
-            self.docs.append((m.topic, doc))
-            self.cond.notify_all()
+    def _on(self, m) -> None:
+        doc = load_json(m.payload)
+        if isinstance(doc, dict):
+            with self.cond:
+                self.docs.append((m.topic, doc))
+                self.cond.notify_all()
 
     def wait(self, pred, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -67,13 +63,13 @@ class Fleet:
                     raise TimeoutError("no matching message")
 
     def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+        self.client.close()
+        self.link.close()
 
 
 def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float, list[float], str]:
     with start_dev_broker(port=0, engine=engine) as broker, tempfile.TemporaryDirectory() as tmp:
-        fleet = Fleet(broker.host, broker.port)
+        fleet = Fleet(broker.url)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [
@@ -96,15 +92,12 @@ def one_run(engine: str, version: str, bundle: Path, pings: int) -> tuple[float,
             stderr=subprocess.DEVNULL,
         )
         try:
-            meta = fleet.wait(lambda t, d: t == f"{BASE}/meta" and d.get("mqtt_version"))
+            meta = fleet.wait(lambda t, d: t == topic(DEVICE, META) and d.get("mqtt_version"))
             online = time.perf_counter() - t0
             rtts = []
-            for i in range(pings):
-                cmd_id = f"p{i}-{uuid.uuid4().hex[:6]}"
-                body = {"cmd_id": cmd_id, "response_topic": f"{BASE}/res/bench", "correlation_data": cmd_id}
+            for _ in range(pings):
                 t1 = time.perf_counter()
-                fleet.c.publish(f"{BASE}/cmd/ping", json.dumps(body), qos=1)
-                fleet.wait(lambda t, d: d.get("correlation_data") == cmd_id and d.get("state") == "succeeded", 30)
+                fleet.client.call(DEVICE, "ping", {}, timeout_s=30)
                 rtts.append((time.perf_counter() - t1) * 1000)
         finally:
             proc.terminate()

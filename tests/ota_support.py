@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edgekit.fleet.state import MqttLink, drain, topic
+from edgekit.fleet.link import FleetLink, drain
 from edgekit.package.keys import sign_bundle
 from edgekit.package.writer import write_archive
 from edgekit_agent.contract.manifest import dump_manifest
+from edgekit_agent.contract.topics import topic
 
 AGENT = [sys.executable, "-c", "import sys; from edgekit_agent.cli import main; sys.exit(main())"]
 
@@ -57,7 +58,7 @@ class Observer:
     """Every message under edge/v1/#, decoded, with waiting helpers."""
 
     def __init__(self, url: str) -> None:
-        self.link = MqttLink(url, subscriptions=[("edge/v1/#", 1)]).start()
+        self.link = FleetLink(url, subscriptions=[("edge/v1/#", 1)]).start()
         self.msgs: list[tuple[str, dict[str, Any]]] = []
         self.cond = threading.Condition()
         self._stop = threading.Event()
@@ -100,7 +101,7 @@ class Observer:
             topic(device, "cmd", "swap_bundle"),
             json.dumps(body),
             response_topic=topic(device, "res", "tester"),
-            correlation_data=cmd_id.encode(),
+            correlation=cmd_id.encode(),
         )
         return cmd_id
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgekit_agent.contract.errors import UsageError
-from edgekit_agent.mqtt.link import BrokerSettings, Topics, cap, check_rc
+from edgekit_agent.contract.topics import Topics, parse_topic
+from edgekit_agent.mqtt.client import BrokerSettings, cap, check_rc
 from edgekit_agent.serve.config import PASSWORD_ENV, load_settings
 
 CONFIG = """
@@ -46,9 +47,8 @@ def test_toml_is_read_into_typed_settings(tmp_path):
     assert s.watch_dir == Path("/srv/camera") and s.processed == "keep" and s.poll_s == 0.25
     assert s.bundle == Path("/opt/b.tar.gz") and s.data_dir == tmp_path / "d"
     b = s.broker
-    assert (
-        b is not None and b.tls and b.port == 8883 and b.host == "broker.lan" and b.keepalive == 20 and b.inflight == 4
-    )
+    assert b is not None and b.keepalive == 20 and b.inflight == 4
+    assert b.address.tls and b.address.port == 8883 and b.address.host == "broker.lan"
 
 
 def test_flags_override_the_file_and_the_environment_supplies_the_password(tmp_path, monkeypatch):
@@ -57,8 +57,10 @@ def test_flags_override_the_file_and_the_environment_supplies_the_password(tmp_p
         write(tmp_path, CONFIG.format(data=tmp_path)), window_s=1.5, broker="mqtt://10.0.0.2:1999", device_id="pi-2"
     )
     assert s.window_s == 1.5 and s.device_id == "pi-2"
-    assert s.broker is not None and (s.broker.host, s.broker.port, s.broker.tls) == ("10.0.0.2", 1999, False)
-    assert s.broker.password == "s3cret" and "s3cret" not in repr(s.broker)
+    assert s.broker is not None
+    a = s.broker.address
+    assert (a.host, a.port, a.tls) == ("10.0.0.2", 1999, False)
+    assert a.password == "s3cret" and "s3cret" not in repr(s.broker)
 
 
 @pytest.mark.parametrize(
@@ -94,9 +96,11 @@ def test_client_certificate_needs_both_halves_and_files_must_exist(tmp_path):
 
 
 def test_broker_url_forms():
-    assert BrokerSettings.from_url("mqtt://u:p%40ss@host:1884").password == "p@ss"
-    assert BrokerSettings.from_url("host").port == 1883
-    assert BrokerSettings.from_url("mqtt://host", tls_ca="/ca.pem").tls  # a CA switches TLS on
+    assert BrokerSettings.from_url("mqtt://u:p%40ss@host:1884").address.password == "p@ss"
+    assert BrokerSettings.from_url("mqtt://u:p@host", password="given").address.password == "given"  # options win
+    assert BrokerSettings.from_url("host").address.port == 1883
+    a = BrokerSettings.from_url("mqtt://host", tls_ca="/ca.pem").address
+    assert a.tls and a.port == 8883  # a CA switches TLS on
     assert BrokerSettings.from_url("mqtt://u:p@h:1").url == "mqtt://h:1"  # no credentials in logs/meta
     with pytest.raises(UsageError, match="port"):
         BrokerSettings.from_url("mqtt://host:99999")
@@ -109,7 +113,11 @@ def test_topics_caps_and_return_codes():
         t.commands == "edge/v1/pi-1/cmd/+"
         and t.bench("r1") == "edge/v1/pi-1/bench/r1/report"
         and t.res("ops") == "edge/v1/pi-1/res/ops"
+        and t.command("ping") == "edge/v1/pi-1/cmd/ping"
     )
+    assert t.command_name("edge/v1/pi-1/cmd/ping") == "ping" and t.command_name("edge/v1/pi-1/cmd/a/b") is None
+    assert t.command_name("edge/v1/pi-2/cmd/ping") is None
+    assert parse_topic(t.telemetry) == ("pi-1", "telemetry/inference") and parse_topic("xedge/v1/pi-1/meta") is None
     assert len(cap(b"x" * 10_000)) < 250 and cap("short") == "short"
     check_rc(0, "ok")  # MQTT_ERR_SUCCESS
     check_rc(4, "queued while offline")  # MQTT_ERR_NO_CONN: paho keeps QoS 1 and sends it later
@@ -146,7 +154,7 @@ def test_run_flags_reach_the_settings(tmp_path):
     )
     s = agent_cli._settings(args)  # noqa: SLF001
     assert s.window_s == 2 and s.skip_selftest and s.watch_dir == tmp_path and s.bundle == Path("b.tar.gz")
-    assert s.broker is not None and s.broker.username == "d1" and s.broker.password == "pw"
+    assert s.broker is not None and s.broker.address.username == "d1" and s.broker.address.password == "pw"
     # an unset flag does not override the config file
     cfg = write(tmp_path, 'device_id = "d1"\nskip_selftest = true\nwindow_s = 7\n')
     s2 = agent_cli._settings(parser.parse_args(["--config", str(cfg)]))  # noqa: SLF001

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgekit_agent.bundle.load import load_bundle
+from edgekit_agent.contract.envelope import FINAL_STATES
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.mqtt.client import Message
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.mqtt.link import Incoming
 from edgekit_agent.ota.manager import ACTIONS
 from edgekit_agent.serve.agent import Agent, builtin_commands
 from edgekit_agent.serve.config import load_settings
@@ -29,7 +30,6 @@ from fuzzing import fuzz_examples
 
 DEVICE = "fuzz-dev"
 BASE = f"edge/v1/{DEVICE}"
-FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
 FUZZ = settings(
     max_examples=fuzz_examples(250),
     deadline=None,
@@ -62,11 +62,11 @@ class Harness:
 
     def send(self, topic: str, payload: bytes, timeout: float = 20.0) -> dict[str, Any]:
         corr = uuid.uuid4().bytes
-        self.proc.submit(Incoming(topic, payload, f"{BASE}/res/fuzz", corr, time.monotonic()))
+        self.proc.submit(Message(topic, payload, response_topic=f"{BASE}/res/fuzz", correlation=corr))
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                final = [a for a in self.answers.get(corr, []) if a.get("state") in FINAL]
+                final = [a for a in self.answers.get(corr, []) if a.get("state") in FINAL_STATES]
                 if final:
                     assert len(final) == 1, final
                     return final[0]

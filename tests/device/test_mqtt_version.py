@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.mqtt.client import Message
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandSpec, CommandStore
-from edgekit_agent.mqtt.link import Incoming
 from edgekit_agent.serve.config import load_settings
 
 DEVICE = "dev-311"
@@ -70,8 +70,10 @@ def processor(tmp_path: Path):
 
 def _msg(
     name: str, doc: dict[str, Any], *, response_topic: str | None = None, correlation: bytes | None = None
-) -> Incoming:
-    return Incoming(f"{BASE}/cmd/{name}", json.dumps(doc).encode(), response_topic, correlation, time.monotonic())
+) -> Message:
+    return Message(
+        f"{BASE}/cmd/{name}", json.dumps(doc).encode(), response_topic=response_topic, correlation=correlation
+    )
 
 
 def test_payload_response_topic_and_correlation_data_are_used_and_echoed(processor) -> None:

@@ -96,10 +96,10 @@ def agents(digits_bundle, mosquitto, tmp_path):
 def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_path, capsys):
     from edgekit.cli import main as edgekit_main
     from edgekit.fleet.exporter import COARSE_LE_MS
-    from edgekit.fleet.state import MqttLink, drain
+    from edgekit.fleet.link import FleetLink, drain
 
     # A raw subscriber records exactly what the agents sent, to compare the exporter's numbers against.
-    raw = MqttLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()
+    raw = FleetLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()
     with FleetWatcher(mosquitto.url) as w, Exporter(mosquitto.url, port=0) as exp:
         (pa, wa), (pb, wb) = agents("pi-a"), agents("pi-b")
         assert _wait(lambda: _statuses(w) == {"pi-a": "online", "pi-b": "online"}, 60), _logs(tmp_path)
@@ -199,7 +199,7 @@ def test_remote_benchmark_round_trip_with_a_real_agent(mosquitto, agents, tmp_pa
     rows = compare_reports(reports)
     assert [r.device_id for r in rows] == ["pi-bench", "pi-bench"] and rows[0].p50_ratio == 1.0
     # A bad argument comes back as a rejection, not a hang.
-    from edgekit.fleet.remote import CommandFailed
+    from edgekit_agent.contract.errors import CommandFailed
 
     with pytest.raises(CommandFailed, match="INVALID_ARGS"):
         request_benchmark(mosquitto.url, "pi-bench", num_runs=10**6, timeout=20)

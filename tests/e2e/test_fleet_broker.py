@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgekit.fleet.broker import mosquitto_path, start_dev_broker
-from edgekit.fleet.state import MqttLink
+from edgekit.fleet.link import FleetLink
 from edgekit.fleet.watch import FleetWatcher
 from edgekit_agent.contract.errors import BrokerError
 
@@ -41,7 +41,7 @@ def test_amqtt_broker_refuses_mqtt5_and_watch_falls_back_to_311():
     with start_dev_broker(port=0, engine="amqtt") as broker:
         assert broker.engine == "amqtt" and not broker.mqtt5
         with pytest.raises(BrokerError, match="refused"):
-            MqttLink(broker.url, protocol="5").start(timeout=5)
+            FleetLink(broker.url, protocol="5").start(timeout=5)
         publish_retained(broker.url, mqtt.MQTTv311, "pi-amqtt")
         with FleetWatcher(broker.url) as w:
             assert not w.link.mqtt5  # fell back
@@ -89,7 +89,7 @@ def test_broker_cli_prints_its_url_and_stops_on_sigterm():
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("mqtt://127.0.0.1:")
-        link = MqttLink(url).start(timeout=5)
+        link = FleetLink(url).start(timeout=5)
         assert not link.mqtt5
         link.close()
     finally:
@@ -101,10 +101,10 @@ def test_broker_cli_prints_its_url_and_stops_on_sigterm():
 
 def test_unreachable_broker_is_a_typed_error_with_advice():
     with pytest.raises(BrokerError, match="edgekit broker"):
-        MqttLink("mqtt://127.0.0.1:1").start(timeout=1)
+        FleetLink("mqtt://127.0.0.1:1").start(timeout=1)
     # Refused connections end the wait early (a 60 s timeout would say "no answer ... within 60 s") and say why.
     with pytest.raises(BrokerError, match="cannot reach .*127.0.0.1:1: Connection refused"):
-        MqttLink("mqtt://127.0.0.1:1").start(timeout=60)
+        FleetLink("mqtt://127.0.0.1:1").start(timeout=60)
 
 
 def test_a_plain_socket_that_is_no_mqtt_broker_is_told_apart(tmp_path):
@@ -127,7 +127,7 @@ def test_a_plain_socket_that_is_no_mqtt_broker_is_told_apart(tmp_path):
     threading.Thread(target=refuse_politely, daemon=True).start()
     try:
         with pytest.raises(BrokerError, match="accepts connections but the MQTT handshake failed"):
-            MqttLink(f"mqtt://127.0.0.1:{port}").start(timeout=60)
+            FleetLink(f"mqtt://127.0.0.1:{port}").start(timeout=60)
     finally:
         srv.close()
 
@@ -169,11 +169,11 @@ def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch)
         dev.loop_stop()
 
         with pytest.raises(BrokerError, match="user name and password"):
-            MqttLink(url.replace("fleet@", "fleet:wrong@"), tls_ca=str(pki["ca"])).start(timeout=5)
+            FleetLink(url.replace("fleet@", "fleet:wrong@"), tls_ca=str(pki["ca"])).start(timeout=5)
         with pytest.raises(
             BrokerError, match="TLS handshake failed"
         ):  # the rogue CA did not sign the broker's certificate
-            MqttLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=60)
+            FleetLink(url.replace("fleet@", "fleet:pw-fleet@"), tls_ca=str(pki["rogue_ca"])).start(timeout=60)
         monkeypatch.setenv("EDGEKIT_MQTT_PASSWORD", "pw-fleet")  # the password from the environment, not the URL
         with FleetWatcher(url, tls_ca=str(pki["ca"])) as w:
             t0 = time.monotonic()

@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from edgekit.fleet.state import BrokerAddress, Deduper, FleetState, Message, parse_topic
+from edgekit.fleet.state import Deduper, FleetState
+from edgekit_agent.contract.broker import BrokerAddress
 from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.contract.topics import parse_topic
+from edgekit_agent.mqtt.client import Message
 
 T0 = 1_800_000_000.0
 

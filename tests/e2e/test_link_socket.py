@@ -12,8 +12,9 @@ import socket
 import time
 from pathlib import Path
 
-from edgekit.fleet.link import MqttLink
-from edgekit_agent.mqtt.link import BrokerSettings, Link, no_delay
+from edgekit.fleet.link import FleetLink
+from edgekit_agent.mqtt.client import BrokerSettings, no_delay
+from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
 
 
@@ -28,7 +29,7 @@ def test_agent_and_fleet_links_switch_nagle_off(mosquitto, tmp_path: Path) -> No
     try:
         assert agent.connected.wait(10), "the agent's link did not connect"
         assert _nodelay(agent._client.socket()) == 1  # noqa: SLF001 - the socket paho opened is the unit under test
-        with MqttLink(mosquitto.url).start(timeout=10) as fleet:
+        with FleetLink(mosquitto.url).start(timeout=10) as fleet:
             assert _nodelay(fleet._client.socket()) == 1  # noqa: SLF001
     finally:
         agent.close()
@@ -58,7 +59,7 @@ def test_agent_says_once_per_outage_why_the_broker_is_unreachable(tmp_path: Path
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = BrokerSettings.from_url(f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=1)
     agent = Link(settings, "dev-1", "boot-1", outbox, on_message=lambda _m: None)
-    with caplog.at_level(logging.WARNING, logger="edgekit_agent.mqtt.link"):
+    with caplog.at_level(logging.WARNING, logger="edgekit_agent.mqtt.client"):
         agent.start()
         try:
             deadline = time.monotonic() + 10
@@ -79,7 +80,7 @@ def test_a_message_mqtt_cannot_carry_is_dropped_not_retried_forever(mosquitto, t
     outbox = Outbox(tmp_path / "outbox.sqlite")
     outbox.put("edge/v1/dev-2/res/+", {"answer": 1}, priority=1, sequenced=False)
     outbox.put("edge/v1/dev-2/events", {"event": "after"})
-    with MqttLink(mosquitto.url, subscriptions=[("edge/v1/dev-2/events", 1)]).start(timeout=10) as fleet:
+    with FleetLink(mosquitto.url, subscriptions=[("edge/v1/dev-2/events", 1)]).start(timeout=10) as fleet:
         agent = Link(BrokerSettings.from_url(mosquitto.url), "dev-2", "boot-2", outbox, on_message=lambda _m: None)
         with caplog.at_level(logging.ERROR, logger="edgekit_agent.mqtt.link"):
             agent.start()

@@ -20,11 +20,11 @@ import pytest
 from test_agent_mqtt import write_digits
 
 from edgekit.fleet.broker import start_dev_broker
+from edgekit_agent.contract.envelope import FINAL_STATES
 from edgekit_agent.contract.errors import ExitStatus
 
 DEVICE = "pi-311"
 BASE = f"edge/v1/{DEVICE}"
-FINAL = ("rejected", "succeeded", "failed", "expired", "canceled")
 
 
 class Client311:
@@ -70,7 +70,7 @@ class Client311:
 
     def final(self, topic: str, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:
         return self.wait_for(
-            lambda t, d, _r: t == topic and d.get("cmd_id") == cmd_id and d.get("state") in FINAL, timeout
+            lambda t, d, _r: t == topic and d.get("cmd_id") == cmd_id and d.get("state") in FINAL_STATES, timeout
         )[1]
 
     def close(self) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from edgekit.fleet.deploy import deploy
-from edgekit.fleet.state import topic
 from edgekit.package.keys import new_keypair
 from edgekit_agent.contract.limits import OTA_CHUNK_BYTES
+from edgekit_agent.contract.topics import topic
 from edgekit_agent.ota.slots import read_pointer
 
 from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of

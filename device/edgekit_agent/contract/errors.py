@@ -115,6 +115,18 @@ class BrokerError(EdgekitError, ConnectionError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class CommandFailed(EdgekitError, RuntimeError):
+    """A device rejected a fleet command or reported that it failed; ``code`` is the device's error code
+    (``edgekit_agent.contract.envelope.ErrorCode``) and ``retryable`` its advice."""
+
+    exit_status = ExitStatus.ERROR
+
+    def __init__(self, message: str, *, code: str = "?", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
 class StorageError(EdgekitError, OSError):
     """The agent's data directory (outbox, command store) cannot be opened or written."""
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import InputError, UsageError
+from edgekit_agent.contract.topics import Schema
 from edgekit_agent.infer.runtime import RuntimeInfo
 from edgekit_agent.serve import sysinfo
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
     from edgekit_agent.infer.runtime import Runtime
 
-SCHEMA = "edge.bench.report/1"
 #: Most latency samples a report carries (about 10 KB of JSON); longer runs are thinned evenly.
 REPORT_SAMPLES = 1000
 
@@ -95,7 +95,7 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the ``bench/{run_id}/report`` payload; the agent adds the envelope)."""
         return {
-            "schema": SCHEMA,
+            "schema": Schema.BENCH_REPORT,
             "started": self.started,
             "agent_version": self.agent_version,
             "model": {"name": self.model_name, "sha256": self.model_sha256},

@@ -1,2 +1,3 @@
-"""MQTT: the paho link with its 3.1.1 fall-back (:mod:`.link`), the on-disk outbox that survives outages
-(:mod:`.outbox`) and the command envelope's validation, de-duplication and answers (:mod:`.commands`)."""
+"""MQTT: the one paho wrapper with its 3.1.1 fall-back (:mod:`.client`), the agent's link fed from the on-disk
+outbox (:mod:`.link`, :mod:`.outbox`) and the device side of commands: validation, de-duplication, answers
+(:mod:`.commands`)."""

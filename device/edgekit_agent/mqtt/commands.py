@@ -1,20 +1,17 @@
-"""Fleet commands over MQTT 5 request/response: ``edge/v1/{device_id}/cmd/{name}``.
+"""The device side of fleet commands: ``edge/v1/{device_id}/cmd/{name}`` parsed, validated, run and answered.
 
-A request is ``{"cmd_id": str, "name": str, "args": {...}, "expires_at": ms-since-epoch | null,
-"requester": str}`` (``name`` may be omitted: the topic names the command). The answer goes to the
-request's MQTT 5 ResponseTopic, or ``res/{requester}`` (default requester ``fleet``), with its
-CorrelationData echoed. On MQTT 3.1.1 (no properties) the same fields travel in the payload:
-``"response_topic"`` and ``"correlation_data"`` (a string, echoed in every answer's payload); the MQTT 5
-properties win when both are given, so one code path serves both protocols. Every request gets ``accepted`` or ``rejected`` at once; an accepted one then
-gets exactly one of ``succeeded`` / ``failed`` / ``expired`` / ``canceled``.
+The envelope (request fields, answer states, error codes) is :mod:`edgekit_agent.contract.envelope`. An
+answer goes to the request's MQTT 5 ResponseTopic, else the payload's ``response_topic`` (MQTT 3.1.1 has no
+properties), else ``res/{requester}``; the MQTT 5 properties win when both are given, so one code path serves
+both protocols. A request's ``correlation_data`` is echoed in every answer's payload.
 
 - ``cmd_id`` runs at most once: its answers are stored (bounded, on disk, so a restart keeps them) and a
   repeated ``cmd_id`` gets the stored answer again with ``"duplicate": true``.
 - A request past ``expires_at`` is rejected with ``EXPIRED``; one that expires while queued ends ``expired``.
 - Payloads over :data:`edgekit_agent.contract.limits.MAX_COMMAND_BYTES` (256 KiB) are refused unread. Malformed
   input (not JSON, wrong types, unknown command or argument) is a ``rejected`` answer, never a crash.
-- Errors are ``{code, message, retryable}``; the dispatch table (:meth:`CommandProcessor.register`) says
-  which arguments a command takes, so handlers receive validated, defaulted arguments.
+- The dispatch table (:meth:`CommandProcessor.register`) says which arguments a command takes, so handlers
+  receive validated, defaulted arguments; a handler's typed error becomes ``{code, message, retryable}``.
 """
 
 from __future__ import annotations
@@ -33,13 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent.contract import errors as E
+from edgekit_agent.contract.envelope import (
+    DEFAULT_REQUESTER,
+    Answer,
+    CommandError,
+    ErrorCode,
+    State,
+    error_for,
+)
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES, loads_bounded
-from edgekit_agent.mqtt.link import Incoming, cap
+from edgekit_agent.contract.topics import Topics
+from edgekit_agent.mqtt.client import Message, cap
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "edge.command.response/1"
-DEFAULT_REQUESTER = "fleet"
 MAX_STORED_ANSWERS = 1000
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 _REQUESTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -47,40 +51,13 @@ _REQUESTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOPIC = re.compile(r"^[^+#\x00]{1,256}$")
 MAX_CORRELATION_CHARS = 256
 
-# Typed errors -> response error codes (first match wins; subclasses before their bases).
-ERROR_CODES: list[tuple[type[BaseException], str, bool]] = [
-    (E.SelfTestError, "SELFTEST_FAILED", False),
-    (E.SignatureError, "SIGNATURE_INVALID", False),
-    (E.IntegrityError, "CHECKSUM_MISMATCH", False),
-    (E.InputError, "INVALID_ARGS", False),
-    (E.UsageError, "INVALID_ARGS", False),
-    (E.BusyError, "BUSY", True),
-    (E.BrokerError, "UNAVAILABLE", True),
-    (E.RuntimeUnavailableError, "UNAVAILABLE", False),
-    (E.DelegateError, "UNAVAILABLE", False),
-    (E.StorageError, "STORAGE", True),
-    (E.EdgekitError, "FAILED", False),
-]
-
-
-def error_body(code: str, message: str, retryable: bool = False) -> dict[str, Any]:
-    return {"code": code, "message": message, "retryable": retryable}
-
-
-def error_for(exc: BaseException) -> dict[str, Any]:
-    """The ``{code, message, retryable}`` for an exception a handler raised."""
-    for typ, code, retryable in ERROR_CODES:
-        if isinstance(exc, typ):
-            return error_body(code, str(exc), retryable)
-    return error_body("INTERNAL", f"{type(exc).__name__}: {exc}", True)
-
 
 class Rejected(Exception):
-    """Internal: a request refused before it ran (carries the error body)."""
+    """Internal: a request refused before it ran (carries the error)."""
 
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+    def __init__(self, code: ErrorCode, message: str, retryable: bool = False) -> None:
         super().__init__(message)
-        self.body = error_body(code, message, retryable)
+        self.error = CommandError(code, message, retryable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +78,7 @@ class Arg:
             ok, value = True, float(value)
         if not ok or (self.check is not None and not self.check(value)):
             want = self.expect or "/".join(t.__name__ for t in types)
-            raise Rejected("INVALID_ARGS", f"argument '{name}' must be {want}, got {json.dumps(value)[:60]}.")
+            raise Rejected(ErrorCode.INVALID_ARGS, f"argument '{name}' must be {want}, got {json.dumps(value)[:60]}.")
         return value
 
 
@@ -152,8 +129,10 @@ class CommandStore:
             ).fetchall():
                 doc = json.loads(body)
                 doc.update(
-                    state="canceled",
-                    error=error_body("AGENT_RESTARTED", "the agent restarted while this command ran.", True),
+                    state=State.CANCELED,
+                    error=CommandError(
+                        ErrorCode.AGENT_RESTARTED, "the agent restarted while this command ran.", True
+                    ).to_json(),
                 )
                 self._db.execute(
                     "UPDATE answers SET state = 'canceled', body = ? WHERE cmd_id = ?", (json.dumps(doc), cmd_id)
@@ -209,7 +188,7 @@ class CommandProcessor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.device_id = device_id
-        self.base = f"edge/v1/{device_id}"
+        self.topics = Topics(device_id)
         self._respond = respond
         self.store = store
         self._clock = clock
@@ -232,12 +211,12 @@ class CommandProcessor:
         self._worker.start()
 
     # --- receiving ----------------------------------------------------------------------------------------------
-    def submit(self, msg: Incoming) -> None:
+    def submit(self, msg: Message) -> None:
         """Handle one delivered request. Never raises: every failure becomes a ``rejected`` answer."""
         # A ResponseTopic property with a wildcard cannot be published to (paho refuses it at every attempt,
         # which would block the outbox): refused below, answered on the default topic.
         bad_response_topic = msg.response_topic is not None and not _TOPIC.match(msg.response_topic)
-        topic = (not bad_response_topic and msg.response_topic) or f"{self.base}/res/{DEFAULT_REQUESTER}"
+        topic = (not bad_response_topic and msg.response_topic) or self.topics.res(DEFAULT_REQUESTER)
         cmd_id: str | None = None
         name: str | None = None
         corr_text: str | None = None
@@ -246,7 +225,9 @@ class CommandProcessor:
             name = self._name_from_topic(msg.topic)
             doc = loads_bounded(msg.payload, what=f"command on {msg.topic}", max_bytes=MAX_COMMAND_BYTES)
             if not isinstance(doc, dict):
-                raise Rejected("INVALID_PAYLOAD", "a command must be a JSON object with cmd_id, args, expires_at.")
+                raise Rejected(
+                    ErrorCode.INVALID_PAYLOAD, "a command must be a JSON object with cmd_id, args, expires_at."
+                )
             cmd_id = doc.get("cmd_id")
             # Where to answer first, so that even a rejection reaches the requester (3.1.1: from the payload).
             corr_text, payload_topic = self._reply_fields(doc)
@@ -254,17 +235,19 @@ class CommandProcessor:
                 correlation = corr_text.encode("utf-8")  # MQTT 5 answers then carry the property too
             if bad_response_topic:
                 raise Rejected(
-                    "INVALID_PAYLOAD",
+                    ErrorCode.INVALID_PAYLOAD,
                     "the ResponseTopic property must be an MQTT topic name of 1-256 characters without + or #.",
                 )
             requester = doc.get("requester", DEFAULT_REQUESTER)
             if not isinstance(requester, str) or not _REQUESTER.match(requester):
-                raise Rejected("INVALID_PAYLOAD", "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")
+                raise Rejected(ErrorCode.INVALID_PAYLOAD, "requester must be 1-64 characters of A-Z a-z 0-9 _ . -")
             if not msg.response_topic:
-                topic = payload_topic or f"{self.base}/res/{requester}"
+                topic = payload_topic or self.topics.res(requester)
             if not isinstance(cmd_id, str) or not _ID.match(cmd_id):
                 cmd_id = None
-                raise Rejected("INVALID_PAYLOAD", "cmd_id must be a string of 1-128 characters A-Z a-z 0-9 _ . : @ -")
+                raise Rejected(
+                    ErrorCode.INVALID_PAYLOAD, "cmd_id must be a string of 1-128 characters A-Z a-z 0-9 _ . : @ -"
+                )
             stored = self.store.get(cmd_id)
             if stored is not None:  # at most once: the same answer again, marked as such
                 stored["duplicate"] = True
@@ -275,11 +258,11 @@ class CommandProcessor:
             cmd = self._validate(doc, name, cmd_id, requester, topic, correlation, corr_text)
             spec = self._specs[cmd.name]
         except Rejected as rej:
-            self._answer_rejected(topic, cmd_id, name, rej.body, msg, correlation, corr_text)
+            self._answer_rejected(topic, cmd_id, name, rej.error, msg, correlation, corr_text)
             return
         except E.EdgekitError as exc:  # loads_bounded's InputError: too big, not UTF-8, not JSON, too deep
             self._answer_rejected(
-                topic, cmd_id, name, error_body("INVALID_PAYLOAD", str(exc)), msg, correlation, corr_text
+                topic, cmd_id, name, CommandError(ErrorCode.INVALID_PAYLOAD, str(exc)), msg, correlation, corr_text
             )
             return
         except Exception as exc:  # noqa: BLE001 - malformed input must never kill the agent
@@ -287,19 +270,19 @@ class CommandProcessor:
             self._answer_rejected(topic, cmd_id, name, error_for(exc), msg, correlation, corr_text)
             return
         if spec.inline:
-            self._answer(cmd, "accepted")
+            self._answer(cmd, State.ACCEPTED)
             self._execute(cmd)
             return
         try:
-            self._answer(cmd, "accepted")  # stored before queueing: a duplicate arriving now is recognised
+            self._answer(cmd, State.ACCEPTED)  # stored before queueing: a duplicate arriving now is recognised
             self._queue.put_nowait(cmd)
         except queue.Full:
             if self.on_busy:
                 self.on_busy(cmd)
             self._answer(
                 cmd,
-                "rejected",
-                error=error_body("BUSY", f"{self.device_id} is busy with other commands; retry later.", True),
+                State.REJECTED,
+                error=CommandError(ErrorCode.BUSY, f"{self.device_id} is busy with other commands; retry later.", True),
             )
 
     @staticmethod
@@ -308,19 +291,22 @@ class CommandProcessor:
         corr, topic = doc.get("correlation_data"), doc.get("response_topic")
         if corr is not None and (not isinstance(corr, str) or not 0 < len(corr) <= MAX_CORRELATION_CHARS):
             raise Rejected(
-                "INVALID_PAYLOAD", f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters."
+                ErrorCode.INVALID_PAYLOAD, f"correlation_data must be a string of 1-{MAX_CORRELATION_CHARS} characters."
             )
         if topic is not None and (not isinstance(topic, str) or not _TOPIC.match(topic)):
             raise Rejected(
-                "INVALID_PAYLOAD", "response_topic must be an MQTT topic name of 1-256 characters without + or #."
+                ErrorCode.INVALID_PAYLOAD,
+                "response_topic must be an MQTT topic name of 1-256 characters without + or #.",
             )
         return corr, topic
 
     def _name_from_topic(self, topic: str) -> str:
-        prefix = f"{self.base}/cmd/"
-        if not topic.startswith(prefix) or "/" in topic[len(prefix) :]:
-            raise Rejected("INVALID_PAYLOAD", f"commands are published to {prefix}NAME, not {topic}.")
-        return topic[len(prefix) :]
+        name = self.topics.command_name(topic)
+        if name is None:
+            raise Rejected(
+                ErrorCode.INVALID_PAYLOAD, f"commands are published to {self.topics.command('NAME')}, not {topic}."
+            )
+        return name
 
     def _validate(
         self,
@@ -333,7 +319,9 @@ class CommandProcessor:
         corr_text: str | None = None,
     ) -> Command:
         if "name" in doc and doc["name"] != name:
-            raise Rejected("INVALID_PAYLOAD", f"the payload names command '{doc['name']}' but was sent to cmd/{name}.")
+            raise Rejected(
+                ErrorCode.INVALID_PAYLOAD, f"the payload names command '{doc['name']}' but was sent to cmd/{name}."
+            )
         unknown_top = set(doc) - {
             "cmd_id",
             "name",
@@ -345,7 +333,7 @@ class CommandProcessor:
         }
         if unknown_top:
             raise Rejected(
-                "INVALID_PAYLOAD",
+                ErrorCode.INVALID_PAYLOAD,
                 f"unknown field(s) {sorted(unknown_top)}; a command has cmd_id, name, args, "
                 "expires_at, requester, response_topic, correlation_data.",
             )
@@ -354,20 +342,24 @@ class CommandProcessor:
             hint = difflib.get_close_matches(name, self._specs, n=1)
             extra = f" Did you mean '{hint[0]}'?" if hint else ""
             raise Rejected(
-                "UNKNOWN_COMMAND", f"{self.device_id} has no command '{name}'.{extra} Known: {', '.join(self.names)}."
+                ErrorCode.UNKNOWN_COMMAND,
+                f"{self.device_id} has no command '{name}'.{extra} Known: {', '.join(self.names)}.",
             )
         expires_at = doc.get("expires_at")
         if expires_at is not None:
             if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
-                raise Rejected("INVALID_PAYLOAD", "expires_at must be milliseconds since the Unix epoch (UTC) or null.")
+                raise Rejected(
+                    ErrorCode.INVALID_PAYLOAD, "expires_at must be milliseconds since the Unix epoch (UTC) or null."
+                )
             if expires_at <= self._clock() * 1000:
                 raise Rejected(
-                    "EXPIRED",
-                    f"command {cmd_id} expired at {int(expires_at)} ms; the device clock says {int(self._clock() * 1000)} ms.",
+                    ErrorCode.EXPIRED,
+                    f"command {cmd_id} expired at {int(expires_at)} ms; "
+                    f"the device clock says {int(self._clock() * 1000)} ms.",
                 )
         raw_args = doc.get("args", {}) if doc.get("args") is not None else {}
         if not isinstance(raw_args, dict):
-            raise Rejected("INVALID_ARGS", "args must be a JSON object.")
+            raise Rejected(ErrorCode.INVALID_ARGS, "args must be a JSON object.")
         args: dict[str, Any] = {}
         for key in raw_args:
             if key not in spec.args:
@@ -377,16 +369,18 @@ class CommandProcessor:
                     if hint
                     else f" '{name}' takes: {', '.join(spec.args) or 'no arguments'}."
                 )
-                raise Rejected("INVALID_ARGS", f"unknown argument '{key}' for '{name}'.{extra}")
+                raise Rejected(ErrorCode.INVALID_ARGS, f"unknown argument '{key}' for '{name}'.{extra}")
         for key, arg in spec.args.items():
             if key in raw_args and raw_args[key] is not None:
                 args[key] = arg.validate(key, raw_args[key])
             elif arg.required:
-                raise Rejected("INVALID_ARGS", f"'{name}' needs the argument '{key}' ({arg.expect or arg.types}).")
+                raise Rejected(
+                    ErrorCode.INVALID_ARGS, f"'{name}' needs the argument '{key}' ({arg.expect or arg.types})."
+                )
             else:
                 args[key] = arg.default
         if spec.one_of and sum(args.get(k) is not None for k in spec.one_of) != 1:
-            raise Rejected("INVALID_ARGS", f"'{name}' needs exactly one of: {', '.join(spec.one_of)}.")
+            raise Rejected(ErrorCode.INVALID_ARGS, f"'{name}' needs exactly one of: {', '.join(spec.one_of)}.")
         return Command(
             cmd_id,
             name,
@@ -407,11 +401,13 @@ class CommandProcessor:
             if cmd.expires_at is not None and cmd.expires_at <= self._clock() * 1000:
                 self._answer(
                     cmd,
-                    "expired",
-                    error=error_body("EXPIRED", "the command expired while it waited in the queue.", True),
+                    State.EXPIRED,
+                    error=CommandError(ErrorCode.EXPIRED, "the command expired while it waited in the queue.", True),
                 )
             elif self._closing.is_set():
-                self._answer(cmd, "canceled", error=error_body("SHUTTING_DOWN", "the agent is stopping.", True))
+                self._answer(
+                    cmd, State.CANCELED, error=CommandError(ErrorCode.SHUTTING_DOWN, "the agent is stopping.", True)
+                )
             else:
                 self._execute(cmd)
 
@@ -422,26 +418,20 @@ class CommandProcessor:
         except Exception as exc:  # noqa: BLE001 - a failing handler is an answer, not a dead agent
             if not isinstance(exc, E.EdgekitError):
                 log.exception("%s: command %s (%s) crashed", self.device_id, cmd.name, cmd.cmd_id)
-            self._answer(cmd, "failed", error=error_for(exc))
+            self._answer(cmd, State.FAILED, error=error_for(exc))
             return
-        self._answer(cmd, "succeeded", result=dict(result or {}))
+        self._answer(cmd, State.SUCCEEDED, result=dict(result or {}))
 
     # --- answering ----------------------------------------------------------------------------------------------
     def _answer(
         self,
         cmd: Command,
-        state: str,
+        state: State,
         *,
         result: Mapping[str, Any] | None = None,
-        error: Mapping[str, Any] | None = None,
+        error: CommandError | None = None,
     ) -> None:
-        body: dict[str, Any] = {"schema": SCHEMA, "cmd_id": cmd.cmd_id, "name": cmd.name, "state": state}
-        if result is not None:
-            body["result"] = result
-        if error is not None:
-            body["error"] = error
-        if cmd.correlation_data is not None:
-            body["correlation_data"] = cmd.correlation_data
+        body = Answer(cmd.cmd_id, cmd.name, state, result, error, correlation_data=cmd.correlation_data).to_json()
         try:
             self.store.put(cmd.cmd_id, body)
         except E.StorageError as exc:  # answering matters more than remembering
@@ -453,18 +443,16 @@ class CommandProcessor:
         topic: str,
         cmd_id: str | None,
         name: str | None,
-        err: dict[str, Any],
-        msg: Incoming,
+        err: CommandError,
+        msg: Message,
         correlation: bytes | None = None,
         corr_text: str | None = None,
     ) -> None:
         log.warning(
-            "%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err["message"], cap(msg.payload)
+            "%s: rejected command on %s: %s (payload %s)", self.device_id, msg.topic, err.message, cap(msg.payload)
         )
-        body = {"schema": SCHEMA, "cmd_id": cmd_id, "name": name, "state": "rejected", "error": err}
-        if corr_text is not None:
-            body["correlation_data"] = corr_text
-        if cmd_id is not None and err["code"] not in ("INVALID_PAYLOAD",):
+        body = Answer(cmd_id, name, State.REJECTED, error=err, correlation_data=corr_text).to_json()
+        if cmd_id is not None and err.code != ErrorCode.INVALID_PAYLOAD:
             try:
                 self.store.put(cmd_id, body)
             except E.StorageError as exc:

@@ -46,9 +46,6 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority DESC, id);
 """
 
-# The outbox's failures (disk full, permissions, a damaged file) are StorageError; the name reads well here.
-OutboxError = StorageError
-
 
 def _finite(value: Any) -> Any:
     """``value`` with every float that JSON cannot carry (inf, NaN) replaced by None."""
@@ -101,7 +98,7 @@ class Outbox:
 
     def __init__(self, path: str | Path, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         if max_messages < 1:
-            raise OutboxError(f"{path}: max_messages must be at least 1, got {max_messages}.")
+            raise StorageError(f"{path}: max_messages must be at least 1, got {max_messages}.")
         self.path = Path(path)
         self.max_messages = int(max_messages)
         self._lock = threading.Lock()
@@ -124,7 +121,7 @@ class Outbox:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', '0')")
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
-            raise OutboxError(
+            raise StorageError(
                 f"{self.path}: cannot open the outbox database ({exc}); check the data directory's permissions "
                 "and free space, or move the damaged file away (its unsent telemetry is then lost)."
             ) from None
@@ -174,7 +171,7 @@ class Outbox:
                             "UPDATE meta SET value = ? WHERE key = 'dropped'", (str(self._dropped + over),)
                         )
             except sqlite3.Error as exc:
-                raise OutboxError(
+                raise StorageError(
                     f"{self.path}: cannot store a message for {topic} ({exc}); is the disk full?"
                 ) from None
             if seq is not None:
@@ -231,7 +228,7 @@ class Outbox:
                 with self._db:
                     n = self._db.execute("DELETE FROM messages WHERE id = ?", (id,)).rowcount
             except sqlite3.Error as exc:
-                raise OutboxError(f"{self.path}: cannot delete delivered message {id} ({exc}).") from None
+                raise StorageError(f"{self.path}: cannot delete delivered message {id} ({exc}).") from None
             self._depth -= n
             return n > 0
 

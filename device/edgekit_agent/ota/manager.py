@@ -56,7 +56,8 @@ from edgekit_agent.contract.errors import (
     StorageError,
 )
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, MAX_OTA_CHUNKS, OTA_CHUNK_BYTES
-from edgekit_agent.mqtt.commands import SCHEMA, Arg, Command, CommandSpec
+from edgekit_agent.contract.topics import Schema
+from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
 from edgekit_agent.ota.health import Check, HealthPolicy, HealthStats, TallyRecorder, judge
 from edgekit_agent.ota.results import (
     Aborted,
@@ -232,7 +233,7 @@ class OtaManager:
 
     def _progress(self, cmd: Command, stage: str, **details: Any) -> None:
         body = {
-            "schema": SCHEMA,
+            "schema": Schema.COMMAND_RESPONSE,
             "cmd_id": cmd.cmd_id,
             "name": cmd.name,
             "state": "progress",

@@ -32,10 +32,11 @@ import numpy as np
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.contract.topics import Schema, Topics
 from edgekit_agent.infer.classify import Prediction, TopOne
 from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
-from edgekit_agent.mqtt.link import Link, Topics
+from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
 from edgekit_agent.ota.manager import OtaManager
 from edgekit_agent.ota.target import RecorderFactory, Serving
@@ -459,7 +460,7 @@ class Agent:
         Never raises: an event that cannot be queued (a full disk) is logged; the state change it reports has
         happened and must finish (an OTA switch, a rollback)."""
         try:
-            self.publish(self.topics.events, {"schema": "edge.event/1", "event": kind, **details})
+            self.publish(self.topics.events, {"schema": Schema.EVENT, "event": kind, **details})
         except EdgekitError as exc:
             log.error("%s: cannot queue the %s event: %s", self.settings.device_id, kind, exc)
 
@@ -467,7 +468,7 @@ class Agent:
         s = self.settings
         bundle = self.bundle_info()
         return {
-            "schema": "edge.meta/1",
+            "schema": Schema.META,
             "hardware": sysinfo.system_info().to_dict(),
             "runtime": self.runtime.info.to_dict(),
             "bundle": bundle,

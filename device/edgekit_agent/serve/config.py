@@ -42,8 +42,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.contract.broker import PASSWORD_ENV
 from edgekit_agent.contract.errors import UsageError
-from edgekit_agent.mqtt.link import PASSWORD_ENV, BrokerSettings
+from edgekit_agent.mqtt.client import BrokerSettings
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PROCESSED_MODES = ("move", "delete", "keep")

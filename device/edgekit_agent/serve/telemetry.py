@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit_agent.contract.topics import Schema
+
 # Upper bounds in milliseconds, roughly 1-1.5-2-3-5-7.5 per decade: ~±20 % resolution from 50 µs to 5 s.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     0.05,
@@ -66,7 +68,6 @@ EXACT_SAMPLE = 4096
 FOLD_EVERY = 4096
 CONFIDENCE_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 PSI_FLOOR = 1e-4
-SCHEMA = "edge.telemetry.inference/1"
 LATENCY_SERIES = ("total", "preprocess", "invoke")
 
 
@@ -321,7 +322,7 @@ class WindowRecorder:
             if w.class_labeled[i]
         }
         return {
-            "schema": SCHEMA,
+            "schema": Schema.TELEMETRY,
             "window": {"start": w.start_ms, "end": end_ms, "duration_s": round(elapsed, 3)},
             "bundle": dict(self.bundle),
             "runtime": dict(self.runtime),

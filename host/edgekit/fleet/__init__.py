@@ -1,3 +1,3 @@
 """Watching the fleet: a development broker (:mod:`.broker`), the MQTT link (:mod:`.link`), fleet state from
-telemetry (:mod:`.state`), the live view (:mod:`.watch`), remote benchmarks (:mod:`.remote`), the Prometheus
-exporter (:mod:`.exporter`) and OTA deploys (:mod:`.deploy`)."""
+telemetry (:mod:`.state`), the live view (:mod:`.watch`), the command client (:mod:`.commands`), remote
+benchmarks (:mod:`.remote`), the Prometheus exporter (:mod:`.exporter`) and OTA deploys (:mod:`.deploy`)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import queue
 import tempfile
@@ -26,19 +25,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.fleet.state import BrokerAddress, MqttLink, drain, load_json, topic
+from edgekit.fleet.commands import CommandClient, Pending
+from edgekit.fleet.link import FleetLink
+from edgekit.fleet.state import load_json
+from edgekit_agent.contract.broker import BrokerAddress
+from edgekit_agent.contract.envelope import Answer, ErrorCode, State
 from edgekit_agent.contract.errors import BrokerError, BundleError, UsageError
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
+from edgekit_agent.contract.topics import EVENTS, parse_topic, topic
+from edgekit_agent.mqtt.client import Message
 
 log = logging.getLogger(__name__)
 
-FINAL = ("succeeded", "failed", "expired", "canceled", "rejected")
 DEFAULT_WINDOW = 3  # chunk commands in flight per device (the agent queues 4 commands)
-RETRYABLE_CODES = {"BUSY"}
+# The device asks for a retry (its queue is full): the same command again after a pause.
+RETRYABLE_CODES = {ErrorCode.BUSY}
 
 #: on_progress(device_id, stage, done, total): stage is begin, chunks, received, verified, selftested,
 #: trial, committed, rolled_back, failed.
@@ -111,49 +116,13 @@ def resolve_archive(bundle: str | Path, workdir: Path) -> Path:
     raise UsageError(f"{bundle}: no such bundle directory or archive.")
 
 
-@dataclass
-class _Device:
-    """One device's mailbox: the dispatcher thread fills it, the device's worker reads it."""
-
-    device_id: str
-    inbox: queue.Queue[tuple[str, dict[str, Any]]] = field(default_factory=queue.Queue)
-
-
-class _Session:
-    """Sends commands and waits for their answers on a shared link (one per deployment)."""
-
-    def __init__(self, link: MqttLink, requester: str, timeout: float) -> None:
-        self.link = link
-        self.requester = requester
-        self.timeout = timeout
-
-    def send(self, device_id: str, args: Mapping[str, Any]) -> str:
-        cmd_id = f"ota-{uuid.uuid4().hex[:20]}"
-        expires = int((time.time() + self.timeout) * 1000)
-        body = {
-            "cmd_id": cmd_id,
-            "name": "swap_bundle",
-            "args": dict(args),
-            "expires_at": expires,
-            "requester": self.requester,
-        }
-        res_topic = topic(device_id, "res", self.requester)
-        if not self.link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
-            body.update(response_topic=res_topic, correlation_data=cmd_id)
-        self.link.publish(
-            topic(device_id, "cmd", "swap_bundle"),
-            json.dumps(body, separators=(",", ":")),
-            qos=1,
-            response_topic=res_topic,
-            correlation_data=cmd_id.encode(),
-            expiry_s=max(1, int(self.timeout)),
-        )
-        return cmd_id
-
-
 def _dict(v: Any) -> dict[str, Any]:
     """``v`` when it is a JSON object, else empty: device answers are untrusted input."""
     return v if isinstance(v, dict) else {}
+
+
+def _error(answer: Answer) -> dict[str, Any] | None:
+    return answer.error.to_json() if answer.error is not None else None
 
 
 class _Worker:
@@ -161,8 +130,8 @@ class _Worker:
 
     def __init__(
         self,
-        session: _Session,
-        dev: _Device,
+        client: CommandClient,
+        device_id: str,
         data: bytes,
         sha: str,
         transfer_id: str,
@@ -170,60 +139,43 @@ class _Worker:
         health: Mapping[str, Any],
         window: int,
         wait_health: bool,
-        deadline: float,
+        timeout: float,
         on_progress: ProgressFn | None,
     ) -> None:
-        self.s, self.dev, self.data, self.sha = session, dev, data, sha
+        self.client, self.device_id, self.data, self.sha = client, device_id, data, sha
         self.transfer_id, self.chunk_bytes, self.health = transfer_id, chunk_bytes, dict(health)
-        self.window, self.wait_health, self.deadline = window, wait_health, deadline
+        self.window, self.wait_health, self.timeout = window, wait_health, timeout
+        self.deadline = time.monotonic() + timeout
         self.on_progress = on_progress
-        self.answers: dict[str, dict[str, Any]] = {}  # cmd_id -> final answer
+        self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()  # this transfer's events (dispatcher thread puts)
+        self.answered = threading.Event()  # set whenever an answer to one of our commands arrives
         self.events: list[dict[str, Any]] = []
         self.stages: list[str] = []
         self.result: DeviceDeploy | None = None
         self.commit: dict[str, Any] | None = None
 
     # --- messages -------------------------------------------------------------------------------------------
-    def _pump(self, wait: float) -> None:
-        try:
-            kind, doc = self.dev.inbox.get(timeout=max(0.0, wait))
-        except queue.Empty:
-            return
-        while True:
-            if kind == "res":
-                state = doc.get("state")
-                if state == "progress":
-                    stage = str(_dict(doc.get("progress")).get("stage", "?"))[:40]
-                    self.stages.append(stage)
-                    self._report(stage)
-                elif state in FINAL:
-                    # correlation_data (= our cmd_id) is the payload's copy on MQTT 3.1.1; cmd_id for older agents
-                    self.answers[str(doc.get("correlation_data") or doc.get("cmd_id"))] = doc
-            elif kind == "event" and doc.get("transfer_id") == self.transfer_id:
-                self.events.append(doc)
-            try:
-                kind, doc = self.dev.inbox.get_nowait()
-            except queue.Empty:
-                return
-
     def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
         if self.on_progress:
-            self.on_progress(self.dev.device_id, stage, done, total)
+            self.on_progress(self.device_id, stage, done, total)
 
-    def _await(self, cmd_id: str) -> dict[str, Any]:
-        while cmd_id not in self.answers:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(cmd_id)
-            self._pump(min(0.2, left))
-        return self.answers.pop(cmd_id)
+    def _on_answer(self, answer: Answer) -> None:
+        if answer.state == State.PROGRESS:
+            stage = str(answer.progress.get("stage", "?"))[:40]
+            self.stages.append(stage)
+            self._report(stage)
 
-    def _call(self, args: Mapping[str, Any]) -> dict[str, Any]:
+    def _send(self, args: Mapping[str, Any]) -> Pending:
+        return self.client.send(self.device_id, "swap_bundle", args, timeout_s=self.timeout, wake=self.answered)
+
+    def _call(self, args: Mapping[str, Any]) -> Answer:
         """One command, retried while the device says BUSY; returns the final answer."""
         while True:
-            answer = self._await(self.s.send(self.dev.device_id, args))
-            err = _dict(answer.get("error"))
-            if answer.get("state") in ("rejected", "failed") and err.get("code") in RETRYABLE_CODES:
+            pending = self._send(args)
+            answer = pending.wait(max(0.0, self.deadline - time.monotonic()), self._on_answer)
+            if answer is None:
+                raise TimeoutError(pending.request.cmd_id)
+            if answer.state in (State.REJECTED, State.FAILED) and answer.error and answer.error.code in RETRYABLE_CODES:
                 time.sleep(0.2)
                 continue
             return answer
@@ -234,6 +186,15 @@ class _Worker:
                 return ev
         return None
 
+    def _wait_event(self, wait: float) -> None:
+        """Move the events that arrived (waiting up to ``wait`` s for the first) to :attr:`events`."""
+        try:
+            self.events.append(self.inbox.get(timeout=max(0.0, wait)))
+            while True:
+                self.events.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+
     # --- the deployment ---------------------------------------------------------------------------------------
     def run(self) -> None:
         t0 = time.monotonic()
@@ -242,7 +203,7 @@ class _Worker:
 
         def done(outcome: str, **kw: Any) -> None:
             self.result = DeviceDeploy(
-                self.dev.device_id,
+                self.device_id,
                 outcome,
                 self.transfer_id,
                 n,
@@ -267,13 +228,11 @@ class _Worker:
                     "chunk_bytes": self.chunk_bytes,
                 }
             )
-            if ans.get("state") != "succeeded":
-                return done("rejected" if ans.get("state") == "rejected" else "failed", error=ans.get("error"))
-            have = {
-                i for i in _dict(ans.get("result")).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)
-            }
+            if ans.state != State.SUCCEEDED:
+                return done("rejected" if ans.state == State.REJECTED else "failed", error=_error(ans))
+            have = {i for i in _dict(ans.result).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)}
             todo = [i for i in range(n) if i not in have]
-            inflight: dict[str, int] = {}
+            inflight: dict[int, Pending] = {}
             tries = {i: 0 for i in todo}
             sent = len(have)
             self._report("chunks", sent, n)
@@ -281,43 +240,44 @@ class _Worker:
                 while todo and len(inflight) < self.window:
                     i = todo.pop(0)
                     chunk = self.data[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]
-                    cmd_id = self.s.send(
-                        self.dev.device_id,
+                    inflight[i] = self._send(
                         {
                             **base,
                             "action": "chunk",
                             "index": i,
                             "data": base64.b64encode(chunk).decode("ascii"),
                             "sha256": hashlib.sha256(chunk).hexdigest(),
-                        },
+                        }
                     )
-                    inflight[cmd_id] = i
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("chunks")
-                self._pump(0.2)
-                for cmd_id in [c for c in inflight if c in self.answers]:
-                    i = inflight.pop(cmd_id)
-                    answer = self.answers.pop(cmd_id)
-                    err = _dict(answer.get("error"))
-                    if answer.get("state") == "succeeded":
+                self.answered.wait(0.2)
+                self.answered.clear()  # before polling: an answer arriving now sets it again
+                for i, pending in list(inflight.items()):
+                    answer = pending.poll()
+                    if answer is None:
+                        continue
+                    del inflight[i]
+                    code = answer.error.code if answer.error else None
+                    if answer.state == State.SUCCEEDED:
                         sent += 1
                         self._report("chunks", sent, n)
-                    elif err.get("code") in RETRYABLE_CODES | {"CHECKSUM_MISMATCH"} and tries[i] < 3:
+                    elif code in RETRYABLE_CODES | {ErrorCode.CHECKSUM_MISMATCH} and tries[i] < 3:
                         tries[i] += 1
                         todo.insert(0, i)  # resend
                     else:
-                        return done("failed", error=err, resumed=len(have))
+                        return done("failed", error=_error(answer), resumed=len(have))
             transfer_s = round(time.monotonic() - t0, 3)
             ans = self._call({**base, "action": "commit", "health": self.health})
-            if ans.get("state") != "succeeded":
+            if ans.state != State.SUCCEEDED:
                 return done(
-                    "rejected" if ans.get("state") == "rejected" else "failed",
-                    error=ans.get("error"),
+                    "rejected" if ans.state == State.REJECTED else "failed",
+                    error=_error(ans),
                     resumed=len(have),
                     transfer_s=transfer_s,
                 )
             activate_s = round(time.monotonic() - t0, 3)
-            self.commit = _dict(ans.get("result"))
+            self.commit = _dict(ans.result)
             self._report("trial", n, n)
             if not self.wait_health:
                 return done("trial", resumed=len(have), transfer_s=transfer_s, activate_s=activate_s)
@@ -346,26 +306,24 @@ class _Worker:
                     )
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("health")
-                self._pump(0.2)
+                self._wait_event(0.2)
         except TimeoutError as exc:
             done(
                 "timeout",
                 error={
                     "code": "TIMEOUT",
-                    "message": f"no answer from {self.dev.device_id} while waiting for {exc}; is it online?",
+                    "message": f"no answer from {self.device_id} while waiting for {exc}; is it online?",
                 },
             )
         except BrokerError as exc:
             done("failed", error={"code": "UNAVAILABLE", "message": str(exc)})
         except Exception as exc:  # noqa: BLE001 - an answer that breaks the protocol: this device failed, say why
-            log.warning(
-                "%s: deploy stopped on a malformed answer (%s: %s)", self.dev.device_id, type(exc).__name__, exc
-            )
+            log.warning("%s: deploy stopped on a malformed answer (%s: %s)", self.device_id, type(exc).__name__, exc)
             done(
                 "failed",
                 error={
                     "code": "INVALID_ANSWER",
-                    "message": f"{self.dev.device_id} sent an answer edgekit cannot read ({type(exc).__name__}: {exc})",
+                    "message": f"{self.device_id} sent an answer edgekit cannot read ({type(exc).__name__}: {exc})",
                 },
             )
 
@@ -404,59 +362,40 @@ def deploy(
     # Derived from the content: deploying the same archive again resumes a transfer a restart interrupted.
     transfer_id = f"{sha[:16]}-{chunk_bytes}"
     requester = f"deploy-{uuid.uuid4().hex[:8]}"
-    mailboxes = {d: _Device(d) for d in devices}
-    subs = [(topic(d, "res", requester), 1) for d in devices] + [(topic(d, "events"), 1) for d in devices]
+    subs = [(topic(d, "res", requester), 1) for d in devices] + [(topic(d, EVENTS), 1) for d in devices]
     t0 = time.monotonic()
-    link = MqttLink(
+    workers: dict[str, _Worker] = {}
+
+    def on_event(m: Message) -> None:  # the client's dispatcher thread: what is not an answer
+        parsed = parse_topic(m.topic)
+        worker = workers.get(parsed[0]) if parsed is not None and parsed[1] == EVENTS else None
+        doc = load_json(m.payload) if worker is not None else None
+        if worker is not None and isinstance(doc, dict) and doc.get("transfer_id") == transfer_id:
+            worker.inbox.put(doc)
+
+    link = FleetLink(
         broker, client_id=f"edgekit-{requester}", subscriptions=subs, tls_ca=str(tls_ca) if tls_ca else None
     )
     link.start()
-    stop = threading.Event()
-
-    def dispatch() -> None:
-        while not stop.is_set():
-            for m in drain(link.messages, 0.2):
-                parts = m.topic.split("/")
-                if len(parts) < 4 or parts[2] not in mailboxes:
-                    continue
-                doc = load_json(m.payload)
-                if isinstance(doc, dict):
-                    mailboxes[parts[2]].inbox.put(("event" if parts[3] == "events" else "res", doc))
-
-    dispatcher = threading.Thread(target=dispatch, name="edgekit-deploy-dispatch", daemon=True)
-    dispatcher.start()
-    session = _Session(link, requester, timeout)
-    deadline = time.monotonic() + timeout
-    workers = [
-        _Worker(
-            session,
-            mailboxes[d],
-            data,
-            sha,
-            transfer_id,
-            chunk_bytes,
-            health or {},
-            window,
-            wait_health,
-            deadline,
-            on_progress,
+    client = CommandClient(link, requester, on_message=on_event)
+    for d in devices:
+        workers[d] = _Worker(
+            client, d, data, sha, transfer_id, chunk_bytes, health or {}, window, wait_health, timeout, on_progress
         )
-        for d in devices
-    ]
-    threads = [threading.Thread(target=w.run, name=f"edgekit-deploy-{w.dev.device_id}", daemon=True) for w in workers]
+    threads = [threading.Thread(target=w.run, name=f"edgekit-deploy-{d}", daemon=True) for d, w in workers.items()]
     try:
+        client.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout + 5)
     finally:
-        stop.set()
-        dispatcher.join(2)
+        client.close()
         link.close()
     results = tuple(
         w.result
         or DeviceDeploy(
-            w.dev.device_id,
+            d,
             "timeout",
             transfer_id,
             0,
@@ -466,7 +405,7 @@ def deploy(
             None,
             error={"code": "TIMEOUT", "message": "no result"},
         )
-        for w in workers
+        for d, w in workers.items()
     )
     return DeployReport(
         archive=Path(bundle),

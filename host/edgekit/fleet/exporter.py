@@ -32,8 +32,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from edgekit.fleet.state import ROOT, FleetState, MqttLink, drain
+from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.state import FleetState
 from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.contract.topics import META, STATUS, TELEMETRY, every_device
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +155,13 @@ class Exporter:
     ) -> None:
         """``stages``: latency series exported as histograms (``total``, ``preprocess``, ``invoke``);
         ``buckets``: ``coarse`` (a 1-2-5 subset of the devices' bounds, exact) or ``full``."""
-        telemetry = f"{ROOT}/+/telemetry/inference"
+        telemetry = every_device(TELEMETRY)
         subs = [
-            (f"{ROOT}/+/status", 1),
-            (f"{ROOT}/+/meta", 1),
+            (every_device(STATUS), 1),
+            (every_device(META), 1),
             (f"$share/{group}/{telemetry}" if shared else telemetry, 1),
         ]
-        self.link = MqttLink(
+        self.link = FleetLink(
             broker,
             client_id=client_id or f"edgekit-exporter-{uuid.uuid4().hex[:8]}",
             subscriptions=subs,

@@ -1,17 +1,15 @@
-"""Benchmark a device from the desk: ``run_benchmark`` over MQTT 5 request/response, then save and compare reports.
+"""Benchmark a device from the desk: ``run_benchmark`` through the command client, then save and compare reports.
 
-The request goes to ``edge/v1/{device}/cmd/run_benchmark`` with ResponseTopic
-``edge/v1/{device}/res/{requester}`` and CorrelationData = the cmd_id; the device answers ``accepted``
-(or ``rejected``) at once and later ``succeeded`` with the report (or ``failed``/``expired``/``canceled``).
-The payload also names the ``requester``; on an MQTT 3.1.1 link (a broker such as amqtt that refuses MQTT 5)
-it carries ``response_topic`` and ``correlation_data`` too, since 3.1.1 has no properties: the device answers
-on that topic and echoes ``correlation_data`` in the answer's payload. Answers are matched by the MQTT 5
-CorrelationData property, else by the payload's ``correlation_data``, else by ``cmd_id``.
+The device answers ``accepted`` (or ``rejected``) at once and later ``succeeded`` with the report in its
+result (or ``failed``/``expired``/``canceled``); it also publishes the report to ``bench/{run_id}/report``,
+which is used when the answer carries none. Requests, answers and MQTT 3.1.1 are the command client's
+business (:mod:`edgekit.fleet.commands`).
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -19,21 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.fleet.state import MqttLink, bucket_grid, drain, finite_number, load_json, topic
-from edgekit_agent.contract.errors import BrokerError, EdgekitError, ExitStatus, InputError, UsageError
-
-BENCH_SCHEMA = "edge.bench.report/1"
-FINAL_STATES = ("succeeded", "failed", "expired", "canceled", "rejected")
-
-
-class CommandFailed(EdgekitError, RuntimeError):
-    """A device rejected a command or reported that it failed (carries the device's error body)."""
-
-    exit_status = ExitStatus.ERROR
-
-    def __init__(self, message: str, error: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.error = dict(error or {})
+from edgekit.fleet.commands import CommandClient
+from edgekit.fleet.link import FleetLink
+from edgekit.fleet.state import bucket_grid, finite_number, load_json
+from edgekit_agent.contract.errors import CommandFailed, InputError, UsageError
+from edgekit_agent.contract.topics import Schema, topic
+from edgekit_agent.mqtt.client import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +52,24 @@ def _report_from(result: Mapping[str, Any]) -> dict[str, Any] | None:
     # Accept the report as the whole result or nested under "report" (both are reasonable agent choices).
     if not isinstance(result, Mapping):
         return None
-    if result.get("schema") == BENCH_SCHEMA or "steady" in result:
+    if result.get("schema") == Schema.BENCH_REPORT or "steady" in result:
         return dict(result)
     inner = result.get("report")
     return dict(inner) if isinstance(inner, Mapping) else None
 
 
-def _answer_correlation(m: Any, doc: Mapping[str, Any]) -> Any:
-    """Which request an answer belongs to: the MQTT 5 CorrelationData property, else the payload's
-    ``correlation_data`` (MQTT 3.1.1), else its ``cmd_id`` (older agents)."""
-    if m.correlation_data is not None:
-        return m.correlation_data.decode("utf-8", "replace")
-    return doc.get("correlation_data", doc.get("cmd_id"))
+def _published_report(reports: queue.Queue[Message], run_ids: set[str], deadline: float) -> dict[str, Any] | None:
+    """The report published to ``bench/{run_id}/report`` for one of ``run_ids`` (waiting until ``deadline``)."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            m = reports.get(timeout=left)
+        except queue.Empty:
+            return None
+        doc = load_json(m.payload)
+        parts = m.topic.split("/")
+        if isinstance(doc, dict) and (parts[-2] in run_ids or doc.get("cmd_id") in run_ids):
+            return _report_from(doc)
+    return None
 
 
 def request_benchmark(
@@ -87,7 +82,7 @@ def request_benchmark(
     timeout: float = 120.0,
     requester: str | None = None,
     on_state: Callable[[str], None] | None = None,
-    link: MqttLink | None = None,
+    link: FleetLink | None = None,
     tls_ca: str | None = None,
 ) -> RemoteBench:
     """Ask ``device_id`` to benchmark its active bundle and wait for the report (up to ``timeout`` s).
@@ -101,98 +96,46 @@ def request_benchmark(
             f"--runs must be >= 1, --warmup >= 0, --threads >= 1 (got {num_runs}, {warmup_runs}, {num_threads})."
         )
     requester = requester or f"bench-{uuid.uuid4().hex[:8]}"
-    cmd_id = f"bench-{uuid.uuid4().hex}"
     res_topic = topic(device_id, "res", requester)
     report_topic = topic(device_id, "bench", "+", "report")
     own = link is None
     if link is None:
-        link = MqttLink(
+        link = FleetLink(
             broker, client_id=f"edgekit-{requester}", subscriptions=[(res_topic, 1), (report_topic, 1)], tls_ca=tls_ca
         )
         link.start()  # returns once the subscriptions are acknowledged: no answer can be missed
     else:
-        link.subscribe(res_topic)
         link.subscribe(report_topic)
     args: dict[str, Any] = {"num_runs": int(num_runs), "warmup_runs": int(warmup_runs)}
     if num_threads:
         args["num_threads"] = int(num_threads)
-    now_ms = int(time.time() * 1000)
-    request = {
-        "cmd_id": cmd_id,
-        "name": "run_benchmark",
-        "args": args,
-        "expires_at": now_ms + int(timeout * 1000),
-        "requester": requester,
-    }
-    if not link.mqtt5:  # 3.1.1 has no properties: the request/response fields travel in the payload
-        request.update(response_topic=res_topic, correlation_data=cmd_id)
-    states: list[str] = []
-    report: dict[str, Any] | None = None
-    run_id: str | None = None
-    pending: dict[str, dict[str, Any]] = {}
-    final: dict[str, Any] | None = None
+    states = ["sent"]
+
+    def seen(state: str) -> None:
+        states.append(state)
+        if on_state:
+            on_state(state)
+
+    reports: queue.Queue[Message] = queue.Queue()
     t0 = time.monotonic()
     try:
-        link.publish(
-            topic(device_id, "cmd", "run_benchmark"),
-            json.dumps(request),
-            qos=1,
-            response_topic=res_topic,
-            correlation_data=cmd_id.encode(),
-            expiry_s=max(1, int(timeout)),
-        )
-        states.append("sent")
-        if on_state:
-            on_state("sent")
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if final is not None and (report is not None or final.get("state") != "succeeded"):
-                break
-            for m in drain(link.messages, 0.2):
-                doc = load_json(m.payload)
-                if not isinstance(doc, dict):
-                    continue
-                if m.topic == res_topic and _answer_correlation(m, doc) == cmd_id:
-                    state = str(doc.get("state"))
-                    states.append(state)
-                    if on_state:
-                        on_state(state)
-                    if state in FINAL_STATES and final is None:
-                        final = doc
-                        res = doc.get("result") if isinstance(doc.get("result"), Mapping) else {}
-                        report = report or _report_from(res)
-                        run_id = str(res["run_id"]) if res.get("run_id") else None
-                        report = report or pending.get(run_id or cmd_id)
-                        if state == "succeeded" and report is None:
-                            # No inline report: the bench/{run_id}/report message should follow shortly.
-                            deadline = min(deadline, time.monotonic() + 5.0)
-                elif m.topic.endswith("/report") and report is None:
-                    # Ours when its run_id is our cmd_id or the one the answer named.
-                    rid = m.topic.split("/")[-2]
-                    if rid in (cmd_id, run_id) or doc.get("cmd_id") == cmd_id:
-                        report = _report_from(doc)
-                    else:  # perhaps ours, arriving before the answer that names its run_id
-                        pending[rid] = _report_from(doc) or {}
+        with CommandClient(link, requester, on_message=reports.put) as client:
+            pending = client.send(device_id, "run_benchmark", args, timeout_s=timeout)
+            if on_state:
+                on_state("sent")
+            answer = client.finish(pending, timeout, on_answer=lambda a: seen(a.state))
+            result = answer.result or {}
+            report = _report_from(result)
+            if report is None:  # no inline report: the bench/{run_id}/report message should follow shortly
+                run_ids = {pending.request.cmd_id, str(result.get("run_id") or pending.request.cmd_id)}
+                deadline = min(t0 + timeout, time.monotonic() + 5.0)
+                report = _published_report(reports, run_ids, deadline)
     finally:
         if own:
             link.close()
-    elapsed = time.monotonic() - t0
-    if final is None:
-        seen = (
-            f" (it said: {', '.join(states[1:])})"
-            if len(states) > 1
-            else " (no answer at all: is it online? see `edgekit watch`)"
-        )
-        raise BrokerError(f"device '{device_id}' did not finish run_benchmark within {timeout:g} s{seen}.")
-    if final.get("state") != "succeeded":
-        err = final.get("error") or {}
-        raise CommandFailed(
-            f"device '{device_id}' answered {final.get('state')} to run_benchmark: {err.get('code', '?')}: {err.get('message', 'no message')}",
-            err,
-        )
     if report is None:
         raise CommandFailed(f"device '{device_id}' said the benchmark succeeded but sent no report; upgrade its agent.")
-    return RemoteBench(device_id, cmd_id, args, report, round(elapsed, 3), tuple(states))
+    return RemoteBench(device_id, pending.request.cmd_id, args, report, round(time.monotonic() - t0, 3), tuple(states))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The MQTT link lives in edgekit.fleet.link; re-exported here because the fleet tools (and deploy) import it from here.
-from edgekit.fleet.link import BrokerAddress, Message, MqttLink, drain  # noqa: F401
 from edgekit_agent.contract.errors import UsageError
+from edgekit_agent.contract.topics import EVENTS, META, STATUS, TELEMETRY, every_device, parse_topic
+from edgekit_agent.mqtt.client import Message
 
 log = logging.getLogger(__name__)
 
-ROOT = "edge/v1"
 STAGES = ("total", "preprocess", "invoke")
 LOST_AFTER_WINDOWS = 3  # a device silent for this many telemetry windows is shown as "lost"
 DEFAULT_WINDOW_S = 10.0
@@ -72,19 +71,6 @@ def _sum_errors(errors: Any) -> int:
     if isinstance(errors, Mapping):
         return min(sum(_count(v) for v in errors.values()), MAX_COUNT)
     return _count(errors)
-
-
-def topic(device_id: str, *parts: str) -> str:
-    """``edge/v1/{device_id}/part/...``"""
-    return "/".join((ROOT, device_id, *parts))
-
-
-def parse_topic(name: str) -> tuple[str, str] | None:
-    """``edge/v1/dev-1/telemetry/inference`` → ``("dev-1", "telemetry/inference")``; None outside the contract."""
-    parts = name.split("/", 3)
-    if len(parts) < 4 or parts[0] != "edge" or parts[1] != "v1" or not parts[2]:
-        return None
-    return parts[2], parts[3]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,7 +271,7 @@ class FleetState:
         handler = _HANDLERS.get(kind) or (_on_bench_or_other if kind.startswith(("bench/", "res/")) else None)
         if handler is None:
             return None  # commands (fleet → device) and unknown kinds are not fleet state
-        if msg.retain and kind not in ("status", "meta"):
+        if msg.retain and kind not in (STATUS, META):
             return None  # only status and meta are retained by agents; a retained window would count at every start
         doc = load_json(msg.payload)
         if not isinstance(doc, dict):
@@ -309,7 +295,7 @@ class FleetState:
         if not msg.retain:
             dev.last_heard = msg.received
             if (
-                kind != "status"
+                kind != STATUS
                 and dev.status == "offline"
                 and dev.status_reason == "lwt"
                 and doc.get("boot_id") == dev.boot_id
@@ -508,15 +494,10 @@ def _on_bench_or_other(state: FleetState, dev: _Device, doc: dict[str, Any], msg
 
 
 _HANDLERS: dict[str, Callable[[FleetState, _Device, dict[str, Any], Message], None]] = {
-    "status": _on_status,
-    "meta": _on_meta,
-    "telemetry/inference": _on_telemetry,
-    "events": _on_events,
+    STATUS: _on_status,
+    META: _on_meta,
+    TELEMETRY: _on_telemetry,
+    EVENTS: _on_events,
 }
 
-FLEET_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
-    (f"{ROOT}/+/status", 1),
-    (f"{ROOT}/+/meta", 1),
-    (f"{ROOT}/+/telemetry/inference", 1),
-    (f"{ROOT}/+/events", 1),
-)
+FLEET_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = tuple((every_device(kind), 1) for kind in _HANDLERS)

@@ -14,7 +14,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from edgekit.fleet.state import FLEET_SUBSCRIPTIONS, DeviceRow, FleetState, Message, MqttLink, drain
+from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.state import FLEET_SUBSCRIPTIONS, DeviceRow, FleetState
+from edgekit_agent.mqtt.client import Message
 
 SYNC_ROOT = "edgekit/sync"
 
@@ -35,7 +37,7 @@ class FleetWatcher:
         self.sync_topic = f"{SYNC_ROOT}/{self.client_id}"
         # The sync topic is subscribed last: the broker sends the retained messages of the earlier
         # subscriptions first, so our own marker coming back means the snapshot is complete.
-        self.link = MqttLink(
+        self.link = FleetLink(
             broker,
             client_id=self.client_id,
             subscriptions=[*FLEET_SUBSCRIPTIONS, (self.sync_topic, 1)],
