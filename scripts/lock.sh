@@ -15,7 +15,7 @@ lock() {  # lock EXTRAS OUTPUT
   "$tmp/$1/bin/pip" install -q ".[$1]"
   {
     echo "# Tested versions for edgekit[$1] on $("$PY" --version 2>&1), $(uname -m). Refresh: scripts/lock.sh"
-    "$tmp/$1/bin/pip" freeze --exclude edgekit --all | grep -vE '^(pip|setuptools|wheel)=='
+    "$tmp/$1/bin/pip" freeze --exclude edgekit --all | grep -vE '^(pip|wheel)=='
   } > "$2"
   echo "lock: wrote $2 ($(grep -vc '^#' "$2") packages)" >&2
 }
