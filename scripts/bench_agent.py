@@ -316,23 +316,27 @@ def main() -> int:
 
     print(f"\nmedians of {args.rounds} alternating rounds, {args.threads} thread(s), {figures['machine']['hardware']}")
     print(
-        "\n| model | `edgekit-agent bench` p50 | bare loop p50 | ratio | min: agent / bare | ratio | same process: agent / bare p50 | ratio |"
+        "\n| model | `edgekit-agent bench` p50 | bare loop p50 | ratio | min: agent / bare | ratio "
+        "| same process: agent / bare p50 | ratio |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, r in figures["bench_vs_bare"].items():
         print(
             f"| {name} | {r['agent_bench_p50_ms']:.4g} ms | {r['bare_loop_p50_ms']:.4g} ms | {r['ratio']:.3f} | "
             f"{r['agent_min_ms']:.4g} / {r['bare_min_ms']:.4g} ms | {r['ratio_min']:.3f} | "
-            f"{r['same_process_agent_p50_ms']:.4g} / {r['same_process_bare_p50_ms']:.4g} ms | {r['same_process_ratio']:.3f} |"
+            f"{r['same_process_agent_p50_ms']:.4g} / {r['same_process_bare_p50_ms']:.4g} ms | "
+            f"{r['same_process_ratio']:.3f} |"
         )
     print(
-        "\n| model | import | verify+extract | open interpreter | self-test | next inference | script total | `verify` process | RSS / peak |"
+        "\n| model | import | verify+extract | open interpreter | self-test | next inference | script total "
+        "| `verify` process | RSS / peak |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, c in figures["cold_start"].items():
         ph = c["phases_ms"]
         print(
-            f"| {name} | {ph['import_agent']:.0f} ms | {ph['verify_and_extract']:.1f} ms | {ph['open_interpreter']:.1f} ms | "
+            f"| {name} | {ph['import_agent']:.0f} ms | {ph['verify_and_extract']:.1f} ms | "
+            f"{ph['open_interpreter']:.1f} ms | "
             f"{ph['selftest']:.1f} ms | {ph['next_inference']:.2f} ms | {c['script_total_ms']:.0f} ms | "
             f"{c['verify_process_wall_ms']:.0f} ms | {c['rss_mb']:.0f} / {c['peak_rss_mb']:.0f} MiB |"
         )

@@ -150,7 +150,10 @@ def _markdown(result: dict) -> str:
             else f"TFLite Micro could not load it: {result['tflm_error']}"
         ),
         "",
-        "| profile | target | arena (MCU, +margin) / RAM (B) | budget (B) | flash / storage (B) | budget (B) | ops | verdict |",
+        (
+            "| profile | target | arena (MCU, +margin) / RAM (B) | budget (B) "
+            "| flash / storage (B) | budget (B) | ops | verdict |"
+        ),
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:

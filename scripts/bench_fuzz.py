@@ -144,7 +144,8 @@ def main() -> int:
     print(f"  {'suite':18s} {'generated':>10s} {'fixed':>6s} {'child':>6s} {'crashes':>8s} {'seconds':>8s}")
     for name, r in [*rows.items(), ("total", total)]:
         print(
-            f"  {name:18s} {r['generated']:>10,d} {r['fixed']:>6d} {r['child_process']:>6d} {r['crashes']:>8d} {r['seconds']:>8.1f}"
+            f"  {name:18s} {r['generated']:>10,d} {r['fixed']:>6d} {r['child_process']:>6d} "
+            f"{r['crashes']:>8d} {r['seconds']:>8.1f}"
         )
     return 0 if total["crashes"] == 0 else 1
 

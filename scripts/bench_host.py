@@ -158,7 +158,7 @@ def main() -> int:
     lat = latency["median_ms"]
     rows = [
         (
-            "edgekit build wall time (median of %d)" % len(times),
+            f"edgekit build wall time (median of {len(times)})",
             f"{figures['build_wall_s']['median']:.1f} s",
             f"aim < 60 s; load avg {statistics.median(load):.1f} on {os.cpu_count()} CPUs",
         ),

@@ -9,7 +9,8 @@ fall-back to 3.1.1) a fresh broker and a real ``edgekit-agent run`` process are 
   every broker) sends ``ping`` and waits for the ``succeeded`` answer, --pings times, one at a time.
 Medians over --repeat agent starts and over all pings; ratios against the first setting.
 
-Usage: .venv/bin/python scripts/bench_mqtt311.py --bundle demo-out/bundles/digits-raspberry-pi-4 [--repeat 3] [--pings 50]
+Usage:
+    .venv/bin/python scripts/bench_mqtt311.py --bundle demo-out/bundles/digits-raspberry-pi-4 [--repeat 3] [--pings 50]
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def main() -> int:
                             raise SystemExit(f"update {i + 1} to {target} did not commit: {d.to_dict()}")
                         updates.append(d)
                         print(
-                            f"update {i + 1} -> {target}: transfer {d.transfer_s:.3f} s, to active {d.activate_s:.3f} s "
+                            f"update {i + 1} -> {target}: transfer {d.transfer_s:.3f} s, "
+                            f"to active {d.activate_s:.3f} s "
                             f"(switch {d.commit['activated_ms']:.3f} ms), to committed {d.committed_s:.3f} s",
                             file=sys.stderr,
                         )
@@ -111,7 +112,8 @@ def main() -> int:
                             raise SystemExit(f"bad update {i + 1} did not roll back: {d.to_dict()}")
                         rollbacks.append((d, time.monotonic() - t))
                         print(
-                            f"rollback {i + 1}: decided {d.rollback['after_s']:.3f} s into the window, took {d.rollback['took_ms']:.3f} ms",
+                            f"rollback {i + 1}: decided {d.rollback['after_s']:.3f} s into the window, "
+                            f"took {d.rollback['took_ms']:.3f} ms",
                             file=sys.stderr,
                         )
                 deadline = time.monotonic() + 30
@@ -163,7 +165,8 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(
-        f"OTA on loopback mosquitto, one agent, archive {archive_bytes:,} B, {a.repeat} updates + {a.repeat} rollbacks, "
+        f"OTA on loopback mosquitto, one agent, archive {archive_bytes:,} B, "
+        f"{a.repeat} updates + {a.repeat} rollbacks, "
         f"health window {a.window:g} s, {a.rate:g} labelled images/s (median [min..max]):"
     )
     for key in (
@@ -180,7 +183,8 @@ def main() -> int:
         v = result[key]
         print(f"  {key:28s} {v['median']:>10.3f}  [{v['min']:.3f} .. {v['max']:.3f}]")
     print(
-        f"  restart / command->active     {result['ratio_restart_to_command_to_active']:>8.2f}x  (and a restart serves nothing meanwhile)"
+        f"  restart / command->active     {result['ratio_restart_to_command_to_active']:>8.2f}x  "
+        "(and a restart serves nothing meanwhile)"
     )
     print(
         f"  images written {written}, served {processed}, failed {failed}, reported ok {reported}: "

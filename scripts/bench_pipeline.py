@@ -124,7 +124,8 @@ def main() -> None:
         f"{summary['train_s_noaug']:.1f} s without (ratio {summary['train_s_aug'] / summary['train_s_noaug']:.2f})"
     )
     print(
-        f"float test accuracy: {100 * summary['float_acc_aug']:.2f} % with (min {100 * summary['min_float_acc_aug']:.2f} %), "
+        f"float test accuracy: {100 * summary['float_acc_aug']:.2f} % with "
+        f"(min {100 * summary['min_float_acc_aug']:.2f} %), "
         f"{100 * summary['float_acc_noaug']:.2f} % without"
     )
     print(

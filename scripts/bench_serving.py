@@ -16,7 +16,8 @@ alone (µs per call, folds included), and of one ``snapshot_and_reset`` (once pe
 
 Models: the digits CNN of the tests (8×8×1, ~10 µs per inference: the overhead shows) and a MobileNetV2
 (alpha 0.35, 96×96×3, random weights: latency does not depend on training) built with the host library
-(``edgekit.pipeline.zoo.build_model`` + ``edgekit.pipeline.convert.convert_int8``). Bundles are built once into ``--out``.
+(``edgekit.pipeline.zoo.build_model`` + ``edgekit.pipeline.convert.convert_int8``). Bundles are built once
+into ``--out``.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def recording_cost(rounds: int, n: int) -> dict[str, Any]:
     ref = {"input_mean": {"edges": [i / 10 for i in range(11)], "freq": [0.1] * 10}, "class_freq": [0.1] * 10}
     rec = WindowRecorder(labels, ref)
     per_call, snaps = [], []
-    for r in range(rounds):
+    for _ in range(rounds):
         record = rec.record
         t0 = time.perf_counter_ns()
         for i in range(n):
@@ -188,14 +189,17 @@ def main() -> int:
     for key in ("digits", "mobilenetv2"):
         r = results[key]
         print(
-            f"{r['model']:<22}{r['bare_ms'] * 1e3:>9.1f} µs{r['serve_ms'] * 1e3:>9.1f} µs{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs"
+            f"{r['model']:<22}{r['bare_ms'] * 1e3:>9.1f} µs{r['serve_ms'] * 1e3:>9.1f} µs"
+            f"{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs"
         )
     rc = results["recording"]
     print(
-        f"WindowRecorder.record: {rc['record_us']:.2f} µs per inference; snapshot_and_reset: {rc['snapshot_ms']:.2f} ms per window"
+        f"WindowRecorder.record: {rc['record_us']:.2f} µs per inference; "
+        f"snapshot_and_reset: {rc['snapshot_ms']:.2f} ms per window"
     )
     print(
-        f"load average {results['load1_before']:.2f} before, {results['load1_after']:.2f} after ({results['cpu_count']} CPUs)"
+        f"load average {results['load1_before']:.2f} before, {results['load1_after']:.2f} after "
+        f"({results['cpu_count']} CPUs)"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

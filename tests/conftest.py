@@ -59,7 +59,8 @@ def digits_splits(digits_dataset: Path):
 
 @pytest.fixture(scope="session")
 def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits CNN trained for one (augmented) epoch with `edgekit.pipeline.train`, saved as .keras; once per session."""
+    """A digits CNN trained for one (augmented) epoch with `edgekit.pipeline.train`, saved as .keras;
+    once per session."""
     from edgekit.pipeline.train import save_model, train_model
 
     result = train_model(digits_splits, epochs=1, seed=0)
@@ -68,7 +69,8 @@ def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def digits_int8(digits_model: Path, digits_splits):
-    """`edgekit.pipeline.convert.convert_int8` of ``digits_model`` (int8 in/out, with the float32 twin); once per session."""
+    """`edgekit.pipeline.convert.convert_int8` of ``digits_model`` (int8 in/out, with the float32 twin);
+    once per session."""
     from edgekit.pipeline.convert import convert_int8
 
     return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, name="digits")

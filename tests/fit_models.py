@@ -129,7 +129,8 @@ def dead_logits_cnn() -> bytes:
 
 @cache
 def heavy_dense() -> bytes:
-    """32x32x1 -> Dense(800) -> Dense(4): about 820 KB of int8 weights, a small arena but too much flash for the Nano."""
+    """32x32x1 -> Dense(800) -> Dense(4): about 820 KB of int8 weights, a small arena but too much flash
+    for the Nano."""
     import keras
 
     L = keras.layers

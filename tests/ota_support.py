@@ -86,7 +86,8 @@ class Observer:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(
-                        f"timed out; last messages: {[(t, d.get('state') or d.get('event')) for t, d in self.msgs[-8:]]}"
+                        "timed out; last messages: "
+                        f"{[(t, d.get('state') or d.get('event')) for t, d in self.msgs[-8:]]}"
                     )
                 self.cond.wait(left)
 

@@ -80,7 +80,8 @@ class Profile:
         where = self.source or repr(self.name)
         if not PROFILE_NAME.fullmatch(self.name):
             raise ProfileError(
-                f"{where}: name = {self.name!r} is not a valid profile name; use 1-64 letters, digits, '.', '_' or '-', "
+                f"{where}: name = {self.name!r} is not a valid profile name; "
+                "use 1-64 letters, digits, '.', '_' or '-', "
                 "not starting with a dot (it becomes part of bundle paths such as OUT/NAME-PROFILE/)."
             )
         if self.num_threads < 1:

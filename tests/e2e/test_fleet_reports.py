@@ -46,7 +46,8 @@ def test_every_report_shape_gets_a_picture(tmp_path, extra):
 
 
 def test_a_junk_report_still_gets_a_picture_not_a_traceback(tmp_path):
-    """A report is what a device sent: strings, inf, a broken histogram or a null model must not crash `edgekit bench`."""
+    """A report is what a device sent: strings, inf, a broken histogram or a null model must not crash
+    `edgekit bench`."""
     junk = report(1.0, samples_ms=["x", float("inf"), None, 0.5, 0.7], histogram={"le": [2, 1], "cum": [5, 1]})
     junk.update(model=None, runtime="litert")
     junk["steady"]["p99_ms"] = "slow"

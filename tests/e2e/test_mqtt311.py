@@ -320,8 +320,8 @@ def test_short_demo_on_the_embedded_amqtt_broker(tmp_path, digits_bundle):
     ]
     assert re.search(r"agents online on amqtt mqtt://127\.0\.0\.1:\d+, speaking MQTT 3\.1\.1\n", out), out[-3000:]
     assert (
-        "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), exporter, broker (amqtt)"
-        in out
+        "stopped: agent pi-kitchen (exit 0), agent pi-garage (exit 0), agent esp32-sim (exit 0), "
+        "exporter, broker (amqtt)" in out
     )
     counted = out[out.index("what the Prometheus exporter counted") :]
     for device in ("pi-kitchen", "pi-garage", "esp32-sim"):

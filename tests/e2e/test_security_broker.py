@@ -334,7 +334,7 @@ def test_agent_over_tls_with_password_is_updated_by_the_fleet_over_tls(secure_br
         deadline = time.monotonic() + 90
         online = False
         while not online and time.monotonic() < deadline:
-            for t, p in _drain(fleet.messages, 0.5):
+            for t, _p in _drain(fleet.messages, 0.5):
                 if t == "edge/v1/dev-a/meta":  # published once the agent serves and takes commands
                     online = True
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""

@@ -115,7 +115,8 @@ def test_every_shipped_profile_checks_the_tiny_model():
 def test_input_dtype_mismatch_fails(tmp_path):
     path = tmp_path / "u8.toml"
     path.write_text(
-        'name = "u8"\ntarget = "cpu"\n[tensors]\ninput_dtype = "uint8"\n[memory]\nram_bytes = 1000000\nflash_bytes = 1000000\n'
+        'name = "u8"\ntarget = "cpu"\n[tensors]\ninput_dtype = "uint8"\n'
+        "[memory]\nram_bytes = 1000000\nflash_bytes = 1000000\n"
     )
     row = check_fit(fit_models.tiny_cnn(), load_profile_file(path)).row("dtypes")
     assert row.verdict is Verdict.FAIL and "uint8" in row.detail

@@ -1,4 +1,5 @@
-"""edgekit.pipeline.convert: full-int8 PTQ in a child process, sizes, the crash path, uint8 profiles and the QAT fallback."""
+"""edgekit.pipeline.convert: full-int8 PTQ in a child process, sizes, the crash path, uint8 profiles and the QAT
+fallback."""
 
 from __future__ import annotations
 

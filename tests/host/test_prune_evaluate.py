@@ -1,4 +1,5 @@
-"""edgekit.pipeline.prune (tfmot, schedule from the real step count) and edgekit.pipeline.evaluate's per-layer errors and helpers."""
+"""edgekit.pipeline.prune (tfmot, schedule from the real step count) and edgekit.pipeline.evaluate's per-layer
+errors and helpers."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ class SelfTestResult:
         verdict = "passed" if self.passed else "FAILED"
         return (
             f"self-test {verdict}: {self.samples} golden samples, max |diff| {self.max_abs_diff} "
-            f"(tolerance {self.tolerance}), top-1 agreement {self.agreement:.0%}, label accuracy {self.label_accuracy:.0%}"
+            f"(tolerance {self.tolerance}), top-1 agreement {self.agreement:.0%}, "
+            f"label accuracy {self.label_accuracy:.0%}"
         )
 
 
@@ -75,7 +76,8 @@ def load_golden(bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
         raise BundleError(f"{path}: not a readable .npz ({exc}); re-copy or rebuild the bundle.") from None
     if not (len(inputs) == len(labels) == len(outputs)) or len(inputs) == 0:
         raise BundleError(
-            f"{path}: {len(inputs)} inputs, {len(labels)} labels and {len(outputs)} outputs; they must be equal and non-zero."
+            f"{path}: {len(inputs)} inputs, {len(labels)} labels and {len(outputs)} outputs; "
+            "they must be equal and non-zero."
         )
     return inputs, labels, outputs, int(tolerance)
 
@@ -102,7 +104,8 @@ def run_selftest(bundle: Bundle, runtime: Runtime | None = None) -> SelfTestResu
             # A model that loads but cannot run (e.g. "Input tensor 1 lacks data" from a corrupted buffer
             # index; found by tests/device/test_fuzz_tflite.py) fails its self-test instead of crashing later.
             raise SelfTestError(
-                f"{bundle.directory}: self-test failed: the interpreter cannot run the model on the golden samples ({exc}); "
+                f"{bundle.directory}: self-test failed: "
+                f"the interpreter cannot run the model on the golden samples ({exc}); "
                 "the model is corrupt. Re-copy or rebuild the bundle."
             ) from None
         info = rt.info

@@ -289,9 +289,12 @@ class Verify:
                 return ExitStatus.OK
             print(f"bundle {m.name} {m.version} for {m.profile_name} ({args.bundle})")
             print_table(("file", "bytes", "sha256", "status"), (_check_row(c) for c in checks))
-            print(
-                f"signature: {'signed by key ' + bundle.signed_by if bundle.signed_by else 'not checked (unsigned or no --trusted-keys)'}"
+            signature = (
+                "signed by key " + bundle.signed_by
+                if bundle.signed_by
+                else "not checked (unsigned or no --trusted-keys)"
             )
+            print(f"signature: {signature}")
             info = runtime.info
             print(f"runtime: {info.engine} {info.version}, delegate {info.delegate}, {info.num_threads} threads")
             print(result.summary() if result else "self-test: skipped")

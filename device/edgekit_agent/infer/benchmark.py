@@ -175,7 +175,8 @@ def run_benchmark(
     x = random_input(runtime) if input is None else np.asarray(input)
     if x.shape != runtime.input_shape or x.dtype != runtime.input_dtype:
         raise InputError(
-            f"benchmark input is {x.dtype}{list(x.shape)}, the model takes {runtime.input_dtype}{list(runtime.input_shape)}."
+            f"benchmark input is {x.dtype}{list(x.shape)}, "
+            f"the model takes {runtime.input_dtype}{list(runtime.input_shape)}."
         )
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     runtime.set_input(x)

@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ):
                 raise ModelError(
                     f"{args.keras}: the Keras model takes {takes} and gives {shape.classes} classes, but "
-                    f"{args.target} takes {feeds} and gives {len(labels)}; pass the float model this bundle was built from."
+                    f"{args.target} takes {feeds} and gives {len(labels)}; "
+                    "pass the float model this bundle was built from."
                 )
         with ui.progress() as bar:
             task = bar.add_task("evaluating int8", total=len(y))
@@ -196,7 +197,10 @@ def _print(
     from edgekit.cli import ui
 
     c = ui.console
-    where = f"{report.int8_result.samples} images ({'held-out test split, seed ' + str(seed) if args.split == 'test' else 'all'})"
+    where = (
+        f"{report.int8_result.samples} images "
+        f"({'held-out test split, seed ' + str(seed) if args.split == 'test' else 'all'})"
+    )
     rows = [
         ("target", f"{args.target} ({t.description})"),
         ("evaluated on", where),

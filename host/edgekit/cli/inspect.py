@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
             rows.append(
                 (
                     "int8 / float32",
-                    f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} B = {sizes['int8_float_ratio']:.3f}",
+                    f"{sizes['int8_tflite_bytes']:,} / {sizes['float_tflite_bytes']:,} B = "
+                    f"{sizes['int8_float_ratio']:.3f}",
                 )
             )
         if m.get("fit"):

@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
     c = ui.console
     c.print(
         ui.table(
-            f"Sparsity per layer (target {args.sparsity:.0%}, {res.steps} steps, update every {res.frequency} until step {res.end_step})",
+            f"Sparsity per layer (target {args.sparsity:.0%}, {res.steps} steps, "
+            f"update every {res.frequency} until step {res.end_step})",
             ("layer", "weights count", "zeros count", "sparsity %"),
-            [(l.layer, l.weights, l.zeros, f"{100 * l.sparsity:.1f}") for l in res.layers],
+            [(s.layer, s.weights, s.zeros, f"{100 * s.sparsity:.1f}") for s in res.layers],
         )
     )
     rows = [
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
         ("overall sparsity", f"{100 * res.sparsity:.1f} %"),
         (
             "float test accuracy",
-            f"{100 * res.accuracy_before:.2f} % before, {100 * res.accuracy_after:.2f} % after ({-res.accuracy_drop:+.2f} points)",
+            f"{100 * res.accuracy_before:.2f} % before, "
+            f"{100 * res.accuracy_after:.2f} % after ({-res.accuracy_drop:+.2f} points)",
         ),
     ]
     if res.int8_bytes_before is not None:

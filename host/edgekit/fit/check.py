@@ -225,7 +225,8 @@ def _check_dtypes(c: _Ctx) -> FitRow:
         None,
         Verdict.WARN if only_floats_on_cpu else Verdict.FAIL,
         "; ".join(problems) + ".",
-        f"convert with `edgekit convert --profile {p.name}` (full int8, {p.input_dtype} input, {p.output_dtype} output) "
+        f"convert with `edgekit convert --profile {p.name}` "
+        f"(full int8, {p.input_dtype} input, {p.output_dtype} output) "
         "and replace the layers that leave float islands.",
     )
 

@@ -200,7 +200,10 @@ def _op_problem(op: Operator, graph: Graph, supported: frozenset[str]) -> str:
     if op.name in _WEIGHTED:
         for i in op.inputs[1:]:
             if i >= 0 and not graph.tensor(i).constant:
-                return f"{op.name} takes its parameters from tensor '{graph.tensor(i).name}' at run time; they must be constants"
+                return (
+                    f"{op.name} takes its parameters from tensor '{graph.tensor(i).name}' at run time; "
+                    "they must be constants"
+                )
     if op.name in _NO_FUSED_ACTIVATION and op.fused_activation not in (None, "NONE"):
         return f"{op.name} with a fused {op.fused_activation} is not supported (no fused activation)"
     if op.name == "SOFTMAX":

@@ -39,7 +39,8 @@ _ADD_METHOD_EXCEPTIONS = {
 
 
 def add_method(op: str) -> str:
-    """The ``MicroMutableOpResolver`` method that registers ``op`` (e.g. ``FULLY_CONNECTED`` -> ``AddFullyConnected``)."""
+    """The ``MicroMutableOpResolver`` method that registers ``op``
+    (e.g. ``FULLY_CONNECTED`` -> ``AddFullyConnected``)."""
     if op in _ADD_METHOD_EXCEPTIONS:
         return _ADD_METHOD_EXCEPTIONS[op]
     if not re.fullmatch(r"[A-Z0-9_]+", op):
@@ -66,7 +67,8 @@ def c_array(data: bytes, per_line: int = 12) -> str:
 def model_data_files(
     tflite: bytes, name: str, arena_bytes: int | None, arena_with_margin: int | None, margin: float
 ) -> dict[str, bytes]:
-    """``model_data.h`` / ``model_data.cc``: a 16-byte-aligned ``const unsigned char`` array, its length, the arena size."""
+    """``model_data.h`` / ``model_data.cc``: a 16-byte-aligned ``const unsigned char`` array, its length,
+    the arena size."""
     guard = f"EDGEKIT_{_c_identifier(name).upper()}_MODEL_DATA_H_"
     arena_lines = (
         f"// Measured with the TFLite Micro interpreter: {arena_bytes} bytes; plus the profile's {margin:.0%} margin\n"

@@ -253,7 +253,8 @@ def tflm_outputs(
 
 
 def quantize_inputs(tflite: bytes, inputs: np.ndarray) -> np.ndarray:
-    """Float inputs (N, H, W, C) -> the model's input dtype with its scale and zero point; integer inputs pass through."""
+    """Float inputs (N, H, W, C) -> the model's input dtype with its scale and zero point; integer inputs
+    pass through."""
     from edgekit.fit.tflite_graph import read_graph
 
     x = np.asarray(inputs)

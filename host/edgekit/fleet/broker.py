@@ -32,7 +32,10 @@ from typing import Any
 
 from edgekit_agent.contract.errors import BrokerError, UsageError
 
-BANNER = "edgekit development broker: no authentication, no TLS. For development only; use mosquitto/EMQX with ACLs in production."
+BANNER = (
+    "edgekit development broker: no authentication, no TLS. "
+    "For development only; use mosquitto/EMQX with ACLs in production."
+)
 
 
 def mosquitto_path() -> str | None:

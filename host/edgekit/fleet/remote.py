@@ -203,7 +203,8 @@ def plot_latency(report: Mapping[str, Any], path: Path, title: str = "") -> Path
     ax.set_xlabel("latency (ms)" if (samples or grid is not None) else "")
     rt = report.get("runtime") if isinstance(report.get("runtime"), Mapping) else {}
     fig.suptitle(
-        f"{title}\n{rt.get('engine', '?')} {rt.get('version', '')}, {rt.get('delegate', '?')}, {rt.get('num_threads', '?')} threads, "
+        f"{title}\n{rt.get('engine', '?')} {rt.get('version', '')}, "
+        f"{rt.get('delegate', '?')}, {rt.get('num_threads', '?')} threads, "
         f"{steady.get('count', '?')} runs",
         fontsize=10,
     )

@@ -261,7 +261,10 @@ def inspect_path(path: str | Path, *, trusted_keys: str | Path | None = None) ->
     model_error = None
     if not model_check.ok:
         # A model that fails its hash is not handed to the interpreter: a corrupted flatbuffer can crash it.
-        model_error = f"{model_name}: not loaded, it does not match the manifest ({model_check.status}); re-copy or rebuild the bundle"
+        model_error = (
+            f"{model_name}: not loaded, it does not match the manifest ({model_check.status}); "
+            "re-copy or rebuild the bundle"
+        )
     elif model is not None:
         try:
             check_tflite(model, f"{path}/{model_name}")  # a structurally broken model must not reach the interpreter

@@ -3,8 +3,9 @@
 The converter can kill its process (a segfault on some Keras 3 models with quantisation, docs/pipeline.md, Convert),
 so :mod:`edgekit.pipeline.convert` never runs it in the caller's process. The job file names the model (a Keras 3
 ``.keras`` file or a SavedModel directory), a ``.npy`` of representative samples and the outputs to write.
-Each task may name its own model (several models, one TensorFlow import). A converter exception exits with :data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other
-exit code (a negative one is a signal) is a crash, reported by the parent.
+Each task may name its own model (several models, one TensorFlow import). A converter exception exits with
+:data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other exit code (a negative one is a signal)
+is a crash, reported by the parent.
 """
 
 from __future__ import annotations

@@ -181,7 +181,8 @@ def infer_spec(files: list[Path], *, probe: int = 64) -> PreprocessSpec:
 def folder_spec(
     path: str | Path, *, size: tuple[int, int] | None = None, color_mode: str | None = None
 ) -> PreprocessSpec:
-    """The spec for an image folder: ``size`` (width, height) and ``color_mode`` ("L"/"RGB") when given, else inferred."""
+    """The spec for an image folder: ``size`` (width, height) and ``color_mode`` ("L"/"RGB") when given,
+    else inferred."""
     if size is not None and color_mode is not None:
         return PreprocessSpec(width=int(size[0]), height=int(size[1]), color_mode=color_mode)
     inferred = infer_spec([f for d in _class_dirs(Path(path)) for f in _image_files(d)])
@@ -223,7 +224,8 @@ def spec_for_input(shape: Sequence[int | None], where: str, dataset: str | Path 
         return PreprocessSpec(width=w, height=h, color_mode=mode)
     if dataset is None or Path(dataset).suffix.lower() == ".npz":
         raise ModelError(
-            f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); give a model with a fixed height and width."
+            f"{where}: its input leaves the image size open ({shape_text((None, h, w, c))}); "
+            "give a model with a fixed height and width."
         )
     return folder_spec(dataset, color_mode=mode)  # the images' most common size
 
@@ -281,7 +283,7 @@ def load_image_folder(
     kept: list[str] = []
     skipped: list[str] = []
     total, done = len(all_files), 0
-    for label, (name, files) in enumerate(per_class):
+    for label, (_name, files) in enumerate(per_class):
         for f in files:
             try:
                 xs.append(image_to_float(open_image(f), spec))

@@ -75,8 +75,8 @@ class PruneResult:
             "target_sparsity": self.target_sparsity,
             "sparsity": round(self.sparsity, 4),
             "layers": [
-                {"layer": l.layer, "weights": l.weights, "zeros": l.zeros, "sparsity": round(l.sparsity, 4)}
-                for l in self.layers
+                {"layer": s.layer, "weights": s.weights, "zeros": s.zeros, "sparsity": round(s.sparsity, 4)}
+                for s in self.layers
             ],
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
@@ -189,7 +189,7 @@ def prune_model(
     stripped = sp.strip_pruning(wrapped)
     layers = kernel_sparsity(stripped)
     pruned = stripped if zoo.is_tf_keras(model) else zoo.to_keras3(stripped, like=model)
-    achieved = sum(l.zeros for l in layers) / max(1, sum(l.weights for l in layers))
+    achieved = sum(s.zeros for s in layers) / max(1, sum(s.weights for s in layers))
     if achieved < sparsity - 0.05:
         raise ModelError(
             f"pruning reached only {achieved:.1%} sparsity of the {sparsity:.0%} asked for ({steps} fine-tune steps, "

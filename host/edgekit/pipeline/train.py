@@ -256,16 +256,17 @@ class ModelShape:
         have = tuple(int(d) for d in ds.x.shape[1:])
         if any(w is not None and w != h for w, h in zip(want, have)):
             raise ModelError(
-                f"{self.path}: the model takes inputs of shape (height, width, channels) = {shape_text(want)}, but the "
-                f"dataset {dataset} gives {shape_text(have)}; give a dataset of that size and colour mode, or a model for "
-                f"{shape_text(have)} inputs."
+                f"{self.path}: the model takes inputs of shape (height, width, channels) = {shape_text(want)}, "
+                f"but the dataset {dataset} gives {shape_text(have)}; give a dataset of that size and colour mode, "
+                f"or a model for {shape_text(have)} inputs."
             )
         n = len(ds.labels)
         if self.classes is not None and self.classes != n:
             raise ModelError(
-                f"{self.path}: the model has {self.classes} outputs (output shape {shape_text(self.output_shape)}), but the "
-                f"dataset {dataset} has {n} classes ({', '.join(ds.labels)}); give a model with one output per class "
-                "(e.g. a last Dense layer of that many units) or a dataset with one class folder per output."
+                f"{self.path}: the model has {self.classes} outputs (output shape {shape_text(self.output_shape)}), "
+                f"but the dataset {dataset} has {n} classes ({', '.join(ds.labels)}); "
+                "give a model with one output per class (e.g. a last Dense layer of that many units) "
+                "or a dataset with one class folder per output."
             )
 
 
@@ -290,17 +291,18 @@ def _model_shape(model: Any, path: Path) -> ModelShape:
         inputs, outputs = _shapes(model.inputs), _shapes(model.outputs)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelError(
-            f"{path}: cannot read the model's inputs and outputs ({exc}); save a built Keras model with model.save('model.keras')."
+            f"{path}: cannot read the model's inputs and outputs ({exc}); "
+            "save a built Keras model with model.save('model.keras')."
         ) from None
     if len(inputs) != 1:
         raise ModelError(
-            f"{path}: the model has {len(inputs)} inputs {', '.join(map(shape_text, inputs))}; edgekit feeds one image: "
-            "give a model with exactly one input of shape (batch, height, width, channels)."
+            f"{path}: the model has {len(inputs)} inputs {', '.join(map(shape_text, inputs))}; "
+            "edgekit feeds one image: give a model with exactly one input of shape (batch, height, width, channels)."
         )
     if len(outputs) != 1 or len(outputs[0]) != 2:
         raise ModelError(
-            f"{path}: the model has {len(outputs)} output(s) {', '.join(map(shape_text, outputs))}; a classifier for edgekit "
-            "needs exactly one output of shape (batch, classes)."
+            f"{path}: the model has {len(outputs)} output(s) {', '.join(map(shape_text, outputs))}; "
+            "a classifier for edgekit needs exactly one output of shape (batch, classes)."
         )
     image_input(inputs[0], str(path))  # rank 4, 1 or 3 channels
     return ModelShape(path=path, input_shape=inputs[0], output_shape=outputs[0])
@@ -312,6 +314,6 @@ def _dataset_needs(dataset: str | Path) -> str:
     except EdgekitError:
         return ""  # the dataset's own problem is reported when it is loaded
     return (
-        f"The dataset {dataset} has {len(labels)} classes of {w}x{h} {'grey' if c == 1 else 'RGB'} images: a model for it "
-        f"takes (batch, {h}, {w}, {c}) and gives (batch, {len(labels)})."
+        f"The dataset {dataset} has {len(labels)} classes of {w}x{h} {'grey' if c == 1 else 'RGB'} images: "
+        f"a model for it takes (batch, {h}, {w}, {c}) and gives (batch, {len(labels)})."
     )

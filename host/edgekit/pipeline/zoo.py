@@ -194,7 +194,8 @@ def with_fixed_batch(model: Any, batch_size: int | None = 1) -> Any:
         clone.set_weights(model.get_weights())
     except Exception as exc:  # noqa: BLE001 - from_config raises anything a custom layer raises
         raise ModelError(
-            f"model '{model.name}': cannot rebuild it with a fixed batch of {batch_size} ({type(exc).__name__}: {exc}); "
+            f"model '{model.name}': cannot rebuild it with a fixed batch of {batch_size} "
+            f"({type(exc).__name__}: {exc}); "
             "build it with keras.Input(shape, batch_size=1) yourself."
         ) from None
     return clone
