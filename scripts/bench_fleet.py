@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""How many telemetry messages per second do ``edgekit watch``'s state and the exporter process, and how
-much memory do they hold for a fleet of 1,000 devices?
+"""How many telemetry messages per second do ``edgekit watch``'s state and the exporter process, how
+much memory do they hold for a fleet of 1,000 devices, and how long does Prometheus wait for ``/metrics``
+of 1,000 and of 10,000 devices?
 
 Method (loopback mosquitto, started here): a consumer process connects with a persistent MQTT 5
 session, subscribes and disconnects; this script then publishes N telemetry records (QoS 1, realistic
@@ -9,7 +10,14 @@ mosquitto queues for the absent consumer. The consumer reconnects and we time fr
 has applied all N records (so the figure is the consumer's speed, not the publisher's). Each run is a
 fresh process; the median of --repeat runs is reported, with RSS before and after.
 
+Scrape (``--scrape-devices 1000,10000``): an exporter (default settings unless ``--per-device``) whose state
+is fed directly with realistic windows (how they arrive does not change what a scrape costs), then timed HTTP
+GETs of /metrics as Prometheus makes them (``Accept-Encoding: gzip``, whole body read): one right after every
+device sent a new window (the worst case: every device's model-level deltas are added), one with nothing new.
+Medians of --repeat rounds; sizes plain and gzipped.
+
 Usage: .venv/bin/python scripts/bench_fleet.py [--messages 20000] [--devices 1000] [--repeat 3]
+       [--scrape-devices 1000,10000] [--per-device counters] [--scrape-only]
 """
 
 from __future__ import annotations
@@ -102,7 +110,7 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
             "class_counts": {str(i): 10 for i in range(10)},
             "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [n]},
         },
-        "drift": {},
+        "drift": {"input_mean": {"psi": 0.021}, "predicted_class": {"psi": 0.013}, "confidence": {"psi": 0.034}},
         "system": {"cpu_temp_c": 50.0, "rss_mb": 60.0, "load1": 0.5},
         "outbox": {"depth": 0, "dropped": 0},
     }
@@ -201,11 +209,66 @@ def publish_all(url: str, devices: int, n: int) -> float:
     return sum(len(p) for _, p in payloads) / n, n / dt
 
 
+def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dict:
+    """Median seconds of a Prometheus-style GET of /metrics for ``devices`` devices (see the module docstring)."""
+    import urllib.request
+
+    import numpy as np
+
+    from edgekit.fleet.exporter import Exporter
+    from edgekit.fleet.state import Message
+
+    rng = np.random.default_rng(0)
+    ids = [f"dev-{i:05d}" for i in range(devices)]
+    epochs = {d: uuid.uuid4().hex for d in ids}
+    cid = f"bench-scrape-{devices}-{uuid.uuid4().hex[:6]}"
+    exp = Exporter(broker, port=0, client_id=cid, group=cid, per_device=per_device).start()
+
+    def feed(seq: int) -> None:
+        now = time.time()
+        msgs = [Message(f"edge/v1/{d}/telemetry/inference", telemetry(d, epochs[d], seq, rng), False, now) for d in ids]
+        if seq == 1:
+            born = json.dumps({"state": "online", "boot_id": "b", "ts": int(now * 1000)}).encode()
+            msgs = [Message(f"edge/v1/{d}/status", born, True, now) for d in ids] + msgs
+        with exp.state.lock:
+            exp.state.apply_many(msgs)
+
+    def get(gzip: bool) -> tuple[float, int]:
+        req = urllib.request.Request(exp.url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            n = len(r.read())
+        return time.perf_counter() - t0, n
+
+    changed, same = [], []
+    try:
+        for seq in range(1, repeat + 2):
+            feed(seq)
+            t, gz_bytes = get(gzip=True)
+            if seq > 1:  # the first scrape also builds the label cache: a one-off
+                changed.append(t)
+            same.append(get(gzip=True)[0])
+        plain_bytes = get(gzip=False)[1]
+    finally:
+        exp.stop()
+    return {
+        "devices": devices,
+        "changed_s": statistics.median(changed),
+        "changed_runs": changed,
+        "same_s": statistics.median(same),
+        "plain_bytes": plain_bytes,
+        "gzip_bytes": gz_bytes,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scrape-devices", default="1000,10000", help="fleet sizes for the /metrics timing")
+    ap.add_argument("--per-device", default="counters", choices=("off", "counters", "histograms"))
+    ap.add_argument("--scrape-only", action="store_true", help="only the /metrics timing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
     ap.add_argument("--client-id", help=argparse.SUPPRESS)
@@ -218,6 +281,22 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {"watch": [], "exporter": []}
     with start_dev_broker(port=0, engine="mosquitto") as broker:
+        scrapes = [
+            scrape_bench(broker.url, int(n), max(a.repeat, 5), a.per_device) for n in a.scrape_devices.split(",")
+        ]
+        print(
+            f"\n/metrics as Prometheus fetches it (gzip), --per-device {a.per_device}, medians, "
+            f"load {os.getloadavg()[0]:.1f}:"
+        )
+        for r in scrapes:
+            print(
+                f"  {r['devices']:>6,} devices: {r['changed_s']:.3f} s after every device sent a window "
+                f"(runs {', '.join(f'{x:.3f}' for x in r['changed_runs'])}), {r['same_s']:.3f} s with nothing new; "
+                f"{r['plain_bytes'] / 1e6:.1f} MB plain, {r['gzip_bytes'] / 1e6:.2f} MB gzipped",
+                flush=True,
+            )
+        if a.scrape_only:
+            return
         for rep in range(a.repeat):
             for role in results:
                 cid = f"bench-{role}-{rep}"

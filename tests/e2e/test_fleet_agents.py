@@ -148,7 +148,7 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
             assert m[("edgekit_inference_labeled_total", labels(dev))] == n
             assert m[("edgekit_inference_correct_total", labels(dev))] == r.correct
             assert m[("edgekit_inference_latency_seconds_count", labels(dev, ("stage", "total")))] == n
-            assert m[("edgekit_device_up", labels(dev))] == 1.0
+            assert m[("edgekit_device_up", (("device", dev),))] == 1.0
         # A clean stop says "shutdown"; a killed agent is reported by its last will.
         assert stop(pa) == 0
         os.killpg(pb.pid, signal.SIGKILL)
