@@ -182,6 +182,41 @@ class _Grid:
 _Hist = tuple[_Grid, tuple[int, ...], float, int]  # grid, cumulative counts at its bounds, sum (ms), count
 
 
+class _Row:
+    """One device as the collector last rendered it: label strings escaped once, sample lines formatted
+    again only when the device's values changed, and what was last added to its model's totals."""
+
+    __slots__ = ("key", "model", "profile", "dl", "dml", "info", "up", "prefixes", "counts", "lines", "extra", "hists")
+
+    def __init__(self, device_id: str, key: tuple[Any, ...], has_info: bool) -> None:
+        name, profile, version, engine, delegate = (str(v if v is not None else "")[:MAX_LABEL] for v in key)
+        self.key, self.model, self.profile = key, name, profile
+        self.dl = dl = f'device="{_label(device_id)}"'
+        self.dml = dml = f'{dl},model="{_label(name)}",profile="{_label(profile)}"'
+        self.info = (
+            f'edgekit_device_info{{{dml},version="{_label(version)}",engine="{_label(engine)}",'
+            f'delegate="{_label(delegate)}"}} 1\n'
+            if has_info
+            else ""
+        )
+        self.up = (f"edgekit_device_up{{{dl}}} 0\n", f"edgekit_device_up{{{dl}}} 1\n")
+        self.prefixes = tuple(f"{name}{{{dml}}} " for name in _COUNTERS)
+        self.counts: tuple[int, ...] = (0,) * len(_COUNTERS)  # what was added to the model totals so far
+        self.hists: dict[str, _Hist] = {}
+        self.lines: list[str] = []  # the counter lines of ``counts``
+        self.extra: tuple[str, str] = ("", "")  # the last-window line and the drift lines
+
+    def format(self, dev: Any) -> None:
+        self.lines = [p + str(v) + "\n" for p, v in zip(self.prefixes, self.counts)]
+        seen = (
+            f"edgekit_telemetry_last_window_timestamp_seconds{{{self.dl}}} {dev.last_window:.3f}\n"
+            if dev.last_window is not None
+            else ""
+        )
+        drift = "".join(f'edgekit_drift_psi{{{self.dml},signal="{k}"}} {v!r}\n' for k, v in dev.drift.items())
+        self.extra = (seen, drift)
+
+
 class _ModelTotals:
     """Counters and histograms per (model, profile) that only ever grow.
 
@@ -191,41 +226,37 @@ class _ModelTotals:
     profile) it reports now (so a switch is attributed at scrape resolution)."""
 
     def __init__(self) -> None:
-        self.last: dict[str, tuple[tuple[int, ...], dict[str, _Hist]]] = {}  # device -> what was added so far
         self.counts: dict[tuple[str, str], list[int]] = {}
         self.hist: dict[tuple[str, str, str], list[Any]] = {}  # -> [grid, cum, sum_ms, count]
 
-    def add(self, device_id: str, model: str, profile: str, counts: tuple[int, ...], hists: dict[str, _Hist]) -> None:
-        prev_counts, prev_hists = self.last.get(device_id, ((0,) * len(counts), {}))
-        acc = self.counts.setdefault((model, profile), [0] * len(counts))
-        for i, (c, p) in enumerate(zip(counts, prev_counts)):
-            acc[i] += c - p if c >= p else c  # a device's count went down: it was forgotten and came back
+    def add(self, row: _Row, counts: tuple[int, ...], hists: dict[str, _Hist]) -> None:
+        """Add what the device gained since ``row.counts``/``row.hists``, and remember the new values there."""
+        acc = self.counts.get((row.model, row.profile))
+        if acc is None:
+            acc = self.counts[(row.model, row.profile)] = [0] * len(counts)
+        deltas = tuple(map(operator.sub, counts, row.counts))
+        if min(deltas) < 0:  # a count went down: the device was forgotten and came back, all of it is new
+            deltas = tuple(c if d < 0 else d for c, d in zip(counts, deltas))
+        acc[:] = map(operator.add, acc, deltas)
         for stage, (grid, cum, total, n) in hists.items():
-            prev = prev_hists.get(stage)
+            prev = row.hists.get(stage)
             d_cum = tuple(map(operator.sub, cum, prev[1])) if prev is not None and prev[0] is grid else ()
             if d_cum and n >= prev[3] and min(d_cum) >= 0:
                 d_sum, d_n = total - prev[2], n - prev[3]
             else:  # new, or restarted (a new grid, a forgotten device back): all of it is new
                 d_cum, d_sum, d_n = cum, total, n
-            slot = self.hist.get((model, profile, stage))
+            slot = self.hist.get((row.model, row.profile, stage))
             if slot is None:
-                self.hist[(model, profile, stage)] = [grid, d_cum, d_sum, d_n]
+                self.hist[(row.model, row.profile, stage)] = [grid, d_cum, d_sum, d_n]
             elif slot[0].key == grid.key:
                 slot[1] = tuple(map(operator.add, slot[1], d_cum))
                 slot[2] += d_sum
                 slot[3] += d_n
             else:  # another bucket grid in the same model (an agent upgrade): never mixed in
-                log.warning("%s: latency buckets differ from the rest of %s/%s; not summed", device_id, model, profile)
-        self.last[device_id] = (counts, hists)
-
-    def unchanged(self, device_id: str, counts: tuple[int, ...]) -> bool:
-        """Nothing to add: histograms only change with a telemetry window, which counts in ``counts``."""
-        last = self.last.get(device_id)
-        return last is not None and last[0] == counts
-
-    def forget_except(self, devices: Mapping[str, Any]) -> None:
-        if len(self.last) > len(devices):
-            self.last = {d: v for d, v in self.last.items() if d in devices}
+                log.warning(
+                    "%s: latency buckets differ from the rest of %s/%s; not summed", row.dl, row.model, row.profile
+                )
+        row.counts, row.hists = counts, hists
 
 
 class FleetCollector:
@@ -259,13 +290,20 @@ class FleetCollector:
         self.budgets_ms = budgets
         self.totals = _ModelTotals()
         self._grids: dict[tuple[float, ...], _Grid] = {}
-        self._labels: dict[str, tuple[Any, ...]] = {}  # device -> _device_labels(...), escaped once, not per scrape
+        # Every device has its own (equal) le tuple: found by identity first, since hashing 30 floats is slow.
+        self._grid_of: dict[int, tuple[tuple[float, ...], _Grid]] = {}
+        self._rows: dict[str, _Row] = {}
 
     def _grid(self, le_ms: tuple[float, ...]) -> _Grid:
-        g = self._grids.get(le_ms)
-        if g is None:
-            g = self._grids[le_ms] = _Grid(le_ms, self.coarse)
-        return g
+        hit = self._grid_of.get(id(le_ms))
+        if hit is None or hit[0] is not le_ms:
+            if len(self._grid_of) > 2 * len(self.state.devices) + 64:  # le tuples of forgotten devices
+                self._grid_of.clear()
+            g = self._grids.get(le_ms)
+            if g is None:
+                g = self._grids[le_ms] = _Grid(le_ms, self.coarse)
+            hit = self._grid_of[id(le_ms)] = (le_ms, g)
+        return hit[1]
 
     def _hists(self, dev: Any) -> dict[str, _Hist]:
         out = {}
@@ -281,15 +319,12 @@ class FleetCollector:
         st = self.state
         per_device = self.per_device != "off"
         up: list[str] = []
-        info: list[str] = []
-        counters: list[list[str]] = [[] for _ in _COUNTERS]
-        seen: list[str] = []
-        drift: list[str] = []
+        shown: list[_Row] = []
         dev_hist: list[str] = []
+        rows = self._rows
         with st.lock:
             now = time.time()
-            for device_id in sorted(st.devices):
-                dev = st.devices[device_id]
+            for device_id, dev in st.devices.items():
                 b, r = dev.bundle, dev.runtime
                 key = (
                     b.get("name", ""),
@@ -298,11 +333,14 @@ class FleetCollector:
                     r.get("engine"),
                     r.get("delegate"),
                 )
-                cached = self._labels.get(device_id)
-                if cached is None or cached[0] != key:
-                    cached = self._labels[device_id] = _device_labels(device_id, key, bool(b or r))
-                _, model, profile, dl, dml, info_line = cached
-                up.append(f"edgekit_device_up{{{dl}}} {1 if st.status_of(dev, now) == 'online' else 0}\n")
+                row = rows.get(device_id)
+                if row is None or row.key != key:
+                    old, row = row, _Row(device_id, key, bool(b or r))
+                    if old is not None:  # new labels (an OTA): what was counted so far stays counted
+                        row.counts, row.hists = old.counts, old.hists
+                        row.format(dev)
+                    rows[device_id] = row
+                up.append(row.up[st.status_of(dev, now) == "online"])
                 counts = (
                     dev.requests,
                     dev.errors,
@@ -313,35 +351,27 @@ class FleetCollector:
                     dev.rollbacks,
                 )
                 hists = None
-                if not self.totals.unchanged(device_id, counts):
+                # Histograms, drift and the last window only change with a telemetry window, which counts.
+                if counts != row.counts or not row.lines:
                     hists = self._hists(dev)
-                    self.totals.add(device_id, model, profile, counts, hists)
-                if not per_device:
-                    continue
-                if info_line:
-                    info.append(info_line)
-                for lines, name, value in zip(counters, _COUNTERS, counts):
-                    lines.append(f"{name}{{{dml}}} {value}\n")
-                if dev.last_window is not None:
-                    seen.append(f"edgekit_telemetry_last_window_timestamp_seconds{{{dl}}} {dev.last_window:.3f}\n")
-                for signal, psi in dev.drift.items():
-                    drift.append(f'edgekit_drift_psi{{{dml},signal="{signal}"}} {psi!r}\n')
+                    self.totals.add(row, counts, hists)
+                    row.format(dev)
+                shown.append(row)
                 if self.per_device == "histograms":
                     for stage, (g, cum, total, n) in (hists or self._hists(dev)).items():
-                        dev_hist.extend(
-                            _histogram("edgekit_inference_latency_seconds", f'{dml},stage="{stage}"', g, cum, total, n)
-                        )
-            self.totals.forget_except(st.devices)
-            if len(self._labels) > len(st.devices):
-                self._labels = {d: v for d, v in self._labels.items() if d in st.devices}
+                        labels = f'{row.dml},stage="{stage}"'
+                        dev_hist += _histogram("edgekit_inference_latency_seconds", labels, g, cum, total, n)
+            if len(rows) > len(st.devices):
+                self._rows = {d: v for d, v in rows.items() if d in st.devices}
             n_devices, duplicates = len(st.devices), st.dedup.duplicates
+        # Output in the order of the state (insertion), not sorted: sorting 10,000 ids costs more than it helps.
         out = [_header("edgekit_device_up"), *up]
         if per_device:
-            out += [_header("edgekit_device_info"), *info]
-            for lines, name in zip(counters, _COUNTERS):
-                out += [_header(name), *lines]
-            out += [_header("edgekit_telemetry_last_window_timestamp_seconds"), *seen]
-            out += [_header("edgekit_drift_psi"), *drift]
+            out += [_header("edgekit_device_info"), *(row.info for row in shown)]
+            for i, name in enumerate(_COUNTERS):
+                out += [_header(name), *(row.lines[i] for row in shown)]
+            out += [_header("edgekit_telemetry_last_window_timestamp_seconds"), *(row.extra[0] for row in shown)]
+            out += [_header("edgekit_drift_psi"), *(row.extra[1] for row in shown)]
         else:
             for i, name in enumerate(_COUNTERS):
                 out.append(_header(name, "; --per-device off: summed over the devices of each model and profile"))
@@ -365,20 +395,6 @@ class FleetCollector:
         out += [_header("edgekit_exporter_devices"), f"edgekit_exporter_devices {n_devices}\n"]
         out += [_header("edgekit_exporter_duplicates_total"), f"edgekit_exporter_duplicates_total {duplicates}\n"]
         return "".join(out)
-
-
-def _device_labels(device_id: str, key: tuple[Any, ...], has_info: bool) -> tuple[Any, ...]:
-    """(key, model, profile, device label, device+model+profile labels, the info line or "")."""
-    name, profile, version, engine, delegate = (str(v if v is not None else "")[:MAX_LABEL] for v in key)
-    dl = f'device="{_label(device_id)}"'
-    dml = f'{dl},model="{_label(name)}",profile="{_label(profile)}"'
-    info = (
-        f'edgekit_device_info{{{dml},version="{_label(version)}",engine="{_label(engine)}",'
-        f'delegate="{_label(delegate)}"}} 1\n'
-        if has_info
-        else ""
-    )
-    return key, name, profile, dl, dml, info
 
 
 def _histogram(name: str, labels: str, g: _Grid, cum: Iterable[int], total_ms: float, count: int) -> list[str]:
