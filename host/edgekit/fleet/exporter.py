@@ -248,7 +248,7 @@ class _ModelTotals:
             slot = self.hist.get((row.model, row.profile, stage))
             if slot is None:
                 self.hist[(row.model, row.profile, stage)] = [grid, d_cum, d_sum, d_n]
-            elif slot[0].key == grid.key:
+            elif slot[0] is grid:  # grids are one object per bucket grid (FleetCollector._grid)
                 slot[1] = tuple(map(operator.add, slot[1], d_cum))
                 slot[2] += d_sum
                 slot[3] += d_n
