@@ -224,14 +224,23 @@ def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dic
     cid = f"bench-scrape-{devices}-{uuid.uuid4().hex[:6]}"
     exp = Exporter(broker, port=0, client_id=cid, group=cid, per_device=per_device).start()
 
+    # One realistic window per device, made once: only its seq changes from round to round.
+    templates = {d: telemetry(d, epochs[d], 0, rng) for d in ids}
+    assert all(t.count(b'"seq": 0,') == 1 for t in templates.values())
+
     def feed(seq: int) -> None:
         now = time.time()
-        msgs = [Message(f"edge/v1/{d}/telemetry/inference", telemetry(d, epochs[d], seq, rng), False, now) for d in ids]
+        stamp = b'"seq": %d,' % seq
+        msgs = [
+            Message(f"edge/v1/{d}/telemetry/inference", templates[d].replace(b'"seq": 0,', stamp), False, now)
+            for d in ids
+        ]
         if seq == 1:
             born = json.dumps({"state": "online", "boot_id": "b", "ts": int(now * 1000)}).encode()
             msgs = [Message(f"edge/v1/{d}/status", born, True, now) for d in ids] + msgs
-        with exp.state.lock:
-            exp.state.apply_many(msgs)
+        for i in range(0, len(msgs), 1000):  # in batches, as the consumer applies what it drained
+            with exp.state.lock:
+                exp.state.apply_many(msgs[i : i + 1000])
 
     def get(gzip: bool) -> tuple[float, int]:
         req = urllib.request.Request(exp.url, headers={"Accept-Encoding": "gzip"} if gzip else {})
@@ -241,6 +250,7 @@ def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dic
         return time.perf_counter() - t0, n
 
     changed, same = [], []
+    seen_by_prometheus = None
     try:
         for seq in range(1, repeat + 2):
             feed(seq)
@@ -249,6 +259,7 @@ def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dic
                 changed.append(t)
             same.append(get(gzip=True)[0])
         plain_bytes = get(gzip=False)[1]
+        seen_by_prometheus = prometheus_scrapes(exp, feed, repeat + 2)
     finally:
         exp.stop()
     return {
@@ -258,7 +269,39 @@ def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dic
         "same_s": statistics.median(same),
         "plain_bytes": plain_bytes,
         "gzip_bytes": gz_bytes,
+        "prometheus": seen_by_prometheus,
     }
+
+
+def prometheus_scrapes(exp, feed, first_seq: int, interval_s: int = 5, rounds: int = 7) -> dict | None:
+    """A real Prometheus (tests/prometheus_server.py, if installed) scrapes the exporter every ``interval_s``
+    while every device sends a window per interval (twice the rate of 10 s windows at a 5 s interval); its own
+    ``scrape_duration_seconds`` (fetch, decompress, parse, store) of those scrapes: median and max. None without
+    prometheus."""
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from prometheus_server import Prometheus, binary
+
+    if binary("prometheus") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        prom = Prometheus(Path(tmp), [f"127.0.0.1:{exp.port}"], interval=f"{interval_s}s").start()
+        try:
+            for seq in range(first_seq, first_seq + rounds):
+                feed(seq)
+                time.sleep(interval_s)
+            window = f"[{(rounds - 1) * interval_s}s]"  # not the first scrape: it also creates every series
+            q = {
+                "median_s": f"quantile_over_time(0.5, scrape_duration_seconds{window})",
+                "max_s": f"max_over_time(scrape_duration_seconds{window})",
+                "scrapes": f"count_over_time(scrape_duration_seconds{window})",
+                "samples": "scrape_samples_scraped",
+            }
+            return {k: float(prom.query(v)[0]["value"][1]) for k, v in q.items()}
+        finally:
+            prom.stop()
 
 
 def main() -> None:
@@ -295,6 +338,14 @@ def main() -> None:
                 f"{r['plain_bytes'] / 1e6:.1f} MB plain, {r['gzip_bytes'] / 1e6:.2f} MB gzipped",
                 flush=True,
             )
+            if r["prometheus"]:
+                p = r["prometheus"]
+                print(
+                    f"          Prometheus' scrape_duration_seconds over {p['scrapes']:.0f} scrapes "
+                    f"(every device sent a window between two): median {p['median_s']:.3f} s, max {p['max_s']:.3f} s; "
+                    f"{p['samples']:,.0f} samples a scrape",
+                    flush=True,
+                )
         if a.scrape_only:
             return
         for rep in range(a.repeat):
