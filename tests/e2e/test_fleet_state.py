@@ -164,6 +164,16 @@ def test_every_metric_the_dashboard_and_the_alerts_use_is_served_by_the_exporter
     assert used and used <= served, used - served
 
 
+def test_exporter_cli_refuses_a_bad_budget_or_a_folder_without_bundles(tmp_path, capsys):
+    from edgekit.cli import main
+
+    assert main(["exporter", "--latency-budget", "raspberry-pi-4"]) == 2
+    assert "PROFILE=MS" in capsys.readouterr().err
+    assert main(["exporter", "--latency-budget", "raspberry-pi-4=-5"]) == 2
+    assert main(["exporter", "--bundles", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no bundle here" in capsys.readouterr().err.replace("\n", "")
+
+
 def test_per_device_off_keeps_up_per_device_and_counters_per_model():
     from edgekit.fleet.exporter import FleetCollector
 

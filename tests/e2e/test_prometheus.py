@@ -151,7 +151,14 @@ def fleet(prometheus_available, digits_bundle, tmp_path_factory):
         for msg in drain(raw.messages, 1.0, limit=100_000):
             doc = json.loads(msg.payload)
             sent.setdefault(doc["device_id"], {})[(doc["epoch"], doc["seq"])] = doc
-        yield {"prom": prom, "exporters": exporters, "agents": agents, "sent": sent, "sim": sim, "tmp": tmp}
+        yield {
+            "prom": prom,
+            "exporters": exporters,
+            "agents": agents,
+            "sent": sent,
+            "sim": sim,
+            "bundle": digits_bundle,
+        }
     finally:
         for proc, _ in agents.values():
             if proc.poll() is None:
@@ -187,6 +194,10 @@ def test_promql_counts_accuracy_and_latency_quantiles_match_what_the_agents_serv
     assert prom.values("sum by (profile) (edgekit_inference_requests_total)", "profile") == {
         "raspberry-pi-4": N_A + N_B,
         "esp32-s3": sum(s["requests"] for s in fleet["sim"].values()),
+    }
+    manifest = json.loads((fleet["bundle"] / "manifest.json").read_text())
+    assert prom.values("max by (model) (edgekit_model_reference_accuracy)", "model") == {
+        "digits": pytest.approx(manifest["metrics"]["int8_accuracy"])
     }
     accuracy = prom.values(
         "sum by (device) (edgekit_inference_correct_total) / sum by (device) (edgekit_inference_labeled_total)",

@@ -15,8 +15,9 @@ in each metric's HELP (docs/fleet.md has the table).
 Cardinality is a choice (``per_device``): ``counters`` (default) keeps a dozen series per device and
 latency histograms per (model, profile) only; ``histograms`` adds per-device histograms; ``off`` keeps
 only ``edgekit_device_up`` per device and aggregates the counters by (model, profile). The text is
-rendered here, not by prometheus-client: one f-string per sample with label strings cached per device,
-which is what makes 10,000 devices scrape in well under a second (scripts/bench_fleet.py).
+rendered here, not by prometheus-client: each device's label strings and sample lines are kept between
+scrapes and formatted again only when the device changed, which is what lets 10,000 devices scrape in under
+a second on two shared cores (scripts/bench_fleet.py, docs/fleet.md "At scale").
 
 Latency histograms are real Prometheus histograms, summed bucket by bucket from the devices' ``le``/``cum``
 counts (ms → seconds), so ``histogram_quantile`` works across windows, devices and exporters.
@@ -52,7 +53,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # exact, and it halves the series of every histogram.
 COARSE_LE_MS = frozenset({0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0})
 MAX_LABEL = 128  # label values come from devices: bounded, so a rogue one cannot bloat every scrape
-DRIFT_SIGNALS = ("input_mean", "predicted_class", "confidence")
 
 SUM, MAX = "; each exporter of a group counts what it received: sum over exporters", "; max over exporters"
 # Every family: type and HELP. The HELP says how to aggregate over the exporters of a group: that is what
