@@ -423,7 +423,10 @@ class _MetricsHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the scraper gave up (its scrape_timeout): its business
+            log.info("%s closed the connection before /metrics was sent (%d bytes)", self.address_string(), len(body))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
         log.debug("%s - %s", self.address_string(), format % args)
