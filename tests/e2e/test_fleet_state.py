@@ -174,6 +174,25 @@ def test_exporter_cli_refuses_a_bad_budget_or_a_folder_without_bundles(tmp_path,
     assert f"{tmp_path}: no bundle here" in capsys.readouterr().err.replace("\n", "")
 
 
+def test_rollback_events_drift_and_the_last_window_reach_the_metrics():
+    from edgekit.fleet.exporter import FleetCollector
+
+    st = FleetState(histogram_stages=("total",))
+    doc = telemetry(1, T0)
+    doc["drift"] = {"input_mean": {"psi": 0.4}, "predicted_class": {"psi": None}, "confidence": "junk"}
+    st.apply(msg("d", "telemetry/inference", doc, at=T0 + 0.5))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 2, "event": "rollback", "reason": "health"}, at=T0 + 1))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 3, "event": "bundle_activated"}, at=T0 + 2))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 2, "event": "rollback"}, at=T0 + 3))  # a redelivery
+    lines = FleetCollector(st).render().splitlines()
+    labels = 'device="d",model="",profile=""'
+    assert f"edgekit_ota_rollbacks_total{{{labels}}} 1" in lines
+    assert [x for x in lines if x.startswith("edgekit_drift_psi{")] == [
+        f'edgekit_drift_psi{{{labels},signal="input_mean"}} 0.4'
+    ]
+    assert f'edgekit_telemetry_last_window_timestamp_seconds{{device="d"}} {T0 + 0.5:.3f}' in lines
+
+
 def test_per_device_off_keeps_up_per_device_and_counters_per_model():
     from edgekit.fleet.exporter import FleetCollector
 
