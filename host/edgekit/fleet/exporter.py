@@ -165,14 +165,13 @@ def _header(name: str, extra: str = "") -> str:
 class _Grid:
     """How one device bucket grid is exported: which of its bounds, as which ``le`` strings."""
 
-    __slots__ = ("keep", "key", "le")
+    __slots__ = ("keep", "le")
 
     def __init__(self, le_ms: tuple[float, ...], coarse: bool) -> None:
         finite = [(i, le) for i, le in enumerate(le_ms) if not math.isinf(le)]
         if coarse and any(le in COARSE_LE_MS for _, le in finite):
             finite = [(i, le) for i, le in finite if le in COARSE_LE_MS]
         self.keep = tuple(i for i, _ in finite)
-        self.key = tuple(le for _, le in finite)
         self.le = tuple(floatToGoString(le / 1000.0) for _, le in finite)
 
     def pick(self, cum: list[int]) -> tuple[int, ...]:
@@ -200,7 +199,7 @@ class _Row:
             else ""
         )
         self.up = (f"edgekit_device_up{{{dl}}} 0\n", f"edgekit_device_up{{{dl}}} 1\n")
-        self.prefixes = tuple(f"{name}{{{dml}}} " for name in _COUNTERS)
+        self.prefixes = tuple(f"{metric}{{{dml}}} " for metric in _COUNTERS)
         self.counts: tuple[int, ...] = (0,) * len(_COUNTERS)  # what was added to the model totals so far
         self.hists: dict[str, _Hist] = {}
         self.lines: list[str] = []  # the counter lines of ``counts``
