@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""How many telemetry messages per second do ``edgekit watch``'s state and the exporter process, and how
-much memory do they hold for a fleet of 1,000 devices?
+"""How many telemetry messages per second do ``edgekit watch``'s state and the exporter process, how
+much memory do they hold for a fleet of 1,000 devices, and how long does Prometheus wait for ``/metrics``
+of 1,000 and of 10,000 devices?
 
 Method (loopback mosquitto, started here): a consumer process connects with a persistent MQTT 5
 session, subscribes and disconnects; this script then publishes N telemetry records (QoS 1, realistic
@@ -9,7 +10,14 @@ mosquitto queues for the absent consumer. The consumer reconnects and we time fr
 has applied all N records (so the figure is the consumer's speed, not the publisher's). Each run is a
 fresh process; the median of --repeat runs is reported, with RSS before and after.
 
+Scrape (``--scrape-devices 1000,10000``): an exporter (default settings unless ``--per-device``) whose state
+is fed directly with realistic windows (how they arrive does not change what a scrape costs), then timed HTTP
+GETs of /metrics as Prometheus makes them (``Accept-Encoding: gzip``, whole body read): one right after every
+device sent a new window (the worst case: every device's model-level deltas are added), one with nothing new.
+Medians of --repeat rounds; sizes plain and gzipped.
+
 Usage: .venv/bin/python scripts/bench_fleet.py [--messages 20000] [--devices 1000] [--repeat 3]
+       [--scrape-devices 1000,10000] [--per-device counters] [--scrape-only]
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
             "class_counts": {str(i): 10 for i in range(10)},
             "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [n]},
         },
-        "drift": {},
+        "drift": {"input_mean": {"psi": 0.021}, "predicted_class": {"psi": 0.013}, "confidence": {"psi": 0.034}},
         "system": {"cpu_temp_c": 50.0, "rss_mb": 60.0, "load1": 0.5},
         "outbox": {"depth": 0, "dropped": 0},
     }
@@ -157,12 +165,10 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
         "rss_after_mb": rss_mb(),
     }
     if role == "exporter":
-        from prometheus_client import generate_latest
-
         times = []
         for _ in range(5):
             s = time.perf_counter()
-            body = generate_latest(exp.registry)
+            body = exp.collector.render().encode()
             times.append(time.perf_counter() - s)
         result["scrape_ms"] = 1000 * statistics.median(times)
         result["scrape_bytes"] = len(body)
@@ -203,11 +209,109 @@ def publish_all(url: str, devices: int, n: int) -> float:
     return sum(len(p) for _, p in payloads) / n, n / dt
 
 
+def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dict:
+    """Median seconds of a Prometheus-style GET of /metrics for ``devices`` devices (see the module docstring)."""
+    import urllib.request
+
+    import numpy as np
+
+    from edgekit.fleet.exporter import Exporter
+    from edgekit_agent.mqtt.client import Message
+
+    rng = np.random.default_rng(0)
+    ids = [f"dev-{i:05d}" for i in range(devices)]
+    epochs = {d: uuid.uuid4().hex for d in ids}
+    cid = f"bench-scrape-{devices}-{uuid.uuid4().hex[:6]}"
+    exp = Exporter(broker, port=0, client_id=cid, group=cid, per_device=per_device).start()
+
+    # One realistic window per device, made once: only its seq changes from round to round.
+    templates = {d: telemetry(d, epochs[d], 0, rng) for d in ids}
+    assert all(t.count(b'"seq": 0,') == 1 for t in templates.values())
+
+    def feed(seq: int) -> None:
+        now = time.time()
+        stamp = b'"seq": %d,' % seq
+        msgs = [
+            Message(f"edge/v1/{d}/telemetry/inference", templates[d].replace(b'"seq": 0,', stamp), False, now)
+            for d in ids
+        ]
+        if seq == 1:
+            born = json.dumps({"state": "online", "boot_id": "b", "ts": int(now * 1000)}).encode()
+            msgs = [Message(f"edge/v1/{d}/status", born, True, now) for d in ids] + msgs
+        for i in range(0, len(msgs), 1000):  # in batches, as the consumer applies what it drained
+            with exp.state.lock:
+                exp.state.apply_many(msgs[i : i + 1000])
+
+    def get(gzip: bool) -> tuple[float, int]:
+        req = urllib.request.Request(exp.url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            n = len(r.read())
+        return time.perf_counter() - t0, n
+
+    changed, same = [], []
+    seen_by_prometheus = None
+    try:
+        for seq in range(1, repeat + 2):
+            feed(seq)
+            t, gz_bytes = get(gzip=True)
+            if seq > 1:  # the first scrape also builds the label cache: a one-off
+                changed.append(t)
+            same.append(get(gzip=True)[0])
+        plain_bytes = get(gzip=False)[1]
+        seen_by_prometheus = prometheus_scrapes(exp, feed, repeat + 2)
+    finally:
+        exp.stop()
+    return {
+        "devices": devices,
+        "changed_s": statistics.median(changed),
+        "changed_runs": changed,
+        "same_s": statistics.median(same),
+        "plain_bytes": plain_bytes,
+        "gzip_bytes": gz_bytes,
+        "prometheus": seen_by_prometheus,
+    }
+
+
+def prometheus_scrapes(exp, feed, first_seq: int, interval_s: int = 5, rounds: int = 7) -> dict | None:
+    """A real Prometheus (tests/prometheus_server.py, if installed) scrapes the exporter every ``interval_s``
+    while every device sends a window per interval (twice the rate of 10 s windows at a 5 s interval); its own
+    ``scrape_duration_seconds`` (fetch, decompress, parse, store) of those scrapes: median and max. None without
+    prometheus."""
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from prometheus_server import Prometheus, binary
+
+    if binary("prometheus") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        prom = Prometheus(Path(tmp), [f"127.0.0.1:{exp.port}"], interval=f"{interval_s}s").start()
+        try:
+            for seq in range(first_seq, first_seq + rounds):
+                feed(seq)
+                time.sleep(interval_s)
+            window = f"[{(rounds - 1) * interval_s}s]"  # not the first scrape: it also creates every series
+            q = {
+                "median_s": f"quantile_over_time(0.5, scrape_duration_seconds{window})",
+                "max_s": f"max_over_time(scrape_duration_seconds{window})",
+                "scrapes": f"count_over_time(scrape_duration_seconds{window})",
+                "samples": "scrape_samples_scraped",
+            }
+            return {k: float(prom.query(v)[0]["value"][1]) for k, v in q.items()}
+        finally:
+            prom.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scrape-devices", default="1000,10000", help="fleet sizes for the /metrics timing")
+    ap.add_argument("--per-device", default="counters", choices=("off", "counters", "histograms"))
+    ap.add_argument("--scrape-only", action="store_true", help="only the /metrics timing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
     ap.add_argument("--client-id", help=argparse.SUPPRESS)
@@ -220,6 +324,30 @@ def main() -> None:
 
     results: dict[str, list[dict]] = {"watch": [], "exporter": []}
     with start_dev_broker(port=0, engine="mosquitto") as broker:
+        scrapes = [
+            scrape_bench(broker.url, int(n), max(a.repeat, 5), a.per_device) for n in a.scrape_devices.split(",")
+        ]
+        print(
+            f"\n/metrics as Prometheus fetches it (gzip), --per-device {a.per_device}, medians, "
+            f"load {os.getloadavg()[0]:.1f}:"
+        )
+        for r in scrapes:
+            print(
+                f"  {r['devices']:>6,} devices: {r['changed_s']:.3f} s after every device sent a window "
+                f"(runs {', '.join(f'{x:.3f}' for x in r['changed_runs'])}), {r['same_s']:.3f} s with nothing new; "
+                f"{r['plain_bytes'] / 1e6:.1f} MB plain, {r['gzip_bytes'] / 1e6:.2f} MB gzipped",
+                flush=True,
+            )
+            if r["prometheus"]:
+                p = r["prometheus"]
+                print(
+                    f"          Prometheus' scrape_duration_seconds over {p['scrapes']:.0f} scrapes "
+                    f"(every device sent a window between two): median {p['median_s']:.3f} s, max {p['max_s']:.3f} s; "
+                    f"{p['samples']:,.0f} samples a scrape",
+                    flush=True,
+                )
+        if a.scrape_only:
+            return
         for rep in range(a.repeat):
             for role in results:
                 cid = f"bench-{role}-{rep}"
@@ -251,7 +379,8 @@ def main() -> None:
                 res.update(payload_bytes=size, publish_rate=pub_rate)
                 results[role].append(res)
                 print(
-                    f"{role:8s} run {rep + 1}: {res['applied']}/{a.messages} msgs in {res['seconds']:.2f} s = {res['rate']:,.0f} msg/s "
+                    f"{role:8s} run {rep + 1}: {res['applied']}/{a.messages} msgs in {res['seconds']:.2f} s "
+                    f"= {res['rate']:,.0f} msg/s "
                     f"({res['cpu_rate']:,.0f} per CPU-second); "
                     f"{res['devices']} devices; RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB"
                     + (
@@ -262,7 +391,8 @@ def main() -> None:
                     flush=True,
                 )
     print(
-        f"\n{a.messages} telemetry records (~{results['watch'][0]['payload_bytes'] / 1024:.1f} KiB each) from {a.devices} devices, "
+        f"\n{a.messages} telemetry records (~{results['watch'][0]['payload_bytes'] / 1024:.1f} KiB each) "
+        f"from {a.devices} devices, "
         f"mosquitto on loopback, {os.cpu_count()} CPUs; medians of {a.repeat} runs:"
     )
     med = {
@@ -270,7 +400,8 @@ def main() -> None:
         for r, v in results.items()
     }
     print(
-        f"  load average during the runs: {os.getloadavg()[0]:.1f} (other work on the machine slows wall-clock rates; CPU-second rates less so)"
+        f"  load average during the runs: {os.getloadavg()[0]:.1f} "
+        "(other work on the machine slows wall-clock rates; CPU-second rates less so)"
     )
     for role, m in med.items():
         extra = (
@@ -279,7 +410,8 @@ def main() -> None:
             else ""
         )
         print(
-            f"  {role:8s} {m['rate']:>8,.0f} msg/s ({m['cpu_rate']:,.0f} per CPU-second)   RSS {m['rss_before_mb']:.0f} MB idle -> {m['rss_after_mb']:.0f} MB with {a.devices} devices"
+            f"  {role:8s} {m['rate']:>8,.0f} msg/s ({m['cpu_rate']:,.0f} per CPU-second)   "
+            f"RSS {m['rss_before_mb']:.0f} MB idle -> {m['rss_after_mb']:.0f} MB with {a.devices} devices"
             f" (+{m['rss_after_mb'] - m['rss_before_mb']:.0f} MB){extra}"
         )
     print(f"  ratio exporter/watch throughput: {med['exporter']['rate'] / med['watch']['rate']:.2f}")

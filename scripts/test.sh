@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto
-# (Debian package; the tests start their own brokers on free ports), then pytest.
+# Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto and
+# prometheus (Debian packages; the tests start their own brokers and Prometheus on free ports), then pytest.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +13,17 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     exit 1
   fi
 fi
-# The broker service the package may start is not wanted: tests run their own on free ports.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing prometheus (Debian package)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
+  else
+    echo "test: prometheus is not installed (sudo apt-get install prometheus): tests/e2e/test_prometheus.py will skip" >&2
+  fi
+fi
+# The services the packages may start are not wanted: tests run their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto prometheus >/dev/null 2>&1 || true; fi
+if [ -x /etc/init.d/prometheus ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi  # no systemd
 bash scripts/setup.sh
 bash scripts/setup-legacy.sh
 exec .venv/bin/python -m pytest "$@"

@@ -23,6 +23,12 @@ from edgekit.fleet.exporter import Exporter
 from edgekit.fleet.watch import FleetWatcher
 
 LE = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0]
+MODEL = (("model", "digits"), ("profile", "raspberry-pi-4"))  # what Device.window reports
+
+
+def dev(device_id: str, *more: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """The sorted labels of a per-device series of a Device: device, model, profile (+ more)."""
+    return tuple(sorted((("device", device_id), *MODEL, *more)))
 
 
 def wait_until(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
@@ -221,7 +227,7 @@ def test_exporter_metrics_equal_what_was_sent(mosquitto, devices, buckets):
     a, b = devices("pi-a"), devices("pi-b", seed=3)
     a.online()
     b.online()
-    with Exporter(mosquitto.url, port=0, buckets=buckets, stages=("total", "invoke")) as exp:
+    with Exporter(mosquitto.url, port=0, buckets=buckets, stages=("total", "invoke"), per_device="histograms") as exp:
         assert wait_until(lambda: exp.processed() >= 4)  # the retained status + meta of both
         for _ in range(3):
             a.publish("telemetry/inference", a.window())
@@ -229,30 +235,34 @@ def test_exporter_metrics_equal_what_was_sent(mosquitto, devices, buckets):
         assert wait_until(lambda: exp.processed() >= 8)
         m = scrape(exp.url)
     for d in (a, b):
-        dev = (("device", d.device_id),)
-        assert m[("edgekit_device_up", dev)] == 1.0
-        assert m[("edgekit_inference_requests_total", dev)] == d.sent["requests"]
-        assert m[("edgekit_inference_errors_total", dev)] == d.sent["errors"]
-        assert m[("edgekit_inference_labeled_total", dev)] == d.sent["labeled"]
-        assert m[("edgekit_inference_correct_total", dev)] == d.sent["correct"]
-        total = (("device", d.device_id), ("stage", "total"))
+        assert m[("edgekit_device_up", (("device", d.device_id),))] == 1.0
+        for name in ("requests", "errors", "labeled", "correct"):
+            assert m[(f"edgekit_inference_{name}_total", dev(d.device_id))] == d.sent[name]
+        total = dev(d.device_id, ("stage", "total"))
         assert m[("edgekit_inference_latency_seconds_count", total)] == d.sent["count"]
         assert m[("edgekit_inference_latency_seconds_sum", total)] == pytest.approx(d.sent["sum"] / 1000)
         for le, c in zip(LE + [float("inf")], d.sent["cum"]):
             key = (
                 "edgekit_inference_latency_seconds_bucket",
-                tuple(sorted({"device": d.device_id, "stage": "total", "le": _go(le / 1000)}.items())),
+                dev(d.device_id, ("stage", "total"), ("le", _go(le / 1000))),
             )
             if buckets == "full" or le in COARSE_LE_MS or le == float("inf"):
                 assert m[key] == c, (d.device_id, le)
             else:
                 assert key not in m  # 0.05 ms is not a 1-2-5 bound
-        assert (
-            m[("edgekit_inference_latency_seconds_count", (("device", d.device_id), ("stage", "invoke")))]
-            == d.sent["count"]
+        assert m[("edgekit_inference_latency_seconds_count", dev(d.device_id, ("stage", "invoke")))] == d.sent["count"]
+        assert ("edgekit_inference_latency_seconds_count", dev(d.device_id, ("stage", "preprocess"))) not in m
+    # the model-level histogram (always exported) is the two devices' sum
+    for le, ca, cb in zip(LE + [float("inf")], a.sent["cum"], b.sent["cum"]):
+        key = (
+            "edgekit_model_inference_latency_seconds_bucket",
+            tuple(sorted((*MODEL, ("stage", "total"), ("le", _go(le / 1000))))),
         )
-        assert ("edgekit_inference_latency_seconds_count", (("device", d.device_id), ("stage", "preprocess"))) not in m
-    assert m[("edgekit_outbox_dropped_total", (("device", "pi-b"),))] == 3
+        if buckets == "full" or le in COARSE_LE_MS or le == float("inf"):
+            assert m[key] == ca + cb, le
+    model_total = tuple(sorted((*MODEL, ("stage", "total"))))
+    assert m[("edgekit_model_inference_latency_seconds_count", model_total)] == a.sent["count"] + b.sent["count"]
+    assert m[("edgekit_outbox_dropped_total", dev("pi-b"))] == 3
 
 
 def _go(v: float) -> str:
@@ -271,7 +281,7 @@ def test_duplicate_is_counted_once_and_device_goes_down(mosquitto, devices):
         a.close(clean=True)
         assert wait_until(lambda: scrape(exp.url).get(("edgekit_device_up", (("device", "pi-a"),))) == 0.0)
         m = scrape(exp.url)
-    assert m[("edgekit_inference_requests_total", (("device", "pi-a"),))] == 10
+    assert m[("edgekit_inference_requests_total", dev("pi-a"))] == 10
     assert m[("edgekit_exporter_duplicates_total", ())] == 1
 
 
@@ -292,7 +302,7 @@ def test_two_exporters_on_one_shared_subscription_split_without_double_counting(
         m1, m2 = scrape(e1.url), scrape(e2.url)
     assert w1 + w2 == 20 and w1 > 0 and w2 > 0, (w1, w2)
     for d in (a, b):
-        key = ("edgekit_inference_requests_total", (("device", d.device_id),))
+        key = ("edgekit_inference_requests_total", dev(d.device_id))
         assert m1.get(key, 0) + m2.get(key, 0) == d.sent["requests"]
         # both exporters know both devices are up (status is not shared)
         assert (
@@ -341,7 +351,7 @@ def test_exporter_cli_serves_metrics_and_stops_cleanly_on_sigterm(mosquitto, dev
 
         assert wait_until(up, 20)
         a.publish("telemetry/inference", a.window(requests=4))
-        assert wait_until(lambda: scrape(url).get(("edgekit_inference_requests_total", (("device", "pi-a"),))) == 4, 10)
+        assert wait_until(lambda: scrape(url).get(("edgekit_inference_requests_total", dev("pi-a"))) == 4, 10)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)

@@ -71,6 +71,11 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
     return proc.wait(20)
 
 
+def labels(device_id: str, *more: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """Sorted labels of a per-device series of the digits bundle."""
+    return tuple(sorted((("device", device_id), ("model", "digits"), ("profile", "raspberry-pi-4"), *more)))
+
+
 def metrics(url: str) -> dict:
     out = {}
     for fam in text_string_to_metric_families(urllib.request.urlopen(url, timeout=5).read().decode()):
@@ -100,7 +105,7 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
 
     # A raw subscriber records exactly what the agents sent, to compare the exporter's numbers against.
     raw = FleetLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()
-    with FleetWatcher(mosquitto.url) as w, Exporter(mosquitto.url, port=0) as exp:
+    with FleetWatcher(mosquitto.url) as w, Exporter(mosquitto.url, port=0, per_device="histograms") as exp:
         (pa, wa), (pb, wb) = agents("pi-a"), agents("pi-b")
         assert _wait(lambda: _statuses(w) == {"pi-a": "online", "pi-b": "online"}, 60), _logs(tmp_path)
         assert edgekit_main(["watch", "--broker", mosquitto.url, "--once", "--json"]) == 0
@@ -122,29 +127,27 @@ def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_pa
             total = [d["latency_ms"]["total"] for d in docs.values()]
             assert (
                 sum(t["count"] for t in total)
-                == m[("edgekit_inference_latency_seconds_count", (("device", dev), ("stage", "total")))]
+                == m[("edgekit_inference_latency_seconds_count", labels(dev, ("stage", "total")))]
             )
             assert sum(t["sum"] for t in total) / 1000 == pytest.approx(
-                m[("edgekit_inference_latency_seconds_sum", (("device", dev), ("stage", "total")))]
+                m[("edgekit_inference_latency_seconds_sum", labels(dev, ("stage", "total")))]
             )
             for i, le in enumerate(total[0]["le"]):
                 if le in COARSE_LE_MS:
-                    labels = (("device", dev), ("le", _go(le / 1000)), ("stage", "total"))
-                    assert sum(t["cum"][i] for t in total) == m[("edgekit_inference_latency_seconds_bucket", labels)], (
-                        le
-                    )
+                    key = labels(dev, ("le", _go(le / 1000)), ("stage", "total"))
+                    assert sum(t["cum"][i] for t in total) == m[("edgekit_inference_latency_seconds_bucket", key)], le
             assert (
                 sum(d["accuracy"]["correct"] for d in docs.values())
-                == m[("edgekit_inference_correct_total", (("device", dev),))]
+                == m[("edgekit_inference_correct_total", labels(dev))]
             )
         for dev, n in (("pi-a", n_a), ("pi-b", n_b)):
             r = rows[dev]
             assert r.labeled == n and r.errors == 0 and r.bundle.startswith("digits") and r.profile == "raspberry-pi-4"
             assert r.lost_messages == 0 and r.outbox_dropped == 0  # every sequenced message arrived
             assert 0.5 < r.accuracy <= 1.0  # the digits CNN is far better than chance (0.1)
-            assert m[("edgekit_inference_labeled_total", (("device", dev),))] == n
-            assert m[("edgekit_inference_correct_total", (("device", dev),))] == r.correct
-            assert m[("edgekit_inference_latency_seconds_count", (("device", dev), ("stage", "total")))] == n
+            assert m[("edgekit_inference_labeled_total", labels(dev))] == n
+            assert m[("edgekit_inference_correct_total", labels(dev))] == r.correct
+            assert m[("edgekit_inference_latency_seconds_count", labels(dev, ("stage", "total")))] == n
             assert m[("edgekit_device_up", (("device", dev),))] == 1.0
         # A clean stop says "shutdown"; a killed agent is reported by its last will.
         assert stop(pa) == 0

@@ -139,30 +139,108 @@ def test_last_will_of_the_current_run_counts_although_registered_before_the_birt
     assert st.row("d", now=T0 + 51).status == "online"
 
 
-def test_every_metric_the_grafana_dashboard_queries_is_served_by_the_exporter():
+def test_every_metric_the_dashboard_and_the_alerts_use_is_served_by_the_exporter():
     import re
     from pathlib import Path
 
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from edgekit.fleet.exporter import FleetCollector
+    from edgekit.fleet.exporter import FleetCollector, ModelReference
 
     st = FleetState(histogram_stages=("total",))
     st.apply(msg("d", "status", status("online", "b", 1, T0), at=T0))
     doc = telemetry(2, T0 + 1)
-    doc.update(accuracy={"labeled": 3, "correct": 2}, outbox={"dropped": 1}, bundle={"name": "digits", "version": "1"})
+    doc.update(
+        accuracy={"labeled": 3, "correct": 2},
+        outbox={"dropped": 1},
+        bundle={"name": "digits", "version": "1", "profile": "raspberry-pi-4"},
+        drift={"input_mean": {"psi": 0.1}, "predicted_class": {"psi": 0.2}},
+    )
     st.apply(msg("d", "telemetry/inference", doc, at=T0 + 1))
-    reg = CollectorRegistry()
-    reg.register(FleetCollector(st))
-    served = {
-        line.split("{")[0].split(" ")[0]
-        for line in generate_latest(reg).decode().splitlines()
-        if line and not line.startswith("#")
-    }
-    dash = (Path(__file__).resolve().parents[2] / "dashboards" / "edgekit-grafana.json").read_text()
-    exprs = [t["expr"] for p in json.loads(dash)["panels"] for t in p["targets"]]
+    refs = [ModelReference("digits", "1", "raspberry-pi-4", 0.99, "manifest.json")]
+    text = FleetCollector(st, references=refs, latency_budgets_ms={"raspberry-pi-4": 20}).render()
+    served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    repo = Path(__file__).resolve().parents[2]
+    dash = json.loads((repo / "dashboards" / "edgekit-grafana.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dash["templating"]["list"] if "definition" in v]
+    exprs.append((repo / "alerts" / "edgekit-rules.yml").read_text())
     used = {name for e in exprs for name in re.findall(r"\bedgekit_[a-z_]+", e)}
     assert used and used <= served, used - served
+
+
+def test_exporter_cli_refuses_a_bad_budget_or_a_folder_without_bundles(tmp_path, capsys):
+    from edgekit.cli import main
+
+    assert main(["exporter", "--latency-budget", "raspberry-pi-4"]) == 2
+    assert "PROFILE=MS" in capsys.readouterr().err
+    assert main(["exporter", "--latency-budget", "raspberry-pi-4=-5"]) == 2
+    assert main(["exporter", "--bundles", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no bundle here" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_rollback_events_drift_and_the_last_window_reach_the_metrics():
+    from edgekit.fleet.exporter import FleetCollector
+
+    st = FleetState(histogram_stages=("total",))
+    doc = telemetry(1, T0)
+    doc["drift"] = {"input_mean": {"psi": 0.4}, "predicted_class": {"psi": None}, "confidence": "junk"}
+    st.apply(msg("d", "telemetry/inference", doc, at=T0 + 0.5))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 2, "event": "rollback", "reason": "health"}, at=T0 + 1))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 3, "event": "bundle_activated"}, at=T0 + 2))
+    st.apply(msg("d", "events", {"epoch": "e1", "seq": 2, "event": "rollback"}, at=T0 + 3))  # a redelivery
+    lines = FleetCollector(st).render().splitlines()
+    labels = 'device="d",model="",profile=""'
+    assert f"edgekit_ota_rollbacks_total{{{labels}}} 1" in lines
+    assert [x for x in lines if x.startswith("edgekit_drift_psi{")] == [
+        f'edgekit_drift_psi{{{labels},signal="input_mean"}} 0.4'
+    ]
+    assert f'edgekit_telemetry_last_window_timestamp_seconds{{device="d"}} {T0 + 0.5:.3f}' in lines
+
+
+def test_per_device_off_keeps_up_per_device_and_counters_per_model():
+    from edgekit.fleet.exporter import FleetCollector
+
+    st = FleetState(histogram_stages=("total",))
+    for d, model in (("a", "digits"), ("b", "digits"), ("c", "other")):
+        st.apply(msg(d, "status", status("online", d, 1, T0), at=T0))
+        doc = telemetry(2, T0 + 1)
+        doc["bundle"] = {"name": model, "profile": "raspberry-pi-4"}
+        st.apply(msg(d, "telemetry/inference", doc, at=T0 + 1))
+    text = FleetCollector(st, per_device="off").render()
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert sorted(s for s in samples if "device=" in s) == [f'edgekit_device_up{{device="{d}"}} 1' for d in "abc"]
+    requests = telemetry(2, T0)["counts"]["requests"]
+    assert f'edgekit_inference_requests_total{{model="digits",profile="raspberry-pi-4"}} {2 * requests}' in samples
+    assert f'edgekit_inference_requests_total{{model="other",profile="raspberry-pi-4"}} {requests}' in samples
+
+
+def test_model_totals_never_go_down_when_a_device_changes_model():
+    """An OTA moves a device to another model: the old model's counters keep what they had (a decrease
+    would read as a counter reset in Prometheus), the new one counts only what came after."""
+    from edgekit.fleet.exporter import FleetCollector
+
+    st = FleetState(histogram_stages=("total",))
+    col = FleetCollector(st, per_device="off")
+
+    def window(seq: int, model: str, at: float) -> None:
+        doc = telemetry(seq, at)
+        doc["bundle"] = {"name": model, "profile": "p"}
+        st.apply(msg("d", "telemetry/inference", doc, at=at))
+
+    def requests(text: str) -> dict[str, int]:
+        prefix = "edgekit_inference_requests_total{model="
+        return {
+            line[len(prefix) + 1 :].split('"')[0]: int(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
+
+    per_window = telemetry(1, T0)["counts"]["requests"]
+    window(1, "v1", T0)
+    window(2, "v1", T0 + 1)
+    assert requests(col.render()) == {"v1": 2 * per_window}
+    window(3, "v2", T0 + 2)
+    assert requests(col.render()) == {"v1": 2 * per_window, "v2": per_window}
+    assert 'edgekit_model_inference_latency_seconds_count{model="v1",profile="p",stage="total"}' in col.render()
 
 
 def test_malformed_payload_fields_cost_one_message_not_the_consumer():

@@ -212,6 +212,10 @@ class _Device:
     last_seen: float | None = None  # device clock (envelope ts) of the newest message
     last_heard: float | None = None  # our clock when the newest live (non-retained) message arrived
     hist: dict[str, Histogram] = field(default_factory=dict)
+    # Kept for the exporter (it has no other way to them without parsing every payload twice):
+    last_window: float | None = None  # our clock when the newest telemetry window arrived
+    drift: dict[str, float] = field(default_factory=dict)  # PSI per signal of the newest window that had one
+    rollbacks: int = 0  # OTA "rollback" events
 
 
 def bucket_grid(le: Any, cum: Any) -> tuple[tuple[float, ...], list[int]] | None:
@@ -429,6 +433,7 @@ def _on_meta(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message)
 
 def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     dev.windows += 1
+    dev.last_window = msg.received
     window = doc.get("window") or {}
     if isinstance(window, dict):
         start, end = finite_number(window.get("start")), finite_number(window.get("end"))
@@ -452,6 +457,12 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
     dev.throughput = finite_number(doc.get("throughput_ips"))
     dev.labeled = min(dev.labeled + labeled, MAX_COUNT)
     dev.correct = min(dev.correct + min(correct, labeled), MAX_COUNT)  # never more right answers than questions
+    drift = doc.get("drift")
+    if isinstance(drift, dict):
+        for signal in ("input_mean", "predicted_class", "confidence"):
+            psi = finite_number(drift[signal].get("psi")) if isinstance(drift.get(signal), dict) else None
+            if psi is not None:
+                dev.drift[signal] = psi
     outbox = doc.get("outbox") or {}
     if isinstance(outbox, dict) and finite_number(outbox.get("dropped")) is not None:
         # Cumulative per outbox database (= per epoch): keep the largest seen, add epochs up.
@@ -486,7 +497,9 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
 
 
 def _on_events(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
-    pass  # an event only refreshes last seen (and, live, keeps the device from turning "lost")
+    # Otherwise an event only refreshes last seen (and, live, keeps the device from turning "lost").
+    if doc.get("event") == "rollback":
+        dev.rollbacks = min(dev.rollbacks + 1, MAX_COUNT)
 
 
 def _on_bench_or_other(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
