@@ -39,6 +39,9 @@ has $found. Make a pack for it on the workstation: edgekit pack BUNDLE --platfor
 (linux-armv7l cannot be packed: see the platform table in README.md)."
 
 start=$(date +%s)
+# The pack's wheels and nothing else, whatever a pip.conf or PIP_* variables here say (an index, more find-links).
+for var in $(env | sed -n 's/^\(PIP_[A-Z0-9_]*\)=.*/\1/p'); do unset "$var"; done
+export PIP_CONFIG_FILE=/dev/null
 # Another Python or runtime: rebuild the venv rather than leave the old runtime's packages beside the new ones.
 if [ -x "$PREFIX/bin/python" ] && [ "$(cat "$PREFIX/.edgekit-pack" 2>/dev/null)" != "$KIND" ]; then
   say "replacing the venv in $PREFIX ($(cat "$PREFIX/.edgekit-pack" 2>/dev/null || echo unknown) -> $KIND)"
