@@ -204,7 +204,7 @@ def _resolve(
             return choice, found[-1].split("-")[1] if found else "?"
         missing = _NOT_FOUND.findall(proc.stderr)
         tried.append(f"{choice}: no wheel for {missing[-1]}" if missing else f"{choice}: {_tail(proc.stderr, 4)}")
-        if runtime != "auto" or not missing or missing[-1].split("[")[0] != RUNTIMES[choice].project:
+        if runtime != "auto" or not missing or re.split(r"[\[<>=!~ ]", missing[-1])[0] != RUNTIMES[choice].project:
             break
         for stale in dest.glob("*.whl"):  # the next choice starts from an empty directory
             stale.unlink()
