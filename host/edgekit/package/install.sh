@@ -49,18 +49,15 @@ if [ -x "$PREFIX/bin/python" ] && [ "$(cat "$PREFIX/.edgekit-pack" 2>/dev/null)"
 fi
 # --without-pip: Debian's venv needs python3-venv (ensurepip) for pip; pip comes from the pack's own wheel.
 [ -x "$PREFIX/bin/python" ] || python3 -m venv --without-pip "$PREFIX"
-boot=$(mktemp -d)
-trap 'rm -rf "$boot"' EXIT
-bootpath=
 if ! "$PREFIX/bin/python" -c 'import pip' >/dev/null 2>&1; then
-  # Unpacked, not run from the zip: zipimport compiles every module again on every import (minutes on a Pi Zero).
-  bootpath=$boot
+  # A wheel is its installed layout, so pip's unzipped into site-packages is pip. Not run from the zip instead:
+  # zipimport compiles every module again on every start (minutes under emulation or on a Pi Zero).
   set -- "$HERE"/wheels/pip-*.whl
-  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$1" "$boot"
+  "$PREFIX/bin/python" -c 'import sys, sysconfig, zipfile
+zipfile.ZipFile(sys.argv[1]).extractall(sysconfig.get_paths()["purelib"])' "$1"
 fi
-pip() { PYTHONPATH=$bootpath "$PREFIX/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip() { "$PREFIX/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install --no-index --find-links "$HERE/wheels" --upgrade pip "$HERE/wheels/@@AGENT_WHEEL@@[@@EXTRA@@]"
-bootpath=
 # Same version, newer build (a pack made from a later checkout): pip would call it satisfied.
 pip install --no-index --no-deps --force-reinstall "$HERE/wheels/@@AGENT_WHEEL@@"
 echo "$KIND" >"$PREFIX/.edgekit-pack"
