@@ -60,9 +60,11 @@ for runtime in litert tflite-runtime; do
   dir=$CACHE/wheels-linux-aarch64-cp311-$runtime
   if [ ! -f "$dir/.edgekit-ready" ] || [ "$(cat "$dir/.edgekit-ready")" != "$(sha256sum pyproject.toml | cut -d' ' -f1)" ]; then
     say "wheels: linux-aarch64, Python 3.11, $runtime into $dir"
-    rm -rf "$dir"
-    .venv/bin/edgekit pack --fetch-wheels "$dir" --platform linux-aarch64 --python 3.11 --runtime "$runtime" >/dev/null
-    sha256sum pyproject.toml | cut -d' ' -f1 >"$dir/.edgekit-ready"
+    rm -rf "$dir.partial"
+    .venv/bin/edgekit pack --fetch-wheels "$dir.partial" --platform linux-aarch64 --python 3.11 --runtime "$runtime" \
+      >/dev/null
+    sha256sum pyproject.toml | cut -d' ' -f1 >"$dir.partial/.edgekit-ready"
+    rm -rf "$dir" && mv "$dir.partial" "$dir"
   fi
 done
 say "ready in $((SECONDS - t0)) s: root $ROOT, wheels $CACHE/wheels-*"

@@ -28,7 +28,7 @@ from ota_support import Observer, make_variant
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "arm64-root.sh"
 CACHE = Path(os.environ.get("EDGEKIT_ARM64_CACHE", "/var/cache/edgekit/arm64"))
-RUNTIMES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}  # pack runtime -> agent's engine name
+RUNTIMES = {"litert": "litert", "tflite-runtime": "tflite_runtime"}  # pack runtime -> agent's engine name
 DEVICE = "pi-arm64"
 BUNDLE = "/opt/edgekit/bundles/digits-raspberry-pi-4.tar.gz"
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -220,6 +220,7 @@ def test_run_reports_telemetry_to_the_host_and_takes_a_deploy(devices, signed, r
         assert sum(w["accuracy"]["labeled"] for w in got) == len(labelled)
         assert sum(w["accuracy"]["correct"] for w in got) >= len(labelled) - 2  # the digits CNN is ~98 % accurate
         assert {w["runtime"]["engine"] for w in got} == {RUNTIMES[runtime]}
+        print(f"arm64 {runtime}: agent RSS {max(w['system']['rss_mb'] for w in got):.0f} MiB", file=sys.stderr)
 
         t1 = time.monotonic()
         deploy = subprocess.run(
