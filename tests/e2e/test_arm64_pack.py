@@ -278,3 +278,13 @@ def test_a_second_install_upgrades_in_place_and_keeps_the_config(devices):
     assert "kept your /etc/edgekit/agent.toml" in proc.stderr
     assert "window_s = 30" in config.read_text()
     assert inside(root, "edgekit-agent", "--version").stdout.startswith("edgekit-agent ")
+
+
+def test_uninstall_removes_the_venv_command_and_unit_and_keeps_config_and_state(devices):
+    root = devices["litert"]["root"]
+    proc = inside(root, "sh", "/tmp/pack/install.sh", "--uninstall")
+    assert proc.returncode == 0, proc.stderr
+    assert not (root / "opt/edgekit").exists()
+    assert not os.path.lexists(root / "usr/local/bin/edgekit-agent")
+    assert not (root / "etc/systemd/system/edgekit-agent.service").exists()
+    assert (root / "etc/edgekit/agent.toml").is_file() and (root / "var/lib/edgekit-agent").is_dir()
