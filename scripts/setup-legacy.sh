@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A small device-only environment like a 32-bit Raspberry Pi gets: tflite-runtime 2.14 + numpy<2, no TensorFlow.
+# A small device-only environment on the fallback runtime: tflite-runtime 2.14 + numpy<2, no TensorFlow (what a
+# pack made with `edgekit pack --runtime tflite-runtime` installs on a 64-bit device).
 # Usage: scripts/setup-legacy.sh   (creates .venv-legacy; the tests use it when it exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto and
-# prometheus (Debian packages; the tests start their own brokers and Prometheus on free ports), then pytest.
+# prometheus (Debian packages; the tests start their own brokers and Prometheus on free ports), as root the
+# emulated arm64 Pi (scripts/setup-arm64.sh, cached in /var/cache/edgekit/arm64), then pytest.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,7 @@ if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto prometheu
 if [ -x /etc/init.d/prometheus ]; then /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi  # no systemd
 bash scripts/setup.sh
 bash scripts/setup-legacy.sh
+# The emulated arm64 Pi of tests/e2e/test_arm64_pack.py needs root (binfmt_misc, debootstrap); without it that test
+# skips and says why.
+if [ "$(id -u)" = 0 ]; then bash scripts/setup-arm64.sh; fi
 exec .venv/bin/python -m pytest "$@"

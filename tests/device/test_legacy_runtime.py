@@ -1,5 +1,5 @@
-"""The device-only legacy environment (.venv-legacy: tflite-runtime 2.14, numpy<2, no TensorFlow), as a
-32-bit Raspberry Pi has it: verify and bench the real digits bundle there. CI always creates it."""
+"""The device-only legacy environment (.venv-legacy: tflite-runtime 2.14, numpy<2, no TensorFlow), the fallback
+runtime of a 64-bit device: verify and bench the real digits bundle there. CI always creates it."""
 
 from __future__ import annotations
 

@@ -487,7 +487,7 @@ LEGACY_PYTHON = Path(__file__).resolve().parents[2] / ".venv-legacy" / "bin" / "
 
 @pytest.mark.skipif(not LEGACY_PYTHON.exists(), reason="no .venv-legacy (scripts/setup-legacy.sh makes it)")
 def test_the_agent_serves_on_tflite_runtime_2_14_with_numpy_1(mosquitto, digits_bundle, tmp_path):
-    """The 32-bit Raspberry Pi environment: tflite-runtime 2.14, numpy < 2, no TensorFlow."""
+    """The fallback runtime environment: tflite-runtime 2.14, numpy < 2, no TensorFlow."""
     watch = tmp_path / "watch"
     write_digits(watch, range(1750, 1760))
     fleet = Subscriber(mosquitto)

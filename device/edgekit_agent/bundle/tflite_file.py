@@ -1,7 +1,7 @@
 """A structural check of a .tflite file in pure Python, before any interpreter sees it.
 
-LiteRT verifies the flatbuffer when it loads a model, but tflite-runtime 2.14 (the only runtime on a
-32-bit Raspberry Pi) does not: a truncated model can crash the process with a segmentation fault
+LiteRT verifies the flatbuffer when it loads a model, but tflite-runtime 2.14 (the fallback runtime where
+LiteRT has no wheel) does not: a truncated model can crash the process with a segmentation fault
 instead of raising. So the agent checks the parts an interrupted copy or a bad build breaks first:
 the ``TFL3`` file identifier, the root table, every offset of the Model table, the subgraphs' tensor
 and operator tables, and that every buffer's data lies inside the file. This is not a full flatbuffer

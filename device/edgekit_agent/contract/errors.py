@@ -139,6 +139,13 @@ class InputError(EdgekitError, ValueError):
     exit_status = ExitStatus.BAD_INPUT
 
 
+class PackError(EdgekitError, ValueError):
+    """A device pack cannot be made: no wheel for the target platform and Python, no agent to build, a missing
+    bundle or key directory."""
+
+    exit_status = ExitStatus.BAD_INPUT
+
+
 def exit_status_for(exc: BaseException) -> ExitStatus:
     """The exit code a CLI returns for ``exc``."""
     if isinstance(exc, EdgekitError):

@@ -76,7 +76,7 @@ def load_interpreter_module(engine: str | None = None) -> tuple[str, Any]:
         "no TFLite interpreter could be imported ("
         + "; ".join(errors)
         + "). Install one: `pip install 'edgekit[device]'` (LiteRT, 64-bit) or "
-        "`pip install 'edgekit[device-legacy]'` (tflite-runtime, 32-bit Raspberry Pi OS)."
+        "`pip install 'edgekit[device-legacy]'` (tflite-runtime with numpy < 2, 64-bit, Python <= 3.11)."
     )
 
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "check whether a .tflite model fits device profiles (arena, flash, ops)"),
     "keys": ("keys", "make an Ed25519 key pair for signing bundles"),
     "sign": ("sign", "sign a bundle (manifest.sig) with a private key"),
+    "pack": ("pack", "make an offline device pack: agent, runtime wheels, bundles, install.sh for a platform"),
     "deploy": ("deploy", "send a bundle to devices over MQTT (OTA) with self-test, health check and rollback"),
     "broker": ("broker", "run a development MQTT broker on this machine (mosquitto if installed, else amqtt)"),
     "watch": ("watch", "live view of the fleet: status, bundle, throughput, latency, accuracy per device"),
