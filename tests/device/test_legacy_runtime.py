@@ -25,7 +25,8 @@ def test_legacy_environment_has_numpy1_tflite_runtime_and_no_tensorflow():
     proc = legacy(
         "-c",
         "import json, importlib.util, numpy, tflite_runtime;"
-        "print(json.dumps([numpy.__version__, tflite_runtime.__version__, importlib.util.find_spec('tensorflow') is None]))",
+        "print(json.dumps([numpy.__version__, tflite_runtime.__version__, "
+        "importlib.util.find_spec('tensorflow') is None]))",
     )
     assert proc.returncode == 0, proc.stderr
     numpy_version, tflite_version, no_tf = json.loads(proc.stdout)

@@ -260,7 +260,7 @@ def test_labelled_folder_gives_correct_counts_and_accuracy(mosquitto, agent_fact
     assert sum_windows(windows, lambda d: d["accuracy"]["labeled"]) == 30
     assert sum_windows(windows, lambda d: d["accuracy"]["correct"]) == correct
     for label in "0123456789":
-        got = sum_windows(windows, lambda d: d["predictions"]["class_counts"][label])
+        got = sum_windows(windows, lambda d, label=label: d["predictions"]["class_counts"][label])
         assert got == predicted.count(int(label)), label
     first = windows[0].doc
     assert first["schema"] == "edge.telemetry.inference/1" and first["device_id"] == DEVICE
