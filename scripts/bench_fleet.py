@@ -320,7 +320,7 @@ def main() -> None:
         child(a.child, a.broker, a.messages, a.client_id)
         return
 
-    from edgekit.fleet.broker import start_dev_broker
+    from edgekit.fleet.dev_broker import start_dev_broker
 
     results: dict[str, list[dict]] = {"watch": [], "exporter": []}
     with start_dev_broker(port=0, engine="mosquitto") as broker:

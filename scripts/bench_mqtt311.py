@@ -25,9 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
-from edgekit.fleet.broker import start_dev_broker
-from edgekit.fleet.commands import CommandClient
-from edgekit.fleet.link import FleetLink
+from edgekit.fleet.command_client import CommandClient
+from edgekit.fleet.connection import FleetLink
+from edgekit.fleet.dev_broker import start_dev_broker
 from edgekit.fleet.state import load_json
 from edgekit_agent.contract.topics import META, topic
 

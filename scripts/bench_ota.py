@@ -57,8 +57,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from edgekit.fleet.broker import start_dev_broker
     from edgekit.fleet.deploy import deploy
+    from edgekit.fleet.dev_broker import start_dev_broker
     from edgekit.package.keys import new_keypair
 
     from ota_support import AgentProc, Feeder, Observer, counted, make_variant, pending, served_ok, version_of

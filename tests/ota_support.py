@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.connection import FleetLink, drain
 from edgekit.package.keys import sign_bundle
 from edgekit.package.writer import write_archive
 from edgekit_agent.contract.manifest import dump_manifest

@@ -41,3 +41,22 @@ def test_what_the_tour_writes_is_git_ignored() -> None:
     kept = ["firmware_profiles/esp32-s3.toml", "host/edgekit/pipeline/data.py", "tests/device/test_cli.py"]
     done = subprocess.run(["git", "check-ignore", "--no-index", *kept], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout == "", done.stdout
+
+
+def test_module_names_do_not_collide() -> None:
+    """A module name means one thing: no name on both sides and none that is a standard-library module (the CLI
+    sub-packages are exempt: a module there is named after the command it implements)."""
+    import sys
+
+    def names(base: Path) -> dict[str, Path]:
+        return {
+            p.stem: p
+            for p in base.rglob("*.py")
+            if p.stem not in ("__init__", "__main__") and "cli" not in p.relative_to(base).parts
+        }
+
+    host, device = names(ROOTS["edgekit"]), names(ROOTS["edgekit_agent"])
+    both = sorted(set(host) & set(device))
+    assert not both, f"the same module name on host and device: {both}"
+    stdlib = sorted(n for n in {*host, *device} if n in sys.stdlib_module_names)
+    assert not stdlib, f"module names that are standard-library modules: {stdlib}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.fleet.broker import mosquitto_path, port_in_use
+from edgekit.fleet.dev_broker import mosquitto_path, port_in_use
 
 ROOT = Path(__file__).resolve().parents[2]
 

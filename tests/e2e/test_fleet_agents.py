@@ -100,8 +100,8 @@ def agents(digits_bundle, mosquitto, tmp_path):
 
 def test_watch_and_exporter_agree_with_two_real_agents(mosquitto, agents, tmp_path, capsys):
     from edgekit.cli import main as edgekit_main
+    from edgekit.fleet.connection import FleetLink, drain
     from edgekit.fleet.exporter import COARSE_LE_MS
-    from edgekit.fleet.link import FleetLink, drain
 
     # A raw subscriber records exactly what the agents sent, to compare the exporter's numbers against.
     raw = FleetLink(mosquitto.url, subscriptions=[("edge/v1/+/telemetry/inference", 1)]).start()

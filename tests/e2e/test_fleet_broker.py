@@ -11,8 +11,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgekit.fleet.broker import mosquitto_path, start_dev_broker
-from edgekit.fleet.link import FleetLink
+from edgekit.fleet.connection import FleetLink
+from edgekit.fleet.dev_broker import mosquitto_path, start_dev_broker
 from edgekit.fleet.watch import FleetWatcher
 from edgekit_agent.contract.errors import BrokerError
 

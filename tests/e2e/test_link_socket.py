@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from edgekit.fleet.link import FleetLink
+from edgekit.fleet.connection import FleetLink
 from edgekit_agent.mqtt.client import BrokerSettings, no_delay
 from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from test_agent_mqtt import write_digits
 
-from edgekit.fleet.broker import start_dev_broker
+from edgekit.fleet.dev_broker import start_dev_broker
 from edgekit_agent.contract.envelope import FINAL_STATES
 from edgekit_agent.contract.errors import ExitStatus
 
@@ -302,7 +302,7 @@ def test_short_demo_on_the_embedded_amqtt_broker(tmp_path, digits_bundle):
     import re
     import shutil
 
-    from edgekit.fleet.broker import port_in_use
+    from edgekit.fleet.dev_broker import port_in_use
 
     work = tmp_path / "demo"
     shutil.copytree(digits_bundle, work / "bundles" / "digits-raspberry-pi-4")  # reused: no training in this test

@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 from prometheus_server import Prometheus, binary
 
+from edgekit.fleet.connection import FleetLink, drain
 from edgekit.fleet.exporter import COARSE_LE_MS, Exporter, load_references
-from edgekit.fleet.link import FleetLink, drain
 
 from brokers import Mosquitto
 

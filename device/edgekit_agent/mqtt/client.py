@@ -1,5 +1,5 @@
 """The one paho-mqtt wrapper: the agent's link (:mod:`edgekit_agent.mqtt.link`) and the fleet tools' link
-(``edgekit.fleet.link``) are thin layers on top of :class:`MqttClient`.
+(``edgekit.fleet.connection``) are thin layers on top of :class:`MqttClient`.
 
 - ``CallbackAPIVersion.VERSION2``, ``connect_async`` + ``loop_start``: paho reconnects by itself with the
   backoff of ``reconnect_delay_set``; every CONNACK resubscribes (a broker restarted without a persistent

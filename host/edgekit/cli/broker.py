@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli.ui import err_console
-    from edgekit.fleet.broker import BANNER, start_dev_broker
+    from edgekit.fleet.dev_broker import BANNER, start_dev_broker
 
     stop = threading.Event()
     # SIGTERM (from a demo script or systemd) stops as cleanly as Ctrl-C.

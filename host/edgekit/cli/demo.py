@@ -148,7 +148,7 @@ def _build(d: Demo) -> None:
 
 def _broker(d: Demo) -> None:
     from edgekit.cli import ui
-    from edgekit.fleet.broker import BANNER, start_dev_broker
+    from edgekit.fleet.dev_broker import BANNER, start_dev_broker
     from edgekit.fleet.exporter import Exporter
 
     if d.args.broker:

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.fleet.commands import CommandClient, Pending
-from edgekit.fleet.link import FleetLink
+from edgekit.fleet.command_client import CommandClient, Pending
+from edgekit.fleet.connection import FleetLink
 from edgekit.fleet.state import load_json
 from edgekit_agent.contract.broker import BrokerAddress
 from edgekit_agent.contract.envelope import Answer, ErrorCode, State

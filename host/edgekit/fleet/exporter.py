@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.connection import FleetLink, drain
 from edgekit.fleet.state import FleetState
 from edgekit_agent.contract.errors import BundleError, UsageError
 from edgekit_agent.contract.manifest import MANIFEST_NAME, Manifest

@@ -3,7 +3,7 @@
 The device answers ``accepted`` (or ``rejected``) at once and later ``succeeded`` with the report in its
 result (or ``failed``/``expired``/``canceled``); it also publishes the report to ``bench/{run_id}/report``,
 which is used when the answer carries none. Requests, answers and MQTT 3.1.1 are the command client's
-business (:mod:`edgekit.fleet.commands`).
+business (:mod:`edgekit.fleet.command_client`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.fleet.commands import CommandClient
-from edgekit.fleet.link import FleetLink
+from edgekit.fleet.command_client import CommandClient
+from edgekit.fleet.connection import FleetLink
 from edgekit.fleet.state import bucket_grid, finite_number, load_json
 from edgekit_agent.contract.errors import CommandFailed, InputError, UsageError
 from edgekit_agent.contract.topics import Schema, topic

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.connection import FleetLink, drain
 from edgekit.fleet.state import FLEET_SUBSCRIPTIONS, DeviceRow, FleetState
 from edgekit_agent.mqtt.client import Message
 

@@ -1,5 +1,5 @@
 """Send commands to devices and wait for their answers: the one request/response client of the fleet tools
-(remote bench, OTA deploy, ping), over a shared :class:`~edgekit.fleet.link.FleetLink`.
+(remote bench, OTA deploy, ping), over a shared :class:`~edgekit.fleet.connection.FleetLink`.
 
 Requests are built by :class:`edgekit_agent.contract.envelope.Request` (MQTT 5 properties, or the payload
 fields on MQTT 3.1.1). A dispatcher thread takes every received message: an answer on ``res/{requester}`` is
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edgekit.fleet.link import FleetLink, drain
+from edgekit.fleet.connection import FleetLink, drain
 from edgekit.fleet.state import load_json
 from edgekit_agent.contract.envelope import Answer, CommandError, Request, State
 from edgekit_agent.contract.errors import BrokerError, CommandFailed
