@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,23 @@ def test_litert_delegate_notice_is_dropped_and_real_errors_still_show(digits_bun
     )
     done = subprocess.run([sys.executable, "-c", native], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "E native: something real broke\n", done.stderr
+
+
+def test_run_does_not_print_the_delegate_notice_either(digits_bundle: Path, tmp_path: Path):
+    """`edgekit-agent run` builds its interpreter before serving: the notice stays out of its output too."""
+    script = Path(sys.executable).with_name("edgekit-agent")
+    (tmp_path / "inbox").mkdir()
+    cmd = [str(script), "run", str(digits_bundle), "--allow-unsigned", "--device-id", "quiet-1"]
+    cmd += ["--watch", str(tmp_path / "inbox"), "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the "serving ..." line comes after the interpreter was built
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    assert first.startswith("serving digits"), first + rest
+    assert XNNPACK_NOTICE not in first + rest
+    assert proc.returncode == 0, rest
 
 
 def test_signature_options(digits_bundle: Path, tmp_path: Path, capsys):

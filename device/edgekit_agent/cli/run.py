@@ -127,7 +127,10 @@ class Run:
         bundle = startup_bundle(settings)
         extracted = bundle.directory.parent if bundle.directory.parent.parent == workdir else None
         try:
-            agent = Agent(bundle, settings)
+            from edgekit_agent.cli.app import native_notices_dropped
+
+            with native_notices_dropped():  # the interpreter is built here, before any other thread runs
+                agent = Agent(bundle, settings)
 
             def stop(signum: int, _frame: Any) -> None:
                 log.info("%s: signal %d, stopping", settings.device_id, signum)
