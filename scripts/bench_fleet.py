@@ -33,38 +33,9 @@ import uuid
 from dataclasses import replace
 
 from edgekit_agent.contract.topics import TELEMETRY, Schema, topic
+from edgekit_agent.serve.telemetry import LATENCY_BUCKETS_MS
 
-LE = [
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.5,
-    0.75,
-    1.0,
-    1.5,
-    2.0,
-    3.0,
-    5.0,
-    7.5,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    50.0,
-    75.0,
-    100.0,
-    150.0,
-    200.0,
-    300.0,
-    500.0,
-    750.0,
-    1000.0,
-    2000.0,
-    5000.0,
-]  # the agent's fleet-wide grid
+LE = list(LATENCY_BUCKETS_MS)  # the agent's fleet-wide grid
 
 
 def rss_mb() -> float:

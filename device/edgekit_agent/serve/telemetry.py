@@ -31,37 +31,16 @@ import numpy as np
 from edgekit_agent.contract.topics import Schema
 
 # Upper bounds in milliseconds, roughly 1-1.5-2-3-5-7.5 per decade: ~±20 % resolution from 50 µs to 5 s.
+# fmt: off
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.5,
-    0.75,
-    1.0,
-    1.5,
-    2.0,
-    3.0,
-    5.0,
-    7.5,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    50.0,
-    75.0,
-    100.0,
-    150.0,
-    200.0,
-    300.0,
-    500.0,
-    750.0,
-    1000.0,
-    2000.0,
-    5000.0,
+    0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5,
+    10.0, 15.0, 20.0, 30.0, 50.0, 75.0,
+    100.0, 150.0, 200.0, 300.0, 500.0, 750.0,
+    1000.0, 2000.0, 5000.0,
 )
+# fmt: on
 # Per window, per latency series, this many raw values are kept for exact percentiles.
 EXACT_SAMPLE = 4096
 # Records queued before they are folded into the aggregates (bounds memory; amortises numpy's overhead).
