@@ -1,9 +1,12 @@
 """The one paho-mqtt wrapper: the agent's link (:mod:`edgekit_agent.mqtt.link`) and the fleet tools' link
 (``edgekit.fleet.connection``) are thin layers on top of :class:`MqttClient`.
 
-- ``CallbackAPIVersion.VERSION2``, ``connect_async`` + ``loop_start``: paho reconnects by itself with the
-  backoff of ``reconnect_delay_set``; every CONNACK resubscribes (a broker restarted without a persistent
-  session forgets subscriptions). Every socket sends each packet at once (TCP_NODELAY, :func:`no_delay`).
+- ``CallbackAPIVersion.VERSION2``, ``connect_async`` + ``loop_start``: paho reconnects by itself, waiting
+  what :meth:`MqttClient._next_wait` draws before each try (the delay doubles from ``reconnect_min_s`` up to
+  ``reconnect_max_s``, each wait drawn uniformly from its upper half, so a fleet does not reconnect in one
+  burst when its broker returns; paho's own backoff has no jitter); every CONNACK resubscribes (a broker
+  restarted without a persistent session forgets subscriptions). Every socket sends each packet at once
+  (TCP_NODELAY, :func:`no_delay`).
 - paho calls callbacks holding its own lock, so callbacks only hand work over: connection events go to one
   worker thread (which also runs the layer's :meth:`MqttClient.handle_idle`), messages and PUBACKs to the
   layer's :meth:`~MqttClient.handle_message` / :meth:`~MqttClient.handle_puback`, which must not block.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import socket
 import ssl
 import threading
@@ -128,7 +132,7 @@ class BrokerSettings:
     tls_key: str | None = None
     keepalive: int = 30
     reconnect_min_s: float = 1
-    reconnect_max_s: float = 30
+    reconnect_max_s: float = 3  # back within about 3 s of a broker's return (jittered: see _next_wait)
     inflight: int = 8  # QoS 1 messages in flight (paho's window is this plus room for status messages)
     session_expiry_s: int = 3600  # 0: a clean session; else the broker keeps it (and queues QoS 1) this long
     mqtt_version: str = "auto"  # auto (5, falling back to 3.1.1 when refused), 5 or 3.1.1
@@ -204,6 +208,7 @@ class MqttClient:
         self._connack_wait: float | None = None  # worker: monotonic time of the first socket still without CONNACK
         self._socket_acked = False  # paho thread: the current socket got a CONNACK
         self._outage_said = False  # worker: this outage has been logged
+        self._retries = 0  # paho thread: failed or lost connections since the last CONNACK
         self._sub_lock = threading.Lock()
         self._sub_pending: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until the SUBACK
 
@@ -277,7 +282,8 @@ class MqttClient:
                     f"TLS set-up for {self.address.url} failed ({exc}); check --tls-ca/--tls-cert/--tls-key paths "
                     "and formats."
                 ) from None
-        client.reconnect_delay_set(min_delay=s.reconnect_min_s, max_delay=max(s.reconnect_min_s, s.reconnect_max_s))
+        self._retries = 0
+        self._next_wait(client)
         # Room for the window plus status messages, which must never wait behind it.
         client.max_inflight_messages_set(s.inflight + 4)
         client.on_connect = self._cb_connect
@@ -330,6 +336,7 @@ class MqttClient:
                 partial(self._fall_back, "refuses MQTT 5") if downgrade else partial(self._on_refusal, code, str(rc))
             )
             return
+        self._retries = 0
         self.announce()
         with self._sub_lock:
             self._sub_pending.clear()
@@ -339,7 +346,16 @@ class MqttClient:
 
     def _cb_connect_fail(self, client: mqtt.Client, *_: Any) -> None:
         if client is self._client:
+            self._next_wait(client)
             self.post(self._connect_failed)
+
+    def _next_wait(self, client: mqtt.Client) -> None:
+        # Called before paho waits to reconnect: a fixed delay set now is the one it sleeps next.
+        s = self.settings
+        ceiling = min(max(s.reconnect_min_s, s.reconnect_max_s), s.reconnect_min_s * 2.0 ** min(self._retries, 16))
+        self._retries += 1
+        wait = random.uniform(ceiling / 2, ceiling)
+        client.reconnect_delay_set(min_delay=wait, max_delay=wait)  # type: ignore[arg-type]  # paho takes floats
 
     def _cb_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         no_delay(sock)
@@ -350,6 +366,7 @@ class MqttClient:
     def _cb_disconnect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any) -> None:
         if client is not self._client:
             return
+        self._next_wait(client)
         # Closed before any CONNACK: the peer does not speak MQTT (to us), as good as unreachable.
         self.post(partial(self._disconnected, str(rc)) if self._socket_acked else self._connect_failed)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from edgekit_agent.ota.target import RecorderFactory, Serving
 from edgekit_agent.serve import sysinfo
 from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.serve.handlers import builtin_commands
+from edgekit_agent.serve.journal import TelemetryJournal
 from edgekit_agent.serve.telemetry import WindowRecorder
 
 if TYPE_CHECKING:
@@ -91,6 +91,12 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._seen: set[tuple[str, int, int]] = set()  # processed='keep': files already served
         self.outbox: Outbox | None = None
+        # Watched images are journaled before they are moved (serve/journal.py). The window lock makes "serve,
+        # journal, move" one step for a window close; the put lock keeps other sequenced puts out of a close.
+        self.journal: TelemetryJournal | None = None
+        self._window_lock = threading.RLock()
+        self._put_lock = threading.RLock()
+        self._switched_upto: int | None = None  # journal rows of the recorder an OTA switch just replaced
         self.link: Link | None = None
         self.commands: CommandProcessor | None = None
         self.selftest: SelfTestResult | None = None
@@ -108,7 +114,9 @@ class Agent:
         Everything is built first (the preprocessor can still refuse the bundle: nothing has changed then) and
         swapped in one step under the interpreter lock; the generation counter moves last, so a request that
         read the new generation sees only the new bundle's state (see :meth:`_serve_floats`)."""
-        replaced = self._install(bundle, runtime, selftest)
+        with self._window_lock:
+            replaced = self._install(bundle, runtime, selftest)
+            self._switched_upto = self.journal.last_id() if self.journal else None
         assert replaced is not None  # the constructor installed the first bundle
         return replaced
 
@@ -355,33 +363,55 @@ class Agent:
         for path, label_name in self._candidates(root):
             if self._stop.is_set():  # shutting down: the rest waits for the next start
                 break
-            ok = True
-            try:
-                self.serve_image(path, label_name=label_name)
-            except InputError as exc:
-                ok = False
-                log.warning("%s: %s", self.settings.device_id, exc)
-            except Exception:  # noqa: BLE001 - one bad file must not stop the agent
-                ok = False
-                log.exception("%s: serving %s failed", self.settings.device_id, path)
-            self._mark_done(root, path, ok)
+            with self._window_lock:  # no window closes between the count and the move
+                pred: Prediction | None = None
+                code: str | None = None
+                try:
+                    pred = self.serve_image(path, label_name=label_name)
+                except InputError as exc:
+                    code = "INPUT_INVALID"
+                    log.warning("%s: %s", self.settings.device_id, exc)
+                except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+                    code = "RUNTIME"
+                    log.exception("%s: serving %s failed", self.settings.device_id, path)
+                self._mark_done(root, path, pred, label_name, code)
             handled += 1
         return handled
 
-    def _mark_done(self, root: Path, path: Path, ok: bool) -> None:
-        mode = self.settings.processed
+    def _journal(
+        self, path: Path, target: Path | None, pred: Prediction | None, label: str | None, code: str | None
+    ) -> None:
+        """Journal a served image before its move; a journal that cannot be written (a full disk) leaves the
+        image counted in memory only, as without a journal."""
+        if self.journal is None:
+            return
+        record = None
+        if pred is not None:
+            ns = [round((v or 0.0) * 1e6) for v in (pred.latency_ms, pred.preprocess_ms, pred.invoke_ms)]
+            record = (*ns, pred.index, pred.confidence, self.label_index.get(label, -1) if label else -1)
+        try:
+            self.journal.append(int(time.time() * 1000), path, target, record, code)
+        except EdgekitError as exc:
+            log.warning("%s: %s; %s is counted in memory only", self.settings.device_id, exc, path)
+
+    def _mark_done(self, root: Path, path: Path, pred: Prediction | None, label: str | None, code: str | None) -> None:
+        mode, ok = self.settings.processed, code is None
         try:
             if mode == "keep":
                 st = path.stat()
                 self._seen.add((str(path), st.st_mtime_ns, st.st_size))
             elif mode == "delete" and ok:
+                self._journal(path, None, pred, label, code)
                 path.unlink()
             else:  # move, and failures in delete mode (kept for inspection)
                 target = root / (PROCESSED_DIR if ok else FAILED_DIR) / path.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if target.exists():
                     target = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:6]}{target.suffix}")
-                shutil.move(str(path), str(target))
+                self._journal(path, target, pred, label, code)
+                os.replace(
+                    path, target
+                )  # same file system (under root): a rename, as the journal's recovery repeats it
         except OSError as exc:
             # Could not move it: remember it instead, so it is not served again in a loop.
             log.warning(
@@ -424,7 +454,8 @@ class Agent:
             return
         msg = self.envelope(body.get("schema", "edge.unknown/1"))
         msg.update(body)
-        self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
+        with self._put_lock:
+            self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
         if self.link is not None:
             self.link.wake()
 
@@ -436,9 +467,63 @@ class Agent:
 
     def flush_window(self) -> dict[str, Any]:
         """Close the telemetry window now, queue it for sending, and return its body."""
-        body = self._window_body(self.recorder)
-        self.publish(self.topics.telemetry, body)
+        with self._window_lock:
+            body = self._window_body(self.recorder)
+            self._store_window(body)
         return body
+
+    def _store_window(self, body: dict[str, Any], upto: int | None = None) -> None:
+        """Queue a window and trim the journal rows it counts (up to ``upto``, default all) as one recoverable step
+        (serve/journal.py). If the outbox refuses it, those images are carried into the open window."""
+        journal, outbox = self.journal, self.outbox
+        if journal is None or outbox is None:
+            self.publish(self.topics.telemetry, body)
+            return
+        with self._put_lock:
+            stats = outbox.stats()
+            journal.begin_close(stats.epoch, stats.next_seq, upto)
+            try:
+                self.publish(self.topics.telemetry, body)
+            except Exception:
+                for r in journal.abort_close():
+                    if r.error is None:
+                        self.recorder.record(*r.as_record())
+                    else:
+                        self.recorder.record_error(r.error)
+                raise
+        journal.end_close()
+
+    def _recover_journal(self) -> None:
+        """Finish the moves a crash interrupted and publish the images journaled since the last stored window as
+        one window marked ``recovered`` (before anything else is published: see serve/journal.py)."""
+        assert self.journal is not None and self.outbox is not None
+        stats = self.outbox.stats()
+        found = self.journal.recover(stats.epoch, stats.next_seq)
+        if not found.records:
+            return
+        recorder = WindowRecorder(self.labels, self.manifest.reference)
+        for r in found.records:
+            if r.error is None:
+                recorder.record(*r.as_record())
+            else:
+                recorder.record_error(r.error)
+        body = self._window_body(recorder)
+        start, end = found.records[0].ts_ms, found.records[-1].ts_ms
+        body.update(
+            bundle=self.bundle_info(),
+            runtime=self.runtime.info.to_dict(),
+            window={"start": start, "end": end, "duration_s": round((end - start) / 1000, 3)},
+            throughput_ips=None,  # the agent died mid-window: no rate can be told
+            recovered=True,
+        )
+        with self._window_lock:
+            self._store_window(body)
+        log.warning(
+            "%s: recovered %d images counted before a crash (%d moves finished); published as a recovered window",
+            self.settings.device_id,
+            len(found.records),
+            found.moves_finished,
+        )
 
     def report_window(self, recorder: WindowRecorder) -> None:
         """Publish what ``recorder`` (of a bundle just replaced by :meth:`activate`) holds, so no served inference
@@ -448,9 +533,11 @@ class Agent:
         (attributed to the new bundle, but counted). Never raises: the switch has happened, and a lost window
         must not undo its bookkeeping."""
         try:
-            body = self._window_body(recorder)
-            if body["counts"]["requests"] or body["counts"]["dropped"]:
-                self.publish(self.topics.telemetry, body)
+            with self._window_lock:
+                upto, self._switched_upto = self._switched_upto, None
+                body = self._window_body(recorder)
+                if body["counts"]["requests"] or body["counts"]["dropped"]:
+                    self._store_window(body, upto)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("%s: the last window of the replaced bundle is lost: %s", self.settings.device_id, exc)
 
@@ -527,6 +614,9 @@ class Agent:
         """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
         s = self.settings
         self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
+        if s.watch_dir is not None and s.processed != "keep":  # kept files are served again after a restart anyway
+            self.journal = TelemetryJournal(s.data_dir / "journal.sqlite")
+            self._recover_journal()
         self.commands = CommandProcessor(s.device_id, self.respond, CommandStore(s.data_dir / "commands.sqlite"))
         for spec in builtin_commands(self):
             self.commands.register(spec)
@@ -611,6 +701,9 @@ class Agent:
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
 
     # --- commands ----------------------------------------------------------------------------------------------
     def respond(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:

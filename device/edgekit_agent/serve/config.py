@@ -16,7 +16,7 @@ An ``agent.toml``::
     tls_ca = "/etc/edgekit/ca.pem"
     keepalive = 30
     reconnect_min_s = 1
-    reconnect_max_s = 30
+    reconnect_max_s = 3
     inflight = 8
     mqtt_version = "auto"                 # auto (MQTT 5, else 3.1.1 when the broker refuses 5), "5" or "3.1.1"
 
