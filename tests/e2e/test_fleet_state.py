@@ -430,3 +430,15 @@ def test_watch_table_fits_the_terminal_and_keeps_one_line_per_device(width):
     if width >= 200:  # everything, with full headers
         assert "raspberry-pi-4" in body["pi-kitchen"] and "offline (shutdown)" in body["esp32-sim"]
         assert all(h in lines[1] for h in ("p50 ms", "p99 ms", "accuracy %", "errors", "drops", "gaps", "last seen"))
+
+
+def test_a_recovered_window_adds_its_counts_but_not_its_span_or_rate():
+    st = FleetState()
+    st.apply(msg("d", "status", status("online", "b1", 1, T0), at=T0))
+    st.apply(msg("d", "telemetry/inference", {**telemetry(2, T0 + 2, window_s=2.0), "throughput_ips": 2.5}, at=T0 + 2))
+    # After a crash: 40 images replayed, spanning 0.3 s of the dead window, no rate (docs/agent.md).
+    rebuilt = {**telemetry(3, T0 + 9, window_s=0.3, requests=40), "recovered": True, "throughput_ips": None}
+    st.apply(msg("d", "telemetry/inference", rebuilt, at=T0 + 9))
+    row = st.row("d", now=T0 + 9.5)
+    assert (row.requests, row.throughput_ips) == (45, 2.5)
+    assert st.row("d", now=T0 + 9 + 5.9).status == "online"  # still 3 windows of 2 s, not of 0.3 s

@@ -434,8 +434,11 @@ def _on_meta(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message)
 def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     dev.windows += 1
     dev.last_window = msg.received
+    # A window rebuilt after a crash (docs/agent.md) spans the replayed images, not the window length, and has
+    # no rate: its counts add up, its timing says nothing.
+    recovered = doc.get("recovered") is True
     window = doc.get("window") or {}
-    if isinstance(window, dict):
+    if isinstance(window, dict) and not recovered:
         start, end = finite_number(window.get("start")), finite_number(window.get("end"))
         if start is not None and end is not None and end > start:
             # ms per the envelope convention; tolerate seconds from an agent that sends them.
@@ -454,7 +457,8 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
     dev.requests = min(dev.requests + requests, MAX_COUNT)
     dev.ok = min(dev.ok + ok, MAX_COUNT)
     dev.errors = min(dev.errors + errors, MAX_COUNT)
-    dev.throughput = finite_number(doc.get("throughput_ips"))
+    if not recovered:
+        dev.throughput = finite_number(doc.get("throughput_ips"))
     dev.labeled = min(dev.labeled + labeled, MAX_COUNT)
     dev.correct = min(dev.correct + min(correct, labeled), MAX_COUNT)  # never more right answers than questions
     drift = doc.get("drift")
