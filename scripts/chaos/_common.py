@@ -155,8 +155,9 @@ class Consumer:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(0.05, 0.1)  # back before the agents, so a broker without persistence loses nothing
         self.subscribed = threading.Event()
+        self.subscribed_at: list[float] = []  # Unix time of every SUBACK: a broker without persistence forgets
         c.on_connect = lambda cl, *_: cl.subscribe("edge/v1/#", qos=1)
-        c.on_subscribe = lambda *_: self.subscribed.set()
+        c.on_subscribe = lambda *_: (self.subscribed_at.append(time.time()), self.subscribed.set())
         c.on_message = self._on_message
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -191,7 +192,8 @@ class Consumer:
                     t.duplicates += 1
                 else:
                     t.windows[(epoch, seq)] = doc
-            elif parts[3] == "status" and doc.get("state") == "online" and not msg.retain:
+            elif parts[3] == "status" and doc.get("state") == "online":
+                # Retained too: a consumer back after the agent gets the birth as the retained status.
                 t.births.append((doc.get("ts", 0) / 1000.0, str(doc.get("boot_id"))))
             self.lock.notify_all()
 

@@ -85,6 +85,7 @@ def broker_restart(env: ChaosEnv, *, persistence: bool) -> dict:
     broker, consumer, agent = _setup(env, persistence=persistence)
     feeder = Feeder([agent.watch], RATE_HZ).start()
     recover: list[float] = []
+    late = 0  # restarts after which the consumer subscribed after the agent was back
     try:
         for _ in range(1 if env.quick else 3):
             time.sleep(3)
@@ -95,6 +96,8 @@ def broker_restart(env: ChaosEnv, *, persistence: bool) -> dict:
             took = _wait_birth(consumer, agent.device_id, back)
             if took is not None:
                 recover.append(took)
+                wait_until(lambda b=back: any(t >= b for t in consumer.subscribed_at), 10)
+                late += min((t for t in consumer.subscribed_at if t >= back), default=1e18) > back + took
         time.sleep(3)
         t = _finish(agent, feeder, consumer)
     finally:
@@ -103,7 +106,14 @@ def broker_restart(env: ChaosEnv, *, persistence: bool) -> dict:
         consumer.close()
         broker.stop()
     kind = "with" if persistence else "without"
-    return _result(f"broker kill -9, down 5-10 s, restarted ({kind} persistence)", agent, feeder, t, recover)
+    return _result(
+        f"broker kill -9, down 5-10 s, restarted ({kind} persistence)",
+        agent,
+        feeder,
+        t,
+        recover,
+        consumer_subscribed_after_agent=late,
+    )
 
 
 def agent_kill(env: ChaosEnv) -> dict:
