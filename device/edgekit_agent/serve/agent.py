@@ -409,9 +409,8 @@ class Agent:
                 if target.exists():
                     target = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:6]}{target.suffix}")
                 self._journal(path, target, pred, label, code)
-                os.replace(
-                    path, target
-                )  # same file system (under root): a rename, as the journal's recovery repeats it
+                # Same file system (under root): a rename, which the journal's recovery can repeat.
+                os.replace(path, target)
         except OSError as exc:
             # Could not move it: remember it instead, so it is not served again in a loop.
             log.warning(
@@ -516,8 +515,14 @@ class Agent:
             throughput_ips=None,  # the agent died mid-window: no rate can be told
             recovered=True,
         )
-        with self._window_lock:
-            self._store_window(body)
+        try:
+            with self._window_lock:
+                self._store_window(body)
+        except EdgekitError as exc:  # a full disk: the images were carried into the first window
+            log.error(
+                "%s: cannot queue the recovered window (%s); it goes with the next one", self.settings.device_id, exc
+            )
+            return
         log.warning(
             "%s: recovered %d images counted before a crash (%d moves finished); published as a recovered window",
             self.settings.device_id,
