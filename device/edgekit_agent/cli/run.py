@@ -101,7 +101,7 @@ class Run:
             "--data-dir",
             type=Path,
             metavar="DIR",
-            help="outbox and command store (default ~/.local/state/edgekit-agent/ID)",
+            help="outbox, command store and telemetry journal (default ~/.local/state/edgekit-agent/ID)",
         )
         add_trust_arguments(parser, serving=True)
         parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
