@@ -38,6 +38,7 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
         tls_key=args.tls_key,
         mqtt_version=args.mqtt_version,
         data_dir=args.data_dir,
+        outbox_max_mb=args.outbox_max_mb,
         skip_selftest=args.skip_selftest,
         trusted_keys=args.trusted_keys,
         require_signature=args.require_signature,
@@ -102,6 +103,12 @@ class Run:
             type=Path,
             metavar="DIR",
             help="outbox and command store (default ~/.local/state/edgekit-agent/ID)",
+        )
+        parser.add_argument(
+            "--outbox-max-mb",
+            type=float,
+            metavar="MB",
+            help="disk budget of the outbox (default 64); beyond it, and on a full disk, the oldest telemetry goes",
         )
         add_trust_arguments(parser, serving=True)
         parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")

@@ -97,6 +97,7 @@ class Agent:
         self.fatal: EdgekitError | None = None
         self.ota: OtaManager | None = None  # once start() ran
         self._gen = 0
+        self._disk_full = False  # as last reported (disk_full / disk_ok events)
         self._install(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads), None)
 
     # --- the model ------------------------------------------------------------------------------------------
@@ -418,13 +419,23 @@ class Agent:
         priority: int = 0,
         correlation: bytes | None = None,
         sequenced: bool = True,
+        expendable: bool = False,
     ) -> None:
-        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`."""
+        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`.
+        ``expendable`` (telemetry): the first to go when the outbox or the disk is full."""
         if self.outbox is None:
             return
         msg = self.envelope(body.get("schema", "edge.unknown/1"))
         msg.update(body)
-        self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
+        self.outbox.put(
+            topic,
+            msg,
+            retain=retain,
+            priority=priority,
+            correlation=correlation,
+            sequenced=sequenced,
+            expendable=expendable,
+        )
         if self.link is not None:
             self.link.wake()
 
@@ -437,7 +448,7 @@ class Agent:
     def flush_window(self) -> dict[str, Any]:
         """Close the telemetry window now, queue it for sending, and return its body."""
         body = self._window_body(self.recorder)
-        self.publish(self.topics.telemetry, body)
+        self.publish(self.topics.telemetry, body, expendable=True)
         return body
 
     def report_window(self, recorder: WindowRecorder) -> None:
@@ -450,7 +461,7 @@ class Agent:
         try:
             body = self._window_body(recorder)
             if body["counts"]["requests"] or body["counts"]["dropped"]:
-                self.publish(self.topics.telemetry, body)
+                self.publish(self.topics.telemetry, body, expendable=True)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("%s: the last window of the replaced bundle is lost: %s", self.settings.device_id, exc)
 
@@ -500,10 +511,30 @@ class Agent:
         except EdgekitError as exc:
             log.error("%s: cannot queue meta: %s", self.settings.device_id, exc)
 
+    def check_disk(self) -> None:
+        """Report a change of the outbox's disk state once: a ``disk_full`` or ``disk_ok`` event, and the
+        retained ``status`` again (its ``disk_full`` field). The outbox retries what the disk refused here."""
+        if self.outbox is None:
+            return
+        why = self.outbox.check_disk()
+        if (why is not None) == self._disk_full:
+            return
+        self._disk_full = why is not None
+        stats = self.outbox.stats()
+        if why is not None:
+            log.error("%s: %s; serving on, dropping the oldest telemetry first", self.settings.device_id, why)
+            self.event("disk_full", reason=why, data_dir=str(self.settings.data_dir), dropped=stats.dropped)
+        else:
+            log.warning("%s: disk space is back", self.settings.device_id)
+            self.event("disk_ok", data_dir=str(self.settings.data_dir), dropped=stats.dropped)
+        if self.link is not None and self.link.connected.is_set():
+            self.link.announce()
+
     def _window_loop(self) -> None:
         next_at = time.monotonic() + self.settings.window_s
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             try:
+                self.check_disk()
                 self.flush_window()
             except Exception:  # noqa: BLE001 - a full disk must not stop serving; the log says so
                 log.exception("%s: cannot close the telemetry window", self.settings.device_id)
@@ -526,7 +557,9 @@ class Agent:
     def start(self) -> None:
         """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
         s = self.settings
-        self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
+        self.outbox = Outbox(
+            s.data_dir / "outbox.sqlite", max_messages=s.outbox_max, max_bytes=int(s.outbox_max_mb * 1024 * 1024)
+        )
         self.commands = CommandProcessor(s.device_id, self.respond, CommandStore(s.data_dir / "commands.sqlite"))
         for spec in builtin_commands(self):
             self.commands.register(spec)
@@ -546,6 +579,7 @@ class Agent:
         self.publish_meta()
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
         self.ota.publish_pending_events()
+        self.check_disk()  # a disk already full at start is reported now, not a window later
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
             if target == self._watch_loop and s.watch_dir is None:
                 continue
