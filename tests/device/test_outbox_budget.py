@@ -128,3 +128,19 @@ def test_a_delivered_message_whose_row_cannot_be_deleted_is_never_handed_out_aga
         assert all(e.id > 0 for e in waiting) and seqs(waiting)[-1] == later.seq
         assert not {e.seq for e in sent} & {e.seq for e in waiting}
         assert len(waiting) + 6 + ob.dropped == ob.stats().next_seq - 1  # waiting + delivered + dropped
+
+
+def test_seqs_handed_out_while_the_disk_was_full_are_not_reused_after_a_restart(small_disk: Path) -> None:
+    path = small_disk / "o.sqlite"
+    with Outbox(path, reserve_bytes=128 * 1024) as ob:
+        ob.put("edge/v1/d/events", {"event": "x"})
+        filler = fill(small_disk)
+        in_memory = [ob.put("edge/v1/d/telemetry/inference", {"i": i}, expendable=True) for i in range(3)]
+        assert all(e.id < 0 for e in in_memory)
+        assert [e.id for e in ob.head(2, pin=True)] == [1, in_memory[0].id]
+        assert ob.ack(in_memory[0].id)  # sent from memory: seq 2 reached consumers
+    # Stopped with the disk still full: the two messages still in memory are lost, and counted.
+    filler.unlink()
+    with Outbox(path, reserve_bytes=128 * 1024) as ob:
+        assert ob.dropped == 2 and ob.put("edge/v1/d/events", {"event": "y"}).seq == 5
+        assert seqs(ob.head(10)) == [1, 5]

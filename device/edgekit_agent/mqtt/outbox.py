@@ -45,9 +45,10 @@ DEFAULT_MAX_MESSAGES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: Free space the outbox leaves on its file system: SQLite needs some to checkpoint its WAL and to delete rows.
 DEFAULT_RESERVE_BYTES = 512 * 1024
-#: Messages held in memory while the disk refuses them (a restart loses these, uncounted: say so in the docs).
+#: Messages held in memory while the disk refuses them (counted as dropped if the agent stops before they go).
 MEMORY_MESSAGES = 256
 _PAGE = 4096
+_COUNTERS_BYTES = 64  # the counters file: "next_seq dropped", padded; rewritten in place, so it needs no new space
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -197,8 +198,15 @@ class Outbox:
                 "and free space, or move the damaged file away (its unsent telemetry is then lost)."
             ) from None
         self.epoch: str = meta["epoch"]
-        self._next_seq = int(meta["next_seq"])
-        self._dropped = int(meta["dropped"])
+        # The counters file holds what the database could not record while the disk was full: a seq handed
+        # out from memory must never be handed out again after a restart (consumers would take the new
+        # message for a duplicate), and what was lost must stay counted.
+        self._counters = self.path.with_name(self.path.name + ".counters")
+        next_seq, dropped = self._read_counters()
+        self._next_seq = max(int(meta["next_seq"]), next_seq)
+        self._dropped = max(int(meta["dropped"]), dropped)
+        if not self._counters.exists():
+            self._write_counters()  # made while there is space: rewriting it later needs none
         self._rows = int(rows)  # on disk, remembered-as-delivered ones included
         self._bytes = int(size)
 
@@ -234,6 +242,26 @@ class Outbox:
                     return stored
             return self._keep_in_memory(new)
 
+    def _read_counters(self) -> tuple[int, int]:
+        try:
+            epoch, next_seq, dropped = self._counters.read_text(encoding="ascii").split()
+            return (int(next_seq), int(dropped)) if epoch == self.epoch else (0, 0)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def _write_counters(self) -> None:
+        """Record the counters beside the database (when the database cannot take them)."""
+        line = f"{self.epoch} {self._next_seq} {self._dropped}".ljust(_COUNTERS_BYTES - 1) + "\n"
+        try:
+            # O_CREAT without O_TRUNC: the same bytes rewritten, so a full disk does not refuse it once it exists.
+            fd = os.open(self._counters, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, line.encode("ascii"), 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("%s: cannot record the outbox counters (%s)", self._counters, exc)
+
     def _free(self) -> int | None:
         """Bytes the outbox can still write: free space on its file system plus SQLite's free pages (a
         delivered row frees pages inside the file, which never shrinks, and new rows reuse them)."""
@@ -247,6 +275,7 @@ class Outbox:
     def _full(self, why: str) -> None:
         if self._disk_full is None:
             log.error("%s: the disk is full (%s); dropping the oldest telemetry first", self.path, why)
+            self._write_counters()  # now, while a byte may still be free: later it is rewritten in place
         self._disk_full = why
 
     def _store(self, new: OutboxEntry) -> OutboxEntry | None:
@@ -337,6 +366,7 @@ class Outbox:
         self._memory_ids -= 1
         entry = OutboxEntry(self._memory_ids, *(getattr(new, f) for f in OutboxEntry.__slots__[1:]))
         self._memory.append(entry)
+        self._write_counters()
         return entry
 
     def _settle(self) -> None:
@@ -494,11 +524,15 @@ class Outbox:
             if self._delivered or self._memory:
                 log.warning(
                     "%s: closing with %d delivered rows not deleted (sent once more at the next start) and %d "
-                    "messages in memory (lost)",
+                    "messages in memory (lost, counted as dropped)",
                     self.path,
                     len(self._delivered),
                     len(self._memory),
                 )
+            if self._memory:
+                self._dropped += len(self._memory)
+                self._memory.clear()
+                self._write_counters()
             try:
                 self._db.close()
             except sqlite3.Error:
