@@ -295,9 +295,7 @@ class Outbox:
         dropped = sum(1 for v in victims if v[2])
         try:
             with self._db:  # one transaction: the row, the drops and the counters move together
-                if victims:
-                    ids = [v[0] for v in victims]
-                    self._db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids)
+                self._delete([v[0] for v in victims])
                 row_id = self._db.execute(
                     f"INSERT INTO messages ({_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -331,30 +329,26 @@ class Outbox:
         """Rows to delete, in this order: delivered ones (free), then the oldest expendable, then (for the
         bounds only, never for the disk) the oldest others. Rows in flight are never chosen."""
         out: list[tuple[int, int, bool]] = [(i, s, False) for i, s in self._delivered.items()]
-
-        def enough() -> bool:
-            freed = sum(v[1] for v in out)
-            return len(out) >= rows_over and freed >= bytes_over and freed >= disk_need
-
-        if enough():
-            return out
-        skip = [*self._pinned, *self._delivered]
-        where = f"id NOT IN ({','.join('?' * len(skip))})" if skip else "1"
+        freed = sum(s for _, s, _ in out)
+        skip = self._pinned.union(self._delivered)
         lanes = ("expendable = 1", "expendable = 0") if budget else ("expendable = 1",)
         for lane in lanes:
             cursor = self._db.execute(
-                f"SELECT id, LENGTH(payload) + LENGTH(CAST(topic AS BLOB)) FROM messages WHERE {lane} AND {where} "
-                "ORDER BY id",
-                skip,
+                f"SELECT id, LENGTH(payload) + LENGTH(CAST(topic AS BLOB)) FROM messages WHERE {lane} ORDER BY id"
             )
             for row_id, row_size in cursor:
-                if enough():
+                if len(out) >= rows_over and freed >= max(bytes_over, disk_need):
                     break
-                out.append((row_id, row_size, True))
+                if row_id not in skip:
+                    out.append((row_id, row_size, True))
+                    freed += row_size
             cursor.close()
-            if enough():
-                break
         return out
+
+    def _delete(self, ids: list[int]) -> None:
+        for i in range(0, len(ids), 500):  # within SQLite's limit on bound parameters, whatever its version
+            chunk = ids[i : i + 500]
+            self._db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def _keep_in_memory(self, new: OutboxEntry) -> OutboxEntry:
         if len(self._memory) >= MEMORY_MESSAGES:
@@ -376,7 +370,7 @@ class Outbox:
         ids = list(self._delivered)
         try:
             with self._db:
-                self._db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids)
+                self._delete(ids)
         except sqlite3.Error:
             return
         self._rows -= len(ids)
