@@ -215,10 +215,9 @@ def run(
         observed_s = round(time.monotonic() - t_back, 1)
         unpacked_again = None
         if broker_back_while_full:
-            births = len(fleet.births)
             agent.stop()
             agent.start()  # the disk is still full: the bundle must not be unpacked again
-            _wait(lambda: len(fleet.births) > births + 1, 60, "the restarted agent's birth")
+            _wait(lambda: len({b.get("boot_id") for b in fleet.births}) >= 2, 60, "the restarted agent's birth")
             again = sorted((disk / "data" / "bundles").glob("*/*/model.tflite"))
             unpacked_again = not again or again[0].stat().st_ino != model_ino
         for f in fillers:
