@@ -43,7 +43,7 @@ def test_a_full_disk_is_reported_loses_only_what_it_counts_and_never_storms(digi
     assert result["dup_while_full"] == 0 and result["log_bytes"] < 20_000, result
     # What a consumer cannot see is what the device says it dropped; everything else arrived.
     assert result["dropped_reported"] > 0 and result["seq_gap"] == result["dropped_reported"], result
-    assert 0 < result["counted"] <= result["fed"]
+    assert result["counted"] <= result["fed"]  # the windows dropped first are the oldest: those with the images
     # The restart on the full disk re-sends at most what was delivered but could not be deleted: once.
     assert result["duplicates"] < 100, result
     assert result["unpacked_again"] is False
