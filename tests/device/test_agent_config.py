@@ -32,6 +32,7 @@ poll_s = 0.25
 
 [outbox]
 max_messages = 500
+max_mb = 8.5
 """
 
 
@@ -44,6 +45,10 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_toml_is_read_into_typed_settings(tmp_path):
     s = load_settings(write(tmp_path, CONFIG.format(data=tmp_path / "d")))
     assert s.device_id == "pi-kitchen" and s.window_s == 60 and s.num_threads == 2 and s.outbox_max == 500
+    assert (
+        s.outbox_max_mb == 8.5
+        and load_settings(write(tmp_path, CONFIG.format(data=tmp_path)), outbox_max_mb=2).outbox_max_mb == 2
+    )
     assert s.watch_dir == Path("/srv/camera") and s.processed == "keep" and s.poll_s == 0.25
     assert s.bundle == Path("/opt/b.tar.gz") and s.data_dir == tmp_path / "d"
     b = s.broker
@@ -150,12 +155,20 @@ def test_run_flags_reach_the_settings(tmp_path):
             "--data-dir",
             str(tmp_path / "data"),
             "--skip-selftest",
+            "--outbox-max-mb",
+            "16",
         ]
     )
     s = agent_cli._settings(args)  # noqa: SLF001
+    assert s.outbox_max_mb == 16
     assert s.window_s == 2 and s.skip_selftest and s.watch_dir == tmp_path and s.bundle == Path("b.tar.gz")
     assert s.broker is not None and s.broker.address.username == "d1" and s.broker.address.password == "pw"
     # an unset flag does not override the config file
     cfg = write(tmp_path, 'device_id = "d1"\nskip_selftest = true\nwindow_s = 7\n')
     s2 = agent_cli._settings(parser.parse_args(["--config", str(cfg)]))  # noqa: SLF001
     assert s2.skip_selftest and s2.window_s == 7
+
+
+def test_the_outbox_budget_is_checked(tmp_path):
+    with pytest.raises(UsageError, match="outbox.max_mb"):
+        load_settings(write(tmp_path, CONFIG.format(data=tmp_path).replace("max_mb = 8.5", "max_mb = 0")))

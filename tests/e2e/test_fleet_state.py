@@ -442,3 +442,25 @@ def test_a_recovered_window_adds_its_counts_but_not_its_span_or_rate():
     row = st.row("d", now=T0 + 9.5)
     assert (row.requests, row.throughput_ips) == (45, 2.5)
     assert st.row("d", now=T0 + 9 + 5.9).status == "online"  # still 3 windows of 2 s, not of 0.3 s
+
+
+def test_a_full_disk_shows_in_the_row_and_the_exporter_and_a_late_backlog_does_not_undo_disk_ok():
+    from edgekit.fleet.exporter import FleetCollector
+
+    st = FleetState()
+    st.apply(msg("d", "status", status("online", "b", 1, T0), at=T0))
+    assert st.row("d").disk_full is False
+    st.apply(msg("d", "events", {"event": "disk_full", "epoch": "e1", "seq": 2, "ts": int((T0 + 1) * 1000)}, at=T0 + 1))
+    assert st.row("d").disk_full is True
+    assert 'edgekit_device_disk_full{device="d"} 1' in FleetCollector(st).render()
+    st.apply(msg("d", "events", {"event": "disk_ok", "epoch": "e1", "seq": 9, "ts": int((T0 + 9) * 1000)}, at=T0 + 9))
+    # A window written while the disk was full, delivered after disk_ok (a backlog): older, so it does not count.
+    old = telemetry(5, T0 + 5)
+    old["outbox"] = {"dropped": 4, "disk_full": True}
+    st.apply(msg("d", "telemetry/inference", old, at=T0 + 10))
+    row = st.row("d")
+    assert row.disk_full is False and row.outbox_dropped == 4 and row.to_dict()["disk_full"] is False
+    assert 'edgekit_device_disk_full{device="d"} 0' in FleetCollector(st).render()
+    # The retained birth the agent publishes again when the state changes.
+    st.apply(msg("d", "status", status("online", "b", None, T0 + 12, disk_full=True), at=T0 + 12, retain=True))
+    assert st.row("d").disk_full is True

@@ -15,6 +15,7 @@ used. :func:`load_bundle` refuses, with an error that names the file or archive 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from edgekit_agent.bundle.archive import (
     read_manifest,
     read_signature,
     scan_archive,
+    sha256_file,
 )
 from edgekit_agent.bundle.tflite_file import check_tflite
 from edgekit_agent.contract.errors import BundleError, IntegrityError, ModelError
@@ -38,6 +40,8 @@ from edgekit_agent.contract.manifest import MANIFEST_NAME, Manifest
 if TYPE_CHECKING:  # imported lazily at run time: keeps `import edgekit_agent.bundle.load` light
     from edgekit_agent.infer.preprocess import Preprocessor
     from edgekit_agent.infer.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 #: The Edge TPU compiler's output, shipped beside model.tflite in Edge TPU bundles.
 EDGETPU_MODEL = "model_edgetpu.tflite"
@@ -104,6 +108,7 @@ def load_bundle(
     require_signature: bool = False,
     workdir: Path | None = None,
     allow_unsigned: bool = False,
+    reuse: bool = False,
 ) -> Bundle:
     """Verify and load a bundle directory or ``.tar.gz`` archive; raise a typed error naming what is wrong.
 
@@ -116,8 +121,15 @@ def load_bundle(
     is ignored and ``signed_by`` is None. ``allow_unsigned`` (the agent's ``--allow-unsigned``) lets a bundle
     without ``manifest.sig`` through even with ``trusted_keys`` (unless ``require_signature``); a bundle that
     *is* signed is still checked.
+
+    ``reuse`` (with ``workdir``; the agent's start-up): the archive is unpacked into
+    ``NAME-PROFILE.SHA16/NAME-PROFILE``, named after the archive's sha256, and a later call finds it there
+    and checks it like any bundle directory (every file's size and sha256 against the manifest, the
+    signature) instead of unpacking it again; an unpacked copy that fails is removed and unpacked anew.
     """
     path = Path(path)
+    if reuse and workdir is not None and _is_archive(path):
+        return _unpack_once(path, Path(workdir), trusted_keys, require_signature, allow_unsigned)
     if _is_archive(path):
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -133,6 +145,34 @@ def load_bundle(
     if path.exists():
         raise BundleError(f"{path}: not a bundle directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive.")
     raise BundleError(f"{path}: no such bundle; give a bundle directory or its .tar.gz archive.")
+
+
+def _unpack_once(
+    archive: Path, workdir: Path, trusted_keys: Path | None, require_signature: bool, allow_unsigned: bool
+) -> Bundle:
+    stem = archive_stem(archive)
+    try:
+        home = workdir / f"{stem}.{sha256_file(archive)[:16]}"
+    except OSError as exc:
+        raise BundleError(f"{archive}: cannot read the archive ({exc.strerror}).") from None
+    if (home / stem).is_dir():
+        try:
+            return _load_directory(home / stem, trusted_keys, require_signature, allow_unsigned)
+        except (BundleError, IntegrityError) as exc:  # a cut-short unpacking, or a file changed since
+            log.warning("%s: the unpacked copy in %s is not usable (%s); unpacking it again", archive, home, exc)
+        shutil.rmtree(home, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Unpacked beside its final name and renamed in one step: a crash leaves a temporary directory (removed
+    # with the other stale entries at the next start), never a half-filled copy under the final name.
+    parent = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=workdir))
+    try:
+        extract_archive(scan_archive(archive), parent / stem)
+        os.rename(parent, home)
+        return _load_directory(home / stem, trusted_keys, require_signature, allow_unsigned)
+    except BaseException:
+        shutil.rmtree(parent, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)  # a refused archive leaves nothing behind
+        raise
 
 
 def _load_directory(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
         tls_key=args.tls_key,
         mqtt_version=args.mqtt_version,
         data_dir=args.data_dir,
+        outbox_max_mb=args.outbox_max_mb,
         skip_selftest=args.skip_selftest,
         trusted_keys=args.trusted_keys,
         require_signature=args.require_signature,
@@ -103,6 +103,12 @@ class Run:
             metavar="DIR",
             help="outbox, command store and telemetry journal (default ~/.local/state/edgekit-agent/ID)",
         )
+        parser.add_argument(
+            "--outbox-max-mb",
+            type=float,
+            metavar="MB",
+            help="disk budget of the outbox (default 64); beyond it, and on a full disk, the oldest telemetry goes",
+        )
         add_trust_arguments(parser, serving=True)
         parser.add_argument("-v", "--verbose", action="store_true", help="log connections, commands and windows")
 
@@ -122,32 +128,27 @@ class Run:
             raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
         if settings.watch_dir is not None and not settings.watch_dir.is_dir():
             raise UsageError(f"watch directory {settings.watch_dir} does not exist; create it or fix --watch.")
-        workdir = settings.data_dir / "bundles"
         # The bundle an OTA update installed (or restored by rollback) wins over the one on the command line.
+        # An archive stays unpacked in DATA/bundles after the agent stops: the next start checks it, not unpacks it.
         bundle = startup_bundle(settings)
-        extracted = bundle.directory.parent if bundle.directory.parent.parent == workdir else None
-        try:
-            from edgekit_agent.cli.app import native_notices_dropped
+        from edgekit_agent.cli.app import native_notices_dropped
 
-            with native_notices_dropped():  # the interpreter is built here, before any other thread runs
-                agent = Agent(bundle, settings)
+        with native_notices_dropped():  # the interpreter is built here, before any other thread runs
+            agent = Agent(bundle, settings)
 
-            def stop(signum: int, _frame: Any) -> None:
-                log.info("%s: signal %d, stopping", settings.device_id, signum)
-                agent.request_stop()
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("%s: signal %d, stopping", settings.device_id, signum)
+            agent.request_stop()
 
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
-            where = settings.broker.url if settings.broker else "no broker"
-            print(
-                f"serving {bundle.manifest.name} {bundle.manifest.version} as {settings.device_id} on {where}, "
-                f"window {settings.window_s:g} s{f', watching {settings.watch_dir}' if settings.watch_dir else ''}; "
-                "Ctrl-C to stop",
-                file=sys.stderr,
-                flush=True,
-            )
-            agent.run()
-        finally:
-            if extracted is not None:
-                shutil.rmtree(extracted, ignore_errors=True)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        where = settings.broker.url if settings.broker else "no broker"
+        print(
+            f"serving {bundle.manifest.name} {bundle.manifest.version} as {settings.device_id} on {where}, "
+            f"window {settings.window_s:g} s{f', watching {settings.watch_dir}' if settings.watch_dir else ''}; "
+            "Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        agent.run()
         return ExitStatus.OK

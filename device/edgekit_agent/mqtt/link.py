@@ -80,6 +80,8 @@ class Link(MqttClient):
             "agent_version": __version__,
             "state": state,
             "reason": reason,
+            # A device whose outbox has no disk left says so in its retained state, not only in an event.
+            "disk_full": self.outbox.disk_full is not None,
         }
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
@@ -108,8 +110,8 @@ class Link(MqttClient):
 
     def while_unreachable(self) -> str:
         return (
-            f"; serving anyway: telemetry waits in the outbox (up to {self.outbox.max_messages} messages) and is "
-            "sent when the broker is back"
+            f"; serving anyway: telemetry waits in the outbox (up to {self.outbox.max_messages} messages, "
+            f"{self.outbox.max_bytes // (1024 * 1024)} MB) and is sent when the broker is back"
         )
 
     # --- the worker thread ----------------------------------------------------------------------------------------

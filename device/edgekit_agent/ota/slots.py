@@ -160,8 +160,11 @@ def queue_event(data_dir: Path, kind: str, **details: Any) -> None:
 # --- loading with the agent's signature policy -------------------------------------------------------------
 
 
-def load_for(settings: AgentSettings, source: str | Path, workdir: Path | None = None) -> Bundle:
-    """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed)."""
+def load_for(
+    settings: AgentSettings, source: str | Path, workdir: Path | None = None, *, reuse: bool = False
+) -> Bundle:
+    """``load_bundle`` with the agent's trust settings (trusted keys, required signature, unsigned allowed);
+    ``reuse``: an archive already unpacked in ``workdir`` is checked, not unpacked again."""
     from edgekit_agent.bundle.load import load_bundle
 
     allow_unsigned = bool(getattr(settings, "allow_unsigned", False))
@@ -173,6 +176,7 @@ def load_for(settings: AgentSettings, source: str | Path, workdir: Path | None =
         require_signature=settings.require_signature or not allow_unsigned,
         allow_unsigned=allow_unsigned,
         workdir=workdir,
+        reuse=reuse,
     )
 
 
@@ -181,7 +185,6 @@ def startup_bundle(settings: AgentSettings) -> Bundle:
     (then the previous one), falling back to the one on the command line. Every candidate is verified."""
     data = Path(settings.data_dir)
     workdir = data / "bundles"
-    _clean_dir(workdir)  # extractions of earlier runs (the agent removes its own at a clean exit)
     pointer = read_pointer(data)
     factory = str(Path(settings.bundle).resolve()) if settings.bundle else None
     fid = factory_id(factory)
@@ -211,7 +214,9 @@ def startup_bundle(settings: AgentSettings) -> Bundle:
     errors = []
     for slot, why in candidates:
         try:
-            bundle = load_for(settings, slot.source, workdir=workdir)
+            # An archive unpacked by an earlier start is checked against its manifest, not unpacked again:
+            # on a small disk, unpacking a second copy is what fills it.
+            bundle = load_for(settings, slot.source, workdir=workdir, reuse=True)
         except EdgekitError as exc:
             errors.append(f"{slot.label()}: {exc}")
             log.error("%s: cannot serve the %s bundle %s: %s", settings.device_id, why, slot.label(), exc)
@@ -230,15 +235,20 @@ def startup_bundle(settings: AgentSettings) -> Bundle:
                     f"could not be loaded: {errors[-1] if errors else 'unknown'}",
                     to=asdict(new.current),
                 )
+        _clean_dir(workdir, keep=bundle.directory)
         return bundle
     if not candidates:
         raise UsageError('no bundle given: `edgekit-agent run BUNDLE ...` or bundle = "…" in the config.')
     raise BundleError("no usable bundle: " + "; ".join(errors))
 
 
-def _clean_dir(path: Path) -> None:
+def _clean_dir(path: Path, keep: Path) -> None:
+    """Remove what earlier runs unpacked in ``path``, except the unpacked copy holding ``keep``."""
     if path.is_dir():
+        keep = keep.resolve()
         for child in path.iterdir():
+            if child.resolve() in keep.parents:
+                continue
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 

@@ -103,6 +103,7 @@ class Agent:
         self.fatal: EdgekitError | None = None
         self.ota: OtaManager | None = None  # once start() ran
         self._gen = 0
+        self._disk_full = False  # as last reported (disk_full / disk_ok events)
         self._install(bundle, runtime or bundle.open_runtime(num_threads=settings.num_threads), None)
 
     # --- the model ------------------------------------------------------------------------------------------
@@ -447,14 +448,24 @@ class Agent:
         priority: int = 0,
         correlation: bytes | None = None,
         sequenced: bool = True,
+        expendable: bool = False,
     ) -> None:
-        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`."""
+        """Queue ``body`` (with the envelope) in the outbox for ``topic``; a no-op before :meth:`start`.
+        ``expendable`` (telemetry): the first to go when the outbox or the disk is full."""
         if self.outbox is None:
             return
         msg = self.envelope(body.get("schema", "edge.unknown/1"))
         msg.update(body)
         with self._put_lock:
-            self.outbox.put(topic, msg, retain=retain, priority=priority, correlation=correlation, sequenced=sequenced)
+            self.outbox.put(
+                topic,
+                msg,
+                retain=retain,
+                priority=priority,
+                correlation=correlation,
+                sequenced=sequenced,
+                expendable=expendable,
+            )
         if self.link is not None:
             self.link.wake()
 
@@ -476,13 +487,13 @@ class Agent:
         (serve/journal.py). If the outbox refuses it, those images are carried into the open window."""
         journal, outbox = self.journal, self.outbox
         if journal is None or outbox is None:
-            self.publish(self.topics.telemetry, body)
+            self.publish(self.topics.telemetry, body, expendable=True)
             return
         with self._put_lock:
             stats = outbox.stats()
             journal.begin_close(stats.epoch, stats.next_seq, upto)
             try:
-                self.publish(self.topics.telemetry, body)
+                self.publish(self.topics.telemetry, body, expendable=True)
             except Exception:
                 for r in journal.abort_close():
                     if r.error is None:
@@ -592,10 +603,30 @@ class Agent:
         except EdgekitError as exc:
             log.error("%s: cannot queue meta: %s", self.settings.device_id, exc)
 
+    def check_disk(self) -> None:
+        """Report a change of the outbox's disk state once: a ``disk_full`` or ``disk_ok`` event, and the
+        retained ``status`` again (its ``disk_full`` field). The outbox retries what the disk refused here."""
+        if self.outbox is None:
+            return
+        why = self.outbox.check_disk()
+        if (why is not None) == self._disk_full:
+            return
+        self._disk_full = why is not None
+        stats = self.outbox.stats()
+        if why is not None:
+            log.error("%s: %s; serving on, dropping the oldest telemetry first", self.settings.device_id, why)
+            self.event("disk_full", reason=why, data_dir=str(self.settings.data_dir), dropped=stats.dropped)
+        else:
+            log.warning("%s: disk space is back", self.settings.device_id)
+            self.event("disk_ok", data_dir=str(self.settings.data_dir), dropped=stats.dropped)
+        if self.link is not None and self.link.connected.is_set():
+            self.link.announce()
+
     def _window_loop(self) -> None:
         next_at = time.monotonic() + self.settings.window_s
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             try:
+                self.check_disk()
                 self.flush_window()
             except Exception:  # noqa: BLE001 - a full disk must not stop serving; the log says so
                 log.exception("%s: cannot close the telemetry window", self.settings.device_id)
@@ -618,7 +649,9 @@ class Agent:
     def start(self) -> None:
         """Open storage, connect, self-test, publish meta, start the watcher and the window timer."""
         s = self.settings
-        self.outbox = Outbox(s.data_dir / "outbox.sqlite", max_messages=s.outbox_max)
+        self.outbox = Outbox(
+            s.data_dir / "outbox.sqlite", max_messages=s.outbox_max, max_bytes=int(s.outbox_max_mb * 1024 * 1024)
+        )
         if s.watch_dir is not None and s.processed != "keep":  # kept files are served again after a restart anyway
             self.journal = TelemetryJournal(s.data_dir / "journal.sqlite")
             self._recover_journal()
@@ -641,6 +674,7 @@ class Agent:
         self.publish_meta()
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
         self.ota.publish_pending_events()
+        self.check_disk()  # a disk already full at start is reported now, not a window later
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
             if target == self._watch_loop and s.watch_dir is None:
                 continue

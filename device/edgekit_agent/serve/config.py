@@ -27,6 +27,7 @@ An ``agent.toml``::
 
     [outbox]
     max_messages = 10000
+    max_mb = 64                           # bytes of stored messages; the oldest telemetry goes first
 
 Unknown keys are errors with a "did you mean"; every message names the file and the key.
 """
@@ -78,7 +79,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "mqtt_version": (str,),
     },
     "watch": {"dir": (str,), "processed": (str,), "poll_s": (int, float)},
-    "outbox": {"max_messages": (int,)},
+    "outbox": {"max_messages": (int,), "max_mb": (int, float)},
 }
 
 
@@ -96,6 +97,7 @@ class AgentSettings:
     num_threads: int | None = None
     skip_selftest: bool = False
     outbox_max: int = 10_000
+    outbox_max_mb: float = 64.0
     # Input statistics for drift on every Nth pre-quantised tensor (images: always, their floats exist anyway).
     # A mean over a small int8 tensor costs ~3-8 µs in numpy, as much as a tiny model's invoke; 1 in 16
     # still gives hundreds of samples per window at tensor rates, plenty for a 10-bin PSI.
@@ -123,6 +125,8 @@ class AgentSettings:
             raise UsageError(f"num_threads must be between 1 and 64, got {self.num_threads}.")
         if self.outbox_max < 10:
             raise UsageError(f"outbox.max_messages must be at least 10, got {self.outbox_max}.")
+        if not 0.01 <= self.outbox_max_mb <= 1_000_000:
+            raise UsageError(f"outbox.max_mb must be between 0.01 and 1000000 MB, got {self.outbox_max_mb}.")
         if self.drift_every < 1:
             raise UsageError(f"drift_every must be at least 1, got {self.drift_every}.")
         if self.broker is not None and not 1 <= self.broker.inflight <= 100:
@@ -185,7 +189,8 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
 
     Flag names: ``bundle, device_id, data_dir, window_s, num_threads, skip_selftest, trusted_keys,
     require_signature, drift_every, broker (URL), username, password, tls_ca, tls_cert, tls_key,
-    keepalive, reconnect_min_s, reconnect_max_s, inflight, mqtt_version, watch (dir), processed, poll_s, outbox_max``.
+    keepalive, reconnect_min_s, reconnect_max_s, inflight, mqtt_version, watch (dir), processed, poll_s, outbox_max,
+    outbox_max_mb``.
     """
     doc = read_config(config) if config else {}
     where = str(config) if config else "command line"
@@ -236,6 +241,7 @@ def load_settings(config: str | Path | None = None, **flags: Any) -> AgentSettin
         "num_threads": pick("num_threads", doc.get("num_threads")),
         "skip_selftest": pick("skip_selftest", doc.get("skip_selftest")),
         "outbox_max": pick("outbox_max", outbox.get("max_messages")),
+        "outbox_max_mb": pick("outbox_max_mb", outbox.get("max_mb")),
         "drift_every": pick("drift_every", doc.get("drift_every")),
         "require_signature": pick("require_signature", doc.get("require_signature")),
         "allow_unsigned": pick("allow_unsigned", doc.get("allow_unsigned")),

@@ -165,6 +165,8 @@ def _columns(rows: tuple[DeviceRow, ...], now: float) -> tuple[_Column, ...]:
     # Every string here comes from a device: "[...]" in a bundle name would be rich markup, ESC a terminal command.
     def status(r: DeviceRow, reason: bool) -> str:
         text = f"[{STATUS_STYLE.get(r.status, 'white')}]{_text(r.status, 20)}[/]"
+        if r.disk_full:  # serving, but dropping telemetry: as urgent as a status
+            text += " [red]disk full[/]"
         return (
             text + f" ({_text(r.status_reason, 40)})" if reason and r.status != "online" and r.status_reason else text
         )

@@ -65,6 +65,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
         "1 while the device is online (birth seen, not silent for 3 windows); every exporter knows every device" + MAX,
     ),
     "edgekit_device_info": ("gauge", "the bundle and runtime a device last reported (value 1)"),
+    "edgekit_device_disk_full": (
+        "gauge",
+        "1 while the device reports a full disk (its outbox drops the oldest telemetry; status, events)" + MAX,
+    ),
     "edgekit_inference_requests_total": ("counter", "inference requests" + SUM),
     "edgekit_inference_errors_total": ("counter", "failed inference requests" + SUM),
     "edgekit_inference_labeled_total": ("counter", "inferences on labelled inputs" + SUM),
@@ -187,7 +191,21 @@ class _Row:
     """One device as the collector last rendered it: label strings escaped once, sample lines formatted
     again only when the device's values changed, and what was last added to its model's totals."""
 
-    __slots__ = ("key", "model", "profile", "dl", "dml", "info", "up", "prefixes", "counts", "lines", "extra", "hists")
+    __slots__ = (
+        "key",
+        "model",
+        "profile",
+        "dl",
+        "dml",
+        "info",
+        "up",
+        "disk",
+        "prefixes",
+        "counts",
+        "lines",
+        "extra",
+        "hists",
+    )
 
     def __init__(self, device_id: str, key: tuple[Any, ...], has_info: bool) -> None:
         name, profile, version, engine, delegate = (str(v if v is not None else "")[:MAX_LABEL] for v in key)
@@ -201,6 +219,7 @@ class _Row:
             else ""
         )
         self.up = (f"edgekit_device_up{{{dl}}} 0\n", f"edgekit_device_up{{{dl}}} 1\n")
+        self.disk = (f"edgekit_device_disk_full{{{dl}}} 0\n", f"edgekit_device_disk_full{{{dl}}} 1\n")
         self.prefixes = tuple(f"{metric}{{{dml}}} " for metric in _COUNTERS)
         self.counts: tuple[int, ...] = (0,) * len(_COUNTERS)  # what was added to the model totals so far
         self.hists: dict[str, _Hist] = {}
@@ -320,6 +339,7 @@ class FleetCollector:
         st = self.state
         per_device = self.per_device != "off"
         up: list[str] = []
+        disk: list[str] = []
         shown: list[_Row] = []
         dev_hist: list[str] = []
         rows = self._rows
@@ -342,6 +362,7 @@ class FleetCollector:
                         row.format(dev)
                     rows[device_id] = row
                 up.append(row.up[st.status_of(dev, now) == "online"])
+                disk.append(row.disk[dev.disk_full])
                 counts = (
                     dev.requests,
                     dev.errors,
@@ -369,6 +390,7 @@ class FleetCollector:
         out = [_header("edgekit_device_up"), *up]
         if per_device:
             out += [_header("edgekit_device_info"), *(row.info for row in shown)]
+            out += [_header("edgekit_device_disk_full"), *disk]
             for i, name in enumerate(_COUNTERS):
                 out += [_header(name), *(row.lines[i] for row in shown)]
             out += [_header("edgekit_telemetry_last_window_timestamp_seconds"), *(row.extra[0] for row in shown)]

@@ -155,6 +155,7 @@ class DeviceRow:
     outbox_dropped: int
     lost_messages: int
     last_seen: float | None  # Unix time (s)
+    disk_full: bool = False  # the device's outbox has no disk left (status, disk_full/disk_ok events, telemetry)
 
     @property
     def accuracy(self) -> float | None:
@@ -216,6 +217,8 @@ class _Device:
     last_window: float | None = None  # our clock when the newest telemetry window arrived
     drift: dict[str, float] = field(default_factory=dict)  # PSI per signal of the newest window that had one
     rollbacks: int = 0  # OTA "rollback" events
+    disk_full: bool = False
+    disk_ts: float = -1.0  # device clock (envelope ts) of the message disk_full was taken from
 
 
 def bucket_grid(le: Any, cum: Any) -> tuple[tuple[float, ...], list[int]] | None:
@@ -386,6 +389,7 @@ class FleetState:
             outbox_dropped=sum(dev.outbox_dropped_by_epoch.values()),
             lost_messages=self.dedup.gaps.get(device_id, 0),
             last_seen=dev.last_seen,
+            disk_full=dev.disk_full,
         )
 
     def snapshot(self, now: float | None = None) -> tuple[DeviceRow, ...]:
@@ -394,6 +398,14 @@ class FleetState:
 
 
 # --- per-topic handlers (a table, not an if-chain) --------------------------------------------------
+def _disk(dev: _Device, doc: dict[str, Any], full: Any) -> None:
+    """Take the disk state a message reports unless a newer message (device clock) already did: a backlog
+    sent after an outage must not overwrite the state the device reported since."""
+    ts = finite_number(doc.get("ts"))
+    if isinstance(full, bool) and ts is not None and ts >= dev.disk_ts:
+        dev.disk_full, dev.disk_ts = full, ts
+
+
 def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
     value = str(doc.get("state") or doc.get("status") or "unknown")
     ts = (finite_number(doc.get("ts")) or 0.0) / 1000.0
@@ -411,6 +423,8 @@ def _on_status(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Messag
     )
     if boot:
         dev.boot_id = boot
+    if value == "online":  # an LWT carries the disk state of when it was registered
+        _disk(dev, doc, doc.get("disk_full"))
     if value == "online" and msg.retain and dev.last_heard is None:
         # A retained birth says nothing about now; count from our start so a device is not "lost" at once.
         dev.last_heard = msg.received
@@ -474,6 +488,8 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
         dev.outbox_dropped_by_epoch[epoch] = max(dev.outbox_dropped_by_epoch.get(epoch, 0), _count(outbox["dropped"]))
         if len(dev.outbox_dropped_by_epoch) > MAX_EPOCHS:
             dev.outbox_dropped_by_epoch.pop(next(iter(dev.outbox_dropped_by_epoch)))
+    if isinstance(outbox, dict):
+        _disk(dev, doc, outbox.get("disk_full"))
     lat = doc.get("latency_ms") or {}
     total = lat.get("total") if isinstance(lat, dict) else None
     # Percentiles of the latest window that had requests: an idle window says nothing about latency,
@@ -504,6 +520,8 @@ def _on_events(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Messag
     # Otherwise an event only refreshes last seen (and, live, keeps the device from turning "lost").
     if doc.get("event") == "rollback":
         dev.rollbacks = min(dev.rollbacks + 1, MAX_COUNT)
+    elif doc.get("event") in ("disk_full", "disk_ok"):
+        _disk(dev, doc, doc["event"] == "disk_full")
 
 
 def _on_bench_or_other(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
