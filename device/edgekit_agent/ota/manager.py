@@ -259,10 +259,13 @@ class OtaManager:
         have = []
         for p in d.glob("*.bin") if d.is_dir() else []:
             try:
-                have.append(int(p.stem))
-            except ValueError:
+                i = int(p.stem)
+                # A power cut can leave a renamed chunk file shorter than it was written: not had, sent again.
+                if i < t.chunks and p.stat().st_size == t.chunk_size(i):
+                    have.append(i)
+            except (ValueError, OSError):
                 continue
-        return sorted(i for i in have if i < t.chunks)
+        return sorted(have)
 
     def _begin(self, cmd: Command) -> Begun:
         tid, sha, size = self._need(cmd, "transfer_id", "archive_sha256", "archive_bytes")
