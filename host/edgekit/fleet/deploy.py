@@ -44,7 +44,7 @@ from edgekit.fleet.connection import FleetLink
 from edgekit.fleet.state import load_json
 from edgekit_agent.contract.broker import BrokerAddress
 from edgekit_agent.contract.envelope import Answer, ErrorCode, State
-from edgekit_agent.contract.errors import BrokerError, BundleError, UsageError
+from edgekit_agent.contract.errors import BrokerError, BundleError, NotAuthorizedError, UsageError
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
 from edgekit_agent.contract.topics import EVENTS, STATUS, parse_topic, topic
 from edgekit_agent.mqtt.client import Message
@@ -422,6 +422,8 @@ class _Worker:
                     f"{where}",
                 },
             )
+        except NotAuthorizedError as exc:  # e.g. the broker refused the subscription to this device's answers
+            done("not_authorized", error={"code": ErrorCode.NOT_AUTHORIZED, "message": str(exc)})
         except BrokerError as exc:
             done("failed", error={"code": "UNAVAILABLE", "message": str(exc)})
         except Exception as exc:  # noqa: BLE001 - an answer that breaks the protocol: this device failed, say why
