@@ -458,3 +458,27 @@ def test_agent_with_a_wrong_password_stops_instead_of_retrying(secure_broker, di
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == ExitStatus.NOT_AUTHORIZED
     assert "refused device 'dev-b'" in out and "NOT_AUTHORIZED" in out and "not retrying" in out
+
+
+def test_edgekit_broker_with_users_runs_the_documented_set_up(tmp_path):
+    """`edgekit broker --users … --fleet-users …` (start_dev_broker(users=…)): devices on the device port as their
+    own user, fleet tools on the fleet port, device credentials refused there."""
+    from edgekit.fleet.connection import FleetLink
+    from edgekit.fleet.dev_broker import start_dev_broker
+
+    with start_dev_broker(port=0, engine="mosquitto", users=make_users(tmp_path)) as broker:
+        host = f"{broker.host}:{broker.port}"
+        fleet_host = broker.fleet_url.removeprefix("mqtt://")
+        with FleetLink(f"mqtt://{FLEET[0]}:{FLEET[1]}@{fleet_host}") as fleet:
+            info = fleet.publish("edge/v1/dev-a/cmd/ping", b"{}")
+            info.wait_for_publish(5)
+            assert not fleet.refused_publishes
+        with FleetLink(f"mqtt://dev-a:{DEVICES['dev-a']}@{host}", client_id="dev-b") as dev:
+            info = dev.publish("edge/v1/dev-b/events", b"forged")
+            info.wait_for_publish(5)
+            time.sleep(0.2)
+            assert dev.refused_publishes == {info.mid: 0x87}
+        with pytest.raises(NotAuthorizedError):
+            FleetLink(f"mqtt://dev-a:{DEVICES['dev-a']}@{fleet_host}").start()
+        with pytest.raises(NotAuthorizedError):
+            FleetLink(f"mqtt://{host}").start()  # anonymous: refused
