@@ -90,6 +90,7 @@ class CommandClient:
         self._answer_kind = f"res/{requester}"
         self._pending: dict[str, Pending] = {}
         self._by_mid: dict[int, Pending] = {}  # requests until their PUBACK
+        self._early: dict[int, int] = {}  # PUBACK reason codes that came before their request was registered
         self._lock = threading.Lock()
         link.on_puback = self._on_puback
         self._stop = threading.Event()
@@ -148,19 +149,21 @@ class CommandClient:
             expiry_s=timeout_s,
         )
         check_rc(info.rc, f"sending {request.name} to {request.device_id}")
-        with self._lock:  # the PUBACK may have come already (paho's thread): then it waits in refused_publishes
-            code = self.link.refused_publishes.pop(info.mid, None)
+        with self._lock:  # the PUBACK may have come already (paho's thread): then it waits in _early
+            code = self._early.pop(info.mid, None)
             if code is None:
                 self._by_mid[info.mid] = pending
-        if code is not None:
+        if code is not None and code >= 0x80:
             self._refuse(pending, code)
 
     def _on_puback(self, mid: int, code: int) -> None:
         """paho's thread: a refused request is answered here, since no device will."""
         with self._lock:
             pending = self._by_mid.pop(mid, None)
-            if pending is not None and code >= 0x80:
-                self.link.refused_publishes.pop(mid, None)
+            if pending is None:  # before _publish registered it (or not ours): kept for _publish to find
+                if len(self._early) >= 1024:
+                    self._early.pop(next(iter(self._early)))
+                self._early[mid] = code
         if pending is not None and code >= 0x80:
             self._refuse(pending, code)
 
