@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-for _p in (REPO / "tests",):  # brokers, ota_support and the fixture models: shared with the tests
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+if str(REPO / "tests") not in sys.path:  # brokers, ota_support and the fixture models: shared with the tests
+    sys.path.insert(0, str(REPO / "tests"))
 
 from edgekit.fleet.deploy import deploy  # noqa: E402
 from edgekit.fleet.dev_broker import BrokerUsers  # noqa: E402
