@@ -1,4 +1,8 @@
-"""A real mosquitto for tests: started from a config file on a free loopback port, restartable on the same port."""
+"""A real mosquitto for tests: started from a config file on a free loopback port, restartable on the same port.
+
+With ``users`` it runs the documented secure set-up (``edgekit.fleet.dev_broker.secure_listeners``): the
+device listener on :attr:`Mosquitto.port` (client id = user name, per-device ACL) and the fleet listener on
+:attr:`Mosquitto.fleet_port`."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from edgekit.fleet.dev_broker import BrokerUsers, secure_listeners
 
 
 def free_port() -> int:
@@ -26,15 +32,26 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    """``extra_config`` lines go into the config file (password_file, acl_file, TLS listener, ...)."""
+    """``extra_config`` lines go into the config file (password_file, acl_file, TLS listener, ...); with
+    ``users``, ``tls`` lines go into both listeners."""
 
-    def __init__(self, workdir: Path, extra_config: str = "", allow_anonymous: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_config: str = "",
+        allow_anonymous: bool = True,
+        users: BrokerUsers | None = None,
+        tls: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.extra_config = extra_config
         self.allow_anonymous = allow_anonymous
+        self.users = users
+        self.tls = tls
+        self.fleet_port = free_port() if users is not None else self.port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "mosquitto.log"
 
@@ -42,14 +59,23 @@ class Mosquitto:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def fleet_url(self) -> str:
+        return f"mqtt://{self.host}:{self.fleet_port}"
+
     def write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
+        if self.users is None:
+            listeners = [f"listener {self.port} {self.host}", f"allow_anonymous {str(self.allow_anonymous).lower()}"]
+        else:
+            listeners = secure_listeners(
+                self.workdir, f"{self.port} {self.host}", f"{self.fleet_port} {self.host}", self.users, self.tls
+            )
         conf.write_text(
             "\n".join(
                 [
                     "user root",
-                    f"listener {self.port} {self.host}",
-                    f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+                    *listeners,
                     "persistence false",
                     "max_queued_messages 100000",
                     # As docs/fleet.md recommends: without it every request/response round trip waits ~40 ms

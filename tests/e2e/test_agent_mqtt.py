@@ -407,7 +407,7 @@ def test_sigterm_flushes_the_last_window_and_publishes_shutdown(mosquitto, digit
     )
 
 
-def test_bad_credentials_stop_the_agent_with_exit_status_unavailable(digits_bundle, tmp_path):
+def test_bad_credentials_stop_the_agent_with_exit_status_not_authorized(digits_bundle, tmp_path):
     pw = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), DEVICE, "right-password"], check=True, capture_output=True)
     os.chmod(pw, 0o600)
@@ -416,8 +416,8 @@ def test_bad_credentials_stop_the_agent_with_exit_status_unavailable(digits_bund
         proc = agent_process(digits_bundle, broker.url, tmp_path / "data", "--username", DEVICE, "--password", "wrong")
         code = proc.wait(45)
         err = proc.stderr.read() if proc.stderr else ""
-        assert code == ExitStatus.UNAVAILABLE, err
-        assert "refused" in err and "not retrying" in err
+        assert code == ExitStatus.NOT_AUTHORIZED, err
+        assert "refused" in err and "NOT_AUTHORIZED" in err and "not retrying" in err
     finally:
         broker.stop()
 

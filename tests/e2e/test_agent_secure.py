@@ -1,4 +1,5 @@
-"""The agent on a locked-down mosquitto: TLS from a test CA, a password, the per-device ACL. A publish the ACL
+"""The agent on a locked-down mosquitto (the documented set-up: TLS from a test CA, a password, the client id bound
+to the user name, the per-device ACL). A publish the ACL
 refuses (PUBACK 0x87) is counted and dropped, never retried forever, and the agent keeps working."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from test_security_broker import DEVICES, FLEET, Client, make_auth, make_pki
+from test_security_broker import DEVICES, FLEET, Client, make_pki, make_users
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.serve.agent import Agent
@@ -27,21 +28,13 @@ DEVICE = "dev-a"
 @pytest.fixture()
 def secure(tmp_path: Path):
     pki = make_pki(tmp_path / "pki")
-    pw, acl = make_auth(tmp_path)
-    broker = Mosquitto(
-        tmp_path / "broker",
-        allow_anonymous=False,
-        extra_config="\n".join(
-            [
-                f"cafile {pki['ca']}",
-                f"certfile {pki['server_cert']}",
-                f"keyfile {pki['server_key']}",
-                "tls_version tlsv1.2",
-                f"password_file {pw}",
-                f"acl_file {acl}",
-            ]
-        ),
-    ).start()
+    tls = (
+        f"cafile {pki['ca']}",
+        f"certfile {pki['server_cert']}",
+        f"keyfile {pki['server_key']}",
+        "tls_version tlsv1.2",
+    )
+    broker = Mosquitto(tmp_path / "broker", users=make_users(tmp_path), tls=tls).start()
     yield broker, pki
     broker.stop()
 

@@ -133,30 +133,18 @@ def test_a_plain_socket_that_is_no_mqtt_broker_is_told_apart(tmp_path):
 
 
 def test_fleet_tools_on_a_secured_broker_tls_password_acl(tmp_path, monkeypatch):
-    """mosquitto with TLS (a test CA), a password file and the per-device ACL of the security tests."""
-    from test_security_broker import make_auth, make_pki  # the same PKI and ACL the broker-security tests use
+    """mosquitto with TLS (a test CA) in the documented set-up of the security tests (device and fleet listeners)."""
+    from test_security_broker import make_pki, make_users  # the same PKI and users the broker-security tests use
 
     from edgekit.fleet.exporter import Exporter
 
     from brokers import Mosquitto
 
     pki = make_pki(tmp_path / "pki")
-    pw, acl = make_auth(tmp_path)
-    broker = Mosquitto(
-        tmp_path / "broker",
-        allow_anonymous=False,
-        extra_config="\n".join(
-            [
-                f"cafile {pki['ca']}",
-                f"certfile {pki['server_cert']}",
-                f"keyfile {pki['server_key']}",
-                f"password_file {pw}",
-                f"acl_file {acl}",
-            ]
-        ),
-    )
+    tls = (f"cafile {pki['ca']}", f"certfile {pki['server_cert']}", f"keyfile {pki['server_key']}")
+    broker = Mosquitto(tmp_path / "broker", users=make_users(tmp_path), tls=tls)
     with broker:
-        url = f"mqtts://fleet@127.0.0.1:{broker.port}"
+        url = f"mqtts://fleet@127.0.0.1:{broker.fleet_port}"
         # A device publishes its retained birth under its own topic (the ACL allows edge/v1/dev-a/#).
         dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
         dev.username_pw_set("dev-a", "pw-a")

@@ -8,6 +8,9 @@ import base64
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 
 from edgekit.fleet.deploy import deploy
 from edgekit.package.keys import new_keypair
+from edgekit_agent.contract.errors import ExitStatus
 from edgekit_agent.contract.limits import OTA_CHUNK_BYTES
 from edgekit_agent.contract.topics import topic
 from edgekit_agent.ota.slots import read_pointer
@@ -394,3 +398,110 @@ def test_deploy_cli_exit_codes_and_json(mosquitto, bundles, fleet, capsys):
     )
     (dev,) = json.loads(capsys.readouterr().out)["devices"]
     assert dev["outcome"] == "timeout" and "nobody-home" in dev["error"]["message"]
+
+
+# --- every command gets a final answer: kill -9 while deploy runs -----------------------------------------------
+def _deploy_in_background(bundle: Path, device: str, url: str, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        out["report"] = deploy(bundle, [device], url, **kw)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_kill_9_during_the_chunk_transfer_ends_with_the_outcome_not_a_timeout(mosquitto, bundles, fleet):
+    """The agent dies holding accepted chunk commands (paused before storing them): at the restart it answers them
+    canceled/AGENT_RESTARTED, deploy sends them again and the update commits (before this, deploy waited out its
+    timeout: "timeout")."""
+    obs, agent = fleet
+    a = agent("ota-kill-chunk")
+    a.start(obs, env={"EDGEKIT_OTA_PAUSE": "chunk:120"})
+    t, out = _deploy_in_background(
+        bundles["v2"], a.device_id, mosquitto.url, health={"window_s": 0.5}, chunk_bytes=1024, timeout=300
+    )
+    obs.wait(
+        lambda t_, d: (
+            t_.startswith(topic(a.device_id, "res/deploy-"))
+            and d.get("state") == "accepted"
+            and d.get("name") == "swap_bundle"
+            and _is_chunk_answer(obs, d)
+        )
+    )
+    time.sleep(0.5)  # the other chunks of the window reach the agent's queue (accepted, never run)
+    a.kill9()
+    a.start(obs)
+    t.join(300)
+    (d,) = out["report"].devices
+    assert d.outcome == "committed", d.to_dict()
+    assert d.restarts >= 1 and d.resent >= 1
+    canceled = obs.all(
+        lambda t_, d_: (
+            t_.startswith(topic(a.device_id, "res/deploy-"))
+            and d_.get("state") == "canceled"
+            and (d_.get("error") or {}).get("code") == "AGENT_RESTARTED"
+        )
+    )
+    assert canceled  # the restarted agent answered what it had accepted
+    assert read_pointer(a.data).current.version == "2.0.0"
+
+
+def _is_chunk_answer(obs: Observer, answer: dict[str, Any]) -> bool:
+    """An answer to a chunk command (answers do not carry the arguments: the request, seen on cmd/, does)."""
+    return bool(
+        obs.all(
+            lambda t, d: (
+                t.endswith("/cmd/swap_bundle")
+                and d.get("cmd_id") == answer.get("cmd_id")
+                and (d.get("args") or {}).get("action") == "chunk"
+            )
+        )
+    )
+
+
+def test_kill_9_right_after_the_switch_deploy_reports_the_rollback(mosquitto, bundles, fleet, tmp_path):
+    """The real `edgekit deploy` process: the device switched, died, came back on the old bundle and said why;
+    deploy reports "rolled back: <reason>" and exits 5 instead of timing out."""
+    obs, agent = fleet
+    a = agent("ota-kill-switch")
+    a.start(obs, env={"EDGEKIT_OTA_PAUSE": "switched:120"})
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from edgekit.cli import main; sys.exit(main())",
+            "deploy",
+            str(bundles["v2"]),
+            "--device",
+            a.device_id,
+            "--broker",
+            mosquitto.url,
+            "--health-window",
+            "30",
+            "--timeout",
+            "300",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (p := read_pointer(a.data)) is None or p.state != "trial":
+            assert time.monotonic() < deadline and cli.poll() is None, "the switch never happened"
+            time.sleep(0.05)
+        a.kill9()
+        a.start(obs)
+        out, _ = cli.communicate(timeout=120)  # well before deploy's own 300 s
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == ExitStatus.BUNDLE_REJECTED, out
+    (dev,) = json.loads(out)["devices"]
+    assert dev["outcome"] == "rolled_back" and dev["restarts"] >= 1, dev
+    assert dev["error"]["code"] == "ROLLED_BACK"
+    assert dev["error"]["message"].startswith("rolled back: the agent restarted during the health window")
+    assert read_pointer(a.data).current.version == "1.0.0"

@@ -55,6 +55,9 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"  # an untyped exception in a handler
     AGENT_RESTARTED = "AGENT_RESTARTED"  # the agent died while the command ran
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    # Never sent by a device: the broker refused the request (PUBACK reason >= 0x80, e.g. 0x87 from its ACL),
+    # so no device saw it. The fleet tools answer it themselves (edgekit.fleet.command_client).
+    NOT_AUTHORIZED = "NOT_AUTHORIZED"
 
 
 #: A handler's typed error -> (code, retryable); first match wins, so subclasses come before their bases.

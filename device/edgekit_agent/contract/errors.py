@@ -24,6 +24,7 @@ class ExitStatus(IntEnum):
     BUNDLE_REJECTED = 5  # integrity, signature or self-test refused a bundle
     CONVERSION_FAILED = 6  # the TFLite converter failed or produced a non-int8 graph
     UNAVAILABLE = 7  # a broker, device, runtime or delegate could not be reached or loaded
+    NOT_AUTHORIZED = 8  # the broker refused these credentials, or a publish or subscription (its ACL)
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -113,6 +114,13 @@ class BrokerError(EdgekitError, ConnectionError):
     """An MQTT broker could not be reached, or refused the credentials."""
 
     exit_status = ExitStatus.UNAVAILABLE
+
+
+class NotAuthorizedError(BrokerError, PermissionError):
+    """The broker refused: the credentials (CONNACK), a publish (PUBACK) or a subscription (SUBACK); retrying
+    the same thing cannot help. The message names the user, the topic and the broker's reason code."""
+
+    exit_status = ExitStatus.NOT_AUTHORIZED
 
 
 class CommandFailed(EdgekitError, RuntimeError):

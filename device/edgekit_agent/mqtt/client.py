@@ -20,7 +20,9 @@
 - CONNACK reason codes become a typed :class:`BrokerError`: credentials that will never work, a ban, or a
   protocol the broker refuses stop reconnecting (:attr:`MqttClient.fatal`, :attr:`MqttClient.failed`);
   other refusals are retried. An unreachable broker is logged once per outage, with the reason
-  (:func:`why_unreachable`).
+  (:func:`why_unreachable`). Refusals of who we are or what we may do (CONNACK "not authorised", bad
+  credentials, banned; a SUBACK reason ≥ 0x80) are :class:`NotAuthorizedError` and logged once; PUBACK
+  reasons reach the layer's :meth:`MqttClient.handle_puback`, named by :func:`reason_text`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgekit_agent.contract.broker import PASSWORD_ENV, BrokerAddress
-from edgekit_agent.contract.errors import BrokerError, UsageError
+from edgekit_agent.contract.errors import BrokerError, NotAuthorizedError, UsageError
 from edgekit_agent.contract.topics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,22 @@ FATAL_CONNACK = {
     0x87: "not authorised",
     0x8A: "banned",
     0x8C: "bad authentication method",
+}
+# The FATAL_CONNACK codes that say "not you" or "not allowed" (the rest: a client id or protocol problem).
+NOT_AUTHORIZED_CONNACK = {0x04, 0x05, 0x86, 0x87, 0x8A, 0x8C}
+# PUBACK/SUBACK reason codes >= 0x80 (MQTT 5, 3.2.2.2): what a broker says when it refuses a packet.
+REFUSALS = {
+    0x80: "unspecified error",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+    0x9E: "shared subscriptions not supported",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
 }
 # CONNACK codes for "I do not speak this protocol version": 0x84 (MQTT 5 reason code) or 1 (3.1.1 return code).
 UNSUPPORTED_PROTOCOL = {0x84, 0x01}
@@ -82,6 +100,11 @@ def cap(payload: bytes | str, limit: int = LOG_PAYLOAD_CHARS) -> str:
     """A payload shortened for a log line (a 200 KB image in a log helps nobody)."""
     text = payload.decode("utf-8", "replace") if isinstance(payload, (bytes, bytearray)) else str(payload)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+def reason_text(code: int) -> str:
+    """``0x87 not authorized``: a PUBACK/SUBACK reason code, in words."""
+    return f"0x{code:02X} {REFUSALS.get(code, 'refused')}"
 
 
 def check_rc(rc: int, what: str) -> None:
@@ -211,6 +234,7 @@ class MqttClient:
         self._retries = 0  # paho thread: failed or lost connections since the last CONNACK
         self._sub_lock = threading.Lock()
         self._sub_pending: dict[int, str] = {}  # SUBSCRIBE mid -> filter, until the SUBACK
+        self.refused_subscriptions: dict[str, int] = {}  # filter -> the SUBACK reason code that refused it
 
     @property
     def mqtt_version(self) -> str:
@@ -392,7 +416,9 @@ class MqttClient:
             name = self._sub_pending.pop(mid, None)
         for rc in rcs:
             if rc.is_failure:
-                self.post(partial(self._subscribe_failed, name, str(rc)))
+                if name is not None:  # before the worker logs it: subscribe() reads it once the SUBACK came
+                    self.refused_subscriptions[name] = int(rc.value)
+                self.post(partial(self._subscribe_failed, name, int(rc.value)))
 
     # --- the worker thread ----------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -468,17 +494,20 @@ class MqttClient:
                 "or the version the broker speaks; not retrying."
             )
         elif code in FATAL_CONNACK:
+            user = f"user '{self.address.username}'" if self.address.username else "no user name"
             self._fail(
-                f"{self.address.url} refused {self.label}: {FATAL_CONNACK[code]} (CONNACK 0x{code:02X}). Check the "
-                f"user name and password (in the URL, --username/--password or {PASSWORD_ENV}), the "
-                "client certificate and the broker's ACL; not retrying."
+                f"{self.address.url} refused {self.label} ({user}): {FATAL_CONNACK[code]} (CONNACK 0x{code:02X}"
+                f"{', NOT_AUTHORIZED' if code in NOT_AUTHORIZED_CONNACK else ''}). Check the user name and password "
+                f"(in the URL, --username/--password or {PASSWORD_ENV}), the client certificate and the broker's "
+                "password file and ACL; not retrying.",
+                NotAuthorizedError if code in NOT_AUTHORIZED_CONNACK else BrokerError,
             )
         else:
             self.refused = text
             log.warning("%s: %s refused the connection (%s); retrying", self.label, self.address.url, text)
 
-    def _fail(self, message: str) -> None:
-        self.fatal = BrokerError(message)
+    def _fail(self, message: str, kind: type[BrokerError] = BrokerError) -> None:
+        self.fatal = kind(message)
         log.error("%s", message)
         self.failed.set()
 
@@ -499,13 +528,27 @@ class MqttClient:
             old.loop_stop()
         self._connect()
 
-    def _subscribe_failed(self, name: str | None, why: str) -> None:
+    def _subscribe_failed(self, name: str | None, code: int) -> None:
         log.error(
-            "%s: subscribing to %s failed (%s): its messages will not arrive; check the broker's ACL.",
+            "%s: %s refused the subscription to %s (SUBACK %s%s): its messages will not arrive; check the "
+            "broker's ACL for user '%s'.",
             self.label,
+            self.address.url,
             name,
-            why,
+            reason_text(code),
+            ", NOT_AUTHORIZED" if code == 0x87 else "",
+            self.address.username,
         )
+
+    def check_subscriptions(self) -> None:
+        """:class:`NotAuthorizedError` when the broker refused a subscription (with its reason code)."""
+        if self.refused_subscriptions:
+            name, code = next(iter(self.refused_subscriptions.items()))
+            user = f"user '{self.address.username}'" if self.address.username else "an anonymous client"
+            raise NotAuthorizedError(
+                f"{self.address.url} refused {self.label} ({user}) the subscription to {name} (SUBACK "
+                f'{reason_text(code)}): check the broker\'s ACL (docs/trust.md, "Broker security").'
+            )
 
     # --- using the connection ------------------------------------------------------------------------------------
     def _properties(

@@ -7,6 +7,9 @@ both protocols. A request's ``correlation_data`` is echoed in every answer's pay
 
 - ``cmd_id`` runs at most once: its answers are stored (bounded, on disk, so a restart keeps them) and a
   repeated ``cmd_id`` gets the stored answer again with ``"duplicate": true``.
+- Every accepted command gets exactly one final answer, across a ``kill -9`` too: one that was running (or
+  queued) when the agent died is answered ``canceled`` / ``AGENT_RESTARTED`` (retryable) by the next start,
+  and a final answer stored but not yet queued in the outbox is queued then (:class:`CommandStore`).
 - A request past ``expires_at`` is rejected with ``EXPIRED``; one that expires while queued ends ``expired``.
 - Payloads over :data:`edgekit_agent.contract.limits.MAX_COMMAND_BYTES` (256 KiB) are refused unread. Malformed
   input (not JSON, wrong types, unknown command or argument) is a ``rejected`` answer, never a crash.
@@ -32,6 +35,7 @@ from typing import Any
 from edgekit_agent.contract import errors as E
 from edgekit_agent.contract.envelope import (
     DEFAULT_REQUESTER,
+    FINAL_STATES,
     Answer,
     CommandError,
     ErrorCode,
@@ -109,7 +113,14 @@ class Command:
 
 
 class CommandStore:
-    """The last answer per ``cmd_id`` (bounded, oldest forgotten first), in SQLite so restarts keep it."""
+    """The last answer per ``cmd_id`` (bounded, oldest forgotten first), in SQLite so restarts keep it.
+
+    Each row also keeps where the answer goes (topic, correlation) and whether its final answer still has
+    to be handed to the outbox (``unsent``): a ``kill -9`` between storing an answer and queueing it, or
+    while a command ran, must not leave its requester waiting for an answer nobody will send. At open,
+    commands still ``accepted`` become ``canceled`` (``AGENT_RESTARTED``, retryable) and :meth:`unsent` lists
+    them with every other final answer not yet queued; :class:`CommandProcessor` publishes them at start.
+    """
 
     def __init__(self, path: str | Path, max_entries: int = MAX_STORED_ANSWERS) -> None:
         self.path = Path(path)
@@ -121,22 +132,16 @@ class CommandStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (cmd_id TEXT PRIMARY KEY, state TEXT NOT NULL, "
-                "body TEXT NOT NULL, n INTEGER NOT NULL)"
+                "body TEXT NOT NULL, n INTEGER NOT NULL, topic TEXT, correlation BLOB, "
+                "unsent INTEGER NOT NULL DEFAULT 0)"
             )
-            # An agent that died mid-command never sent its final answer: record that it will not come.
-            for cmd_id, body in self._db.execute(
-                "SELECT cmd_id, body FROM answers WHERE state = 'accepted'"
-            ).fetchall():
-                doc = json.loads(body)
-                doc.update(
-                    state=State.CANCELED,
-                    error=CommandError(
-                        ErrorCode.AGENT_RESTARTED, "the agent restarted while this command ran.", True
-                    ).to_json(),
-                )
-                self._db.execute(
-                    "UPDATE answers SET state = 'canceled', body = ? WHERE cmd_id = ?", (json.dumps(doc), cmd_id)
-                )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(answers)")}
+            if "topic" not in columns:  # a store written by an agent before answers were re-sent at start
+                with self._db:
+                    self._db.execute("ALTER TABLE answers ADD COLUMN topic TEXT")
+                    self._db.execute("ALTER TABLE answers ADD COLUMN correlation BLOB")
+                    self._db.execute("ALTER TABLE answers ADD COLUMN unsent INTEGER NOT NULL DEFAULT 0")
+            self._cancel_interrupted()
             self._n = int(self._db.execute("SELECT COALESCE(MAX(n), 0) FROM answers").fetchone()[0])
         except (sqlite3.Error, ValueError) as exc:
             raise E.StorageError(
@@ -144,23 +149,59 @@ class CommandStore:
                 "(repeated cmd_ids are then run again)."
             ) from None
 
+    def _cancel_interrupted(self) -> None:
+        """An agent that died mid-command never sent its final answer: make it ``canceled``, to be sent now."""
+        error = CommandError(
+            ErrorCode.AGENT_RESTARTED, "the agent restarted while this command ran; send it again.", True
+        )
+        with self._db:
+            for cmd_id, body in self._db.execute(
+                "SELECT cmd_id, body FROM answers WHERE state = 'accepted'"
+            ).fetchall():
+                doc = json.loads(body)
+                doc.update(state=State.CANCELED, error=error.to_json())
+                self._db.execute(
+                    "UPDATE answers SET state = 'canceled', body = ?, unsent = 1 WHERE cmd_id = ?",
+                    (json.dumps(doc), cmd_id),
+                )
+
     def get(self, cmd_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT body FROM answers WHERE cmd_id = ?", (cmd_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put(self, cmd_id: str, body: Mapping[str, Any]) -> None:
+    def put(
+        self, cmd_id: str, body: Mapping[str, Any], topic: str | None = None, correlation: bytes | None = None
+    ) -> None:
+        """Store ``body``; a final one stays ``unsent`` until :meth:`sent` says the outbox has it."""
+        unsent = int(body["state"] in FINAL_STATES and topic is not None)
         with self._lock:
             self._n += 1
             try:
                 with self._db:
                     self._db.execute(
-                        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                        (cmd_id, body["state"], json.dumps(body, default=str), self._n),
+                        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (cmd_id, body["state"], json.dumps(body, default=str), self._n, topic, correlation, unsent),
                     )
                     self._db.execute("DELETE FROM answers WHERE n <= ?", (self._n - self.max_entries,))
             except sqlite3.Error as exc:
                 raise E.StorageError(f"{self.path}: cannot store the answer to {cmd_id} ({exc}).") from None
+
+    def sent(self, cmd_id: str) -> None:
+        """The outbox holds the final answer to ``cmd_id`` now (it survives a restart there)."""
+        with self._lock:
+            try:
+                self._db.execute("UPDATE answers SET unsent = 0 WHERE cmd_id = ?", (cmd_id,))
+            except sqlite3.Error as exc:  # at worst the answer is sent again after a restart (a duplicate)
+                log.warning("%s: cannot mark the answer to %s as sent (%s)", self.path, cmd_id, exc)
+
+    def unsent(self) -> list[tuple[str, str | None, dict[str, Any], bytes | None]]:
+        """``(cmd_id, topic, body, correlation)`` of every final answer not yet handed to the outbox, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT cmd_id, topic, body, correlation FROM answers WHERE unsent = 1 ORDER BY n"
+            ).fetchall()
+        return [(cmd_id, topic, json.loads(body), corr) for cmd_id, topic, body, corr in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -208,6 +249,19 @@ class CommandProcessor:
         return sorted(self._specs)
 
     def start(self) -> None:
+        """Send the final answers a restart left unsent (see :class:`CommandStore`), then take commands."""
+        unsent = self.store.unsent()
+        for cmd_id, topic, body, correlation in unsent:
+            if topic is not None:
+                self._send(topic, body, correlation)
+            self.store.sent(cmd_id)
+        if unsent:
+            log.warning(
+                "%s: sent the final answer of %d command(s) left unanswered by the last run (%s)",
+                self.device_id,
+                len(unsent),
+                ", ".join(sorted({str(body.get("state")) for _, _, body, _ in unsent})),
+            )
         self._worker.start()
 
     # --- receiving ----------------------------------------------------------------------------------------------
@@ -433,10 +487,11 @@ class CommandProcessor:
     ) -> None:
         body = Answer(cmd.cmd_id, cmd.name, state, result, error, correlation_data=cmd.correlation_data).to_json()
         try:
-            self.store.put(cmd.cmd_id, body)
+            self.store.put(cmd.cmd_id, body, cmd.response_topic, cmd.correlation)
         except E.StorageError as exc:  # answering matters more than remembering
             log.error("%s", exc)
-        self._send(cmd.response_topic, body, cmd.correlation)
+        if self._send(cmd.response_topic, body, cmd.correlation) and state in FINAL_STATES:
+            self.store.sent(cmd.cmd_id)
 
     def _answer_rejected(
         self,
@@ -459,11 +514,14 @@ class CommandProcessor:
                 log.error("%s", exc)
         self._send(topic, body, correlation if correlation is not None else msg.correlation)
 
-    def _send(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> None:
+    def _send(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> bool:
+        """True once ``respond`` took the answer."""
         try:
             self._respond(topic, body, correlation)
         except Exception:  # noqa: BLE001
             log.exception("%s: cannot send the answer to %s on %s", self.device_id, body.get("cmd_id"), topic)
+            return False
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel what is still queued, let the running command finish (up to ``timeout`` s), stop."""

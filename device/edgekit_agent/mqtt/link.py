@@ -6,8 +6,9 @@
   ``offline``/``shutdown`` itself (paho never sends the LWT on a clean disconnect).
 - One worker thread (the client's) turns PUBACKs into outbox acknowledgements, delivers commands and feeds
   a small in-flight window from the outbox, so paho's memory queue never holds more than ``inflight``.
-- A PUBACK with a reason code ≥ 0x80 (e.g. 0x87 refused by the ACL) is logged and counted and the message
-  is removed: retrying a refused message forever would block the outbox.
+- A PUBACK with a reason code ≥ 0x80 (e.g. 0x87 refused by the ACL) is counted and the message is removed:
+  retrying a refused message forever would block the outbox. It is logged once per topic and reason
+  (an ACL that refuses telemetry would otherwise write a line per window, forever).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import paho.mqtt.client as mqtt
 from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BrokerError
 from edgekit_agent.contract.topics import Schema, Topics
-from edgekit_agent.mqtt.client import BrokerSettings, Message, MqttClient, cap, check_rc
+from edgekit_agent.mqtt.client import BrokerSettings, Message, MqttClient, cap, check_rc, reason_text
 from edgekit_agent.mqtt.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Link(MqttClient):
         self._inflight: dict[int, OutboxEntry] = {}  # paho mid -> outbox entry (worker thread only)
         self.drained = threading.Event()
         self._sent = self._acked = self._refused = 0
+        self._refusals_said: set[tuple[str, int]] = set()  # (topic, reason) already logged
 
     def status_message(self, state: str, reason: str) -> bytes:
         """A ``status`` payload. Status is state, not a stream: it bypasses the outbox and has no ``seq``."""
@@ -125,11 +127,20 @@ class Link(MqttClient):
             return
         if code >= 0x80:
             self._refused += 1
-            log.warning(
-                "%s: the broker refused a message to %s (reason code 0x%02X; check its ACL); dropped: %s",
+            said = (entry.topic, code) in self._refusals_said
+            if not said and len(self._refusals_said) < 100:
+                self._refusals_said.add((entry.topic, code))
+            log.log(
+                logging.DEBUG if said else logging.ERROR,
+                "%s: %s refused a message to %s (PUBACK %s%s): dropped, and so will be every later one it "
+                "refuses there (counted as outbox.refused in telemetry, logged once); check the broker's ACL "
+                "for user '%s' (docs/trust.md). Dropped: %s",
                 self.device_id,
+                self.address.url,
                 entry.topic,
-                code,
+                reason_text(code),
+                ", NOT_AUTHORIZED" if code == 0x87 else "",
+                self.address.username,
                 cap(entry.payload),
             )
         else:

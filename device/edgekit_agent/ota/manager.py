@@ -25,8 +25,9 @@ The manager talks to the agent only through :class:`~edgekit_agent.ota.target.Up
 the health window's recorder, events and answers); each action's result is a typed value of
 :mod:`edgekit_agent.ota.results`, turned into the answer's JSON by :meth:`OtaManager.handle`.
 
-``EDGEKIT_OTA_PAUSE="stage:seconds,…"`` sleeps at a stage (``received``, ``verified``, ``selftested``,
-``switched``): a fault-injection point for the kill -9 tests, documented so nobody is surprised by it.
+``EDGEKIT_OTA_PAUSE="stage:seconds,…"`` sleeps at a stage (``chunk`` before each chunk is stored,
+``received``, ``verified``, ``selftested``, ``switched``): a fault-injection point for the kill -9 tests,
+documented so nobody is surprised by it.
 """
 
 from __future__ import annotations
@@ -259,10 +260,13 @@ class OtaManager:
         have = []
         for p in d.glob("*.bin") if d.is_dir() else []:
             try:
-                have.append(int(p.stem))
-            except ValueError:
+                i = int(p.stem)
+                # A power cut can leave a renamed chunk file shorter than it was written: not had, sent again.
+                if i < t.chunks and p.stat().st_size == t.chunk_size(i):
+                    have.append(i)
+            except (ValueError, OSError):
                 continue
-        return sorted(i for i in have if i < t.chunks)
+        return sorted(have)
 
     def _begin(self, cmd: Command) -> Begun:
         tid, sha, size = self._need(cmd, "transfer_id", "archive_sha256", "archive_bytes")
@@ -314,6 +318,7 @@ class OtaManager:
                 f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; "
                 "resend it."
             )
+        _pause("chunk")
         path = self._transfer_dir(tid) / "chunks" / f"{index:06d}.bin"
         tmp = path.with_suffix(".part")
         try:

@@ -1,4 +1,9 @@
-"""Run a development MQTT broker on this machine until Ctrl-C (no authentication, no TLS: development only).
+"""Run a development MQTT broker on this machine until Ctrl-C (no TLS: development only).
+
+Without options it has no authentication. With ``--users DEVICES --fleet-users FLEET`` (mosquitto password
+files) it runs the set-up docs/trust.md documents: devices on ``--port`` as their own user (the client id is
+the user name, so one device cannot take over another's session) with a per-device ACL, fleet tools on
+``--fleet-port``.
 
 The default engine is mosquitto when it is installed (full MQTT 5, what the edge/v1 contract needs),
 otherwise amqtt, the pure-Python broker installed with edgekit[host] — which speaks MQTT 3.1.1 only:
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 
 from edgekit_agent.contract.errors import ExitStatus
 
@@ -26,17 +32,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto = mosquitto if installed, else amqtt (MQTT 3.1.1 only)",
     )
+    parser.add_argument(
+        "--users",
+        type=Path,
+        metavar="PASSWD",
+        help="mosquitto password file of the devices (user name = device id): authentication on --port",
+    )
+    parser.add_argument(
+        "--fleet-users", type=Path, metavar="PASSWD", help="mosquitto password file of the fleet tools' users"
+    )
+    parser.add_argument(
+        "--fleet-port", type=int, default=0, help="the fleet tools' port with --users (default: a free one)"
+    )
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli.ui import err_console
-    from edgekit.fleet.dev_broker import BANNER, start_dev_broker
+    from edgekit.fleet.dev_broker import BANNER, SECURE_BANNER, BrokerUsers, start_dev_broker
+    from edgekit_agent.contract.errors import UsageError
 
+    if (args.users is None) != (args.fleet_users is None):
+        raise UsageError("--users and --fleet-users go together: the devices' and the fleet tools' password files.")
+    users = BrokerUsers(args.users, args.fleet_users, args.fleet_port) if args.users is not None else None
     stop = threading.Event()
     # SIGTERM (from a demo script or systemd) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with start_dev_broker(args.host, args.port, engine=args.engine) as broker:
-        err_console.print(f"[bold yellow]{BANNER}[/]")
+    with start_dev_broker(args.host, args.port, engine=args.engine, users=users) as broker:
+        err_console.print(f"[bold yellow]{SECURE_BANNER if users else BANNER}[/]")
+        if users is not None:
+            err_console.print(f"fleet tools: {broker.fleet_url} (user:password@ in the URL)")
         protocol = (
             "MQTT 5 and 3.1.1" if broker.mqtt5 else "MQTT 3.1.1 only (no shared subscriptions, no MQTT 5 properties)"
         )

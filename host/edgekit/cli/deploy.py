@@ -4,8 +4,10 @@ The archive goes to every device in chunks (each with its sha256) through the `s
 Each device verifies the whole archive's sha256 and the bundle's signature (per its --trusted-keys),
 self-tests it, switches to it while it keeps serving, watches a health window (error rate, p99 latency
 against the old bundle, accuracy on labelled inputs) and rolls back by itself when the window fails.
-Exit status 0 when every device committed the new bundle, 5 when one refused it or rolled back, 7
-when one could not be reached.
+Exit status 0 when every device committed the new bundle, 8 when the broker refused a request (these
+credentials may not command that device), 7 when one did not answer while offline, 5 when one refused
+the bundle, failed or rolled back (the table says why: "rolled back: <reason>"). A device that restarts
+during the deployment is sent again what it lost, and its true outcome is reported (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
         on_trial: set[str] = set()
 
         def on_progress(device: str, stage: str, done: int, total: int) -> None:
+            if stage == "restarted":
+                bar.console.print(f"{device}: back online (restart {done}); sending again what it lost")
+                return
             description = f"{device}: {stage}"
             if stage == "trial" and not args.no_wait:
                 # The device now serves the new bundle and judges it for the whole window: without this the
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             (
                 d.device_id,
                 d.outcome,
-                f"{d.chunks - d.resumed_chunks}/{d.chunks}",
+                f"{d.chunks - d.resumed_chunks}/{d.chunks}" if d.transfer_s is not None else "-",
                 _s(d.transfer_s),
                 _s(d.activate_s),
                 _s(d.committed_s),
@@ -138,7 +143,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
     outcomes = {d.outcome for d in report.devices}
     if report.ok:
         return ExitStatus.OK
-    if outcomes & {"timeout"}:
+    if "not_authorized" in outcomes:
+        return ExitStatus.NOT_AUTHORIZED
+    if "timeout" in outcomes:
         return ExitStatus.UNAVAILABLE
     return ExitStatus.BUNDLE_REJECTED
 

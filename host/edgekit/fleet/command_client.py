@@ -5,6 +5,11 @@ Requests are built by :class:`edgekit_agent.contract.envelope.Request` (MQTT 5 p
 fields on MQTT 3.1.1). A dispatcher thread takes every received message: an answer on ``res/{requester}`` is
 matched to its request by the MQTT 5 CorrelationData property, else the payload's ``correlation_data``
 (MQTT 3.1.1), else its ``cmd_id`` (older agents); every other message goes to ``on_message``.
+
+A request the broker refuses (MQTT 5 PUBACK reason ≥ 0x80, e.g. 0x87 when the ACL does not let this user
+command that device) never reaches a device: it is answered here at once, ``rejected`` with the code
+``NOT_AUTHORIZED``, and :meth:`CommandClient.finish` raises :class:`NotAuthorizedError` (exit 8) instead of
+waiting out a timeout. (MQTT 3.1.1 has no PUBACK reason codes: there a refused request stays unanswered.)
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from typing import Any
 
 from edgekit.fleet.connection import FleetLink, drain
 from edgekit.fleet.state import load_json
-from edgekit_agent.contract.envelope import Answer, CommandError, Request, State
-from edgekit_agent.contract.errors import BrokerError, CommandFailed
+from edgekit_agent.contract.envelope import Answer, CommandError, ErrorCode, Request, State
+from edgekit_agent.contract.errors import BrokerError, CommandFailed, NotAuthorizedError
 from edgekit_agent.contract.topics import parse_topic, topic
-from edgekit_agent.mqtt.client import Message, check_rc
+from edgekit_agent.mqtt.client import Message, check_rc, reason_text
 
 AnswerFn = Callable[[Answer], None]
 
@@ -84,7 +89,10 @@ class CommandClient:
         self._on_message = on_message
         self._answer_kind = f"res/{requester}"
         self._pending: dict[str, Pending] = {}
+        self._by_mid: dict[int, Pending] = {}  # requests until their PUBACK
+        self._early: dict[int, int] = {}  # PUBACK reason codes that came before their request was registered
         self._lock = threading.Lock()
+        link.on_puback = self._on_puback
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._dispatch, name=f"edgekit-{requester}", daemon=True)
 
@@ -119,16 +127,58 @@ class CommandClient:
         pending = Pending(request, wake)
         with self._lock:  # before publishing: the answer may come before publish() returns
             self._pending[request.cmd_id] = pending
+        self._publish(pending)
+        return pending
+
+    def resend(self, pending: Pending) -> None:
+        """Publish ``pending``'s request again, same ``cmd_id``: a device that had it answers from its store
+        (``duplicate``), one that lost it (it died before storing it) runs it now."""
+        with self._lock:
+            self._pending.setdefault(pending.request.cmd_id, pending)
+        self._publish(pending)
+
+    def _publish(self, pending: Pending) -> None:
+        request = pending.request
+        timeout_s = max(1, int((request.expires_at or 0) / 1000 - time.time()))
         info = self.link.publish(
             request.topic,
             request.payload(mqtt5=self.link.mqtt5),
             qos=1,
             response_topic=request.response_topic,
             correlation=request.correlation,
-            expiry_s=max(1, int(timeout_s)),
+            expiry_s=timeout_s,
         )
-        check_rc(info.rc, f"sending {name} to {device_id}")
-        return pending
+        check_rc(info.rc, f"sending {request.name} to {request.device_id}")
+        with self._lock:  # the PUBACK may have come already (paho's thread): then it waits in _early
+            code = self._early.pop(info.mid, None)
+            if code is None:
+                self._by_mid[info.mid] = pending
+        if code is not None and code >= 0x80:
+            self._refuse(pending, code)
+
+    def _on_puback(self, mid: int, code: int) -> None:
+        """paho's thread: a refused request is answered here, since no device will."""
+        with self._lock:
+            pending = self._by_mid.pop(mid, None)
+            if pending is None:  # before _publish registered it (or not ours): kept for _publish to find
+                if len(self._early) >= 1024:
+                    self._early.pop(next(iter(self._early)))
+                self._early[mid] = code
+        if pending is not None and code >= 0x80:
+            self._refuse(pending, code)
+
+    def _refuse(self, pending: Pending, code: int) -> None:
+        r = self.link.address
+        user = f"user '{r.username}'" if r.username else "an anonymous client"
+        message = (
+            f"the broker at {r.url} refused {pending.request.name} to device '{pending.request.device_id}' "
+            f"(PUBACK {reason_text(code)}): {user} may not publish to {pending.request.topic}; check the broker's "
+            'ACL (docs/trust.md, "Broker security") or use the fleet user\'s credentials.'
+        )
+        with self._lock:
+            self._pending.pop(pending.request.cmd_id, None)
+        error = CommandError(ErrorCode.NOT_AUTHORIZED if code == 0x87 else ErrorCode.UNAVAILABLE, message)
+        pending.put(Answer(pending.request.cmd_id, pending.request.name, State.REJECTED, error=error))
 
     def finish(self, pending: Pending, timeout_s: float, on_answer: AnswerFn | None = None) -> Answer:
         """The ``succeeded`` answer to ``pending``; :class:`CommandFailed` (with the device's error code) when
@@ -144,6 +194,8 @@ class CommandClient:
             raise BrokerError(f"device '{device_id}' did not finish {name} within {timeout_s:g} s{seen}.")
         if answer.state != State.SUCCEEDED:
             err = answer.error or CommandError("?", "no message")
+            if err.code == ErrorCode.NOT_AUTHORIZED:
+                raise NotAuthorizedError(err.message)
             raise CommandFailed(
                 f"device '{device_id}' answered {answer.state} to {name}: {err.code}: {err.message}",
                 code=err.code,
@@ -162,6 +214,7 @@ class CommandClient:
             if any(s == name for s, _ in self.link.subscriptions):
                 return
         self.link.subscribe(name, 1)  # returns once acknowledged: no answer can be missed
+        self.link.check_subscriptions()
 
     # --- receiving ----------------------------------------------------------------------------------------------
     def _dispatch(self) -> None:

@@ -10,7 +10,7 @@ import logging
 import queue
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgekit_agent.contract.broker import BrokerAddress
 from edgekit_agent.contract.errors import BrokerError
@@ -56,8 +56,10 @@ class FleetLink(MqttClient):
         )
         super().__init__(settings, client_id or f"edgekit-{uuid.uuid4().hex[:10]}", subscriptions=subscriptions)
         self.messages: queue.Queue[Message] = queue.Queue(max_queue)
-        # Message ids of our publishes the broker refused (MQTT 5 PUBACK reason >= 0x80, e.g. 0x87 from an ACL).
-        self.refused_publishes: set[int] = set()
+        # Our publishes the broker refused: message id -> MQTT 5 PUBACK reason >= 0x80 (e.g. 0x87 from an ACL).
+        self.refused_publishes: dict[int, int] = {}
+        # paho's thread, on every PUBACK (mid, reason code): how CommandClient fails a refused request at once.
+        self.on_puback: Callable[[int, int], None] | None = None
 
     def handle_message(self, msg: Message) -> None:
         try:
@@ -67,11 +69,14 @@ class FleetLink(MqttClient):
 
     def handle_puback(self, mid: int, code: int) -> None:
         if code >= 0x80:
-            self.refused_publishes.add(mid)
+            self.refused_publishes[mid] = code
+        if self.on_puback is not None:
+            self.on_puback(mid, code)
 
     def start(self, timeout: float = 10.0) -> FleetLink:
         """Connect, wait for the first CONNACK and the subscriptions' SUBACKs; :class:`BrokerError` if the
-        broker cannot be reached or refuses us (with the reason and what to do). Started already: returns."""
+        broker cannot be reached or refuses us (with the reason and what to do), :class:`NotAuthorizedError`
+        when it refuses the credentials or a subscription. Started already: returns."""
         if self._client is not None:
             return self
         self._announce_outages = False  # the error below says it; a warning too would say it twice
@@ -84,6 +89,11 @@ class FleetLink(MqttClient):
         finally:
             self._announce_outages = True
         self.wait_subscribed(timeout)
+        try:
+            self.check_subscriptions()
+        except BrokerError:
+            self.close()
+            raise
         return self
 
     def _wait_connected(self, timeout: float) -> None:

@@ -10,6 +10,16 @@ Per device, over one broker connection (one worker thread each):
    and then ``succeeded`` with ``phase: "trial"`` once the new bundle serves;
 4. the device's ``events``: ``health_check`` passed (committed) or ``rollback`` (it went back by itself).
 
+It also watches each device's retained ``status``: when the device comes back ``online`` after being offline
+or with a new ``boot_id`` (it restarted), every request still without a final answer is published again with
+its ``cmd_id`` (the device answers from its command store, or runs a request it never stored). A device that
+restarted answers what it had accepted ``canceled``/``AGENT_RESTARTED``: ``begin`` and chunks are sent again
+(both are idempotent), a ``commit`` cut short ends with the device's ``rollback`` event if the switch had
+happened (``rolled_back``, with its reason), else ``failed``. A ``rollback`` event ends the deployment at
+any step. So a deployment ends with what the device did within seconds of the device being back, and
+waits out ``timeout`` only while the device stays away. A request the broker refuses ends it at once:
+``not_authorized``.
+
 The result per device is a frozen :class:`DeviceDeploy` with the timings the docs quote: transfer time,
 command → active, command → committed, and the device's own rollback time.
 """
@@ -34,9 +44,9 @@ from edgekit.fleet.connection import FleetLink
 from edgekit.fleet.state import load_json
 from edgekit_agent.contract.broker import BrokerAddress
 from edgekit_agent.contract.envelope import Answer, ErrorCode, State
-from edgekit_agent.contract.errors import BrokerError, BundleError, UsageError
+from edgekit_agent.contract.errors import BrokerError, BundleError, NotAuthorizedError, UsageError
 from edgekit_agent.contract.limits import MAX_ARCHIVE_BYTES, OTA_CHUNK_BYTES
-from edgekit_agent.contract.topics import EVENTS, parse_topic, topic
+from edgekit_agent.contract.topics import EVENTS, STATUS, parse_topic, topic
 from edgekit_agent.mqtt.client import Message
 
 log = logging.getLogger(__name__)
@@ -44,9 +54,13 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 3  # chunk commands in flight per device (the agent queues 4 commands)
 # The device asks for a retry (its queue is full): the same command again after a pause.
 RETRYABLE_CODES = {ErrorCode.BUSY}
+# The agent stopped or died while it held the command: begin and chunks are idempotent, so send them again.
+RESTART_CODES = {ErrorCode.AGENT_RESTARTED, ErrorCode.SHUTTING_DOWN}
+# After a commit the agent canceled at a restart: how long its rollback event (if it had switched) may take.
+ROLLBACK_EVENT_WAIT_S = 5.0
 
 #: on_progress(device_id, stage, done, total): stage is begin, chunks, received, verified, selftested,
-#: trial, committed, rolled_back, failed.
+#: trial, restarted (the device came back: lost requests are sent again), and the outcome.
 ProgressFn = Callable[[str, str, int, int], None]
 
 
@@ -55,7 +69,8 @@ class DeviceDeploy:
     """What happened on one device."""
 
     device_id: str
-    outcome: str  # committed | trial (not waited for) | rolled_back | rejected | failed | timeout
+    # committed | trial (not waited for) | rolled_back | rejected | failed | not_authorized | timeout
+    outcome: str
     transfer_id: str
     chunks: int
     resumed_chunks: int
@@ -67,6 +82,8 @@ class DeviceDeploy:
     stages: tuple[str, ...] = ()
     health: Mapping[str, Any] | None = None  # the health_check event (stats, checks)
     commit: Mapping[str, Any] | None = None  # the device's commit result (switch time, self-test, signer)
+    restarts: int = 0  # times the device came back (a new boot_id, or online after offline) during the deploy
+    resent: int = 0  # requests published again because the device came back or canceled them at a restart
 
     @property
     def ok(self) -> bool:
@@ -125,6 +142,17 @@ def _error(answer: Answer) -> dict[str, Any] | None:
     return answer.error.to_json() if answer.error is not None else None
 
 
+def _refused(answer: Answer) -> str:
+    """The outcome of a command that did not succeed: refused by the broker, by the device, or failed."""
+    if answer.error is not None and answer.error.code == ErrorCode.NOT_AUTHORIZED:
+        return "not_authorized"
+    return "rejected" if answer.state == State.REJECTED else "failed"
+
+
+class _RolledBack(Exception):
+    """Internal: the device's rollback event for this transfer arrived: that is the outcome."""
+
+
 class _Worker:
     """The state machine of one device's deployment."""
 
@@ -153,6 +181,23 @@ class _Worker:
         self.stages: list[str] = []
         self.result: DeviceDeploy | None = None
         self.commit: dict[str, Any] | None = None
+        self.back = threading.Event()  # the device came back (dispatcher thread sets): resend what is in flight
+        self.boot_id: str | None = None
+        self.online: bool | None = None
+        self.restarts = self.resent = 0
+        self._inflight: list[Pending] = []  # requests without a final answer yet (this worker's thread only)
+
+    def on_status(self, doc: Mapping[str, Any]) -> None:
+        """Dispatcher thread: the device's retained ``status``."""
+        online, boot = doc.get("state") == "online", doc.get("boot_id")
+        came_back = online and (self.online is False or (self.boot_id is not None and boot != self.boot_id))
+        self.online = online
+        if online and isinstance(boot, str):
+            self.boot_id = boot
+        if came_back:
+            self.restarts += 1
+            self.back.set()
+            self.answered.set()  # wakes a waiting loop
 
     # --- messages -------------------------------------------------------------------------------------------
     def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
@@ -166,25 +211,59 @@ class _Worker:
             self._report(stage)
 
     def _send(self, args: Mapping[str, Any]) -> Pending:
-        return self.client.send(self.device_id, "swap_bundle", args, timeout_s=self.timeout, wake=self.answered)
+        pending = self.client.send(self.device_id, "swap_bundle", args, timeout_s=self.timeout, wake=self.answered)
+        self._inflight.append(pending)
+        return pending
 
-    def _call(self, args: Mapping[str, Any]) -> Answer:
-        """One command, retried while the device says BUSY; returns the final answer."""
+    def _resend_if_back(self) -> None:
+        """The device came back: publish again every request it has not finished (same cmd_id)."""
+        if not self.back.is_set():
+            return
+        self.back.clear()
+        self._inflight = [p for p in self._inflight if p.poll() is None]
+        self._report("restarted", self.restarts, 0)
+        for pending in self._inflight:
+            self.client.resend(pending)
+            self.resent += 1
+
+    def _wait(self, pending: Pending, what: str) -> Answer:
+        """The final answer to ``pending``, resending it when the device comes back; TimeoutError at the deadline."""
         while True:
-            pending = self._send(args)
-            answer = pending.wait(max(0.0, self.deadline - time.monotonic()), self._on_answer)
-            if answer is None:
-                raise TimeoutError(pending.request.cmd_id)
-            if answer.state in (State.REJECTED, State.FAILED) and answer.error and answer.error.code in RETRYABLE_CODES:
-                time.sleep(0.2)
+            self._resend_if_back()
+            answer = pending.wait(min(0.2, max(0.0, self.deadline - time.monotonic())), self._on_answer)
+            if answer is not None:
+                return answer
+            if self.rollback_event() is not None:
+                raise _RolledBack
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(what)
+
+    def _call(self, args: Mapping[str, Any], retry: frozenset[str] = frozenset(RETRYABLE_CODES)) -> Answer:
+        """One command, sent again while the device answers with a ``retry`` code; returns the final answer."""
+        while True:
+            answer = self._wait(self._send(args), str(args.get("action")))
+            code = answer.error.code if answer.error else None
+            if answer.state in (State.REJECTED, State.FAILED, State.CANCELED) and code in retry:
+                self.resent += code in RESTART_CODES
+                time.sleep(0.2 if code in RETRYABLE_CODES else 0)
                 continue
             return answer
+
+    def rollback_event(self) -> dict[str, Any] | None:
+        """The device's ``rollback`` event for this transfer, if it came (waits for nothing)."""
+        self._wait_event(0)
+        return self._event("rollback")
 
     def _event(self, *kinds: str) -> dict[str, Any] | None:
         for ev in self.events:
             if ev.get("event") in kinds:
                 return ev
         return None
+
+    def _wait_event_for(self, kind: str, wait: float) -> None:
+        end = time.monotonic() + wait
+        while self._event(kind) is None and time.monotonic() < end:
+            self._wait_event(end - time.monotonic())
 
     def _wait_event(self, wait: float) -> None:
         """Move the events that arrived (waiting up to ``wait`` s for the first) to :attr:`events`."""
@@ -213,10 +292,14 @@ class _Worker:
                 kw.pop("committed_s", None),
                 stages=tuple(self.stages),
                 commit=self.commit,
+                restarts=self.restarts,
+                resent=self.resent,
                 **kw,
             )
             self._report(outcome, n, n)
 
+        have: set[int] = set()
+        transfer_s = activate_s = None
         try:
             self._report("begin", 0, n)
             ans = self._call(
@@ -226,10 +309,11 @@ class _Worker:
                     "archive_sha256": self.sha,
                     "archive_bytes": len(self.data),
                     "chunk_bytes": self.chunk_bytes,
-                }
+                },
+                frozenset(RETRYABLE_CODES | RESTART_CODES),
             )
             if ans.state != State.SUCCEEDED:
-                return done("rejected" if ans.state == State.REJECTED else "failed", error=_error(ans))
+                return done(_refused(ans), error=_error(ans))
             have = {i for i in _dict(ans.result).get("have") or [] if isinstance(i, int) and not isinstance(i, bool)}
             todo = [i for i in range(n) if i not in have]
             inflight: dict[int, Pending] = {}
@@ -253,6 +337,9 @@ class _Worker:
                     raise TimeoutError("chunks")
                 self.answered.wait(0.2)
                 self.answered.clear()  # before polling: an answer arriving now sets it again
+                self._resend_if_back()
+                if self.rollback_event() is not None:
+                    raise _RolledBack
                 for i, pending in list(inflight.items()):
                     answer = pending.poll()
                     if answer is None:
@@ -262,38 +349,41 @@ class _Worker:
                     if answer.state == State.SUCCEEDED:
                         sent += 1
                         self._report("chunks", sent, n)
+                    elif code in RESTART_CODES:  # the device stopped while it held this chunk
+                        self.resent += 1
+                        todo.insert(0, i)
                     elif code in RETRYABLE_CODES | {ErrorCode.CHECKSUM_MISMATCH} and tries[i] < 3:
                         tries[i] += 1
                         todo.insert(0, i)  # resend
                     else:
-                        return done("failed", error=_error(answer), resumed=len(have))
+                        return done(_refused(answer), error=_error(answer), resumed=len(have))
             transfer_s = round(time.monotonic() - t0, 3)
             ans = self._call({**base, "action": "commit", "health": self.health})
-            if ans.state != State.SUCCEEDED:
+            if ans.error is not None and ans.error.code in RESTART_CODES:
+                # Cut short by a restart: after the switch the device rolls back and says so in an event.
+                self._wait_event_for("rollback", ROLLBACK_EVENT_WAIT_S)
+                if self._event("rollback") is not None:
+                    raise _RolledBack
                 return done(
-                    "rejected" if ans.state == State.REJECTED else "failed",
-                    error=_error(ans),
+                    "failed",
+                    error={
+                        "code": ans.error.code,
+                        "message": f"{self.device_id} restarted during commit, before it switched bundles: it still "
+                        "serves the old one; deploy again.",
+                    },
                     resumed=len(have),
                     transfer_s=transfer_s,
                 )
+            if ans.state != State.SUCCEEDED:
+                return done(_refused(ans), error=_error(ans), resumed=len(have), transfer_s=transfer_s)
             activate_s = round(time.monotonic() - t0, 3)
             self.commit = _dict(ans.result)
             self._report("trial", n, n)
             if not self.wait_health:
                 return done("trial", resumed=len(have), transfer_s=transfer_s, activate_s=activate_s)
             while True:
-                ev = self._event("rollback")
-                if ev is not None:
-                    hc = self._event("health_check")
-                    return done(
-                        "rolled_back",
-                        rollback=ev,
-                        health=hc,
-                        resumed=len(have),
-                        transfer_s=transfer_s,
-                        activate_s=activate_s,
-                        error={"code": "HEALTH_CHECK_FAILED", "message": str(ev.get("reason"))},
-                    )
+                if self._event("rollback") is not None:
+                    raise _RolledBack
                 hc = self._event("health_check")
                 if hc is not None and hc.get("verdict") == "passed":
                     return done(
@@ -307,14 +397,33 @@ class _Worker:
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("health")
                 self._wait_event(0.2)
+        except _RolledBack:
+            ev, hc = self._event("rollback") or {}, self._event("health_check")
+            failed_check = hc is not None and hc.get("verdict") == "failed"
+            done(
+                "rolled_back",
+                rollback=ev,
+                health=hc,
+                resumed=len(have),
+                transfer_s=transfer_s,
+                activate_s=activate_s,
+                error={
+                    "code": "HEALTH_CHECK_FAILED" if failed_check else "ROLLED_BACK",
+                    "message": f"rolled back: {ev.get('reason')}",
+                },
+            )
         except TimeoutError as exc:
+            where = "it is offline" if self.online is False else "is it online? see `edgekit watch`"
             done(
                 "timeout",
                 error={
                     "code": "TIMEOUT",
-                    "message": f"no answer from {self.device_id} while waiting for {exc}; is it online?",
+                    "message": f"no answer from {self.device_id} within {self.timeout:g} s while waiting for {exc}; "
+                    f"{where}",
                 },
             )
+        except NotAuthorizedError as exc:  # e.g. the broker refused the subscription to this device's answers
+            done("not_authorized", error={"code": ErrorCode.NOT_AUTHORIZED, "message": str(exc)})
         except BrokerError as exc:
             done("failed", error={"code": "UNAVAILABLE", "message": str(exc)})
         except Exception as exc:  # noqa: BLE001 - an answer that breaks the protocol: this device failed, say why
@@ -362,16 +471,21 @@ def deploy(
     # Derived from the content: deploying the same archive again resumes a transfer a restart interrupted.
     transfer_id = f"{sha[:16]}-{chunk_bytes}"
     requester = f"deploy-{uuid.uuid4().hex[:8]}"
-    subs = [(topic(d, "res", requester), 1) for d in devices] + [(topic(d, EVENTS), 1) for d in devices]
+    subs = [(topic(d, kind), 1) for d in devices for kind in (f"res/{requester}", EVENTS, STATUS)]
     t0 = time.monotonic()
     workers: dict[str, _Worker] = {}
 
     def on_event(m: Message) -> None:  # the client's dispatcher thread: what is not an answer
         parsed = parse_topic(m.topic)
-        worker = workers.get(parsed[0]) if parsed is not None and parsed[1] == EVENTS else None
+        worker = workers.get(parsed[0]) if parsed is not None and parsed[1] in (EVENTS, STATUS) else None
         doc = load_json(m.payload) if worker is not None else None
-        if worker is not None and isinstance(doc, dict) and doc.get("transfer_id") == transfer_id:
+        if worker is None or not isinstance(doc, dict):
+            return
+        if parsed[1] == STATUS:
+            worker.on_status(doc)
+        elif doc.get("transfer_id") == transfer_id:
             worker.inbox.put(doc)
+            worker.answered.set()
 
     link = FleetLink(
         broker, client_id=f"edgekit-{requester}", subscriptions=subs, tls_ca=str(tls_ca) if tls_ca else None

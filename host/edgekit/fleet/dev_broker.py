@@ -11,7 +11,15 @@ Two engines, chosen by a table:
   (request/response fields then travel in the JSON payload), so the demo runs on it too.
 
 ``engine="auto"`` prefers mosquitto, because the edge/v1 contract is MQTT 5. Neither is a production
-broker: no authentication, no TLS, loopback only by default.
+broker: no TLS, loopback only by default, and no authentication unless :class:`BrokerUsers` is given
+(mosquitto only). Then the broker runs the set-up docs/trust.md documents, from :func:`secure_listeners`:
+
+* a **device listener** where the client id *is* the user name (``use_username_as_clientid``): one
+  device's credentials cannot take over, disconnect or wipe another device's session, whatever client id
+  they send; its ACL lets user ``X`` use ``edge/v1/X/#`` only;
+* a **fleet listener** on its own port with its own password file (the fleet tools' users, which may read
+  and command every device and run several tools at once, each with its own client id). Device
+  credentials do not work there.
 """
 
 from __future__ import annotations
@@ -36,6 +44,54 @@ BANNER = (
     "edgekit development broker: no authentication, no TLS. "
     "For development only; use mosquitto/EMQX with ACLs in production."
 )
+SECURE_BANNER = (
+    "edgekit development broker with authentication (no TLS): devices connect on the device port as "
+    "their own user (client id = user name), fleet tools on the fleet port. For development only."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUsers:
+    """mosquitto password files (``mosquitto_passwd``): ``devices`` (user name = device id) and ``fleet``."""
+
+    devices: Path
+    fleet: Path
+    fleet_port: int = 0  # 0: a free port
+
+
+def secure_listeners(
+    workdir: Path,
+    device_listener: str,
+    fleet_listener: str,
+    users: BrokerUsers,
+    tls: tuple[str, ...] = (),
+) -> list[str]:
+    """The mosquitto config lines of the documented broker set-up (docs/trust.md, "Broker security"):
+    ``per_listener_settings true``, then the device listener and the fleet listener (``"PORT HOST"``),
+    each with its password file and the ACL written into ``workdir``. ``tls``: the cafile/certfile/keyfile
+    lines both listeners get."""
+    for path in (users.devices, users.fleet):
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such password file; create it with `mosquitto_passwd -c {path} USER`.")
+    device_acl, fleet_acl = workdir / "devices.acl", workdir / "fleet.acl"
+    # %u is the user name, which is also the client id there: a device reaches its own topics only.
+    device_acl.write_text("pattern readwrite edge/v1/%u/#\n")
+    # A pattern applies to every user (a bare topic line before any user line would apply to anonymous ones only).
+    fleet_acl.write_text("pattern readwrite edge/v1/#\n")
+    return [
+        "per_listener_settings true",
+        f"listener {device_listener}",
+        "allow_anonymous false",
+        f"password_file {Path(users.devices).resolve()}",
+        f"acl_file {device_acl}",
+        "use_username_as_clientid true",
+        *tls,
+        f"listener {fleet_listener}",
+        "allow_anonymous false",
+        f"password_file {Path(users.fleet).resolve()}",
+        f"acl_file {fleet_acl}",
+        *tls,
+    ]
 
 
 def mosquitto_path() -> str | None:
@@ -74,11 +130,17 @@ class DevBroker:
     mqtt5: bool
     _stop: Callable[[], None] = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
+    fleet_port: int | None = None  # with BrokerUsers: the fleet tools' listener
 
     @property
     def url(self) -> str:
-        """mqtt://HOST:PORT of this broker."""
+        """mqtt://HOST:PORT of this broker (with BrokerUsers: the devices' listener)."""
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def fleet_url(self) -> str:
+        """mqtt://HOST:PORT for the fleet tools (the same as :attr:`url` without BrokerUsers)."""
+        return f"mqtt://{self.host}:{self.fleet_port or self.port}"
 
     def stop(self) -> None:
         """Stop the broker (idempotent); its clients see the connection close."""
@@ -93,15 +155,20 @@ class DevBroker:
         self.stop()
 
 
-def _start_mosquitto(host: str, port: int, timeout: float) -> DevBroker:
+def _start_mosquitto(host: str, port: int, timeout: float, users: BrokerUsers | None = None) -> DevBroker:
     binary = mosquitto_path()
     if binary is None:
         raise BrokerError("mosquitto is not installed (apt-get install mosquitto); use --engine amqtt instead.")
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-broker-"))
     conf = workdir / "mosquitto.conf"
+    fleet_port = None
+    if users is None:
+        listeners = [f"listener {port} {host}", "allow_anonymous true"]
+    else:
+        fleet_port = users.fleet_port or _free_port(host)
+        listeners = secure_listeners(workdir, f"{port} {host}", f"{fleet_port} {host}", users)
     lines = [
-        f"listener {port} {host}",
-        "allow_anonymous true",
+        *listeners,
         "persistence false",
         "max_queued_messages 100000",
         "set_tcp_nodelay true",  # small request/response packets: no Nagle delay (amqtt, asyncio, has none either)
@@ -133,7 +200,7 @@ def _start_mosquitto(host: str, port: int, timeout: float) -> DevBroker:
         tail = (workdir / "mosquitto.log").read_text(errors="replace")[-500:]
         stop()
         raise BrokerError(f"mosquitto did not start on {host}:{port}: {tail.strip() or 'no log output'}")
-    return DevBroker(host, port, "mosquitto", True, stop)
+    return DevBroker(host, port, "mosquitto", True, stop, fleet_port=fleet_port)
 
 
 def _start_amqtt(host: str, port: int, timeout: float) -> DevBroker:
@@ -189,24 +256,39 @@ def _start_amqtt(host: str, port: int, timeout: float) -> DevBroker:
 ENGINES: dict[str, Callable[[str, int, float], DevBroker]] = {"mosquitto": _start_mosquitto, "amqtt": _start_amqtt}
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def start_dev_broker(
-    host: str = "127.0.0.1", port: int = 1883, *, engine: str = "auto", timeout: float = 10.0
+    host: str = "127.0.0.1",
+    port: int = 1883,
+    *,
+    engine: str = "auto",
+    timeout: float = 10.0,
+    users: BrokerUsers | None = None,
 ) -> DevBroker:
     """Start a development broker on ``host:port`` and return once it accepts connections.
 
     ``engine``: ``auto`` (mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``.
-    ``port=0`` picks a free port. Raises :class:`BrokerError` when the port is taken or the broker fails.
+    ``port=0`` picks a free port. ``users``: authentication, the client id bound to the user name, the
+    per-device ACL and a separate fleet port (mosquitto only; see the module docstring). Raises
+    :class:`BrokerError` when the port is taken or the broker fails.
     """
     if engine == "auto":
         engine = "mosquitto" if mosquitto_path() else "amqtt"
     if engine not in ENGINES:
         raise UsageError(f"unknown broker engine '{engine}'; choose auto, {', '.join(ENGINES)}.")
+    if users is not None and engine != "mosquitto":
+        raise UsageError("broker users (--users/--fleet-users) need the mosquitto engine; amqtt has no ACLs.")
     if port == 0:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+        port = _free_port(host)
     elif port_in_use(host, port):
         raise BrokerError(
             f"{host}:{port} is already in use (another broker?); pass --port N, or use the running broker with --broker mqtt://{host}:{port}."
         )
+    if users is not None:
+        return _start_mosquitto(host, port, timeout, users)
     return ENGINES[engine](host, port, timeout)
