@@ -17,7 +17,9 @@ order round by round (so both see the same machine load), the median over rounds
 
 Printed: images/s of each (median of rounds), the ratio agent/bare (median of the per-round ratios), the
 resident set size (VmRSS) of each process after the rounds, and the agent's latency for one image dropped into
-an idle folder (median of ``--rounds`` drops; written with a fresh mtime, as ``cp`` would).
+an idle folder (median of ``--rounds`` drops; written with a fresh mtime, as ``cp`` would), and the CPU ratio:
+bare CPU seconds / agent CPU seconds for the same folder (all threads, from ``/proc``; 10 ms ticks), which a
+machine loaded by other work distorts far less than wall time.
 
 Models: the digits bundle of the tests (its 1,797 8×8 PNGs, labelled folders) and a MobileNetV2 0.35/96 (300
 96×96 RGB PNGs), both built by ``scripts/bench_serving.py``'s ``build_bundles`` into ``--out``.
@@ -104,6 +106,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (a loaded machine stretches wall time, not this)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_images(bundle: Path, name: str, work: Path) -> Path:
@@ -210,13 +218,15 @@ def compare(name: str, bundle: Path, threads: int, rounds: int, work: Path, brok
         folders = stage(src, run / "stage")
         drop(folders, bare_inbox)
         bare.ask(str(bare_inbox))
-        agent_rate, bare_rate, ratios = [], [], []
+        agent_rate, bare_rate, ratios, cpu_ratios = [], [], [], []
         for r in range(rounds):
-            rates = {}
+            rates, cpu = {}, {}
             for side in ("bare", "agent") if r % 2 == 0 else ("agent", "bare"):
                 folders = stage(src, run / "stage")
                 inbox = agent_inbox if side == "agent" else bare_inbox
                 last = inbox / folders[-1].name / sorted(p.name for p in folders[-1].iterdir())[-1]
+                pid = (agent if side == "agent" else bare).proc.pid
+                c0 = cpu_s(pid)
                 t0 = time.perf_counter()
                 drop(folders, inbox)
                 if side == "agent":
@@ -225,9 +235,11 @@ def compare(name: str, bundle: Path, threads: int, rounds: int, work: Path, brok
                     answer = bare.ask(str(inbox))
                     assert answer == f"done {n}", answer
                 rates[side] = n / (time.perf_counter() - t0)
+                cpu[side] = cpu_s(pid) - c0
             agent_rate.append(rates["agent"])
             bare_rate.append(rates["bare"])
             ratios.append(rates["agent"] / rates["bare"])
+            cpu_ratios.append(cpu["bare"] / cpu["agent"])
         # Latency of one freshly written image into the idle agent (the poll and the settle time show here).
         one = next(src.rglob("*.png"))
         latencies = []
@@ -252,6 +264,8 @@ def compare(name: str, bundle: Path, threads: int, rounds: int, work: Path, brok
         "bare_images_s": statistics.median(bare_rate),
         "ratio": statistics.median(ratios),
         "ratio_per_round": [round(x, 3) for x in ratios],
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratio_per_round": [round(x, 3) for x in cpu_ratios],
         "agent_images_s_per_round": [round(x) for x in agent_rate],
         "bare_images_s_per_round": [round(x) for x in bare_rate],
         "agent_rss_mb": agent_rss[0],
@@ -304,13 +318,13 @@ def main() -> int:
     )
     print(
         f"{'model':<13}{'thr':>4}{'files':>7}{'agent/s':>10}{'bare/s':>10}{'ratio':>8}{'RSS agent/bare':>20}"
-        f"{'1 image':>10}"
+        f"{'1 image':>10}{'CPU ratio':>11}"
     )
     for r in results["runs"]:
         print(
             f"{r['model']:<13}{r['threads']:>4}{r['images']:>7}{r['agent_images_s']:>10,.0f}{r['bare_images_s']:>10,.0f}"
             f"{r['ratio']:>8.3f}{r['agent_rss_mb']:>8.1f}/{r['bare_rss_mb']:.1f} MiB ({r['rss_ratio']:.2f})"
-            f"{r['single_image_latency_ms']:>7.0f} ms"
+            f"{r['single_image_latency_ms']:>7.0f} ms{r['cpu_ratio']:>11.3f}"
         )
     print(
         f"load average {results['load1_before']:.2f} before, {results['load1_after']:.2f} after "
