@@ -11,7 +11,7 @@ the loop polls anyway every ``poll_s``, which also covers events lost to a queue
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import logging
 import os
 import select
@@ -31,7 +31,7 @@ _IN_CLOEXEC = os.O_CLOEXEC
 def _inotify() -> tuple[int, ctypes.CDLL] | None:
     """An inotify file descriptor and the libc that made it, or None where there is none."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the symbols already loaded: libc's, without a library search
         init = libc.inotify_init1
     except (OSError, AttributeError):
         return None
@@ -65,7 +65,7 @@ class DirectoryWaker:
         for d in dirs:
             if add(self._fd, os.fsencode(d), _MASK) < 0:
                 err = ctypes.get_errno()
-                if err in (2, 20):  # ENOENT, ENOTDIR: gone or replaced since it was listed; the next scan sees
+                if err in (errno.ENOENT, errno.ENOTDIR):  # gone or replaced since it was listed: the next scan sees
                     continue
                 # ENOSPC: fs.inotify.max_user_watches reached, and anything else: poll from now on, say so once.
                 self._broken = True
