@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Watched-folder serving (issue 15): ``edgekit-agent run --watch`` against a bare loop, side by side.
 
-    .venv/bin/python scripts/bench_watch.py [--rounds 5] [--threads 1 2] [--no-broker] [--json FILE]
+    .venv/bin/python scripts/bench_watch.py [--rounds 5] [--threads 1 2] [--no-broker] [--json FILE] [--invoke]
 
 Two long-running processes per model and thread count, both warmed up, fed the same folder in alternating
 order round by round (so both see the same machine load), the median over rounds reported:
@@ -20,6 +20,9 @@ resident set size (VmRSS) of each process after the rounds, and the agent's late
 an idle folder (median of ``--rounds`` drops; written with a fresh mtime, as ``cp`` would), and the CPU ratio:
 bare CPU seconds / agent CPU seconds for the same folder (all threads, from ``/proc``; 10 ms ticks), which a
 machine loaded by other work distorts far less than wall time.
+
+``--invoke`` measures instead where the agent's invoke time goes: in one process, interleaved, set + invoke + get
+in a tight loop, in a decode + preprocess loop, and in the running agent's watch thread (its telemetry).
 
 Models: the digits bundle of the tests (its 1,797 8×8 PNGs, labelled folders) and a MobileNetV2 0.35/96 (300
 96×96 RGB PNGs), both built by ``scripts/bench_serving.py``'s ``build_bundles`` into ``--out``.
@@ -278,6 +281,72 @@ def compare(name: str, bundle: Path, threads: int, rounds: int, work: Path, brok
     }
 
 
+def invoke_inside(
+    name: str, bundle: Path, threads: int, rounds: int, work: Path, broker: str | None
+) -> dict[str, float]:
+    """``--invoke``: where the agent's invoke time goes. One process, interleaved rounds, each timed the same way
+    (clock before ``set_tensor``, after ``get_tensor``; median per round): a tight loop on one input, the same
+    inside a decode + preprocess loop, and the running agent's watch thread (its telemetry's ``invoke``)."""
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.mqtt.client import BrokerSettings
+    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.serve.config import AgentSettings
+
+    b = load_bundle(bundle)
+    src = make_images(bundle, name, work)
+    files = sorted(str(p) for p in src.rglob("*.png"))[:600]
+    inbox = work / f"invoke-{name}-{threads}"
+    inbox.mkdir()
+    extra = {"broker": BrokerSettings.from_url(broker)} if broker else {}
+    data = work / f"inv-data-{name}-{threads}"
+    agent = Agent(b, AgentSettings(device_id="inv", data_dir=data, watch_dir=inbox, num_threads=threads, **extra))
+    agent.start()
+    it = b.open_runtime(num_threads=threads).interpreter
+    pre = b.preprocessor()
+    ii, oi = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    clock = time.perf_counter_ns
+
+    def timed(x: Any) -> int:
+        t1 = clock()
+        it.set_tensor(ii, x)
+        it.invoke()
+        it.get_tensor(oi)
+        return clock() - t1
+
+    def in_decode_loop() -> float:
+        return statistics.median(timed(pre(f)) for f in files) / 1e3
+
+    def tight() -> float:
+        x = pre(files[0])
+        return statistics.median(timed(x) for _ in files) / 1e3
+
+    def in_agent() -> float:
+        folder = work / "invoke-stage"
+        folder.mkdir()
+        old = time.time() - 10
+        for f in files:
+            shutil.copyfile(f, folder / os.path.basename(f))
+            os.utime(folder / os.path.basename(f), (old, old))
+        shutil.rmtree(inbox / "x", ignore_errors=True)
+        agent.recorder.snapshot_and_reset()
+        last = inbox / "x" / max(os.path.basename(f) for f in files)
+        os.rename(folder, inbox / "x")
+        while os.path.exists(last):
+            time.sleep(0.01)
+        time.sleep(0.05)  # the last record lands after the move
+        return agent.recorder.snapshot_and_reset()["latency_ms"]["invoke"]["p50"] * 1e3
+
+    runs: dict[str, list[float]] = {"tight": [], "decode loop": [], "agent": []}
+    try:
+        for r in range(rounds):
+            order = [("tight", tight), ("decode loop", in_decode_loop), ("agent", in_agent)]
+            for key, fn in order if r % 2 == 0 else order[::-1]:
+                runs[key].append(fn())
+    finally:
+        agent.shutdown()
+    return {key: statistics.median(v) for key, v in runs.items()}
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-worker":
         return bare_worker(Path(sys.argv[2]), int(sys.argv[3]))
@@ -288,11 +357,14 @@ def main() -> int:
     ap.add_argument("--no-broker", action="store_true", help="run the agent without MQTT")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench-serving")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--invoke", action="store_true", help="only: invoke time inside the agent vs bare loops")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_serving import build_bundles
 
     bundles = build_bundles(args.out)
+    if args.invoke:
+        return main_invoke(args, bundles)
     results: dict[str, Any] = {"cpu_count": os.cpu_count(), "load1_before": os.getloadavg()[0], "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         broker = None
@@ -333,6 +405,26 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def main_invoke(args: argparse.Namespace, bundles: dict[str, Path]) -> int:
+    sys.path.insert(0, str(REPO / "tests"))
+    from brokers import Mosquitto
+
+    print(f"set+invoke+get, median µs, medians of {args.rounds} interleaved rounds, load {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = None if args.no_broker else Mosquitto(Path(tmp) / "mosquitto").start()
+        try:
+            for name in args.models:
+                for threads in args.threads:
+                    r = invoke_inside(
+                        name, bundles[name], threads, args.rounds, Path(tmp), broker.url if broker else None
+                    )
+                    print(f"{name:<13}{threads:>3} thread(s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
+        finally:
+            if broker is not None:
+                broker.stop()
     return 0
 
 
