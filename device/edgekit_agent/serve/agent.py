@@ -16,6 +16,7 @@ telemetry recording happens after that lock is released.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, S
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.contract.topics import Schema, Topics
 from edgekit_agent.infer.classify import Prediction, TopOne
-from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, quantize
+from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, float_mean, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
@@ -44,6 +45,7 @@ from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.serve.handlers import builtin_commands
 from edgekit_agent.serve.journal import TelemetryJournal
 from edgekit_agent.serve.telemetry import WindowRecorder
+from edgekit_agent.serve.watcher import DirectoryWaker
 
 if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
@@ -90,6 +92,9 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seen: set[tuple[str, int, int]] = set()  # processed='keep': files already served
+        self._made: set[str] = set()  # .processed/.failed folders made by this run (one mkdir each, not per file)
+        self._waker: DirectoryWaker | None = None  # once start() watches a directory
+        self._settle_at = math.inf  # when the first file skipped as still being written settles (time.time())
         self.outbox: Outbox | None = None
         # Watched images are journaled before they are moved (serve/journal.py). The window lock makes "serve,
         # journal, move" one step for a window close; the put lock keeps other sequenced puts out of a close.
@@ -307,7 +312,7 @@ class Agent:
             if quantized:
                 x, mean = arr, input_mean
             else:
-                x, mean = quantize(arr, spec)[None, ...], float(arr.mean())
+                x, mean = quantize(arr, spec)[None, ...], float_mean(arr)
             lab = index.get(label_name, -1) if label_name is not None else label
             try:
                 return self.serve_tensor(x, label=lab, input_mean=mean, _t0=t0, _gen=gen)
@@ -318,42 +323,60 @@ class Agent:
         )
 
     # --- the watched directory ----------------------------------------------------------------------------------
-    def _candidates(self, root: Path) -> list[tuple[Path, str | None]]:
-        """(file, label folder name or None): images directly in ``root`` and in ``root/LABEL/``; hidden names
-        skipped. The name becomes a class index only when the file is served: an OTA switch in between
-        changes the labels (and their order)."""
-        found: list[tuple[Path, str | None]] = []
-        now = time.time()
+    def _candidates(self, root: Path) -> list[tuple[str, str | None, str]]:
+        """(path, label folder name or None, file name) of at most :data:`MAX_SCAN` images ready to serve, in
+        path order: images directly in ``root`` and in ``root/LABEL/``; hidden names skipped. The label name
+        becomes a class index only when the file is served: an OTA switch in between changes the labels.
 
-        def take(entry: os.DirEntry[str], label: str | None) -> None:
-            if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_SUFFIXES):
-                return
-            try:
-                st = entry.stat()
-            except OSError:
-                return
-            if now - st.st_mtime < SETTLE_S:
-                return
-            if self.settings.processed == "keep" and (entry.path, st.st_mtime_ns, st.st_size) in self._seen:
-                return
-            found.append((Path(entry.path), label))
+        Only names are listed; a file is stat'ed (settled? served already, in keep mode?) when its turn comes,
+        so a folder of thousands costs one listing per batch, not a stat of every file. A directory is watched
+        before it is listed: a file landing after the listing wakes the loop (:class:`DirectoryWaker`).
+        Sets ``_settle_at``, when the first file skipped as still being written may be served."""
+        watch = self._waker.watch if self._waker is not None else None
+        names: list[tuple[tuple[str, ...], os.DirEntry[str], str | None]] = []
+
+        def listed(entry: os.DirEntry[str], key: tuple[str, ...], label: str | None) -> None:
+            if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES):
+                names.append((key, entry, label))
 
         try:
+            if watch is not None:
+                watch((str(root),))
             with os.scandir(root) as top:
                 for entry in top:
-                    if entry.name.startswith("."):
+                    name = entry.name
+                    if name.startswith("."):
                         continue
                     if entry.is_dir(follow_symlinks=False):
+                        if watch is not None:
+                            watch((entry.path,))
                         with os.scandir(entry.path) as sub:
                             for e in sub:
                                 if e.is_file(follow_symlinks=False):
-                                    take(e, entry.name)
+                                    listed(e, (name, e.name), name)
                     elif entry.is_file(follow_symlinks=False):
-                        take(entry, None)
+                        listed(entry, (name,), None)
         except OSError as exc:
             log.warning("%s: cannot scan %s: %s", self.settings.device_id, root, exc)
-        found.sort(key=lambda f: f[0])
-        return found[:MAX_SCAN]
+        names.sort(key=lambda n: n[0])  # the order of the paths' parts, as before: ordering is documented
+        found: list[tuple[str, str | None, str]] = []
+        keep = self.settings.processed == "keep"
+        now, settle_at = time.time(), math.inf
+        for _, entry, label in names:
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if now - st.st_mtime < SETTLE_S:
+                settle_at = min(settle_at, st.st_mtime + SETTLE_S)
+                continue
+            if keep and (entry.path, st.st_mtime_ns, st.st_size) in self._seen:
+                continue
+            found.append((entry.path, label, entry.name))
+            if len(found) == MAX_SCAN:
+                break
+        self._settle_at = settle_at
+        return found
 
     def scan_once(self) -> int:
         """Serve every new image in the watched directory once; returns how many were handled."""
@@ -361,7 +384,7 @@ class Agent:
         if root is None:
             return 0
         handled = 0
-        for path, label_name in self._candidates(root):
+        for path, label_name, name in self._candidates(root):
             if self._stop.is_set():  # shutting down: the rest waits for the next start
                 break
             with self._window_lock:  # no window closes between the count and the move
@@ -375,12 +398,12 @@ class Agent:
                 except Exception:  # noqa: BLE001 - one bad file must not stop the agent
                     code = "RUNTIME"
                     log.exception("%s: serving %s failed", self.settings.device_id, path)
-                self._mark_done(root, path, pred, label_name, code)
+                self._mark_done(root, path, pred, label_name, name, code)
             handled += 1
         return handled
 
     def _journal(
-        self, path: Path, target: Path | None, pred: Prediction | None, label: str | None, code: str | None
+        self, path: str, target: str | None, pred: Prediction | None, label: str | None, code: str | None
     ) -> None:
         """Journal a served image before its move; a journal that cannot be written (a full disk) leaves the
         image counted in memory only, as without a journal."""
@@ -391,42 +414,72 @@ class Agent:
             ns = [round((v or 0.0) * 1e6) for v in (pred.latency_ms, pred.preprocess_ms, pred.invoke_ms)]
             record = (*ns, pred.index, pred.confidence, self.label_index.get(label, -1) if label else -1)
         try:
-            self.journal.append(int(time.time() * 1000), path, target, record, code)
+            self.journal.append(
+                int(time.time() * 1000), Path(path), None if target is None else Path(target), record, code
+            )
         except EdgekitError as exc:
             log.warning("%s: %s; %s is counted in memory only", self.settings.device_id, exc, path)
 
-    def _mark_done(self, root: Path, path: Path, pred: Prediction | None, label: str | None, code: str | None) -> None:
+    def _mark_done(
+        self, root: Path, path: str, pred: Prediction | None, label: str | None, name: str, code: str | None
+    ) -> None:
         mode, ok = self.settings.processed, code is None
         try:
             if mode == "keep":
-                st = path.stat()
-                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+                st = os.stat(path)
+                self._seen.add((path, st.st_mtime_ns, st.st_size))
             elif mode == "delete" and ok:
                 self._journal(path, None, pred, label, code)
-                path.unlink()
+                os.unlink(path)
             else:  # move, and failures in delete mode (kept for inspection)
-                target = root / (PROCESSED_DIR if ok else FAILED_DIR) / path.relative_to(root)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():
-                    target = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:6]}{target.suffix}")
+                folder = os.path.join(root, PROCESSED_DIR if ok else FAILED_DIR, *((label,) if label else ()))
+                target = self._free_name(folder, name)
                 self._journal(path, target, pred, label, code)
-                # Same file system (under root): a rename, which the journal's recovery can repeat.
-                os.replace(path, target)
+                self._move(path, folder, target)
         except OSError as exc:
             # Could not move it: remember it instead, so it is not served again in a loop.
             log.warning(
                 "%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc
             )
             try:
-                st = path.stat()
-                self._seen.add((str(path), st.st_mtime_ns, st.st_size))
+                st = os.stat(path)
+                self._seen.add((path, st.st_mtime_ns, st.st_size))
             except OSError:
                 pass
 
+    def _free_name(self, folder: str, name: str) -> str:
+        """``folder/name``, or ``name`` with a random tag when that is taken (made once per folder per run)."""
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        target = os.path.join(folder, name)
+        if os.path.lexists(target):
+            stem, suffix = os.path.splitext(name)
+            target = os.path.join(folder, f"{stem}.{uuid.uuid4().hex[:6]}{suffix}")
+        return target
+
+    def _move(self, path: str, folder: str, target: str) -> None:
+        """Rename ``path`` to ``target`` (same file system under the watched root: a rename, which the journal's
+        recovery can repeat)."""
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                raise
+            os.makedirs(folder, exist_ok=True)  # someone emptied .processed meanwhile
+            os.rename(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # .processed on another file system (a mount point): copy and delete
+                raise
+            shutil.move(path, target)
+
     def _watch_loop(self) -> None:
+        waker = self._waker
+        assert waker is not None  # start() made it
         while not self._stop.is_set():
             if self.scan_once() == 0:
-                self._stop.wait(self.settings.poll_s)
+                # A file still being written is due at _settle_at: wait for that, not for the whole poll.
+                waker.wait(min(self.settings.poll_s, max(0.0, self._settle_at - time.time())))
 
     # --- windows, meta and events -----------------------------------------------------------------------------
     def envelope(self, schema: str) -> dict[str, Any]:
@@ -675,6 +728,8 @@ class Agent:
         self.event("bundle_activated", bundle=self.bundle_info(), selftest=self.meta()["selftest"])
         self.ota.publish_pending_events()
         self.check_disk()  # a disk already full at start is reported now, not a window later
+        if s.watch_dir is not None:
+            self._waker = DirectoryWaker()
         for target, name in ((self._window_loop, "edgekit-window"), (self._watch_loop, "edgekit-watch")):
             if target == self._watch_loop and s.watch_dir is None:
                 continue
@@ -713,9 +768,14 @@ class Agent:
     def shutdown(self, *, flush_timeout: float = 5.0) -> None:
         """Stop serving, cancel queued commands, send the last window, publish ``offline``/``shutdown``, close."""
         self._stop.set()
+        if self._waker is not None:
+            self._waker.interrupt()
         for t in self._threads:
             t.join(timeout=10)
         self._threads.clear()
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
         if self.commands is not None:
             self.commands.close(timeout=flush_timeout)
         if self.outbox is not None:
