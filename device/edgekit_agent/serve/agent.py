@@ -20,6 +20,7 @@ import errno
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
