@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
-from edgekit_agent.contract.manifest import Manifest
+from edgekit_agent.contract.manifest import HeadSpec, Manifest
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
@@ -164,6 +164,7 @@ class _State:
     float_accuracy: float = 0.0
     trained_arch: str = ""
     outputs_are: str = "probabilities"
+    head: HeadSpec = HeadSpec()  # a --model file with one output is a binary sigmoid head
     pruned: PruneResult | None = None
     current: _ProfileWork | None = None  # set by each profile's convert step
     conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
@@ -198,6 +199,7 @@ def _load_model(s: _State) -> None:
     s.model = train.load_model(s.model_path)
     s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes) output
     s.model_file = s.model_path
+    s.head = s.model_shape.head
     s.trained_arch = f"file:{s.model_path.name}"
     s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
 
@@ -285,7 +287,14 @@ def _evaluate(s: _State, profile: Profile) -> None:
 
     key = _dtypes(profile)
     if key not in s.evaluations:
-        s.evaluations[key] = evaluate.evaluate_tflite(s.work.tflite, s.splits.test.x, s.splits.test.y)
+        s.evaluations[key] = evaluate.evaluate_tflite(
+            s.work.tflite,
+            s.splits.test.x,
+            s.splits.test.y,
+            num_classes=len(s.ds.labels),
+            head=s.head,
+            outputs_are=s.outputs_are,  # type: ignore[arg-type]
+        )
     s.work.evaluation = s.evaluations[key]
 
 
@@ -329,7 +338,14 @@ def _bundle(s: _State, profile: Profile) -> None:
         return
 
     test = s.splits.test
-    ref = compute_reference(tflite, s.splits.train.x, test.x, len(s.ds.labels), outputs_are=s.outputs_are)  # type: ignore[arg-type]
+    ref = compute_reference(
+        tflite,
+        s.splits.train.x,
+        test.x,
+        len(s.ds.labels),
+        outputs_are=s.outputs_are,  # type: ignore[arg-type]
+        head=s.head,
+    )
     metrics = {
         "float_accuracy": round(s.float_accuracy, 6),
         "int8_accuracy": round(float(ev.accuracy), 6),
@@ -371,6 +387,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         reference=ref.to_dict(),
         extra_files=extra_files,
         outputs_are=ref.outputs_are,
+        head=s.head,
     )
     s.built.append(replace(built, directory=info.directory, archive=info.archive, manifest=info.manifest))
 

@@ -157,12 +157,17 @@ def arch_of(model: Any) -> ZooModel | None:
     return found
 
 
-def outputs_are(model: Any) -> OutputsAre:
-    """``"probabilities"`` when the last layer ends in softmax, else ``"logits"`` (for the drift reference)."""
+def last_activation(model: Any) -> str:
+    """The name of the activation the model ends in (``softmax``, ``sigmoid``, ``linear``…), lower case."""
     last = model.layers[-1]
     act = getattr(last, "activation", None)
-    name = getattr(act, "__name__", "") or type(last).__name__.lower()
-    return "probabilities" if "softmax" in name.lower() else "logits"
+    return (getattr(act, "__name__", "") or type(last).__name__).lower()
+
+
+def outputs_are(model: Any) -> OutputsAre:
+    """``"probabilities"`` when the last layer ends in softmax or sigmoid, else ``"logits"``."""
+    name = last_activation(model)
+    return "probabilities" if "softmax" in name or "sigmoid" in name else "logits"
 
 
 def _fixed_batch_config(cfg: Any, batch: int | None) -> Any:
