@@ -24,7 +24,7 @@ from edgekit_agent.contract.manifest import HeadSpec, Manifest
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
     from edgekit.pipeline.convert import ConversionResult
-    from edgekit.pipeline.data import Dataset, Splits
+    from edgekit.pipeline.data import Dataset, SkippedImage, Splits
     from edgekit.pipeline.evaluate import EvalResult
     from edgekit.pipeline.prune import PruneResult
     from edgekit.pipeline.train import ModelShape
@@ -59,7 +59,15 @@ class ProfileBuild:
     qat: bool
     fits: bool
     fit_summary: str
+    chance: float = float("nan")  # the accuracy of guessing on the held-out samples (EvalResult.chance)
     manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
+
+    @property
+    def near_chance(self) -> bool:
+        """Held-out int8 accuracy within NEAR_CHANCE_MARGIN of guessing: the model has not learned the classes."""
+        from edgekit.pipeline.evaluate import NEAR_CHANCE_MARGIN
+
+        return bool(self.int8_accuracy < self.chance + NEAR_CHANCE_MARGIN)
 
     @property
     def accuracy_drop(self) -> float:
@@ -83,6 +91,8 @@ class ProfileBuild:
             "qat": self.qat,
             "fits": self.fits,
             "fit_summary": self.fit_summary,
+            "chance_accuracy": self.chance,
+            "near_chance": self.near_chance,
         }
 
 
@@ -100,6 +110,8 @@ class BuildResult:
     # (step, wall seconds, CPU seconds incl. child processes such as the converter), in order: where the
     # time went. CPU seconds barely change when other work shares the machine; wall seconds do.
     step_seconds: tuple[tuple[str, float, float], ...] = ()
+    warnings: tuple[str, ...] = ()  # what the figures do not show: accuracy near chance, classes not measured
+    skipped_images: tuple[SkippedImage, ...] = ()
 
     @property
     def all_fit(self) -> bool:
@@ -117,6 +129,8 @@ class BuildResult:
                 {"step": label, "seconds": round(t, 2), "cpu_seconds": round(c, 2)} for label, t, c in self.step_seconds
             ],
             "profiles": [p.to_dict() for p in self.profiles],
+            "warnings": list(self.warnings),
+            "skipped_images": [s.to_dict() for s in self.skipped_images],
         }
 
 
@@ -170,6 +184,7 @@ class _State:
     conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
     evaluations: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def work(self) -> _ProfileWork:
@@ -190,6 +205,7 @@ def _load_data(s: _State) -> None:
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
+    s.warnings += data.thin_classes(s.splits)
 
 
 def _load_model(s: _State) -> None:
@@ -327,6 +343,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         qat=qat,
         fits=fit.fits,
         fit_summary=fit.summary(),
+        chance=ev.chance,
     )
     if not fit.fits:  # keep_going: report it, but never ship a bundle that does not fit
         from edgekit.package.writer import remove_bundle
@@ -511,6 +528,7 @@ def build(
         step(state)
         timings.append((label, time.perf_counter() - t0, _cpu_seconds() - c0))
     notify(BuildProgress(len(steps), len(steps), "done"))
+    state.warnings += [_near_chance(p) for p in state.built if p.near_chance]
     return BuildResult(
         name=state.name,
         version=version,
@@ -520,6 +538,17 @@ def build(
         profiles=tuple(state.built),
         seconds=time.perf_counter() - started,
         step_seconds=tuple(timings),
+        warnings=tuple(state.warnings),
+        skipped_images=state.ds.skipped if state.ds is not None else (),
+    )
+
+
+def _near_chance(p: ProfileBuild) -> str:
+    return (
+        f"{p.profile}: held-out int8 accuracy {p.int8_accuracy:.1%} is near chance ({p.chance:.1%}, what guessing "
+        f"the most common class or any class scores on these {p.samples} images): the model has not learned to "
+        "tell the classes apart. Do not deploy it; add images per class, train longer, or start from a "
+        "pretrained backbone."
     )
 
 

@@ -179,6 +179,15 @@ def run(args: argparse.Namespace) -> ExitStatus:
     }
     if layers:
         info["per_layer"] = [e.to_dict() for e in layers]
+    if report.int8_result.near_chance:
+        ui.err_console.print(
+            f"[bold red]WARNING:[/] int8 accuracy {report.int8_accuracy:.1%} is near chance "
+            f"({report.int8_result.chance:.1%}, what guessing scores on these images): the model has not learned "
+            "to tell the classes apart.",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK

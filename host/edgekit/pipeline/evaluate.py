@@ -22,6 +22,8 @@ from edgekit_agent.infer.preprocess import dequantize, quantize
 from edgekit_agent.infer.runtime import Runtime
 
 ProgressFn = Callable[[int, int], None]
+# Held-out accuracy less than this far above chance is "near chance": the model has not learned the classes.
+NEAR_CHANCE_MARGIN = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,17 @@ class EvalResult:
     def correct(self) -> int:
         return int(sum(self.confusion[i][i] for i in range(len(self.confusion))))
 
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing: the larger of 1/classes and the share of the most common true class."""
+        rows = [sum(row) for row in self.confusion]
+        return max(1.0 / len(rows), max(rows) / self.samples) if rows and self.samples else float("nan")
+
+    @property
+    def near_chance(self) -> bool:
+        """Accuracy within :data:`NEAR_CHANCE_MARGIN` of :attr:`chance` (or below it)."""
+        return bool(self.accuracy < self.chance + NEAR_CHANCE_MARGIN)
+
     def per_class_accuracy(self) -> list[float | None]:
         """Recall per true class (None for a class with no samples)."""
         return [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(self.confusion)]
@@ -47,6 +60,8 @@ class EvalResult:
             "samples": self.samples,
             "correct": self.correct,
             "confusion": self.confusion,
+            "chance_accuracy": self.chance,
+            "near_chance": self.near_chance,
         }
 
 
@@ -78,6 +93,8 @@ class ComparisonReport:
             "accuracy": self.int8_accuracy,
             "samples": self.int8_result.samples,
             "int8_accuracy": self.int8_accuracy,
+            "chance_accuracy": self.int8_result.chance,
+            "near_chance": self.int8_result.near_chance,
             "confusion": self.int8_result.confusion,
             "int8_bytes": self.int8_bytes,
         }
