@@ -138,3 +138,39 @@ def test_a_model_that_cannot_suit_the_dataset_is_refused_first(tmp_path, classes
     for s in [str(path), *says]:
         assert s in str(e.value), str(e.value)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_the_agent_serves_and_reports_the_binary_class(sigmoid_build, binary_data: Path, tmp_path: Path) -> None:
+    """The serving loop and its telemetry window: classes by name, accuracy per class, confidence >= 0.5."""
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.serve.config import AgentSettings
+
+    settings = AgentSettings(device_id="binary", data_dir=tmp_path / "data", num_threads=1)
+    agent = Agent(load_bundle(sigmoid_build.profiles[0].directory), settings)
+    for name in CLASSES:
+        for f in sorted((binary_data / name).glob("*.png"))[:10]:
+            p = agent.serve_image(f, label_name=name)
+            assert p.label in CLASSES and p.confidence >= 0.5
+    body = agent.recorder.snapshot_and_reset()
+    counts = body["predictions"]["class_counts"]
+    assert set(counts) == set(CLASSES) and min(counts.values()) >= 8, counts
+    acc = body["accuracy"]
+    assert acc["labeled"] == 20 and acc["accuracy"] >= 0.9 and set(acc["per_class"]) == set(CLASSES)
+    assert sum(body["predictions"]["confidence_hist"]["counts"][:5]) == 0
+    assert body["drift"]["predicted_class"]["psi"] is not None and body["drift"]["confidence"]["psi"] is not None
+
+
+def test_evaluate_and_infer_clis_understand_the_head(sigmoid_build, binary_data: Path, capsys) -> None:
+    from edgekit.cli import main
+    from edgekit_agent.cli.app import main as agent_main
+
+    bundle = sigmoid_build.profiles[0].directory
+    assert main(["evaluate", str(bundle), "--dataset", str(binary_data), "--split", "all", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["accuracy"] >= 0.9 and doc["near_chance"] is False and len(doc["confusion"]) == 2
+    image = sorted((binary_data / "light").glob("*.png"))[0]
+    assert agent_main(["infer", str(bundle), str(image), "--json", "--skip-selftest"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out[0]
+    assert row["label"] == "light" and 0.5 <= row["confidence"] <= 1.0
