@@ -174,3 +174,26 @@ def test_evaluate_and_infer_clis_understand_the_head(sigmoid_build, binary_data:
     out = json.loads(capsys.readouterr().out)
     row = out[0]
     assert row["label"] == "light" and 0.5 <= row["confidence"] <= 1.0
+
+
+def test_pruning_and_quantisation_aware_training_fine_tune_a_sigmoid_head(binary_data: Path) -> None:
+    """Both fine-tune with the head's loss (binary cross-entropy on (N, 1) targets), not N-class cross-entropy.
+    The model is a tf_keras one: tfmot rebuilds only those and the zoo's (docs/pipeline.md, Prune)."""
+    import tf_keras
+
+    from edgekit.pipeline.convert import convert_for_profile
+    from edgekit.pipeline.data import load_dataset, split_dataset
+    from edgekit.pipeline.prune import prune_model
+    from edgekit.profiles import load_profile
+
+    splits = split_dataset(load_dataset(binary_data), seed=0)
+    tf_keras.utils.set_random_seed(0)
+    i = tf_keras.Input((8, 8, 1), batch_size=1)
+    x = tf_keras.layers.Dense(8, activation="relu")(tf_keras.layers.Flatten()(i))
+    model = tf_keras.Model(i, tf_keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(tf_keras.optimizers.Adam(0.02), "binary_crossentropy")
+    model.fit(splits.train.x, splits.train.y.astype(np.float32), epochs=30, batch_size=1, verbose=0)
+    pruned = prune_model(model, splits, sparsity=0.5, seed=0, batch_size=1)
+    assert pruned.accuracy_after >= 0.9, pruned
+    res = convert_for_profile(pruned.model, splits, load_profile("raspberry-pi-4"), force_qat=True, qat_epochs=1)
+    assert res.qat_ran and res.qat_int8_accuracy is not None and res.qat_int8_accuracy >= 0.9, res

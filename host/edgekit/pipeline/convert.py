@@ -386,15 +386,9 @@ def quantization_aware_training(
             f"model '{model.name}': quantisation-aware training does not support it ({exc}); tfmot cannot handle "
             "e.g. Conv+ReLU followed by BatchNorm. Convert with --no-qat or change the layer order to Conv→BN→ReLU."
         ) from None
-    logits = zoo.outputs_are(base) == "logits"
-    y = splits.train.y
-    if int(base.outputs[0].shape[-1]) == 1:
-        loss = tf_keras.losses.BinaryCrossentropy(from_logits=logits)
-        y = y.astype(np.float32)[:, None]
-    else:
-        loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+    loss, targets = zoo.head_loss(base, tf_keras.losses)
     qat.compile(tf_keras.optimizers.Adam(learning_rate), loss)
-    qat.fit(splits.train.x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    qat.fit(splits.train.x, targets(splits.train.y), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return qat
 
 

@@ -170,6 +170,16 @@ def outputs_are(model: Any) -> OutputsAre:
     return "probabilities" if "softmax" in name or "sigmoid" in name else "logits"
 
 
+def head_loss(model: Any, losses: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """The loss to fine-tune ``model`` with (``losses``: its Keras' loss module, e.g. ``tf_keras.losses``) and
+    how class indices become the targets it wants: binary cross-entropy on (N, 1) floats for one sigmoid
+    output, else sparse categorical cross-entropy on the indices; from logits when the model outputs logits."""
+    logits = outputs_are(model) == "logits"
+    if int(model.outputs[0].shape[-1]) == 1:
+        return losses.BinaryCrossentropy(from_logits=logits), lambda y: y.astype("float32")[:, None]
+    return losses.SparseCategoricalCrossentropy(from_logits=logits), lambda y: y
+
+
 def _fixed_batch_config(cfg: Any, batch: int | None) -> Any:
     """Set the batch dimension of every InputLayer in a (Keras 3 or tf_keras) model config."""
     if isinstance(cfg, dict):
