@@ -188,12 +188,12 @@ def test_pruning_and_quantisation_aware_training_fine_tune_a_sigmoid_head(binary
 
     splits = split_dataset(load_dataset(binary_data), seed=0)
     tf_keras.utils.set_random_seed(0)
-    i = tf_keras.Input((8, 8, 1), batch_size=1)
+    i = tf_keras.Input((8, 8, 1))
     x = tf_keras.layers.Dense(8, activation="relu")(tf_keras.layers.Flatten()(i))
     model = tf_keras.Model(i, tf_keras.layers.Dense(1, activation="sigmoid")(x))
     model.compile(tf_keras.optimizers.Adam(0.02), "binary_crossentropy")
-    model.fit(splits.train.x, splits.train.y.astype(np.float32), epochs=30, batch_size=1, verbose=0)
-    pruned = prune_model(model, splits, sparsity=0.5, seed=0, batch_size=1)
+    model.fit(splits.train.x, splits.train.y.astype(np.float32), epochs=40, batch_size=8, verbose=0)
+    pruned = prune_model(model, splits, sparsity=0.5, seed=0, batch_size=8)
     assert pruned.accuracy_after >= 0.9, pruned
     res = convert_for_profile(pruned.model, splits, load_profile("raspberry-pi-4"), force_qat=True, qat_epochs=1)
     assert res.qat_ran and res.qat_int8_accuracy is not None and res.qat_int8_accuracy >= 0.9, res
