@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         "classes": len(ds.labels),
         "class_counts": counts,
         "spec": ds.spec.to_dict(),
-        "skipped": [s.to_dict() for s in ds.skipped],
+        "skipped": [s.file for s in ds.skipped],
     }
     if args.json:
         ui.print_json(info)
