@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
-from edgekit_agent.contract.manifest import Manifest
+from edgekit_agent.contract.manifest import HeadSpec, Manifest
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
     from edgekit.pipeline.convert import ConversionResult
-    from edgekit.pipeline.data import Dataset, Splits
+    from edgekit.pipeline.data import Dataset, SkippedImage, Splits
     from edgekit.pipeline.evaluate import EvalResult
     from edgekit.pipeline.prune import PruneResult
     from edgekit.pipeline.train import ModelShape
@@ -59,7 +59,15 @@ class ProfileBuild:
     qat: bool
     fits: bool
     fit_summary: str
+    chance: float = float("nan")  # the accuracy of guessing on the held-out samples (EvalResult.chance)
     manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
+
+    @property
+    def near_chance(self) -> bool:
+        """Held-out int8 accuracy within NEAR_CHANCE_MARGIN of guessing: the model has not learned the classes."""
+        from edgekit.pipeline.evaluate import NEAR_CHANCE_MARGIN
+
+        return bool(self.int8_accuracy < self.chance + NEAR_CHANCE_MARGIN)
 
     @property
     def accuracy_drop(self) -> float:
@@ -83,6 +91,8 @@ class ProfileBuild:
             "qat": self.qat,
             "fits": self.fits,
             "fit_summary": self.fit_summary,
+            "chance_accuracy": self.chance,
+            "near_chance": self.near_chance,
         }
 
 
@@ -100,6 +110,8 @@ class BuildResult:
     # (step, wall seconds, CPU seconds incl. child processes such as the converter), in order: where the
     # time went. CPU seconds barely change when other work shares the machine; wall seconds do.
     step_seconds: tuple[tuple[str, float, float], ...] = ()
+    warnings: tuple[str, ...] = ()  # what the figures do not show: accuracy near chance, classes not measured
+    skipped_images: tuple[SkippedImage, ...] = ()
 
     @property
     def all_fit(self) -> bool:
@@ -117,6 +129,8 @@ class BuildResult:
                 {"step": label, "seconds": round(t, 2), "cpu_seconds": round(c, 2)} for label, t, c in self.step_seconds
             ],
             "profiles": [p.to_dict() for p in self.profiles],
+            "warnings": list(self.warnings),
+            "skipped_images": [s.to_dict() for s in self.skipped_images],
         }
 
 
@@ -164,11 +178,13 @@ class _State:
     float_accuracy: float = 0.0
     trained_arch: str = ""
     outputs_are: str = "probabilities"
+    head: HeadSpec = HeadSpec()  # a --model file with one output is a binary sigmoid head
     pruned: PruneResult | None = None
     current: _ProfileWork | None = None  # set by each profile's convert step
     conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
     evaluations: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def work(self) -> _ProfileWork:
@@ -189,6 +205,7 @@ def _load_data(s: _State) -> None:
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
+    s.warnings += data.thin_classes(s.splits)
 
 
 def _load_model(s: _State) -> None:
@@ -198,6 +215,7 @@ def _load_model(s: _State) -> None:
     s.model = train.load_model(s.model_path)
     s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes) output
     s.model_file = s.model_path
+    s.head = s.model_shape.head
     s.trained_arch = f"file:{s.model_path.name}"
     s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
 
@@ -285,7 +303,14 @@ def _evaluate(s: _State, profile: Profile) -> None:
 
     key = _dtypes(profile)
     if key not in s.evaluations:
-        s.evaluations[key] = evaluate.evaluate_tflite(s.work.tflite, s.splits.test.x, s.splits.test.y)
+        s.evaluations[key] = evaluate.evaluate_tflite(
+            s.work.tflite,
+            s.splits.test.x,
+            s.splits.test.y,
+            num_classes=len(s.ds.labels),
+            head=s.head,
+            outputs_are=s.outputs_are,  # type: ignore[arg-type]
+        )
     s.work.evaluation = s.evaluations[key]
 
 
@@ -318,6 +343,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         qat=qat,
         fits=fit.fits,
         fit_summary=fit.summary(),
+        chance=ev.chance,
     )
     if not fit.fits:  # keep_going: report it, but never ship a bundle that does not fit
         from edgekit.package.writer import remove_bundle
@@ -329,7 +355,14 @@ def _bundle(s: _State, profile: Profile) -> None:
         return
 
     test = s.splits.test
-    ref = compute_reference(tflite, s.splits.train.x, test.x, len(s.ds.labels), outputs_are=s.outputs_are)  # type: ignore[arg-type]
+    ref = compute_reference(
+        tflite,
+        s.splits.train.x,
+        test.x,
+        len(s.ds.labels),
+        outputs_are=s.outputs_are,  # type: ignore[arg-type]
+        head=s.head,
+    )
     metrics = {
         "float_accuracy": round(s.float_accuracy, 6),
         "int8_accuracy": round(float(ev.accuracy), 6),
@@ -371,6 +404,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         reference=ref.to_dict(),
         extra_files=extra_files,
         outputs_are=ref.outputs_are,
+        head=s.head,
     )
     s.built.append(replace(built, directory=info.directory, archive=info.archive, manifest=info.manifest))
 
@@ -494,6 +528,7 @@ def build(
         step(state)
         timings.append((label, time.perf_counter() - t0, _cpu_seconds() - c0))
     notify(BuildProgress(len(steps), len(steps), "done"))
+    state.warnings += [_near_chance(p) for p in state.built if p.near_chance]
     return BuildResult(
         name=state.name,
         version=version,
@@ -503,6 +538,17 @@ def build(
         profiles=tuple(state.built),
         seconds=time.perf_counter() - started,
         step_seconds=tuple(timings),
+        warnings=tuple(state.warnings),
+        skipped_images=state.ds.skipped if state.ds is not None else (),
+    )
+
+
+def _near_chance(p: ProfileBuild) -> str:
+    return (
+        f"{p.profile}: held-out int8 accuracy {p.int8_accuracy:.1%} is near chance ({p.chance:.1%}, what guessing "
+        f"the most common class or any class scores on these {p.samples} images): the model has not learned to "
+        "tell the classes apart. Do not deploy it; add images per class, train longer, or start from a "
+        "pretrained backbone."
     )
 
 

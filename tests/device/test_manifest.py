@@ -15,6 +15,7 @@ from edgekit_agent.contract.errors import BundleError
 from edgekit_agent.contract.manifest import (
     FileEntry,
     GoldenSpec,
+    HeadSpec,
     Manifest,
     PreprocessSpec,
     TensorSpec,
@@ -68,6 +69,25 @@ def test_outputs_are_defaults_to_logits_and_is_validated():
     for value in ("softmax", "", None, ["logits"]):
         with pytest.raises(BundleError, match="'outputs_are' should be one of"):
             Manifest.from_dict({**VALID, "outputs_are": value})
+
+
+def test_head_defaults_to_softmax_and_a_sigmoid_head_is_validated():
+    assert "head" not in VALID and Manifest.from_bytes(dump_manifest(VALID)).head == HeadSpec("softmax", 0.5)
+    binary = {**VALID, "labels": ["no", "yes"], "outputs": [{**VALID["outputs"][0], "shape": [1, 1]}]}
+    head = Manifest.from_dict({**binary, "head": {"kind": "sigmoid", "threshold": 0.7}}).head
+    assert head == HeadSpec("sigmoid", 0.7)
+    one = (TensorSpec("out", (1, 1), "int8", 0.00390625, -128),)
+    written = filled(head=head, labels=("no", "yes"), outputs=one).to_bytes()
+    assert Manifest.from_bytes(written).head == head and json.loads(written)["head"]["kind"] == "sigmoid"
+    bad = [
+        ({**binary, "head": {"kind": "multiclass"}}, "'kind' should be one of"),
+        ({**binary, "head": {"kind": "sigmoid", "threshold": 1.0}}, "'threshold' should be a probability"),
+        ({**binary, "head": "sigmoid"}, "head should be an object"),
+        ({**VALID, "head": {"kind": "sigmoid"}}, "needs one output and two labels; the model has 10 output"),
+    ]
+    for doc, message in bad:
+        with pytest.raises(BundleError, match=message):
+            Manifest.from_dict(doc)
 
 
 @pytest.mark.parametrize(

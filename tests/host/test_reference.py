@@ -18,8 +18,9 @@ from edgekit.pipeline.reference import (
     input_means,
     psi,
     softmax,
-    top1_confidence,
 )
+from edgekit_agent.contract.manifest import HeadSpec
+from edgekit_agent.infer.classify import decide
 
 
 def test_histogram_counts_outside_values_in_the_end_bins() -> None:
@@ -54,8 +55,8 @@ def test_outputs_kind_detection_and_confidence() -> None:
     logits = np.array([[2.0, -1.0, 0.5], [0.1, 3.0, -2.0]])
     probs = softmax(logits)
     assert detect_outputs_are(logits) == "logits" and detect_outputs_are(probs) == "probabilities"
-    assert top1_confidence(logits, "logits") == pytest.approx(probs.max(axis=1))
-    assert top1_confidence(probs, "probabilities") == pytest.approx(probs.max(axis=1))
+    assert decide(logits, HeadSpec(), "logits")[1] == pytest.approx(probs.max(axis=1))
+    assert decide(probs, HeadSpec(), "probabilities")[1] == pytest.approx(probs.max(axis=1))
 
 
 def _tf_predictions(tflite: bytes, x: np.ndarray) -> np.ndarray:

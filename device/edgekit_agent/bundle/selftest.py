@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit_agent.contract.errors import BundleError, SelfTestError
+from edgekit_agent.infer.classify import decide
+from edgekit_agent.infer.preprocess import dequantize
 
 if TYPE_CHECKING:
     from edgekit_agent.bundle.load import Bundle
@@ -118,8 +120,9 @@ def run_selftest(bundle: Bundle, runtime: Runtime | None = None) -> SelfTestResu
         )
     diff = np.abs(got.astype(np.int64) - expected.astype(np.int64)).reshape(len(got), -1)
     per_sample = diff.max(axis=1)
-    top_got = got.reshape(len(got), -1).argmax(axis=1)
-    top_want = expected.reshape(len(expected), -1).argmax(axis=1)
+    m = bundle.manifest
+    top_got = decide(dequantize(got, m.outputs[0]), m.head, m.outputs_are)[0]  # the head decides, as when serving
+    top_want = decide(dequantize(expected, m.outputs[0]), m.head, m.outputs_are)[0]
     result = SelfTestResult(
         samples=len(got),
         max_abs_diff=int(per_sample.max()),

@@ -10,6 +10,7 @@ document as read) so newer workstations can add fields; missing or wrongly typed
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ SIGNATURE_NAME = "manifest.sig"
 #: What the model's output tensor holds: softmax is applied on the device only to logits.
 OutputsAre = Literal["logits", "probabilities"]
 OUTPUTS_ARE: tuple[OutputsAre, ...] = ("logits", "probabilities")
+#: How the output becomes a class: the largest of N outputs (softmax or logits), or one sigmoid output (two classes).
+HeadKind = Literal["softmax", "sigmoid"]
+HEAD_KINDS: tuple[HeadKind, ...] = ("softmax", "sigmoid")
 
 _DTYPE_RANGES = {
     "int8": (-128, 127),
@@ -168,6 +172,29 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HeadSpec:
+    """The classifier head. ``softmax``: one output per label, the largest wins. ``sigmoid``: one output, the
+    probability of ``labels[1]``; at or above ``threshold`` the class is ``labels[1]``, else ``labels[0]``."""
+
+    kind: HeadKind = "softmax"
+    threshold: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> HeadSpec:
+        d = _table(d, where)
+        kind = _req(d, "kind", str, where)
+        if kind not in HEAD_KINDS:
+            raise BundleError(f"{where}: key 'kind' should be one of {list(HEAD_KINDS)}, got {kind!r:.40}.")
+        threshold = _opt_number(d, "threshold", 0.5, where)
+        if not 0.0 < threshold < 1.0:
+            raise BundleError(f"{where}: key 'threshold' should be a probability between 0 and 1, got {threshold}.")
+        return cls(kind=cast(HeadKind, kind), threshold=threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "threshold": self.threshold}
+
+
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     name: str
     bytes: int
@@ -219,6 +246,7 @@ class Manifest:
     labels: tuple[str, ...]
     files: tuple[FileEntry, ...]
     outputs_are: OutputsAre = "logits"  # a manifest written before the key existed is read as logits
+    head: HeadSpec = HeadSpec()  # a manifest written before the key existed is a softmax head
     golden: GoldenSpec | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     fit: Mapping[str, Any] | None = None  # None: no fit checker was installed on the workstation
@@ -283,6 +311,13 @@ class Manifest:
             raise BundleError(
                 f"{source}: key 'outputs_are' should be one of {list(OUTPUTS_ARE)}, got {outputs_are!r:.40}."
             )
+        head = HeadSpec.from_dict(d["head"], f"{source}: head") if "head" in d else HeadSpec()
+        units = math.prod(outputs[0].shape[1:])
+        if head.kind == "sigmoid" and (units, len(labels)) != (1, 2):
+            raise BundleError(
+                f"{source}: a sigmoid head needs one output and two labels; the model has {units} output(s) and "
+                f"there are {len(labels)} labels. Rebuild the bundle with `edgekit build`."
+            )
         fit = d.get("fit")
         return cls(
             format=fmt,
@@ -297,6 +332,7 @@ class Manifest:
             labels=tuple(str(x) for x in labels),
             files=tuple(files),
             outputs_are=cast(OutputsAre, outputs_are),
+            head=head,
             golden=GoldenSpec.from_dict(d["golden"], f"{source}: golden") if "golden" in d else None,
             metrics=_opt_table(d, "metrics", source),
             fit=None if fit is None else _table(fit, f"{source}: 'fit'"),
@@ -338,6 +374,7 @@ class Manifest:
             "preprocess": self.preprocess.to_dict(),
             "labels": list(self.labels),
             "outputs_are": self.outputs_are,
+            "head": self.head.to_dict(),
             "metrics": dict(self.metrics),
             "fit": dict(self.fit) if self.fit is not None else None,
             "reference": dict(self.reference),

@@ -2,7 +2,10 @@
 
 Whether the model ends in logits or probabilities is the manifest's ``outputs_are``; softmax is applied
 only to logits, so confidences on the device mean the same as the drift reference's confidence histogram.
-:class:`TopOne` is the one top-1: the agent builds it once per bundle and calls it on every inference.
+The manifest's ``head`` says how outputs become a class: :class:`TopOne` (one output per class, the largest
+wins) or :class:`Binary` (one sigmoid output against a threshold). :func:`top_one` picks the one for a
+manifest: the agent builds it once per bundle and calls it on every inference. :func:`decide` does the same
+for a batch of dequantised outputs (the workstation's accuracy, drift reference and the self-test).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit_agent.contract.manifest import Manifest, OutputsAre, TensorSpec
+from edgekit_agent.contract.manifest import HeadSpec, Manifest, OutputsAre, TensorSpec
 from edgekit_agent.infer.preprocess import dequantize
 
 SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
@@ -95,9 +98,61 @@ class TopOne:
         return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
 
 
+class Binary:
+    """One sigmoid output (the probability of ``labels[1]``): class 1 at or above ``threshold``, else class 0,
+    with the probability of the class chosen as its confidence."""
+
+    __slots__ = ("labels", "_logits", "_scale", "_zero", "_threshold")
+
+    def __init__(
+        self, tensor: TensorSpec, outputs_are: OutputsAre, labels: tuple[str, ...] = (), threshold: float = 0.5
+    ) -> None:
+        self.labels = labels
+        self._logits = outputs_are == "logits"
+        self._scale, self._zero = float(tensor.scale or 0.0), int(tensor.zero_point)
+        self._threshold = threshold
+
+    def index_confidence(self, out: np.ndarray) -> tuple[int, float]:
+        real = float(out.flat[0])
+        if self._scale:
+            real = (real - self._zero) * self._scale
+        if self._logits:
+            p = 1.0 / (1.0 + math.exp(-real)) if real > -700.0 else 0.0
+        else:
+            p = min(1.0, max(0.0, real))
+        return (1, p) if p >= self._threshold else (0, 1.0 - p)
+
+    def __call__(self, out: np.ndarray) -> Prediction:
+        index, confidence = self.index_confidence(out)
+        return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
+
+
+def top_one(manifest: Manifest) -> TopOne | Binary:
+    """The per-inference decision for a bundle's head (built once, called on every output)."""
+    if manifest.head.kind == "sigmoid":
+        return Binary(manifest.outputs[0], manifest.outputs_are, manifest.labels, manifest.head.threshold)
+    return TopOne.of(manifest)
+
+
 def top1(raw: np.ndarray, manifest: Manifest) -> Prediction:
-    """The top-1 :class:`Prediction` for one sample's raw output (a :class:`TopOne` serves many faster)."""
-    return TopOne.of(manifest)(raw)
+    """The top-1 :class:`Prediction` for one sample's raw output (:func:`top_one` serves many faster)."""
+    return top_one(manifest)(raw)
+
+
+def decide(real: np.ndarray, head: HeadSpec, outputs_are: OutputsAre) -> tuple[np.ndarray, np.ndarray]:
+    """(class index, confidence) per sample of dequantised outputs (N, outputs), as :func:`top_one` decides
+    one: the workstation's accuracy, confusion and drift reference and the device's self-test use this."""
+    y = np.asarray(real, dtype=np.float64).reshape(len(real), -1)
+    if head.kind == "sigmoid":
+        with np.errstate(over="ignore"):
+            p = 1.0 / (1.0 + np.exp(-y[:, 0])) if outputs_are == "logits" else np.clip(y[:, 0], 0.0, 1.0)
+        classes = (p >= head.threshold).astype(np.int64)
+        return classes, np.where(classes == 1, p, 1.0 - p)
+    classes = y.argmax(axis=-1).astype(np.int64)
+    if outputs_are == "logits":
+        z = np.exp(y - y.max(axis=-1, keepdims=True))
+        return classes, 1.0 / z.sum(axis=-1)
+    return classes, np.clip(y.max(axis=-1), 0.0, 1.0)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

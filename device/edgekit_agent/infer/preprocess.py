@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edgekit_agent.contract.errors import InputError
 from edgekit_agent.contract.manifest import PreprocessSpec, TensorSpec
+from edgekit_agent.infer.images import upright
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -26,14 +27,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".pp
 
 
 def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image fully (so truncated files fail here, not later). Raises :class:`InputError`."""
+    """Decode an image fully (so truncated files fail here, not later) and turn it upright as its EXIF
+    Orientation says. Raises :class:`InputError`."""
     label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with fp:
             img = Image.open(fp)
             img.load()
-            return img
+            return upright(img)
     except FileNotFoundError:
         raise InputError(f"{label}: no such image file.") from None
     except UnidentifiedImageError:

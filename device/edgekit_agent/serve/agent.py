@@ -34,7 +34,7 @@ from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.contract.topics import Schema, Topics
-from edgekit_agent.infer.classify import Prediction, TopOne
+from edgekit_agent.infer.classify import Prediction, top_one
 from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, float_mean, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link
@@ -132,7 +132,7 @@ class Agent:
         m = bundle.manifest
         preprocessor = bundle.preprocessor()
         in_t = m.inputs[0]
-        top_one = TopOne(m.outputs[0], m.outputs_are)
+        decide = top_one(m)  # the manifest's head: the largest of N outputs, or one sigmoid output
         interp = runtime.interpreter
         # Bound methods looked up once and swapped together (one tuple): the per-inference hot path.
         hot = (
@@ -157,7 +157,7 @@ class Agent:
             self.label_index = {name: i for i, name in enumerate(m.labels)}
             self._in_tensor = in_t
             self._in_scale, self._in_zero = float(in_t.scale or 0.0), int(in_t.zero_point)
-            self._top1 = top_one.index_confidence
+            self._top1 = decide.index_confidence
             self._n_tensor = 0
             self._hot = hot
             self._gen += 1

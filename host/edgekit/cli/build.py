@@ -102,8 +102,11 @@ def _pct(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
+    from rich.markup import escape
+
     from edgekit.build import BuildProgress, build
     from edgekit.cli import ui
+    from edgekit.cli.datasets import print_skipped
 
     if args.sign_key is not None:  # a bad key should fail now, not after minutes of training
         from edgekit.package.keys import load_private_key
@@ -143,6 +146,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
             for p in result.profiles
             if p.directory is not None
         }
+    print_skipped(result.skipped_images)
+    for warning in result.warnings:  # on stderr in both modes: --json keeps them in its document too
+        ui.err_console.print(f"[bold red]WARNING:[/] {escape(warning)}", highlight=False, markup=True, soft_wrap=True)
     if args.json:
         ui.print_json({**result.to_dict(), **({"signed_by": signed} if signed else {})})
         return status

@@ -9,7 +9,6 @@ reports classes, sizes and skipped (unreadable) images; --strict turns a skipped
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +46,31 @@ def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, qu
     from edgekit.cli import ui
     from edgekit.pipeline.data import load_dataset
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if quiet:
-            ds = load_dataset(path, spec, strict=strict)
-        else:
-            with ui.progress() as bar:
-                task = bar.add_task(f"loading {path}", total=None)
-                ds = load_dataset(
-                    path,
-                    spec,
-                    strict=strict,
-                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            ui.err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, markup=True)
+    if quiet:
+        ds = load_dataset(path, spec, strict=strict)
+    else:
+        with ui.progress() as bar:
+            task = bar.add_task(f"loading {path}", total=None)
+            ds = load_dataset(
+                path,
+                spec,
+                strict=strict,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    print_skipped(ds.skipped)
     return ds
+
+
+def print_skipped(skipped: Any) -> None:
+    """One line on stderr per image left out of a dataset, naming the file and why."""
+    from rich.markup import escape
+
+    from edgekit.cli import ui
+
+    for s in skipped:
+        ui.err_console.print(
+            f"[yellow]warning:[/] skipped {escape(s.reason)}", highlight=False, markup=True, soft_wrap=True
+        )
 
 
 def model_and_splits(
@@ -72,14 +79,20 @@ def model_and_splits(
     """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
     image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
     colour mode, and the dataset's tensors and classes must match it."""
-    from edgekit.pipeline.data import split_dataset
+    from rich.markup import escape
+
+    from edgekit.cli import ui
+    from edgekit.pipeline.data import split_dataset, thin_classes
     from edgekit.pipeline.train import load_model, model_shape
 
     model = load_model(model_path)
     shape = model_shape(model, model_path, dataset)
     ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
     shape.check(ds, dataset)
-    return model, split_dataset(ds, seed=seed)
+    splits = split_dataset(ds, seed=seed)
+    for line in thin_classes(splits):
+        ui.err_console.print(f"[bold red]WARNING:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
+    return model, splits
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
@@ -112,7 +125,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         "classes": len(ds.labels),
         "class_counts": counts,
         "spec": ds.spec.to_dict(),
-        "skipped": list(ds.skipped),
+        "skipped": [s.file for s in ds.skipped],
     }
     if args.json:
         ui.print_json(info)

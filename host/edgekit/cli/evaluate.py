@@ -24,7 +24,7 @@ from edgekit_agent.contract.errors import DatasetError, ExitStatus, ModelError, 
 if TYPE_CHECKING:
     from edgekit.pipeline.convert import LayerError
     from edgekit.pipeline.evaluate import ComparisonReport
-    from edgekit_agent.contract.manifest import PreprocessSpec
+    from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, PreprocessSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +76,8 @@ class _Target:
     split_seed: int = 0
     split_val: float = 0.15
     split_test: float = 0.15
+    head: HeadSpec | None = None  # a .tflite's: what its output width says
+    outputs_are: OutputsAre | None = None
 
 
 def _load_target(target: Path, workdir: Path) -> _Target:
@@ -106,6 +108,8 @@ def _load_target(target: Path, workdir: Path) -> _Target:
         split_seed=int(split.get("seed", 0)),
         split_val=float(split.get("val", 0.15)),
         split_test=float(split.get("test", 0.15)),
+        head=m.head,
+        outputs_are=m.outputs_are,
     )
 
 
@@ -158,6 +162,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 model=model,
                 num_threads=args.threads,
                 num_classes=len(labels),
+                head=t.head,
+                outputs_are=t.outputs_are,
                 float_bytes=_size(args.keras),
                 on_progress=lambda d, n: bar.update(task, completed=d),
             )
@@ -173,6 +179,15 @@ def run(args: argparse.Namespace) -> ExitStatus:
     }
     if layers:
         info["per_layer"] = [e.to_dict() for e in layers]
+    if report.int8_result.near_chance:
+        ui.err_console.print(
+            f"[bold red]WARNING:[/] int8 accuracy {report.int8_accuracy:.1%} is near chance "
+            f"({report.int8_result.chance:.1%}, what guessing scores on these images): the model has not learned "
+            "to tell the classes apart.",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK

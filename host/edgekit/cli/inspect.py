@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from edgekit_agent.contract.errors import ExitStatus
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             ("labels", f"{len(m['labels'])}: {', '.join(m['labels'][:12])}{' …' if len(m['labels']) > 12 else ''}"),
             ("input", ", ".join(f"{t['dtype']} {t['shape']}" for t in m["inputs"])),
             ("output", ", ".join(f"{t['dtype']} {t['shape']} ({m['outputs_are']})" for t in m["outputs"])),
+            ("head", _head_text(m["head"])),
         ]
         if "float_accuracy" in metrics and "int8_accuracy" in metrics:
             rows.append(
@@ -111,3 +113,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
     else:
         ui.err_console.print("[bold red]verification failed:[/] " + "; ".join(report.problems))
     return status
+
+
+def _head_text(head: dict[str, Any]) -> str:
+    if head["kind"] == "sigmoid":
+        return f"sigmoid (one output: the second label at probability >= {head['threshold']:g})"
+    return "softmax (one output per label)"

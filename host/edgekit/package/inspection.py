@@ -154,6 +154,7 @@ def manifest_summary(m: Manifest) -> dict[str, Any]:
             for t in m.outputs
         ],
         "outputs_are": m.outputs_are,
+        "head": m.head.to_dict(),
         "metrics": metrics,
         "fit": {"fits": fit.get("fits"), "summary": fit.get("summary")} if fit else None,
         "golden_samples": m.golden.samples if m.golden is not None else None,

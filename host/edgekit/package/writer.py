@@ -27,6 +27,7 @@ from edgekit_agent.contract.manifest import (
     MANIFEST_NAME,
     FileEntry,
     GoldenSpec,
+    HeadSpec,
     Manifest,
     OutputsAre,
     PreprocessSpec,
@@ -128,6 +129,7 @@ def write_bundle(
     golden_x: np.ndarray,
     golden_y: np.ndarray,
     outputs_are: OutputsAre,
+    head: HeadSpec | None = None,
     version: str = "1.0.0",
     metrics: Mapping[str, Any] | None = None,
     fit: Mapping[str, Any] | None = None,
@@ -137,7 +139,8 @@ def write_bundle(
     """Write ``OUT/NAME-PROFILE/`` and ``OUT/NAME-PROFILE.tar.gz``.
 
     ``outputs_are`` says whether the model ends in logits or probabilities (the device's confidence depends on
-    it); ``metrics``, ``fit`` and ``reference`` are JSON objects (the ``to_dict()`` of the build's results).
+    it); ``head`` how outputs become a class (default: one output per label, the largest wins); ``metrics``,
+    ``fit`` and ``reference`` are JSON objects (the ``to_dict()`` of the build's results).
     ``golden_x`` are a few preprocessed float inputs (N, H, W, C) with labels ``golden_y``; they are
     quantised and run through the model here so the device can prove it reproduces these outputs.
     """
@@ -153,8 +156,13 @@ def write_bundle(
     rt = Runtime(tflite, num_threads=1, model_name=f"{name}/{MODEL_NAME}")
     inputs, outputs = tensor_specs(rt)
     golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
-    if len(labels) != int(np.prod(outputs[0].shape[1:])):
-        raise BundleError(f"{name}: {len(labels)} labels but the model has {list(outputs[0].shape[1:])} outputs.")
+    head = head or HeadSpec()
+    units = int(np.prod(outputs[0].shape[1:]))
+    if (units, len(labels)) != ((1, 2) if head.kind == "sigmoid" else (len(labels), len(labels))):
+        raise BundleError(
+            f"{name}: {len(labels)} labels but the model has {list(outputs[0].shape[1:])} outputs "
+            f"(a {head.kind} head needs {'one output and two labels' if head.kind == 'sigmoid' else 'one per label'})."
+        )
 
     files: dict[str, bytes] = {MODEL_NAME: tflite}
     buf = io.BytesIO()
@@ -179,6 +187,7 @@ def write_bundle(
         labels=tuple(labels),
         files=entries,
         outputs_are=outputs_are,
+        head=head,
         golden=GoldenSpec(file=GOLDEN_NAME, samples=int(len(golden_y)), tolerance=1),
         metrics=dict(metrics or {}),
         fit=dict(fit) if fit is not None else None,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.pipeline.data import Splits
-from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite
+from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite, head_for_width
 from edgekit.pipeline.lint import LintReport, lint_full_int8
 from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
@@ -370,7 +370,8 @@ def per_layer_errors(
 def quantization_aware_training(
     model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32
 ) -> Any:
-    """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: docs/pipeline.md, Convert)."""
+    """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: docs/pipeline.md, Convert),
+    with the loss of its head: cross-entropy over N classes, or binary cross-entropy for one sigmoid output."""
     from edgekit.pipeline import zoo
 
     tfmot = zoo.import_tfmot()
@@ -385,8 +386,9 @@ def quantization_aware_training(
             f"model '{model.name}': quantisation-aware training does not support it ({exc}); tfmot cannot handle "
             "e.g. Conv+ReLU followed by BatchNorm. Convert with --no-qat or change the layer order to Conv→BN→ReLU."
         ) from None
-    qat.compile(tf_keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    qat.fit(splits.train.x, splits.train.y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    loss, targets = zoo.head_loss(base, tf_keras.losses)
+    qat.compile(tf_keras.optimizers.Adam(learning_rate), loss)
+    qat.fit(splits.train.x, targets(splits.train.y), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return qat
 
 
@@ -420,9 +422,15 @@ def convert_for_profile(
         model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed, name=name
     )
     stage("measuring float and int8 accuracy")
+    from edgekit.pipeline import zoo
+
     n_cls = len(splits.labels)
+    # The Keras model says what its output is; the int8 model is judged the same way.
+    head, kind = head_for_width(int(model.outputs[0].shape[-1])), zoo.outputs_are(model)
     float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls).accuracy
-    ptq_acc = evaluate_tflite(ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
+    ptq_acc = evaluate_tflite(
+        ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls, head=head, outputs_are=kind
+    ).accuracy
     result = replace(
         ptq,
         float_accuracy=float_acc,
@@ -450,7 +458,9 @@ def convert_for_profile(
         with_float=False,
         name=f"{name} (QAT)",
     )
-    qat_acc = evaluate_tflite(qres.tflite, part.x, part.y, num_threads=1, num_classes=n_cls).accuracy
+    qat_acc = evaluate_tflite(
+        qres.tflite, part.x, part.y, num_threads=1, num_classes=n_cls, head=head, outputs_are=kind
+    ).accuracy
     seconds = result.seconds + (time.perf_counter() - start)
     if qat_acc > ptq_acc:
         return replace(

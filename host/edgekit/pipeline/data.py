@@ -7,7 +7,6 @@ so the workstation measures accuracy on exactly the tensors a device would compu
 from __future__ import annotations
 
 import difflib
-import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,6 +27,17 @@ ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedImage:
+    """An image file that could not be read and was left out of the dataset, and why (one line that names it)."""
+
+    file: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Dataset:
     """Preprocessed samples: ``x`` (N, H, W, C) float32, ``y`` int64 class indices into ``labels``."""
 
@@ -36,7 +46,7 @@ class Dataset:
     labels: tuple[str, ...]
     spec: PreprocessSpec
     files: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (the CLI lists them, one line each)
 
     def __len__(self) -> int:
         return int(len(self.y))
@@ -247,13 +257,6 @@ def peek(path: str | Path) -> tuple[tuple[int, int, int], tuple[str, ...]]:
     return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), tuple(d.name for d in _class_dirs(p))
 
 
-def _skip(path: Path, reason: str, strict: bool) -> None:
-    if strict:
-        raise DatasetError(f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it).")
-    # A warning (not a log line): callers and tests can catch it, and the CLI lists it on stderr.
-    warnings.warn(f"skipping {reason}", UserWarning, stacklevel=3)
-
-
 def load_image_folder(
     path: str | Path,
     spec: PreprocessSpec | None = None,
@@ -263,9 +266,9 @@ def load_image_folder(
 ) -> Dataset:
     """Load ``path/CLASS/*.png|jpg|bmp…`` (class = subfolder name, sorted) into a :class:`Dataset`.
 
-    ``spec=None`` infers size and colour mode from the images. A corrupt image is skipped with a warning
-    naming it (a :class:`DatasetError` with ``strict``); fewer than two classes or a class without a
-    usable image is a :class:`DatasetError`.
+    ``spec=None`` infers size and colour mode from the images. An unreadable image is left out and listed in
+    ``Dataset.skipped`` with the reason (a :class:`DatasetError` with ``strict``); fewer than two classes or a
+    class without a usable image is a :class:`DatasetError`.
     """
     root = Path(path)
     dirs = _class_dirs(root)
@@ -281,15 +284,19 @@ def load_image_folder(
     xs: list[np.ndarray] = []
     ys: list[int] = []
     kept: list[str] = []
-    skipped: list[str] = []
+    skipped: list[SkippedImage] = []
     total, done = len(all_files), 0
     for label, (_name, files) in enumerate(per_class):
         for f in files:
             try:
                 xs.append(image_to_float(open_image(f), spec))
             except InputError as exc:
-                _skip(f, str(exc) if str(f) in str(exc) else f"{f}: {exc}", strict)
-                skipped.append(str(f))
+                reason = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+                if strict:
+                    raise DatasetError(
+                        f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it)."
+                    ) from None
+                skipped.append(SkippedImage(str(f), reason))
             else:
                 ys.append(label)
                 kept.append(str(f))
@@ -420,3 +427,21 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
         parts["train"].append(idx[n_test + n_val :])
     chosen = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     return Splits(train=ds.subset(chosen["train"]), val=ds.subset(chosen["val"]), test=ds.subset(chosen["test"]))
+
+
+def thin_classes(splits: Splits) -> tuple[str, ...]:
+    """One line per class the split left without a validation or test image (a class needs at least three
+    images for one of each), saying what that costs and what to do."""
+    lines = []
+    for cls, label in enumerate(splits.labels):
+        have = {part: int(np.sum(getattr(splits, part).y == cls)) for part in ("train", "val", "test")}
+        missing = [part for part in ("val", "test") if have[part] == 0 and len(getattr(splits, part).y)]
+        if missing:
+            n = sum(have.values())
+            held = " or ".join("validation" if part == "val" else "test" for part in missing)
+            lines.append(
+                f"class '{label}' has {n} image{'s' if n != 1 else ''}, too few for the split: it gets no {held} "
+                f"image, so its accuracy is not measured; add at least {max(1, 3 - n)} more (20 or more per class "
+                "give a figure worth trusting)."
+            )
+    return tuple(lines)

@@ -1,8 +1,9 @@
 """Accuracy of the float Keras model and of the int8 TFLite model, side by side.
 
 The int8 side runs through :class:`edgekit_agent.infer.runtime.Runtime` and :mod:`edgekit_agent.infer.preprocess`
-(quantise the float input with the model's own scale and zero point, invoke one sample at a time, argmax),
-i.e. the code a device runs, so the figure is the device's figure.
+(quantise the float input with the model's own scale and zero point, invoke one sample at a time, and the
+head's decision of :func:`edgekit_agent.infer.classify.decide`), i.e. the code a device runs, so the figure is
+the device's figure. A model with one output is a binary sigmoid head (docs/pipeline.md, Classifier heads).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from typing import Any
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, ModelError
-from edgekit_agent.contract.manifest import TensorSpec
+from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, TensorSpec
+from edgekit_agent.infer.classify import decide
 from edgekit_agent.infer.preprocess import dequantize, quantize
 from edgekit_agent.infer.runtime import Runtime
 
 ProgressFn = Callable[[int, int], None]
+# Held-out accuracy less than this far above chance is "near chance": the model has not learned the classes.
+NEAR_CHANCE_MARGIN = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,17 @@ class EvalResult:
     def correct(self) -> int:
         return int(sum(self.confusion[i][i] for i in range(len(self.confusion))))
 
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing: the larger of 1/classes and the share of the most common true class."""
+        rows = [sum(row) for row in self.confusion]
+        return max(1.0 / len(rows), max(rows) / self.samples) if rows and self.samples else float("nan")
+
+    @property
+    def near_chance(self) -> bool:
+        """Accuracy within :data:`NEAR_CHANCE_MARGIN` of :attr:`chance` (or below it)."""
+        return bool(self.accuracy < self.chance + NEAR_CHANCE_MARGIN)
+
     def per_class_accuracy(self) -> list[float | None]:
         """Recall per true class (None for a class with no samples)."""
         return [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(self.confusion)]
@@ -45,6 +60,8 @@ class EvalResult:
             "samples": self.samples,
             "correct": self.correct,
             "confusion": self.confusion,
+            "chance_accuracy": self.chance,
+            "near_chance": self.near_chance,
         }
 
 
@@ -76,6 +93,8 @@ class ComparisonReport:
             "accuracy": self.int8_accuracy,
             "samples": self.int8_result.samples,
             "int8_accuracy": self.int8_accuracy,
+            "chance_accuracy": self.int8_result.chance,
+            "near_chance": self.int8_result.near_chance,
             "confusion": self.int8_result.confusion,
             "int8_bytes": self.int8_bytes,
         }
@@ -164,19 +183,39 @@ def evaluate_tflite(
     *,
     num_threads: int | None = None,
     num_classes: int | None = None,
+    head: HeadSpec | None = None,
+    outputs_are: OutputsAre | None = None,
     on_progress: ProgressFn | None = None,
 ) -> EvalResult:
-    """Accuracy of a (quantised) TFLite model through the device's runtime and preprocessing code."""
+    """Accuracy of a (quantised) TFLite model through the device's runtime and preprocessing code.
+
+    ``head`` defaults to what the output width says (one output: sigmoid); ``outputs_are`` matters only for a
+    sigmoid head and defaults to probabilities when every output is in [0, 1] (a bundle's manifest says which)."""
     _check(x, y)
     out = predict_tflite(tflite_or_path, x, num_threads=num_threads, on_progress=on_progress)
-    return _result(y, np.argmax(out, axis=-1), num_classes or out.shape[1])
+    head = head or head_for_width(out.shape[1])
+    if outputs_are is None:
+        outputs_are = "probabilities" if ((out >= 0) & (out <= 1)).all() else "logits"
+    return _result(y, decide(out, head, outputs_are)[0], num_classes or head_classes(head, out.shape[1]))
+
+
+def head_for_width(outputs: int) -> HeadSpec:
+    """The head a model with ``outputs`` output units has: one output is a binary sigmoid head."""
+    return HeadSpec("sigmoid") if outputs == 1 else HeadSpec()
+
+
+def head_classes(head: HeadSpec, outputs: int) -> int:
+    """How many classes a head with ``outputs`` output units tells apart."""
+    return 2 if head.kind == "sigmoid" else outputs
 
 
 def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int | None = None) -> EvalResult:
-    """Accuracy of a Keras model (Keras 3 or tf_keras, any batch size) on float inputs."""
+    """Accuracy of a Keras model (Keras 3 or tf_keras, any batch size) on float inputs; its head and whether it
+    outputs logits are read from the model."""
     _check(x, y)
-    from edgekit.pipeline.zoo import with_fixed_batch
+    from edgekit.pipeline.zoo import outputs_are, with_fixed_batch
 
+    kind = outputs_are(model)
     fixed_batch = model.inputs[0].shape[0]
     if fixed_batch:  # a batch-1 export model: predict with a free-batch twin (same weights), or sample by sample
         try:
@@ -185,9 +224,14 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int
             probs = np.concatenate(
                 [np.asarray(model(x[i : i + fixed_batch], training=False)) for i in range(0, len(x), fixed_batch)]
             )
-            return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
-    probs = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    return _result(y, np.argmax(probs, axis=-1), num_classes or probs.shape[-1])
+            return _keras_result(y, probs, kind, num_classes)
+    return _keras_result(y, np.asarray(model.predict(x, batch_size=256, verbose=0)), kind, num_classes)
+
+
+def _keras_result(y: np.ndarray, out: np.ndarray, kind: OutputsAre, num_classes: int | None) -> EvalResult:
+    out = out.reshape(len(out), -1)
+    head = head_for_width(out.shape[1])
+    return _result(y, decide(out, head, kind)[0], num_classes or head_classes(head, out.shape[1]))
 
 
 def compare(
@@ -198,12 +242,21 @@ def compare(
     model: Any | None = None,
     num_threads: int | None = None,
     num_classes: int | None = None,
+    head: HeadSpec | None = None,
+    outputs_are: OutputsAre | None = None,
     float_bytes: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> ComparisonReport:
     """Int8 accuracy of the TFLite model and, when ``model`` is given, float accuracy of the Keras model."""
     int8 = evaluate_tflite(
-        tflite_or_path, x, y, num_threads=num_threads, num_classes=num_classes, on_progress=on_progress
+        tflite_or_path,
+        x,
+        y,
+        num_threads=num_threads,
+        num_classes=num_classes,
+        head=head,
+        outputs_are=outputs_are,
+        on_progress=on_progress,
     )
     flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
     size = len(tflite_or_path) if isinstance(tflite_or_path, bytes) else Path(tflite_or_path).stat().st_size

@@ -166,7 +166,8 @@ def prune_model(
         wrapped = sp.prune_low_magnitude(base, pruning_schedule=sched)
     except ValueError as exc:
         raise ModelError(f"model '{model.name}': tfmot cannot prune it ({exc}).") from None
-    wrapped.compile(tf_keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss, targets = zoo.head_loss(base, tf_keras.losses)
+    wrapped.compile(tf_keras.optimizers.Adam(learning_rate), loss, metrics=["accuracy"])
     callbacks: list[Any] = [sp.UpdatePruningStep()]
     if on_epoch is not None:
 
@@ -175,10 +176,10 @@ def prune_model(
                 on_epoch(epoch, epochs, {k: float(v) for k, v in (logs or {}).items()})
 
         callbacks.append(_Report())
-    val = (splits.val.x, splits.val.y) if len(splits.val.y) else None
+    val = (splits.val.x, targets(splits.val.y)) if len(splits.val.y) else None
     wrapped.fit(
         splits.train.x,
-        splits.train.y,
+        targets(splits.train.y),
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,

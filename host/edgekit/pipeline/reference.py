@@ -11,7 +11,7 @@ The device agent compares each telemetry window against these with PSI. The layo
   counted in the first/last bin (so a shifted input shows up in the edge bins instead of vanishing).
 * ``class_freq``: the int8 model's predicted-class distribution on held-out data.
 * ``confidence``: histogram of the top-1 probability (softmax of the dequantised outputs when the model
-  outputs logits; ``outputs_are`` says which).
+  outputs logits; ``outputs_are`` says which); for a sigmoid head, the probability of the class chosen.
 
 The numbers are computed with the device's own runtime and quantisation code (``edgekit_agent``), so the
 device's live statistics and this reference are measured the same way.
@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, ModelError
-from edgekit_agent.contract.manifest import OutputsAre, TensorSpec
+from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, TensorSpec
+from edgekit_agent.infer.classify import decide
 from edgekit_agent.infer.preprocess import dequantize, quantize
 from edgekit_agent.infer.runtime import Runtime
 
@@ -110,13 +111,6 @@ def detect_outputs_are(real_outputs: np.ndarray, atol: float = 0.05) -> OutputsA
     return "logits"
 
 
-def top1_confidence(real_outputs: np.ndarray, outputs_are: OutputsAre) -> np.ndarray:
-    """The top-1 probability per sample, from dequantised outputs."""
-    y = np.asarray(real_outputs, dtype=np.float64)
-    probs = softmax(y) if outputs_are == "logits" else y
-    return np.clip(probs.max(axis=-1), 0.0, 1.0)
-
-
 def psi(actual: Sequence[float], expected: Sequence[float], floor: float = PSI_FLOOR) -> float:
     """Population stability index ``sum((a - e) * ln(a / e))`` with both fractions floored at ``floor``."""
     a = np.maximum(np.asarray(actual, dtype=np.float64), floor)
@@ -155,23 +149,28 @@ def compute_reference(
     num_classes: int,
     *,
     outputs_are: OutputsAre | None = None,
+    head: HeadSpec | None = None,
 ) -> Reference:
     """Drift reference for an int8 model: input means from ``train_x``, predictions from ``heldout_x``.
 
     ``outputs_are`` is detected from the held-out outputs when not given (rows of non-negative values
-    summing to 1 are probabilities). Both arrays are preprocessed float inputs (N, H, W, C).
+    summing to 1 are probabilities). ``head`` (default: softmax) decides the class and its confidence as the
+    device does (:func:`edgekit_agent.infer.classify.decide`). Both arrays are preprocessed float inputs
+    (N, H, W, C).
     """
     means = input_means(train_x)
     edges = equal_width_edges(means)
     input_hist = Histogram(tuple(float(e) for e in edges), tuple(float(f) for f in histogram(means, edges)))
 
     _, real = run_int8(tflite, heldout_x)
-    if real.shape[-1] != num_classes:
+    head = head or HeadSpec()
+    units = 2 if head.kind == "sigmoid" and real.shape[-1] == 1 else real.shape[-1]
+    if units != num_classes:
         raise ModelError(f"the model has {real.shape[-1]} outputs but the dataset has {num_classes} classes.")
     kind: OutputsAre = outputs_are or detect_outputs_are(real)
-    predicted = real.argmax(axis=-1)
+    predicted, confidence = decide(real, head, kind)
     class_freq = np.bincount(predicted, minlength=num_classes) / len(predicted)
-    conf = histogram(top1_confidence(real, kind), CONFIDENCE_EDGES)
+    conf = histogram(confidence, CONFIDENCE_EDGES)
     return Reference(
         input_mean=input_hist,
         class_freq=tuple(float(f) for f in class_freq),

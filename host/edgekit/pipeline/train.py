@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.pipeline.data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 from edgekit_agent.contract.errors import EdgekitError, ModelError, UsageError
-from edgekit_agent.contract.manifest import OutputsAre, PreprocessSpec
+from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, PreprocessSpec
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -232,15 +232,23 @@ def _shapes(tensors: Any) -> list[tuple[int | None, ...]]:
 @dataclass(frozen=True, slots=True)
 class ModelShape:
     """What a classifier takes and gives: one image input (batch, H, W, C) and one output whose last
-    dimension is the number of classes. ``path`` is the model file (named in errors)."""
+    dimension is the number of classes, or 1 for a binary sigmoid head. ``path`` is the model file (named in
+    errors), ``activation`` the one its last layer ends in."""
 
     path: Path
     input_shape: tuple[int | None, ...]
     output_shape: tuple[int | None, ...]
+    activation: str = ""
 
     @property
     def classes(self) -> int | None:
-        return self.output_shape[-1] if self.output_shape else None
+        """How many classes the model tells apart (2 for one sigmoid output), None when its output is open."""
+        units = self.output_shape[-1] if self.output_shape else None
+        return 2 if units == 1 else units
+
+    @property
+    def head(self) -> HeadSpec:
+        return HeadSpec("sigmoid") if self.output_shape and self.output_shape[-1] == 1 else HeadSpec()
 
     def dataset_spec(self, dataset: str | Path) -> PreprocessSpec | None:
         """The spec to load ``dataset`` with so its images become this model's input (None for an ``.npz``:
@@ -261,11 +269,26 @@ class ModelShape:
                 f"or a model for {shape_text(have)} inputs."
             )
         n = len(ds.labels)
-        if self.classes is not None and self.classes != n:
+        if self.head.kind == "sigmoid":
+            if "softmax" in self.activation:
+                raise ModelError(
+                    f"{self.path}: the model ends in a softmax over one output, which is always 1.0 whatever the "
+                    "image; a binary classifier ends in Dense(1, activation='sigmoid') (or Dense(1) for a logit), "
+                    "a classifier of N classes in Dense(N, activation='softmax')."
+                )
+            if n != 2:
+                raise ModelError(
+                    f"{self.path}: the model has one output (a binary sigmoid classifier), but the dataset {dataset} "
+                    f"has {n} classes ({', '.join(ds.labels)}); give a dataset of exactly two class folders (the "
+                    "first in sorted order is the output's 0, the second its 1), or a model with one output per "
+                    "class."
+                )
+        elif self.classes is not None and self.classes != n:
+            two = " or, for two classes, one sigmoid output (Dense(1, activation='sigmoid'))" if n == 2 else ""
             raise ModelError(
                 f"{self.path}: the model has {self.classes} outputs (output shape {shape_text(self.output_shape)}), "
                 f"but the dataset {dataset} has {n} classes ({', '.join(ds.labels)}); "
-                "give a model with one output per class (e.g. a last Dense layer of that many units) "
+                f"give a model with one output per class (e.g. a last Dense layer of that many units){two}, "
                 "or a dataset with one class folder per output."
             )
 
@@ -305,7 +328,9 @@ def _model_shape(model: Any, path: Path) -> ModelShape:
             "a classifier for edgekit needs exactly one output of shape (batch, classes)."
         )
     image_input(inputs[0], str(path))  # rank 4, 1 or 3 channels
-    return ModelShape(path=path, input_shape=inputs[0], output_shape=outputs[0])
+    from edgekit.pipeline.zoo import last_activation
+
+    return ModelShape(path=path, input_shape=inputs[0], output_shape=outputs[0], activation=last_activation(model))
 
 
 def _dataset_needs(dataset: str | Path) -> str:
@@ -315,5 +340,6 @@ def _dataset_needs(dataset: str | Path) -> str:
         return ""  # the dataset's own problem is reported when it is loaded
     return (
         f"The dataset {dataset} has {len(labels)} classes of {w}x{h} {'grey' if c == 1 else 'RGB'} images: "
-        f"a model for it takes (batch, {h}, {w}, {c}) and gives (batch, {len(labels)})."
+        f"a model for it takes (batch, {h}, {w}, {c}) and gives (batch, {len(labels)})"
+        + (" or, binary, (batch, 1) from a sigmoid." if len(labels) == 2 else ".")
     )

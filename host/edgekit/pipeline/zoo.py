@@ -157,12 +157,27 @@ def arch_of(model: Any) -> ZooModel | None:
     return found
 
 
-def outputs_are(model: Any) -> OutputsAre:
-    """``"probabilities"`` when the last layer ends in softmax, else ``"logits"`` (for the drift reference)."""
+def last_activation(model: Any) -> str:
+    """The name of the activation the model ends in (``softmax``, ``sigmoid``, ``linear``…), lower case."""
     last = model.layers[-1]
     act = getattr(last, "activation", None)
-    name = getattr(act, "__name__", "") or type(last).__name__.lower()
-    return "probabilities" if "softmax" in name.lower() else "logits"
+    return (getattr(act, "__name__", "") or type(last).__name__).lower()
+
+
+def outputs_are(model: Any) -> OutputsAre:
+    """``"probabilities"`` when the last layer ends in softmax or sigmoid, else ``"logits"``."""
+    name = last_activation(model)
+    return "probabilities" if "softmax" in name or "sigmoid" in name else "logits"
+
+
+def head_loss(model: Any, losses: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """The loss to fine-tune ``model`` with (``losses``: its Keras' loss module, e.g. ``tf_keras.losses``) and
+    how class indices become the targets it wants: binary cross-entropy on (N, 1) floats for one sigmoid
+    output, else sparse categorical cross-entropy on the indices; from logits when the model outputs logits."""
+    logits = outputs_are(model) == "logits"
+    if int(model.outputs[0].shape[-1]) == 1:
+        return losses.BinaryCrossentropy(from_logits=logits), lambda y: y.astype("float32")[:, None]
+    return losses.SparseCategoricalCrossentropy(from_logits=logits), lambda y: y
 
 
 def _fixed_batch_config(cfg: Any, batch: int | None) -> Any:
