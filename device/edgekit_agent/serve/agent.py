@@ -102,6 +102,7 @@ class Agent:
         self.journal: TelemetryJournal | None = None
         self._window_lock = threading.RLock()
         self._put_lock = threading.RLock()
+        self._journal_down = False  # the journal could not be written (logged once per episode)
         self._switched_upto: int | None = None  # journal rows of the recorder an OTA switch just replaced
         self.link: Link | None = None
         self.commands: CommandProcessor | None = None
@@ -406,9 +407,10 @@ class Agent:
     def _journal(
         self, path: str, target: str | None, pred: Prediction | None, label: str | None, code: str | None
     ) -> None:
-        """Journal a served image before its move; a journal that cannot be written (a full disk) leaves the
-        image counted in memory only, as without a journal."""
-        if self.journal is None:
+        """Journal a served image before its move. While the disk is full the journal stands aside (it would
+        compete with the outbox for the last bytes): the image is then counted in memory only, as without a
+        journal, and a crash meanwhile loses the open window (docs/agent.md, "Full disk")."""
+        if self.journal is None or self._disk_full:
             return
         record = None
         if pred is not None:
@@ -419,7 +421,22 @@ class Agent:
                 int(time.time() * 1000), Path(path), None if target is None else Path(target), record, code
             )
         except EdgekitError as exc:
-            log.warning("%s: %s; %s is counted in memory only", self.settings.device_id, exc, path)
+            self._journal_failed(exc)
+        else:
+            self._journal_ok()
+
+    def _journal_failed(self, exc: EdgekitError) -> None:
+        """Say once per episode that the journal cannot be written, not once per image."""
+        if not self._journal_down:
+            self._journal_down = True
+            log.warning(
+                "%s: %s; images are counted in memory only until it can be written again", self.settings.device_id, exc
+            )
+
+    def _journal_ok(self) -> None:
+        if self._journal_down:
+            self._journal_down = False
+            log.warning("%s: the telemetry journal is written again", self.settings.device_id)
 
     def _mark_done(
         self, root: Path, path: str, pred: Prediction | None, label: str | None, name: str, code: str | None
@@ -545,7 +562,12 @@ class Agent:
             return
         with self._put_lock:
             stats = outbox.stats()
-            journal.begin_close(stats.epoch, stats.next_seq, upto)
+            try:
+                journal.begin_close(stats.epoch, stats.next_seq, upto)
+            except EdgekitError as exc:  # a full disk: the window goes to the outbox (its memory lane) all the same
+                self._journal_failed(exc)
+                self.publish(self.topics.telemetry, body, expendable=True)
+                return
             try:
                 self.publish(self.topics.telemetry, body, expendable=True)
             except Exception:
@@ -555,7 +577,10 @@ class Agent:
                     else:
                         self.recorder.record_error(r.error)
                 raise
-        journal.end_close()
+        try:
+            journal.end_close()
+        except EdgekitError as exc:  # the marker stays: the next start sees the window reached the outbox
+            self._journal_failed(exc)
 
     def _recover_journal(self) -> None:
         """Finish the moves a crash interrupted and publish the images journaled since the last stored window as
