@@ -68,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where bundles and archives are written")
     parser.add_argument(
-        "--model", type=Path, metavar="FILE", help="use this Keras model (.keras, .h5, SavedModel) instead of training"
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="use this model instead of training: Keras (.keras, .h5, SavedModel), a float .tflite or .onnx",
     )
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
