@@ -269,10 +269,12 @@ def _model_out(s: _State) -> Path:
 
 
 def _convert(s: _State, profile: Profile) -> None:
-    from edgekit.pipeline import convert
+    from edgekit.pipeline import convert, foreign
 
     key = _dtypes(profile)
-    if key not in s.conversions:
+    if key not in s.conversions and isinstance(s.model, foreign.ForeignModel):  # no Keras model, so no QAT
+        s.conversions[key] = foreign.convert_for_profile(s.model, s.splits, profile, seed=s.seed, on_stage=s.report)
+    elif key not in s.conversions:
         s.conversions[key] = convert.convert_for_profile(
             s.model,
             s.splits,

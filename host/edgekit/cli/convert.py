@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.cli.datasets import model_and_splits
     from edgekit.pipeline.convert import convert_for_profile
+    from edgekit.pipeline.foreign import convert_for_profile as foreign_for_profile
     from edgekit.pipeline.foreign import is_foreign
     from edgekit.profiles import load_profile
 
@@ -63,18 +64,24 @@ def run(args: argparse.Namespace) -> ExitStatus:
     keras_model = not is_foreign(args.model)
     with ui.progress() as bar:
         task = bar.add_task("converting", total=None)
-        res = convert_for_profile(
-            model,
-            splits,
-            profile,
-            max_accuracy_drop=args.max_accuracy_drop,
-            qat=not args.no_qat,
-            qat_epochs=args.qat_epochs,
-            num_samples=args.representative_samples,
-            seed=args.seed,
-            name=args.model.name,
-            on_stage=lambda msg: bar.update(task, description=msg),
-        )
+        on_stage = lambda msg: bar.update(task, description=msg)  # noqa: E731
+        if keras_model:
+            res = convert_for_profile(
+                model,
+                splits,
+                profile,
+                max_accuracy_drop=args.max_accuracy_drop,
+                qat=not args.no_qat,
+                qat_epochs=args.qat_epochs,
+                num_samples=args.representative_samples,
+                seed=args.seed,
+                name=args.model.name,
+                on_stage=on_stage,
+            )
+        else:  # a float .tflite or ONNX model: no Keras model to fine-tune, so ai-edge-quantizer and no QAT
+            res = foreign_for_profile(
+                model, splits, profile, num_samples=args.representative_samples, seed=args.seed, on_stage=on_stage
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(res.tflite)
     if args.float_out:

@@ -408,15 +408,8 @@ def convert_for_profile(
 
     Accuracy is measured on the validation split (the test split when there is none). QAT runs when
     int8 is more than ``max_accuracy_drop`` points below float (or always with ``force_qat``); the better
-    int8 model is kept. The result records both figures and which was kept. A
-    :class:`~edgekit.pipeline.foreign.ForeignModel` is quantised by :mod:`edgekit.pipeline.foreign` instead.
+    int8 model is kept. The result records both figures and which was kept.
     """
-    from edgekit.pipeline import foreign
-
-    if isinstance(model, foreign.ForeignModel):  # a float .tflite or ONNX file: no Keras model, so no QAT
-        return foreign.convert_for_profile(
-            model, splits, profile, num_samples=num_samples, seed=seed, on_stage=on_stage
-        )
     stage = on_stage or (lambda _msg: None)
     in_dt, out_dt = str(profile.input_dtype), str(profile.output_dtype)
     split_name, part = ("val", splits.val) if len(splits.val.y) else ("test", splits.test)
