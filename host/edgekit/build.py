@@ -470,7 +470,7 @@ def build(
         )
     model_path = Path(model) if model is not None else None
     if model_path is not None and not model_path.exists():
-        raise ModelError(f"{model_path}: no such model file (.keras, .h5 or a SavedModel directory).")
+        raise ModelError(f"{model_path}: no such model file (.keras, .h5, a SavedModel directory, .tflite or .onnx).")
     if prune is not None and model_path is not None:
         from edgekit.pipeline.foreign import is_foreign  # no TensorFlow import
 

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     ui.console.print(
         ui.table(
             f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; "
-            f"Keras model: {result.model_file}",
+            f"model: {result.model_file}",
             ("", *(p.profile for p in result.profiles)),
             [(label, *(get(p) for p in result.profiles)) for label, get in fields],
         )
