@@ -19,5 +19,5 @@ lock() {  # lock EXTRAS OUTPUT
   } > "$2"
   echo "lock: wrote $2 ($(grep -vc '^#' "$2") packages)" >&2
 }
-lock host,device,dev requirements/lock.txt
+lock host,import,device,dev requirements/lock.txt
 lock device-legacy requirements/lock-legacy.txt

@@ -14,8 +14,8 @@ fi
 stamp="$VENV/.edgekit-installed"
 want=$(cat pyproject.toml requirements/lock.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing edgekit[host,device,dev] into $VENV (TensorFlow is ~600 MB the first time)" >&2
+  echo "setup: installing edgekit[host,import,device,dev] into $VENV (TensorFlow is ~600 MB the first time)" >&2
   # The lock pins the versions CI tested (scripts/lock.sh refreshes it); pyproject.toml keeps the ranges.
-  "$VENV/bin/pip" install -q -c requirements/lock.txt -e ".[host,device,dev]"
+  "$VENV/bin/pip" install -q -c requirements/lock.txt -e ".[host,import,device,dev]"
   echo "$want" > "$stamp"
 fi

@@ -209,11 +209,15 @@ def _load_data(s: _State) -> None:
 
 
 def _load_model(s: _State) -> None:
-    from edgekit.pipeline import train
+    from edgekit.pipeline import foreign, train
 
     assert s.model_path is not None
-    s.model = train.load_model(s.model_path)
-    s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes) output
+    if foreign.is_foreign(s.model_path):  # a float .tflite or ONNX file, quantised by the convert step
+        s.model = foreign.load_foreign(s.model_path)
+        s.model_shape = s.model.shape
+    else:
+        s.model = train.load_model(s.model_path)
+        s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes)
     s.model_file = s.model_path
     s.head = s.model_shape.head
     s.trained_arch = f"file:{s.model_path.name}"
@@ -258,8 +262,12 @@ def _prune_metrics(s: _State) -> dict[str, Any] | None:
 
 
 def _save_model(s: _State) -> None:
-    from edgekit.pipeline import train, zoo
+    from edgekit.pipeline import foreign, train, zoo
 
+    if isinstance(s.model, foreign.ForeignModel):  # the user's file is the model: nothing to save
+        s.outputs_are = s.model.outputs_are
+        s.float_accuracy = foreign.float_accuracy(s.model, s.splits.test.x, s.splits.test.y)
+        return
     if s.model_file is None or s.pruned is not None:  # kept next to the bundles, so `--model` can rebuild from it
         s.model_file = train.save_model(s.model, _model_out(s))
     s.outputs_are = zoo.outputs_are(s.model)
@@ -279,10 +287,12 @@ def _model_out(s: _State) -> Path:
 
 
 def _convert(s: _State, profile: Profile) -> None:
-    from edgekit.pipeline import convert
+    from edgekit.pipeline import convert, foreign
 
     key = _dtypes(profile)
-    if key not in s.conversions:
+    if key not in s.conversions and isinstance(s.model, foreign.ForeignModel):  # no Keras model, so no QAT
+        s.conversions[key] = foreign.convert_for_profile(s.model, s.splits, profile, seed=s.seed, on_stage=s.report)
+    elif key not in s.conversions:
         s.conversions[key] = convert.convert_for_profile(
             s.model,
             s.splits,
@@ -494,7 +504,12 @@ def build(
         )
     model_path = Path(model) if model is not None else None
     if model_path is not None and not model_path.exists():
-        raise ModelError(f"{model_path}: no such model file (.keras, .h5 or a SavedModel directory).")
+        raise ModelError(f"{model_path}: no such model file (.keras, .h5, a SavedModel directory, .tflite or .onnx).")
+    if prune is not None and model_path is not None:
+        from edgekit.pipeline.foreign import is_foreign  # no TensorFlow import
+
+        if is_foreign(model_path):
+            raise UsageError(f"--prune fine-tunes a Keras model; {model_path} is not one: build without --prune.")
     if prune is not None and not 0.0 < prune < 1.0:
         raise UsageError(f"prune sparsity must be a fraction between 0 and 1 (e.g. 0.5), got {prune}.")
     if epochs is not None and epochs < 1:

@@ -68,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where bundles and archives are written")
     parser.add_argument(
-        "--model", type=Path, metavar="FILE", help="use this Keras model (.keras, .h5, SavedModel) instead of training"
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="use this model instead of training: Keras (.keras, .h5, SavedModel), a float .tflite or .onnx",
     )
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     ui.console.print(
         ui.table(
             f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; "
-            f"Keras model: {result.model_file}",
+            f"model: {result.model_file}",
             ("", *(p.profile for p in result.profiles)),
             [(label, *(get(p) for p in result.profiles)) for label, get in fields],
         )

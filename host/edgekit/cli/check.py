@@ -1,7 +1,8 @@
 """Check whether a .tflite model (made by edgekit or not) fits device profiles: the exact TFLite Micro
 tensor arena plus margin against an MCU's RAM, model plus runtime against its flash, every operator
 against the firmware's op set, Coral's Edge TPU rules (and edgetpu_compiler when installed), tensor
-dtypes. Prints a verdict table; exits DOES_NOT_FIT (4) when the model misses any chosen profile.
+dtypes. Prints a verdict table; exits DOES_NOT_FIT (4) when the model misses any chosen profile. A float
+model (not quantised) gets no table: it exits BAD_INPUT (3) with the command that quantises it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def _ops(report) -> str:
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.fit.check import check_fit
+    from edgekit.pipeline.foreign import not_quantised_message
     from edgekit.profiles import load_all_profiles, load_profile
 
     try:
@@ -64,6 +66,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
             f"{args.model} is a directory; give a .tflite file (use `edgekit inspect` for bundles)."
         ) from None
     profiles = load_all_profiles() if args.all_profiles else [load_profile(p) for p in args.profile]
+    float_model = not_quantised_message(tflite, args.model)
+    if float_model is not None:  # every profile runs full int8: a fit table would only say DOES NOT FIT
+        raise ModelError(float_model)
     reports = []
     with ui.progress() as bar:
         task = bar.add_task(f"checking {args.model.name}", total=len(profiles))

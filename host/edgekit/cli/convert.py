@@ -1,4 +1,5 @@
-"""Convert a Keras model (.keras, .h5 or SavedModel) to a full-integer TFLite model for a device profile.
+"""Convert a model to a full-integer TFLite model for a device profile: a Keras model (.keras, .h5 or
+SavedModel), a float .tflite or an .onnx file.
 
 Post-training quantisation calibrates on --representative-samples images drawn (seeded) from the training
 split of --dataset; input and output tensors get the profile's dtype (int8 or uint8). The converter runs
@@ -6,7 +7,9 @@ in a child process, so a converter crash is reported as an error (exit 6) instea
 The result is linted: a float island (DEQUANTIZE -> float op -> QUANTIZE) or a wrong input/output dtype
 is an error naming the operator. Float and int8 accuracy are compared on the validation split; when int8
 is more than --max-accuracy-drop points below float, quantisation-aware training runs and the better
-model is kept (--no-qat turns that off).
+model is kept (--no-qat turns that off). A float .tflite or .onnx file (ONNX through onnx2tf first) is
+quantised by ai-edge-quantizer with the same calibration images and measured the same way; with no Keras model
+there is no QAT.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from edgekit_agent.contract.errors import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, metavar="MODEL", help="Keras model: .keras, .h5 or SavedModel directory")
+    parser.add_argument(
+        "model", type=Path, metavar="MODEL", help="Keras model (.keras, .h5, SavedModel dir), float .tflite or .onnx"
+    )
     parser.add_argument(
         "--dataset", type=Path, required=True, metavar="DIR", help="image folder or .npz (calibration and accuracy)"
     )
@@ -48,24 +53,35 @@ def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.cli.datasets import model_and_splits
     from edgekit.pipeline.convert import convert_for_profile
+    from edgekit.pipeline.foreign import convert_for_profile as foreign_for_profile
+    from edgekit.pipeline.foreign import is_foreign
     from edgekit.profiles import load_profile
 
     profile = load_profile(args.profile)  # fail fast on a typo, before TensorFlow loads
-    model, splits = model_and_splits(args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json)
+    model, splits = model_and_splits(
+        args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json, foreign=True
+    )
+    keras_model = not is_foreign(args.model)
     with ui.progress() as bar:
         task = bar.add_task("converting", total=None)
-        res = convert_for_profile(
-            model,
-            splits,
-            profile,
-            max_accuracy_drop=args.max_accuracy_drop,
-            qat=not args.no_qat,
-            qat_epochs=args.qat_epochs,
-            num_samples=args.representative_samples,
-            seed=args.seed,
-            name=args.model.name,
-            on_stage=lambda msg: bar.update(task, description=msg),
-        )
+        on_stage = lambda msg: bar.update(task, description=msg)  # noqa: E731
+        if keras_model:
+            res = convert_for_profile(
+                model,
+                splits,
+                profile,
+                max_accuracy_drop=args.max_accuracy_drop,
+                qat=not args.no_qat,
+                qat_epochs=args.qat_epochs,
+                num_samples=args.representative_samples,
+                seed=args.seed,
+                name=args.model.name,
+                on_stage=on_stage,
+            )
+        else:  # a float .tflite or ONNX model: no Keras model to fine-tune, so ai-edge-quantizer and no QAT
+            res = foreign_for_profile(
+                model, splits, profile, num_samples=args.representative_samples, seed=args.seed, on_stage=on_stage
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(res.tflite)
     if args.float_out:
@@ -85,6 +101,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
             "int8 accuracy, QAT",
             pct(res.qat_int8_accuracy)
             if res.qat_ran
+            else "not possible (no Keras model)"
+            if not keras_model
             else "not run (drop within limit)"
             if not args.no_qat
             else "not run (--no-qat)",
@@ -98,7 +116,12 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if res.accuracy_drop is not None and res.accuracy_drop > args.max_accuracy_drop:
         ui.err_console.print(
             f"[yellow]warning:[/] int8 is still {res.accuracy_drop:.2f} points below float "
-            f"(limit {args.max_accuracy_drop}); more data or QAT epochs may help.",
+            f"(limit {args.max_accuracy_drop}); "
+            + (
+                "more data or QAT epochs may help."
+                if keras_model
+                else "more or more typical calibration images may help."
+            ),
             highlight=False,
             markup=True,
         )

@@ -74,19 +74,25 @@ def print_skipped(skipped: Any) -> None:
 
 
 def model_and_splits(
-    model_path: Path, dataset: Path, *, seed: int, strict: bool = False, quiet: bool = False
+    model_path: Path, dataset: Path, *, seed: int, strict: bool = False, quiet: bool = False, foreign: bool = False
 ) -> tuple[Any, Any]:
     """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
     image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
-    colour mode, and the dataset's tensors and classes must match it."""
+    colour mode, and the dataset's tensors and classes must match it. With ``foreign`` a float .tflite or
+    .onnx file is taken too (as a :class:`~edgekit.pipeline.foreign.ForeignModel`)."""
     from rich.markup import escape
 
     from edgekit.cli import ui
     from edgekit.pipeline.data import split_dataset, thin_classes
+    from edgekit.pipeline.foreign import is_foreign, load_foreign
     from edgekit.pipeline.train import load_model, model_shape
 
-    model = load_model(model_path)
-    shape = model_shape(model, model_path, dataset)
+    if foreign and is_foreign(model_path):
+        model = load_foreign(model_path)
+        shape = model.shape
+    else:
+        model = load_model(model_path)
+        shape = model_shape(model, model_path, dataset)
     ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
     shape.check(ds, dataset)
     splits = split_dataset(ds, seed=seed)
