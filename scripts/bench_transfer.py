@@ -34,6 +34,7 @@ from synthetic_images import PRETRAIN_SHAPES, TARGET_SHAPES, write_shapes  # noq
 def pretrain(cache: Path, alpha: float, size: int, per_class: int, epochs: int) -> Path:
     """The pretrained base's weights file (cached: same arguments, same file)."""
     import keras
+    import numpy as np
 
     from edgekit.pipeline import backbones
 
@@ -49,7 +50,10 @@ def pretrain(cache: Path, alpha: float, size: int, per_class: int, epochs: int) 
     model = keras.Model(base.inputs, out)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     t0 = time.perf_counter()
-    hist = model.fit(ds.x, ds.y, epochs=epochs, batch_size=32, shuffle=True, verbose=0, validation_split=0.1)
+    order = np.random.default_rng(0).permutation(len(ds.y))  # validation_split takes the tail: mix the classes
+    hist = model.fit(
+        ds.x[order], ds.y[order], epochs=epochs, batch_size=32, shuffle=True, verbose=0, validation_split=0.1
+    )
     print(
         f"pretrained on {len(ds.y)} images of {len(ds.labels)} shapes in {time.perf_counter() - t0:.0f} s, "
         f"val accuracy {hist.history['val_accuracy'][-1]:.3f}",

@@ -108,8 +108,9 @@ class BackboneChoice:
         }
 
 
-# (alpha, square input size) per device class. Measured on this repository's profiles (docs/pipeline.md,
-# Pretrained backbones): no MobileNetV2 fits a TFLite Micro arena of these MCUs, so MCUs get the smallest.
+# (alpha, square input size) per device class: the smallest network and the smallest ImageNet file for an MCU
+# (MobileNetV2-0.35 is ~600 KB as int8: it fits the flash of the 2 MB MCU profiles, 0.5 needs ~940 KB), more
+# width and resolution where RAM and storage are plentiful (docs/pipeline.md, Pretrained backbones).
 _SUGGESTED = {"mcu": (0.35, 96), "small_cpu": (0.35, 128), "cpu": (0.5, 160), "edgetpu": (0.5, 160)}
 _SMALL_CPU_RAM = 128 * 1024 * 1024
 
