@@ -186,10 +186,12 @@ def _load_data(s: _State) -> None:
 
     # A model file decides the image size and colour mode; the dataset must then match its input and classes.
     spec = s.model_shape.dataset_spec(s.dataset) if s.model_shape is not None else None
-    if s.backbone is not None:  # the backbone decides size, colour and scaling ([-1, 1])
-        from edgekit.pipeline import backbones
+    from edgekit.pipeline import backbones
 
-        s.ds = backbones.load_dataset(s.dataset, s.backbone)
+    # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]).
+    choice = s.backbone or (backbones.choice_of(s.model) if s.model is not None else None)
+    if choice is not None:
+        s.ds = backbones.load_dataset(s.dataset, choice)
     else:
         s.ds = data.load_dataset(s.dataset, spec)
     if s.model_shape is not None:

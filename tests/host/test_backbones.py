@@ -84,6 +84,16 @@ def test_build_starts_from_the_file_and_keeps_the_base_frozen(built, pretrained:
     assert all(layer.trainable for layer in model.layers)  # an ordinary model for pruning and QAT
 
 
+def test_a_model_file_from_a_backbone_gets_its_scaling_back(built, target: Path) -> None:
+    from edgekit.cli.datasets import model_and_splits
+    from edgekit.pipeline import backbones
+
+    # `build --model OUT/NAME.keras`, `convert` and `prune` calibrate and measure on [-1, 1] images, as trained.
+    model, splits = model_and_splits(built.model_file, target, seed=0, quiet=True)
+    assert backbones.choice_of(model) == backbones.BackboneChoice("mobilenet_v2", 0.35, SIZE)
+    assert splits.spec.scale == pytest.approx(1 / 127.5) and splits.train.x.min() < -0.5
+
+
 def test_manifest_records_the_backbone_scaling_and_the_device_computes_the_same_tensors(built, target: Path) -> None:
     from edgekit.pipeline import backbones
     from edgekit_agent.bundle.load import load_bundle

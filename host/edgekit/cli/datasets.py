@@ -72,12 +72,17 @@ def model_and_splits(
     """A user's Keras model and the dataset split for it (convert, prune): the model is checked first (one
     image input, one (batch, classes) output, else ModelError), the images are loaded at its input size and
     colour mode, and the dataset's tensors and classes must match it."""
+    from edgekit.pipeline.backbones import choice_of, load_dataset
     from edgekit.pipeline.data import split_dataset
     from edgekit.pipeline.train import load_model, model_shape
 
     model = load_model(model_path)
     shape = model_shape(model, model_path, dataset)
-    ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
+    backbone = choice_of(model)  # trained with --backbone: its images are scaled to [-1, 1]
+    if backbone is not None:
+        ds = load_dataset(dataset, backbone, strict=strict)
+    else:
+        ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
     shape.check(ds, dataset)
     return model, split_dataset(ds, seed=seed)
 

@@ -239,6 +239,16 @@ def backbone_of(model: Any) -> tuple[str, float] | None:
     return (m.group(1), float(m.group(2))) if m else None
 
 
+def choice_of(model: Any) -> BackboneChoice | None:
+    """The backbone a model file was trained on (its name and input size), so that `--model`, `convert` and
+    `prune` load its dataset with the [-1, 1] scaling it was trained with; None for any other model."""
+    found = backbone_of(model)
+    if found is None:
+        return None
+    h, w = (int(d) for d in model.inputs[0].shape[1:3])
+    return BackboneChoice(found[0], found[1], (h, w))
+
+
 def save_backbone_weights(model: Any, path: str | Path) -> Path:
     """Save the base of a transfer model as a ``.weights.h5`` file that ``--backbone-weights`` takes.
 
@@ -259,7 +269,7 @@ def save_backbone_weights(model: Any, path: str | Path) -> Path:
     return path
 
 
-def load_dataset(path: str | Path, choice: BackboneChoice, **kwargs: Any) -> Dataset:
+def load_dataset(path: str | Path, choice: BackboneChoice, *, strict: bool = False) -> Dataset:
     """A dataset preprocessed for the backbone: an image folder through the backbone's spec, or an ``.npz`` of
     uint8 pixels passed image by image through the same device code (its float arrays are already scaled
     for some other model, so they are refused)."""
@@ -269,7 +279,7 @@ def load_dataset(path: str | Path, choice: BackboneChoice, **kwargs: Any) -> Dat
     from edgekit_agent.infer.preprocess import image_to_float
 
     if Path(path).suffix.lower() != ".npz":
-        return data.load_dataset(path, choice.spec, **kwargs)
+        return data.load_dataset(path, choice.spec, strict=strict)
     with np.load(path, allow_pickle=False) as npz:
         raw = npz["x"] if "x" in npz.files else None
     ds = data.load_npz(path)  # every other check of the arrays
