@@ -61,7 +61,7 @@ def pretrain(cache: Path, alpha: float, size: int, per_class: int, epochs: int) 
     )
     print(
         f"pretrained on {len(ds.y)} images of {len(ds.labels)} shapes in {time.perf_counter() - t0:.0f} s, "
-        f"val accuracy {hist.history['val_accuracy'][-1]:.3f}",
+        f"train accuracy {hist.history['accuracy'][-1]:.3f}, val accuracy {hist.history['val_accuracy'][-1]:.3f}",
         file=sys.stderr,
     )
     cache.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.35)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--pretrain-per-class", type=int, default=250)
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
+    ap.add_argument("--pretrain-epochs", type=int, default=20)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgekit-bench-transfer")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
