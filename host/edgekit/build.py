@@ -182,18 +182,15 @@ class _State:
 
 # --- steps --------------------------------------------------------------------------------------------
 def _load_data(s: _State) -> None:
-    from edgekit.pipeline import data
+    from edgekit.pipeline import backbones, data
 
-    # A model file decides the image size and colour mode; the dataset must then match its input and classes.
-    spec = s.model_shape.dataset_spec(s.dataset) if s.model_shape is not None else None
-    from edgekit.pipeline import backbones
-
-    # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]).
+    # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]);
+    # else a model file decides the image size and colour mode. The dataset must then match its input and classes.
     choice = s.backbone or (backbones.choice_of(s.model) if s.model is not None else None)
     if choice is not None:
         s.ds = backbones.load_dataset(s.dataset, choice)
     else:
-        s.ds = data.load_dataset(s.dataset, spec)
+        s.ds = data.load_dataset(s.dataset, s.model_shape.dataset_spec(s.dataset) if s.model_shape else None)
     if s.model_shape is not None:
         s.model_shape.check(s.ds, s.dataset)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
