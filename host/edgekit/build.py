@@ -23,6 +23,7 @@ from edgekit_agent.contract.manifest import HeadSpec, Manifest
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
+    from edgekit.pipeline.backbones import BackboneChoice
     from edgekit.pipeline.convert import ConversionResult
     from edgekit.pipeline.data import Dataset, SkippedImage, Splits
     from edgekit.pipeline.evaluate import EvalResult
@@ -169,6 +170,8 @@ class _State:
     version: str
     seed: int
     arch: str
+    backbone: BackboneChoice | None = None
+    fine_tune: int = 0
     report: Callable[[str], None] = lambda detail: None
     ds: Dataset | None = None
     splits: Splits | None = None
@@ -195,11 +198,15 @@ class _State:
 
 # --- steps --------------------------------------------------------------------------------------------
 def _load_data(s: _State) -> None:
-    from edgekit.pipeline import data
+    from edgekit.pipeline import backbones, data
 
-    # A model file decides the image size and colour mode; the dataset must then match its input and classes.
-    spec = s.model_shape.dataset_spec(s.dataset) if s.model_shape is not None else None
-    s.ds = data.load_dataset(s.dataset, spec)
+    # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]);
+    # else a model file decides the image size and colour mode. The dataset must then match its input and classes.
+    choice = s.backbone or (backbones.choice_of(s.model) if s.model is not None else None)
+    if choice is not None:
+        s.ds = backbones.load_dataset(s.dataset, choice)
+    else:
+        s.ds = data.load_dataset(s.dataset, s.model_shape.dataset_spec(s.dataset) if s.model_shape else None)
     if s.model_shape is not None:
         s.model_shape.check(s.ds, s.dataset)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
@@ -225,9 +232,14 @@ def _load_model(s: _State) -> None:
 
 
 def _train(s: _State) -> None:
-    from edgekit.pipeline import train
+    from edgekit.pipeline import backbones, train
 
-    result = train.train_model(s.splits, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s))
+    if s.backbone is not None:
+        result = backbones.train_transfer(
+            s.splits, s.backbone, epochs=s.epochs, fine_tune=s.fine_tune, seed=s.seed, on_epoch=_epoch_reporter(s)
+        )
+    else:
+        result = train.train_model(s.splits, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s))
     s.model, s.trained_arch, s.float_accuracy = result.model, result.arch, float(result.float_accuracy)
 
 
@@ -397,6 +409,8 @@ def _bundle(s: _State, profile: Profile) -> None:
         "arch": s.trained_arch,
         "max_accuracy_drop": s.max_accuracy_drop,
     }
+    if s.backbone is not None:
+        metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
     extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
@@ -439,6 +453,38 @@ def _size(path: Path | None) -> int | None:
     return path.stat().st_size
 
 
+def _backbone_choice(
+    name: str | None,
+    weights: str | Path | None,
+    fine_tune: int,
+    alpha: float | None,
+    image_size: tuple[int, int] | None,
+    model_path: Path | None,
+    arch: str,
+    profiles: Sequence[Profile],
+) -> BackboneChoice | None:
+    """The checked backbone, its ImageNet weights fetched now: being offline fails in seconds, not after loading."""
+    if name is None:
+        given = [
+            flag for flag, v in (("--backbone-weights", weights), ("--alpha", alpha), ("--image-size", image_size)) if v
+        ]
+        if given or fine_tune:
+            raise UsageError(
+                f"{', '.join(given or ['--fine-tune'])}: only for a pretrained backbone; add --backbone mobilenet_v2."
+            )
+        return None
+    if model_path is not None or arch != "auto":
+        raise UsageError("--backbone trains a new model: it does not combine with --model or --arch.")
+    if fine_tune < 0:
+        raise UsageError(f"fine-tune epochs cannot be negative, got {fine_tune}.")
+    from edgekit.pipeline import backbones
+
+    choice = backbones.choose(name, alpha=alpha, size=image_size, weights=weights, profiles=profiles)
+    if choice.weights is None:
+        backbones.imagenet_weights(choice)
+    return choice
+
+
 # --- the public function ----------------------------------------------------------------------------
 def plan(
     prune: float | None, profiles: Sequence[Profile], from_model: bool
@@ -479,6 +525,11 @@ def build(
     version: str = "1.0.0",
     seed: int = 0,
     arch: str = "auto",
+    backbone: str | None = None,
+    backbone_weights: str | Path | None = None,
+    fine_tune: int = 0,
+    alpha: float | None = None,
+    image_size: tuple[int, int] | None = None,
     on_progress: Callable[[BuildProgress], None] | None = None,
 ) -> BuildResult:
     """Build one verified full-int8 bundle per profile from a dataset (and optionally a model file).
@@ -487,6 +538,10 @@ def build(
     loaded before any work starts, so a typo fails in milliseconds. Raises :class:`DatasetError`,
     :class:`ModelError`, :class:`ProfileError`, :class:`ConversionError` / :class:`QuantizationError`
     and :class:`FitError` (unless ``keep_going``, which skips a profile that does not fit and records it).
+
+    ``backbone`` (a key of ``edgekit.pipeline.backbones.BACKBONES``) starts from pretrained weights: Keras'
+    ImageNet ones, or ``backbone_weights``; ``fine_tune`` epochs then train the top of the base too.
+    ``alpha`` and ``image_size`` (height, width) default to what the profiles suit.
     """
     started = time.perf_counter()
     if not profiles:
@@ -518,6 +573,7 @@ def build(
         raise UsageError(f"--out {out} is a file; give a directory for the bundles (it is created if missing).")
     if max_accuracy_drop < 0:
         raise UsageError(f"max accuracy drop is in percentage points and cannot be negative, got {max_accuracy_drop}.")
+    choice = _backbone_choice(backbone, backbone_weights, fine_tune, alpha, image_size, model_path, arch, loaded)
 
     state = _State(
         dataset=dataset,
@@ -532,6 +588,8 @@ def build(
         version=version,
         seed=seed,
         arch=arch,
+        backbone=choice,
+        fine_tune=fine_tune,
     )
     steps = plan(prune, loaded, model_path is not None)
     notify = on_progress or (lambda event: None)

@@ -141,6 +141,12 @@ class StorageError(EdgekitError, OSError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class WeightsUnavailableError(EdgekitError, ConnectionError):
+    """Pretrained weights (Keras' ImageNet files) that cannot be fetched: no internet, or the host is blocked."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
 class InputError(EdgekitError, ValueError):
     """An inference input (image file or tensor) that cannot be used."""
 

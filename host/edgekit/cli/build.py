@@ -15,7 +15,8 @@ from edgekit_agent.contract.errors import ExitStatus
 
 EXAMPLES = """examples:
   edgekit datasets digits data/digits
-  edgekit build --dataset data/digits --profile raspberry-pi-4 --out out"""
+  edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
+  edgekit build --dataset photos --profile raspberry-pi-4 --out out --backbone mobilenet_v2 --fine-tune 5"""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -53,6 +54,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backbone, --backbone-weights and --fine-tune (shared by build and train)."""
+    from edgekit.pipeline.backbones import BACKBONES
+
+    parser.add_argument(
+        "--backbone",
+        choices=tuple(BACKBONES),
+        help="start from a pretrained base: Keras' ImageNet weights (downloaded once) or --backbone-weights",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        type=Path,
+        metavar="FILE",
+        help="the base's weights (.weights.h5, or Keras' *_no_top.h5) instead of downloading ImageNet's",
+    )
+    parser.add_argument(
+        "--fine-tune",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="after the head, train the top third of the base N epochs at a tenth of the rate (default 0)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _HelpFormatter
     parser.epilog = EXAMPLES
@@ -75,6 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
+    add_backbone_arguments(parser)
+    parser.add_argument(
+        "--alpha", type=float, help="backbone width multiplier (default: what the profiles suit, e.g. 0.35 for an MCU)"
+    )
+    parser.add_argument(
+        "--image-size", metavar="WxH", help="backbone input size (default: what the profiles suit, e.g. 96x96)"
+    )
     parser.add_argument(
         "--prune", type=_fraction, metavar="SPARSITY", help="magnitude-prune to this sparsity before converting"
     )
@@ -100,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
+def _height_width(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """WxH as parsed → (height, width) as models take it."""
+    return None if size is None else (size[1], size[0])
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -109,7 +156,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
     from edgekit.build import BuildProgress, build
     from edgekit.cli import ui
-    from edgekit.cli.datasets import print_skipped
+    from edgekit.cli.datasets import parse_size, print_skipped
 
     if args.sign_key is not None:  # a bad key should fail now, not after minutes of training
         from edgekit.package.keys import load_private_key
@@ -137,6 +184,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
             version=args.version,
             seed=args.seed,
             arch=args.arch,
+            backbone=args.backbone,
+            backbone_weights=args.backbone_weights,
+            fine_tune=args.fine_tune,
+            alpha=args.alpha,
+            image_size=_height_width(parse_size(args.image_size)),
             on_progress=on_progress,
         )
     status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT

@@ -83,17 +83,23 @@ def model_and_splits(
     from rich.markup import escape
 
     from edgekit.cli import ui
+    from edgekit.pipeline.backbones import choice_of, load_dataset
     from edgekit.pipeline.data import split_dataset, thin_classes
     from edgekit.pipeline.foreign import is_foreign, load_foreign
     from edgekit.pipeline.train import load_model, model_shape
 
+    backbone = None
     if foreign and is_foreign(model_path):
         model = load_foreign(model_path)
         shape = model.shape
     else:
         model = load_model(model_path)
         shape = model_shape(model, model_path, dataset)
-    ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
+        backbone = choice_of(model)  # trained with --backbone: its images are scaled to [-1, 1]
+    if backbone is not None:
+        ds = load_dataset(dataset, backbone, strict=strict)
+    else:
+        ds = load_with_progress(dataset, shape.dataset_spec(dataset), strict=strict, quiet=quiet)
     shape.check(ds, dataset)
     splits = split_dataset(ds, seed=seed)
     for line in thin_classes(splits):

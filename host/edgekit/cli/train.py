@@ -3,7 +3,9 @@
 The dataset is split (seeded, stratified: 70 % train, 15 % validation, 15 % test); the epoch with the
 best validation accuracy is kept and its float accuracy on the test split reported. The saved model has
 a fixed batch of 1, ready for `edgekit convert`. --arch auto picks the compact CNN for small or grey
-images and MobileNetV2 (width multiplier --alpha) for colour images of 32x32 and more.
+images and MobileNetV2 (width multiplier --alpha) for colour images of 32x32 and more. --backbone starts
+from a pretrained base instead (Keras' ImageNet weights or --backbone-weights FILE): the head is trained on
+the frozen base, then --fine-tune N epochs train the top of the base too; images are scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.contract.errors import ExitStatus
+from edgekit.cli.build import add_backbone_arguments
+from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
 
@@ -27,9 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: per architecture, 6 for the CNN)"
     )
-    parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (default 0.35)")
+    add_backbone_arguments(parser)
     parser.add_argument(
-        "--image-size", metavar="WxH", default=None, help="resize images to WxH (default: their most common size)"
+        "--alpha", type=float, default=None, help="MobileNet width multiplier (default 0.35; a backbone's: 0.35)"
+    )
+    parser.add_argument(
+        "--image-size",
+        metavar="WxH",
+        default=None,
+        help="resize images to WxH (default: their most common size; with a backbone 96x96)",
     )
     parser.add_argument(
         "--color",
@@ -56,13 +65,43 @@ def _spec(args: argparse.Namespace) -> object | None:
     return folder_spec(args.dataset, size=size, color_mode={"auto": None, "grey": "L", "rgb": "RGB"}[args.color])
 
 
+def _backbone(args: argparse.Namespace) -> object | None:
+    """The checked backbone choice (its ImageNet weights fetched now, before the images load), or None."""
+    from edgekit.cli.datasets import parse_size
+    from edgekit.pipeline import backbones
+
+    if args.backbone is None:
+        if args.backbone_weights is not None or args.fine_tune:
+            raise UsageError("--backbone-weights and --fine-tune need --backbone (e.g. --backbone mobilenet_v2).")
+        return None
+    if args.arch != "auto" or args.no_augment:
+        raise UsageError("--backbone trains its own head on the pretrained base: leave out --arch and --no-augment.")
+    size = parse_size(args.image_size)
+    choice = backbones.choose(
+        args.backbone,
+        alpha=args.alpha,
+        size=None if size is None else (size[1], size[0]),
+        weights=args.backbone_weights,
+    )
+    if choice.weights is None:
+        backbones.imagenet_weights(choice)
+    return choice
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.cli.datasets import load_with_progress
     from edgekit.pipeline.data import split_dataset
     from edgekit.pipeline.train import save_model, train_model
 
-    ds = load_with_progress(args.dataset, _spec(args), strict=args.strict, quiet=args.json)
+    choice = _backbone(args)
+    if choice is not None and args.dataset.suffix.lower() == ".npz":
+        from edgekit.pipeline.backbones import load_dataset
+
+        ds = load_dataset(args.dataset, choice)
+    else:
+        spec = choice.spec if choice is not None else _spec(args)
+        ds = load_with_progress(args.dataset, spec, strict=args.strict, quiet=args.json)
     splits = split_dataset(ds, seed=args.seed)
     with ui.progress() as bar:
         task = bar.add_task("training", total=args.epochs)
@@ -71,15 +110,22 @@ def run(args: argparse.Namespace) -> ExitStatus:
             acc = logs.get("val_accuracy", logs.get("accuracy", 0.0))
             bar.update(task, completed=epoch + 1, total=epochs, description=f"training (val accuracy {acc:.3f})")
 
-        result = train_model(
-            splits,
-            arch=args.arch,
-            epochs=args.epochs,
-            seed=args.seed,
-            alpha=args.alpha,
-            augment=False if args.no_augment else None,
-            on_epoch=on_epoch,
-        )
+        if choice is not None:
+            from edgekit.pipeline.backbones import train_transfer
+
+            result = train_transfer(
+                splits, choice, epochs=args.epochs, fine_tune=args.fine_tune, seed=args.seed, on_epoch=on_epoch
+            )
+        else:
+            result = train_model(
+                splits,
+                arch=args.arch,
+                epochs=args.epochs,
+                seed=args.seed,
+                alpha=0.35 if args.alpha is None else args.alpha,
+                augment=False if args.no_augment else None,
+                on_epoch=on_epoch,
+            )
     path = save_model(result.model, args.out)
     info = {
         "model": str(path),
@@ -93,6 +139,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         "best_val_accuracy": max(result.history.get("val_accuracy", [float("nan")])),
         "seed": args.seed,
         "skipped_images": len(ds.skipped),
+        **({"backbone": {**choice.to_dict(), "fine_tune_epochs": args.fine_tune}} if choice is not None else {}),
     }
     if args.json:
         ui.print_json(info)
