@@ -44,7 +44,7 @@ from edgekit_agent.ota.target import RecorderFactory, Serving
 from edgekit_agent.serve import sysinfo
 from edgekit_agent.serve.config import AgentSettings
 from edgekit_agent.serve.handlers import builtin_commands
-from edgekit_agent.serve.journal import TelemetryJournal
+from edgekit_agent.serve.journal import JournalRow, TelemetryJournal
 from edgekit_agent.serve.telemetry import WindowRecorder
 from edgekit_agent.serve.watcher import DirectoryWaker
 
@@ -59,6 +59,9 @@ PROCESSED_DIR = ".processed"
 FAILED_DIR = ".failed"
 SETTLE_S = 0.05  # a file modified more recently may still be being written: next scan
 MAX_SCAN = 256  # files per scan, so a flood of files cannot starve the window timer
+# Watched files served per journal transaction, and the most time spent serving them while a window close waits.
+JOURNAL_BATCH = 32
+JOURNAL_BATCH_S = 0.05
 _NAN = math.nan
 
 
@@ -385,41 +388,42 @@ class Agent:
         root = self.settings.watch_dir
         if root is None:
             return 0
-        handled = 0
-        for path, label_name, name in self._candidates(root):
-            if self._stop.is_set():  # shutting down: the rest waits for the next start
-                break
-            with self._window_lock:  # no window closes between the count and the move
-                pred: Prediction | None = None
-                code: str | None = None
-                try:
-                    pred = self.serve_image(path, label_name=label_name)
-                except InputError as exc:
-                    code = "INPUT_INVALID"
-                    log.warning("%s: %s", self.settings.device_id, exc)
-                except Exception:  # noqa: BLE001 - one bad file must not stop the agent
-                    code = "RUNTIME"
-                    log.exception("%s: serving %s failed", self.settings.device_id, path)
-                self._mark_done(root, path, pred, label_name, name, code)
-            handled += 1
+        found = self._candidates(root)
+        handled, i = 0, 0
+        while i < len(found) and not self._stop.is_set():  # shutting down: the rest waits for the next start
+            with self._window_lock:  # no window closes between the counts and the moves
+                done: list[tuple[str, str | None, str, Prediction | None, str | None]] = []
+                until = time.monotonic() + JOURNAL_BATCH_S
+                while i < len(found) and len(done) < JOURNAL_BATCH and not self._stop.is_set():
+                    path, label_name, name = found[i]
+                    i += 1
+                    done.append((path, label_name, name, *self._serve_file(path, label_name)))
+                    if time.monotonic() > until:
+                        break
+                self._mark_done(root, done)
+            handled += len(done)
         return handled
 
-    def _journal(
-        self, path: str, target: str | None, pred: Prediction | None, label: str | None, code: str | None
-    ) -> None:
-        """Journal a served image before its move. While the disk is full the journal stands aside (it would
-        compete with the outbox for the last bytes): the image is then counted in memory only, as without a
-        journal, and a crash meanwhile loses the open window (docs/agent.md, "Full disk")."""
-        if self.journal is None or self._disk_full:
-            return
-        record = None
-        if pred is not None:
-            ns = [round((v or 0.0) * 1e6) for v in (pred.latency_ms, pred.preprocess_ms, pred.invoke_ms)]
-            record = (*ns, pred.index, pred.confidence, self.label_index.get(label, -1) if label else -1)
+    def _serve_file(self, path: str, label_name: str | None) -> tuple[Prediction | None, str | None]:
+        """Serve one watched file: its prediction, or the error code counted for it."""
         try:
-            self.journal.append(
-                int(time.time() * 1000), Path(path), None if target is None else Path(target), record, code
-            )
+            return self.serve_image(path, label_name=label_name), None
+        except InputError as exc:
+            log.warning("%s: %s", self.settings.device_id, exc)
+            return None, "INPUT_INVALID"
+        except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+            log.exception("%s: serving %s failed", self.settings.device_id, path)
+            return None, "RUNTIME"
+
+    def _journal(self, rows: list[JournalRow]) -> None:
+        """Journal served images before their moves, in one transaction (one SQLite commit per image would cost
+        as much as a small model's inference). While the disk is full the journal stands aside (it would compete
+        with the outbox for the last bytes): the images are then counted in memory only, as without a journal,
+        and a crash meanwhile loses the open window (docs/agent.md, "Full disk")."""
+        if self.journal is None or self._disk_full or not rows:
+            return
+        try:
+            self.journal.append_many(rows)
         except EdgekitError as exc:
             self._journal_failed(exc)
         else:
@@ -438,32 +442,57 @@ class Agent:
             self._journal_down = False
             log.warning("%s: the telemetry journal is written again", self.settings.device_id)
 
-    def _mark_done(
-        self, root: Path, path: str, pred: Prediction | None, label: str | None, name: str, code: str | None
-    ) -> None:
-        mode, ok = self.settings.processed, code is None
-        try:
-            if mode == "keep":
-                st = os.stat(path)
-                self._seen.add((path, st.st_mtime_ns, st.st_size))
-            elif mode == "delete" and ok:
-                self._journal(path, None, pred, label, code)
-                os.unlink(path)
-            else:  # move, and failures in delete mode (kept for inspection)
+    def _mark_done(self, root: Path, done: list[tuple[str, str | None, str, Prediction | None, str | None]]) -> None:
+        """Journal the served files, then move (or delete) them: a crash in between is finished at the next start
+        (serve/journal.py); a crash before the journal commit serves them again, counted once."""
+        mode = self.settings.processed
+        if mode == "keep":
+            for path, *_ in done:
+                self._remember(path)
+            return
+        moves: list[tuple[str, str | None, str | None]] = []
+        rows: list[JournalRow] = []
+        now = int(time.time() * 1000)
+        for path, label, name, pred, code in done:
+            ok = code is None
+            folder = target = None
+            if not (mode == "delete" and ok):  # move, and failures in delete mode (kept for inspection)
                 folder = os.path.join(root, PROCESSED_DIR if ok else FAILED_DIR, *((label,) if label else ()))
-                target = self._free_name(folder, name)
-                self._journal(path, target, pred, label, code)
-                self._move(path, folder, target)
-        except OSError as exc:
-            # Could not move it: remember it instead, so it is not served again in a loop.
-            log.warning(
-                "%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc
-            )
+                try:
+                    target = self._free_name(folder, name)
+                except OSError as exc:
+                    self._not_marked(path, exc)
+                    continue
+            moves.append((path, folder, target))
+            record = None
+            if pred is not None:
+                ns = [round((v or 0.0) * 1e6) for v in (pred.latency_ms, pred.preprocess_ms, pred.invoke_ms)]
+                record = (*ns, pred.index, pred.confidence, self.label_index.get(label, -1) if label else -1)
+            rows.append((now, Path(path), None if target is None else Path(target), record, code))
+        self._journal(rows)
+        for path, folder, target in moves:
             try:
-                st = os.stat(path)
-                self._seen.add((path, st.st_mtime_ns, st.st_size))
-            except OSError:
-                pass
+                if target is None:
+                    os.unlink(path)
+                else:
+                    assert folder is not None
+                    self._move(path, folder, target)
+            except OSError as exc:
+                self._not_marked(path, exc)
+
+    def _not_marked(self, path: str, exc: OSError) -> None:
+        # Could not move it: remember it instead, so it is not served again in a loop.
+        log.warning(
+            "%s: cannot mark %s as processed (%s); remembering it in memory", self.settings.device_id, path, exc
+        )
+        self._remember(path)
+
+    def _remember(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        self._seen.add((path, st.st_mtime_ns, st.st_size))
 
     def _free_name(self, folder: str, name: str) -> str:
         """``folder/name``, or ``name`` with a random tag when that is taken (made once per folder per run)."""

@@ -30,12 +30,20 @@ import math
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit_agent.contract.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+# One served image as the watcher journals it: (time ms, source, destination or None for a delete,
+# (total ns, preprocess ns, invoke ns, predicted, confidence, label) or None, error code or None).
+Record = tuple[int, int, int, int, float, int]
+JournalRow = tuple[int, Path, Path | None, Record | None, str | None]
+_NO_RECORD: Record = (0, 0, 0, -1, 0.0, -1)
+_WAL_PAGES = 16  # checkpoint (and cut the WAL back) every 16 pages
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_records (
@@ -110,6 +118,10 @@ class TelemetryJournal:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # Rows live one window: keep the WAL small (SQLite lets it reach 4 MB before a checkpoint, which
+            # on a nearly full SD card takes the space the outbox needs; docs/agent.md, "Full disk").
+            self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(
@@ -135,7 +147,7 @@ class TelemetryJournal:
     ) -> int:
         """Journal one served image (``record``: total, preprocess and invoke ns, predicted, confidence, label)
         or one that failed (``error``: the code counted); returns the row id. Call before moving the file."""
-        values = record if record is not None else (0, 0, 0, -1, 0.0, -1)
+        values = record if record is not None else _NO_RECORD
         with self._lock:
             return int(
                 self._run(
@@ -144,6 +156,21 @@ class TelemetryJournal:
                     (ts_ms, str(src), None if dst is None else str(dst), *values, error),
                 ).lastrowid
             )
+
+    def append_many(self, rows: Sequence[JournalRow]) -> None:
+        """Journal several served images in one transaction (each row: the arguments of :meth:`append`)."""
+        values = [
+            (ts, str(src), None if dst is None else str(dst), *(rec if rec is not None else _NO_RECORD), err)
+            for ts, src, dst, rec, err in rows
+        ]
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT INTO journal_records VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values
+                    )
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: cannot journal served images ({exc}); is the disk full?") from None
 
     # --- closing a window ----------------------------------------------------------------------------------------
     def last_id(self) -> int:
