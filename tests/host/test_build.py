@@ -244,6 +244,7 @@ def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(
         ConversionResult(
             tflite=tflite,
             float_tflite=b"",
+            float_bytes=0,
             lint=lint_full_int8(tflite),
             input_dtype="int8",
             output_dtype="int8",
