@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -141,29 +142,33 @@ def baseline(dataset: Path, out: Path, epochs: int, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- driver
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the process and its children), stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(
         cmd, capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     )
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return wall, r.stdout
+    return wall, cpu, r.stdout
 
 
-def run_edgekit(dataset: Path, out: Path, epochs: int) -> tuple[float, dict]:
+def run_edgekit(dataset: Path, out: Path, epochs: int) -> tuple[float, float, dict]:
     cmd = [sys.executable, "-m", "edgekit", "build", "--dataset", str(dataset), "--profile", "raspberry-pi-4"]
-    wall, stdout = _timed([*cmd, "--out", str(out), "--epochs", str(epochs), "--json"])
+    wall, cpu, stdout = _timed([*cmd, "--out", str(out), "--epochs", str(epochs), "--json"])
     p = json.loads(stdout)["profiles"][0]
-    return wall, {"float_accuracy": p["float_accuracy"], "int8_accuracy": p["int8_accuracy"]}
+    return wall, cpu, {"float_accuracy": p["float_accuracy"], "int8_accuracy": p["int8_accuracy"]}
 
 
-def run_baseline(dataset: Path, out: Path, epochs: int) -> tuple[float, dict]:
+def run_baseline(dataset: Path, out: Path, epochs: int) -> tuple[float, float, dict]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--baseline", str(out), "--dataset", str(dataset), "--epochs", str(epochs)]
-    wall, _ = _timed(cmd)
-    return wall, json.loads((out / "result.json").read_text())  # stdout also carries the converter's chatter
+    wall, cpu, _ = _timed(cmd)
+    return wall, cpu, json.loads((out / "result.json").read_text())  # stdout also carries the converter's chatter
 
 
 def main() -> None:
@@ -188,10 +193,11 @@ def main() -> None:
                 sides = [("edgekit", run_edgekit), ("baseline", run_baseline)]
                 for side, fn in sides if rep % 2 == 0 else sides[::-1]:
                     load = os.getloadavg()[0]
-                    wall, acc = fn(dataset, Path(tmp) / f"{side}-{epochs}-{rep}", epochs)
-                    runs[epochs][side].append({"wall_s": wall, "load": load, **acc})
+                    wall, cpu, acc = fn(dataset, Path(tmp) / f"{side}-{epochs}-{rep}", epochs)
+                    runs[epochs][side].append({"wall_s": wall, "cpu_s": cpu, "load": load, **acc})
                     print(
-                        f"  {epochs} epoch(s), run {rep + 1}, {side:8s}: {wall:5.1f} s (load {load:.1f}), "
+                        f"  {epochs} epoch(s), run {rep + 1}, {side:8s}: {wall:5.1f} s, {cpu:5.1f} CPU-s "
+                        f"(load {load:.1f}), "
                         f"float {100 * acc['float_accuracy']:.2f} %, int8 {100 * acc['int8_accuracy']:.2f} %",
                         file=sys.stderr,
                         flush=True,
@@ -199,10 +205,12 @@ def main() -> None:
     print(f"\n`edgekit build` vs a plain Keras script, digits, medians of {a.repeat} interleaved runs:")
     for epochs, sides in runs.items():
         med = {s: statistics.median(r["wall_s"] for r in v) for s, v in sides.items()}
+        cpu = {s: statistics.median(r["cpu_s"] for r in v) for s, v in sides.items()}
         acc = {s: [f"{100 * r['int8_accuracy']:.2f}" for r in v] for s, v in sides.items()}
         print(
             f"  {epochs} epoch(s): edgekit {med['edgekit']:.1f} s, baseline {med['baseline']:.1f} s, "
-            f"ratio {med['edgekit'] / med['baseline']:.2f}; int8 accuracy % edgekit {acc['edgekit']}, "
+            f"ratio {med['edgekit'] / med['baseline']:.2f} (CPU-s {cpu['edgekit']:.1f} / {cpu['baseline']:.1f} = "
+            f"{cpu['edgekit'] / cpu['baseline']:.2f}); int8 accuracy % edgekit {acc['edgekit']}, "
             f"baseline {acc['baseline']}"
         )
     if a.json:
