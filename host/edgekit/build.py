@@ -376,7 +376,7 @@ def _bundle(s: _State, profile: Profile) -> None:
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (the converter runs in a child)."""
+    """CPU seconds of this process and its finished children (the converter of a recurrent model runs in one)."""
     own = time.process_time()
     try:
         import resource
