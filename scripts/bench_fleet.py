@@ -16,8 +16,14 @@ GETs of /metrics as Prometheus makes them (``Accept-Encoding: gzip``, whole body
 device sent a new window (the worst case: every device's model-level deltas are added), one with nothing new.
 Medians of --repeat rounds; sizes plain and gzipped.
 
+Bare baselines (issue 15), run side by side and interleaved with the edgekit paths, in processes that import
+neither edgekit nor edgekit_agent: ``paho``, a paho MQTT 5 consumer with the same persistent session that only
+json-decodes each message, drained the same way as watch and the exporter (its ratio is what the figures quote);
+``prom``, prometheus_client serving the same metric families from the same windows (a custom collector over the
+decoded values, the model-level histogram on the coarse grid), fetched the same way as the exporter.
+
 Usage: .venv/bin/python scripts/bench_fleet.py [--messages 20000] [--devices 1000] [--repeat 3]
-       [--scrape-devices 1000,10000] [--per-device counters] [--scrape-only]
+       [--scrape-devices 1000,5000] [--per-device counters] [--scrape-only]
 """
 
 from __future__ import annotations
@@ -28,14 +34,13 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
 
-from edgekit_agent.contract.topics import TELEMETRY, Schema, topic
-from edgekit_agent.serve.telemetry import LATENCY_BUCKETS_MS
-
-LE = list(LATENCY_BUCKETS_MS)  # the agent's fleet-wide grid
+TELEMETRY_FILTER = "edge/v1/+/telemetry/#"  # what the bare consumer subscribes to (checked against the contract)
+COARSE_LE_MS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 
 
 def rss_mb() -> float:
@@ -49,6 +54,10 @@ def rss_mb() -> float:
 def telemetry(device: str, epoch: str, seq: int, rng) -> bytes:
     import numpy as np
 
+    from edgekit_agent.contract.topics import Schema
+    from edgekit_agent.serve.telemetry import LATENCY_BUCKETS_MS
+
+    LE = list(LATENCY_BUCKETS_MS)  # the agent's fleet-wide grid
     n = 100
     lat = rng.gamma(2.0, 1.2, size=n)
     cum = [int(c) for c in np.searchsorted(np.sort(lat), LE, side="right")] + [n]
@@ -121,7 +130,7 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
     else:
         exp.start()
         while exp.processed() < n and time.perf_counter() - t0 < 300:
-            time.sleep(0.005)
+            time.sleep(0.05)  # a poll, not the lock every few ms: that would slow the consumer it measures
         applied = exp.processed()
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
@@ -149,11 +158,136 @@ def child(role: str, broker: str, n: int, client_id: str) -> None:
     print(json.dumps(result), flush=True)
 
 
+# ------------------------------------------------------------------------ bare baselines (no edgekit import)
+def _paho_session(broker: str, client_id: str, on_message) -> object:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    host, port = broker.removeprefix("mqtt://").split(":")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    c.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(TELEMETRY_FILTER, qos=1)
+    c.on_subscribe = lambda *_: subscribed.set()
+    c.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    c.connect(host, int(port), clean_start=False, properties=props)
+    c.loop_start()
+    subscribed.wait(10)
+    return c
+
+
+def bare_child(broker: str, n: int, client_id: str) -> None:
+    """The paho baseline: park a persistent session, then on 'go' drain it, json-decoding every message."""
+    got = [0]
+    done = threading.Event()
+
+    def on_message(_c, _u, msg) -> None:
+        json.loads(msg.payload)
+        got[0] += 1
+        if got[0] >= n:
+            done.set()
+
+    c = _paho_session(broker, client_id, lambda *_: None)
+    c.disconnect()
+    c.loop_stop()
+    print("parked", flush=True)
+    sys.stdin.readline()
+    base_rss = rss_mb()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    c = _paho_session(broker, client_id, on_message)
+    done.wait(300)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    c.disconnect()
+    c.loop_stop()
+    result = {"role": "paho", "applied": got[0], "seconds": elapsed, "rate": got[0] / elapsed}
+    result.update(cpu_rate=got[0] / cpu, devices=0, rss_before_mb=base_rss, rss_after_mb=rss_mb())
+    print(json.dumps(result), flush=True)
+
+
+def prom_child(templates: str) -> None:
+    """The prometheus_client baseline: the same families from the same windows; 'feed SEQ' on stdin applies
+    every device's window with that seq (decoded, as the exporter's ingest does), then answers 'ok'."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    docs = [json.loads(line) for line in open(templates)]
+    devices: dict[str, dict] = {}
+    models: dict[tuple[str, str], list] = {}  # -> [bucket counts at COARSE_LE_MS + Inf, sum_s]
+    counters = ("requests", "errors", "labeled", "correct", "outbox_dropped", "windows", "rollbacks")
+
+    def apply(doc: dict) -> None:
+        dev = devices.setdefault(doc["device_id"], dict.fromkeys(counters, 0))
+        c, acc, b = doc["counts"], doc["accuracy"], doc["bundle"]
+        dev["requests"] += c["requests"]
+        dev["errors"] += sum(c["errors"].values())
+        dev["labeled"] += acc["labeled"]
+        dev["correct"] += acc["correct"]
+        dev["outbox_dropped"] = doc["outbox"]["dropped"]
+        dev["windows"] += 1
+        dev["last_window"] = time.time()
+        dev["drift"] = {k: v["psi"] for k, v in doc["drift"].items()}
+        dev["model"], dev["profile"], dev["version"] = b["name"], b["profile"], b["version"]
+        dev["engine"], dev["delegate"] = doc["runtime"]["engine"], doc["runtime"]["delegate"]
+        total = doc["latency_ms"]["total"]
+        cum = dict(zip(total["le"], total["cum"]))
+        slot = models.setdefault((b["name"], b["profile"]), [[0] * (len(COARSE_LE_MS) + 1), 0.0])
+        slot[0] = [a + cum[le] for a, le in zip(slot[0], [*COARSE_LE_MS, "+Inf"])]
+        slot[1] += total["sum"] / 1000.0
+
+    class Fleet:
+        def collect(self):
+            dl, dml = ["device"], ["device", "model", "profile"]
+            up = GaugeMetricFamily("edgekit_device_up", "1 while the device is online", labels=dl)
+            info = GaugeMetricFamily(
+                "edgekit_device_info", "bundle and runtime", labels=[*dml, "version", "engine", "delegate"]
+            )
+            fams = {k: CounterMetricFamily(f"edgekit_{k}", k, labels=dml) for k in counters}
+            seen = GaugeMetricFamily("edgekit_telemetry_last_window_timestamp_seconds", "last window", labels=dl)
+            psi = GaugeMetricFamily("edgekit_drift_psi", "drift", labels=[*dml, "signal"])
+            for d, v in devices.items():
+                ids = [d, v["model"], v["profile"]]
+                up.add_metric([d], 1)
+                info.add_metric([*ids, v["version"], v["engine"], v["delegate"]], 1)
+                for k in counters:
+                    fams[k].add_metric(ids, v[k])
+                seen.add_metric([d], v["last_window"])
+                for signal, value in v["drift"].items():
+                    psi.add_metric([*ids, signal], value)
+            hist = HistogramMetricFamily(
+                "edgekit_model_inference_latency_seconds", "latency", labels=["model", "profile", "stage"]
+            )
+            for (m, p), (buckets, total) in models.items():
+                edges = [str(le / 1000.0) for le in COARSE_LE_MS] + ["+Inf"]
+                hist.add_metric([m, p, "total"], list(zip(edges, buckets)), total)
+            n = GaugeMetricFamily("edgekit_exporter_devices", "devices", value=len(devices))
+            dup = CounterMetricFamily("edgekit_exporter_duplicates", "duplicates", value=0)
+            yield from (up, info, *fams.values(), seen, psi, hist, n, dup)
+
+    registry = CollectorRegistry()
+    registry.register(Fleet())
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    print(server.server_port, flush=True)
+    for line in sys.stdin:
+        seq = int(line.split()[1])
+        for doc in docs:
+            doc["seq"] = seq
+            apply(json.loads(json.dumps(doc)))  # decoded from bytes, as the exporter's ingest does
+        print("ok", flush=True)
+    server.shutdown()
+
+
 # ----------------------------------------------------------------------------------------------- parent
 def publish_all(url: str, devices: int, n: int) -> float:
     import numpy as np
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgekit_agent.contract.topics import TELEMETRY, topic
+
+    assert topic("dev-0", TELEMETRY).startswith(TELEMETRY_FILTER.removesuffix("#").replace("+", "dev-0"))
 
     rng = np.random.default_rng(0)
     epochs = [uuid.uuid4().hex for _ in range(devices)]
@@ -213,30 +347,59 @@ def scrape_bench(broker: str, devices: int, repeat: int, per_device: str) -> dic
             with exp.state.lock:
                 exp.state.apply_many(msgs[i : i + 1000])
 
-    def get(gzip: bool) -> tuple[float, int]:
-        req = urllib.request.Request(exp.url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    def get(gzip: bool, url: str = exp.url) -> tuple[float, int]:
+        req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=60) as r:
             n = len(r.read())
         return time.perf_counter() - t0, n
 
-    changed, same = [], []
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.writelines(t.decode() + "\n" for t in templates.values())
+    prom = subprocess.Popen(
+        [sys.executable, __file__, "--child", "prom", "--templates", f.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    prom_url = f"http://127.0.0.1:{int(prom.stdout.readline())}/metrics"
+
+    def baseline(seq: int) -> float:
+        prom.stdin.write(f"feed {seq}\n")
+        prom.stdin.flush()
+        assert prom.stdout.readline().strip() == "ok"
+        return get(gzip=True, url=prom_url)[0]
+
+    changed, same, bare = [], [], []
     seen_by_prometheus = None
     try:
         for seq in range(1, repeat + 2):
+            if seq % 2 == 0:  # interleaved: the baseline first on even rounds
+                bare.append(baseline(seq))
             feed(seq)
             t, gz_bytes = get(gzip=True)
+            if seq % 2 == 1:
+                bare.append(baseline(seq))
             if seq > 1:  # the first scrape also builds the label cache: a one-off
                 changed.append(t)
             same.append(get(gzip=True)[0])
         plain_bytes = get(gzip=False)[1]
+        bare_plain = get(gzip=False, url=prom_url)[1]
         seen_by_prometheus = prometheus_scrapes(exp, feed, repeat + 2)
     finally:
         exp.stop()
+        prom.stdin.close()
+        prom.wait(30)
+        os.unlink(f.name)
     return {
         "devices": devices,
         "changed_s": statistics.median(changed),
         "changed_runs": changed,
+        "prom_client_s": statistics.median(bare[1:]),
+        "prom_client_runs": bare[1:],
+        "prom_client_plain_bytes": bare_plain,
         "same_s": statistics.median(same),
         "plain_bytes": plain_bytes,
         "gzip_bytes": gz_bytes,
@@ -280,20 +443,27 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--scrape-devices", default="1000,10000", help="fleet sizes for the /metrics timing")
+    ap.add_argument("--scrape-devices", default="1000,5000", help="fleet sizes for the /metrics timing")
     ap.add_argument("--per-device", default="counters", choices=("off", "counters", "histograms"))
     ap.add_argument("--scrape-only", action="store_true", help="only the /metrics timing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--broker", help=argparse.SUPPRESS)
     ap.add_argument("--client-id", help=argparse.SUPPRESS)
+    ap.add_argument("--templates", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child == "paho":
+        bare_child(a.broker, a.messages, a.client_id)
+        return
+    if a.child == "prom":
+        prom_child(a.templates)
+        return
     if a.child:
         child(a.child, a.broker, a.messages, a.client_id)
         return
 
     from edgekit.fleet.dev_broker import start_dev_broker
 
-    results: dict[str, list[dict]] = {"watch": [], "exporter": []}
+    results: dict[str, list[dict]] = {"watch": [], "exporter": [], "paho": []}
     with start_dev_broker(port=0, engine="mosquitto") as broker:
         scrapes = [
             scrape_bench(broker.url, int(n), max(a.repeat, 5), a.per_device) for n in a.scrape_devices.split(",")
@@ -309,6 +479,13 @@ def main() -> None:
                 f"{r['plain_bytes'] / 1e6:.1f} MB plain, {r['gzip_bytes'] / 1e6:.2f} MB gzipped",
                 flush=True,
             )
+            print(
+                f"          prometheus_client, same families: {r['prom_client_s']:.3f} s "
+                f"(runs {', '.join(f'{x:.3f}' for x in r['prom_client_runs'])}), "
+                f"{r['prom_client_plain_bytes'] / 1e6:.1f} MB plain; "
+                f"ratio edgekit / prometheus_client {r['changed_s'] / r['prom_client_s']:.2f}",
+                flush=True,
+            )
             if r["prometheus"]:
                 p = r["prometheus"]
                 print(
@@ -320,7 +497,8 @@ def main() -> None:
         if a.scrape_only:
             return
         for rep in range(a.repeat):
-            for role in results:
+            roles = list(results)
+            for role in roles[rep % len(roles) :] + roles[: rep % len(roles)]:  # interleaved, rotating the order
                 cid = f"bench-{role}-{rep}"
                 proc = subprocess.Popen(
                     [
@@ -385,7 +563,13 @@ def main() -> None:
             f"RSS {m['rss_before_mb']:.0f} MB idle -> {m['rss_after_mb']:.0f} MB with {a.devices} devices"
             f" (+{m['rss_after_mb'] - m['rss_before_mb']:.0f} MB){extra}"
         )
-    print(f"  ratio exporter/watch throughput: {med['exporter']['rate'] / med['watch']['rate']:.2f}")
+    bare = med["paho"]["rate"]
+    print(
+        f"  ratio to the bare paho consumer: watch {med['watch']['rate'] / bare:.2f}, "
+        f"exporter {med['exporter']['rate'] / bare:.2f} (per CPU-second: "
+        f"{med['watch']['cpu_rate'] / med['paho']['cpu_rate']:.2f}, "
+        f"{med['exporter']['cpu_rate'] / med['paho']['cpu_rate']:.2f})"
+    )
 
 
 if __name__ == "__main__":

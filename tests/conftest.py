@@ -73,4 +73,4 @@ def digits_int8(digits_model: Path, digits_splits):
     once per session."""
     from edgekit.pipeline.convert import convert_int8
 
-    return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, name="digits")
+    return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, with_float=True, name="digits")

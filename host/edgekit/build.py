@@ -351,7 +351,7 @@ def _bundle(s: _State, profile: Profile) -> None:
 
     conv, ev, fit = s.work.conversion, s.work.evaluation, s.work.fit
     assert ev is not None and fit is not None, "the bundle step runs after the profile's evaluate and fit steps"
-    tflite, float_tflite = conv.tflite, conv.float_tflite
+    tflite = conv.tflite
     qat = bool(conv.qat_ran)
     built = ProfileBuild(
         profile=profile.name,
@@ -361,7 +361,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         int8_accuracy=float(ev.accuracy),
         samples=int(ev.samples),
         int8_bytes=len(tflite),
-        float_tflite_bytes=len(float_tflite),
+        float_tflite_bytes=conv.float_bytes,
         qat=qat,
         fits=fit.fits,
         fit_summary=fit.summary(),
@@ -393,9 +393,9 @@ def _bundle(s: _State, profile: Profile) -> None:
         "split": {"seed": s.seed, "train": round(1 - SPLIT["val"] - SPLIT["test"], 4), **SPLIT},
         "sizes": {
             "keras_bytes": _size(s.model_file),
-            "float_tflite_bytes": len(float_tflite),
+            "float_tflite_bytes": conv.float_bytes,
             "int8_tflite_bytes": len(tflite),
-            "int8_float_ratio": round(len(tflite) / len(float_tflite), 4) if float_tflite else None,
+            "int8_float_ratio": round(len(tflite) / conv.float_bytes, 4) if conv.float_bytes else None,
         },
         "qat": qat,
         "quantization": {
@@ -434,7 +434,7 @@ def _bundle(s: _State, profile: Profile) -> None:
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (the converter runs in a child)."""
+    """CPU seconds of this process and its finished children (the converter of a recurrent model runs in one)."""
     own = time.process_time()
     try:
         import resource

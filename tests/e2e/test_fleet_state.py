@@ -93,6 +93,18 @@ def test_histograms_add_bucketwise_a_new_grid_starts_again_and_a_broken_one_is_r
     assert st.row("d").requests == 13 + 5 * 5  # the counters still count
 
 
+def test_a_broken_histogram_on_the_bounds_already_accepted_is_still_refused():
+    """Accepted bounds are remembered (the ingest's fast path): the counts on them are still checked."""
+    st = FleetState()
+    le = (2.0, 10.0, "+Inf")
+    st.apply(msg("d", "telemetry/inference", telemetry(1, T0, le=le, cum=(2, 4, 5)), at=T0))
+    broken = ((3, 2, 5), (-1, 2, 5), (True, 2, 5), (1, 2, 2.5e300), (1, 2, 10**30))
+    for i, cum in enumerate(broken):
+        st.apply(msg("d", "telemetry/inference", telemetry(2 + i, T0 + 10 + i, le=le, cum=cum), at=T0 + 10 + i))
+    st.apply(msg("d", "telemetry/inference", telemetry(9, T0 + 20, le=le, cum=(1, 1, 3)), at=T0 + 20))
+    assert st.rejected_histograms == len(broken) and st.devices["d"].hist["total"].cum == [3, 5, 8]
+
+
 def test_deduper_counts_gaps_and_late_fills():
     d = Deduper()
     assert d.first_time("x", "e", 1) and d.first_time("x", "e", 4)

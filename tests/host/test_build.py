@@ -210,7 +210,7 @@ def test_model_file_prune_uint8_profile_and_keep_going_through_the_cli(
     # Each figure is rounded to 0.01 s, so the steps may add up to a hair more than the rounded total.
     assert 0 < sum(t["seconds"] for t in doc["step_seconds"]) <= doc["seconds"] + 0.005 * (len(steps) + 1)
     convert = next(t for t in doc["step_seconds"] if t["step"].startswith("convert"))
-    assert convert["cpu_seconds"] > 1.0  # the converter's child process is counted
+    assert convert["cpu_seconds"] > 0.2  # the conversion is counted (in this process for a CNN, else its child)
     assert main(["inspect", str(bundle)]) == ExitStatus.OK
 
 
@@ -244,6 +244,7 @@ def test_fit_step_raises_fit_error_with_numbers_unless_keep_going(
         ConversionResult(
             tflite=tflite,
             float_tflite=b"",
+            float_bytes=0,
             lint=lint_full_int8(tflite),
             input_dtype="int8",
             output_dtype="int8",

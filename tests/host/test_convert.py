@@ -30,6 +30,15 @@ def test_int8_file_is_about_a_quarter_of_float32(digits_int8):
     ratio = len(digits_int8.tflite) / len(digits_int8.float_tflite)
     assert digits_int8.float_tflite[4:8] == b"TFL3"
     assert 0.24 < ratio <= 0.26, ratio
+    assert digits_int8.float_bytes == len(digits_int8.float_tflite) and digits_int8.size_ratio == ratio
+
+
+def test_the_computed_float32_size_matches_a_real_float32_conversion(digits_int8):
+    """Without ``with_float`` the float32 size is computed from the int8 graph instead of converted."""
+    from edgekit.pipeline.sizes import float32_bytes
+
+    computed, real = float32_bytes(digits_int8.tflite), len(digits_int8.float_tflite)
+    assert abs(computed - real) / real < 0.005, (computed, real)
 
 
 def test_evaluate_tflite_equals_a_direct_interpreter_run(digits_int8, digits_splits):
@@ -111,6 +120,39 @@ def test_a_crashed_converter_process_is_a_conversion_error(tmp_path, monkeypatch
     with pytest.raises(ConversionError, match="crashed \\(SIGSEGV\\)") as err:
         convert.run_worker({"tasks": []}, tmp_path, what="lstm.keras")
     assert "lstm.keras" in str(err.value) and err.value.exit_status == 6
+
+
+def test_a_model_without_recurrent_layers_converts_without_a_child_process(digits_model, digits_splits, monkeypatch):
+    """The worker command is a process that crashes: the CNN never starts it, so the conversion succeeds."""
+    from edgekit.pipeline import convert
+
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(convert, "WORKER_COMMAND", [sys.executable, "-c", crash])
+    res = convert.convert_int8(digits_model, digits_splits.train.x, num_samples=20, name="digits")
+    assert res.lint.ok and res.float_tflite == b""
+    assert 0.24 < res.size_ratio <= 0.26, res.size_ratio
+
+
+def test_a_recurrent_model_is_converted_in_a_child_process(digits_splits, tmp_path, monkeypatch):
+    """An LSTM (the converter segfaults on some under quantisation) goes to the child, whose crash is reported."""
+    import keras
+
+    from edgekit.pipeline import convert
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Reshape((8, 8)),
+            keras.layers.Bidirectional(keras.layers.LSTM(4)),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    assert convert.needs_isolation(model)
+    assert not convert.needs_isolation(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()]))
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(convert, "WORKER_COMMAND", [sys.executable, "-c", crash])
+    with pytest.raises(ConversionError, match="crashed \\(SIGSEGV\\) while converting lstm"):
+        convert.convert_int8(model, digits_splits.train.x, num_samples=5, name="lstm")
 
 
 def test_worker_refuses_a_bad_job_file(tmp_path):

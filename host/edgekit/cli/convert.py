@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 seed=args.seed,
                 name=args.model.name,
                 on_stage=on_stage,
+                with_float=args.float_out is not None,
             )
         else:  # a float .tflite or ONNX model: no Keras model to fine-tune, so ai-edge-quantizer and no QAT
             res = foreign_for_profile(
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     rows = [
         ("model", f"{args.out} ({ui.kib(len(res.tflite))}, {res.input_dtype} in / {res.output_dtype} out)"),
-        ("float32 .tflite", f"{ui.kib(len(res.float_tflite))} (int8/float = {res.size_ratio:.3f})"),
+        ("float32 .tflite", f"{ui.kib(res.float_bytes)} (int8/float = {res.size_ratio:.3f})"),
         ("calibration", f"{res.representative_samples} training images (seed {args.seed})"),
         (f"float accuracy ({res.eval_split})", f"{pct(res.float_accuracy)} on {res.eval_samples} images"),
         ("int8 accuracy, post-training", pct(res.ptq_int8_accuracy)),

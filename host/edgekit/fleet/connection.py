@@ -1,7 +1,7 @@
 """The fleet tools' link: the one MQTT client (:class:`edgekit_agent.mqtt.client.MqttClient`) plus what only a
 consumer on the workstation needs: a start that waits for the broker and says why it failed, a queue of
-received messages and :func:`drain` to take them in batches. Used by watch, the exporter, remote bench,
-deploy and the demo.
+received messages and :func:`drain` to take them in batches (or, with ``on_message``, each message handed to a
+function on paho's thread, no queue). Used by watch, the exporter, remote bench, deploy and the demo.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class FleetLink(MqttClient):
     ``broker`` is a URL (a user name without a password takes it from ``EDGEKIT_MQTT_PASSWORD``) or a
     :class:`BrokerAddress`; ``protocol`` is ``auto`` (MQTT 5, falling back to 3.1.1), ``5`` or ``3.1.1``;
     ``session_expiry_s`` > 0 keeps a persistent session (the broker queues QoS 1 messages while we are away).
+    ``on_message`` takes each message on paho's network thread instead of :attr:`messages` (it must be quick
+    and must not raise: the exporter applies there, saving a queue and a thread hop per message).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class FleetLink(MqttClient):
         max_queue: int = 0,
         session_expiry_s: int = 0,
         tls_ca: str | None = None,
+        on_message: Callable[[Message], None] | None = None,
     ) -> None:
         tls_ca = str(tls_ca) if tls_ca else None  # a private CA (a lab broker's); None: the system's CAs
         if not isinstance(broker, BrokerAddress):
@@ -60,8 +63,12 @@ class FleetLink(MqttClient):
         self.refused_publishes: dict[int, int] = {}
         # paho's thread, on every PUBACK (mid, reason code): how CommandClient fails a refused request at once.
         self.on_puback: Callable[[int, int], None] | None = None
+        self._on_message = on_message
 
     def handle_message(self, msg: Message) -> None:
+        if self._on_message is not None:
+            self._on_message(msg)
+            return
         try:
             self.messages.put_nowait(msg)
         except queue.Full:  # a bounded queue drops the newest rather than block paho's network thread

@@ -40,11 +40,12 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from edgekit.fleet.connection import FleetLink, drain
+from edgekit.fleet.connection import FleetLink
 from edgekit.fleet.state import FleetState
 from edgekit_agent.contract.errors import BundleError, UsageError
 from edgekit_agent.contract.manifest import MANIFEST_NAME, Manifest
 from edgekit_agent.contract.topics import EVENTS, META, STATUS, TELEMETRY, every_device
+from edgekit_agent.mqtt.client import Message
 
 log = logging.getLogger(__name__)
 
@@ -498,6 +499,7 @@ class Exporter:
             subscriptions=subs,
             protocol=protocol,
             tls_ca=tls_ca,
+            on_message=self._apply,
         )
         self.state = FleetState(histogram_stages=stages)
         self.collector = FleetCollector(
@@ -508,8 +510,6 @@ class Exporter:
             latency_budgets_ms=latency_budgets_ms,
         )
         self.host, self.port, self.group = host, port, group
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._httpd: _MetricsServer | None = None
 
     @property
@@ -523,19 +523,16 @@ class Exporter:
         self._httpd = _MetricsServer((self.host, self.port), self.collector)
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, name="edgekit-exporter-http", daemon=True).start()
-        self._thread = threading.Thread(target=self._consume, name="edgekit-exporter", daemon=True)
-        self._thread.start()
         return self
 
-    def _consume(self) -> None:
-        while not self._stop.is_set():
-            batch = drain(self.link.messages, 0.2)
-            if batch:
-                with self.state.lock:
-                    try:
-                        self.state.apply_many(batch)
-                    except Exception:  # noqa: BLE001 - a dead consumer thread would freeze /metrics silently
-                        log.exception("exporter: a batch of %d messages could not be applied", len(batch))
+    def _apply(self, msg: Message) -> None:
+        """Apply one message on paho's network thread: a queue and a consumer thread in between cost about a
+        quarter of the ingest rate (issue 15, scripts/bench_fleet.py)."""
+        with self.state.lock:
+            try:
+                self.state.apply(msg)
+            except Exception:  # noqa: BLE001 - an exception here would end paho's loop and freeze /metrics
+                log.exception("exporter: a message on %s could not be applied", msg.topic)
 
     def processed(self) -> int:
         """Messages applied so far (after de-duplication)."""
@@ -544,9 +541,6 @@ class Exporter:
 
     def stop(self) -> None:
         """Stop consuming, disconnect and stop the HTTP server."""
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
         self.link.close()
         if self._httpd is not None:
             self._httpd.shutdown()

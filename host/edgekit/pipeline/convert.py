@@ -1,14 +1,19 @@
 """Full-integer post-training quantisation, checked: lint, accuracy against float, and QAT when it is needed.
 
-The converter runs in a child process (:mod:`edgekit.pipeline._convert_worker`) because it can crash its process
-(docs/pipeline.md, Convert); a crash or a converter exception becomes a :class:`ConversionError` that says what to do.
+The converter can crash its process on recurrent layers (docs/pipeline.md, Convert), so a model holding one is
+converted in a child process (:mod:`edgekit.pipeline._convert_worker`); any other model runs the same worker code in
+this process, where TensorFlow is already imported. A crash or a converter exception becomes a
+:class:`ConversionError` that says what to do.
 Calibration data always comes from the caller (never a default dataset), drawn with a seed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,12 +29,16 @@ import numpy as np
 from edgekit.pipeline.data import Splits
 from edgekit.pipeline.evaluate import evaluate_keras, evaluate_tflite, head_for_width
 from edgekit.pipeline.lint import LintReport, lint_full_int8
+from edgekit.pipeline.sizes import float32_bytes
 from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
 
 # The worker command; a list so tests can point it at a process that really crashes.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "edgekit.pipeline._convert_worker"]
 EXIT_CONVERTER_ERROR = 3
+# Layer classes the converter is known to segfault on under quantisation (Keras 3 LSTM/GRU); matched against every
+# class a layer inherits from, so subclasses and wrappers such as Bidirectional count too.
+CRASH_PRONE_LAYERS = re.compile(r"RNN|LSTM|GRU|Bidirectional")
 DEFAULT_TIMEOUT_S = 900
 StageFn = Callable[[str], None]
 
@@ -43,7 +52,8 @@ class ConversionResult:
     """
 
     tflite: bytes = field(repr=False)
-    float_tflite: bytes = field(repr=False)
+    float_tflite: bytes = field(repr=False)  # empty unless asked for (``with_float``)
+    float_bytes: int  # the float32 .tflite's size: ``float_tflite``'s, else computed (edgekit.pipeline.sizes)
     lint: LintReport = field(repr=False)
     input_dtype: str
     output_dtype: str
@@ -66,7 +76,7 @@ class ConversionResult:
     @property
     def size_ratio(self) -> float:
         """int8 bytes / float32 bytes of the same model (ideal: a little over 0.25)."""
-        return len(self.tflite) / len(self.float_tflite) if self.float_tflite else float("nan")
+        return len(self.tflite) / self.float_bytes if self.float_bytes else float("nan")
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -78,7 +88,7 @@ class ConversionResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "int8_bytes": len(self.tflite),
-            "float_tflite_bytes": len(self.float_tflite),
+            "float_tflite_bytes": self.float_bytes,
             "size_ratio": round(self.size_ratio, 4),
             "input_dtype": self.input_dtype,
             "output_dtype": self.output_dtype,
@@ -135,12 +145,37 @@ def _crash_message(rc: int, stderr: str, what: str) -> str:
     )
 
 
+def needs_isolation(model: Any) -> bool:
+    """True when ``model`` must be converted in a child process: it holds a layer the converter is known to crash
+    on (:data:`CRASH_PRONE_LAYERS`), or its layers cannot be listed (e.g. a SavedModel without Keras layers)."""
+    flatten = getattr(model, "_flatten_layers", None)  # Keras 3 and tf_keras: nested models and wrapped layers
+    if flatten is None:
+        return True
+    return any(
+        CRASH_PRONE_LAYERS.search(cls.__name__) for layer in flatten(include_self=True) for cls in type(layer).__mro__
+    )
+
+
 def run_worker(
-    job: dict[str, Any], workdir: Path, *, what: str = "the model", timeout: float = DEFAULT_TIMEOUT_S
+    job: dict[str, Any],
+    workdir: Path,
+    *,
+    what: str = "the model",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    isolate: bool = True,
 ) -> None:
-    """Run one conversion job in a child process; raise :class:`ConversionError` on a failure or crash."""
+    """Run one conversion job, in a child process with ``isolate`` (else here); raise :class:`ConversionError`
+    on a converter failure or crash."""
+    from edgekit.pipeline import _convert_worker
+
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
+    if not isolate:
+        # Keras's export prints its signatures to stdout, which would land in `--json` output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = _convert_worker.run(str(job_path))
+        _raise_for_exit(rc, "", workdir, what)
+        return
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)  # the worker loads Keras 3 models with Keras 3
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -154,20 +189,25 @@ def run_worker(
             f"the TFLite converter did not finish converting {what} within {timeout:.0f} s; "
             "try a smaller model or fewer representative samples (--representative-samples)."
         ) from None
-    if proc.returncode == 0:
+    _raise_for_exit(proc.returncode, proc.stderr, workdir, what)
+
+
+def _raise_for_exit(rc: int, stderr: str, workdir: Path, what: str) -> None:
+    """A :class:`ConversionError` for the worker's exit code ``rc`` (negative: the signal that killed it)."""
+    if rc == 0:
         return
-    if proc.returncode < 0:
-        raise ConversionError(_crash_message(proc.returncode, proc.stderr, what))
+    if rc < 0:
+        raise ConversionError(_crash_message(rc, stderr, what))
     error_file = workdir / "error.txt"
-    if proc.returncode == EXIT_CONVERTER_ERROR and error_file.is_file():
+    if rc == EXIT_CONVERTER_ERROR and error_file.is_file():
         first = error_file.read_text().strip().splitlines()[0][:600]
         raise ConversionError(
             f"the TFLite converter failed on {what}: {first}. Check that every layer has a TFLite builtin "
             "equivalent (`edgekit inspect` lists a converted model's operators) and that the model loads with "
             "keras.models.load_model."
         )
-    tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-    raise ConversionError(f"the converter process for {what} exited with code {proc.returncode}:\n{tail}")
+    tail = "\n".join(stderr.strip().splitlines()[-5:])
+    raise ConversionError(f"the converter for {what} exited with code {rc}" + (f":\n{tail}" if tail else "."))
 
 
 def _representative(x: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
@@ -193,13 +233,14 @@ def convert_int8(
     num_samples: int = 200,
     seed: int = 0,
     strict: bool = True,
-    with_float: bool = True,
+    with_float: bool = False,
     name: str = "model",
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> ConversionResult:
-    """Full-integer PTQ of a Keras model (Keras 3, tf_keras, or a model file path), plus a float32 conversion.
+    """Full-integer PTQ of a Keras model (Keras 3, tf_keras, or a model file path).
 
-    ``num_samples`` representative inputs are drawn from ``representative_x`` with ``seed``. The result
+    ``num_samples`` representative inputs are drawn from ``representative_x`` with ``seed``. ``with_float``
+    also converts to float32 (``float_tflite``); without it the float32 size is computed. The result
     is linted; with ``strict`` (the default) float islands or wrong input/output dtypes raise
     :class:`QuantizationError` naming the operators.
     """
@@ -226,11 +267,11 @@ def convert_int8_many(
     num_samples: int = 200,
     seed: int = 0,
     strict: bool = True,
-    with_float: bool = True,
+    with_float: bool = False,
     names: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> list[ConversionResult]:
-    """:func:`convert_int8` for several models in one child process (TensorFlow is imported once).
+    """:func:`convert_int8` for several models in one worker run (one child process when any needs isolation).
 
     All models are calibrated on the same representative sample, so their results compare like with like
     (e.g. before and after pruning).
@@ -239,6 +280,10 @@ def convert_int8_many(
         raise ModelError(f"input/output dtype must be int8 or uint8, got {input_dtype}/{output_dtype}.")
     names = list(names or [f"model {i + 1}" for i in range(len(models))])
     start = time.perf_counter()
+    if any(isinstance(m, (str, Path)) for m in models):
+        from edgekit.pipeline.train import load_model
+
+        models = [load_model(m) if isinstance(m, (str, Path)) else m for m in models]
     rep = _representative(representative_x, num_samples, seed)
     outputs: list[tuple[bytes, bytes]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
@@ -260,7 +305,8 @@ def convert_int8_many(
             if with_float:
                 tasks.append({"kind": "float", "model": path, "format": fmt, "out": str(work / f"float_{i}.tflite")})
         job = {"representative": str(work / "representative.npy"), "tasks": tasks}
-        run_worker(job, work, what=", ".join(names), timeout=timeout)
+        isolate = any(needs_isolation(m) for m in models)
+        run_worker(job, work, what=", ".join(names), timeout=timeout, isolate=isolate)
         for i in range(len(models)):
             outputs.append(
                 (
@@ -278,6 +324,7 @@ def convert_int8_many(
             ConversionResult(
                 tflite=tflite,
                 float_tflite=float_tflite,
+                float_bytes=len(float_tflite) or float32_bytes(tflite, name),
                 lint=report,
                 input_dtype=input_dtype,
                 output_dtype=output_dtype,
@@ -405,6 +452,7 @@ def convert_for_profile(
     seed: int = 0,
     name: str = "model",
     on_stage: StageFn | None = None,
+    with_float: bool = False,
 ) -> ConversionResult:
     """Convert for a profile's input/output dtypes, measure float vs int8, and run QAT when PTQ loses too much.
 
@@ -419,7 +467,14 @@ def convert_for_profile(
         raise DatasetError("no validation or test samples to compare float and int8 accuracy; use a larger dataset.")
     stage("post-training quantisation")
     ptq = convert_int8(
-        model, splits.train.x, input_dtype=in_dt, output_dtype=out_dt, num_samples=num_samples, seed=seed, name=name
+        model,
+        splits.train.x,
+        input_dtype=in_dt,
+        output_dtype=out_dt,
+        num_samples=num_samples,
+        seed=seed,
+        with_float=with_float,
+        name=name,
     )
     stage("measuring float and int8 accuracy")
     from edgekit.pipeline import zoo
