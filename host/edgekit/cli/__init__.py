@@ -65,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return int(ExitStatus.USAGE)
+    from rich.markup import escape
+
     from edgekit.cli.ui import err_console, native_logs_captured
 
     # TensorFlow reads this when it is first imported (inside a command's run): hide its INFO/WARNING lines.
@@ -73,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with native_logs_captured(enabled=not args.verbose):
             return int(args._run(args))
     except EdgekitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # Not wrapped by rich: an error names a file, and a path broken over two lines cannot be copied.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         return int(exc.exit_status)
     except KeyboardInterrupt:
         err_console.print("interrupted")
