@@ -90,7 +90,7 @@ class Consumer:
             if m.topic.endswith("/telemetry/inference"):
                 self.requests[key] = int(doc["counts"]["requests"])
                 self.dropped = max(self.dropped, int(doc["outbox"]["dropped"]))
-            elif m.topic.endswith("/events"):
+            elif m.topic.endswith("/events") and self.seqs[key] == 1:  # a re-sent event counts once, as seq says
                 self.events.append((time.monotonic(), str(doc.get("event"))))
 
     def duplicates(self) -> int:

@@ -16,7 +16,8 @@ from edgekit_agent.contract.errors import ExitStatus
 EXAMPLES = """examples:
   edgekit datasets digits data/digits
   edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
-  edgekit build --dataset photos --profile raspberry-pi-4 --out out --backbone mobilenet_v2 --fine-tune 5"""
+  edgekit build --dataset photos --profile raspberry-pi-4 --out out \\
+      --backbone mobilenet_v2 --fine-tune 5"""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -71,7 +72,9 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone",
         choices=tuple(BACKBONES),
-        help="start from a pretrained base: Keras' ImageNet weights (downloaded once) or --backbone-weights",
+        metavar="NAME",
+        help="start from a pretrained base (" + ", ".join(BACKBONES) + "): Keras' ImageNet weights (downloaded "
+        "once) or --backbone-weights",
     )
     parser.add_argument(
         "--backbone-weights",

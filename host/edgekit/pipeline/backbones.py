@@ -235,7 +235,8 @@ def base_layers(model: Any) -> list[Any]:
 
 def backbone_of(model: Any) -> tuple[str, float] | None:
     """(backbone name, alpha) of a model :func:`build_transfer_model` made, from its name; None otherwise."""
-    m = re.fullmatch(rf"{PREFIX}({'|'.join(BACKBONES)})_a([0-9.]+)", model.name)
+    name = getattr(model, "name", None)  # a float .tflite or ONNX model (pipeline.foreign) has none: no backbone
+    m = re.fullmatch(rf"{PREFIX}({'|'.join(BACKBONES)})_a([0-9.]+)", name) if isinstance(name, str) else None
     return (m.group(1), float(m.group(2))) if m else None
 
 

@@ -233,6 +233,7 @@ def quantize(
     return ConversionResult(
         tflite=tflite,
         float_tflite=model.float_tflite,
+        float_bytes=len(model.float_tflite),
         lint=report,
         input_dtype=input_dtype,
         output_dtype=output_dtype,
