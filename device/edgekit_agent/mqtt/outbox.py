@@ -272,6 +272,14 @@ class Outbox:
             return None
         return st.f_bavail * st.f_frsize + pages * _PAGE
 
+    def _fs_free(self) -> int:
+        """Bytes free on the outbox's file system (0 when it cannot be read)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
     def _full(self, why: str) -> None:
         if self._disk_full is None:
             log.error("%s: the disk is full (%s); dropping the oldest telemetry first", self.path, why)
@@ -381,7 +389,10 @@ class Outbox:
         """Leave the full-disk state once there is room again: the memory lane goes to disk (rows in flight
         stay in memory: their acknowledgement names them), delivered rows are deleted."""
         free = self._free()
-        if free is not None and free < 2 * self.reserve_bytes:  # hysteresis: no flapping at the edge
+        # Hysteresis, so the state does not flap at the edge: twice the reserve counting SQLite's free pages, or
+        # the reserve and a quarter on the file system itself (the journal and the unpacked bundle share a small
+        # disk, where twice the reserve may never come back; the file's own free pages alone do not count then).
+        if free is not None and free < 2 * self.reserve_bytes and self._fs_free() < self.reserve_bytes * 5 // 4:
             return
         moving = [e for e in self._memory if e.id not in self._pinned]
         try:
@@ -524,7 +535,8 @@ class Outbox:
                     len(self._memory),
                 )
             if self._memory:
-                self._dropped += len(self._memory)
+                # What was handed to the broker connection will arrive (as with the bounds): only the rest is lost.
+                self._dropped += sum(1 for e in self._memory if e.id not in self._pinned)
                 self._memory.clear()
                 self._write_counters()
             try:
