@@ -38,7 +38,7 @@ from edgekit_agent.contract.errors import BundleError, IntegrityError, ModelErro
 from edgekit_agent.contract.manifest import MANIFEST_NAME, Manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: keeps `import edgekit_agent.bundle.load` light
-    from edgekit_agent.infer.preprocess import Preprocessor
+    from edgekit_agent.infer.inputs import InputPipeline
     from edgekit_agent.infer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,11 @@ class Bundle:
             model_name=f"{self.directory}/{model.name}",
         )
 
-    def preprocessor(self) -> Preprocessor:
-        """Image → input tensor, per the manifest's preprocessing spec and first input tensor."""
-        from edgekit_agent.infer.preprocess import Preprocessor
+    def preprocessor(self) -> InputPipeline:
+        """File or samples → input tensor, per the manifest's preprocessing spec and first input tensor."""
+        from edgekit_agent.infer.inputs import make_preprocessor
 
-        return Preprocessor(self.manifest.preprocess, self.manifest.inputs[0])
+        return make_preprocessor(self.manifest.preprocess, self.manifest.inputs[0])
 
 
 def _is_archive(path: Path) -> bool:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 from edgekit_agent.contract.errors import BundleError
 
@@ -123,13 +123,14 @@ class TensorSpec:
 
 @dataclass(frozen=True, slots=True)
 class PreprocessSpec:
-    """How an image becomes the model's input tensor (shared by workstation evaluation and device).
+    """``kind = "image"``. How an image becomes the model's input tensor (shared by workstation evaluation and device).
 
     Steps: decode with Pillow → convert to ``color_mode`` ("L" grey or "RGB") → resize to
     ``width``×``height`` with ``resize`` → float32 pixels × ``scale`` → (x - mean) / std per channel →
     quantise with the input tensor's scale and zero point.
     """
 
+    kind: ClassVar[str] = "image"
     width: int
     height: int
     color_mode: str = "L"
@@ -169,6 +170,183 @@ class PreprocessSpec:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The model input this makes, without the batch axis."""
+        return (self.height, self.width, self.channels)
+
+
+def _positive_ints(d: Mapping[str, Any], where: str, *keys: str) -> dict[str, int]:
+    out = {}
+    for key in keys:
+        value = d[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise BundleError(f"{where}: key '{key}' should be a positive integer, got {value!r:.40}.")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSpec:
+    """How a sound clip becomes the model's input (``kind = "audio"``); the same numpy code on both sides
+    (:mod:`edgekit_agent.infer.audio`).
+
+    Steps: decode the WAV → mono → resample to ``sample_rate`` → cut or pad (zeros) to ``clip_samples`` around
+    the clip's centre → frames of ``frame_length`` every ``frame_step`` samples, Hann window → power spectrum
+    ``|rfft(frame, fft_length)|²`` → ``n_mels`` triangular mel filters between ``fmin`` and ``fmax`` Hz →
+    ``log(x + log_offset)`` → ``(x - mean) / std`` → quantise. The input tensor is (1, frames, n_mels, 1).
+    The golden samples' ``raw`` array holds float waveforms in [-1, 1] at ``sample_rate``, ``clip_samples`` long.
+    """
+
+    kind: ClassVar[str] = "audio"
+    sample_rate: int = 16000
+    clip_samples: int = 16000
+    frame_length: int = 480  # 30 ms at 16 kHz (TFLite Micro's micro_speech uses 30 ms windows, 20 ms apart)
+    frame_step: int = 320
+    fft_length: int = 512
+    n_mels: int = 40
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    log_offset: float = 1e-6
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def frames(self) -> int:
+        return 1 + (self.clip_samples - self.frame_length) // self.frame_step
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.frames, self.n_mels, 1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest.preprocess") -> AudioSpec:
+        base = cls()
+        ints = _positive_ints(
+            {k: d.get(k, getattr(base, k)) for k in _AUDIO_INTS},
+            where,
+            *_AUDIO_INTS,
+        )
+        spec = cls(
+            **ints,
+            fmin=_opt_number(d, "fmin", base.fmin, where),
+            fmax=_opt_number(d, "fmax", base.fmax, where),
+            log_offset=_opt_number(d, "log_offset", base.log_offset, where),
+            mean=_opt_number(d, "mean", base.mean, where),
+            std=_opt_number(d, "std", base.std, where),
+        )
+        if spec.clip_samples < spec.frame_length or spec.fft_length < spec.frame_length:
+            raise BundleError(
+                f"{where}: clip_samples ({spec.clip_samples}) and fft_length ({spec.fft_length}) must be at least "
+                f"frame_length ({spec.frame_length})."
+            )
+        if not 0.0 <= spec.fmin < spec.fmax <= spec.sample_rate / 2:
+            raise BundleError(
+                f"{where}: need 0 <= fmin < fmax <= sample_rate / 2, got fmin {spec.fmin}, fmax {spec.fmax}, "
+                f"sample_rate {spec.sample_rate}."
+            )
+        if spec.std == 0 or spec.log_offset <= 0:
+            raise BundleError(f"{where}: std must not be 0 and log_offset must be > 0.")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+_AUDIO_INTS = ("sample_rate", "clip_samples", "frame_length", "frame_step", "fft_length", "n_mels")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """How a sensor recording (CSV: an optional time column, then one column per channel) becomes the model's
+    input (``kind = "sensor"``), the same numpy code on both sides (:mod:`edgekit_agent.infer.sensors`).
+
+    Steps: read the columns named in ``channels`` (in that order) → resample to ``sample_rate`` Hz on the time
+    column when the file has one → ``window`` rows (training cuts a recording into windows every ``stride``
+    rows; serving a file takes its central window) → ``(x - mean) / std`` per channel → quantise. The input
+    tensor is (1, window, channels). The golden samples' ``raw`` array holds the windows before normalisation,
+    (N, window, channels) float32.
+    """
+
+    kind: ClassVar[str] = "sensor"
+    channels: tuple[str, ...]
+    window: int
+    stride: int
+    sample_rate: float
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if not self.mean:
+            object.__setattr__(self, "mean", (0.0,) * n)
+        if not self.std:
+            object.__setattr__(self, "std", (1.0,) * n)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.window, len(self.channels))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest.preprocess") -> SensorSpec:
+        channels = _req(d, "channels", list, where)
+        if not channels or not all(isinstance(c, str) and c for c in channels) or len(set(channels)) != len(channels):
+            raise BundleError(
+                f"{where}: key 'channels' should be a list of distinct column names, got {channels!r:.80}."
+            )
+        ints = _positive_ints(d, where, "window", "stride") if "window" in d and "stride" in d else None
+        if ints is None:
+            raise BundleError(f"{where}: a sensor spec needs 'window' and 'stride' (rows).")
+        rate = _opt_number(d, "sample_rate", 0.0, where)
+        if rate <= 0:
+            raise BundleError(f"{where}: key 'sample_rate' should be a positive number of rows per second.")
+        n = len(channels)
+        spec = cls(
+            channels=tuple(channels),
+            window=ints["window"],
+            stride=ints["stride"],
+            sample_rate=rate,
+            mean=_numbers(d, "mean", (0.0,) * n, where),
+            std=_numbers(d, "std", (1.0,) * n, where),
+        )
+        if len(spec.mean) != n or len(spec.std) != n:
+            raise BundleError(f"{where}: 'mean' and 'std' need one value per channel ({n}).")
+        if any(s == 0 for s in spec.std):
+            raise BundleError(f"{where}: std must not contain 0.")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "channels": list(self.channels),
+            "window": self.window,
+            "stride": self.stride,
+            "sample_rate": self.sample_rate,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+#: What the manifest's ``preprocess`` describes: an image (no ``kind`` key, or ``"image"``), a sound clip or a
+#: sensor window.
+InputSpec = PreprocessSpec | AudioSpec | SensorSpec
+INPUT_KINDS = ("image", "audio", "sensor")
+
+
+def input_spec_from_dict(d: Mapping[str, Any], where: str = "manifest.preprocess") -> InputSpec:
+    """The typed spec for ``d`` by its ``kind`` (absent: an image, as every manifest before audio and sensors)."""
+    kind = d.get("kind", "image")
+    if kind == "image":
+        return PreprocessSpec.from_dict(d, where)
+    if kind == "audio":
+        return AudioSpec.from_dict(d, where)
+    if kind == "sensor":
+        return SensorSpec.from_dict(d, where)
+    raise BundleError(
+        f"{where}: kind {kind!r:.40} is not one of {list(INPUT_KINDS)}; this agent is older than the bundle: "
+        "upgrade edgekit-agent."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +420,7 @@ class Manifest:
     model: FileEntry
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    preprocess: PreprocessSpec
+    preprocess: InputSpec
     labels: tuple[str, ...]
     files: tuple[FileEntry, ...]
     outputs_are: OutputsAre = "logits"  # a manifest written before the key existed is read as logits
@@ -328,7 +506,7 @@ class Manifest:
             model=next(f for f in files if f.name == model_file),
             inputs=inputs,
             outputs=outputs,
-            preprocess=PreprocessSpec.from_dict(_req(d, "preprocess", dict, source), f"{source}: preprocess"),
+            preprocess=input_spec_from_dict(_req(d, "preprocess", dict, source), f"{source}: preprocess"),
             labels=tuple(str(x) for x in labels),
             files=tuple(files),
             outputs_are=cast(OutputsAre, outputs_are),

@@ -111,6 +111,8 @@ def dequantize(q: np.ndarray, tensor: TensorSpec) -> np.ndarray:
 class Preprocessor:
     """Turns images (paths, bytes or PIL images) into ready input tensors with a batch axis of 1."""
 
+    suffixes = IMAGE_SUFFIXES
+
     def __init__(self, spec: PreprocessSpec, tensor: TensorSpec) -> None:
         self.spec = spec
         self.tensor = tensor
@@ -132,6 +134,15 @@ class Preprocessor:
 
     def __call__(self, source: str | Path | bytes | Image.Image) -> np.ndarray:
         return quantize(self.floats(source), self.tensor)[None, ...]
+
+    def from_raw(self, samples: object) -> np.ndarray:
+        """Pixels (H, W) or (H, W, channels) of 0..255 values → normalised floats, as a decoded image would be."""
+        try:
+            a = np.asarray(samples)
+            img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+        except (ValueError, TypeError):
+            raise InputError("the samples must be rows of pixel values 0..255 (H×W or H×W×channels).") from None
+        return image_to_float(img, self.spec)
 
     def from_array(self, x: np.ndarray) -> np.ndarray:
         """A float (H, W, C) array already normalised per the spec → quantised input with batch axis."""

@@ -35,7 +35,7 @@ from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, S
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.contract.topics import Schema, Topics
 from edgekit_agent.infer.classify import Prediction, top_one
-from edgekit_agent.infer.preprocess import IMAGE_SUFFIXES, float_mean, quantize
+from edgekit_agent.infer.preprocess import float_mean, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
@@ -339,9 +339,10 @@ class Agent:
         Sets ``_settle_at``, when the first file skipped as still being written may be served."""
         watch = self._waker.watch if self._waker is not None else None
         names: list[tuple[tuple[str, ...], os.DirEntry[str], str | None]] = []
+        suffixes = self.preprocessor.suffixes  # the active bundle's kind of input: images, .wav or .csv
 
         def listed(entry: os.DirEntry[str], key: tuple[str, ...], label: str | None) -> None:
-            if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_SUFFIXES):
+            if not entry.name.startswith(".") and entry.name.lower().endswith(suffixes):
                 names.append((key, entry, label))
 
         try:

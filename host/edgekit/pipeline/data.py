@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
-from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.contract.manifest import InputSpec, PreprocessSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
@@ -39,14 +39,19 @@ class SkippedImage:
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    """Preprocessed samples: ``x`` (N, H, W, C) float32, ``y`` int64 class indices into ``labels``."""
+    """Preprocessed samples: ``x`` (N, *spec.shape) float32, ``y`` int64 class indices into ``labels``.
+
+    ``raw`` (audio and sensor datasets) holds each sample before feature extraction, as the spec's docstring
+    says (waveforms, or sensor windows before normalisation): the bundle's golden samples carry it so that a
+    device's self-test starts from raw input and catches a feature mismatch."""
 
     x: np.ndarray
     y: np.ndarray
     labels: tuple[str, ...]
-    spec: PreprocessSpec
+    spec: InputSpec
     files: tuple[str, ...] = ()
     skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (the CLI lists them, one line each)
+    raw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.y))
@@ -59,7 +64,8 @@ class Dataset:
     def subset(self, index: np.ndarray) -> Dataset:
         """The samples at ``index`` (same labels and spec)."""
         files = tuple(self.files[i] for i in index) if self.files else ()
-        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=())
+        raw = self.raw[index] if self.raw is not None else None
+        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=(), raw=raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ class Splits:
         return self.train.labels
 
     @property
-    def spec(self) -> PreprocessSpec:
+    def spec(self) -> InputSpec:
         return self.train.spec
 
 
