@@ -52,6 +52,9 @@ class Dataset:
     files: tuple[str, ...] = ()
     skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (the CLI lists them, one line each)
     raw: np.ndarray | None = None
+    # (N,) int: samples that share a group (the windows of one recording, the noisy copies of one clip) are
+    # never split between train and test, or the held-out accuracy would measure memory. None: each its own.
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.y))
@@ -65,7 +68,8 @@ class Dataset:
         """The samples at ``index`` (same labels and spec)."""
         files = tuple(self.files[i] for i in index) if self.files else ()
         raw = self.raw[index] if self.raw is not None else None
-        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=(), raw=raw)
+        groups = self.groups[index] if self.groups is not None else None
+        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=(), raw=raw, groups=groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,21 +420,26 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
     split the same way whichever other classes the dataset holds: evaluating a bundle on a folder with only
     some of its classes tests on exactly the images the build held out. Every class with at least three
     samples gets at least one validation and one test sample, so small classes are still measured.
+    With ``ds.groups``, whole groups are shuffled and cut instead of samples (the same proportions of groups).
     """
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise DatasetError(f"split fractions val={val} and test={test} must be in [0, 1) and sum to less than 1.")
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for cls, label in enumerate(ds.labels):
         idx = np.flatnonzero(ds.y == cls)
-        idx = idx[class_rng(seed, label).permutation(len(idx))]
-        n = len(idx)
+        units = [idx] if ds.groups is None else [idx[ds.groups[idx] == g] for g in np.unique(ds.groups[idx])]
+        n = len(idx) if ds.groups is None else len(units)
+        order = class_rng(seed, label).permutation(n)
         n_test = int(round(n * test))
         n_val = int(round(n * val))
         if n >= 3:  # keep each class visible in every part
             n_test, n_val = max(n_test, 1 if test > 0 else 0), max(n_val, 1 if val > 0 else 0)
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test : n_test + n_val])
-        parts["train"].append(idx[n_test + n_val :])
+        cuts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+        for part, picked in cuts.items():
+            if ds.groups is None:
+                parts[part].append(idx[picked])
+            else:
+                parts[part].append(np.concatenate([units[i] for i in picked]) if len(picked) else idx[:0])
     chosen = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     return Splits(train=ds.subset(chosen["train"]), val=ds.subset(chosen["val"]), test=ds.subset(chosen["test"]))
 
