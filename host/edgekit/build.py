@@ -61,6 +61,7 @@ class ProfileBuild:
     fits: bool
     fit_summary: str
     chance: float = float("nan")  # the accuracy of guessing on the held-out samples (EvalResult.chance)
+    exact_match: float | None = None  # multi-label: held-out int8 samples whose whole label set is right
     manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
 
     @property
@@ -94,6 +95,7 @@ class ProfileBuild:
             "fit_summary": self.fit_summary,
             "chance_accuracy": self.chance,
             "near_chance": self.near_chance,
+            **({"int8_exact_match": self.exact_match} if self.exact_match is not None else {}),
         }
 
 
@@ -392,6 +394,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         fits=fit.fits,
         fit_summary=fit.summary(),
         chance=ev.chance,
+        exact_match=ev.exact_match,
     )
     if not fit.fits:  # keep_going: report it, but never ship a bundle that does not fit
         from edgekit.package.writer import remove_bundle
@@ -435,6 +438,11 @@ def _bundle(s: _State, profile: Profile) -> None:
         "arch": s.trained_arch,
         "max_accuracy_drop": s.max_accuracy_drop,
     }
+    if ev.multilabel:  # int8_accuracy above is the mean per-label accuracy
+        metrics["multilabel"] = {
+            "int8_exact_match": ev.exact_match,
+            "per_label": dict(zip(s.ds.labels, ev.per_label())),
+        }
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
     extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
