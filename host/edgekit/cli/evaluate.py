@@ -246,7 +246,7 @@ def _print(
         c.print(
             ui.table(
                 f"int8 per label (exact match {100 * (report.int8_result.exact_match or 0):.2f} %)",
-                ("label", "accuracy", "precision", "recall", "[[tn, fp], [fn, tp]]"),
+                ("label", "accuracy", "precision", "recall", "tn, fp / fn, tp"),
                 [
                     (
                         labels[i],
@@ -254,7 +254,7 @@ def _print(
                             "-" if v is None else f"{100 * v:.1f} %"
                             for v in (r["accuracy"], r["precision"], r["recall"])
                         ),
-                        str(r["confusion"]),
+                        "{}, {} / {}, {}".format(*r["confusion"][0], *r["confusion"][1]),
                     )
                     for i, r in enumerate(report.int8_result.per_label())
                 ],
