@@ -172,6 +172,39 @@ def test_self_test_and_the_served_label_sets(multilabel_build, marks, tmp_path: 
     assert "bar+dot" in agent.label_index and "bar+cat" not in agent.label_index
 
 
+def test_a_watched_folder_of_label_sets_is_served_and_judged_by_exact_match(multilabel_build, marks, tmp_path) -> None:
+    """Files dropped into DIR/bar+dot/ are labelled with that set, served, journaled and moved; a folder that is
+    not a set of the bundle's labels leaves its file unlabelled."""
+    import os
+    import shutil
+    import time
+
+    from edgekit_agent.bundle.load import load_bundle
+    from edgekit_agent.serve.agent import Agent
+    from edgekit_agent.serve.config import AgentSettings
+
+    root, rows = marks
+    inbox = tmp_path / "inbox"
+    chosen = [(name, have) for name, have in rows if have][:24]
+    for name, have in chosen:
+        (inbox / "+".join(have)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, inbox / "+".join(have) / name)
+    (inbox / "bar+fish").mkdir()
+    shutil.copy(root / rows[0][0], inbox / "bar+fish" / "x.png")
+    past = time.time() - 60  # settled: not still being written
+    for p in inbox.rglob("*.png"):
+        os.utime(p, (past, past))
+    bundle = load_bundle(multilabel_build.profiles[0].directory)
+    agent = Agent(bundle, AgentSettings(device_id="marks-watch", data_dir=tmp_path / "data", watch_dir=inbox))
+    assert agent.scan_once() == len(chosen) + 1
+    body = agent.recorder.snapshot_and_reset()
+    assert body["counts"]["ok"] == len(chosen) + 1
+    acc = body["accuracy"]
+    assert acc["labeled"] == len(chosen) and acc["accuracy"] >= 0.6, acc
+    assert (inbox / ".processed" / "bar+fish" / "x.png").is_file()
+    assert sum(1 for _ in (inbox / ".processed").rglob("*.png")) == len(chosen) + 1
+
+
 def test_evaluate_and_infer_clis_report_label_sets(multilabel_build, marks, capsys) -> None:
     from edgekit.cli import main
     from edgekit_agent.cli.app import main as agent_main
