@@ -236,7 +236,10 @@ def _head(s: _State) -> HeadSpec:
         if kind not in (None, has):
             raise UsageError(f"--head {kind}: {s.model_path} has a {has} head on the dataset {s.dataset}.")
         kind = has
-    return train.head_for_dataset(s.ds, kind, s.threshold)  # type: ignore[arg-type]
+    head = train.head_for_dataset(s.ds, kind, s.threshold)  # type: ignore[arg-type]
+    if s.backbone is not None and head.kind != "softmax":
+        raise UsageError(f"--backbone trains a softmax head; a {head.kind} head trains without --backbone.")
+    return head
 
 
 def _load_model(s: _State) -> None:
