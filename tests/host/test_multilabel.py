@@ -220,6 +220,16 @@ def test_evaluate_and_infer_clis_report_label_sets(multilabel_build, marks, caps
     assert set(row["probabilities"]) == set(LABELS) and row["label"] == "+".join(row["labels"])
 
 
+def test_convert_takes_the_saved_multilabel_model_with_a_threshold(multilabel_build, marks, tmp_path, capsys) -> None:
+    from edgekit.cli import main
+
+    model = multilabel_build.model_file  # the trained Keras model kept next to the bundles
+    args = ["convert", str(model), "--dataset", str(marks[0]), "--profile", "raspberry-pi-4"]
+    assert main([*args, "--out", str(tmp_path / "m.tflite"), "--threshold", "0.6", "--no-qat", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["head"] == {"kind": "multilabel", "threshold": 0.6} and info["int8_accuracy"] >= 0.8, info
+
+
 def test_train_with_one_sigmoid_output_and_threshold_refusals(tmp_path: Path, capsys) -> None:
     from edgekit.cli import main
 
