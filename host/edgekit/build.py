@@ -61,6 +61,7 @@ class ProfileBuild:
     fits: bool
     fit_summary: str
     chance: float = float("nan")  # the accuracy of guessing on the held-out samples (EvalResult.chance)
+    exact_match: float | None = None  # multi-label: held-out int8 samples whose whole label set is right
     manifest: Manifest | None = field(default=None, repr=False, compare=False)  # as written, None without a bundle
 
     @property
@@ -94,6 +95,7 @@ class ProfileBuild:
             "fit_summary": self.fit_summary,
             "chance_accuracy": self.chance,
             "near_chance": self.near_chance,
+            **({"int8_exact_match": self.exact_match} if self.exact_match is not None else {}),
         }
 
 
@@ -172,6 +174,8 @@ class _State:
     arch: str
     backbone: BackboneChoice | None = None
     fine_tune: int = 0
+    head_kind: str | None = None  # asked for (None: the dataset's or the model file's)
+    threshold: float | None = None  # asked for (None: 0.5)
     report: Callable[[str], None] = lambda detail: None
     ds: Dataset | None = None
     splits: Splits | None = None
@@ -209,10 +213,33 @@ def _load_data(s: _State) -> None:
         s.ds = data.load_dataset(s.dataset, s.model_shape.dataset_spec(s.dataset) if s.model_shape else None)
     if s.model_shape is not None:
         s.model_shape.check(s.ds, s.dataset)
+    s.head = _head(s)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
+
+
+def _head(s: _State) -> HeadSpec:
+    """The bundle's head: what the dataset (multi-label) or the model file (one output: sigmoid) says, or
+    ``--head``; ``--threshold`` only where there is one (a sigmoid or multilabel head)."""
+    from edgekit.pipeline import foreign, train
+
+    assert s.ds is not None
+    kind = s.head_kind
+    if s.model_shape is not None:
+        if s.ds.multilabel and isinstance(s.model, foreign.ForeignModel):
+            raise UsageError(
+                f"{s.model_path}: a float .tflite or ONNX model on a multi-label dataset is not supported."
+            )
+        has = s.model_shape.head_for(s.ds).kind
+        if kind not in (None, has):
+            raise UsageError(f"--head {kind}: {s.model_path} has a {has} head on the dataset {s.dataset}.")
+        kind = has
+    head = train.head_for_dataset(s.ds, kind, s.threshold)  # type: ignore[arg-type]
+    if s.backbone is not None and head.kind != "softmax":
+        raise UsageError(f"--backbone trains a softmax head; a {head.kind} head trains without --backbone.")
+    return head
 
 
 def _load_model(s: _State) -> None:
@@ -226,7 +253,6 @@ def _load_model(s: _State) -> None:
         s.model = train.load_model(s.model_path)
         s.model_shape = train.model_shape(s.model, s.model_path, s.dataset)  # one image input, one (batch, classes)
     s.model_file = s.model_path
-    s.head = s.model_shape.head
     s.trained_arch = f"file:{s.model_path.name}"
     s.float_accuracy = -1.0  # unknown until measured on this dataset's test split
 
@@ -239,7 +265,9 @@ def _train(s: _State) -> None:
             s.splits, s.backbone, epochs=s.epochs, fine_tune=s.fine_tune, seed=s.seed, on_epoch=_epoch_reporter(s)
         )
     else:
-        result = train.train_model(s.splits, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s))
+        result = train.train_model(
+            s.splits, head=s.head, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s)
+        )
     s.model, s.trained_arch, s.float_accuracy = result.model, result.arch, float(result.float_accuracy)
 
 
@@ -286,7 +314,8 @@ def _save_model(s: _State) -> None:
     if s.float_accuracy < 0:  # a model file: training's (or pruning's) test-split figure does not exist
         from edgekit.pipeline import evaluate
 
-        s.float_accuracy = float(evaluate.evaluate_keras(s.model, s.splits.test.x, s.splits.test.y).accuracy)
+        test = s.splits.test
+        s.float_accuracy = float(evaluate.evaluate_keras(s.model, test.x, test.y, head=s.head).accuracy)
 
 
 def _model_out(s: _State) -> Path:
@@ -314,6 +343,7 @@ def _convert(s: _State, profile: Profile) -> None:
             seed=s.seed,
             name=s.name,
             on_stage=s.report,
+            head=s.head,
         )
     else:
         s.report(f"same {key[0]}/{key[1]} model as an earlier profile")
@@ -347,6 +377,7 @@ def _fit(s: _State, profile: Profile) -> None:
 def _bundle(s: _State, profile: Profile) -> None:
     from edgekit.fit import check
     from edgekit.package.writer import write_bundle
+    from edgekit.pipeline import data
     from edgekit.pipeline.reference import compute_reference
 
     conv, ev, fit = s.work.conversion, s.work.evaluation, s.work.fit
@@ -366,6 +397,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         fits=fit.fits,
         fit_summary=fit.summary(),
         chance=ev.chance,
+        exact_match=ev.exact_match,
     )
     if not fit.fits:  # keep_going: report it, but never ship a bundle that does not fit
         from edgekit.package.writer import remove_bundle
@@ -409,6 +441,11 @@ def _bundle(s: _State, profile: Profile) -> None:
         "arch": s.trained_arch,
         "max_accuracy_drop": s.max_accuracy_drop,
     }
+    if ev.multilabel:  # int8_accuracy above is the mean per-label accuracy
+        metrics["multilabel"] = {
+            "int8_exact_match": ev.exact_match,
+            "per_label": dict(zip(s.ds.labels, ev.per_label())),
+        }
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
     extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
@@ -421,7 +458,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         preprocess=s.ds.spec,
         labels=list(s.ds.labels),
         golden_x=test.x[:n],
-        golden_y=test.y[:n],
+        golden_y=data.label_masks(test.y[:n]) if s.ds.multilabel else test.y[:n],
         version=s.version,
         metrics=metrics,
         fit=fit.to_dict() if fit is not None else None,
@@ -530,6 +567,8 @@ def build(
     fine_tune: int = 0,
     alpha: float | None = None,
     image_size: tuple[int, int] | None = None,
+    head: str | None = None,
+    threshold: float | None = None,
     on_progress: Callable[[BuildProgress], None] | None = None,
 ) -> BuildResult:
     """Build one verified full-int8 bundle per profile from a dataset (and optionally a model file).
@@ -542,6 +581,10 @@ def build(
     ``backbone`` (a key of ``edgekit.pipeline.backbones.BACKBONES``) starts from pretrained weights: Keras'
     ImageNet ones, or ``backbone_weights``; ``fine_tune`` epochs then train the top of the base too.
     ``alpha`` and ``image_size`` (height, width) default to what the profiles suit.
+
+    ``head`` ("softmax", "sigmoid" or "multilabel") is the one to train (default: multilabel for a
+    multi-label dataset, else softmax; a ``model`` file's outputs decide its own); ``threshold`` is a sigmoid
+    or multilabel head's (default 0.5), a :class:`UsageError` on a softmax head. Both go into the manifest.
     """
     started = time.perf_counter()
     if not profiles:
@@ -590,6 +633,8 @@ def build(
         arch=arch,
         backbone=choice,
         fine_tune=fine_tune,
+        head_kind=head,
+        threshold=threshold,
     )
     steps = plan(prune, loaded, model_path is not None)
     notify = on_progress or (lambda event: None)

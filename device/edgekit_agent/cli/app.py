@@ -403,7 +403,13 @@ class Infer:
             print_json(results)
         else:
             rows = [
-                (r["image"], r["label"], f"{r['confidence']:.3f}", f"{r['preprocess_ms']:.3f}", f"{r['invoke_ms']:.3f}")
+                (
+                    r["image"],
+                    r["label"] or "(no label)",
+                    f"{r['confidence']:.3f}",
+                    f"{r['preprocess_ms']:.3f}",
+                    f"{r['invoke_ms']:.3f}",
+                )
                 if "error" not in r
                 else (r["image"], "-", "-", "-", "-")
                 for r in results

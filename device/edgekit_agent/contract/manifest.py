@@ -25,9 +25,13 @@ SIGNATURE_NAME = "manifest.sig"
 #: What the model's output tensor holds: softmax is applied on the device only to logits.
 OutputsAre = Literal["logits", "probabilities"]
 OUTPUTS_ARE: tuple[OutputsAre, ...] = ("logits", "probabilities")
-#: How the output becomes a class: the largest of N outputs (softmax or logits), or one sigmoid output (two classes).
-HeadKind = Literal["softmax", "sigmoid"]
-HEAD_KINDS: tuple[HeadKind, ...] = ("softmax", "sigmoid")
+#: How the output becomes a class: the largest of N outputs (softmax or logits), one sigmoid output (two classes),
+#: or one sigmoid output per label, each label on its own (multi-label: a set of labels per input).
+HeadKind = Literal["softmax", "sigmoid", "multilabel"]
+HEAD_KINDS: tuple[HeadKind, ...] = ("softmax", "sigmoid", "multilabel")
+#: A multi-label decision travels as a bit mask (bit i: labels[i]) through telemetry, whose records are float64:
+#: 32 labels keep every mask exact there and in the journal's SQLite integers.
+MAX_MULTILABELS = 32
 
 _DTYPE_RANGES = {
     "int8": (-128, 127),
@@ -352,7 +356,8 @@ def input_spec_from_dict(d: Mapping[str, Any], where: str = "manifest.preprocess
 @dataclass(frozen=True, slots=True)
 class HeadSpec:
     """The classifier head. ``softmax``: one output per label, the largest wins. ``sigmoid``: one output, the
-    probability of ``labels[1]``; at or above ``threshold`` the class is ``labels[1]``, else ``labels[0]``."""
+    probability of ``labels[1]``; at or above ``threshold`` the class is ``labels[1]``, else ``labels[0]``.
+    ``multilabel``: one sigmoid output per label; the prediction is the set of labels at or above ``threshold``."""
 
     kind: HeadKind = "softmax"
     threshold: float = 0.5
@@ -495,6 +500,11 @@ class Manifest:
             raise BundleError(
                 f"{source}: a sigmoid head needs one output and two labels; the model has {units} output(s) and "
                 f"there are {len(labels)} labels. Rebuild the bundle with `edgekit build`."
+            )
+        if head.kind == "multilabel" and not (units == len(labels) and 2 <= units <= MAX_MULTILABELS):
+            raise BundleError(
+                f"{source}: a multilabel head needs one output per label, 2 to {MAX_MULTILABELS} of them; the model "
+                f"has {units} output(s) and there are {len(labels)} labels. Rebuild the bundle with `edgekit build`."
             )
         fit = d.get("fit")
         return cls(

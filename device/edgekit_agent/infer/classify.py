@@ -3,7 +3,8 @@
 Whether the model ends in logits or probabilities is the manifest's ``outputs_are``; softmax is applied
 only to logits, so confidences on the device mean the same as the drift reference's confidence histogram.
 The manifest's ``head`` says how outputs become a class: :class:`TopOne` (one output per class, the largest
-wins) or :class:`Binary` (one sigmoid output against a threshold). :func:`top_one` picks the one for a
+wins), :class:`Binary` (one sigmoid output against a threshold) or :class:`MultiLabel` (one sigmoid output per
+label: the set of labels at or above the threshold, as a bit mask). :func:`top_one` picks the one for a
 manifest: the agent builds it once per bundle and calls it on every inference. :func:`decide` does the same
 for a batch of dequantised outputs (the workstation's accuracy, drift reference and the self-test).
 """
@@ -11,6 +12,7 @@ for a batch of dequantised outputs (the workstation's accuracy, drift reference 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,10 @@ SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """The top-1 class of one inference; a served one (the agent's) also says where the time went."""
+    """The top-1 class of one inference; a served one (the agent's) also says where the time went.
+
+    A multi-label head's prediction is a set: ``index`` is its bit mask (bit i: ``labels[i]`` of the bundle),
+    ``label`` the labels joined by "+" ("" for none), ``labels`` the set and ``probabilities`` every label's."""
 
     index: int
     label: str
@@ -32,9 +37,13 @@ class Prediction:
     latency_ms: float | None = None  # total: preprocess + invoke + top-1
     preprocess_ms: float | None = None
     invoke_ms: float | None = None
+    labels: tuple[str, ...] | None = None  # multi-label only
+    probabilities: Mapping[str, float] | None = None  # multi-label only
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "label": self.label, "confidence": self.confidence}
+        if self.labels is not None:
+            d.update(labels=list(self.labels), probabilities=dict(self.probabilities or {}))
         if self.latency_ms is not None:
             d.update(latency_ms=self.latency_ms, preprocess_ms=self.preprocess_ms, invoke_ms=self.invoke_ms)
         return d
@@ -127,11 +136,92 @@ class Binary:
         return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
 
 
-def top_one(manifest: Manifest) -> TopOne | Binary:
+class MultiLabel:
+    """One sigmoid output per label: the set of labels at or above ``threshold`` as a bit mask (bit i:
+    ``labels[i]``), and as confidence the least sure of the per-label decisions (max(p, 1 - p)), since the set
+    is right only when every label is."""
+
+    __slots__ = ("labels", "_logits", "_scale", "_zero", "_threshold")
+
+    def __init__(
+        self, tensor: TensorSpec, outputs_are: OutputsAre, labels: tuple[str, ...] = (), threshold: float = 0.5
+    ) -> None:
+        self.labels = labels
+        self._logits = outputs_are == "logits"
+        self._scale, self._zero = float(tensor.scale or 0.0), int(tensor.zero_point)
+        self._threshold = threshold
+
+    def probabilities(self, out: np.ndarray) -> list[float]:
+        real = np.asarray(out, dtype=np.float64).ravel()
+        if self._scale:
+            real = (real - self._zero) * self._scale
+        return sigmoid_probabilities(real, "logits" if self._logits else "probabilities").tolist()
+
+    def index_confidence(self, out: np.ndarray) -> tuple[int, float]:
+        mask, confidence, t = 0, 1.0, self._threshold
+        for i, p in enumerate(self.probabilities(out)):
+            if p >= t:
+                mask |= 1 << i
+                confidence = min(confidence, p)
+            else:
+                confidence = min(confidence, 1.0 - p)
+        return mask, confidence
+
+    def prediction(self, out: np.ndarray, mask: int, confidence: float, *timings: float) -> Prediction:
+        """The :class:`Prediction` of an output already decided (``mask``, ``confidence``), with its timings."""
+        chosen = label_set(mask, self.labels)
+        probs = dict(zip(self.labels, self.probabilities(out)))
+        return Prediction(mask, "+".join(chosen), confidence, *timings, labels=chosen, probabilities=probs)
+
+    def __call__(self, out: np.ndarray) -> Prediction:
+        return self.prediction(out, *self.index_confidence(out))
+
+
+def label_set(mask: int, labels: Sequence[str]) -> tuple[str, ...]:
+    """The labels of a multi-label bit mask, in the bundle's order."""
+    return tuple(label for i, label in enumerate(labels) if mask >> i & 1)
+
+
+class LabelSets:
+    """A multi-label bundle's true label set from a name: labels joined by "+" (``cat+dog``, any order) give
+    their bit mask; anything else is unlabelled. It answers ``get`` and ``in`` as the ``{label: index}`` of the
+    other heads does, where the agent resolves the label of a watched folder or an ``infer`` request."""
+
+    __slots__ = ("_bit",)
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self._bit = {label: 1 << i for i, label in enumerate(labels)}
+
+    def get(self, name: str, default: int = -1) -> int:
+        if name in self._bit:  # a label that itself holds a "+"
+            return self._bit[name]
+        parts = name.split("+")
+        if not all(part in self._bit for part in parts):
+            return default
+        mask = 0
+        for part in parts:
+            mask |= self._bit[part]
+        return mask
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) >= 0
+
+
+def top_one(manifest: Manifest) -> TopOne | Binary | MultiLabel:
     """The per-inference decision for a bundle's head (built once, called on every output)."""
     if manifest.head.kind == "sigmoid":
         return Binary(manifest.outputs[0], manifest.outputs_are, manifest.labels, manifest.head.threshold)
+    if manifest.head.kind == "multilabel":
+        return MultiLabel(manifest.outputs[0], manifest.outputs_are, manifest.labels, manifest.head.threshold)
     return TopOne.of(manifest)
+
+
+def truth_index(manifest: Manifest) -> Mapping[str, int] | LabelSets:
+    """How a label name becomes the index telemetry compares predictions with: the class index, or for a
+    multi-label head the bit mask of a "+"-joined label set (accuracy is then the exact-match rate)."""
+    if manifest.head.kind == "multilabel":
+        return LabelSets(manifest.labels)
+    return {name: i for i, name in enumerate(manifest.labels)}
 
 
 def top1(raw: np.ndarray, manifest: Manifest) -> Prediction:
@@ -143,6 +233,11 @@ def decide(real: np.ndarray, head: HeadSpec, outputs_are: OutputsAre) -> tuple[n
     """(class index, confidence) per sample of dequantised outputs (N, outputs), as :func:`top_one` decides
     one: the workstation's accuracy, confusion and drift reference and the device's self-test use this."""
     y = np.asarray(real, dtype=np.float64).reshape(len(real), -1)
+    if head.kind == "multilabel":
+        p = sigmoid_probabilities(y, outputs_are)
+        hit = p >= head.threshold
+        masks = (hit.astype(np.int64) << np.arange(y.shape[1], dtype=np.int64)).sum(axis=1)
+        return masks, np.where(hit, p, 1.0 - p).min(axis=1)
     if head.kind == "sigmoid":
         with np.errstate(over="ignore"):
             p = 1.0 / (1.0 + np.exp(-y[:, 0])) if outputs_are == "logits" else np.clip(y[:, 0], 0.0, 1.0)
@@ -153,6 +248,15 @@ def decide(real: np.ndarray, head: HeadSpec, outputs_are: OutputsAre) -> tuple[n
         z = np.exp(y - y.max(axis=-1, keepdims=True))
         return classes, 1.0 / z.sum(axis=-1)
     return classes, np.clip(y.max(axis=-1), 0.0, 1.0)
+
+
+def sigmoid_probabilities(real: np.ndarray, outputs_are: OutputsAre) -> np.ndarray:
+    """Per-output probabilities of dequantised sigmoid outputs (any shape): the sigmoid of logits, or clipped."""
+    y = np.asarray(real, dtype=np.float64)
+    if outputs_are == "logits":
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-y))
+    return np.clip(y, 0.0, 1.0)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from edgekit_agent import __version__
 from edgekit_agent.contract.errors import BusyError, EdgekitError, InputError, SelfTestError
 from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
 from edgekit_agent.contract.topics import Schema, Topics
-from edgekit_agent.infer.classify import Prediction, top_one
+from edgekit_agent.infer.classify import MultiLabel, Prediction, top_one, truth_index
 from edgekit_agent.infer.preprocess import float_mean, quantize
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.mqtt.link import Link
@@ -73,6 +73,7 @@ def _bundle_info(bundle: Bundle) -> dict[str, Any]:
         "sha256": m.model.sha256,
         "profile": m.profile_name,
         "signed_by": getattr(bundle, "signed_by", None),
+        "head": m.head.kind,  # multilabel: class counts are per label, accuracy is the exact-match rate
     }
 
 
@@ -158,10 +159,11 @@ class Agent:
             )
             self.selftest = selftest
             self.labels = m.labels
-            self.label_index = {name: i for i, name in enumerate(m.labels)}
+            self.label_index = truth_index(m)  # a label set's bit mask for a multi-label head
             self._in_tensor = in_t
             self._in_scale, self._in_zero = float(in_t.scale or 0.0), int(in_t.zero_point)
             self._top1 = decide.index_confidence
+            self._multi = decide if isinstance(decide, MultiLabel) else None
             self._n_tensor = 0
             self._hot = hot
             self._gen += 1
@@ -169,7 +171,13 @@ class Agent:
 
     def _new_recorder(self, bundle: Bundle, runtime: Runtime) -> WindowRecorder:
         m = bundle.manifest
-        return self.recorder_factory(m.labels, m.reference, bundle=_bundle_info(bundle), runtime=runtime.info.to_dict())
+        return self.recorder_factory(
+            m.labels,
+            m.reference,
+            bundle=_bundle_info(bundle),
+            runtime=runtime.info.to_dict(),
+            multilabel=m.head.kind == "multilabel",
+        )
 
     def use_recorder(self, factory: RecorderFactory) -> None:
         """Build every bundle's telemetry recorder with ``factory`` from now on, the current one's too (what it
@@ -236,7 +244,7 @@ class Agent:
                 # Under the lock too: an OTA switch right after invoke() must not pair this output with the
                 # next bundle's output scale, labels or telemetry window.
                 index, confidence = self._top1(out)
-                recorder, labels = self.recorder, self.labels
+                recorder, labels, multi = self.recorder, self.labels, self._multi
         except _Stale:
             raise
         except ValueError as exc:  # set_tensor: wrong shape or dtype
@@ -263,6 +271,8 @@ class Agent:
                 input_mean = _NAN
         t3 = clock()
         recorder.record(t3 - t0, t1 - t0, t2 - t1, index, confidence, label, input_mean)
+        if multi is not None:
+            return multi.prediction(out, index, confidence, (t3 - t0) / 1e6, (t1 - t0) / 1e6, (t2 - t1) / 1e6)
         return Prediction(
             index,
             labels[index] if index < len(labels) else str(index),
@@ -620,7 +630,9 @@ class Agent:
         found = self.journal.recover(stats.epoch, stats.next_seq)
         if not found.records:
             return
-        recorder = WindowRecorder(self.labels, self.manifest.reference)
+        recorder = WindowRecorder(
+            self.labels, self.manifest.reference, multilabel=self.manifest.head.kind == "multilabel"
+        )
         for r in found.records:
             if r.error is None:
                 recorder.record(*r.as_record())

@@ -167,7 +167,7 @@ def builtin_commands(agent: Agent) -> list[CommandSpec]:
                     str,
                     None,
                     check=lambda v: v in agent.label_index,
-                    expect=f"one of the labels {list(agent.labels)[:20]}",
+                    expect=f"one of the labels {list(agent.labels)[:20]} (multi-label: a set of them joined by '+')",
                 ),
             },
             one_of=("image", "tensor"),

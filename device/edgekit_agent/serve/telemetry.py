@@ -180,7 +180,10 @@ class WindowRecorder:
     """Accumulates one window of inference telemetry; thread-safe; cheap to record into.
 
     ``labels`` name the classes; ``reference`` is ``manifest["reference"]`` (may be empty: drift PSI is
-    then ``null``); ``bundle`` and ``runtime`` are copied into every payload.
+    then ``null``); ``bundle`` and ``runtime`` are copied into every payload. With ``multilabel`` a predicted
+    and a true class are label sets as bit masks (:class:`~edgekit_agent.infer.classify.MultiLabel`): class
+    counts count each label of a set, accuracy is the exact-match rate and a label's per-class figure is
+    the labelled inputs on which that label was decided right.
     """
 
     def __init__(
@@ -192,8 +195,11 @@ class WindowRecorder:
         runtime: Mapping[str, Any] | None = None,
         bounds_ms: Sequence[float] = LATENCY_BUCKETS_MS,
         fold_every: int = FOLD_EVERY,
+        multilabel: bool = False,
     ) -> None:
         self.labels = tuple(labels)
+        self.multilabel = multilabel
+        self._bits = np.arange(len(self.labels), dtype=np.int64)
         self.reference = dict(reference or {})
         self.bundle = dict(bundle or {})
         self.runtime = dict(runtime or {})
@@ -262,16 +268,25 @@ class WindowRecorder:
             hist.add_many(a[:, i])
         nc = len(w.class_counts)
         predicted = a[:, 3].astype(np.int64)
-        w.class_counts += np.bincount(predicted, minlength=nc)[:nc]
+        if self.multilabel:
+            predicted_bits = (predicted[:, None] >> self._bits) & 1
+            w.class_counts += predicted_bits.sum(axis=0)
+        else:
+            w.class_counts += np.bincount(predicted, minlength=nc)[:nc]
         w.conf_bins += np.bincount(np.clip((a[:, 4] * 10).astype(np.int64), 0, 9), minlength=10)
         labels = a[:, 5].astype(np.int64)
         labelled = labels >= 0
         if labelled.any():
-            hit = labelled & (labels == predicted)
+            hit = labelled & (labels == predicted)  # a label set: exact match
             w.labeled += int(labelled.sum())
             w.correct += int(hit.sum())
-            w.class_labeled += np.bincount(labels[labelled], minlength=nc)[:nc]
-            w.class_correct += np.bincount(labels[hit], minlength=nc)[:nc]
+            if self.multilabel:
+                truth_bits = (labels[labelled][:, None] >> self._bits) & 1
+                w.class_labeled += int(labelled.sum())
+                w.class_correct += (truth_bits == predicted_bits[labelled]).sum(axis=0)
+            else:
+                w.class_labeled += np.bincount(labels[labelled], minlength=nc)[:nc]
+                w.class_correct += np.bincount(labels[hit], minlength=nc)[:nc]
         means = a[:, 6]
         means = means[np.isfinite(means)]  # NaN: not sampled; inf: a hostile tensor, never a statistic
         if means.size:

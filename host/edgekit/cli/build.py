@@ -65,6 +65,23 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def add_head_arguments(parser: argparse.ArgumentParser, *, head: bool = True) -> None:
+    """--head (build and train) and --threshold (build, train and convert)."""
+    if head:
+        parser.add_argument(
+            "--head",
+            choices=("softmax", "sigmoid", "multilabel"),
+            help="the head to train: sigmoid (one output) for two classes; default softmax, multilabel for a "
+            "labels.csv or 2-D y dataset",
+        )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="a sigmoid or multilabel head's decision threshold, kept in the manifest (default 0.5)",
+    )
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """--backbone, --backbone-weights and --fine-tune (shared by build and train)."""
     from edgekit.pipeline.backbones import BACKBONES
@@ -113,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs (default: the zoo's choice)")
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
+    add_head_arguments(parser)
     add_backbone_arguments(parser)
     parser.add_argument(
         "--alpha", type=float, help="backbone width multiplier (default: what the profiles suit, e.g. 0.35 for an MCU)"
@@ -192,6 +210,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
             fine_tune=args.fine_tune,
             alpha=args.alpha,
             image_size=_height_width(parse_size(args.image_size)),
+            head=args.head,
+            threshold=args.threshold,
             on_progress=on_progress,
         )
     status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT
@@ -222,6 +242,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
         ("QAT ran", lambda p: "yes" if p.qat else "no"),
         ("fit", lambda p: "fits" if p.fits else "DOES NOT FIT"),
     )
+    if any(p.exact_match is not None for p in result.profiles):  # multi-label: accuracy is per label
+        fields += (("int8 exact match", lambda p: f"{_pct(p.exact_match)} %" if p.exact_match is not None else "-"),)
     ui.console.print(
         ui.table(
             f"{result.name} {result.version} ({result.arch}), built in {result.seconds:.1f} s; "

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit_agent.contract.errors import ExitStatus
+from edgekit.cli.build import add_head_arguments
+from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the calibration sample (default 0)")
     parser.add_argument("--float-out", type=Path, default=None, metavar="FILE", help="also write the float32 .tflite")
+    add_head_arguments(parser, head=False)
     parser.add_argument("--strict", action="store_true", help="an unreadable image is an error instead of a warning")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -62,6 +64,17 @@ def run(args: argparse.Namespace) -> ExitStatus:
         args.model, args.dataset, seed=args.seed, strict=args.strict, quiet=args.json, foreign=True
     )
     keras_model = not is_foreign(args.model)
+    head = None
+    if keras_model:
+        from edgekit.pipeline.train import head_for_dataset, model_shape
+
+        kind = model_shape(model, args.model).head_for(splits.train).kind
+        head = head_for_dataset(splits.train, kind, args.threshold)
+    elif args.threshold is not None or splits.train.multilabel:
+        raise UsageError(
+            f"{args.model}: a float .tflite or ONNX model is converted with its head decided by its outputs; "
+            "--threshold and multi-label datasets need a Keras model."
+        )
     with ui.progress() as bar:
         task = bar.add_task("converting", total=None)
         on_stage = lambda msg: bar.update(task, description=msg)  # noqa: E731
@@ -78,6 +91,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 name=args.model.name,
                 on_stage=on_stage,
                 with_float=args.float_out is not None,
+                head=head,
             )
         else:  # a float .tflite or ONNX model: no Keras model to fine-tune, so ai-edge-quantizer and no QAT
             res = foreign_for_profile(
@@ -88,6 +102,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.float_out:
         args.float_out.write_bytes(res.float_tflite)
     info = {"out": str(args.out), "profile": profile.name, **res.to_dict()}
+    if head is not None:
+        info["head"] = head.to_dict()
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK

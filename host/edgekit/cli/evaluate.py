@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,7 +135,20 @@ def run(args: argparse.Namespace) -> ExitStatus:
         else:
             splits = split_dataset(ds, val=t.split_val, test=t.split_test, seed=seed)
             x, y_ds, train_x = splits.test.x, splits.test.y, splits.train.x
-        y = mapping[y_ds]
+        if ds.multilabel:  # columns, matched by name; a label the dataset lacks would be judged as absent
+            if set(ds.labels) != set(labels):
+                raise DatasetError(
+                    f"{args.dataset}: its labels ({', '.join(ds.labels)}) are not {args.target}'s "
+                    f"({', '.join(labels)}); a multi-label dataset must use the same labels as the model."
+                )
+            y = np.zeros((len(y_ds), len(labels)), dtype=np.uint8)
+            y[:, mapping] = y_ds
+            if t.head is None:
+                from edgekit_agent.contract.manifest import HeadSpec
+
+                t = replace(t, head=HeadSpec("multilabel"))
+        else:
+            y = mapping[y_ds]
         model = None
         if args.keras is not None:
             from edgekit.pipeline.train import load_model, model_shape
@@ -229,14 +242,33 @@ def _print(
             ("float model file", ui.kib(report.float_bytes)),
         ]
     c.print(ui.table("Evaluation", ("", "value"), rows))
-    conf = report.int8_result.confusion
-    c.print(
-        ui.table(
-            "int8 confusion matrix (rows: true class, columns: predicted)",
-            ("true \\ predicted", *labels),
-            [(labels[i], *row) for i, row in enumerate(conf) if sum(row)],
+    if report.int8_result.multilabel:
+        c.print(
+            ui.table(
+                f"int8 per label (exact match {100 * (report.int8_result.exact_match or 0):.2f} %)",
+                ("label", "accuracy", "precision", "recall", "tn, fp / fn, tp"),
+                [
+                    (
+                        labels[i],
+                        *(
+                            "-" if v is None else f"{100 * v:.1f} %"
+                            for v in (r["accuracy"], r["precision"], r["recall"])
+                        ),
+                        "{}, {} / {}, {}".format(*r["confusion"][0], *r["confusion"][1]),
+                    )
+                    for i, r in enumerate(report.int8_result.per_label())
+                ],
+            )
         )
-    )
+    else:
+        conf = report.int8_result.confusion
+        c.print(
+            ui.table(
+                "int8 confusion matrix (rows: true class, columns: predicted)",
+                ("true \\ predicted", *labels),
+                [(labels[i], *row) for i, row in enumerate(conf) if sum(row)],
+            )
+        )
     if layers:
         c.print(
             ui.table(

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
 
 
 def _head_text(head: dict[str, Any]) -> str:
+    if head["kind"] == "multilabel":
+        return f"multilabel (one sigmoid output per label: the labels at probability >= {head['threshold']:g})"
     if head["kind"] == "sigmoid":
         return f"sigmoid (one output: the second label at probability >= {head['threshold']:g})"
     return "softmax (one output per label)"

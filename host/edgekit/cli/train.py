@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.cli.build import add_backbone_arguments
+from edgekit.cli.build import add_backbone_arguments, add_head_arguments
 from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: per architecture, 6 for the CNN)"
     )
+    add_head_arguments(parser)
     add_backbone_arguments(parser)
     parser.add_argument(
         "--alpha", type=float, default=None, help="MobileNet width multiplier (default 0.35; a backbone's: 0.35)"
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.cli.datasets import load_with_progress
     from edgekit.pipeline.data import split_dataset
-    from edgekit.pipeline.train import save_model, train_model
+    from edgekit.pipeline.train import head_for_dataset, save_model, train_model
 
     choice = _backbone(args)
     if choice is not None and args.dataset.suffix.lower() == ".npz":
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
     else:
         spec = choice.spec if choice is not None else _spec(args)
         ds = load_with_progress(args.dataset, spec, strict=args.strict, quiet=args.json)
+    head = head_for_dataset(ds, args.head, args.threshold)
+    if choice is not None and head.kind != "softmax":
+        raise UsageError(f"--backbone trains a softmax head; a {head.kind} head trains without --backbone.")
     splits = split_dataset(ds, seed=args.seed)
     with ui.progress() as bar:
         task = bar.add_task("training", total=args.epochs)
@@ -119,6 +123,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         else:
             result = train_model(
                 splits,
+                head=head,
                 arch=args.arch,
                 epochs=args.epochs,
                 seed=args.seed,
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         "params": int(result.model.count_params()),
         "input_shape": list(result.model.inputs[0].shape),
         "labels": list(ds.labels),
+        "head": result.head.to_dict(),
         "float_accuracy": result.float_accuracy,
         "test_samples": result.test_samples,
         "best_val_accuracy": max(result.history.get("val_accuracy", [float("nan")])),
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             f"{len(ds)} images, {len(ds.labels)} classes, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
         ),
         ("split (seed)", f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} ({args.seed})"),
+        ("head", f"{result.head.kind}" + (f" (threshold {result.head.threshold:g})" if head.kind != "softmax" else "")),
         ("epochs", str(result.epochs)),
         ("float test accuracy", f"{100 * result.float_accuracy:.2f} % on {result.test_samples} images"),
     ]

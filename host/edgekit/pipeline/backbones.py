@@ -24,7 +24,7 @@ import numpy as np
 
 from edgekit.pipeline.zoo import PREFIX
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError, WeightsUnavailableError
-from edgekit_agent.contract.manifest import PreprocessSpec
+from edgekit_agent.contract.manifest import HeadSpec, PreprocessSpec
 
 if TYPE_CHECKING:
     from edgekit.pipeline.data import Dataset, Splits
@@ -330,6 +330,8 @@ def train_transfer(
     epochs = HEAD_EPOCHS if epochs is None else int(epochs)
     if epochs < 1 or fine_tune < 0:
         raise UsageError(f"epochs must be at least 1 and fine-tune epochs at least 0, got {epochs} and {fine_tune}.")
+    if splits.train.multilabel:
+        raise UsageError("a pretrained backbone trains a softmax head: train a multi-label dataset without --backbone.")
     shape = tuple(int(s) for s in splits.train.x.shape[1:])
     if shape != (*choice.size, 3):
         raise DatasetError(f"the dataset gives {shape} tensors but the backbone takes {(*choice.size, 3)}.")
@@ -385,7 +387,7 @@ def train_transfer(
         arch=f"{choice.name}_a{choice.alpha:g}",
         epochs=total,
         history={k: [float(v) for v in vals] for k, vals in hist.items()},
-        float_accuracy=train._accuracy(model, test.x, test.y) if len(test.y) else float("nan"),
+        float_accuracy=train._accuracy(model, test.x, test.y, HeadSpec()) if len(test.y) else float("nan"),
         test_samples=int(len(test.y)),
         outputs_are=zoo.outputs_are(fixed),
     )

@@ -32,6 +32,7 @@ from edgekit.pipeline.lint import LintReport, lint_full_int8
 from edgekit.pipeline.sizes import float32_bytes
 from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import ConversionError, DatasetError, ModelError
+from edgekit_agent.contract.manifest import HeadSpec
 
 # The worker command; a list so tests can point it at a process that really crashes.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "edgekit.pipeline._convert_worker"]
@@ -418,7 +419,8 @@ def quantization_aware_training(
     model: Any, splits: Splits, *, epochs: int = 3, seed: int = 0, learning_rate: float = 1e-4, batch_size: int = 32
 ) -> Any:
     """Fine-tune a copy of ``model`` with fake quantisation (tfmot, on tf_keras: docs/pipeline.md, Convert),
-    with the loss of its head: cross-entropy over N classes, or binary cross-entropy for one sigmoid output."""
+    with the loss of its head: cross-entropy over N classes, or binary cross-entropy for one sigmoid output
+    or a multi-label dataset's sigmoid outputs."""
     from edgekit.pipeline import zoo
 
     tfmot = zoo.import_tfmot()
@@ -433,7 +435,7 @@ def quantization_aware_training(
             f"model '{model.name}': quantisation-aware training does not support it ({exc}); tfmot cannot handle "
             "e.g. Conv+ReLU followed by BatchNorm. Convert with --no-qat or change the layer order to Conv→BN→ReLU."
         ) from None
-    loss, targets = zoo.head_loss(base, tf_keras.losses)
+    loss, targets = zoo.head_loss(base, tf_keras.losses, multilabel=splits.train.multilabel)
     qat.compile(tf_keras.optimizers.Adam(learning_rate), loss)
     qat.fit(splits.train.x, targets(splits.train.y), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
     return qat
@@ -453,8 +455,12 @@ def convert_for_profile(
     name: str = "model",
     on_stage: StageFn | None = None,
     with_float: bool = False,
+    head: HeadSpec | None = None,
 ) -> ConversionResult:
     """Convert for a profile's input/output dtypes, measure float vs int8, and run QAT when PTQ loses too much.
+
+    ``head`` decides classes for the accuracy figures (default: what the model's output width says; a
+    multi-label dataset's is the caller's to give, with its threshold).
 
     Accuracy is measured on the validation split (the test split when there is none). QAT runs when
     int8 is more than ``max_accuracy_drop`` points below float (or always with ``force_qat``); the better
@@ -481,8 +487,8 @@ def convert_for_profile(
 
     n_cls = len(splits.labels)
     # The Keras model says what its output is; the int8 model is judged the same way.
-    head, kind = head_for_width(int(model.outputs[0].shape[-1])), zoo.outputs_are(model)
-    float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls).accuracy
+    head, kind = head or head_for_width(int(model.outputs[0].shape[-1])), zoo.outputs_are(model)
+    float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls, head=head).accuracy
     ptq_acc = evaluate_tflite(
         ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls, head=head, outputs_are=kind
     ).accuracy

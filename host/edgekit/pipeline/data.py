@@ -1,4 +1,5 @@
-"""Datasets: image folders (one subfolder per class), ``.npz`` arrays, the digits demo, and a seeded split.
+"""Datasets: image folders (one subfolder per class, or a ``labels.csv`` of label sets: multi-label), ``.npz``
+arrays, the digits demo, and a seeded split.
 
 Images are turned into float tensors with the device's own :func:`edgekit_agent.infer.preprocess.image_to_float`,
 so the workstation measures accuracy on exactly the tensors a device would compute from the same files.
@@ -6,6 +7,7 @@ so the workstation measures accuracy on exactly the tensors a device would compu
 
 from __future__ import annotations
 
+import csv
 import difflib
 import zlib
 from collections import Counter
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
-from edgekit_agent.contract.manifest import InputSpec, PreprocessSpec
+from edgekit_agent.contract.manifest import MAX_MULTILABELS, InputSpec, PreprocessSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
@@ -24,6 +26,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".pp
 # Pillow modes that carry no colour; anything else is checked pixel by pixel.
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 ProgressFn = Callable[[int, int], None]
+# A multi-label image folder: this file in the folder lists each image with its labels (docs/pipeline.md).
+LABELS_CSV = "labels.csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,8 @@ class SkippedImage:
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    """Preprocessed samples: ``x`` (N, *spec.shape) float32, ``y`` int64 class indices into ``labels``.
+    """Preprocessed samples: ``x`` (N, *spec.shape) float32, ``y`` int64 class indices into ``labels``, or for a
+    multi-label dataset ``y`` (N, labels) of 0/1 (uint8): which labels each sample has.
 
     ``raw`` (audio and sensor datasets) holds each sample before feature extraction, as the spec's docstring
     says (waveforms, or sensor windows before normalisation): the bundle's golden samples carry it so that a
@@ -59,9 +64,13 @@ class Dataset:
     def __len__(self) -> int:
         return int(len(self.y))
 
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.y.ndim == 2)
+
     def class_counts(self) -> dict[str, int]:
-        """Samples per class name."""
-        counts = np.bincount(self.y, minlength=len(self.labels))
+        """Samples per class name (multi-label: samples that have the label)."""
+        counts = self.y.sum(axis=0) if self.multilabel else np.bincount(self.y, minlength=len(self.labels))
         return {label: int(n) for label, n in zip(self.labels, counts)}
 
     def subset(self, index: np.ndarray) -> Dataset:
@@ -205,7 +214,9 @@ def folder_spec(
     else inferred."""
     if size is not None and color_mode is not None:
         return PreprocessSpec(width=int(size[0]), height=int(size[1]), color_mode=color_mode)
-    inferred = infer_spec([f for d in _class_dirs(Path(path)) for f in _image_files(d)])
+    root = Path(path)
+    files = [f for f, _ in _label_rows(root)] if is_multilabel_folder(root) else None
+    inferred = infer_spec(files or [f for d in _class_dirs(root) for f in _image_files(d)])
     w, h = size or (inferred.width, inferred.height)
     return PreprocessSpec(width=int(w), height=int(h), color_mode=color_mode or inferred.color_mode)
 
@@ -264,7 +275,8 @@ def peek(path: str | Path) -> tuple[tuple[int, int, int], tuple[str, ...]]:
         h, w, c = (int(d) for d in ds.x.shape[1:])
         return (h, w, c), ds.labels
     spec = folder_spec(p)
-    return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), tuple(d.name for d in _class_dirs(p))
+    labels = _label_names(_label_rows(p), p) if is_multilabel_folder(p) else tuple(d.name for d in _class_dirs(p))
+    return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), labels
 
 
 def load_image_folder(
@@ -327,6 +339,101 @@ def load_image_folder(
     )
 
 
+def is_multilabel_folder(path: str | Path) -> bool:
+    """A folder with a :data:`LABELS_CSV`: a multi-label dataset."""
+    return (Path(path) / LABELS_CSV).is_file()
+
+
+def _label_rows(root: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """(image path, its labels) per row of ``root/labels.csv``: ``file,labels`` with the file relative to
+    ``root`` and the labels separated by ";" (none: an image with no label). A first row ``file,labels`` is a
+    header."""
+    where = root / LABELS_CSV
+    try:
+        with open(where, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{where}: cannot read it ({exc}); write it as UTF-8 rows of file,label1;label2.") from None
+    if rows and [c.strip().lower() for c in rows[0]] == ["file", "labels"]:
+        rows = rows[1:]
+    out: list[tuple[Path, tuple[str, ...]]] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2 or not row[0].strip():
+            raise DatasetError(
+                f"{where}: row {line} is {row!r:.80}; each row is file,labels (e.g. img1.png,cat;dog, or img2.png, "
+                "for an image with no label)."
+            )
+        name = row[0].strip()
+        if name in seen:
+            raise DatasetError(f"{where}: row {line} lists {name} a second time; list each image once.")
+        seen.add(name)
+        path = root / name
+        if not path.is_file():
+            raise DatasetError(f"{where}: row {line} names {path}, which is not a file; fix the row or add the image.")
+        out.append((path, tuple(sorted({t.strip() for t in row[1].split(";") if t.strip()}))))
+    if not out:
+        raise DatasetError(f"{where}: lists no image; add rows of file,label1;label2.")
+    return out
+
+
+def _label_names(rows: list[tuple[Path, tuple[str, ...]]], root: Path) -> tuple[str, ...]:
+    labels = tuple(sorted({label for _, have in rows for label in have}))
+    if not 2 <= len(labels) <= MAX_MULTILABELS:
+        raise DatasetError(
+            f"{root / LABELS_CSV}: a multi-label dataset needs 2 to {MAX_MULTILABELS} labels, found {len(labels)} "
+            f"({', '.join(labels) or 'none'}); for one yes/no label use two class folders instead."
+        )
+    return labels
+
+
+def load_multilabel_folder(
+    path: str | Path,
+    spec: PreprocessSpec | None = None,
+    *,
+    strict: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> Dataset:
+    """Load a multi-label image folder: the images ``path/labels.csv`` lists, each with its set of labels
+    (labels = every name used, sorted). ``y`` is (N, labels) of 0/1. Unreadable images as in
+    :func:`load_image_folder`; a label no readable image has is a :class:`DatasetError`."""
+    root = Path(path)
+    rows = _label_rows(root)
+    labels = _label_names(rows, root)
+    column = {label: i for i, label in enumerate(labels)}
+    spec = spec or infer_spec([f for f, _ in rows])
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    kept: list[str] = []
+    skipped: list[SkippedImage] = []
+    for done, (f, have) in enumerate(rows, start=1):
+        try:
+            xs.append(image_to_float(open_image(f), spec))
+        except InputError as exc:
+            reason = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            if strict:
+                raise DatasetError(
+                    f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it)."
+                ) from None
+            skipped.append(SkippedImage(str(f), reason))
+        else:
+            row = np.zeros(len(labels), dtype=np.uint8)
+            row[[column[label] for label in have]] = 1
+            ys.append(row)
+            kept.append(str(f))
+        if on_progress is not None:
+            on_progress(done, len(rows))
+    y = np.stack(ys) if ys else np.zeros((0, len(labels)), dtype=np.uint8)
+    unusable = [label for label, n in zip(labels, y.sum(axis=0)) if n == 0]
+    if unusable:
+        raise DatasetError(f"{root}: no readable image left with label(s) {', '.join(unusable)}; fix the images.")
+    return Dataset(
+        x=np.stack(xs).astype(np.float32), y=y, labels=labels, spec=spec, files=tuple(kept), skipped=tuple(skipped)
+    )
+
+
 def load_npz(path: str | Path) -> Dataset:
     """Arrays ``x`` (N, H, W[, C]) and ``y`` (N,) and optionally ``labels``; uint8 ``x`` is scaled by 1/255.
 
@@ -347,11 +454,15 @@ def load_npz(path: str | Path) -> Dataset:
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim != 1:
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y) or y.ndim not in (1, 2):
         raise DatasetError(
-            f"{path}: x must be (N, H, W[, 1|3]) and y (N,) with the same N; got {x.shape} and {y.shape}."
+            f"{path}: x must be (N, H, W[, 1|3]) and y (N,) (or (N, labels) of 0/1 for multi-label) with the same "
+            f"N; got {x.shape} and {y.shape}."
         )
-    if not np.issubdtype(y.dtype, np.integer):
+    if y.ndim == 2:
+        if y.dtype != np.bool_ and not np.issubdtype(y.dtype, np.integer) or not np.isin(y, (0, 1)).all():
+            raise DatasetError(f"{path}: a 2-D y is multi-label and must hold 0 or 1 (or booleans), got {y.dtype}.")
+    elif not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"{path}: y must hold integer class indices, got {y.dtype}.")
     mode = "L" if x.shape[-1] == 1 else "RGB"
     if x.dtype == np.uint8:
@@ -374,7 +485,7 @@ def load_npz(path: str | Path) -> Dataset:
             "float x that is already preprocessed. Convert it first, e.g. x.astype('uint8') for 8-bit pixels or "
             "(x / 65535).astype('float32') for 16-bit ones."
         )
-    n_classes = int(y.max()) + 1 if len(y) else 0
+    n_classes = y.shape[1] if y.ndim == 2 else int(y.max()) + 1 if len(y) else 0
     labels = tuple(str(v) for v in arrays["labels"]) if "labels" in arrays else tuple(str(i) for i in range(n_classes))
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
@@ -382,6 +493,16 @@ def load_npz(path: str | Path) -> Dataset:
             f"{path}: 'labels' names {', '.join(repr(d) for d in dupes)} more than once; class names must be unique: "
             "give each class index its own name (or merge those classes' samples under one index)."
         )
+    if y.ndim == 2:
+        if not 2 <= len(labels) <= MAX_MULTILABELS or len(labels) != n_classes:
+            raise DatasetError(
+                f"{path}: a multi-label y has one column per label, 2 to {MAX_MULTILABELS}; y has {n_classes} "
+                f"columns and 'labels' names {len(labels)}."
+            )
+        empty = [labels[i] for i in np.flatnonzero(y.sum(axis=0) == 0)]
+        if empty:
+            raise DatasetError(f"{path}: label(s) {', '.join(empty)} have no samples; remove those columns.")
+        return Dataset(x=x, y=y.astype(np.uint8), labels=labels, spec=spec)
     if len(labels) < 2 or (len(y) and int(y.min()) < 0) or n_classes > len(labels):
         raise DatasetError(f"{path}: need at least two classes with y in 0..{len(labels) - 1}.")
     counts = np.bincount(y.astype(np.int64), minlength=len(labels))
@@ -398,6 +519,8 @@ def load_dataset(
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return load_npz(p)
+    if is_multilabel_folder(p):
+        return load_multilabel_folder(p, spec, strict=strict, on_progress=on_progress)
     if p.is_dir():
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
@@ -424,6 +547,8 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
     """
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise DatasetError(f"split fractions val={val} and test={test} must be in [0, 1) and sum to less than 1.")
+    if ds.multilabel:
+        return _split_multilabel(ds, val=val, test=test, seed=seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for cls, label in enumerate(ds.labels):
         idx = np.flatnonzero(ds.y == cls)
@@ -444,12 +569,41 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
     return Splits(train=ds.subset(chosen["train"]), val=ds.subset(chosen["val"]), test=ds.subset(chosen["test"]))
 
 
+def _split_multilabel(ds: Dataset, *, val: float, test: float, seed: int) -> Splits:
+    """:func:`split_dataset` of a multi-label dataset: samples with the same label set are cut like a class
+    (their own random stream: the seed and the set's name), then a label that has at least three samples but
+    none in the validation or test part gets one moved there from training, so every label is measured."""
+    keys = ["+".join(label for label, bit in zip(ds.labels, row) if bit) for row in ds.y]
+    part = np.zeros(len(ds.y), dtype=np.int64)  # 0 train, 1 val, 2 test
+    for key in sorted(set(keys)):
+        idx = np.flatnonzero(np.asarray(keys, dtype=object) == key)
+        idx = idx[class_rng(seed, key).permutation(len(idx))]
+        n = len(idx)
+        n_test, n_val = int(round(n * test)), int(round(n * val))
+        if n >= 3:
+            n_test, n_val = max(n_test, 1 if test > 0 else 0), max(n_val, 1 if val > 0 else 0)
+        part[idx[:n_test]] = 2
+        part[idx[n_test : n_test + n_val]] = 1
+    for column in range(len(ds.labels)):
+        has = np.flatnonzero(ds.y[:, column] == 1)
+        for want, fraction in ((2, test), (1, val)):
+            if len(has) >= 3 and fraction > 0 and not (part[has] == want).any():
+                movable = has[part[has] == 0]
+                if len(movable) > 1:  # keep one to train on
+                    part[movable[class_rng(seed, ds.labels[column]).integers(len(movable))]] = want
+    return Splits(
+        train=ds.subset(np.flatnonzero(part == 0)),
+        val=ds.subset(np.flatnonzero(part == 1)),
+        test=ds.subset(np.flatnonzero(part == 2)),
+    )
+
+
 def thin_classes(splits: Splits) -> tuple[str, ...]:
     """One line per class the split left without a validation or test image (a class needs at least three
     images for one of each), saying what that costs and what to do."""
     lines = []
     for cls, label in enumerate(splits.labels):
-        have = {part: int(np.sum(getattr(splits, part).y == cls)) for part in ("train", "val", "test")}
+        have = {part: _count(getattr(splits, part).y, cls) for part in ("train", "val", "test")}
         missing = [part for part in ("val", "test") if have[part] == 0 and len(getattr(splits, part).y)]
         if missing:
             n = sum(have.values())
@@ -460,3 +614,13 @@ def thin_classes(splits: Splits) -> tuple[str, ...]:
                 "give a figure worth trusting)."
             )
     return tuple(lines)
+
+
+def _count(y: np.ndarray, cls: int) -> int:
+    """Samples of class ``cls`` (multi-label: samples that have label ``cls``)."""
+    return int(y[:, cls].sum()) if y.ndim == 2 else int(np.sum(y == cls))
+
+
+def label_masks(y: np.ndarray) -> np.ndarray:
+    """Multi-label 0/1 rows (N, labels) as bit masks (bit i: label i), the device's form of a label set."""
+    return (np.asarray(y, dtype=np.int64) << np.arange(y.shape[1], dtype=np.int64)).sum(axis=1)

@@ -3,7 +3,9 @@
 The int8 side runs through :class:`edgekit_agent.infer.runtime.Runtime` and :mod:`edgekit_agent.infer.preprocess`
 (quantise the float input with the model's own scale and zero point, invoke one sample at a time, and the
 head's decision of :func:`edgekit_agent.infer.classify.decide`), i.e. the code a device runs, so the figure is
-the device's figure. A model with one output is a binary sigmoid head (docs/pipeline.md, Classifier heads).
+the device's figure. A model with one output is a binary sigmoid head (docs/pipeline.md, Classifier heads). A
+multi-label head is measured per label (accuracy, precision, recall, a 2×2 confusion each) and by exact match;
+its ``accuracy`` is the mean per-label accuracy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, ModelError
 from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, TensorSpec
-from edgekit_agent.infer.classify import decide
+from edgekit_agent.infer.classify import decide, sigmoid_probabilities
 from edgekit_agent.infer.preprocess import dequantize, quantize
 from edgekit_agent.infer.runtime import Runtime
 
@@ -34,16 +36,44 @@ class EvalResult:
     samples: int
     confusion: list[list[int]] = field(repr=False)
     predictions: np.ndarray = field(repr=False)
+    # Multi-label only: (tn, fp, fn, tp) per label, and the share of samples whose whole label set is right.
+    label_confusion: tuple[tuple[int, int, int, int], ...] = ()
+    exact_match: float | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.label_confusion)
 
     @property
     def correct(self) -> int:
+        """Samples predicted right (multi-label: whose whole label set is right)."""
+        if self.multilabel:
+            return int(round((self.exact_match or 0.0) * self.samples))
         return int(sum(self.confusion[i][i] for i in range(len(self.confusion))))
 
     @property
     def chance(self) -> float:
-        """The accuracy of guessing: the larger of 1/classes and the share of the most common true class."""
+        """The accuracy of guessing: the larger of 1/classes and the share of the most common true class
+        (multi-label: each label guessed as its more common answer, averaged over labels)."""
+        if self.multilabel:
+            n = self.samples
+            return float(np.mean([max(tn + fp, fn + tp) / n for tn, fp, fn, tp in self.label_confusion]))
         rows = [sum(row) for row in self.confusion]
         return max(1.0 / len(rows), max(rows) / self.samples) if rows and self.samples else float("nan")
+
+    def per_label(self) -> list[dict[str, Any]]:
+        """Multi-label: per label its accuracy, precision and recall (None where undefined) and counts."""
+        out = []
+        for tn, fp, fn, tp in self.label_confusion:
+            out.append(
+                {
+                    "accuracy": (tn + tp) / self.samples if self.samples else None,
+                    "precision": tp / (tp + fp) if tp + fp else None,
+                    "recall": tp / (tp + fn) if tp + fn else None,
+                    "confusion": [[tn, fp], [fn, tp]],
+                }
+            )
+        return out
 
     @property
     def near_chance(self) -> bool:
@@ -51,11 +81,13 @@ class EvalResult:
         return bool(self.accuracy < self.chance + NEAR_CHANCE_MARGIN)
 
     def per_class_accuracy(self) -> list[float | None]:
-        """Recall per true class (None for a class with no samples)."""
+        """Recall per true class (None for a class with no samples); multi-label: accuracy per label."""
+        if self.multilabel:
+            return [row["accuracy"] for row in self.per_label()]
         return [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(self.confusion)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "accuracy": self.accuracy,
             "samples": self.samples,
             "correct": self.correct,
@@ -63,6 +95,9 @@ class EvalResult:
             "chance_accuracy": self.chance,
             "near_chance": self.near_chance,
         }
+        if self.multilabel:
+            d.update(exact_match=self.exact_match, per_label=self.per_label())
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +139,8 @@ class ComparisonReport:
                 drop_points=self.drop_points,
                 float_confusion=self.float_result.confusion,
             )
+        if self.int8_result.multilabel:
+            d.update(exact_match=self.int8_result.exact_match, per_label=self.int8_result.per_label())
         if self.float_bytes is not None:
             d["float_bytes"] = self.float_bytes
         return d
@@ -121,6 +158,26 @@ def _result(y: np.ndarray, pred: np.ndarray, num_classes: int) -> EvalResult:
     acc = float(np.mean(pred == y)) if len(y) else float("nan")
     return EvalResult(
         accuracy=acc, samples=int(len(y)), confusion=confusion_matrix(y, pred, num_classes), predictions=pred
+    )
+
+
+def multilabel_result(y: np.ndarray, probabilities: np.ndarray, threshold: float) -> EvalResult:
+    """A multi-label :class:`EvalResult` of true 0/1 rows ``y`` (N, labels) and per-label probabilities."""
+    truth = np.asarray(y).reshape(len(y), -1) == 1
+    hit = np.asarray(probabilities).reshape(len(y), -1) >= threshold
+    counts = tuple(
+        (int(np.sum(~t & ~h)), int(np.sum(~t & h)), int(np.sum(t & ~h)), int(np.sum(t & h)))
+        for t, h in zip(truth.T, hit.T)
+    )
+    masks = (hit.astype(np.int64) << np.arange(hit.shape[1], dtype=np.int64)).sum(axis=1)
+    n = len(truth)
+    return EvalResult(
+        accuracy=float(np.mean(truth == hit)) if n else float("nan"),
+        samples=int(n),
+        confusion=[],
+        predictions=masks,
+        label_confusion=counts,
+        exact_match=float(np.mean((truth == hit).all(axis=1))) if n else float("nan"),
     )
 
 
@@ -196,6 +253,8 @@ def evaluate_tflite(
     head = head or head_for_width(out.shape[1])
     if outputs_are is None:
         outputs_are = "probabilities" if ((out >= 0) & (out <= 1)).all() else "logits"
+    if head.kind == "multilabel":
+        return multilabel_result(y, sigmoid_probabilities(out, outputs_are), head.threshold)
     return _result(y, decide(out, head, outputs_are)[0], num_classes or head_classes(head, out.shape[1]))
 
 
@@ -209,9 +268,11 @@ def head_classes(head: HeadSpec, outputs: int) -> int:
     return 2 if head.kind == "sigmoid" else outputs
 
 
-def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int | None = None) -> EvalResult:
-    """Accuracy of a Keras model (Keras 3 or tf_keras, any batch size) on float inputs; its head and whether it
-    outputs logits are read from the model."""
+def evaluate_keras(
+    model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int | None = None, head: HeadSpec | None = None
+) -> EvalResult:
+    """Accuracy of a Keras model (Keras 3 or tf_keras, any batch size) on float inputs; whether it outputs
+    logits is read from the model, its head too unless given (a multilabel head cannot be told by its width)."""
     _check(x, y)
     from edgekit.pipeline.zoo import outputs_are, with_fixed_batch
 
@@ -224,13 +285,17 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, num_classes: int
             probs = np.concatenate(
                 [np.asarray(model(x[i : i + fixed_batch], training=False)) for i in range(0, len(x), fixed_batch)]
             )
-            return _keras_result(y, probs, kind, num_classes)
-    return _keras_result(y, np.asarray(model.predict(x, batch_size=256, verbose=0)), kind, num_classes)
+            return _keras_result(y, probs, kind, num_classes, head)
+    return _keras_result(y, np.asarray(model.predict(x, batch_size=256, verbose=0)), kind, num_classes, head)
 
 
-def _keras_result(y: np.ndarray, out: np.ndarray, kind: OutputsAre, num_classes: int | None) -> EvalResult:
+def _keras_result(
+    y: np.ndarray, out: np.ndarray, kind: OutputsAre, num_classes: int | None, head: HeadSpec | None
+) -> EvalResult:
     out = out.reshape(len(out), -1)
-    head = head_for_width(out.shape[1])
+    head = head or head_for_width(out.shape[1])
+    if head.kind == "multilabel":
+        return multilabel_result(y, sigmoid_probabilities(out, kind), head.threshold)
     return _result(y, decide(out, head, kind)[0], num_classes or head_classes(head, out.shape[1]))
 
 
@@ -258,6 +323,6 @@ def compare(
         outputs_are=outputs_are,
         on_progress=on_progress,
     )
-    flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
+    flt = evaluate_keras(model, x, y, num_classes=num_classes, head=head) if model is not None else None
     size = len(tflite_or_path) if isinstance(tflite_or_path, bytes) else Path(tflite_or_path).stat().st_size
     return ComparisonReport(float_result=flt, int8_result=int8, int8_bytes=size, float_bytes=float_bytes)

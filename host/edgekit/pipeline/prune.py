@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekit.pipeline.data import Splits
 from edgekit_agent.contract.errors import ModelError, UsageError
+from edgekit_agent.contract.manifest import HeadSpec
 
 EpochFn = Callable[[int, int, dict[str, float]], None]
 # Pruning happens in this many steps between 0 and the target, then the mask is held while fine-tuning.
@@ -166,7 +167,7 @@ def prune_model(
         wrapped = sp.prune_low_magnitude(base, pruning_schedule=sched)
     except ValueError as exc:
         raise ModelError(f"model '{model.name}': tfmot cannot prune it ({exc}).") from None
-    loss, targets = zoo.head_loss(base, tf_keras.losses)
+    loss, targets = zoo.head_loss(base, tf_keras.losses, multilabel=splits.train.multilabel)
     wrapped.compile(tf_keras.optimizers.Adam(learning_rate), loss, metrics=["accuracy"])
     callbacks: list[Any] = [sp.UpdatePruningStep()]
     if on_epoch is not None:
@@ -197,8 +198,9 @@ def prune_model(
             f"update every {frequency}); fine-tune longer (--epochs) or on more data."
         )
     test = splits.test if len(splits.test.y) else splits.val
-    before = evaluate_keras(model, test.x, test.y, num_classes=len(splits.labels)).accuracy
-    after = evaluate_keras(pruned, test.x, test.y, num_classes=len(splits.labels)).accuracy
+    head = HeadSpec("multilabel") if splits.train.multilabel else None  # else the output width tells
+    before = evaluate_keras(model, test.x, test.y, num_classes=len(splits.labels), head=head).accuracy
+    after = evaluate_keras(pruned, test.x, test.y, num_classes=len(splits.labels), head=head).accuracy
     sizes: dict[str, int | None] = dict.fromkeys(
         ("int8_bytes_before", "int8_bytes_after", "int8_gzip_before", "int8_gzip_after")
     )

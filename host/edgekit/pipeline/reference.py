@@ -9,9 +9,11 @@ The device agent compares each telemetry window against these with PSI. The layo
 * ``input_mean``: per sample, the mean of the preprocessed float input tensor (before quantisation);
   10 equal-width bins between the 0.5th and 99.5th percentile of the training data, values outside
   counted in the first/last bin (so a shifted input shows up in the edge bins instead of vanishing).
-* ``class_freq``: the int8 model's predicted-class distribution on held-out data.
+* ``class_freq``: the int8 model's predicted-class distribution on held-out data (multi-label: per label,
+  the share of predictions that hold it; these need not sum to 1).
 * ``confidence``: histogram of the top-1 probability (softmax of the dequantised outputs when the model
-  outputs logits; ``outputs_are`` says which); for a sigmoid head, the probability of the class chosen.
+  outputs logits; ``outputs_are`` says which); for a sigmoid head, the probability of the class chosen; for a
+  multi-label head, the least sure of its per-label decisions.
 
 The numbers are computed with the device's own runtime and quantisation code (``edgekit_agent``), so the
 device's live statistics and this reference are measured the same way.
@@ -169,7 +171,10 @@ def compute_reference(
         raise ModelError(f"the model has {real.shape[-1]} outputs but the dataset has {num_classes} classes.")
     kind: OutputsAre = outputs_are or detect_outputs_are(real)
     predicted, confidence = decide(real, head, kind)
-    class_freq = np.bincount(predicted, minlength=num_classes) / len(predicted)
+    if head.kind == "multilabel":  # per label: the share of predictions that hold it (telemetry counts the same)
+        class_freq = ((predicted[:, None] >> np.arange(num_classes)) & 1).sum(axis=0) / len(predicted)
+    else:
+        class_freq = np.bincount(predicted, minlength=num_classes) / len(predicted)
     conf = histogram(confidence, CONFIDENCE_EDGES)
     return Reference(
         input_mean=input_hist,

@@ -18,7 +18,8 @@ import numpy as np
 
 from edgekit.pipeline.data import Dataset, Splits, image_input, peek, shape_text, spec_for_input
 from edgekit_agent.contract.errors import EdgekitError, ModelError, UsageError
-from edgekit_agent.contract.manifest import HeadSpec, OutputsAre, PreprocessSpec
+from edgekit_agent.contract.manifest import HeadKind, HeadSpec, OutputsAre, PreprocessSpec
+from edgekit_agent.infer.classify import decide, sigmoid_probabilities
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
@@ -37,6 +38,7 @@ class TrainResult:
     float_accuracy: float
     test_samples: int
     outputs_are: OutputsAre = "probabilities"
+    head: HeadSpec = HeadSpec()
 
 
 def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +57,7 @@ def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
             :, max(-sy, 0) : h + min(-sy, 0), max(-sx, 0) : w + min(-sx, 0)
         ]
         copies.append(out)
-    return np.concatenate(copies), np.tile(y, len(copies))
+    return np.concatenate(copies), np.concatenate([y] * len(copies))
 
 
 def _seed_everything(seed: int) -> None:
@@ -77,9 +79,46 @@ def _epoch_callback(on_epoch: EpochFn | None, epochs: int) -> list[Any]:
     return [_Report()]
 
 
+def head_for_dataset(ds: Dataset, kind: HeadKind | None = None, threshold: float | None = None) -> HeadSpec:
+    """The head to train for ``ds``: ``kind``, or by default multilabel for a multi-label dataset and softmax
+    otherwise. A sigmoid head needs exactly two classes; a multi-label dataset only a multilabel head;
+    ``threshold`` (default 0.5) is a :class:`UsageError` on a softmax head, which has none."""
+    kind = kind or ("multilabel" if ds.multilabel else "softmax")
+    if ds.multilabel and kind != "multilabel":
+        raise UsageError(f"the dataset is multi-label ({', '.join(ds.labels)}): it trains a multilabel head only.")
+    if kind == "multilabel" and not ds.multilabel:
+        raise UsageError(
+            "a multilabel head needs a multi-label dataset: an image folder with a labels.csv of file,label1;label2 "
+            "rows, or an .npz whose y is (N, labels) of 0/1 (docs/pipeline.md, Classifier heads)."
+        )
+    if kind == "sigmoid" and len(ds.labels) != 2:
+        raise UsageError(
+            f"a sigmoid head tells two classes apart; the dataset has {len(ds.labels)} ({', '.join(ds.labels)}): "
+            "use the default softmax head."
+        )
+    if threshold is None:
+        return HeadSpec(kind)
+    if kind == "softmax":
+        raise UsageError(
+            f"--threshold {threshold:g}: the head is softmax, which takes the largest output and has no threshold; "
+            "a threshold is for a sigmoid head (one output, --head sigmoid on two classes) or a multi-label dataset."
+        )
+    if not 0.0 < threshold < 1.0:
+        raise UsageError(f"--threshold is a probability strictly between 0 and 1, got {threshold:g}.")
+    return HeadSpec(kind, threshold)
+
+
+def head_targets(head: HeadSpec, y: np.ndarray) -> np.ndarray:
+    """What a head trains on: class indices (softmax), (N, 1) floats (sigmoid) or (N, labels) floats."""
+    if head.kind == "sigmoid":
+        return y.astype(np.float32)[:, None]
+    return y.astype(np.float32) if head.kind == "multilabel" else y
+
+
 def train_model(
     splits: Splits,
     *,
+    head: HeadSpec | None = None,
     arch: str = "auto",
     epochs: int | None = None,
     seed: int = 0,
@@ -90,7 +129,9 @@ def train_model(
     on_epoch: EpochFn | None = None,
 ) -> TrainResult:
     """Train ``arch`` (a zoo key or ``auto``) on ``splits.train``, keep the epoch with the best validation
-    accuracy, and measure float accuracy on ``splits.test``.
+    accuracy, and measure float accuracy on ``splits.test``. ``head`` defaults to :func:`head_for_dataset`'s:
+    a sigmoid or multilabel head ends in sigmoid outputs trained with binary cross-entropy (its accuracy is
+    per output, at the head's threshold; for multi-label the mean over labels).
 
     ``augment`` adds shifted copies of the training images (:func:`augment_shifts`); None means on for the
     CNN, off for MobileNetV2. ``on_epoch(epoch, epochs, logs)`` is called after every epoch (``logs`` has
@@ -106,15 +147,23 @@ def train_model(
     epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS.get(name, 20))
     if epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {epochs}.")
+    head = head or head_for_dataset(train)
     _seed_everything(seed)
-    model = zoo.build_model(name, shape, len(train.labels), alpha=alpha)
+    units = 1 if head.kind == "sigmoid" else len(train.labels)
+    activation = "softmax" if head.kind == "softmax" else "sigmoid"
+    model = zoo.build_model(name, shape, units, alpha=alpha, activation=activation)
     x_train, y_train = (
         augment_shifts(train.x, train.y) if (augment if augment is not None else name == "cnn") else (train.x, train.y)
     )
+    y_train = head_targets(head, y_train)
     # Cosine decay: a high rate early, a small one for the last epochs, without a tuning knob per dataset.
     steps = epochs * int(np.ceil(len(y_train) / batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate * 2, decay_steps=max(steps, 1), alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    if head.kind == "softmax":
+        model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:  # named "accuracy" so that val_accuracy picks the best epoch and reports progress as for softmax
+        metric = keras.metrics.BinaryAccuracy(name="accuracy", threshold=head.threshold)
+        model.compile(keras.optimizers.Adam(schedule), "binary_crossentropy", metrics=[metric])
     has_val = len(val.y) > 0
     callbacks = _epoch_callback(on_epoch, epochs)
     with tempfile.TemporaryDirectory(prefix="edgekit-train-") as tmp:
@@ -132,13 +181,13 @@ def train_model(
             batch_size=batch_size,
             shuffle=True,
             verbose=0,
-            validation_data=(val.x, val.y) if has_val else None,
+            validation_data=(val.x, head_targets(head, val.y)) if has_val else None,
             callbacks=callbacks,
         )
         if has_val and os.path.exists(best):
             model.load_weights(best)
     fixed = zoo.with_fixed_batch(model, 1)
-    accuracy = _accuracy(model, test.x, test.y) if len(test.y) else float("nan")
+    accuracy = _accuracy(model, test.x, test.y, head) if len(test.y) else float("nan")
     return TrainResult(
         model=fixed,
         arch=name,
@@ -147,12 +196,19 @@ def train_model(
         float_accuracy=accuracy,
         test_samples=int(len(test.y)),
         outputs_are=zoo.outputs_are(fixed),
+        head=head,
     )
 
 
-def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    probs = model.predict(x, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(probs, axis=-1) == y))
+def _accuracy(model: Any, x: np.ndarray, y: np.ndarray, head: HeadSpec) -> float:
+    """Float accuracy as the device decides (multi-label: the mean of the per-label accuracies)."""
+    from edgekit.pipeline import zoo
+
+    out = np.asarray(model.predict(x, batch_size=256, verbose=0)).reshape(len(x), -1)
+    kind = zoo.outputs_are(model)
+    if head.kind == "multilabel":
+        return float(np.mean((sigmoid_probabilities(out, kind) >= head.threshold) == (y == 1)))
+    return float(np.mean(decide(out, head, kind)[0] == y))
 
 
 def save_model(model: Any, path: str | Path) -> Path:
@@ -250,6 +306,10 @@ class ModelShape:
     def head(self) -> HeadSpec:
         return HeadSpec("sigmoid") if self.output_shape and self.output_shape[-1] == 1 else HeadSpec()
 
+    def head_for(self, ds: Dataset) -> HeadSpec:
+        """The head on ``ds``: one sigmoid per label for a multi-label dataset, else what the output says."""
+        return HeadSpec("multilabel") if ds.multilabel else self.head
+
     def dataset_spec(self, dataset: str | Path) -> PreprocessSpec | None:
         """The spec to load ``dataset`` with so its images become this model's input (None for an ``.npz``:
         its arrays are what they are, :meth:`check` compares them)."""
@@ -269,6 +329,15 @@ class ModelShape:
                 f"or a model for {shape_text(have)} inputs."
             )
         n = len(ds.labels)
+        units = self.output_shape[-1] if self.output_shape else None
+        if ds.multilabel:
+            if "softmax" in self.activation or units not in (None, n):
+                raise ModelError(
+                    f"{self.path}: the model has {units} output(s) ending in {self.activation or 'no activation'}, "
+                    f"but the dataset {dataset} is multi-label with {n} labels ({', '.join(ds.labels)}); a multi-label "
+                    f"model ends in Dense({n}, activation='sigmoid') (or Dense({n}) for logits): one output per label."
+                )
+            return
         if self.head.kind == "sigmoid":
             if "softmax" in self.activation:
                 raise ModelError(

@@ -44,9 +44,16 @@ def is_tf_keras(model: Any) -> bool:
 
 
 def _cnn(
-    K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_size: int | None, dense: int = 512, **_: Any
+    K: Any,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    batch_size: int | None,
+    dense: int = 512,
+    activation: str = "softmax",
+    **_: Any,
 ) -> Any:
-    """Conv 32 → conv 64 → pool, then conv 64 + pool until about 4×4, dense 512, softmax.
+    """Conv 32 → conv 64 → pool, then conv 64 + pool until about 4×4, dense 512, softmax (or ``activation``).
 
     The dense layer holds most of the weights on purpose: per-channel quantisation parameters are a fixed
     cost per channel, so a model dominated by a few wide layers gets an int8 file close to a quarter of
@@ -72,7 +79,7 @@ def _cnn(
         L.Flatten(name="flatten"),
         L.Dropout(0.25, name="dropout"),
         L.Dense(dense, activation="relu", name="dense"),
-        L.Dense(num_classes, activation="softmax", name="predictions"),
+        L.Dense(num_classes, activation=activation, name="predictions"),
     ]
     return K.Sequential(layers, name=f"{PREFIX}cnn")
 
@@ -84,16 +91,17 @@ def _mobilenetv2(
     *,
     batch_size: int | None,
     alpha: float = 0.35,
+    activation: str = "softmax",
     **_: Any,
 ) -> Any:
-    """Keras' MobileNetV2 (random init) with width multiplier ``alpha`` and a softmax head."""
+    """Keras' MobileNetV2 (random init) with width multiplier ``alpha`` and a softmax (or ``activation``) head."""
     if min(input_shape[:2]) < 32:
         raise UsageError(
             f"mobilenetv2 needs images of at least 32×32, got {input_shape[1]}×{input_shape[0]}; use --arch cnn."
         )
     inp = K.Input(shape=input_shape, batch_size=batch_size)
     base = K.applications.MobileNetV2(
-        input_tensor=inp, alpha=alpha, weights=None, classes=num_classes, classifier_activation="softmax"
+        input_tensor=inp, alpha=alpha, weights=None, classes=num_classes, classifier_activation=activation
     )
     # The alpha is kept in the name so a saved model can be rebuilt for tf_keras (prune, QAT).
     return K.Model(base.inputs, base.outputs, name=f"{PREFIX}mobilenetv2_a{alpha:g}")
@@ -121,17 +129,21 @@ def build_model(
     alpha: float = 0.35,
     batch_size: int | None = None,
     keras_module: Any | None = None,
+    activation: str = "softmax",
 ) -> Any:
-    """A freshly initialised zoo model (not compiled). ``arch`` is a key of :data:`ARCHITECTURES` or ``auto``."""
+    """A freshly initialised zoo model (not compiled). ``arch`` is a key of :data:`ARCHITECTURES` or ``auto``.
+    ``num_classes`` is the number of outputs: with ``activation="sigmoid"`` 1 (binary) or one per label."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise UsageError(f"input_shape must be (height, width, channels), got {shape}.")
-    if num_classes < 2:
+    if num_classes < (1 if activation == "sigmoid" else 2):
         raise UsageError(f"a classifier needs at least two classes, got {num_classes}.")
     name = choose_arch(shape) if arch == "auto" else arch
     if name not in ARCHITECTURES:
         raise UsageError(f"unknown architecture '{arch}'; choose one of {['auto', *ARCHITECTURES]}.")
-    return ARCHITECTURES[name].build(_keras(keras_module), shape, int(num_classes), batch_size=batch_size, alpha=alpha)
+    return ARCHITECTURES[name].build(
+        _keras(keras_module), shape, int(num_classes), batch_size=batch_size, alpha=alpha, activation=activation
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +182,14 @@ def outputs_are(model: Any) -> OutputsAre:
     return "probabilities" if "softmax" in name or "sigmoid" in name else "logits"
 
 
-def head_loss(model: Any, losses: Any) -> tuple[Any, Callable[[Any], Any]]:
+def head_loss(model: Any, losses: Any, multilabel: bool = False) -> tuple[Any, Callable[[Any], Any]]:
     """The loss to fine-tune ``model`` with (``losses``: its Keras' loss module, e.g. ``tf_keras.losses``) and
     how class indices become the targets it wants: binary cross-entropy on (N, 1) floats for one sigmoid
-    output, else sparse categorical cross-entropy on the indices; from logits when the model outputs logits."""
+    output, on the (N, labels) 0/1 rows for a ``multilabel`` head, else sparse categorical cross-entropy on
+    the indices; from logits when the model outputs logits."""
     logits = outputs_are(model) == "logits"
+    if multilabel:
+        return losses.BinaryCrossentropy(from_logits=logits), lambda y: y.astype("float32")
     if int(model.outputs[0].shape[-1]) == 1:
         return losses.BinaryCrossentropy(from_logits=logits), lambda y: y.astype("float32")[:, None]
     return losses.SparseCategoricalCrossentropy(from_logits=logits), lambda y: y
@@ -253,6 +268,7 @@ def to_tf_keras(model: Any, *, batch_size: int | None = None) -> Any:
                 batch_size=batch_size,
                 alpha=found.alpha,
                 dense=found.dense,
+                activation="sigmoid" if "sigmoid" in last_activation(model) else "softmax",
             )
         else:
             cfg = _fixed_batch_config(_tf_keras_config(model.get_config()), batch_size)
