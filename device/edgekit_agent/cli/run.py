@@ -47,7 +47,7 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
 
 def _one_malloc_arena() -> None:
     """glibc gives each thread that allocates its own malloc arena (up to 8 per core), each holding freed memory
-    of its own: ~1.5 MiB of the serving agent's RSS (issue 15). The agent's threads allocate while holding the
+    of its own: 0.6-1.5 MiB of the serving agent's RSS (issue 15). The agent's threads allocate while holding the
     GIL, so one arena costs them no contention. Not glibc (musl): nothing to do."""
     import ctypes
 
