@@ -10,10 +10,11 @@ order round by round (so both see the same machine load), the median over rounds
   its default, connected to a mosquitto of its own (``--no-broker``: none); the round's clock starts before
   the folder is dropped into ``INBOX`` (one ``rename`` per label folder, as a user's ``mv`` would) and stops
   when its last file (the agent serves in name order) has left it;
-- **bare**: this script in ``--bare-worker`` mode, which imports only numpy, Pillow and LiteRT (it checks that
-  no ``edgekit`` module is loaded): for each file, Pillow decode, the manifest's preprocessing in numpy,
-  quantise, ``set_tensor``/``invoke``/``get_tensor``, argmax, then ``os.rename`` into ``INBOX/.processed/`` (the
-  file move counted on both sides). Its clock starts before the same drop and stops when it answers.
+- **bare**: ``scripts/bench_watch_bare.py``, which imports only numpy, Pillow, LiteRT and the few standard modules
+  the loop needs (it checks that no ``edgekit`` module is loaded): for each file, Pillow decode, the manifest's
+  preprocessing in numpy, quantise, ``set_tensor``/``invoke``/``get_tensor``, argmax, then ``os.rename`` into
+  ``INBOX/.processed/`` (the file move counted on both sides). Its clock starts before the same drop and stops
+  when it answers.
 
 Printed: images/s of each (median of rounds), the ratio agent/bare (median of the per-round ratios), the
 resident set size (VmRSS) of each process after the rounds, and the agent's latency for one image dropped into
@@ -24,6 +25,9 @@ machine loaded by other work distorts far less than wall time.
 ``--invoke`` measures instead where the agent's invoke time goes: in one process, interleaved, set + invoke + get
 in a tight loop, in a decode + preprocess loop, and in the running agent's watch thread (its telemetry).
 
+Both sides run compiled bytecode: the agent's package is compiled first (``compileall``, as ``pip install``
+does), as the baseline's libraries are.
+
 Models: the digits bundle of the tests (its 1,797 8×8 PNGs, labelled folders) and a MobileNetV2 0.35/96 (300
 96×96 RGB PNGs), both built by ``scripts/bench_serving.py``'s ``build_bundles`` into ``--out``.
 """
@@ -31,6 +35,7 @@ Models: the digits bundle of the tests (its 1,797 8×8 PNGs, labelled folders) a
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -44,61 +49,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-# --- the bare baseline (runs in its own process; no edgekit import) -------------------------------------------------
-def bare_worker(bundle_dir: Path, threads: int) -> int:
-    """Serve every folder named on stdin (INBOX/LABEL/x.png), then answer ``done N`` on stdout."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-    from PIL import Image
-
-    spec = json.loads((bundle_dir / "manifest.json").read_text())["preprocess"]
-    model = json.loads((bundle_dir / "manifest.json").read_text())["model"]["file"]
-    interp = Interpreter(model_path=str(bundle_dir / model), num_threads=threads)
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    in_index, out_index, dtype = inp["index"], out["index"], inp["dtype"]
-    q_scale, q_zero = inp["quantization"]
-    info = np.iinfo(dtype)
-    size, mode = (spec["width"], spec["height"]), spec.get("color_mode", "L")
-    resample = getattr(Image.Resampling, spec.get("resize", "bilinear").upper())
-    scale = np.float32(spec.get("scale", 1 / 255))
-    mean = np.asarray(spec.get("mean", (0.0,)), dtype=np.float32)
-    std = np.asarray(spec.get("std", (1.0,)), dtype=np.float32)
-    set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("edgekit", "edgekit_agent"))
-    if loaded:
-        raise SystemExit(f"the bare baseline imported {loaded}")
-    print("ready", flush=True)
-    for line in sys.stdin:
-        root = Path(line.strip())
-        done = root / ".processed"
-        n = 0
-        for label in sorted(os.listdir(root)):
-            if label.startswith("."):
-                continue
-            os.makedirs(done / label, exist_ok=True)
-            for name in sorted(os.listdir(root / label)):
-                path = root / label / name
-                with Image.open(path) as img:
-                    img.load()
-                    if img.mode != mode:
-                        img = img.convert(mode)
-                    if img.size != size:
-                        img = img.resize(size, resample)
-                    x = np.asarray(img, dtype=np.float32)
-                if x.ndim == 2:
-                    x = x[:, :, None]
-                x = (x * scale - mean) / std
-                q = np.clip(np.round(x / np.float32(q_scale)) + q_zero, info.min, info.max).astype(dtype)
-                set_tensor(in_index, q[None, ...])
-                invoke()
-                int(np.argmax(get_tensor(out_index)))
-                os.rename(path, done / label / name)
-                n += 1
-        print(f"done {n}", flush=True)
-    return 0
 
 
 # --- the driver ---------------------------------------------------------------------------------------------------
@@ -211,7 +161,9 @@ def compare(name: str, bundle: Path, threads: int, rounds: int, work: Path, brok
     ]
     argv += ["--broker", broker] if broker else []
     agent = Worker(argv, REPO, None)
-    bare = Worker([sys.executable, __file__, "--bare-worker", str(bundle), str(threads)], REPO, "ready")
+    bare = Worker(
+        [sys.executable, str(REPO / "scripts" / "bench_watch_bare.py"), str(bundle), str(threads)], REPO, "ready"
+    )
     try:
         # Warm-up (and: the agent is up once its first drop is served).
         folders = stage(src, run / "stage")
@@ -348,8 +300,6 @@ def invoke_inside(
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--bare-worker":
-        return bare_worker(Path(sys.argv[2]), int(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -363,6 +313,10 @@ def main() -> int:
     from bench_serving import build_bundles
 
     bundles = build_bundles(args.out)
+    # The agent's modules as pip installs them, compiled: from source (PYTHONDONTWRITEBYTECODE, an editable
+    # install) each start compiles ~40 modules, whose peak stays in the RSS (~1 MiB) while the baseline's
+    # libraries come compiled.
+    compileall.compile_dir(REPO / "device" / "edgekit_agent", quiet=1)
     if args.invoke:
         return main_invoke(args, bundles)
     results: dict[str, Any] = {"cpu_count": os.cpu_count(), "load1_before": os.getloadavg()[0], "runs": []}

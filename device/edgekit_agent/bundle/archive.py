@@ -20,7 +20,6 @@ files the manifest lists into a new directory, what the agent loads).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import stat
@@ -32,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from edgekit_agent.contract.digest import sha256
 from edgekit_agent.contract.errors import BundleError, EdgekitError, IntegrityError
 from edgekit_agent.contract.limits import (
     MAX_ARCHIVE_BYTES,
@@ -108,7 +108,7 @@ def _compare(manifest: Manifest, found: Mapping[str, tuple[int, str] | str]) -> 
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file, read in chunks (bundles may hold models of hundreds of MB)."""
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
@@ -451,7 +451,7 @@ def verify_archive(index: ArchiveIndex) -> ArchiveContents:
 
     def visit(member: ArchiveMember, chunks: Iterator[bytes]) -> None:
         nonlocal model
-        h, keep = hashlib.sha256(), member.name == manifest.model.name
+        h, keep = sha256(), member.name == manifest.model.name
         data = bytearray()
         for chunk in chunks:
             h.update(chunk)

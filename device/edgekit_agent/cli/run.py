@@ -45,6 +45,19 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
     )
 
 
+def _one_malloc_arena() -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), each holding freed memory
+    of its own: 0.6-1.5 MiB of the serving agent's RSS (issue 15). The agent's threads allocate while holding the
+    GIL, so one arena costs them no contention. Not glibc (musl): nothing to do."""
+    import ctypes
+
+    m_arena_max = -8  # glibc malloc.h
+    try:
+        ctypes.CDLL(None).mallopt(m_arena_max, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 class Run:
     """Serve a bundle: infer new images in a watched directory and ``infer`` commands, report windowed telemetry
     over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
@@ -115,6 +128,7 @@ class Run:
     @staticmethod
     def run(args: argparse.Namespace) -> ExitStatus:
         """Load and verify the bundle, then serve until SIGTERM/SIGINT."""
+        _one_malloc_arena()  # before the interpreter and the agent start their threads
         from edgekit_agent.ota.slots import startup_bundle
         from edgekit_agent.serve.agent import Agent
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent.contract.digest import sha256
 from edgekit_agent.contract.errors import SignatureError
 from edgekit_agent.contract.manifest import SIGNATURE_NAME
 
@@ -65,7 +65,7 @@ def _ed25519() -> Any:
 
 def key_id_for(raw_public_key: bytes) -> str:
     """The key id: first 16 hex digits of sha256 over the 32 raw Ed25519 public-key bytes."""
-    return hashlib.sha256(raw_public_key).hexdigest()[:KEY_ID_HEX]
+    return sha256(raw_public_key).hexdigest()[:KEY_ID_HEX]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,6 @@ import logging
 import queue
 import random
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -299,6 +298,8 @@ class MqttClient:
         if self.address.username:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
+            import ssl  # here, not at the top: OpenSSL costs 5 MiB of RSS (see paho_import)
+
             try:
                 client.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key, cert_reqs=ssl.CERT_REQUIRED)
             except (OSError, ssl.SSLError, ValueError) as exc:

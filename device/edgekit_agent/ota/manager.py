@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit_agent.bundle.selftest import run_selftest
+from edgekit_agent.contract.digest import sha256
 from edgekit_agent.contract.errors import (
     BusyError,
     EdgekitError,
@@ -312,7 +312,7 @@ class OtaManager:
             raise IntegrityError(
                 f"swap_bundle: chunk {index} of {tid} is {len(raw)} bytes, expected {t.chunk_size(index)}; resend it."
             )
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = sha256(raw).hexdigest()
         if digest != sha:
             raise IntegrityError(
                 f"swap_bundle: chunk {index} of {tid} has sha256 {digest[:16]}…, the sender said {sha[:16]}…; "
@@ -344,7 +344,7 @@ class OtaManager:
             )
         d = self._transfer_dir(t.transfer_id)
         archive = d / "bundle.tar.gz"
-        h = hashlib.sha256()
+        h = sha256()
         try:
             with open(archive, "wb") as out:
                 for i in range(t.chunks):
