@@ -86,7 +86,10 @@ class FleetWatcher:
                         self._changed.add(device)
             except Exception:  # noqa: BLE001 - an exception here would end paho's loop and freeze the view
                 log.exception("watch: a message on %s could not be applied", m.topic)
-        self._arrived.set()
+            # Under the lock poll() clears it with: set once per poll, not once per message (a set() that
+            # wakes nobody still takes the event's condition, as much as the rest of this method).
+            if not self._arrived.is_set():
+                self._arrived.set()
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Wait until the retained messages present at subscribe time have arrived (False on timeout,
