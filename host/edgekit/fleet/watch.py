@@ -52,6 +52,7 @@ class FleetWatcher:
             protocol=protocol,
             tls_ca=tls_ca,
             on_message=self._apply,
+            no_delay=False,  # a consumer: the sync marker is its only request, and it has seconds to spare
         )
         self.state = state or FleetState(histogram_stages=())  # the table shows the devices' own percentiles
         self._sync_token: str | None = None
