@@ -1,4 +1,5 @@
-"""The MQTT links' sockets: each packet is sent at once (TCP_NODELAY), and an unreachable broker is explained.
+"""The MQTT links' sockets: each packet is sent at once (TCP_NODELAY; not by the pure consumers), and an
+unreachable broker is explained.
 
 With Nagle's algorithm on, a small packet written while an earlier one is unacknowledged (a PUBACK, then a
 command's answer) waits for the peer's delayed ACK: ~40 ms on every request/response round trip. The figures
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 from edgekit.fleet.connection import FleetLink
+from edgekit.fleet.exporter import Exporter
+from edgekit.fleet.watch import FleetWatcher
 from edgekit_agent.mqtt.client import BrokerSettings, no_delay
 from edgekit_agent.mqtt.link import Link
 from edgekit_agent.mqtt.outbox import Outbox
@@ -34,6 +37,19 @@ def test_agent_and_fleet_links_switch_nagle_off(mosquitto, tmp_path: Path) -> No
     finally:
         agent.close()
         outbox.close()
+
+
+def test_pure_consumers_leave_nagle_on(mosquitto) -> None:
+    """watch and the exporter send only PUBACKs (and watch one sync marker): with Nagle on, a burst's PUBACKs
+    share segments, as a bare paho consumer's do (issue 15, scripts/bench_fleet.py)."""
+    watcher = FleetWatcher(mosquitto.url).start(timeout=10)
+    try:
+        assert _nodelay(watcher.link._client.socket()) == 0  # noqa: SLF001
+        assert watcher.sync(timeout=5.0), "the sync marker did not come back"
+    finally:
+        watcher.close()
+    with Exporter(mosquitto.url, port=0) as exporter:
+        assert _nodelay(exporter.link._client.socket()) == 0  # noqa: SLF001
 
 
 def test_no_delay_leaves_a_socket_that_is_not_tcp_alone() -> None:

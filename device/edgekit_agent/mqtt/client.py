@@ -6,7 +6,7 @@
   ``reconnect_max_s``, each wait drawn uniformly from its upper half, so a fleet does not reconnect in one
   burst when its broker returns; paho's own backoff has no jitter); every CONNACK resubscribes (a broker
   restarted without a persistent session forgets subscriptions). Every socket sends each packet at once
-  (TCP_NODELAY, :func:`no_delay`).
+  (TCP_NODELAY, :func:`no_delay`), unless ``BrokerSettings.no_delay`` is off (a pure consumer).
 - paho calls callbacks holding its own lock, so callbacks only hand work over: connection events go to one
   worker thread (which also runs the layer's :meth:`MqttClient.handle_idle`), messages and PUBACKs to the
   layer's :meth:`~MqttClient.handle_message` / :meth:`~MqttClient.handle_puback`, which must not block.
@@ -158,6 +158,9 @@ class BrokerSettings:
     inflight: int = 8  # QoS 1 messages in flight (paho's window is this plus room for status messages)
     session_expiry_s: int = 3600  # 0: a clean session; else the broker keeps it (and queues QoS 1) this long
     mqtt_version: str = "auto"  # auto (5, falling back to 3.1.1 when refused), 5 or 3.1.1
+    # TCP_NODELAY (no_delay()). Off only for a pure consumer: nothing it sends waits for an answer, and with
+    # Nagle on the PUBACKs of a burst share TCP segments instead of costing one transmit each.
+    no_delay: bool = True
 
     def __post_init__(self) -> None:
         if self.mqtt_version not in MQTT_VERSIONS:
@@ -383,7 +386,8 @@ class MqttClient:
         client.reconnect_delay_set(min_delay=wait, max_delay=wait)  # type: ignore[arg-type]  # paho takes floats
 
     def _cb_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
-        no_delay(sock)
+        if self.settings.no_delay:
+            no_delay(sock)
         if client is self._client:
             self._socket_acked = False
             self.post(partial(self._socket_opened, time.monotonic()))

@@ -31,6 +31,9 @@ class FleetLink(MqttClient):
     ``session_expiry_s`` > 0 keeps a persistent session (the broker queues QoS 1 messages while we are away).
     ``on_message`` takes each message on paho's network thread instead of :attr:`messages` (it must be quick
     and must not raise: the exporter applies there, saving a queue and a thread hop per message).
+    ``no_delay=False`` leaves Nagle's algorithm on, for a pure consumer (watch, the exporter): it sends only
+    PUBACKs, which then share TCP segments in a burst like a bare paho client's; anything that sends requests
+    and waits for answers keeps the default (docs/mqtt311.md: 44 ms a round trip otherwise).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class FleetLink(MqttClient):
         session_expiry_s: int = 0,
         tls_ca: str | None = None,
         on_message: Callable[[Message], None] | None = None,
+        no_delay: bool = True,
     ) -> None:
         tls_ca = str(tls_ca) if tls_ca else None  # a private CA (a lab broker's); None: the system's CAs
         if not isinstance(broker, BrokerAddress):
@@ -56,6 +60,7 @@ class FleetLink(MqttClient):
             inflight=16,  # paho's default window of 20
             session_expiry_s=session_expiry_s,
             mqtt_version=protocol,
+            no_delay=no_delay,
         )
         super().__init__(settings, client_id or f"edgekit-{uuid.uuid4().hex[:10]}", subscriptions=subscriptions)
         self.messages: queue.Queue[Message] = queue.Queue(max_queue)

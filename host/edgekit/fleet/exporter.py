@@ -500,6 +500,7 @@ class Exporter:
             protocol=protocol,
             tls_ca=tls_ca,
             on_message=self._apply,
+            no_delay=False,  # a pure consumer: it sends nothing but PUBACKs
         )
         self.state = FleetState(histogram_stages=stages)
         self.collector = FleetCollector(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ MAX_EPOCHS = 4  # epochs remembered per device (memory stays bounded whatever a 
 MAX_SEQ_JUMP = 1_000_000
 MAX_COUNT = 2**53  # counts beyond this are junk; clamped so sums and float() stay exact and finite
 FORGET_AFTER_S = 7 * 24 * 3600.0  # a device silent this long is forgotten (memory and /metrics series)
+MAX_ROUTES = 100_000  # topics whose routing is remembered (a few per device; invented topics cost up to this)
 
 
 def load_json(payload: bytes) -> Any | None:
@@ -47,6 +49,8 @@ def load_json(payload: bytes) -> Any | None:
 
 def finite_number(v: Any) -> float | None:
     """A finite number, or None (not a number, a bool, inf/NaN, or too large for a float)."""
+    if type(v) is float:  # what JSON gives for most fields: one type check, no conversion
+        return v if math.isfinite(v) else None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     try:
@@ -59,6 +63,8 @@ def finite_number(v: Any) -> float | None:
 def _count(v: Any) -> int:
     """A count: 0 when absent, at most MAX_COUNT; anything else (text, negative, inf, a 400-digit integer) is a
     malformed message (ValueError: the message is counted invalid, the consumer goes on)."""
+    if type(v) is int and 0 <= v <= MAX_COUNT:  # what every agent sends (type(): a bool is not a count)
+        return v
     if v is None:
         return 0
     f = finite_number(v)
@@ -68,7 +74,7 @@ def _count(v: Any) -> int:
 
 
 def _sum_errors(errors: Any) -> int:
-    if isinstance(errors, Mapping):
+    if isinstance(errors, dict):  # a JSON object; not Mapping: an ABC check per message costs more than the sum
         return min(sum(_count(v) for v in errors.values()), MAX_COUNT)
     return _count(errors)
 
@@ -177,13 +183,13 @@ class Histogram:
     cum: list[int]
     sum: float = 0.0
     count: int = 0
-    le_raw: list[Any] = field(default_factory=list, repr=False)  # as received: compared cheaply (hot path)
 
-    def add(self, le_raw: list[Any], cum: Sequence[int], total: float, count: int) -> bool:
+    def add(self, le: tuple[float, ...], cum: Sequence[int], total: float, count: int) -> bool:
         """Add one window's buckets; False (and nothing added) when its bucket grid differs."""
-        if le_raw != self.le_raw or len(cum) != len(self.cum):
+        # `is` first: bucket_grid hands out the one tuple of the grid every agent sends (no 31-bound compare).
+        if (le is not self.le and le != self.le) or len(cum) != len(self.cum):
             return False
-        self.cum = [a + int(b) for a, b in zip(self.cum, cum)]
+        self.cum = list(map(operator.add, self.cum, cum))
         self.sum += float(total)
         self.count += int(count)
         return True
@@ -221,7 +227,9 @@ class _Device:
     disk_ts: float = -1.0  # device clock (envelope ts) of the message disk_full was taken from
 
 
+_Handler = Callable[["FleetState", _Device, dict[str, Any], Message], None]
 _last_grid: tuple[list[Any], tuple[float, ...]] = ([], ())  # the last bounds accepted, as received and parsed
+_JUST_INT = {int}  # the types of counts every agent sends (type(): a bool is not a count)
 
 
 def bucket_grid(le: Any, cum: Any) -> tuple[tuple[float, ...], list[int]] | None:
@@ -233,10 +241,11 @@ def bucket_grid(le: Any, cum: Any) -> tuple[tuple[float, ...], list[int]] | None
     # Every agent sends the same bounds and plain integer counts: one list comparison and a type check
     # replace validating 60 numbers one by one, the larger part of applying a window (scripts/bench_fleet.py).
     seen_le, seen_bounds = _last_grid
-    if le == seen_le and all(type(c) is int for c in cum):
-        if cum[0] < 0 or cum[-1] > MAX_COUNT or any(b < a for a, b in zip(cum, cum[1:])):
+    if le == seen_le and set(map(type, cum)) == _JUST_INT:
+        ordered = sorted(cum)  # integers are non-decreasing exactly when sorting changes nothing
+        if ordered != cum or cum[0] < 0 or cum[-1] > MAX_COUNT:
             return None
-        return seen_bounds, list(cum)
+        return seen_bounds, ordered
     bounds: list[float] = []
     for i, x in enumerate(le):
         if x == "+Inf" and i == len(le) - 1:
@@ -278,18 +287,21 @@ class FleetState:
         self.rejected_histograms = 0
         self.forget_after_s = forget_after_s
         self._forgot_at = 0.0
+        # topic -> (device id, kind, handler), or None when the topic is not fleet state: one dict lookup per
+        # message instead of splitting the topic and choosing the handler again (issue 15).
+        self._routes: dict[str, tuple[str, str, _Handler] | None] = {}
         self.lock = threading.Lock()
 
     # --- feeding ------------------------------------------------------------------------------------
     def apply(self, msg: Message) -> str | None:
         """Account for one message; returns the device id it changed, or None (duplicate, foreign, bad)."""
-        parsed = parse_topic(msg.topic)
-        if parsed is None:
+        try:
+            route = self._routes[msg.topic]
+        except KeyError:
+            route = self._route(msg.topic)
+        if route is None:
             return None
-        device_id, kind = parsed
-        handler = _HANDLERS.get(kind) or (_on_bench_or_other if kind.startswith(("bench/", "res/")) else None)
-        if handler is None:
-            return None  # commands (fleet → device) and unknown kinds are not fleet state
+        device_id, kind, handler = route
         if msg.retain and kind not in (STATUS, META):
             return None  # only status and meta are retained by agents; a retained window would count at every start
         doc = load_json(msg.payload)
@@ -299,7 +311,7 @@ class FleetState:
             return None
         epoch, seq = doc.get("epoch"), doc.get("seq")
         # Retained status/meta are snapshots (re-sent on every subscribe): de-dup only live messages.
-        if epoch is not None and isinstance(seq, int) and not isinstance(seq, bool) and not msg.retain:
+        if epoch is not None and type(seq) is int and not msg.retain:  # type(): a bool is not a seq
             if not self.dedup.first_time(device_id, str(epoch), seq):
                 return None
         self.messages += 1
@@ -334,6 +346,19 @@ class FleetState:
             self.forget_silent(msg.received)
         return device_id
 
+    def _route(self, name: str) -> tuple[str, str, _Handler] | None:
+        parsed = parse_topic(name)
+        route = None
+        if parsed is not None:
+            device_id, kind = parsed
+            handler = _HANDLERS.get(kind) or (_on_bench_or_other if kind.startswith(("bench/", "res/")) else None)
+            # Commands (fleet → device) and unknown kinds are not fleet state: None.
+            route = (device_id, kind, handler) if handler is not None else None
+        if len(self._routes) >= MAX_ROUTES:
+            self._routes.clear()
+        self._routes[name] = route
+        return route
+
     def forget_silent(self, now: float | None = None) -> list[str]:
         """Forget devices whose last live message is older than ``forget_after_s``; returns their ids.
         (Devices known only from a retained status were never heard live and stay: they are the roster.)"""
@@ -347,6 +372,7 @@ class FleetState:
             del self.devices[d]
             self.dedup.forget(d)
         if gone:
+            self._routes.clear()  # the forgotten devices' topics with them; the others' are found again
             log.info("forgot %d device(s) silent for more than %.0f s", len(gone), self.forget_after_s)
         return gone
 
@@ -520,12 +546,12 @@ def _on_telemetry(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Mes
         le, cum = grid
         total_ms, n = finite_number(s.get("sum")) or 0.0, _count(s.get("count"))
         existing = dev.hist.get(stage)
-        if existing is None or not existing.add(h["le"], cum, total_ms, n):
+        if existing is None or not existing.add(le, cum, total_ms, n):
             if existing is not None:  # a new grid (an agent upgrade): a new series, as after a counter reset
                 log.warning(
                     "%s: latency buckets changed (le=%s); the %s histogram starts again", dev.device_id, le, stage
                 )
-            dev.hist[stage] = Histogram(le, cum, total_ms, n, list(h["le"]))
+            dev.hist[stage] = Histogram(le, cum, total_ms, n)
 
 
 def _on_events(state: FleetState, dev: _Device, doc: dict[str, Any], msg: Message) -> None:
@@ -540,7 +566,7 @@ def _on_bench_or_other(state: FleetState, dev: _Device, doc: dict[str, Any], msg
     pass
 
 
-_HANDLERS: dict[str, Callable[[FleetState, _Device, dict[str, Any], Message], None]] = {
+_HANDLERS: dict[str, _Handler] = {
     STATUS: _on_status,
     META: _on_meta,
     TELEMETRY: _on_telemetry,
