@@ -58,13 +58,19 @@ def digits_splits(digits_dataset: Path):
 
 
 @pytest.fixture(scope="session")
-def digits_model(digits_splits, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits CNN trained for one (augmented) epoch with `edgekit.pipeline.train`, saved as .keras;
-    once per session."""
-    from edgekit.pipeline.train import save_model, train_model
+def digits_trained(digits_splits):
+    """The `edgekit.pipeline.train.TrainResult` of a digits CNN trained for one (augmented) epoch; once per session."""
+    from edgekit.pipeline.train import train_model
 
-    result = train_model(digits_splits, epochs=1, seed=0)
-    return save_model(result.model, tmp_path_factory.mktemp("digits-model") / "digits.keras")
+    return train_model(digits_splits, epochs=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``digits_trained``'s model saved as .keras; once per session."""
+    from edgekit.pipeline.train import save_model
+
+    return save_model(digits_trained.model, tmp_path_factory.mktemp("digits-model") / "digits.keras")
 
 
 @pytest.fixture(scope="session")

@@ -183,6 +183,7 @@ class _State:
     model_shape: ModelShape | None = None  # of a --model file
     model_file: Path | None = None
     float_accuracy: float = 0.0
+    val_accuracy: float | None = None  # of the model as trained (TrainResult.val_accuracy), for the convert step
     trained_arch: str = ""
     outputs_are: str = "probabilities"
     head: HeadSpec = HeadSpec()  # a --model file with one output is a binary sigmoid head
@@ -269,6 +270,7 @@ def _train(s: _State) -> None:
             s.splits, head=s.head, arch=s.arch, epochs=s.epochs, seed=s.seed, on_epoch=_epoch_reporter(s)
         )
     s.model, s.trained_arch, s.float_accuracy = result.model, result.arch, float(result.float_accuracy)
+    s.val_accuracy = result.val_accuracy
 
 
 def _epoch_reporter(s: _State) -> Callable[[int, int, dict[str, float]], None]:
@@ -344,6 +346,7 @@ def _convert(s: _State, profile: Profile) -> None:
             name=s.name,
             on_stage=s.report,
             head=s.head,
+            float_val_accuracy=s.val_accuracy if s.pruned is None else None,  # pruning changed the model
         )
     else:
         s.report(f"same {key[0]}/{key[1]} model as an earlier profile")

@@ -37,6 +37,13 @@ def test_measured_arena_is_the_exact_minimum(make):
     assert not _tflm_accepts(model, m.bytes - 16)
 
 
+def test_arena_search_starts_from_the_arena_tflm_recorded():
+    # The allocation record at the first accepted size brackets the minimum within 16 bytes: a handful of
+    # probes, where a bisection from the 1 KiB floor takes about 17.
+    m = measure_arena(fit_models.wide_cnn())
+    assert m.exact and m.probes <= 8
+
+
 def test_arena_with_margin_is_what_the_report_compares():
     model = fit_models.tiny_cnn()
     profile = load_profile("stm32h743")

@@ -133,6 +133,29 @@ def test_a_model_without_recurrent_layers_converts_without_a_child_process(digit
     assert 0.24 < res.size_ratio <= 0.26, res.size_ratio
 
 
+def test_the_in_memory_conversion_gives_the_bytes_of_the_saved_model(digits_model, digits_splits, tmp_path):
+    """In this process a Keras 3 model goes to the converter as it is; the worker's route for a saved model
+    (what the child process takes) converts the same file to the same bytes."""
+    from edgekit.pipeline import convert
+    from edgekit.pipeline.train import load_model
+
+    in_memory = convert.convert_int8(load_model(digits_model), digits_splits.train.x, num_samples=20, seed=0)
+    np.save(tmp_path / "rep.npy", convert._representative(digits_splits.train.x, 20, 0))
+    task = {"kind": "int8", "input_dtype": "int8", "output_dtype": "int8", "out": str(tmp_path / "file.tflite")}
+    job = {"model": str(digits_model), "format": "keras", "representative": str(tmp_path / "rep.npy"), "tasks": [task]}
+    convert.run_worker(job, tmp_path, what="digits.keras", isolate=False)
+    assert (tmp_path / "file.tflite").read_bytes() == in_memory.tflite
+
+
+def test_training_hands_the_convert_step_the_validation_accuracy_it_would_measure(digits_trained, digits_splits):
+    """The float figure int8 is compared against (and QAT decided on) is taken from training, not re-measured:
+    it must be exactly what evaluate_keras gives on the batch-1 model the convert step receives."""
+    from edgekit.pipeline.evaluate import evaluate_keras
+
+    val = digits_splits.val
+    assert digits_trained.val_accuracy == evaluate_keras(digits_trained.model, val.x, val.y).accuracy
+
+
 def test_a_recurrent_model_is_converted_in_a_child_process(digits_splits, tmp_path, monkeypatch):
     """An LSTM (the converter segfaults on some under quantisation) goes to the child, whose crash is reported."""
     import keras

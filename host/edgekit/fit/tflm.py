@@ -1,7 +1,8 @@
 """The real TFLite Micro interpreter on the workstation: the exact minimal tensor arena, and agreement with LiteRT.
 
-TFLite Micro (``tflite-micro`` on PyPI) raises RuntimeError when the arena is too small, so a binary
-search on ``arena_size`` finds the exact minimum. Not always, though: for some sizes a failed tail
+TFLite Micro (``tflite-micro`` on PyPI) raises RuntimeError when the arena is too small, so probing
+``arena_size`` finds the exact minimum: a binary search, narrowed to 16 bytes around the arena the interpreter
+records using at the first size it accepts. Not always, though: for some sizes a failed tail
 allocation is dereferenced (SIGSEGV), and some models make it abort (SIGABRT) whatever the size. So the
 search runs in a child process that forks once per probe, a crashed probe counts as "too small", a crash
 at every size is reported as the model's problem, and TFLite Micro's diagnostics, which go to C-level
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +35,14 @@ from edgekit_agent.contract.errors import ModelError
 SEARCH_FLOOR = 1024
 # Largest arena tried before giving up: no microcontroller profile comes close.
 SEARCH_CEILING = 256 * 1024 * 1024
+# The first size tried, doubled until accepted: more than the models meant for these profiles need. An arena is
+# reserved, not written, so a large probe costs what a small one does, and the allocation record it yields
+# narrows the search (below).
+FIRST_PROBE = 16 * 1024 * 1024
 _TIMEOUT_S = 300
+# What Interpreter.print_allocations() writes first: the arena the interpreter used, tail and head together.
+_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+_ALIGNMENT = 16  # TFLite Micro aligns the arena's start to 16 bytes (MicroArenaBufferAlignment)
 T = TypeVar("T")
 
 
@@ -68,45 +77,73 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
     model = Path(request["model"]).read_bytes()
     crashes: list[int] = []
 
-    def accepts_here(size: int) -> bool:
+    def accepts_here(size: int, report_fd: int | None = None) -> bool:
         try:
-            runtime.Interpreter.from_bytes(model, arena_size=size)
+            interp = runtime.Interpreter.from_bytes(model, arena_size=size)
         except RuntimeError:
             return False
+        if report_fd is not None:  # the allocation record goes to C-level stderr: send it to the parent
+            os.dup2(report_fd, 2)
+            interp.print_allocations()
         return True
 
-    def accepts(size: int) -> bool:
+    def accepts(size: int, *, recorded: list[int] | None = None) -> bool:
         # Each probe in a forked child: some too-small arenas make a tail allocation fail in a code path
         # that does not check it (SIGSEGV), not only the tiny ones. A crash at a size counts as "refused";
         # a crash even at the largest size is the model's own problem and is reported as such.
+        # With ``recorded``, an accepting probe appends the arena TFLite Micro says it used.
         if not hasattr(os, "fork"):
             return accepts_here(size)
+        read_end, write_end = os.pipe() if recorded is not None else (None, None)
         pid = os.fork()
-        if pid == 0:  # child: report through the exit status only
+        if pid == 0:  # child: report through the exit status (and the pipe) only
             try:
-                os._exit(0 if accepts_here(size) else 1)
+                os._exit(0 if accepts_here(size, write_end) else 1)
             except BaseException:  # noqa: BLE001 - anything else is a refusal, never a hang
                 os._exit(2)
+        if write_end is not None:
+            os.close(write_end)
         _, status = os.waitpid(pid, 0)
+        if read_end is not None:
+            with os.fdopen(read_end, "rb") as pipe:
+                found = _ARENA_TOTAL.search(pipe.read().decode("utf-8", "replace"))
+            if found and recorded is not None:
+                recorded.append(int(found.group(1)))
         if os.WIFSIGNALED(status):
             crashes.append(os.WTERMSIG(status))
             return False
         return os.WEXITSTATUS(status) == 0
 
     if request["op"] == "arena":
-        probes, hi = 0, max(SEARCH_FLOOR * 2, len(model) // 4)
+        probes, hi, recorded = 0, max(FIRST_PROBE, len(model) // 4), []
         while True:
             probes += 1
             crashes.clear()
-            if accepts(hi):
+            if accepts(hi, recorded=recorded):
                 break
             if hi >= SEARCH_CEILING:
                 return {"error": "crash", "signal": crashes[-1]} if crashes else {"error": "unsupported"}
             hi = min(hi * 2, SEARCH_CEILING)
         lo = SEARCH_FLOOR  # invariant: lo refused (or the floor), hi accepted
-        probes += 1
-        if accepts(lo):
-            return {"arena": lo, "exact": False, "probes": probes}
+        # TFLite Micro records the arena it used at the accepted size: the minimum plus up to 15 bytes of alignment
+        # (where the arena buffer starts). Bracketing it narrows the bisection from ~17 probes to ~6; when the
+        # record does not bracket the minimum (another allocator), the full bisection runs as before.
+        used = recorded[-1] if recorded else 0
+        if SEARCH_FLOOR + _ALIGNMENT < used <= hi:
+            probes += 1
+            if not accepts(used):
+                lo = used
+            else:
+                hi = used
+                probes += 1
+                if not accepts(used - _ALIGNMENT):
+                    lo = used - _ALIGNMENT
+                else:
+                    hi = used - _ALIGNMENT
+        if lo == SEARCH_FLOOR:
+            probes += 1
+            if accepts(lo):
+                return {"arena": lo, "exact": False, "probes": probes}
         while hi - lo > 1:
             mid = (lo + hi) // 2
             probes += 1

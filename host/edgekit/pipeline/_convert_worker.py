@@ -5,7 +5,8 @@ so :mod:`edgekit.pipeline.convert` never runs it in the caller's process. The jo
 ``.keras`` file or a SavedModel directory), a ``.npy`` of representative samples and the outputs to write.
 Each task may name its own model (several models, one TensorFlow import). A converter exception exits with
 :data:`EXIT_CONVERTER_ERROR` and its message in ``error.txt``; any other exit code (a negative one is a signal)
-is a crash, reported by the parent.
+is a crash, reported by the parent. In the caller's process (:func:`run` with ``models``), a task whose format
+is ``"memory"`` names a Keras 3 model the caller holds: it is converted as it is, not saved and loaded again.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ EXIT_CONVERTER_ERROR = 3
 EXIT_BAD_JOB = 4
 
 
-def _converter(job: dict[str, Any], task: dict[str, Any]) -> Any:
+def _converter(job: dict[str, Any], task: dict[str, Any], models: dict[str, Any]) -> Any:
     """A converter for the task's model (a task may name its own model; else the job's)."""
     import tensorflow as tf
 
     path, fmt = task.get("model", job.get("model")), task.get("format", job.get("format"))
+    if fmt == "memory":
+        return tf.lite.TFLiteConverter.from_keras_model(models[path])
     if fmt == "saved_model":
         return tf.lite.TFLiteConverter.from_saved_model(path)
     import keras
@@ -54,11 +57,11 @@ def _int8(converter: Any, job: dict[str, Any], task: dict[str, Any]) -> None:
     converter.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[task["output_dtype"]]
 
 
-def _debug(job: dict[str, Any], task: dict[str, Any]) -> None:
+def _debug(job: dict[str, Any], task: dict[str, Any], models: dict[str, Any]) -> None:
     """Per-layer quantisation error with TF's QuantizationDebugger (docs/pipeline.md, Evaluate), as JSON rows."""
     import tensorflow as tf
 
-    converter = _converter(job, task)
+    converter = _converter(job, task, models)
     _int8(converter, job, task)
     # The debugger compares float and quantised tensors layer by layer; it feeds float inputs itself.
     converter.inference_input_type = converter.inference_output_type = tf.float32
@@ -80,8 +83,9 @@ def _debug(job: dict[str, Any], task: dict[str, Any]) -> None:
     Path(task["out"]).write_text(json.dumps(rows))
 
 
-def run(job_path: str) -> int:
-    """Run every task of a job file; returns the process exit code."""
+def run(job_path: str, models: dict[str, Any] | None = None) -> int:
+    """Run every task of a job file; returns the process exit code. ``models``: the in-memory models that
+    ``"memory"`` tasks name (in the caller's process only)."""
     try:
         job = json.loads(Path(job_path).read_text())
         tasks = job["tasks"]
@@ -92,9 +96,9 @@ def run(job_path: str) -> int:
     try:
         for task in tasks:
             if task["kind"] == "debug":
-                _debug(job, task)
+                _debug(job, task, models or {})
                 continue
-            converter = _converter(job, task)
+            converter = _converter(job, task, models or {})
             if task["kind"] == "int8":
                 _int8(converter, job, task)
             Path(task["out"]).write_bytes(converter.convert())

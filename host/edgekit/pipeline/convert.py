@@ -2,7 +2,8 @@
 
 The converter can crash its process on recurrent layers (docs/pipeline.md, Convert), so a model holding one is
 converted in a child process (:mod:`edgekit.pipeline._convert_worker`); any other model runs the same worker code in
-this process, where TensorFlow is already imported. A crash or a converter exception becomes a
+this process, where TensorFlow is already imported, and a Keras 3 model is handed over as it is (not saved and
+loaded again: the same bytes come out). A crash or a converter exception becomes a
 :class:`ConversionError` that says what to do.
 Calibration data always comes from the caller (never a default dataset), drawn with a seed.
 """
@@ -164,9 +165,10 @@ def run_worker(
     what: str = "the model",
     timeout: float = DEFAULT_TIMEOUT_S,
     isolate: bool = True,
+    models: dict[str, Any] | None = None,
 ) -> None:
-    """Run one conversion job, in a child process with ``isolate`` (else here); raise :class:`ConversionError`
-    on a converter failure or crash."""
+    """Run one conversion job, in a child process with ``isolate`` (else here, where ``models`` are the in-memory
+    models its ``"memory"`` tasks name); raise :class:`ConversionError` on a converter failure or crash."""
     from edgekit.pipeline import _convert_worker
 
     job_path = workdir / "job.json"
@@ -174,7 +176,7 @@ def run_worker(
     if not isolate:
         # Keras's export prints its signatures to stdout, which would land in `--json` output.
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = _convert_worker.run(str(job_path))
+            rc = _convert_worker.run(str(job_path), models)
         _raise_for_exit(rc, "", workdir, what)
         return
     env = dict(os.environ)
@@ -279,6 +281,8 @@ def convert_int8_many(
     """
     if input_dtype not in ("int8", "uint8") or output_dtype not in ("int8", "uint8"):
         raise ModelError(f"input/output dtype must be int8 or uint8, got {input_dtype}/{output_dtype}.")
+    from edgekit.pipeline import zoo
+
     names = list(names or [f"model {i + 1}" for i in range(len(models))])
     start = time.perf_counter()
     if any(isinstance(m, (str, Path)) for m in models):
@@ -287,12 +291,18 @@ def convert_int8_many(
         models = [load_model(m) if isinstance(m, (str, Path)) else m for m in models]
     rep = _representative(representative_x, num_samples, seed)
     outputs: list[tuple[bytes, bytes]] = []
+    isolate = any(needs_isolation(m) for m in models)
+    in_memory: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as tmp:
         work = Path(tmp)
         np.save(work / "representative.npy", rep)
         tasks = []
         for i, model in enumerate(models):
-            path, fmt = _export(model, work, stem=f"model{i}")
+            if isolate or zoo.is_tf_keras(model):  # tf_keras models go as a SavedModel (see _export)
+                path, fmt = _export(model, work, stem=f"model{i}")
+            else:
+                path, fmt = f"model{i}", "memory"
+                in_memory[path] = zoo.with_fixed_batch(model, 1)
             tasks.append(
                 {
                     "kind": "int8",
@@ -306,8 +316,7 @@ def convert_int8_many(
             if with_float:
                 tasks.append({"kind": "float", "model": path, "format": fmt, "out": str(work / f"float_{i}.tflite")})
         job = {"representative": str(work / "representative.npy"), "tasks": tasks}
-        isolate = any(needs_isolation(m) for m in models)
-        run_worker(job, work, what=", ".join(names), timeout=timeout, isolate=isolate)
+        run_worker(job, work, what=", ".join(names), timeout=timeout, isolate=isolate, models=in_memory)
         for i in range(len(models)):
             outputs.append(
                 (
@@ -456,6 +465,7 @@ def convert_for_profile(
     on_stage: StageFn | None = None,
     with_float: bool = False,
     head: HeadSpec | None = None,
+    float_val_accuracy: float | None = None,
 ) -> ConversionResult:
     """Convert for a profile's input/output dtypes, measure float vs int8, and run QAT when PTQ loses too much.
 
@@ -464,7 +474,8 @@ def convert_for_profile(
 
     Accuracy is measured on the validation split (the test split when there is none). QAT runs when
     int8 is more than ``max_accuracy_drop`` points below float (or always with ``force_qat``); the better
-    int8 model is kept. The result records both figures and which was kept.
+    int8 model is kept. The result records both figures and which was kept. ``float_val_accuracy`` is
+    ``model``'s validation accuracy when the caller measured it already (training does: TrainResult.val_accuracy).
     """
     stage = on_stage or (lambda _msg: None)
     in_dt, out_dt = str(profile.input_dtype), str(profile.output_dtype)
@@ -488,7 +499,10 @@ def convert_for_profile(
     n_cls = len(splits.labels)
     # The Keras model says what its output is; the int8 model is judged the same way.
     head, kind = head or head_for_width(int(model.outputs[0].shape[-1])), zoo.outputs_are(model)
-    float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls, head=head).accuracy
+    if float_val_accuracy is not None and split_name == "val":
+        float_acc = float_val_accuracy
+    else:
+        float_acc = evaluate_keras(model, part.x, part.y, num_classes=n_cls, head=head).accuracy
     ptq_acc = evaluate_tflite(
         ptq.tflite, part.x, part.y, num_threads=1, num_classes=n_cls, head=head, outputs_are=kind
     ).accuracy

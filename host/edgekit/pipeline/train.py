@@ -39,6 +39,9 @@ class TrainResult:
     test_samples: int
     outputs_are: OutputsAre = "probabilities"
     head: HeadSpec = HeadSpec()
+    # On splits.val, measured as evaluate_keras does (None without a validation split): the figure the convert
+    # step compares int8 against, so it need not predict the validation split again.
+    val_accuracy: float | None = None
 
 
 def augment_shifts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +143,7 @@ def train_model(
     import keras
 
     from edgekit.pipeline import zoo
+    from edgekit.pipeline.evaluate import evaluate_keras
 
     train, val, test = splits.train, splits.val, splits.test
     shape = tuple(int(s) for s in train.x.shape[1:])
@@ -188,6 +192,9 @@ def train_model(
             model.load_weights(best)
     fixed = zoo.with_fixed_batch(model, 1)
     accuracy = _accuracy(model, test.x, test.y, head) if len(test.y) else float("nan")
+    val_accuracy = (
+        evaluate_keras(model, val.x, val.y, num_classes=len(train.labels), head=head).accuracy if has_val else None
+    )
     return TrainResult(
         model=fixed,
         arch=name,
@@ -197,6 +204,7 @@ def train_model(
         test_samples=int(len(test.y)),
         outputs_are=zoo.outputs_are(fixed),
         head=head,
+        val_accuracy=val_accuracy,
     )
 
 
