@@ -6,8 +6,8 @@ units; ``manifest["golden"]["tolerance"]`` (1 by default) absorbs the rounding d
 kernels (XNNPACK vs builtin). A bigger difference means a different runtime behaviour, a wrong model
 or a broken install, and the bundle is refused with :class:`SelfTestError` saying by how much.
 
-Audio and sensor bundles also store each golden sample's ``raw`` input (waveform or window, see the
-manifest's :class:`~edgekit_agent.contract.manifest.AudioSpec` and :class:`~edgekit_agent.contract.manifest.SensorSpec`).
+Audio and sensor bundles also store each golden sample's ``raw`` input (a waveform or a window, as the
+manifest's ``AudioSpec`` and ``SensorSpec`` say).
 The device computes the inputs itself from those with the bundle's preprocessor, checks them against the
 workstation's quantised inputs (within :data:`INPUT_TOLERANCE`) and runs the model on its own: a device that
 computes the features differently (a tampered spec, a different agent version) is refused before it serves.

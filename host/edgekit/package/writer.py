@@ -24,19 +24,18 @@ import numpy as np
 
 from edgekit.profiles import Profile
 from edgekit_agent.bundle.selftest import input_differences, inputs_from_raw
-from edgekit_agent.contract.errors import BundleError
+from edgekit_agent.contract.errors import BundleError, InputError
 from edgekit_agent.contract.manifest import (
     MANIFEST_NAME,
     FileEntry,
     GoldenSpec,
     HeadSpec,
+    InputSpec,
     Manifest,
     OutputsAre,
-    InputSpec,
     PreprocessSpec,
     TensorSpec,
 )
-from edgekit_agent.contract.errors import InputError
 from edgekit_agent.infer.inputs import make_preprocessor
 from edgekit_agent.infer.preprocess import quantize
 from edgekit_agent.infer.runtime import Runtime
