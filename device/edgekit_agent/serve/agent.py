@@ -405,6 +405,8 @@ class Agent:
                 while i < len(found) and len(done) < JOURNAL_BATCH and not self._stop.is_set():
                     path, label_name, name = found[i]
                     i += 1
+                    if not name.lower().endswith(self.preprocessor.suffixes):
+                        continue  # listed for a bundle of another kind, switched since: it waits for one again
                     done.append((path, label_name, name, *self._serve_file(path, label_name)))
                     if time.monotonic() > until:
                         break
