@@ -116,6 +116,7 @@ def build_media_bundle(kind: str, out: Path, *, per_class: int = 40, seed: int =
     import keras
 
     from edgekit.package.writer import write_bundle
+    from edgekit.pipeline.reference import compute_reference
     from edgekit.profiles import load_profile
 
     from fit_models import int8_tflite
@@ -146,5 +147,6 @@ def build_media_bundle(kind: str, out: Path, *, per_class: int = 40, seed: int =
         golden_y=y[:n],
         golden_raw=raw[:n],
         outputs_are="probabilities",
+        reference=compute_reference(tflite, x, x, len(labels), outputs_are="probabilities").to_dict(),
     )
     return info.directory

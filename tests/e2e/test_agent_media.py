@@ -77,6 +77,12 @@ def test_a_real_agent_serves_dropped_files_and_infer_samples(
             got = sum_windows(windows, lambda d, label=label: d["predictions"]["class_counts"].get(label, 0))
             assert got == predicted.count(label), label
         assert windows[0].doc["latency_ms"]["preprocess"]["p50"] > 0
+        # drift bins the mean of the preprocessed float input, as the reference did on the training features
+        drift = [m.doc["drift"]["input_mean"] for m in windows if m.doc.get("drift")]
+        assert sum(d["n"] for d in drift) == len(files) and all(d["psi"] is None or d["psi"] >= 0 for d in drift)
+        means = [d["mean"] for d in drift if d["n"]]
+        edges = drift[0]["edges"]
+        assert means and all(edges[0] - 1 < m < edges[-1] + 1 for m in means), (means, edges)
         assert (watch / "photo.png").is_file() and (watch / ".failed" / "broken" / f"bad{SUFFIX[kind]}").is_file()
         assert len(list((watch / ".processed").rglob(f"*{SUFFIX[kind]}"))) == len(files)
 
