@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_selftest_raw import edit_spec
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.cli.app import main
 from edgekit_agent.contract.errors import ExitStatus
 
 from media_models import write_files
+from tamper import edit_spec
 
 
 @pytest.mark.parametrize("kind", ["audio", "sensor"])

@@ -14,20 +14,8 @@ import pytest
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.bundle.selftest import load_golden, run_selftest
 from edgekit_agent.contract.errors import BundleError, SelfTestError
-from edgekit_agent.contract.manifest import dump_manifest
 
-from tamper import copy_bundle, rehash
-
-
-def edit_spec(src: Path, tmp_path: Path, **changes: object) -> Path:
-    """A copy whose manifest's preprocess spec has ``changes``, hashes rewritten (signing it again would make it
-    just as acceptable to the verifier: only the self-test can notice)."""
-    d = copy_bundle(src, tmp_path)
-    doc = json.loads((d / "manifest.json").read_bytes())
-    doc["preprocess"].update(changes)
-    (d / "manifest.json").write_bytes(dump_manifest(doc))
-    rehash(d)
-    return d
+from tamper import copy_bundle, edit_spec, rehash
 
 
 def edit_golden(src: Path, tmp_path: Path, *, drop: str | None = None, **arrays: np.ndarray) -> Path:

@@ -6,7 +6,9 @@ tflite-runtime / numpy 1 environment, and a switch between bundles of different 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from test_agent_mqtt import LEGACY_PYTHON, Subscriber, agent_process, status, su
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.errors import ExitStatus
+from edgekit_agent.contract.manifest import dump_manifest
 from edgekit_agent.serve.agent import Agent
 from edgekit_agent.serve.config import AgentSettings
 
@@ -186,3 +189,28 @@ def test_a_switch_between_kinds_serves_the_new_kind_and_leaves_the_old_one(
     assert body["accuracy"]["correct"] == correct and set(body["predictions"]["class_counts"]) <= set(GESTURES)
     assert all(p.is_file() for p, _ in wavs[:2]) and not (inbox / ".failed").exists()
     assert SENSOR_SPEC.channels == sensor.manifest.preprocess.channels
+
+
+def test_a_real_agent_refuses_a_bundle_whose_features_it_computes_differently(
+    audio_bundle: Path, mosquitto, tmp_path: Path
+):
+    """The spec's mean changed in the manifest: the agent's self-test computes other features from the raw
+    samples, publishes ``selftest_failed`` saying by how much, and exits 5 without serving."""
+
+    bundle = tmp_path / audio_bundle.name
+    shutil.copytree(audio_bundle, bundle)
+    doc = json.loads((bundle / "manifest.json").read_bytes())
+    doc["preprocess"]["mean"] += 0.5  # manifest.json is not among the hashed files: no hash to rewrite
+    (bundle / "manifest.json").write_bytes(dump_manifest(doc))
+    fleet = Subscriber(mosquitto)
+    proc = agent_process(bundle, mosquitto.url, tmp_path / "data", "--window", "0.5")
+    try:
+        assert proc.wait(60) == ExitStatus.BUNDLE_REJECTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "the audio features this device computes from the golden raw samples differ" in proc.stderr.read()
+    event = fleet.wait_for(lambda m: m.topic.endswith("/events") and m.doc.get("event") == "selftest_failed")[0].doc
+    assert "of 8 samples, by up to" in event["message"]
+    assert not sum_windows(fleet.matching(telemetry), lambda d: d["counts"]["requests"])
+    fleet.close()
