@@ -71,6 +71,7 @@ def test_a_real_agent_serves_dropped_files_and_infer_samples(
     try:
         meta = fleet.wait_for(lambda m: m.topic.endswith("/meta") and m.doc.get("selftest"), timeout=60)[0].doc
         assert meta["selftest"]["passed"] and meta["selftest"]["input_max_abs_diff"] is not None
+        assert meta["capabilities"]["input"] == {"kind": kind, "suffixes": [SUFFIX[kind]]}
         windows = served(fleet, len(files) + 1)
         assert sum_windows(windows, lambda d: d["counts"]["ok"]) == len(files)
         assert sum_windows(windows, lambda d: d["counts"]["errors"].get("INPUT_INVALID", 0)) == 1

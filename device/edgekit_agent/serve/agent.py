@@ -699,6 +699,8 @@ class Agent:
             "capabilities": {
                 "commands": self.commands.names if self.commands else [],
                 "inputs": ["watch", "infer"],
+                # what `infer` and the watched folder take: the kind of the active bundle's input and its files
+                "input": {"kind": self.manifest.preprocess.kind, "suffixes": list(self.preprocessor.suffixes)},
                 "max_command_bytes": MAX_COMMAND_BYTES,
             },
             "config": {
