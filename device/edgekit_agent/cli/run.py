@@ -48,8 +48,9 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
 class Run:
     """Serve a bundle: infer new input files in a watched directory (images, .wav or .csv, as the bundle takes) and
     ``infer`` commands, report windowed telemetry over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet
-    commands, and keep data through broker outages in an on-disk outbox. Settings come from ``--config agent.toml`` and/or flags (flags win). SIGTERM or Ctrl-C
-    sends the last telemetry window and the ``offline``/``shutdown`` status, then exits 0.
+    commands, and keep data through broker outages in an on-disk outbox. Settings come from ``--config agent.toml``
+    and/or flags (flags win). SIGTERM or Ctrl-C sends the last telemetry window and the ``offline``/``shutdown``
+    status, then exits 0.
 
     Example: edgekit-agent run digits-raspberry-pi-4.tar.gz --broker mqtt://broker.lan:1883 --device-id pi-kitchen
     --watch /srv/camera --window 10
