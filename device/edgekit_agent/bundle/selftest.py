@@ -7,10 +7,10 @@ kernels (XNNPACK vs builtin). A bigger difference means a different runtime beha
 or a broken install, and the bundle is refused with :class:`SelfTestError` saying by how much.
 
 Audio and sensor bundles also store each golden sample's ``raw`` input (a waveform or a window, as the
-manifest's ``AudioSpec`` and ``SensorSpec`` say).
-The device computes the inputs itself from those with the bundle's preprocessor, checks them against the
-workstation's quantised inputs (within :data:`INPUT_TOLERANCE`) and runs the model on its own: a device that
-computes the features differently (a tampered spec, a different agent version) is refused before it serves.
+manifest's ``AudioSpec`` and ``SensorSpec`` say). The device computes the inputs itself from those with the
+bundle's preprocessor, checks them against the workstation's quantised inputs (within :data:`INPUT_TOLERANCE`)
+and runs the model on its own: a device that computes the features differently (a tampered spec, a different
+agent version) is refused before it serves.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def _device_inputs(bundle: Bundle, golden: Golden) -> tuple[np.ndarray, int | fl
     where, kind = bundle.directory, bundle.manifest.preprocess.kind
     if golden.raw is None:
         raise BundleError(
-            f"{where}: an {kind} bundle's golden.npz needs the raw samples ('raw') so the self-test can compute "
+            f"{where}: this {kind} bundle's golden.npz needs the raw samples ('raw') so the self-test can compute "
             "the inputs on the device; rebuild the bundle with this version of edgekit."
         )
     try:

@@ -84,7 +84,7 @@ def _golden_raw(name: str, spec: InputSpec, tin: TensorSpec, raw: np.ndarray | N
     not every device."""
     if raw is None:
         raise BundleError(
-            f"{name}: an {spec.kind} bundle needs the golden samples' raw input (Dataset.raw) for the device's "
+            f"{name}: a bundle of {spec.kind} input needs the golden samples' raw input (Dataset.raw) for the device's "
             "self-test; the dataset loader must keep it."
         )
     raw = np.asarray(raw, dtype=np.float32)
