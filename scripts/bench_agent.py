@@ -122,7 +122,7 @@ def child_cold(archive: str, workdir: str) -> dict:
     t = time.perf_counter()
     result = run_selftest(bundle, rt)
     marks["selftest"] = time.perf_counter() - t
-    inputs = load_golden(bundle)[0]
+    inputs = load_golden(bundle).inputs
     t = time.perf_counter()
     rt.invoke(inputs[:1])
     marks["next_inference"] = time.perf_counter() - t

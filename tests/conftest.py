@@ -80,3 +80,19 @@ def digits_int8(digits_model: Path, digits_splits):
     from edgekit.pipeline.convert import convert_int8
 
     return convert_int8(digits_model, digits_splits.train.x, num_samples=100, seed=0, with_float=True, name="digits")
+
+
+@pytest.fixture(scope="session")
+def audio_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ``tones`` audio bundle (sine tones → log-mel → int8), built once per session."""
+    from media_models import build_media_bundle
+
+    return build_media_bundle("audio", tmp_path_factory.mktemp("audio-bundle"))
+
+
+@pytest.fixture(scope="session")
+def sensor_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ``gestures`` sensor bundle (synthetic accelerometer windows → int8), built once per session."""
+    from media_models import build_media_bundle
+
+    return build_media_bundle("sensor", tmp_path_factory.mktemp("sensor-bundle"))

@@ -462,6 +462,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         labels=list(s.ds.labels),
         golden_x=test.x[:n],
         golden_y=data.label_masks(test.y[:n]) if s.ds.multilabel else test.y[:n],
+        golden_raw=test.raw[:n] if test.raw is not None else None,
         version=s.version,
         metrics=metrics,
         fit=fit.to_dict() if fit is not None else None,

@@ -31,3 +31,13 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     i = len(data) // 2 if offset is None else offset
     data[i] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def edit_spec(src: Path, tmp_path: Path, **changes: object) -> Path:
+    """A copy whose manifest's preprocess spec has ``changes`` (the listed files are unchanged, so their hashes
+    still match; signing it again would make it just as acceptable to the verifier: only the self-test can tell)."""
+    d = copy_bundle(src, tmp_path)
+    doc = json.loads((d / "manifest.json").read_bytes())
+    doc["preprocess"].update(changes)
+    (d / "manifest.json").write_bytes(dump_manifest(doc))
+    return d

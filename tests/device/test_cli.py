@@ -93,7 +93,7 @@ def test_bench_table_with_skipped_selftest(digits_bundle: Path, capsys):
 def test_infer_predicts_golden_images(digits_bundle: Path, images: list[Path], capsys):
     assert main(["infer", str(digits_bundle), *map(str, images), "--json"]) == ExitStatus.OK
     results = json.loads(capsys.readouterr().out)
-    assert [r["image"] for r in results] == [str(p) for p in images]
+    assert [r["file"] for r in results] == [str(p) for p in images]
     with np.load(digits_bundle / "golden.npz") as g:
         expected = g["outputs"][: len(images)].argmax(axis=1)
     assert [r["index"] for r in results] == list(expected)  # same top-1 as the workstation

@@ -6,6 +6,7 @@ serves afterwards."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.envelope import FINAL_STATES
-from edgekit_agent.contract.limits import MAX_COMMAND_BYTES
+from edgekit_agent.contract.limits import MAX_COMMAND_BYTES, MAX_INFER_SAMPLES
 from edgekit_agent.mqtt.client import Message
 from edgekit_agent.mqtt.commands import CommandProcessor, CommandStore
 from edgekit_agent.ota.manager import ACTIONS
@@ -75,18 +76,28 @@ class Harness:
                 self.cond.wait(left)
 
 
-@pytest.fixture(scope="module")
-def harness(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("fuzz-commands")
+def _started(bundle: Path, root: Path):
     data = root / "data"
     s = load_settings(None, device_id=DEVICE, data_dir=str(data), window_s=3600)
-    agent = Agent(load_bundle(digits_bundle), s)
+    agent = Agent(load_bundle(bundle), s)
     agent.start()
     h = Harness(agent, data)
     h.root = root  # type: ignore[attr-defined]
     yield h
     h.proc.close()
     agent.shutdown()
+
+
+@pytest.fixture(scope="module")
+def harness(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    yield from _started(digits_bundle, tmp_path_factory.mktemp("fuzz-commands"))
+
+
+@pytest.fixture(scope="module", params=["audio", "sensor"])
+def media_harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """An agent serving the tiny audio or sensor bundle: ``infer`` with raw ``samples``."""
+    bundle = request.getfixturevalue(f"{request.param}_bundle")
+    yield from _started(bundle, tmp_path_factory.mktemp(f"fuzz-{request.param}"))
 
 
 def _check(h: Harness, topic: str, payload: bytes) -> dict[str, Any]:
@@ -194,6 +205,73 @@ def test_infer_tensors_of_any_finite_json_numbers(harness, values):
         json.dumps({"cmd_id": f"i-{uuid.uuid4().hex}", "args": {"tensor": tensor}}).encode(),
     )
     json.dumps(harness.agent.recorder.snapshot_and_reset(), allow_nan=False)
+
+
+def _infer(h: Harness, args: Any) -> dict[str, Any]:
+    doc = {"cmd_id": f"i-{uuid.uuid4().hex}", "args": args}
+    answer = _check(h, f"{BASE}/cmd/infer", json.dumps(doc).encode())
+    json.dumps(h.agent.recorder.snapshot_and_reset(), allow_nan=False)
+    return answer
+
+
+numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70)
+samples_values = (
+    st.lists(numbers, max_size=300)  # a waveform of any numbers (too short ones are padded)
+    | st.lists(st.lists(numbers, min_size=0, max_size=5), max_size=80)  # rows, some of the wrong width
+    | st.lists(json_values, max_size=6)
+)
+
+
+@FUZZ
+@given(samples_values)
+def test_infer_samples_of_any_shape_on_audio_and_sensor_bundles(media_harness, samples):
+    """Raw samples, good or malformed: refused with a typed error (INVALID_ARGS, INPUT_INVALID) or served."""
+    answer = _infer(media_harness, {"samples": samples})
+    assert answer["state"] in ("succeeded", "rejected", "failed"), answer
+
+
+@FUZZ
+@given(samples_values)
+def test_infer_samples_on_an_image_bundle(harness, samples):
+    """An image bundle takes pixel rows as samples; anything else is refused, never an untyped error."""
+    answer = _infer(harness, {"samples": samples})
+    assert answer["state"] in ("succeeded", "rejected", "failed"), answer
+
+
+@pytest.mark.parametrize(
+    ("samples", "says"),
+    [
+        ([0] * (MAX_INFER_SAMPLES + 1), f"at most {MAX_INFER_SAMPLES} raw samples"),
+        ([[0, 0, 1]] * (MAX_INFER_SAMPLES // 3 + 1), f"at most {MAX_INFER_SAMPLES} raw samples"),
+        ([], "a non-empty list"),
+        ([True, False] * 100, "list of numbers|rows of numbers"),
+        (["0.5"] * 100, "list of numbers|rows of numbers"),
+        ([40000] * 100, "must lie in -32768..32767|rows of 3 values"),
+        ([1.5] * 100, r"must lie in \[-1, 1\]|rows of 3 values"),
+        ([[0.1, 0.2]] * 40, "flat, non-empty list|rows of 3 values"),
+        ([[0.1, 0.2, 0.3]] * 5, "flat, non-empty list|needs a window of 32"),
+        ([[1, [2]], [3]], "list of numbers|rows of numbers"),
+    ],
+    ids=[
+        "over-cap",
+        "over-cap-rows",
+        "empty",
+        "booleans",
+        "strings",
+        "int16-range",
+        "float-range",
+        "rows-2",
+        "short",
+        "ragged",
+    ],
+)
+def test_malformed_samples_get_clear_errors_and_never_stop_the_agent(media_harness, samples, says):
+    answer = _infer(media_harness, {"samples": samples})
+    assert answer["state"] in ("rejected", "failed"), answer
+    assert answer["error"]["code"] in ("INVALID_ARGS", "INPUT_INVALID")
+    assert re.search(says, answer["error"]["message"]), answer["error"]["message"]
+    audio = media_harness.agent.manifest.preprocess.kind == "audio"
+    assert _infer(media_harness, {"samples": [0.0] * 50 if audio else [[0.0, 0.0, 1.0]] * 40})["state"] == "succeeded"
 
 
 def _nested(depth: int) -> Any:

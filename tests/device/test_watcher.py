@@ -79,13 +79,13 @@ def test_scan_order_labels_and_where_files_go(digits_bundle: Path, tmp_path: Pat
     _settled(inbox)
     agent = Agent(bundle, AgentSettings(device_id="w", data_dir=tmp_path / "d", watch_dir=inbox))
     served: list[str] = []
-    serve_image = agent.serve_image
+    serve_file = agent.serve_file
 
     def spy(source, **kw):  # noqa: ANN001, ANN003 - records the order, serves for real
         served.append(os.path.relpath(source, inbox))
-        return serve_image(source, **kw)
+        return serve_file(source, **kw)
 
-    agent.serve_image = spy  # type: ignore[method-assign]
+    agent.serve_file = spy  # type: ignore[method-assign]
     # A file of the same name already in .processed (served in an earlier run) is kept, the new one tagged.
     _png(inbox / ".processed" / labels[3] / "a.png", 0)
     assert agent.scan_once() == 4

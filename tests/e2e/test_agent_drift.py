@@ -32,10 +32,10 @@ def test_psi_is_low_in_distribution_and_high_for_inverted_inputs(digits_bundle: 
     labels = y[::3]
 
     for img, label in zip(images, labels):
-        agent.serve_image(png(img), label=int(label))
+        agent.serve_file(png(img), label=int(label))
     normal = agent.recorder.snapshot_and_reset()
     for img, label in zip(images, labels):
-        agent.serve_image(png(255 - img), label=int(label))
+        agent.serve_file(png(255 - img), label=int(label))
     inverted = agent.recorder.snapshot_and_reset()
 
     n = len(images)

@@ -45,7 +45,7 @@ def test_labels_are_resolved_when_served(digits_bundle: Path, tmp_path: Path) ->
     # What the good bundle scores on these images when nothing switches: the figure to reproduce exactly.
     ref = Agent(good, AgentSettings(device_id="ref", data_dir=tmp_path / "ref"))
     for p in sorted(inbox.rglob("*.png")):
-        ref.serve_image(p.read_bytes(), label_name=p.parent.name)
+        ref.serve_file(p.read_bytes(), label_name=p.parent.name)
     expected = ref.recorder.snapshot_and_reset()["accuracy"]
 
     agent = Agent(rotated, AgentSettings(device_id="swap", data_dir=tmp_path / "data", watch_dir=inbox))

@@ -150,7 +150,7 @@ def test_the_agent_serves_and_reports_the_binary_class(sigmoid_build, binary_dat
     agent = Agent(load_bundle(sigmoid_build.profiles[0].directory), settings)
     for name in CLASSES:
         for f in sorted((binary_data / name).glob("*.png"))[:10]:
-            p = agent.serve_image(f, label_name=name)
+            p = agent.serve_file(f, label_name=name)
             assert p.label in CLASSES and p.confidence >= 0.5
     body = agent.recorder.snapshot_and_reset()
     counts = body["predictions"]["class_counts"]

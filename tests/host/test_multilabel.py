@@ -156,7 +156,7 @@ def test_self_test_and_the_served_label_sets(multilabel_build, marks, tmp_path: 
     labelled = [(name, have) for name, have in rows if have][:40]
     right = 0
     for name, have in labelled:
-        p = agent.serve_image(root / name, label_name="+".join(reversed(have)))
+        p = agent.serve_file(root / name, label_name="+".join(reversed(have)))
         assert set(p.labels) == {label for label, q in p.probabilities.items() if q >= 0.4}
         assert p.label == "+".join(p.labels) and p.index == sum(1 << LABELS.index(x) for x in p.labels)
         assert 0.0 <= p.confidence <= 1.0 and set(p.probabilities) == set(LABELS)

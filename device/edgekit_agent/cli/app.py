@@ -32,7 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "edgekit_agent.cli.app:Bench",
         "benchmark a bundle's model (benchmark_model style): latency, memory, runtime",
     ),
-    "infer": ("edgekit_agent.cli.app:Infer", "classify image files with a bundle: prediction, confidence, latency"),
+    "infer": (
+        "edgekit_agent.cli.app:Infer",
+        "classify input files (images, .wav, .csv) with a bundle: prediction, confidence, latency",
+    ),
     "run": ("edgekit_agent.cli.run:Run", "serve a bundle and report telemetry over MQTT"),
 }
 
@@ -357,14 +360,21 @@ class Bench:
 
 
 class Infer:
-    """Classify image files with a bundle: top-1 label, confidence and latency (preprocess + invoke).
-    An unreadable image is reported on its row; the exit status is then 3."""
+    """Classify input files with a bundle (images, WAV clips or CSV recordings, as the bundle takes): top-1
+    label, confidence and latency (preprocess + invoke). An unreadable file is reported on its row; the exit
+    status is then 3."""
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_bundle_arguments(parser)
         add_runtime_arguments(parser)
-        parser.add_argument("images", metavar="IMAGE", type=Path, nargs="+", help="image files (PNG, JPEG, …)")
+        parser.add_argument(
+            "files",
+            metavar="FILE",
+            type=Path,
+            nargs="+",
+            help="input files: images (PNG, JPEG, …) for an image bundle, .wav for audio, .csv for sensors",
+        )
         parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
     @staticmethod
@@ -377,12 +387,12 @@ class Infer:
             try:
                 selftest_or_skip(bundle, runtime, args)
                 pre = bundle.preprocessor()
-                for image in args.images:
+                for file in args.files:
                     t0 = time.perf_counter_ns()
                     try:
-                        x = pre(image)
+                        x = pre(file)
                     except InputError as exc:
-                        results.append({"image": str(image), "error": str(exc)})
+                        results.append({"file": str(file), "error": str(exc)})
                         continue
                     t1 = time.perf_counter_ns()
                     raw = runtime.invoke(x)
@@ -391,7 +401,7 @@ class Infer:
                     results.append(
                         {
                             **p.to_dict(),
-                            "image": str(image),
+                            "file": str(file),
                             "preprocess_ms": (t1 - t0) / 1e6,
                             "invoke_ms": (t2 - t1) / 1e6,
                         }
@@ -404,17 +414,17 @@ class Infer:
         else:
             rows = [
                 (
-                    r["image"],
+                    r["file"],
                     r["label"] or "(no label)",
                     f"{r['confidence']:.3f}",
                     f"{r['preprocess_ms']:.3f}",
                     f"{r['invoke_ms']:.3f}",
                 )
                 if "error" not in r
-                else (r["image"], "-", "-", "-", "-")
+                else (r["file"], "-", "-", "-", "-")
                 for r in results
             ]
-            print_table(("image", "prediction", "confidence", "preprocess ms", "invoke ms"), rows)
+            print_table(("file", "prediction", "confidence", "preprocess ms", "invoke ms"), rows)
         for r in results:
             if "error" in r:
                 note(f"error: {r['error']}")

@@ -59,10 +59,11 @@ def _one_malloc_arena() -> None:
 
 
 class Run:
-    """Serve a bundle: infer new images in a watched directory and ``infer`` commands, report windowed telemetry
-    over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet commands, and keep data through broker outages in an
-    on-disk outbox. Settings come from ``--config agent.toml`` and/or flags (flags win). SIGTERM or Ctrl-C
-    sends the last telemetry window and the ``offline``/``shutdown`` status, then exits 0.
+    """Serve a bundle: infer new input files in a watched directory (images, .wav or .csv, as the bundle takes) and
+    ``infer`` commands, report windowed telemetry over MQTT 5 or 3.1.1 (edge/v1/DEVICE_ID/...), answer fleet
+    commands, and keep data through broker outages in an on-disk outbox. Settings come from ``--config agent.toml``
+    and/or flags (flags win). SIGTERM or Ctrl-C sends the last telemetry window and the ``offline``/``shutdown``
+    status, then exits 0.
 
     Example: edgekit-agent run digits-raspberry-pi-4.tar.gz --broker mqtt://broker.lan:1883 --device-id pi-kitchen
     --watch /srv/camera --window 10
@@ -84,7 +85,11 @@ class Run:
         )
         parser.add_argument("--device-id", metavar="ID", help="this device's id (= its MQTT user name)")
         parser.add_argument(
-            "--watch", type=Path, metavar="DIR", help="serve new images in DIR; DIR/LABEL/x.png counts as labelled"
+            "--watch",
+            type=Path,
+            metavar="DIR",
+            help="serve new input files in DIR (images, .wav or .csv, as the bundle takes); DIR/LABEL/x.png (or .wav, "
+            ".csv) counts as labelled",
         )
         parser.add_argument(
             "--processed",

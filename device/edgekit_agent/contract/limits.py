@@ -24,6 +24,9 @@ MAX_COMMAND_BYTES = 256 * KiB
 MAX_JSON_DEPTH = 32
 #: Longest cmd_id / command name / requester string.
 MAX_ID_CHARS = 128
+#: Most numbers in the ``infer`` command's ``samples`` (a waveform, or rows × channels): 4 s of 16 kHz audio.
+#: Longer input is cut to the model's clip or window anyway; the cap bounds the work before that.
+MAX_INFER_SAMPLES = 64 * KiB
 
 # --- bundles --------------------------------------------------------------------------------------------
 #: Largest manifest.json.
@@ -51,6 +54,7 @@ MAX_OTA_CHUNKS = -(-MAX_ARCHIVE_BYTES // OTA_CHUNK_BYTES)
 LIMITS: dict[str, int] = {
     "max_command_bytes": MAX_COMMAND_BYTES,
     "max_json_depth": MAX_JSON_DEPTH,
+    "max_infer_samples": MAX_INFER_SAMPLES,
     "max_manifest_bytes": MAX_MANIFEST_BYTES,
     "max_archive_bytes": MAX_ARCHIVE_BYTES,
     "max_member_bytes": MAX_MEMBER_BYTES,

@@ -205,16 +205,24 @@ class AudioPreprocessor:
         return log_mel(fit_clip(read_wav(source, label), self.spec).samples, self.spec)
 
     def from_raw(self, samples: object) -> np.ndarray:
-        """Features of a mono waveform already at the spec's rate: floats in [-1, 1] (or int16 values)."""
+        """Features of a mono waveform already at the spec's rate: floats in [-1, 1], or whole numbers taken as
+        16-bit PCM values (-32768..32767). Cut or padded to the clip length around its centre, as a file is."""
         try:
             a = np.asarray(samples)
         except (ValueError, TypeError):
             raise InputError("the samples must be a flat list of numbers (a mono waveform).") from None
-        if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.number):
+        if a.ndim != 1 or a.size == 0 or a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
             raise InputError(f"the samples must be a flat, non-empty list of numbers, got shape {a.shape}.")
-        x = a.astype(np.float32) / 32768.0 if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise InputError("the samples hold values that are not finite numbers.")
+        if np.issubdtype(a.dtype, np.integer):
+            if a.min() < -32768 or a.max() > 32767:
+                raise InputError("whole-number samples are 16-bit PCM values and must lie in -32768..32767.")
+            x = a.astype(np.float32) / 32768.0
+        else:
+            if not np.isfinite(a).all():
+                raise InputError("the samples hold values that are not finite numbers.")
+            if np.abs(a).max() > 1.0:
+                raise InputError("samples given as decimals must lie in [-1, 1] (or send 16-bit whole numbers).")
+            x = a.astype(np.float32)
         return log_mel(fit_clip(Sound(x[:, None], self.spec.sample_rate), self.spec).samples, self.spec)
 
     def from_array(self, x: np.ndarray) -> np.ndarray:

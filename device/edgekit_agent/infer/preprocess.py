@@ -139,6 +139,8 @@ class Preprocessor:
         """Pixels (H, W) or (H, W, channels) of 0..255 values → normalised floats, as a decoded image would be."""
         try:
             a = np.asarray(samples)
+            if a.ndim not in (2, 3) or a.size == 0 or a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
+                raise ValueError(a.shape)
             img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
         except (ValueError, TypeError):
             raise InputError("the samples must be rows of pixel values 0..255 (H×W or H×W×channels).") from None

@@ -145,16 +145,19 @@ class SensorPreprocessor:
     def from_raw(self, samples: object) -> np.ndarray:
         """Rows (rows, channels) of raw values at the spec's rate, channels in the manifest's order."""
         try:
-            a = np.asarray(samples, dtype=np.float32)
+            a = np.asarray(samples)
         except (ValueError, TypeError):
             raise InputError("the samples must be a list of rows of numbers (rows × channels).") from None
+        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):  # np.float32("1.5") would pass a string
+            raise InputError("the samples must be a list of rows of numbers (rows × channels).")
         if a.ndim != 2 or a.shape[1] != len(self.spec.channels):
             raise InputError(
                 f"the samples must be rows of {len(self.spec.channels)} values ({', '.join(self.spec.channels)}), "
                 f"got shape {a.shape}."
             )
-        if not np.isfinite(a).all():
-            raise InputError("the samples hold values that are not finite numbers.")
+        if not (np.abs(a) <= np.finfo(np.float32).max).all():
+            raise InputError("the samples hold values that are not finite numbers (or beyond float32's range).")
+        a = a.astype(np.float32)
         return normalise(central_window(a, self.spec, "samples"), self.spec)
 
     def from_array(self, x: np.ndarray) -> np.ndarray:

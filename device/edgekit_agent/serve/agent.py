@@ -2,7 +2,7 @@
 
 ``Agent(bundle, settings)`` can be used two ways:
 
-- as a library (benchmarks, notebooks): :meth:`Agent.serve_tensor` / :meth:`Agent.serve_image` return a
+- as a library (benchmarks, notebooks): :meth:`Agent.serve_tensor` / :meth:`Agent.serve_file` return a
   :class:`~edgekit_agent.infer.classify.Prediction` and record telemetry; nothing else runs;
 - as the device agent: :meth:`Agent.run` opens the outbox and command store in ``data_dir``, connects the
   MQTT link, self-tests the bundle, publishes the retained ``meta``, then serves the watched directory
@@ -282,21 +282,28 @@ class Agent:
             (t2 - t1) / 1e6,
         )
 
-    def serve_image(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
-        """Preprocess an image (path or encoded bytes) per the manifest and serve it.
+    def serve_file(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
+        """Preprocess an input file (path or its bytes: an image, a WAV clip or a CSV recording, as the active
+        bundle takes) per the manifest and serve it.
 
-        ``label_name`` (one of the bundle's labels) is resolved against the bundle that serves the image, which
+        ``label_name`` (one of the bundle's labels) is resolved against the bundle that serves the file, which
         an OTA switch may change while it is being preprocessed; ``label`` is a class index of the current one."""
         return self._serve_floats(lambda pre: pre.floats(source), label, label_name)
 
+    def serve_samples(self, samples: Any, *, label_name: str | None = None) -> Prediction:
+        """Serve raw samples: a mono waveform at the bundle's rate (audio), rows × channels (sensors) or pixel rows
+        (images), through the bundle's preprocessor as a file's would be (InputError when they do not fit)."""
+        return self._serve_floats(lambda pre: pre.from_raw(samples), -1, label_name)
+
     def serve_array(self, x: Any, *, label_name: str | None = None) -> Prediction:
-        """Serve a float (H, W, C) array (or (1, H, W, C)) already normalised per the manifest: the ``infer``
-        command's tensor. Values that are not finite numbers are refused (InputError)."""
+        """Serve a float array of the model's input shape (with or without the batch axis of 1) already
+        normalised per the manifest: the ``infer`` command's tensor (an image's H×W×C, a clip's log-mel features,
+        a sensor window). Values that are not finite numbers are refused (InputError)."""
         try:
             a = np.asarray(x, dtype=np.float32)
         except (ValueError, TypeError):
-            raise InputError("the tensor must be a nested list of numbers (H×W×C, preprocessed floats).") from None
-        if a.ndim == 4 and a.shape[0] == 1:
+            raise InputError("the tensor must be a nested list of numbers (the model's input, preprocessed).") from None
+        if a.ndim == len(self._in_tensor.shape) and a.shape[0] == 1:
             a = a[0]
         if not np.isfinite(a).all():
             self.recorder.record_error("INPUT_INVALID")
@@ -339,8 +346,8 @@ class Agent:
 
     # --- the watched directory ----------------------------------------------------------------------------------
     def _candidates(self, root: Path) -> list[tuple[str, str | None, str]]:
-        """(path, label folder name or None, file name) of at most :data:`MAX_SCAN` images ready to serve, in
-        path order: images directly in ``root`` and in ``root/LABEL/``; hidden names skipped. The label name
+        """(path, label folder name or None, file name) of at most :data:`MAX_SCAN` input files ready to serve,
+        in path order: files directly in ``root`` and in ``root/LABEL/``; hidden names skipped. The label name
         becomes a class index only when the file is served: an OTA switch in between changes the labels.
 
         Only names are listed; a file is stat'ed (settled? served already, in keep mode?) when its turn comes,
@@ -395,7 +402,7 @@ class Agent:
         return found
 
     def scan_once(self) -> int:
-        """Serve every new image in the watched directory once; returns how many were handled."""
+        """Serve every new input file in the watched directory once; returns how many were handled."""
         root = self.settings.watch_dir
         if root is None:
             return 0
@@ -408,6 +415,8 @@ class Agent:
                 while i < len(found) and len(done) < JOURNAL_BATCH and not self._stop.is_set():
                     path, label_name, name = found[i]
                     i += 1
+                    if not name.lower().endswith(self.preprocessor.suffixes):
+                        continue  # listed for a bundle of another kind, switched since: it waits for one again
                     done.append((path, label_name, name, *self._serve_file(path, label_name)))
                     if time.monotonic() > until:
                         break
@@ -418,7 +427,7 @@ class Agent:
     def _serve_file(self, path: str, label_name: str | None) -> tuple[Prediction | None, str | None]:
         """Serve one watched file: its prediction, or the error code counted for it."""
         try:
-            return self.serve_image(path, label_name=label_name), None
+            return self.serve_file(path, label_name=label_name), None
         except InputError as exc:
             log.warning("%s: %s", self.settings.device_id, exc)
             return None, "INPUT_INVALID"
@@ -702,6 +711,8 @@ class Agent:
             "capabilities": {
                 "commands": self.commands.names if self.commands else [],
                 "inputs": ["watch", "infer"],
+                # what `infer` and the watched folder take: the kind of the active bundle's input and its files
+                "input": {"kind": self.manifest.preprocess.kind, "suffixes": list(self.preprocessor.suffixes)},
                 "max_command_bytes": MAX_COMMAND_BYTES,
             },
             "config": {

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgekit_agent.contract.errors import BusyError, InputError
+from edgekit_agent.contract.limits import MAX_INFER_SAMPLES
 from edgekit_agent.mqtt.commands import Arg, Command, CommandSpec
 
 if TYPE_CHECKING:
@@ -106,20 +107,26 @@ def cmd_set_config(agent: Agent, cmd: Command) -> ConfigApplied:
 
 
 def cmd_infer(agent: Agent, cmd: Command) -> Prediction:
-    """Request/response inference on a base64 image or a preprocessed float tensor (H×W×C)."""
+    """Request/response inference on a base64 input file (image, WAV or CSV, as the bundle takes), raw samples
+    (a waveform, sensor rows) or a preprocessed float tensor."""
     a = cmd.args
     if a["image"] is not None:
         try:
             data = base64.b64decode(a["image"], validate=True)
         except (binascii.Error, ValueError):
             raise InputError("infer: 'image' is not valid base64.") from None
-        pred = agent.serve_image(data, label_name=a["label"])
-    else:
-        try:
-            pred = agent.serve_array(a["tensor"], label_name=a["label"])
-        except InputError as exc:
-            raise InputError(f"infer: {exc}") from None
-    return pred
+        return agent.serve_file(data, label_name=a["label"])
+    try:
+        if a["samples"] is not None:
+            return agent.serve_samples(a["samples"], label_name=a["label"])
+        return agent.serve_array(a["tensor"], label_name=a["label"])
+    except InputError as exc:
+        raise InputError(f"infer: {exc}") from None
+
+
+def _sample_count(v: list[Any]) -> int:
+    """How many numbers a ``samples`` list holds (rows are counted by their length), before numpy sees it."""
+    return sum(len(r) if isinstance(r, list) else 1 for r in v)
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -161,8 +168,14 @@ def builtin_commands(agent: Agent) -> list[CommandSpec]:
             "infer",
             _answering(cmd_infer, agent),
             {
-                "image": Arg(str, None, expect="base64 of an encoded image (PNG, JPEG, …)"),
-                "tensor": Arg(list, None, expect="a nested list H×W×C of preprocessed floats"),
+                "image": Arg(str, None, expect="base64 of an input file: an image (PNG, JPEG, …), a WAV or a CSV"),
+                "samples": Arg(
+                    list,
+                    None,
+                    check=lambda v: 0 < _sample_count(v) <= MAX_INFER_SAMPLES,
+                    expect=f"a non-empty list of at most {MAX_INFER_SAMPLES} raw samples (a waveform, or rows)",
+                ),
+                "tensor": Arg(list, None, expect="a nested list of preprocessed floats (the model's input)"),
                 "label": Arg(
                     str,
                     None,
@@ -170,7 +183,7 @@ def builtin_commands(agent: Agent) -> list[CommandSpec]:
                     expect=f"one of the labels {list(agent.labels)[:20]} (multi-label: a set of them joined by '+')",
                 ),
             },
-            one_of=("image", "tensor"),
+            one_of=("image", "samples", "tensor"),
             doc="request/response inference on one input",
         ),
     ]

@@ -3,7 +3,8 @@
 The manifest is a :class:`edgekit_agent.contract.manifest.Manifest` filled here and written with its own
 ``to_bytes``, so the device reads back exactly what was written (with no profile files and no TensorFlow).
 Golden outputs are computed here with the device's own runtime, so a device's self-test
-compares like with like.
+compares like with like. Audio and sensor bundles also store the golden samples' raw input, from which the
+device recomputes the inputs (checked here first with the device's own preprocessor).
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from typing import Any
 import numpy as np
 
 from edgekit.profiles import Profile
-from edgekit_agent.contract.errors import BundleError
+from edgekit_agent.bundle.selftest import input_differences, inputs_from_raw
+from edgekit_agent.contract.errors import BundleError, InputError
 from edgekit_agent.contract.manifest import (
     MANIFEST_NAME,
     FileEntry,
     GoldenSpec,
     HeadSpec,
+    InputSpec,
     Manifest,
     OutputsAre,
     PreprocessSpec,
     TensorSpec,
 )
+from edgekit_agent.infer.inputs import make_preprocessor
 from edgekit_agent.infer.preprocess import quantize
 from edgekit_agent.infer.runtime import Runtime
 
@@ -72,6 +76,32 @@ def _golden(rt: Runtime, tin: TensorSpec, x_float: np.ndarray, y: np.ndarray) ->
     xq = np.stack([quantize(x, tin) for x in x_float]).astype(tin.dtype)
     outs = np.stack([rt.invoke(xq[i : i + 1])[0] for i in range(len(xq))])
     return {"inputs": xq, "labels": y.astype(np.int64), "outputs": outs}
+
+
+def _golden_raw(name: str, spec: InputSpec, tin: TensorSpec, raw: np.ndarray | None, xq: np.ndarray) -> np.ndarray:
+    """The raw samples an audio or sensor bundle's self-test starts from, once the device's preprocessor is seen
+    to turn them into the golden inputs: features made otherwise (another spec, other code) fail the build here,
+    not every device."""
+    if raw is None:
+        raise BundleError(
+            f"{name}: a bundle of {spec.kind} input needs the golden samples' raw input (Dataset.raw) for the device's "
+            "self-test; the dataset loader must keep it."
+        )
+    raw = np.asarray(raw, dtype=np.float32)
+    if len(raw) != len(xq):
+        raise BundleError(f"{name}: {len(raw)} raw golden samples for {len(xq)} golden inputs.")
+    try:
+        computed = inputs_from_raw(make_preprocessor(spec, tin), raw)
+    except InputError as exc:
+        raise BundleError(f"{name}: the golden raw samples do not fit the {spec.kind} spec: {exc}") from None
+    per_sample, tolerance = input_differences(computed, xq)
+    if per_sample.max() > tolerance:
+        raise BundleError(
+            f"{name}: the features the device computes from the golden raw samples differ from the golden inputs "
+            f"on {int((per_sample > tolerance).sum())} of {len(xq)} samples, by up to {per_sample.max():g} raw "
+            "units: the dataset's features were not made with the manifest's preprocess spec."
+        )
+    return raw
 
 
 #: gzip level of bundle archives. 9 took 2.7 s on an MCU bundle's 3.7 MB C array for 7 % less; 6 takes 0.24 s.
@@ -124,11 +154,12 @@ def write_bundle(
     name: str,
     profile: Profile,
     tflite: bytes,
-    preprocess: PreprocessSpec,
+    preprocess: InputSpec,
     labels: list[str],
     golden_x: np.ndarray,
     golden_y: np.ndarray,
     outputs_are: OutputsAre,
+    golden_raw: np.ndarray | None = None,
     head: HeadSpec | None = None,
     version: str = "1.0.0",
     metrics: Mapping[str, Any] | None = None,
@@ -141,8 +172,10 @@ def write_bundle(
     ``outputs_are`` says whether the model ends in logits or probabilities (the device's confidence depends on
     it); ``head`` how outputs become a class (default: one output per label, the largest wins); ``metrics``,
     ``fit`` and ``reference`` are JSON objects (the ``to_dict()`` of the build's results).
-    ``golden_x`` are a few preprocessed float inputs (N, H, W, C) with labels ``golden_y``; they are
-    quantised and run through the model here so the device can prove it reproduces these outputs.
+    ``golden_x`` are a few preprocessed float inputs (N, *input shape) with labels ``golden_y``; they are
+    quantised and run through the model here so the device can prove it reproduces these outputs. Audio and
+    sensor bundles need ``golden_raw``, the same samples before feature extraction (the spec's docstring says
+    what they hold), stored as ``raw`` in golden.npz.
     """
     if not tflite[4:8] == b"TFL3":
         raise BundleError(f"{name}: the model is not a TFLite flatbuffer (file identifier TFL3 missing).")
@@ -156,6 +189,8 @@ def write_bundle(
     rt = Runtime(tflite, num_threads=1, model_name=f"{name}/{MODEL_NAME}")
     inputs, outputs = tensor_specs(rt)
     golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
+    if not isinstance(preprocess, PreprocessSpec):
+        golden["raw"] = _golden_raw(name, preprocess, inputs[0], golden_raw, golden["inputs"])
     head = head or HeadSpec()
     units = int(np.prod(outputs[0].shape[1:]))
     if (units, len(labels)) != ((1, 2) if head.kind == "sigmoid" else (len(labels), len(labels))):
