@@ -210,9 +210,15 @@ def _load_data(s: _State) -> None:
     if s.model_shape is not None:
         s.model_shape.check(s.ds, s.dataset)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
+    if s.ds.spec.kind == "audio":  # feature mean/std from the training split, recorded in the spec
+        from edgekit.pipeline import audio_data
+
+        s.splits = audio_data.normalise(s.splits)
+        s.ds = replace(s.ds, spec=s.splits.spec)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
+    s.warnings += s.ds.notes  # files converted on loading (resampled, cut…)
 
 
 def _load_model(s: _State) -> None:
@@ -411,7 +417,7 @@ def _bundle(s: _State, profile: Profile) -> None:
     }
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
-    extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
+    extra_files = check.bundle_artifacts(tflite, fit, s.name, s.ds.spec)  # MCU C sources, the Edge TPU model
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,
