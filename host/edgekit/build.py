@@ -185,7 +185,7 @@ class _State:
     pruned: PruneResult | None = None
     current: _ProfileWork | None = None  # set by each profile's convert step
     conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
-    evaluations: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
+    evaluations: dict[tuple[str, ...], EvalResult] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -329,7 +329,7 @@ def _convert(s: _State, profile: Profile) -> None:
 def _evaluate(s: _State, profile: Profile) -> None:
     from edgekit.pipeline import evaluate
 
-    key = _dtypes(profile)
+    key = (*_dtypes(profile), profile.host_delegate)  # the device's kernels: an MCU's round unlike XNNPACK's
     if key not in s.evaluations:
         s.evaluations[key] = evaluate.evaluate_tflite(
             s.work.tflite,
@@ -338,6 +338,7 @@ def _evaluate(s: _State, profile: Profile) -> None:
             num_classes=len(s.ds.labels),
             head=s.head,
             outputs_are=s.outputs_are,  # type: ignore[arg-type]
+            delegate=profile.host_delegate,
         )
     s.work.evaluation = s.evaluations[key]
 

@@ -97,15 +97,12 @@ def test_bundle_preprocessor_on_a_wav_equals_the_training_features(kws):
     assert len(test.y) > 0 and not test.augmented.any()
     for i in range(len(test.y)):
         assert np.array_equal(pre.floats(test.files[i]), test.x[i]), test.files[i]
-    # Served from the WAV files, the bundle scores the held-out accuracy `build` reported. `build` measures int8
-    # with LiteRT's XNNPACK kernels; the MCU profile's builtin kernels round differently (a tie can flip).
-    for delegate in ("xnnpack", "none"):
-        rt = bundle.open_runtime(delegate=delegate)
-        try:
-            hits = [int(np.argmax(rt.invoke(pre(f))[0])) == y for f, y in zip(test.files, test.y)]
-        finally:
-            rt.close()
-        if delegate == "xnnpack":
-            assert np.mean(hits) == pytest.approx(built.int8_accuracy)
-        else:
-            assert abs(np.mean(hits) - built.int8_accuracy) <= 1.5 / len(hits)
+    # Served from the WAV files with the profile's kernels, the bundle scores the held-out accuracy `build`
+    # reported.
+    rt = bundle.open_runtime()
+    try:
+        assert rt.info.delegate == "none"
+        hits = [int(np.argmax(rt.invoke(pre(f))[0])) == y for f, y in zip(test.files, test.y)]
+    finally:
+        rt.close()
+    assert np.mean(hits) == pytest.approx(built.int8_accuracy)

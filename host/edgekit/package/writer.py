@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.profiles import Delegate, Profile
+from edgekit.profiles import Profile
 from edgekit_agent.contract.errors import BundleError
 from edgekit_agent.contract.manifest import (
     MANIFEST_NAME,
@@ -153,10 +153,9 @@ def write_bundle(
         if stale.is_file():
             stale.unlink()
 
-    # Golden outputs from the kernels the profile's device runs: builtin (reference) kernels for an MCU, whose
-    # rounding differs from XNNPACK's by more than the tolerance on some models (the keyword DS-CNN: 2 units).
-    delegate = "none" if profile.delegate is Delegate.NONE else "xnnpack"
-    rt = Runtime(tflite, num_threads=1, delegate=delegate, model_name=f"{name}/{MODEL_NAME}")
+    # Golden outputs from the kernels the profile's device runs: an MCU's round differently from XNNPACK's,
+    # by more than the tolerance on some models (the keyword DS-CNN: 2 units).
+    rt = Runtime(tflite, num_threads=1, delegate=profile.host_delegate, model_name=f"{name}/{MODEL_NAME}")
     inputs, outputs = tensor_specs(rt)
     golden = _golden(rt, inputs[0], np.asarray(golden_x, dtype=np.float32), np.asarray(golden_y))
     head = head or HeadSpec()

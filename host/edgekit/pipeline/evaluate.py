@@ -147,13 +147,16 @@ def predict_tflite(
     x: np.ndarray,
     *,
     num_threads: int | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time."""
+    """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time,
+    with LiteRT's ``delegate`` (``none``: builtin kernels, as a microcontroller profile's device computes)."""
     name = "<bytes>" if isinstance(tflite_or_path, bytes) else str(tflite_or_path)
     rt = Runtime(
         tflite_or_path if isinstance(tflite_or_path, bytes) else Path(tflite_or_path),
         num_threads=num_threads,
+        delegate=delegate,
         model_name=name,
     )
     try:
@@ -185,6 +188,7 @@ def evaluate_tflite(
     num_classes: int | None = None,
     head: HeadSpec | None = None,
     outputs_are: OutputsAre | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> EvalResult:
     """Accuracy of a (quantised) TFLite model through the device's runtime and preprocessing code.
@@ -192,7 +196,7 @@ def evaluate_tflite(
     ``head`` defaults to what the output width says (one output: sigmoid); ``outputs_are`` matters only for a
     sigmoid head and defaults to probabilities when every output is in [0, 1] (a bundle's manifest says which)."""
     _check(x, y)
-    out = predict_tflite(tflite_or_path, x, num_threads=num_threads, on_progress=on_progress)
+    out = predict_tflite(tflite_or_path, x, num_threads=num_threads, delegate=delegate, on_progress=on_progress)
     head = head or head_for_width(out.shape[1])
     if outputs_are is None:
         outputs_are = "probabilities" if ((out >= 0) & (out <= 1)).all() else "logits"
