@@ -5,6 +5,7 @@ a WAV file, exactly the features the model was trained and measured on."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -106,3 +107,16 @@ def test_bundle_preprocessor_on_a_wav_equals_the_training_features(kws):
     finally:
         rt.close()
     assert np.mean(hits) == pytest.approx(built.int8_accuracy)
+
+
+def test_evaluate_re_creates_the_held_out_clips(kws, capsys):
+    from edgekit.cli import main
+
+    data, result = kws
+    built = result.profiles[0]
+    assert main(["evaluate", str(built.archive), "--dataset", str(data), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # The same clean clips (noisy copies never held out); `evaluate` runs XNNPACK, the build the MCU's builtin
+    # kernels, which may round one borderline clip the other way.
+    assert doc["samples"] == built.samples
+    assert abs(doc["accuracy"] - built.int8_accuracy) <= 1 / built.samples + 1e-9
