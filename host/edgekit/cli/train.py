@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
         spec = choice.spec if choice is not None else _spec(args)
         ds = load_with_progress(args.dataset, spec, strict=args.strict, quiet=args.json)
     splits = split_dataset(ds, seed=args.seed)
+    if ds.spec.kind == "audio":  # as `build` does: `build --model` then re-creates the same mean and std
+        from edgekit.pipeline.audio_data import normalise
+
+        splits = normalise(splits)
     with ui.progress() as bar:
         task = bar.add_task("training", total=args.epochs)
 
