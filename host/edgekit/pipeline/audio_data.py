@@ -17,19 +17,42 @@ from __future__ import annotations
 import re
 import zlib
 from collections import defaultdict
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.pipeline.data import Dataset, ProgressFn, SkippedImage, Splits
 from edgekit_agent.contract.errors import DatasetError, InputError
 from edgekit_agent.contract.manifest import AudioSpec
 from edgekit_agent.infer.audio import AUDIO_SUFFIXES, fit_clip, log_mel, read_wav, resample
 
+if TYPE_CHECKING:  # edgekit.pipeline.data imports this module to load .wav folders
+    from edgekit.pipeline.data import Dataset, Splits
+
 BACKGROUND_NOISE = "_background_noise_"
 NOISE_SNRS_DB = (12.0, 6.0)  # signal-to-noise ratios of the noisy training copies, one copy each
 _PER_FILE_LINES = 3  # more files than this with the same change get one summary line
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFolder:
+    """What :func:`load_audio_folder` read, the fields of a :class:`~edgekit.pipeline.data.Dataset` (which
+    ``load_dataset`` makes of it): features ``x`` (N, frames, n_mels, 1), class indices ``y``, each sample's
+    clip ``raw`` (N, clip_samples), its ``groups`` entry (a clip and its noisy copies share one) and whether
+    it is a noisy copy (``augmented``); ``skipped`` (file, reason) pairs, ``notes`` the conversions."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: tuple[str, ...]
+    spec: AudioSpec
+    files: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+    raw: np.ndarray
+    groups: np.ndarray
+    augmented: np.ndarray
+    notes: tuple[str, ...]
 
 
 def _wavs(folder: Path) -> list[Path]:
@@ -51,7 +74,7 @@ def is_audio_folder(root: Path) -> bool:
         return False
 
 
-def _noise_sources(root: Path, spec: AudioSpec, skipped: list[SkippedImage]) -> list[np.ndarray]:
+def _noise_sources(root: Path, spec: AudioSpec, skipped: list[tuple[str, str]]) -> list[np.ndarray]:
     """The ``_background_noise_`` recordings as mono waveforms at the spec's rate, whole (not cut to a clip)."""
     folder = root / BACKGROUND_NOISE
     sources = []
@@ -59,7 +82,7 @@ def _noise_sources(root: Path, spec: AudioSpec, skipped: list[SkippedImage]) -> 
         try:
             sound = read_wav(f)
         except InputError as exc:
-            skipped.append(SkippedImage(str(f), str(exc)))
+            skipped.append((str(f), str(exc)))
             continue
         x = sound.samples.mean(axis=1, dtype=np.float32)
         if sound.rate != spec.sample_rate:
@@ -104,9 +127,9 @@ def load_audio_folder(
     *,
     strict: bool = False,
     noise: bool = True,
-    on_progress: ProgressFn | None = None,
-) -> Dataset:
-    """Load ``path/CLASS/*.wav`` (class = subfolder name, sorted) into a :class:`Dataset` of log-mel features.
+    on_progress: Callable[[int, int], None] | None = None,
+) -> AudioFolder:
+    """Load ``path/CLASS/*.wav`` (class = subfolder name, sorted) as log-mel features (:class:`AudioFolder`).
 
     ``spec=None`` uses the default :class:`AudioSpec` (16 kHz, 1 s) with mean 0 and std 1: call
     :func:`normalise` on the split. A given spec (a bundle's) is used as it is, normalisation included.
@@ -127,7 +150,7 @@ def load_audio_folder(
         raise DatasetError(
             f"{root}: class folder(s) {', '.join(empty)} contain no .wav files; add clips or remove them."
         )
-    skipped: list[SkippedImage] = []
+    skipped: list[tuple[str, str]] = []
     sources = _noise_sources(root, spec, skipped) if noise else []
     clips: list[np.ndarray] = []
     ys: list[int] = []
@@ -147,7 +170,7 @@ def load_audio_folder(
                     raise DatasetError(
                         f"{exc} (strict mode: fix or remove the file, or load without --strict)."
                     ) from None
-                skipped.append(SkippedImage(str(f), str(exc)))
+                skipped.append((str(f), str(exc)))
                 continue
             changes += [(str(f), c) for c in clip.changes]
             group = len(kept)
@@ -169,7 +192,7 @@ def load_audio_folder(
     if unusable:
         raise DatasetError(f"{root}: no readable .wav file left in class folder(s) {', '.join(unusable)}.")
     raw = np.stack(clips)
-    return Dataset(
+    return AudioFolder(
         x=np.stack([log_mel(c, spec) for c in raw]),
         y=np.asarray(ys, dtype=np.int64),
         labels=tuple(name for name, _ in per_class),
@@ -199,4 +222,4 @@ def normalise(splits: Splits) -> Splits:
         x = ((ds.x - np.float32(mean)) / np.float32(std)).astype(np.float32)
         return replace(ds, x=x, spec=spec)
 
-    return Splits(train=apply(splits.train), val=apply(splits.val), test=apply(splits.test))
+    return replace(splits, train=apply(splits.train), val=apply(splits.val), test=apply(splits.test))

@@ -10,7 +10,7 @@ import difflib
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -409,7 +409,11 @@ def load_dataset(
 
         if audio_data.is_audio_folder(p):
             audio = spec if isinstance(spec, AudioSpec) else None
-            return audio_data.load_audio_folder(p, audio, strict=strict, on_progress=on_progress)
+            a = audio_data.load_audio_folder(p, audio, strict=strict, on_progress=on_progress)
+            return Dataset(
+                **{f.name: getattr(a, f.name) for f in fields(a) if f.name != "skipped"},
+                skipped=tuple(SkippedImage(file, reason) for file, reason in a.skipped),
+            )
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
         raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")
