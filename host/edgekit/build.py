@@ -218,7 +218,7 @@ def _load_data(s: _State) -> None:
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
-    s.warnings += s.ds.notes  # files converted on loading (resampled, cut…)
+    s.warnings += [f"converted {note}" for note in s.ds.notes]  # clips resampled, cut… on loading
 
 
 def _load_model(s: _State) -> None:

@@ -127,7 +127,7 @@ def test_many_files_with_one_change_get_one_line(tmp_path):
             (tmp_path / cls / f"{i}.wav").write_bytes(pcm(tone(200 + 300 * i, rate=8000), 16, rate=8000))
     ds = load_dataset(tmp_path)
     assert len(ds.notes) == 1
-    assert ds.notes[0].startswith("10 files resampled from 8000 Hz to 16000 Hz (first: ")
+    assert ds.notes[0].startswith("10 files: resampled from 8000 Hz to 16000 Hz (first: ")
 
 
 def test_noise_copies_train_only_and_stay_with_their_clip(tmp_path):

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         )
     )
     if ds.skipped:
-        ui.console.print(f"{len(ds.skipped)} unreadable image(s) skipped")
+        ui.console.print(f"{len(ds.skipped)} unreadable {'image' if ds.spec.kind == 'image' else 'file'}(s) skipped")
     return ExitStatus.OK
 
 

@@ -107,7 +107,7 @@ def mix_noise(clip: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random
 
 def conversion_notes(changes: list[tuple[str, str]]) -> tuple[str, ...]:
     """One line per converted file (``file: change``), or per kind of change when more than a few files share
-    it: ``412 files resampled from 44100 Hz to 16000 Hz (first: a.wav, b.wav)``."""
+    it: ``412 files: resampled from 44100 Hz to 16000 Hz (first: a.wav, b.wav)``."""
     by_kind: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for file, change in changes:
         by_kind[re.sub(r"^[0-9.]+ s ", "", change)].append((file, change))
@@ -116,8 +116,7 @@ def conversion_notes(changes: list[tuple[str, str]]) -> tuple[str, ...]:
         if len(items) <= _PER_FILE_LINES:
             lines += [f"{file}: {change}" for file, change in items]
         else:
-            verb = kind if not kind.startswith(("cut", "padded")) else f"clips of another length {kind}"
-            lines.append(f"{len(items)} files {verb} (first: {items[0][0]}, {items[1][0]})")
+            lines.append(f"{len(items)} files: {kind} (first: {items[0][0]}, {items[1][0]})")
     return tuple(lines)
 
 
