@@ -120,3 +120,15 @@ def test_evaluate_re_creates_the_held_out_clips(kws, capsys):
     # kernels, which may round one borderline clip the other way.
     assert doc["samples"] == built.samples
     assert abs(doc["accuracy"] - built.int8_accuracy) <= 1 / built.samples + 1e-9
+
+
+def test_datasets_keywords_command(tmp_path, capsys):
+    from edgekit.cli import main
+
+    out = tmp_path / "kw"
+    assert main(["datasets", "keywords", str(out), "--clips", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["synthetic"] is True and doc["clips"] == 8 and doc["background_noise_files"] == 4
+    assert sorted(p.parent.name for p in out.rglob("*.wav")) == sorted(
+        [*doc["classes"], *[audio_data.BACKGROUND_NOISE] * 4]
+    )
