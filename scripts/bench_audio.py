@@ -3,13 +3,15 @@
 
 1. Features: the agent's ``AudioPreprocessor.floats`` (read the WAV, fit the clip, log-mel: the code the
    workstation's loader runs too) on 1 s clips stored at 16 kHz mono and at 44.1 kHz stereo (mixed down and
-   resampled first), and ``log_mel`` alone on a clip in memory. The three are timed in turn within each
-   round, ``--repeats`` rounds; the figure is the median per clip.
+   resampled first), and ``log_mel`` alone on a clip in memory, on the workstation (.venv, numpy 2) and in the
+   agent's tflite-runtime environment (.venv-legacy, numpy 1.26) when it exists. Each round times the three
+   in turn here, then in a .venv-legacy process; ``--repeats`` rounds, the figure is the median per clip.
 2. Build: ``edgekit datasets keywords`` (espeak-ng, ``--clips`` per class) then ``edgekit build`` for every MCU
    profile (``--keep-going``): float and int8 held-out accuracy, the exact TFLite Micro arena and the flash
    each profile's check reports.
 
     .venv/bin/python scripts/bench_audio.py [--clips 60] [--epochs N] [--repeats 5] [--json]
+    (.venv-legacy/bin/python scripts/bench_audio.py --features-only DIR: one round on DIR's clips, as JSON)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +30,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 MCU_PROFILES = ("arduino-nano-33-ble-sense", "esp32-s3", "stm32h743", "rp2040")
+LEGACY = Path(__file__).resolve().parents[1] / ".venv-legacy" / "bin" / "python"
 
 
 def _wav(path: Path, x: np.ndarray, rate: int) -> None:
@@ -40,33 +44,56 @@ def _wav(path: Path, x: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def bench_features(work: Path, clips: list[Path], repeats: int) -> dict[str, float]:
-    """Median milliseconds per clip of each way in, the ways timed in turn within each round."""
+def write_stereo_copies(work: Path, clips: list[Path]) -> None:
+    """``work/16k/*.wav`` (the clips) and ``work/44k/*.wav`` (the same speech at 44.1 kHz stereo)."""
+    from edgekit_agent.contract.manifest import AudioSpec
+    from edgekit_agent.infer.audio import fit_clip, read_wav
+
+    (work / "16k").mkdir()
+    (work / "44k").mkdir()
+    for i, f in enumerate(clips):
+        x = fit_clip(read_wav(f), AudioSpec()).samples
+        _wav(work / "16k" / f"{i:03d}.wav", x, 16000)
+        t44 = np.interp(np.arange(44100) * (16000 / 44100), np.arange(16000), x)
+        _wav(work / "44k" / f"{i:03d}.wav", np.stack([t44, t44], axis=1), 44100)
+
+
+def feature_round(work: Path) -> dict[str, float]:
+    """Milliseconds per clip of each way in, timed in turn (one round)."""
     from edgekit_agent.contract.manifest import AudioSpec, TensorSpec
     from edgekit_agent.infer.audio import AudioPreprocessor, fit_clip, log_mel, read_wav
 
     spec = AudioSpec()
     pre = AudioPreprocessor(spec, TensorSpec("in", (1, *spec.shape), "int8", 0.05, 0))
-    at16 = clips[:50]
-    at44 = []
-    for i, f in enumerate(at16):  # the same speech at 44.1 kHz stereo
-        x = fit_clip(read_wav(f), spec).samples
-        t44 = np.interp(np.arange(44100) * (16000 / 44100), np.arange(16000), x)
-        at44.append(work / f"stereo44k_{i}.wav")
-        _wav(at44[-1], np.stack([t44, t44], axis=1), 44100)
+    at16, at44 = sorted((work / "16k").glob("*.wav")), sorted((work / "44k").glob("*.wav"))
     in_memory = [fit_clip(read_wav(f), spec).samples for f in at16]
     ways = {
         "log_mel on a clip in memory": lambda: [log_mel(x, spec) for x in in_memory],
         "WAV file, 16 kHz mono": lambda: [pre.floats(f) for f in at16],
         "WAV file, 44.1 kHz stereo (mix + resample)": lambda: [pre.floats(f) for f in at44],
     }
-    times: dict[str, list[float]] = {k: [] for k in ways}
+    out = {}
+    for name, run in ways.items():
+        t0 = time.perf_counter()
+        run()
+        out[name] = (time.perf_counter() - t0) * 1000 / len(at16)
+    return out
+
+
+def bench_features(work: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds per clip, here and (when it exists) in .venv-legacy, rounds interleaved."""
+    sides = {"workstation (numpy 2)": lambda: feature_round(work)}
+    if LEGACY.exists():
+        cmd = [str(LEGACY), __file__, "--features-only", str(work)]
+        sides["agent, .venv-legacy (numpy 1.26)"] = lambda: json.loads(subprocess.check_output(cmd, text=True))
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
     for _ in range(repeats):
-        for name, run in ways.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - t0) * 1000 / len(at16))
-    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+        for side, run in sides.items():
+            times[side].append(run())
+    return {
+        side: {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+        for side, rounds in times.items()
+    }
 
 
 def main() -> int:
@@ -75,7 +102,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the DS-CNN's)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--features-only", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.features_only:  # one round in this interpreter (the .venv-legacy side of bench_features)
+        print(json.dumps(feature_round(args.features_only)))
+        return 0
 
     from edgekit.build import build
     from edgekit.pipeline.speech import write_keywords
@@ -86,7 +117,8 @@ def main() -> int:
         summary = write_keywords(work / "keywords", per_class=args.clips)
         synth_s = time.perf_counter() - t0
         clips = sorted((work / "keywords" / "yes").glob("*.wav")) + sorted((work / "keywords" / "no").glob("*.wav"))
-        features = bench_features(work, clips, args.repeats)
+        write_stereo_copies(work, clips[:50])
+        features = bench_features(work, args.repeats)
         result = build(work / "keywords", list(MCU_PROFILES), work / "out", epochs=args.epochs, keep_going=True)
         profiles = []
         for p in result.profiles:
@@ -117,8 +149,9 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"load average {report['load'][0]:.1f}; {summary.clips} clips spoken in {synth_s:.1f} s")
-    for k, v in features.items():
-        print(f"  features, {k}: {v:.3f} ms per clip (median of {args.repeats})")
+    for side, ways in features.items():
+        for k, v in ways.items():
+            print(f"  features, {side}, {k}: {v:.3f} ms per clip (median of {args.repeats})")
     print(f"build ({result.arch}) in {result.seconds:.0f} s")
     for p in profiles:
         print(

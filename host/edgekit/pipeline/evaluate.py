@@ -249,9 +249,11 @@ def compare(
     head: HeadSpec | None = None,
     outputs_are: OutputsAre | None = None,
     float_bytes: int | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> ComparisonReport:
-    """Int8 accuracy of the TFLite model and, when ``model`` is given, float accuracy of the Keras model."""
+    """Int8 accuracy of the TFLite model (with LiteRT's ``delegate``) and, when ``model`` is given, float
+    accuracy of the Keras model."""
     int8 = evaluate_tflite(
         tflite_or_path,
         x,
@@ -260,6 +262,7 @@ def compare(
         num_classes=num_classes,
         head=head,
         outputs_are=outputs_are,
+        delegate=delegate,
         on_progress=on_progress,
     )
     flt = evaluate_keras(model, x, y, num_classes=num_classes) if model is not None else None
