@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto and
+# Run the whole test suite on a fresh machine: sets up .venv and .venv-legacy, installs mosquitto, espeak-ng and
 # prometheus (Debian packages; the tests start their own brokers and Prometheus on free ports), as root the
 # emulated arm64 Pi (scripts/setup-arm64.sh, cached in /var/cache/edgekit/arm64), then pytest.
 # Usage: scripts/test.sh [pytest args...]
@@ -12,6 +12,14 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   else
     echo "test: mosquitto is needed: sudo apt-get install mosquitto" >&2
     exit 1
+  fi
+fi
+if ! command -v espeak-ng >/dev/null 2>&1; then  # speaks the synthetic keyword clips of the audio tests
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing espeak-ng (Debian package)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng) >/dev/null
+  else
+    echo "test: espeak-ng is not installed (sudo apt-get install espeak-ng): the keyword-spotting tests will skip" >&2
   fi
 fi
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then

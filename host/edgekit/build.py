@@ -190,7 +190,7 @@ class _State:
     pruned: PruneResult | None = None
     current: _ProfileWork | None = None  # set by each profile's convert step
     conversions: dict[tuple[str, str], ConversionResult] = field(default_factory=dict)
-    evaluations: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
+    evaluations: dict[tuple[str, ...], EvalResult] = field(default_factory=dict)
     built: list[ProfileBuild] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -216,9 +216,15 @@ def _load_data(s: _State) -> None:
         s.model_shape.check(s.ds, s.dataset)
     s.head = _head(s)
     s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
+    if s.ds.spec.kind == "audio":  # feature mean/std from the training split, recorded in the spec
+        from edgekit.pipeline import audio_data
+
+        s.splits = audio_data.normalise(s.splits)
+        s.ds = replace(s.ds, spec=s.splits.spec)
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
+    s.warnings += [f"converted {note}" for note in s.ds.notes]  # clips resampled, cut… on loading
 
 
 def _head(s: _State) -> HeadSpec:
@@ -356,7 +362,7 @@ def _convert(s: _State, profile: Profile) -> None:
 def _evaluate(s: _State, profile: Profile) -> None:
     from edgekit.pipeline import evaluate
 
-    key = _dtypes(profile)
+    key = (*_dtypes(profile), profile.host_delegate)  # the device's kernels: an MCU's round unlike XNNPACK's
     if key not in s.evaluations:
         s.evaluations[key] = evaluate.evaluate_tflite(
             s.work.tflite,
@@ -365,6 +371,7 @@ def _evaluate(s: _State, profile: Profile) -> None:
             num_classes=len(s.ds.labels),
             head=s.head,
             outputs_are=s.outputs_are,  # type: ignore[arg-type]
+            delegate=profile.host_delegate,
         )
     s.work.evaluation = s.evaluations[key]
 
@@ -451,7 +458,7 @@ def _bundle(s: _State, profile: Profile) -> None:
         }
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
-    extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
+    extra_files = check.bundle_artifacts(tflite, fit, s.name, s.ds.spec)  # MCU C sources, the Edge TPU model
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,

@@ -93,6 +93,13 @@ class Profile:
         if self.target is Target.EDGETPU and self.delegate is not Delegate.EDGETPU:
             raise ProfileError(f'{where}: an edgetpu target needs runtime.delegate = "edgetpu".')
 
+    @property
+    def host_delegate(self) -> str:
+        """The LiteRT delegate that computes here what the device computes: builtin kernels for a profile that
+        asks for none (a microcontroller: TFLite Micro's reference kernels), else XNNPACK. The two round
+        differently; a model's int8 outputs can differ by a few units (docs/agent.md, Self-test)."""
+        return "none" if self.delegate is Delegate.NONE else "xnnpack"
+
     def to_dict(self) -> dict[str, Any]:
         """The form copied into a bundle's manifest (so the device never reads profile files)."""
         d = asdict(self)

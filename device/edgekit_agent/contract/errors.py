@@ -147,6 +147,12 @@ class WeightsUnavailableError(EdgekitError, ConnectionError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class ToolUnavailableError(EdgekitError, OSError):
+    """A program edgekit runs is not installed (``espeak-ng`` for the synthetic keyword set); says how to get it."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
 class InputError(EdgekitError, ValueError):
     """An inference input (image file or tensor) that cannot be used."""
 

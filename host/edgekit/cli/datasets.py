@@ -2,6 +2,8 @@
 
 `edgekit datasets digits DIR` writes scikit-learn's 1,797 handwritten digits (real 8x8 scans, shipped
 inside scikit-learn, nothing downloaded) as an image folder: DIR/0/*.png ... DIR/9/*.png.
+`edgekit datasets keywords DIR` speaks yes/no/up/down/left/right (plus _unknown_ words and _silence_) with
+espeak-ng into DIR/WORD/*.wav (synthetic speech, 16 kHz mono; needs `apt install espeak-ng`).
 `edgekit datasets show DIR` loads an image folder or .npz file the way every other command does and
 reports classes, sizes and skipped (unreadable) images; --strict turns a skipped image into an error.
 """
@@ -17,11 +19,18 @@ from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "action", choices=("digits", "show"), help="digits: write the demo dataset; show: summarise a dataset"
+        "action",
+        choices=("digits", "keywords", "show"),
+        help="digits: write the demo image dataset; keywords: write synthetic speech clips (espeak-ng); "
+        "show: summarise a dataset",
     )
     parser.add_argument(
-        "dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)"
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the demo data (digits, keywords) or the dataset to read (show)",
     )
+    parser.add_argument("--clips", type=int, default=60, metavar="N", help="keywords: clips per class (default 60)")
     parser.add_argument(
         "--strict", action="store_true", help="show: an unreadable image is an error instead of a warning"
     )
@@ -42,7 +51,10 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, quiet: bool = False) -> Any:
-    """Load a dataset with a progress bar; skipped images are listed on stderr (never on stdout)."""
+    """Load a dataset with a progress bar; skipped files and converted clips are listed on stderr (never on
+    stdout)."""
+    from rich.markup import escape
+
     from edgekit.cli import ui
     from edgekit.pipeline.data import load_dataset
 
@@ -58,6 +70,10 @@ def load_with_progress(path: Path, spec: Any = None, *, strict: bool = False, qu
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     print_skipped(ds.skipped)
+    for note in ds.notes:
+        ui.err_console.print(
+            f"[yellow]warning:[/] converted {escape(note)}", highlight=False, markup=True, soft_wrap=True
+        )
     return ds
 
 
@@ -129,6 +145,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 f"{summary.classes} classes) to {summary.directory}"
             )
         return ExitStatus.OK
+    if args.action == "keywords":
+        return _keywords(args)
     ds = load_with_progress(args.dir, strict=args.strict, quiet=args.json)
     counts = ds.class_counts()
     info = {
@@ -142,13 +160,51 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK
+    what = (
+        f"{ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}"
+        if ds.spec.kind == "image"
+        else f"{ds.spec.kind} {ds.spec.shape}"
+    )
     ui.console.print(
         ui.table(
-            f"{args.dir}: {len(ds)} images, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
-            ("class", "images count"),
+            f"{args.dir}: {len(ds)} samples, {what}",
+            ("class", "images count" if ds.spec.kind == "image" else "samples"),
             counts.items(),
         )
     )
     if ds.skipped:
-        ui.console.print(f"{len(ds.skipped)} unreadable image(s) skipped")
+        ui.console.print(f"{len(ds.skipped)} unreadable {'image' if ds.spec.kind == 'image' else 'file'}(s) skipped")
+    return ExitStatus.OK
+
+
+def _keywords(args: argparse.Namespace) -> ExitStatus:
+    from edgekit.cli import ui
+    from edgekit.pipeline.speech import write_keywords
+
+    if args.clips < 1:
+        raise UsageError(f"--clips must be at least 1, got {args.clips}.")
+    with ui.progress() as bar:
+        task = bar.add_task(f"speaking keywords into {args.dir}", total=None)
+        summary = write_keywords(
+            args.dir,
+            per_class=args.clips,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    result = {
+        "directory": str(summary.directory),
+        "classes": list(summary.classes),
+        "clips": summary.clips,
+        "background_noise_files": summary.noise_files,
+        "sample_rate": summary.sample_rate,
+        "synthetic": True,
+    }
+    if args.json:
+        ui.print_json(result)
+    else:
+        ui.console.print(
+            f"wrote {summary.clips} synthetic speech clips (espeak-ng, 1 s, {summary.sample_rate} Hz mono WAV; "
+            f"classes {', '.join(summary.classes)}) and {summary.noise_files} background-noise files to "
+            f"{summary.directory}",
+            highlight=False,
+        )
     return ExitStatus.OK

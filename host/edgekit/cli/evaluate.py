@@ -78,6 +78,7 @@ class _Target:
     split_test: float = 0.15
     head: HeadSpec | None = None  # a .tflite's: what its output width says
     outputs_are: OutputsAre | None = None
+    delegate: str = "xnnpack"  # a microcontroller bundle's: builtin kernels, as `build` measured it
 
 
 def _load_target(target: Path, workdir: Path) -> _Target:
@@ -110,6 +111,7 @@ def _load_target(target: Path, workdir: Path) -> _Target:
         split_test=float(split.get("test", 0.15)),
         head=m.head,
         outputs_are=m.outputs_are,
+        delegate="none" if m.runtime.get("delegate") == "none" else "xnnpack",
     )
 
 
@@ -178,6 +180,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 head=t.head,
                 outputs_are=t.outputs_are,
                 float_bytes=_size(args.keras),
+                delegate=t.delegate,
                 on_progress=lambda d, n: bar.update(task, completed=d),
             )
         layers = per_layer_errors(model, train_x, top=args.top, seed=seed) if args.per_layer else []

@@ -3,7 +3,8 @@
 The dataset is split (seeded, stratified: 70 % train, 15 % validation, 15 % test); the epoch with the
 best validation accuracy is kept and its float accuracy on the test split reported. The saved model has
 a fixed batch of 1, ready for `edgekit convert`. --arch auto picks the compact CNN for small or grey
-images and MobileNetV2 (width multiplier --alpha) for colour images of 32x32 and more. --backbone starts
+images, MobileNetV2 (width multiplier --alpha) for colour images of 32x32 and more, and the DS-CNN for a
+folder of .wav clips (log-mel features, normalised as `edgekit build` does). --backbone starts
 from a pretrained base instead (Keras' ImageNet weights or --backbone-weights FILE): the head is trained on
 the frozen base, then --fine-tune N epochs train the top of the base too; images are scaled to [-1, 1].
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from edgekit.cli.build import add_backbone_arguments, add_head_arguments
 from edgekit_agent.contract.errors import ExitStatus, UsageError
 
-ARCH_CHOICES = ("auto", "cnn", "mobilenetv2")
+ARCH_CHOICES = ("auto", "cnn", "mobilenetv2", "dscnn")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if choice is not None and head.kind != "softmax":
         raise UsageError(f"--backbone trains a softmax head; a {head.kind} head trains without --backbone.")
     splits = split_dataset(ds, seed=args.seed)
+    if ds.spec.kind == "audio":  # as `build` does: `build --model` then re-creates the same mean and std
+        from edgekit.pipeline.audio_data import normalise
+
+        splits = normalise(splits)
     with ui.progress() as bar:
         task = bar.add_task("training", total=args.epochs)
 

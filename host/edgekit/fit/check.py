@@ -28,6 +28,7 @@ from edgekit.fit.tflite_graph import Graph, read_graph
 from edgekit.fit.tflm import measure_arena, tflm_agreement
 from edgekit.profiles import Profile, Target
 from edgekit_agent.contract.errors import FitError, ModelError
+from edgekit_agent.contract.manifest import InputSpec
 
 
 class Verdict(StrEnum):
@@ -482,10 +483,11 @@ def require_fit(report: FitReport) -> FitReport:
     )
 
 
-def bundle_artifacts(tflite: bytes, report: FitReport, name: str) -> dict[str, bytes]:
-    """Extra bundle files for the report's target: C sources for an MCU, ``model_edgetpu.tflite`` when compiled."""
+def bundle_artifacts(tflite: bytes, report: FitReport, name: str, spec: InputSpec | None = None) -> dict[str, bytes]:
+    """Extra bundle files for the report's target: C sources for an MCU (with the feature parameters of an
+    audio ``spec``), ``model_edgetpu.tflite`` when compiled."""
     if report.target == str(Target.MCU):
-        return mcu_artifacts(tflite, name, report.arena_bytes, report.arena_with_margin, report.margin)
+        return mcu_artifacts(tflite, name, report.arena_bytes, report.arena_with_margin, report.margin, spec)
     if report.target == str(Target.EDGETPU) and report.edgetpu is not None and report.edgetpu.compiler.model:
         return {
             "model_edgetpu.tflite": report.edgetpu.compiler.model,

@@ -12,13 +12,13 @@ import difflib
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
-from edgekit_agent.contract.manifest import MAX_MULTILABELS, InputSpec, PreprocessSpec
+from edgekit_agent.contract.manifest import MAX_MULTILABELS, AudioSpec, InputSpec, PreprocessSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
@@ -60,6 +60,9 @@ class Dataset:
     # (N,) int: samples that share a group (the windows of one recording, the noisy copies of one clip) are
     # never split between train and test, or the held-out accuracy would measure memory. None: each its own.
     groups: np.ndarray | None = None
+    # (N,) bool: made from another sample (a clip with noise mixed in): trains, never held out.
+    augmented: np.ndarray | None = None
+    notes: tuple[str, ...] = ()  # files converted on loading (resampled, cut…), one line each or per kind
 
     def __len__(self) -> int:
         return int(len(self.y))
@@ -78,7 +81,10 @@ class Dataset:
         files = tuple(self.files[i] for i in index) if self.files else ()
         raw = self.raw[index] if self.raw is not None else None
         groups = self.groups[index] if self.groups is not None else None
-        return replace(self, x=self.x[index], y=self.y[index], files=files, skipped=(), raw=raw, groups=groups)
+        augmented = self.augmented[index] if self.augmented is not None else None
+        return replace(
+            self, x=self.x[index], y=self.y[index], files=files, skipped=(), raw=raw, groups=groups, augmented=augmented
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,15 +519,24 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 def load_dataset(
-    path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
+    path: str | Path, spec: InputSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
 ) -> Dataset:
-    """An image folder or an ``.npz`` file, by what ``path`` is."""
+    """An image folder, a folder of ``.wav`` clips (:mod:`edgekit.pipeline.audio_data`) or an ``.npz`` file."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return load_npz(p)
     if is_multilabel_folder(p):
         return load_multilabel_folder(p, spec, strict=strict, on_progress=on_progress)
     if p.is_dir():
+        from edgekit.pipeline import audio_data
+
+        if audio_data.is_audio_folder(p):
+            audio = spec if isinstance(spec, AudioSpec) else None
+            a = audio_data.load_audio_folder(p, audio, strict=strict, on_progress=on_progress)
+            return Dataset(
+                **{f.name: getattr(a, f.name) for f in fields(a) if f.name != "skipped"},
+                skipped=tuple(SkippedImage(file, reason) for file, reason in a.skipped),
+            )
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
         raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")
@@ -543,7 +558,8 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
     split the same way whichever other classes the dataset holds: evaluating a bundle on a folder with only
     some of its classes tests on exactly the images the build held out. Every class with at least three
     samples gets at least one validation and one test sample, so small classes are still measured.
-    With ``ds.groups``, whole groups are shuffled and cut instead of samples (the same proportions of groups).
+    With ``ds.groups``, whole groups are shuffled and cut instead of samples (the same proportions of groups);
+    ``ds.augmented`` samples are left out of validation and test.
     """
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise DatasetError(f"split fractions val={val} and test={test} must be in [0, 1) and sum to less than 1.")
@@ -566,6 +582,9 @@ def split_dataset(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
             else:
                 parts[part].append(np.concatenate([units[i] for i in picked]) if len(picked) else idx[:0])
     chosen = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    if ds.augmented is not None:
+        for part in ("val", "test"):
+            chosen[part] = chosen[part][~ds.augmented[chosen[part]]]
     return Splits(train=ds.subset(chosen["train"]), val=ds.subset(chosen["val"]), test=ds.subset(chosen["test"]))
 
 

@@ -204,13 +204,16 @@ def predict_tflite(
     x: np.ndarray,
     *,
     num_threads: int | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time."""
+    """Dequantised outputs (N, classes) of a TFLite model for float inputs ``x`` (N, H, W, C), one at a time,
+    with LiteRT's ``delegate`` (``none``: builtin kernels, as a microcontroller profile's device computes)."""
     name = "<bytes>" if isinstance(tflite_or_path, bytes) else str(tflite_or_path)
     rt = Runtime(
         tflite_or_path if isinstance(tflite_or_path, bytes) else Path(tflite_or_path),
         num_threads=num_threads,
+        delegate=delegate,
         model_name=name,
     )
     try:
@@ -242,6 +245,7 @@ def evaluate_tflite(
     num_classes: int | None = None,
     head: HeadSpec | None = None,
     outputs_are: OutputsAre | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> EvalResult:
     """Accuracy of a (quantised) TFLite model through the device's runtime and preprocessing code.
@@ -249,7 +253,7 @@ def evaluate_tflite(
     ``head`` defaults to what the output width says (one output: sigmoid); ``outputs_are`` matters only for a
     sigmoid head and defaults to probabilities when every output is in [0, 1] (a bundle's manifest says which)."""
     _check(x, y)
-    out = predict_tflite(tflite_or_path, x, num_threads=num_threads, on_progress=on_progress)
+    out = predict_tflite(tflite_or_path, x, num_threads=num_threads, delegate=delegate, on_progress=on_progress)
     head = head or head_for_width(out.shape[1])
     if outputs_are is None:
         outputs_are = "probabilities" if ((out >= 0) & (out <= 1)).all() else "logits"
@@ -310,9 +314,11 @@ def compare(
     head: HeadSpec | None = None,
     outputs_are: OutputsAre | None = None,
     float_bytes: int | None = None,
+    delegate: str = "xnnpack",
     on_progress: ProgressFn | None = None,
 ) -> ComparisonReport:
-    """Int8 accuracy of the TFLite model and, when ``model`` is given, float accuracy of the Keras model."""
+    """Int8 accuracy of the TFLite model (with LiteRT's ``delegate``) and, when ``model`` is given, float
+    accuracy of the Keras model."""
     int8 = evaluate_tflite(
         tflite_or_path,
         x,
@@ -321,6 +327,7 @@ def compare(
         num_classes=num_classes,
         head=head,
         outputs_are=outputs_are,
+        delegate=delegate,
         on_progress=on_progress,
     )
     flt = evaluate_keras(model, x, y, num_classes=num_classes, head=head) if model is not None else None

@@ -23,7 +23,7 @@ from edgekit_agent.infer.classify import decide, sigmoid_probabilities
 
 # Epochs per architecture. The CNN trains on the images plus four shifted copies (see augment_shifts), so
 # one epoch is five passes; 6 epochs take the digits demo to about 99 % float test accuracy.
-DEFAULT_EPOCHS = {"cnn": 6, "mobilenetv2": 30}
+DEFAULT_EPOCHS = {"cnn": 6, "mobilenetv2": 30, "dscnn": 20}
 EpochFn = Callable[[int, int, dict[str, float]], None]
 
 
@@ -147,7 +147,7 @@ def train_model(
 
     train, val, test = splits.train, splits.val, splits.test
     shape = tuple(int(s) for s in train.x.shape[1:])
-    name = zoo.choose_arch(shape) if arch == "auto" else arch
+    name = zoo.choose_arch(shape, splits.spec.kind) if arch == "auto" else arch
     epochs = int(epochs if epochs is not None else DEFAULT_EPOCHS.get(name, 20))
     if epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {epochs}.")

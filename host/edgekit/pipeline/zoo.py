@@ -107,16 +107,56 @@ def _mobilenetv2(
     return K.Model(base.inputs, base.outputs, name=f"{PREFIX}mobilenetv2_a{alpha:g}")
 
 
+def _dscnn(
+    K: Any, input_shape: tuple[int, int, int], num_classes: int, *, batch_size: int | None, filters: int = 64, **_: Any
+) -> Any:
+    """A depthwise-separable CNN for keyword spotting (DS-CNN, "Hello Edge", Zhang et al. 2017): a 10×4 conv with
+    stride 2 over (frames, mels), four depthwise 3×3 + pointwise 1×1 blocks, average pooling over the map, softmax.
+
+    Conv → BatchNorm → ReLU in that order: the converter folds BatchNorm into the conv, and tfmot's QAT knows
+    the pattern. About 22 K weights at 64 filters; the arena is about two 25×20×64 int8 activations.
+    """
+    L = K.layers
+    layers = [
+        K.Input(shape=input_shape, batch_size=batch_size),
+        L.Conv2D(filters, (10, 4), strides=2, padding="same", use_bias=False, name="conv"),
+        L.BatchNormalization(momentum=0.9, name="conv_bn"),
+        L.ReLU(name="conv_relu"),
+    ]
+    for i in range(1, 5):
+        layers += [
+            L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"dw{i}"),
+            L.BatchNormalization(momentum=0.9, name=f"dw{i}_bn"),
+            L.ReLU(name=f"dw{i}_relu"),
+            L.Conv2D(filters, 1, use_bias=False, name=f"pw{i}"),
+            L.BatchNormalization(momentum=0.9, name=f"pw{i}_bn"),
+            L.ReLU(name=f"pw{i}_relu"),
+        ]
+    layers += [
+        # A pooling window over the whole map, not GlobalAveragePooling2D: that becomes MEAN, which the MCU
+        # profiles' op sets (micro_speech's too) do not register.
+        L.AveragePooling2D(((input_shape[0] + 1) // 2, (input_shape[1] + 1) // 2), name="pool"),
+        L.Flatten(name="flatten"),
+        L.Dropout(0.2, name="dropout"),
+        L.Dense(num_classes, activation="softmax", name="predictions"),
+    ]
+    return K.Sequential(layers, name=f"{PREFIX}dscnn")
+
+
 ARCHITECTURES: dict[str, Arch] = {
     "cnn": Arch("cnn", "compact CNN for small grey images (digits, 8×8 to 64×64)", _cnn),
     "mobilenetv2": Arch(
         "mobilenetv2", "MobileNetV2 with a width multiplier (alpha), colour or larger images, ≥32×32", _mobilenetv2
     ),
+    "dscnn": Arch("dscnn", "depthwise-separable CNN for keyword spotting on log-mel features (audio)", _dscnn),
 }
 
 
-def choose_arch(input_shape: tuple[int, int, int]) -> str:
-    """What ``auto`` means: the CNN for small or grey images, MobileNetV2 for colour images of 32×32 and up."""
+def choose_arch(input_shape: tuple[int, int, int], kind: str = "image") -> str:
+    """What ``auto`` means: the DS-CNN for audio features, the CNN for small or grey images, MobileNetV2 for
+    colour images of 32×32 and up. ``kind`` is the input spec's."""
+    if kind == "audio":
+        return "dscnn"
     h, w, c = input_shape
     return "mobilenetv2" if c == 3 and min(h, w) >= 32 else "cnn"
 
@@ -158,7 +198,7 @@ class ZooModel:
 
 def arch_of(model: Any) -> ZooModel | None:
     """The zoo architecture and options a model was built with (from its name), or None for a user model."""
-    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2)(?:_a([0-9.]+))?", model.name)
+    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2|dscnn)(?:_a([0-9.]+))?", model.name)
     if not m:
         return None
     found = ZooModel(m.group(1))
