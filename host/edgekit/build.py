@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
-from edgekit_agent.contract.manifest import HeadSpec, Manifest
+from edgekit_agent.contract.manifest import HeadSpec, Manifest, SensorSpec
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports w
     from edgekit.pipeline.data import Dataset, SkippedImage, Splits
     from edgekit.pipeline.evaluate import EvalResult
     from edgekit.pipeline.prune import PruneResult
+    from edgekit.pipeline.sensor_data import Windowing
     from edgekit.pipeline.train import ModelShape
 
 GOLDEN_SAMPLES = 16
@@ -172,6 +173,7 @@ class _State:
     arch: str
     backbone: BackboneChoice | None = None
     fine_tune: int = 0
+    windowing: Windowing | None = None  # sensor folders: window, stride, rate (None: the defaults)
     report: Callable[[str], None] = lambda detail: None
     ds: Dataset | None = None
     splits: Splits | None = None
@@ -198,18 +200,24 @@ class _State:
 
 # --- steps --------------------------------------------------------------------------------------------
 def _load_data(s: _State) -> None:
-    from edgekit.pipeline import backbones, data
+    from edgekit.pipeline import backbones, data, sensor_data
 
     # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]);
     # else a model file decides the image size and colour mode. The dataset must then match its input and classes.
     choice = s.backbone or (backbones.choice_of(s.model) if s.model is not None else None)
     if choice is not None:
         s.ds = backbones.load_dataset(s.dataset, choice)
+    elif s.model_shape is None and sensor_data.is_sensor_folder(s.dataset):
+        s.ds = sensor_data.load_sensor_folder(s.dataset, windowing=s.windowing)
+    elif s.windowing is not None:
+        raise UsageError(f"{s.dataset}: --window, --stride and --rate are for folders of CSV sensor recordings.")
     else:
         s.ds = data.load_dataset(s.dataset, s.model_shape.dataset_spec(s.dataset) if s.model_shape else None)
     if s.model_shape is not None:
         s.model_shape.check(s.ds, s.dataset)
-    s.splits = data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
+    s.splits = sensor_data.normalise_on_train(
+        data.split_dataset(s.ds, val=SPLIT["val"], test=SPLIT["test"], seed=s.seed)
+    )
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
@@ -412,13 +420,17 @@ def _bundle(s: _State, profile: Profile) -> None:
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
     extra_files = check.bundle_artifacts(tflite, fit, s.name)  # C sources for an MCU, the compiled Edge TPU model
+    if fit.target == "mcu" and isinstance(s.splits.spec, SensorSpec):
+        from edgekit.fit.mcu import sensor_header
+
+        extra_files.update(sensor_header(tflite, s.splits.spec, s.name))
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,
         name=s.name,
         profile=profile,
         tflite=tflite,
-        preprocess=s.ds.spec,
+        preprocess=s.splits.spec,  # a sensor spec's mean/std come from the training split
         labels=list(s.ds.labels),
         golden_x=test.x[:n],
         golden_y=test.y[:n],
@@ -530,6 +542,7 @@ def build(
     fine_tune: int = 0,
     alpha: float | None = None,
     image_size: tuple[int, int] | None = None,
+    windowing: Windowing | None = None,
     on_progress: Callable[[BuildProgress], None] | None = None,
 ) -> BuildResult:
     """Build one verified full-int8 bundle per profile from a dataset (and optionally a model file).
@@ -541,7 +554,8 @@ def build(
 
     ``backbone`` (a key of ``edgekit.pipeline.backbones.BACKBONES``) starts from pretrained weights: Keras'
     ImageNet ones, or ``backbone_weights``; ``fine_tune`` epochs then train the top of the base too.
-    ``alpha`` and ``image_size`` (height, width) default to what the profiles suit.
+    ``alpha`` and ``image_size`` (height, width) default to what the profiles suit. ``windowing`` cuts a folder
+    of CSV sensor recordings (:mod:`edgekit.pipeline.sensor_data`; default 2 s windows every 1 s).
     """
     started = time.perf_counter()
     if not profiles:
@@ -590,6 +604,7 @@ def build(
         arch=arch,
         backbone=choice,
         fine_tune=fine_tune,
+        windowing=windowing,
     )
     steps = plan(prune, loaded, model_path is not None)
     notify = on_progress or (lambda event: None)

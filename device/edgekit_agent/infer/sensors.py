@@ -51,6 +51,11 @@ def read_csv(source: str | Path | bytes, channels: tuple[str, ...] | None = None
     header = [h.strip() for h in next(rows, [])]
     if not header or not any(header):
         raise InputError(f"{label}: the CSV file is empty; it needs a header row naming its columns.")
+    if all(_is_number(h) for h in header):
+        raise InputError(
+            f"{label}: the first line holds numbers, not column names; add a header row naming the columns "
+            "(e.g. time,ax,ay,az)."
+        )
     lower = [h.lower() for h in header]
     time_at = next((lower.index(t) for t in TIME_COLUMNS if t in lower), None)
     names = tuple(h for i, h in enumerate(header) if i != time_at)
@@ -82,6 +87,14 @@ def read_csv(source: str | Path | bytes, channels: tuple[str, ...] | None = None
         raise InputError(f"{label}: the recording holds values that are not finite numbers (inf or NaN).")
     n = len(cols)
     return Recording(a[:, :n].astype(np.float32), tuple(channels), a[:, n] if time_at is not None else None)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def on_rate(rec: Recording, spec: SensorSpec, label: str = "<recording>") -> np.ndarray:

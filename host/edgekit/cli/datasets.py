@@ -2,6 +2,8 @@
 
 `edgekit datasets digits DIR` writes scikit-learn's 1,797 handwritten digits (real 8x8 scans, shipped
 inside scikit-learn, nothing downloaded) as an image folder: DIR/0/*.png ... DIR/9/*.png.
+`edgekit datasets gestures DIR` writes seeded synthetic accelerometer/gyro gestures (circle, idle, punch, wave)
+as CSV recordings: DIR/GESTURE/*.csv.
 `edgekit datasets show DIR` loads an image folder or .npz file the way every other command does and
 reports classes, sizes and skipped (unreadable) images; --strict turns a skipped image into an error.
 """
@@ -17,7 +19,9 @@ from edgekit_agent.contract.errors import ExitStatus, UsageError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "action", choices=("digits", "show"), help="digits: write the demo dataset; show: summarise a dataset"
+        "action",
+        choices=("digits", "gestures", "show"),
+        help="digits / gestures: write a demo dataset; show: summarise a dataset",
     )
     parser.add_argument(
         "dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)"
@@ -25,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strict", action="store_true", help="show: an unreadable image is an error instead of a warning"
     )
+    parser.add_argument("--seed", type=int, default=0, help="gestures: the seed of the recordings (default 0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -107,6 +112,14 @@ def model_and_splits(
     return model, splits
 
 
+def _describe(spec: Any) -> str:
+    if spec.kind == "sensor":
+        return f"windows of {spec.window} rows x {len(spec.channels)} channels at {spec.sample_rate:g} Hz"
+    if spec.kind == "image":
+        return f"images, {spec.width}x{spec.height} {spec.color_mode}"
+    return f"{spec.kind} samples of shape {spec.shape}"
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
 
@@ -129,6 +142,20 @@ def run(args: argparse.Namespace) -> ExitStatus:
                 f"{summary.classes} classes) to {summary.directory}"
             )
         return ExitStatus.OK
+    if args.action == "gestures":
+        from edgekit.pipeline.motion import write_gestures
+
+        motion = write_gestures(args.dir, seed=args.seed)
+        if args.json:
+            ui.print_json(
+                {"directory": str(motion.directory), "classes": list(motion.classes), "recordings": motion.recordings}
+            )
+        else:
+            ui.console.print(
+                f"wrote {motion.recordings} synthetic motion recordings ({', '.join(motion.classes)}; "
+                f"{motion.seconds[0]:g}-{motion.seconds[1]:g} s at about {motion.rate:g} Hz, CSV) to {motion.directory}"
+            )
+        return ExitStatus.OK
     ds = load_with_progress(args.dir, strict=args.strict, quiet=args.json)
     counts = ds.class_counts()
     info = {
@@ -144,8 +171,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
         return ExitStatus.OK
     ui.console.print(
         ui.table(
-            f"{args.dir}: {len(ds)} images, {ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}",
-            ("class", "images count"),
+            f"{args.dir}: {len(ds)} {_describe(ds.spec)}",
+            ("class", "samples"),
             counts.items(),
         )
     )

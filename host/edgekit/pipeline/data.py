@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
-from edgekit_agent.contract.manifest import InputSpec, PreprocessSpec
+from edgekit_agent.contract.manifest import InputSpec, PreprocessSpec, SensorSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
@@ -392,13 +392,19 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 def load_dataset(
-    path: str | Path, spec: PreprocessSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
+    path: str | Path, spec: InputSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
 ) -> Dataset:
-    """An image folder or an ``.npz`` file, by what ``path`` is."""
+    """An image folder, a folder of CSV sensor recordings (:mod:`edgekit.pipeline.sensor_data`, default
+    windows) or an ``.npz`` file, by what ``path`` is."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return load_npz(p)
     if p.is_dir():
+        from edgekit.pipeline import sensor_data  # imports this module
+
+        if sensor_data.is_sensor_folder(p):
+            sensor = spec if isinstance(spec, SensorSpec) else None
+            return sensor_data.load_sensor_folder(p, sensor, strict=strict, on_progress=on_progress)
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
         raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")

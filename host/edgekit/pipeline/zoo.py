@@ -99,16 +99,45 @@ def _mobilenetv2(
     return K.Model(base.inputs, base.outputs, name=f"{PREFIX}mobilenetv2_a{alpha:g}")
 
 
+def _conv1d(K: Any, input_shape: tuple[int, ...], num_classes: int, *, batch_size: int | None, **_: Any) -> Any:
+    """For sensor windows (window, channels): three 1-D convolutions with pooling, a global average, softmax.
+
+    A few thousand weights. With the batch fixed at 1 each Conv1D converts to RESHAPE + CONV_2D and pooling to
+    MAX_POOL_2D / AVERAGE_POOL_2D, all TFLite Micro kernels; the arena stays a few KB on a 2 s window of 6 channels.
+    """
+    L = K.layers
+    return K.Sequential(
+        [
+            K.Input(shape=input_shape, batch_size=batch_size),
+            L.Conv1D(16, 5, padding="same", activation="relu", name="conv1"),
+            L.MaxPooling1D(2, name="pool1"),
+            L.Conv1D(32, 5, padding="same", activation="relu", name="conv2"),
+            L.MaxPooling1D(2, name="pool2"),
+            L.Conv1D(32, 3, padding="same", activation="relu", name="conv3"),
+            # A global average as a pooling over the whole length: AVERAGE_POOL_2D, which every MCU profile
+            # registers, where GlobalAveragePooling1D becomes MEAN, which the Nano 33 BLE's does not.
+            L.AveragePooling1D(max(1, input_shape[0] // 4), name="gap"),
+            L.Flatten(name="flatten"),
+            L.Dense(num_classes, activation="softmax", name="predictions"),
+        ],
+        name=f"{PREFIX}conv1d",
+    )
+
+
 ARCHITECTURES: dict[str, Arch] = {
     "cnn": Arch("cnn", "compact CNN for small grey images (digits, 8×8 to 64×64)", _cnn),
     "mobilenetv2": Arch(
         "mobilenetv2", "MobileNetV2 with a width multiplier (alpha), colour or larger images, ≥32×32", _mobilenetv2
     ),
+    "conv1d": Arch("conv1d", "small 1-D CNN for sensor windows (window, channels)", _conv1d),
 }
 
 
-def choose_arch(input_shape: tuple[int, int, int]) -> str:
-    """What ``auto`` means: the CNN for small or grey images, MobileNetV2 for colour images of 32×32 and up."""
+def choose_arch(input_shape: tuple[int, ...]) -> str:
+    """What ``auto`` means: the CNN for small or grey images, MobileNetV2 for colour images of 32×32 and up,
+    the 1-D CNN for sensor windows (window, channels)."""
+    if len(input_shape) == 2:
+        return "conv1d"
     h, w, c = input_shape
     return "mobilenetv2" if c == 3 and min(h, w) >= 32 else "cnn"
 
@@ -124,8 +153,8 @@ def build_model(
 ) -> Any:
     """A freshly initialised zoo model (not compiled). ``arch`` is a key of :data:`ARCHITECTURES` or ``auto``."""
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3:
-        raise UsageError(f"input_shape must be (height, width, channels), got {shape}.")
+    if len(shape) not in (2, 3):
+        raise UsageError(f"input_shape must be (height, width, channels) or (window, channels), got {shape}.")
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least two classes, got {num_classes}.")
     name = choose_arch(shape) if arch == "auto" else arch
