@@ -36,8 +36,9 @@ class MotionSummary:
 
 
 def _rotation(rng: np.random.Generator, tilt: float) -> np.ndarray:
-    """A random yaw and a tilt of up to ``tilt`` radians about x and y: how the sensor sits on the wrist."""
-    yaw, ax, ay = rng.uniform(-np.pi, np.pi), rng.uniform(-tilt, tilt), rng.uniform(-tilt, tilt)
+    """A random turn of up to ``tilt`` radians about each axis: how the band sits on the wrist (a band keeps the
+    sensor roughly aligned with the forearm, so the turn is tens of degrees, not any orientation)."""
+    yaw, ax, ay = rng.uniform(-tilt, tilt), rng.uniform(-tilt, tilt), rng.uniform(-tilt, tilt)
     cz, sz, cx, sx, cy, sy = np.cos(yaw), np.sin(yaw), np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay)
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -54,7 +55,7 @@ def _idle(t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 
 def _wave(t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    f, amp = rng.uniform(1.2, 2.5), rng.uniform(0.08, 0.2)  # Hz, metres of hand travel
+    f, amp = rng.uniform(1.2, 2.2), rng.uniform(0.05, 0.12)  # Hz, metres of hand travel
     w, ph = 2 * np.pi * f, rng.uniform(0, 2 * np.pi)
     acc = np.zeros((len(t), 3))
     acc[:, 0] = -amp * w**2 * np.sin(w * t + ph)
@@ -103,7 +104,7 @@ def gesture_recording(gesture: str, seconds: float, rate: float, rng: np.random.
     jitter = rng.uniform(0.0, 0.2) / rate
     t = np.arange(n) / rate + rng.normal(0.0, jitter, n).clip(-0.4 / rate, 0.4 / rate)  # still increasing
     acc, gyro = _MOTIONS[gesture](t - t[0], rng)
-    rot = _rotation(rng, tilt=0.5).T  # world → sensor frame
+    rot = _rotation(rng, tilt=0.3).T  # world → sensor frame
     acc = (acc + np.array([0.0, 0.0, G])) @ rot.T
     gyro = gyro @ rot.T
     acc += rng.normal(0, rng.uniform(0.03, 0.15), acc.shape) + rng.normal(0, 0.1, 3)  # noise, offset
@@ -115,7 +116,7 @@ def gesture_recording(gesture: str, seconds: float, rate: float, rng: np.random.
 def write_gestures(
     out_dir: str | Path,
     *,
-    recordings: int = 12,
+    recordings: int = 20,
     seconds: tuple[float, float] = (6.0, 10.0),
     rate: float = 50.0,
     seed: int = 0,

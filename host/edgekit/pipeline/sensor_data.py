@@ -116,7 +116,7 @@ def load_sensor_folder(
     for label, (_name, files) in enumerate(per_class):
         for f in files:
             try:
-                rec = read_csv(f, channels)
+                rec = read_csv(f, spec.channels if spec is not None else None)
             except InputError as exc:
                 skip(f, str(exc))
             else:
