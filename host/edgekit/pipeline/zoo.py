@@ -100,23 +100,26 @@ def _mobilenetv2(
 
 
 def _conv1d(K: Any, input_shape: tuple[int, ...], num_classes: int, *, batch_size: int | None, **_: Any) -> Any:
-    """For sensor windows (window, channels): three 1-D convolutions with pooling, a global average, softmax.
+    """For sensor windows (window, channels): three 1-D convolutions with pooling, an average over time, softmax.
 
-    A few thousand weights. With the batch fixed at 1 each Conv1D converts to RESHAPE + CONV_2D and pooling to
-    MAX_POOL_2D / AVERAGE_POOL_2D, all TFLite Micro kernels; the arena stays a few KB on a 2 s window of 6 channels.
+    The convolutions are Conv2D with (k, 1) kernels on the window reshaped to (window, 1, channels): the same
+    arithmetic as Conv1D, but tensorflow-model-optimization can prune and quantisation-aware-train Conv2D and
+    not Conv1D. It converts to RESHAPE, CONV_2D, MAX_POOL_2D, AVERAGE_POOL_2D and FULLY_CONNECTED, kernels every
+    MCU profile registers (Keras' global average would be MEAN, which the Nano 33 BLE's does not); a few
+    thousand weights, an arena of a few KB on a 2 s window of 6 channels.
     """
     L = K.layers
+    window, channels = input_shape
     return K.Sequential(
         [
             K.Input(shape=input_shape, batch_size=batch_size),
-            L.Conv1D(16, 5, padding="same", activation="relu", name="conv1"),
-            L.MaxPooling1D(2, name="pool1"),
-            L.Conv1D(32, 5, padding="same", activation="relu", name="conv2"),
-            L.MaxPooling1D(2, name="pool2"),
-            L.Conv1D(32, 3, padding="same", activation="relu", name="conv3"),
-            # A global average as a pooling over the whole length: AVERAGE_POOL_2D, which every MCU profile
-            # registers, where GlobalAveragePooling1D becomes MEAN, which the Nano 33 BLE's does not.
-            L.AveragePooling1D(max(1, input_shape[0] // 4), name="gap"),
+            L.Reshape((window, 1, channels), name="as_image"),
+            L.Conv2D(16, (5, 1), padding="same", activation="relu", name="conv1"),
+            L.MaxPooling2D((2, 1), name="pool1"),
+            L.Conv2D(32, (5, 1), padding="same", activation="relu", name="conv2"),
+            L.MaxPooling2D((2, 1), name="pool2"),
+            L.Conv2D(32, (3, 1), padding="same", activation="relu", name="conv3"),
+            L.AveragePooling2D((max(1, window // 4), 1), name="average"),
             L.Flatten(name="flatten"),
             # Windows of one recording look alike: without dropout the net learns each training recording
             # (3 split seeds of the synthetic gestures: 94 % held-out accuracy without, 100 % with).
@@ -178,7 +181,7 @@ class ZooModel:
 
 def arch_of(model: Any) -> ZooModel | None:
     """The zoo architecture and options a model was built with (from its name), or None for a user model."""
-    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2)(?:_a([0-9.]+))?", model.name)
+    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2|conv1d)(?:_a([0-9.]+))?", model.name)
     if not m:
         return None
     found = ZooModel(m.group(1))
