@@ -185,3 +185,8 @@ def test_datasets_gestures_writes_a_set_that_loads(tmp_path: Path, capsys: pytes
     info = json.loads(capsys.readouterr().out)
     assert info["spec"]["kind"] == "sensor" and info["spec"]["window"] == 100 and info["spec"]["sample_rate"] == 50.0
     assert set(info["class_counts"]) == {"circle", "idle", "punch", "wave"} and info["skipped"] == []
+
+
+def test_train_sends_sensor_folders_to_build(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", str(folder), "--out", str(tmp_path / "m.keras")]) == 2
+    assert "edgekit build --dataset" in capsys.readouterr().err
