@@ -54,6 +54,17 @@ def test_a_file_without_header_is_refused_with_what_to_add(tmp_path: Path) -> No
         read_csv(f)
 
 
+def test_quoted_cells_blank_lines_and_extra_columns_read_as_plain_ones(tmp_path: Path) -> None:
+    plain = read_csv(write_csv(tmp_path / "a.csv", recording(1)))
+    rows = (tmp_path / "a.csv").read_text().splitlines()
+    quoted = [rows[0] + ",note"] + [",".join(f'"{v}"' for v in r.split(",")) + ",x" for r in rows[1:]]
+    quoted.insert(3, "")
+    (tmp_path / "b.csv").write_text("\n".join(quoted) + "\n")
+    other = read_csv(tmp_path / "b.csv", ("ax", "ay"))
+    np.testing.assert_array_equal(other.values, plain.values)
+    np.testing.assert_array_equal(other.time, plain.time)
+
+
 def test_time_that_does_not_increase_is_refused(tmp_path: Path) -> None:
     rows = recording(2)
     rows[5, 0] = rows[3, 0]
