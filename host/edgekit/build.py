@@ -208,7 +208,7 @@ def _load_data(s: _State) -> None:
     if choice is not None:
         s.ds = backbones.load_dataset(s.dataset, choice)
     elif s.model_shape is None and sensor_data.is_sensor_folder(s.dataset):
-        s.ds = sensor_data.load_sensor_folder(s.dataset, windowing=s.windowing)
+        s.ds = data.load_sensor_folder(s.dataset, windowing=s.windowing)
     elif s.windowing is not None:
         raise UsageError(f"{s.dataset}: --window, --stride and --rate are for folders of CSV sensor recordings.")
     else:

@@ -17,9 +17,9 @@ from edgekit.build import BuildResult, build
 from edgekit.cli import main
 from edgekit.fit.mcu import MODEL_DATA_H, MODEL_SENSOR_H
 from edgekit.fit.tflm import measure_arena
-from edgekit.pipeline.data import load_dataset, split_dataset
+from edgekit.pipeline.data import load_dataset, load_sensor_folder, split_dataset
 from edgekit.pipeline.motion import CHANNELS, gesture_recording, write_gestures
-from edgekit.pipeline.sensor_data import Windowing, load_sensor_folder, normalise_on_train
+from edgekit.pipeline.sensor_data import Windowing, normalise_on_train
 from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.bundle.selftest import run_selftest
 from edgekit_agent.contract.errors import UsageError

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edgekit.cli import main
-from edgekit.pipeline.data import load_dataset, split_dataset
+from edgekit.pipeline.data import load_dataset, load_sensor_folder, split_dataset
 from edgekit.pipeline.motion import CHANNELS, write_gestures
-from edgekit.pipeline.sensor_data import Windowing, is_sensor_folder, load_sensor_folder, normalise_on_train
+from edgekit.pipeline.sensor_data import Windowing, is_sensor_folder, normalise_on_train
 from edgekit_agent.contract.errors import DatasetError, InputError, UsageError
 from edgekit_agent.contract.manifest import SensorSpec
 from edgekit_agent.infer.sensors import on_rate, read_csv, windows

@@ -12,12 +12,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
 from edgekit_agent.contract.manifest import InputSpec, PreprocessSpec, SensorSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
+
+if TYPE_CHECKING:
+    from edgekit.pipeline.sensor_data import Windowing
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
@@ -400,15 +404,31 @@ def load_dataset(
     if p.suffix.lower() == ".npz":
         return load_npz(p)
     if p.is_dir():
-        from edgekit.pipeline import sensor_data  # imports this module
+        from edgekit.pipeline.sensor_data import is_sensor_folder
 
-        if sensor_data.is_sensor_folder(p):
+        if is_sensor_folder(p):
             sensor = spec if isinstance(spec, SensorSpec) else None
-            return sensor_data.load_sensor_folder(p, sensor, strict=strict, on_progress=on_progress)
+            return load_sensor_folder(p, sensor, strict=strict, on_progress=on_progress)
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
         raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")
     raise DatasetError(f"{p}: not a dataset; give an image folder (one subfolder per class) or an .npz file.")
+
+
+def load_sensor_folder(
+    path: str | Path,
+    spec: SensorSpec | None = None,
+    *,
+    windowing: Windowing | None = None,
+    strict: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> Dataset:
+    """``path/CLASS/*.csv`` cut into windows (:func:`edgekit.pipeline.sensor_data.read_sensor_folder`)."""
+    from edgekit.pipeline.sensor_data import read_sensor_folder
+
+    w = read_sensor_folder(path, spec, windowing=windowing, strict=strict, on_progress=on_progress)
+    skipped = tuple(SkippedImage(f, reason) for f, reason in w.skipped)
+    return Dataset(w.x, w.y, w.labels, w.spec, w.files, skipped, raw=w.raw, groups=w.groups)
 
 
 def class_rng(seed: int, label: str) -> np.random.Generator:

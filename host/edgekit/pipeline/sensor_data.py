@@ -9,6 +9,9 @@ significant digits, unless one is given; recordings at other rates, or with jitt
 resampled to it. Windows are ``window`` seconds long every ``stride`` seconds (default 2 s every 1 s). The
 windows of one recording form one group (:attr:`Dataset.groups`), so a split never puts a recording on both
 sides. Per-channel mean and std are fitted on the training split only (:func:`normalise_on_train`).
+
+:func:`read_sensor_folder` returns plain arrays; :func:`edgekit.pipeline.data.load_sensor_folder` makes them a
+``Dataset`` (this module does not import ``data``, which dispatches to it: no import cycle).
 """
 
 from __future__ import annotations
@@ -16,16 +19,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.pipeline.data import Dataset, SkippedImage, Splits, _class_dirs
 from edgekit_agent.contract.errors import DatasetError, InputError, UsageError
 from edgekit_agent.contract.manifest import SensorSpec
 from edgekit_agent.infer.sensors import SENSOR_SUFFIXES, Recording, normalise, on_rate, read_csv, windows
 
+if TYPE_CHECKING:
+    from edgekit.pipeline.data import Dataset, Splits
+
 DEFAULT_WINDOW_S = 2.0
 ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SensorWindows:
+    """What :func:`read_sensor_folder` read: the fields of a ``Dataset``; ``skipped`` as (file, reason) pairs."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: tuple[str, ...]
+    spec: SensorSpec
+    files: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+    raw: np.ndarray
+    groups: np.ndarray
 
 
 def is_sensor_folder(root: str | Path) -> bool:
@@ -38,6 +58,18 @@ def is_sensor_folder(root: str | Path) -> bool:
             if next((p for p in d.rglob("*") if p.suffix.lower() in SENSOR_SUFFIXES and p.is_file()), None):
                 return True
     return False
+
+
+def _class_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; give a folder with one subfolder of CSV recordings per class.")
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if len(dirs) < 2:
+        raise DatasetError(
+            f"{root}: a dataset needs at least two class subfolders (found {len(dirs)}); put each class's "
+            "recordings in its own subfolder."
+        )
+    return dirs
 
 
 def _csv_files(class_dir: Path) -> list[Path]:
@@ -74,14 +106,14 @@ class Windowing:
         object.__setattr__(self, "stride", stride)
 
 
-def load_sensor_folder(
+def read_sensor_folder(
     path: str | Path,
     spec: SensorSpec | None = None,
     *,
     windowing: Windowing | None = None,
     strict: bool = False,
     on_progress: ProgressFn | None = None,
-) -> Dataset:
+) -> SensorWindows:
     """Load ``path/CLASS/*.csv`` into windows labelled by folder.
 
     With ``spec`` (a bundle's) its channels, rate, window and normalisation are used as they are; otherwise
@@ -90,25 +122,25 @@ def load_sensor_folder(
     normalised windows, ``raw`` the windows before normalisation and ``groups`` the recording each window came
     from. A file that cannot be read, whose columns differ from the
     first file's, whose time column does not increase or that is shorter than one window is left out and listed
-    in ``Dataset.skipped`` (a :class:`DatasetError` with ``strict``).
+    in ``skipped`` (a :class:`DatasetError` with ``strict``).
     """
     root = Path(path)
     if spec is not None and windowing is not None:
         raise UsageError("the window, stride and rate come from the bundle's spec; do not give them too.")
-    per_class = [(d.name, _csv_files(d)) for d in _class_dirs(root)]
+    per_class = [(d.name, _csv_files(d)) for d in _class_folders(root)]
     empty = [name for name, files in per_class if not files]
     if empty:
         raise DatasetError(
             f"{root}: class folder(s) {', '.join(empty)} contain no CSV recordings; "
             "add recordings or remove the folder."
         )
-    skipped: list[SkippedImage] = []
+    skipped: list[tuple[str, str]] = []
 
     def skip(f: Path, reason: str) -> None:
         reason = reason if str(f) in reason else f"{f}: {reason}"
         if strict:
             raise DatasetError(f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it).")
-        skipped.append(SkippedImage(str(f), reason))
+        skipped.append((str(f), reason))
 
     total = sum(len(files) for _, files in per_class)
     channels = spec.channels if spec is not None else None
@@ -132,7 +164,7 @@ def load_sensor_folder(
             if on_progress is not None:
                 on_progress(len(recs) + len(skipped), total)
     if not recs:
-        raise DatasetError(f"{root}: no readable CSV recording; the first file's problem: {skipped[0].reason}.")
+        raise DatasetError(f"{root}: no readable CSV recording; the first file's problem: {skipped[0][1]}.")
     if spec is None:
         spec = _spec_for(root, recs, channels or (), windowing or Windowing())
     xs: list[np.ndarray] = []
@@ -165,7 +197,7 @@ def load_sensor_folder(
             "fix the recordings or record longer ones."
         )
     raw = np.concatenate(xs)
-    return Dataset(
+    return SensorWindows(
         x=normalise(raw, spec),
         y=np.asarray(ys, dtype=np.int64),
         labels=tuple(name for name, _ in per_class),
@@ -214,4 +246,4 @@ def normalise_on_train(splits: Splits) -> Splits:
         assert ds.raw is not None, "every part of a sensor split carries its raw windows"
         return replace(ds, spec=fitted, x=normalise(ds.raw, fitted))
 
-    return Splits(train=part(splits.train), val=part(splits.val), test=part(splits.test))
+    return replace(splits, train=part(splits.train), val=part(splits.val), test=part(splits.test))
