@@ -19,7 +19,8 @@ EXAMPLES = """examples:
   edgekit build --dataset photos --profile raspberry-pi-4 --out out \\
       --backbone mobilenet_v2 --fine-tune 5
   edgekit datasets gestures data/gestures
-  edgekit build --dataset data/gestures --profile rp2040 --out out --window 2s --stride 1s"""
+  edgekit build --dataset data/gestures --profile rp2040 --out out \\
+      --window 2s --stride 1s"""
 
 
 class _HelpFormatter(argparse.HelpFormatter):

@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="digits / gestures: write a demo dataset; show: summarise a dataset",
     )
     parser.add_argument(
-        "dir", type=Path, metavar="DIR", help="where to write the digits (digits) or the dataset to read (show)"
+        "dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the demo set (digits, gestures) or the dataset to read (show)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="show: an unreadable image is an error instead of a warning"
