@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.profiles import Profile, load_profile
 from edgekit_agent.contract.errors import DatasetError, ModelError, UsageError
-from edgekit_agent.contract.manifest import HeadSpec, Manifest
+from edgekit_agent.contract.manifest import HeadSpec, Manifest, SensorSpec
 
 if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports what it runs
     from edgekit.fit.check import FitReport
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the pipeline modules import TensorFlow: each step imports w
     from edgekit.pipeline.data import Dataset, SkippedImage, Splits
     from edgekit.pipeline.evaluate import EvalResult
     from edgekit.pipeline.prune import PruneResult
+    from edgekit.pipeline.sensor_data import Windowing
     from edgekit.pipeline.train import ModelShape
 
 GOLDEN_SAMPLES = 16
@@ -176,6 +177,7 @@ class _State:
     fine_tune: int = 0
     head_kind: str | None = None  # asked for (None: the dataset's or the model file's)
     threshold: float | None = None  # asked for (None: 0.5)
+    windowing: Windowing | None = None  # sensor folders: window, stride, rate (None: the defaults)
     report: Callable[[str], None] = lambda detail: None
     ds: Dataset | None = None
     splits: Splits | None = None
@@ -203,13 +205,17 @@ class _State:
 
 # --- steps --------------------------------------------------------------------------------------------
 def _load_data(s: _State) -> None:
-    from edgekit.pipeline import backbones, data
+    from edgekit.pipeline import backbones, data, sensor_data
 
     # A backbone (asked for, or the one a --model file was trained on) decides size, colour and scaling ([-1, 1]);
     # else a model file decides the image size and colour mode. The dataset must then match its input and classes.
     choice = s.backbone or (backbones.choice_of(s.model) if s.model is not None else None)
     if choice is not None:
         s.ds = backbones.load_dataset(s.dataset, choice)
+    elif s.model_shape is None and sensor_data.is_sensor_folder(s.dataset):
+        s.ds = data.load_sensor_folder(s.dataset, windowing=s.windowing)
+    elif s.windowing is not None:
+        raise UsageError(f"{s.dataset}: --window, --stride and --rate are for folders of CSV sensor recordings.")
     else:
         s.ds = data.load_dataset(s.dataset, s.model_shape.dataset_spec(s.dataset) if s.model_shape else None)
     if s.model_shape is not None:
@@ -221,6 +227,7 @@ def _load_data(s: _State) -> None:
 
         s.splits = audio_data.normalise(s.splits)
         s.ds = replace(s.ds, spec=s.splits.spec)
+    s.splits = sensor_data.normalise_on_train(s.splits)  # per-channel mean/std of the training windows
     if len(s.splits.test.y) == 0:
         raise DatasetError(f"{s.dataset}: too few images for a held-out test split; add images to every class.")
     s.warnings += data.thin_classes(s.splits)
@@ -459,13 +466,17 @@ def _bundle(s: _State, profile: Profile) -> None:
     if s.backbone is not None:
         metrics["backbone"] = {**s.backbone.to_dict(), "fine_tune_epochs": s.fine_tune}
     extra_files = check.bundle_artifacts(tflite, fit, s.name, s.ds.spec)  # MCU C sources, the Edge TPU model
+    if fit.target == "mcu" and isinstance(s.splits.spec, SensorSpec):
+        from edgekit.fit.mcu import sensor_header
+
+        extra_files.update(sensor_header(tflite, s.splits.spec, s.name))
     n = min(GOLDEN_SAMPLES, len(test.y))
     info = write_bundle(
         s.out,
         name=s.name,
         profile=profile,
         tflite=tflite,
-        preprocess=s.ds.spec,
+        preprocess=s.splits.spec,  # a sensor spec's mean/std come from the training split
         labels=list(s.ds.labels),
         golden_x=test.x[:n],
         golden_y=data.label_masks(test.y[:n]) if s.ds.multilabel else test.y[:n],
@@ -580,6 +591,7 @@ def build(
     image_size: tuple[int, int] | None = None,
     head: str | None = None,
     threshold: float | None = None,
+    windowing: Windowing | None = None,
     on_progress: Callable[[BuildProgress], None] | None = None,
 ) -> BuildResult:
     """Build one verified full-int8 bundle per profile from a dataset (and optionally a model file).
@@ -596,6 +608,8 @@ def build(
     ``head`` ("softmax", "sigmoid" or "multilabel") is the one to train (default: multilabel for a
     multi-label dataset, else softmax; a ``model`` file's outputs decide its own); ``threshold`` is a sigmoid
     or multilabel head's (default 0.5), a :class:`UsageError` on a softmax head. Both go into the manifest.
+    ``alpha`` and ``image_size`` (height, width) default to what the profiles suit. ``windowing`` cuts a folder
+    of CSV sensor recordings (:mod:`edgekit.pipeline.sensor_data`; default 2 s windows every 1 s).
     """
     started = time.perf_counter()
     if not profiles:
@@ -646,6 +660,7 @@ def build(
         fine_tune=fine_tune,
         head_kind=head,
         threshold=threshold,
+        windowing=windowing,
     )
     steps = plan(prune, loaded, model_path is not None)
     notify = on_progress or (lambda event: None)

@@ -17,7 +17,10 @@ EXAMPLES = """examples:
   edgekit datasets digits data/digits
   edgekit build --dataset data/digits --profile raspberry-pi-4 --out out
   edgekit build --dataset photos --profile raspberry-pi-4 --out out \\
-      --backbone mobilenet_v2 --fine-tune 5"""
+      --backbone mobilenet_v2 --fine-tune 5
+  edgekit datasets gestures data/gestures
+  edgekit build --dataset data/gestures --profile rp2040 --out out \\
+      --window 2s --stride 1s"""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -108,11 +111,50 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    """``2s``, ``500ms`` or ``1.5`` (seconds) → seconds."""
+    t = text.strip().lower()
+    scale = 1e-3 if t.endswith("ms") else 1.0
+    try:
+        value = float(t.removesuffix("ms").removesuffix("s")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration; write e.g. 2s or 500ms") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text}")
+    return value
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """--window, --stride and --rate: how a folder of CSV sensor recordings is cut (shared by build and train)."""
+    parser.add_argument(
+        "--window", type=_seconds, metavar="DURATION", help="sensor recordings: window length, e.g. 2s (default 2s)"
+    )
+    parser.add_argument(
+        "--stride", type=_seconds, metavar="DURATION", help="sensor recordings: window step (default half the window)"
+    )
+    parser.add_argument(
+        "--rate", type=float, metavar="HZ", help="sensor recordings: resample to this rate (default: their median)"
+    )
+
+
+def windowing(args: argparse.Namespace) -> object | None:
+    """The :class:`~edgekit.pipeline.sensor_data.Windowing` the options ask for, None when none is given."""
+    if args.window is None and args.stride is None and args.rate is None:
+        return None
+    from edgekit.pipeline.sensor_data import DEFAULT_WINDOW_S, Windowing
+
+    return Windowing(args.window or DEFAULT_WINDOW_S, args.stride, args.rate)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _HelpFormatter
     parser.epilog = EXAMPLES
     parser.add_argument(
-        "--dataset", type=Path, required=True, metavar="DIR", help="image folder (one subfolder per class) or .npz"
+        "--dataset",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="image folder or folder of CSV sensor recordings (one subfolder per class), or .npz",
     )
     parser.add_argument(
         "--profile",
@@ -132,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="auto", help="model architecture from the zoo (default: auto)")
     add_head_arguments(parser)
     add_backbone_arguments(parser)
+    add_window_arguments(parser)
     parser.add_argument(
         "--alpha", type=float, help="backbone width multiplier (default: what the profiles suit, e.g. 0.35 for an MCU)"
     )
@@ -212,6 +255,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
             image_size=_height_width(parse_size(args.image_size)),
             head=args.head,
             threshold=args.threshold,
+            windowing=windowing(args),  # type: ignore[arg-type]
             on_progress=on_progress,
         )
     status = ExitStatus.OK if result.all_fit else ExitStatus.DOES_NOT_FIT

@@ -4,6 +4,8 @@
 inside scikit-learn, nothing downloaded) as an image folder: DIR/0/*.png ... DIR/9/*.png.
 `edgekit datasets keywords DIR` speaks yes/no/up/down/left/right (plus _unknown_ words and _silence_) with
 espeak-ng into DIR/WORD/*.wav (synthetic speech, 16 kHz mono; needs `apt install espeak-ng`).
+`edgekit datasets gestures DIR` writes seeded synthetic accelerometer/gyro gestures (circle, idle, punch, wave)
+as CSV recordings: DIR/GESTURE/*.csv.
 `edgekit datasets show DIR` loads an image folder or .npz file the way every other command does and
 reports classes, sizes and skipped (unreadable) images; --strict turns a skipped image into an error.
 """
@@ -20,20 +22,21 @@ from edgekit_agent.contract.errors import ExitStatus, UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=("digits", "keywords", "show"),
-        help="digits: write the demo image dataset; keywords: write synthetic speech clips (espeak-ng); "
+        choices=("digits", "gestures", "keywords", "show"),
+        help="digits / gestures / keywords: write a demo dataset (keywords: synthetic speech, espeak-ng); "
         "show: summarise a dataset",
     )
     parser.add_argument(
         "dir",
         type=Path,
         metavar="DIR",
-        help="where to write the demo data (digits, keywords) or the dataset to read (show)",
+        help="where to write the demo set (digits, gestures, keywords) or the dataset to read (show)",
     )
     parser.add_argument("--clips", type=int, default=60, metavar="N", help="keywords: clips per class (default 60)")
     parser.add_argument(
         "--strict", action="store_true", help="show: an unreadable image is an error instead of a warning"
     )
+    parser.add_argument("--seed", type=int, default=0, help="gestures: the seed of the recordings (default 0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -123,6 +126,14 @@ def model_and_splits(
     return model, splits
 
 
+def _describe(spec: Any) -> str:
+    if spec.kind == "sensor":
+        return f"windows of {spec.window} rows x {len(spec.channels)} channels at {spec.sample_rate:g} Hz"
+    if spec.kind == "image":
+        return f"images, {spec.width}x{spec.height} {spec.color_mode}"
+    return f"{spec.kind} samples of shape {spec.shape}"
+
+
 def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
 
@@ -147,6 +158,20 @@ def run(args: argparse.Namespace) -> ExitStatus:
         return ExitStatus.OK
     if args.action == "keywords":
         return _keywords(args)
+    if args.action == "gestures":
+        from edgekit.pipeline.motion import write_gestures
+
+        motion = write_gestures(args.dir, seed=args.seed)
+        if args.json:
+            ui.print_json(
+                {"directory": str(motion.directory), "classes": list(motion.classes), "recordings": motion.recordings}
+            )
+        else:
+            ui.console.print(
+                f"wrote {motion.recordings} synthetic motion recordings ({', '.join(motion.classes)}; "
+                f"{motion.seconds[0]:g}-{motion.seconds[1]:g} s at about {motion.rate:g} Hz, CSV) to {motion.directory}"
+            )
+        return ExitStatus.OK
     ds = load_with_progress(args.dir, strict=args.strict, quiet=args.json)
     counts = ds.class_counts()
     info = {
@@ -160,15 +185,10 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if args.json:
         ui.print_json(info)
         return ExitStatus.OK
-    what = (
-        f"{ds.spec.width}x{ds.spec.height} {ds.spec.color_mode}"
-        if ds.spec.kind == "image"
-        else f"{ds.spec.kind} {ds.spec.shape}"
-    )
     ui.console.print(
         ui.table(
-            f"{args.dir}: {len(ds)} samples, {what}",
-            ("class", "images count" if ds.spec.kind == "image" else "samples"),
+            f"{args.dir}: {len(ds)} {_describe(ds.spec)}",
+            ("class", "samples"),
             counts.items(),
         )
     )

@@ -94,8 +94,15 @@ def run(args: argparse.Namespace) -> ExitStatus:
     from edgekit.cli import ui
     from edgekit.cli.datasets import load_with_progress
     from edgekit.pipeline.data import split_dataset
+    from edgekit.pipeline.sensor_data import is_sensor_folder
     from edgekit.pipeline.train import head_for_dataset, save_model, train_model
 
+    if is_sensor_folder(args.dataset):  # a .keras file cannot carry the windowing and normalisation
+        raise UsageError(
+            f"{args.dataset}: a folder of sensor recordings; train it with `edgekit build --dataset {args.dataset} "
+            "--profile NAME --out DIR [--window 2s --stride 1s]`, whose bundle records the windowing and the "
+            "normalisation a device needs."
+        )
     choice = _backbone(args)
     if choice is not None and args.dataset.suffix.lower() == ".npz":
         from edgekit.pipeline.backbones import load_dataset

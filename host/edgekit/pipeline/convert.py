@@ -215,9 +215,9 @@ def _raise_for_exit(rc: int, stderr: str, workdir: Path, what: str) -> None:
 
 def _representative(x: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 4 or len(x) == 0:
+    if x.ndim < 3 or len(x) == 0:  # (N, H, W, C) images, (N, window, channels) sensor windows
         raise DatasetError(
-            "full-integer conversion needs representative samples (N, H, W, C) from the training data to "
+            "full-integer conversion needs representative samples (N, ...) from the training data to "
             f"calibrate activation ranges; got shape {x.shape}. edgekit never calibrates on made-up data."
         )
     n = min(int(num_samples), len(x))

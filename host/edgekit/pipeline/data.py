@@ -14,12 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit_agent.contract.errors import DatasetError, InputError, ModelError, UsageError
-from edgekit_agent.contract.manifest import MAX_MULTILABELS, AudioSpec, InputSpec, PreprocessSpec
+from edgekit_agent.contract.manifest import MAX_MULTILABELS, AudioSpec, InputSpec, PreprocessSpec, SensorSpec
 from edgekit_agent.infer.preprocess import image_to_float, open_image
+
+if TYPE_CHECKING:
+    from edgekit.pipeline.sensor_data import Windowing
 
 # What an image folder may contain (Pillow decodes them all; the issue names PNG, JPEG and BMP).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff")
@@ -521,7 +525,8 @@ def load_npz(path: str | Path) -> Dataset:
 def load_dataset(
     path: str | Path, spec: InputSpec | None = None, strict: bool = False, on_progress: ProgressFn | None = None
 ) -> Dataset:
-    """An image folder, a folder of ``.wav`` clips (:mod:`edgekit.pipeline.audio_data`) or an ``.npz`` file."""
+    """An image folder, a folder of ``.wav`` clips (:mod:`edgekit.pipeline.audio_data`), a folder of CSV sensor
+    recordings (:mod:`edgekit.pipeline.sensor_data`, default windows) or an ``.npz`` file, by what ``path`` is."""
     p = Path(path)
     if p.suffix.lower() == ".npz":
         return load_npz(p)
@@ -537,10 +542,31 @@ def load_dataset(
                 **{f.name: getattr(a, f.name) for f in fields(a) if f.name != "skipped"},
                 skipped=tuple(SkippedImage(file, reason) for file, reason in a.skipped),
             )
+        from edgekit.pipeline.sensor_data import is_sensor_folder
+
+        if is_sensor_folder(p):
+            sensor = spec if isinstance(spec, SensorSpec) else None
+            return load_sensor_folder(p, sensor, strict=strict, on_progress=on_progress)
         return load_image_folder(p, spec, strict=strict, on_progress=on_progress)
     if not p.exists():
         raise missing_dataset(p, "dataset", "give an image folder (one subfolder per class) or an .npz file.")
     raise DatasetError(f"{p}: not a dataset; give an image folder (one subfolder per class) or an .npz file.")
+
+
+def load_sensor_folder(
+    path: str | Path,
+    spec: SensorSpec | None = None,
+    *,
+    windowing: Windowing | None = None,
+    strict: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> Dataset:
+    """``path/CLASS/*.csv`` cut into windows (:func:`edgekit.pipeline.sensor_data.read_sensor_folder`)."""
+    from edgekit.pipeline.sensor_data import read_sensor_folder
+
+    w = read_sensor_folder(path, spec, windowing=windowing, strict=strict, on_progress=on_progress)
+    skipped = tuple(SkippedImage(f, reason) for f, reason in w.skipped)
+    return Dataset(w.x, w.y, w.labels, w.spec, w.files, skipped, raw=w.raw, groups=w.groups)
 
 
 def class_rng(seed: int, label: str) -> np.random.Generator:

@@ -143,20 +143,55 @@ def _dscnn(
     return K.Sequential(layers, name=f"{PREFIX}dscnn")
 
 
+def _conv1d(K: Any, input_shape: tuple[int, ...], num_classes: int, *, batch_size: int | None, **_: Any) -> Any:
+    """For sensor windows (window, channels): three 1-D convolutions with pooling, an average over time, softmax.
+
+    The convolutions are Conv2D with (k, 1) kernels on the window reshaped to (window, 1, channels): the same
+    arithmetic as Conv1D, but tensorflow-model-optimization can prune and quantisation-aware-train Conv2D and
+    not Conv1D. It converts to RESHAPE, CONV_2D, MAX_POOL_2D, AVERAGE_POOL_2D and FULLY_CONNECTED, kernels every
+    MCU profile registers (Keras' global average would be MEAN, which the Nano 33 BLE's does not); a few
+    thousand weights, an arena of a few KB on a 2 s window of 6 channels.
+    """
+    L = K.layers
+    window, channels = input_shape
+    return K.Sequential(
+        [
+            K.Input(shape=input_shape, batch_size=batch_size),
+            L.Reshape((window, 1, channels), name="as_image"),
+            L.Conv2D(16, (5, 1), padding="same", activation="relu", name="conv1"),
+            L.MaxPooling2D((2, 1), name="pool1"),
+            L.Conv2D(32, (5, 1), padding="same", activation="relu", name="conv2"),
+            L.MaxPooling2D((2, 1), name="pool2"),
+            L.Conv2D(32, (3, 1), padding="same", activation="relu", name="conv3"),
+            L.AveragePooling2D((max(1, window // 4), 1), name="average"),
+            L.Flatten(name="flatten"),
+            # Windows of one recording look alike: without dropout the net learns each training recording
+            # (synthetic gestures, 3 split seeds: 94 % mean held-out accuracy without, 100 % with).
+            L.Dropout(0.3, name="dropout"),
+            L.Dense(num_classes, activation="softmax", name="predictions"),
+        ],
+        name=f"{PREFIX}conv1d",
+    )
+
+
 ARCHITECTURES: dict[str, Arch] = {
     "cnn": Arch("cnn", "compact CNN for small grey images (digits, 8×8 to 64×64)", _cnn),
     "mobilenetv2": Arch(
         "mobilenetv2", "MobileNetV2 with a width multiplier (alpha), colour or larger images, ≥32×32", _mobilenetv2
     ),
     "dscnn": Arch("dscnn", "depthwise-separable CNN for keyword spotting on log-mel features (audio)", _dscnn),
+    "conv1d": Arch("conv1d", "small 1-D CNN for sensor windows (window, channels)", _conv1d),
 }
 
 
-def choose_arch(input_shape: tuple[int, int, int], kind: str = "image") -> str:
-    """What ``auto`` means: the DS-CNN for audio features, the CNN for small or grey images, MobileNetV2 for
-    colour images of 32×32 and up. ``kind`` is the input spec's."""
+def choose_arch(input_shape: tuple[int, ...], kind: str = "image") -> str:
+    """What ``auto`` means: the DS-CNN for audio features, the 1-D CNN for sensor windows (window, channels),
+    the CNN for small or grey images, MobileNetV2 for colour images of 32×32 and up. ``kind`` is the input
+    spec's."""
     if kind == "audio":
         return "dscnn"
+    if len(input_shape) == 2:
+        return "conv1d"
     h, w, c = input_shape
     return "mobilenetv2" if c == 3 and min(h, w) >= 32 else "cnn"
 
@@ -174,8 +209,8 @@ def build_model(
     """A freshly initialised zoo model (not compiled). ``arch`` is a key of :data:`ARCHITECTURES` or ``auto``.
     ``num_classes`` is the number of outputs: with ``activation="sigmoid"`` 1 (binary) or one per label."""
     shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 3:
-        raise UsageError(f"input_shape must be (height, width, channels), got {shape}.")
+    if len(shape) not in (2, 3):
+        raise UsageError(f"input_shape must be (height, width, channels) or (window, channels), got {shape}.")
     if num_classes < (1 if activation == "sigmoid" else 2):
         raise UsageError(f"a classifier needs at least two classes, got {num_classes}.")
     name = choose_arch(shape) if arch == "auto" else arch
@@ -198,7 +233,7 @@ class ZooModel:
 
 def arch_of(model: Any) -> ZooModel | None:
     """The zoo architecture and options a model was built with (from its name), or None for a user model."""
-    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2|dscnn)(?:_a([0-9.]+))?", model.name)
+    m = re.fullmatch(rf"{PREFIX}(cnn|mobilenetv2|dscnn|conv1d)(?:_a([0-9.]+))?", model.name)
     if not m:
         return None
     found = ZooModel(m.group(1))
