@@ -107,9 +107,9 @@ class TopOne:
         return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
 
 
-class Binary:
-    """One sigmoid output (the probability of ``labels[1]``): class 1 at or above ``threshold``, else class 0,
-    with the probability of the class chosen as its confidence."""
+class _Sigmoid:
+    """What the sigmoid heads share: the labels, whether outputs are logits, the output's quantisation and the
+    threshold."""
 
     __slots__ = ("labels", "_logits", "_scale", "_zero", "_threshold")
 
@@ -120,6 +120,13 @@ class Binary:
         self._logits = outputs_are == "logits"
         self._scale, self._zero = float(tensor.scale or 0.0), int(tensor.zero_point)
         self._threshold = threshold
+
+
+class Binary(_Sigmoid):
+    """One sigmoid output (the probability of ``labels[1]``): class 1 at or above ``threshold``, else class 0,
+    with the probability of the class chosen as its confidence."""
+
+    __slots__ = ()
 
     def index_confidence(self, out: np.ndarray) -> tuple[int, float]:
         real = float(out.flat[0])
@@ -136,20 +143,12 @@ class Binary:
         return Prediction(index, self.labels[index] if index < len(self.labels) else str(index), confidence)
 
 
-class MultiLabel:
+class MultiLabel(_Sigmoid):
     """One sigmoid output per label: the set of labels at or above ``threshold`` as a bit mask (bit i:
     ``labels[i]``), and as confidence the least sure of the per-label decisions (max(p, 1 - p)), since the set
     is right only when every label is."""
 
-    __slots__ = ("labels", "_logits", "_scale", "_zero", "_threshold")
-
-    def __init__(
-        self, tensor: TensorSpec, outputs_are: OutputsAre, labels: tuple[str, ...] = (), threshold: float = 0.5
-    ) -> None:
-        self.labels = labels
-        self._logits = outputs_are == "logits"
-        self._scale, self._zero = float(tensor.scale or 0.0), int(tensor.zero_point)
-        self._threshold = threshold
+    __slots__ = ()
 
     def probabilities(self, out: np.ndarray) -> list[float]:
         real = np.asarray(out, dtype=np.float64).ravel()

@@ -289,6 +289,21 @@ def peek(path: str | Path) -> tuple[tuple[int, int, int], tuple[str, ...]]:
     return (spec.height, spec.width, 1 if spec.color_mode == "L" else 3), labels
 
 
+def _read_image(f: Path, spec: PreprocessSpec, strict: bool, skipped: list[SkippedImage]) -> np.ndarray | None:
+    """One image's float tensor; an unreadable one is added to ``skipped`` (None), or with ``strict`` is a
+    :class:`DatasetError` that names it."""
+    try:
+        return image_to_float(open_image(f), spec)
+    except InputError as exc:
+        reason = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+        if strict:
+            raise DatasetError(
+                f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it)."
+            ) from None
+        skipped.append(SkippedImage(str(f), reason))
+        return None
+
+
 def load_image_folder(
     path: str | Path,
     spec: PreprocessSpec | None = None,
@@ -320,16 +335,9 @@ def load_image_folder(
     total, done = len(all_files), 0
     for label, (_name, files) in enumerate(per_class):
         for f in files:
-            try:
-                xs.append(image_to_float(open_image(f), spec))
-            except InputError as exc:
-                reason = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
-                if strict:
-                    raise DatasetError(
-                        f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it)."
-                    ) from None
-                skipped.append(SkippedImage(str(f), reason))
-            else:
+            x = _read_image(f, spec, strict, skipped)
+            if x is not None:
+                xs.append(x)
                 ys.append(label)
                 kept.append(str(f))
             done += 1
@@ -419,16 +427,9 @@ def load_multilabel_folder(
     kept: list[str] = []
     skipped: list[SkippedImage] = []
     for done, (f, have) in enumerate(rows, start=1):
-        try:
-            xs.append(image_to_float(open_image(f), spec))
-        except InputError as exc:
-            reason = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
-            if strict:
-                raise DatasetError(
-                    f"{reason} (strict mode: fix or remove the file, or load without --strict to skip it)."
-                ) from None
-            skipped.append(SkippedImage(str(f), reason))
-        else:
+        x = _read_image(f, spec, strict, skipped)
+        if x is not None:
+            xs.append(x)
             row = np.zeros(len(labels), dtype=np.uint8)
             row[[column[label] for label in have]] = 1
             ys.append(row)
