@@ -65,6 +65,8 @@ JOURNAL_BATCH = 32
 JOURNAL_BATCH_S = 0.05
 _NAN = math.nan
 _clock = time.perf_counter_ns
+SMALL_INPUT = 128  # input mean as a sum of bytes up to this many int8/uint8 elements (numpy's sum above)
+_INT8_SHIFT = bytes((u + 128) & 0xFF for u in range(256))  # an int8's byte → its value + 128
 _new = tuple.__new__
 
 
@@ -279,12 +281,15 @@ class Agent:
         """The mean of the float input ``x`` quantises (the drift statistic), on 1 in ``drift_every`` tensors.
 
         An integer sum is 3-4x cheaper than ndarray.mean() (which converts to float64 first); int32 cannot
-        overflow below 2**24 int8/uint8 elements."""
-        q = (
-            int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size
-            if x.dtype.kind in "iu"
-            else float(x.mean())
-        )
+        overflow below 2**24 int8/uint8 elements. Up to :data:`SMALL_INPUT` bytes, the sum of the bytes (int8
+        shifted to 0..255) is 3x cheaper still than numpy's; both sums are exact, so the mean is the same."""
+        if x.dtype.itemsize == 1 and x.dtype.kind in "iu" and x.size <= SMALL_INPUT:
+            raw = x.tobytes()
+            q = (sum(raw.translate(_INT8_SHIFT)) - 128 * x.size if x.dtype.kind == "i" else sum(raw)) / x.size
+        elif x.dtype.kind in "iu":
+            q = int(x.sum(dtype=np.int32 if x.size < 1 << 24 else np.int64)) / x.size
+        else:
+            q = float(x.mean())
         return (q - self._in_zero) * self._in_scale if self._in_scale else q
 
     def serve_file(self, source: str | Path | bytes, *, label: int = -1, label_name: str | None = None) -> Prediction:
