@@ -21,11 +21,6 @@ from edgekit_agent.contract.manifest import HeadSpec, Manifest, OutputsAre, Tens
 from edgekit_agent.infer.preprocess import dequantize
 
 SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
-# int8 / uint8 output bytes → bytes in value order (the translate table, None: as they are) and what was added.
-_BYTE_SHIFT: dict[str, tuple[bytes | None, int]] = {
-    "int8": (bytes((u + 128) & 0xFF for u in range(256)), 128),
-    "uint8": (None, 0),
-}
 
 
 class Prediction(NamedTuple):
@@ -61,12 +56,10 @@ class TopOne:
 
     For a quantised output, softmax's top-1 probability is ``1 / sum(exp(-(q_top - q) * scale))``: the
     exponential of every possible raw gap is tabulated here, so an inference costs table look-ups (in pure
-    Python below :data:`SMALL_OUTPUT` classes, where numpy's per-call overhead is the larger cost). An int8 or
-    uint8 output is read as its bytes, int8 shifted by 128 (``bytes.translate``) so that byte order is value
-    order: ``max`` and ``index`` then run in C and the raw gaps, hence the sum and its rounding, are the same.
+    Python below :data:`SMALL_OUTPUT` classes, where numpy's per-call overhead is the larger cost).
     """
 
-    __slots__ = ("labels", "_logits", "_scale", "_zero", "_table", "_table_np", "_bytes", "_shift", "_offset")
+    __slots__ = ("labels", "_logits", "_scale", "_zero", "_table", "_table_np")
 
     def __init__(self, tensor: TensorSpec, outputs_are: OutputsAre, labels: tuple[str, ...] = ()) -> None:
         self.labels = labels
@@ -76,9 +69,6 @@ class TopOne:
         span = qmax - qmin if self._scale and qmin is not None and qmax is not None else 0
         self._table = [math.exp(-d * self._scale) for d in range(span + 1)] if span else []
         self._table_np = np.asarray(self._table, dtype=np.float64) if span else None
-        # The byte path: a quantised int8/uint8 output of at most SMALL_OUTPUT values (one byte each).
-        self._bytes = bool(span) and tensor.dtype in _BYTE_SHIFT and math.prod(tensor.shape) <= SMALL_OUTPUT
-        self._shift, self._offset = _BYTE_SHIFT.get(tensor.dtype, (None, 0))
 
     @classmethod
     def of(cls, manifest: Manifest) -> TopOne:
@@ -86,17 +76,13 @@ class TopOne:
 
     def index_confidence(self, out: np.ndarray) -> tuple[int, float]:
         """(class index, top-1 probability) of one raw output (any shape holding one sample's classes)."""
-        if self._bytes and out.dtype.itemsize == 1 and out.size <= SMALL_OUTPUT:
-            raw = out.tobytes()
-            values = raw.translate(self._shift) if self._shift is not None else raw
-        elif not self._table or out.size > SMALL_OUTPUT:
+        if not self._table or out.size > SMALL_OUTPUT:
             return self._index_confidence_numpy(out)
-        else:
-            values = out.ravel().tolist()
+        values = out.ravel().tolist()
         top = max(values)
         index = values.index(top)
         if not self._logits:
-            return index, min(1.0, max(0.0, (top - self._offset - self._zero) * self._scale))
+            return index, min(1.0, max(0.0, (top - self._zero) * self._scale))
         table = self._table
         total = 0.0
         for v in values:
