@@ -164,7 +164,7 @@ class Agent:
         m = bundle.manifest
         preprocessor = bundle.preprocessor()
         in_t = m.inputs[0]
-        decide = top_one(m)  # the manifest's head: the largest of N outputs, or one sigmoid output(s)
+        decide = top_one(m)  # the manifest's head: the largest of N outputs, or one sigmoid output
         recorder = self._new_recorder(bundle, runtime)
         with self._rt_lock:
             replaced = Serving(self.bundle, self.runtime, self.recorder, self.selftest) if self._gen else None
