@@ -8,11 +8,13 @@ same machine load and the same caches):
 
 - **bare**: ``set_tensor(x); invoke(); get_tensor()`` on the LiteRT interpreter — the least any caller does;
 - **serve**: ``Agent.serve_tensor(x)`` — interpreter lock, invoke, top-1 with confidence, input statistics
-  for drift (every ``drift_every``-th tensor, the default 4), telemetry recording, a ``Prediction``.
+  for drift (every ``drift_every``-th tensor, the default 16), telemetry recording, a ``Prediction``.
 
-Reported: the median over rounds of each round's median per-inference time, their ratio, and the µs the
-agent adds (median of the per-round differences). Separately, the cost of ``WindowRecorder.record``
-alone (µs per call, folds included), and of one ``snapshot_and_reset`` (once per window, off the hot path).
+Reported: the median over rounds of each round's median per-inference time, their ratio, the µs the
+agent adds (median of the per-round differences), and the ratio of the process CPU seconds the two loops used
+(the same number of calls each, all rounds; wall time moves with the other jobs on the machine, CPU time
+less). Separately, the cost of ``WindowRecorder.record`` alone (µs per call, folds included), and of one
+``snapshot_and_reset`` (once per window, off the hot path).
 
 Models: the digits CNN of the tests (8×8×1, ~10 µs per inference: the overhead shows) and a MobileNetV2
 (alpha 0.35, 96×96×3, random weights: latency does not depend on training) built with the host library
@@ -118,9 +120,14 @@ def compare(bundle_dir: Path, threads: int, rounds: int, per_round: int, data_di
         bare()
         serve()
     bare_med, serve_med, diffs = [], [], []
+    cpu = {bare: 0.0, serve: 0.0}  # process CPU seconds spent in each loop, all rounds
     for r in range(rounds):
         order = (bare, serve) if r % 2 == 0 else (serve, bare)
-        result = {fn: statistics.median(per_call_ns(fn, per_round)) for fn in order}
+        result = {}
+        for fn in order:
+            c0 = time.process_time()
+            result[fn] = statistics.median(per_call_ns(fn, per_round))
+            cpu[fn] += time.process_time() - c0
         bare_med.append(result[bare])
         serve_med.append(result[serve])
         diffs.append(result[serve] - result[bare])
@@ -134,6 +141,7 @@ def compare(bundle_dir: Path, threads: int, rounds: int, per_round: int, data_di
         "bare_ms": b / 1e6,
         "serve_ms": s / 1e6,
         "ratio": s / b,
+        "cpu_ratio": cpu[serve] / cpu[bare],  # the same number of calls each: CPU-seconds serve / bare
         "added_us": statistics.median(diffs) / 1e3,
         "added_us_per_round": [round(d / 1e3, 2) for d in diffs],
         "telemetry_requests_recorded": window["counts"]["ok"],
@@ -185,12 +193,12 @@ def main() -> int:
     results["load1_after"] = os.getloadavg()[0]
 
     print(f"serving loop vs bare interpreter, {args.threads} thread(s), medians of {args.rounds} alternating rounds")
-    print(f"{'model':<22}{'bare':>12}{'serve':>12}{'ratio':>8}{'added':>11}")
+    print(f"{'model':<22}{'bare':>12}{'serve':>12}{'ratio':>8}{'added':>11}{'CPU ratio':>11}")
     for key in ("digits", "mobilenetv2"):
         r = results[key]
         print(
             f"{r['model']:<22}{r['bare_ms'] * 1e3:>9.1f} µs{r['serve_ms'] * 1e3:>9.1f} µs"
-            f"{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs"
+            f"{r['ratio']:>8.3f}{r['added_us']:>8.2f} µs{r['cpu_ratio']:>11.3f}"
         )
     rc = results["recording"]
     print(

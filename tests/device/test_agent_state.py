@@ -15,7 +15,7 @@ from edgekit_agent.bundle.load import load_bundle
 from edgekit_agent.contract.errors import EdgekitError, InputError
 from edgekit_agent.contract.manifest import dump_manifest
 from edgekit_agent.mqtt.outbox import Outbox
-from edgekit_agent.serve.agent import Agent
+from edgekit_agent.serve.agent import SMALL_INPUT, Agent
 from edgekit_agent.serve.config import AgentSettings
 
 
@@ -96,3 +96,18 @@ def test_a_runtime_for_a_bundle_no_longer_active_is_not_swapped_in(agent: Agent,
     assert agent.runtime is serving
     assert agent.swap_runtime(other.open_runtime(num_threads=1), other) is True
     assert agent.runtime is not serving
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("size", [1, 64, SMALL_INPUT, SMALL_INPUT + 1, 4096])
+def test_the_sampled_input_mean_is_the_exact_mean_whichever_way_it_is_summed(
+    agent: Agent, dtype: str, size: int
+) -> None:
+    """The drift statistic of a tensor: a sum of its bytes up to SMALL_INPUT elements, numpy's sum above; both
+    must give the mean of the dequantised input (an int8 byte is read as its value, not as 0..255)."""
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(size).integers(info.min, info.max, size=(1, size), endpoint=True).astype(dtype)
+    x[0, 0] = info.min  # the extremes, where a wrong shift shows
+    x[0, -1] = info.max
+    want = (float(x.astype(np.float64).mean()) - agent._in_zero) * agent._in_scale  # noqa: SLF001
+    assert agent._input_mean(x) == pytest.approx(want, rel=1e-12, abs=1e-12)  # noqa: SLF001

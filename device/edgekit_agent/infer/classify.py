@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,12 +23,15 @@ from edgekit_agent.infer.preprocess import dequantize
 SMALL_OUTPUT = 64  # top-1 in pure Python below this many classes (cheaper than numpy's call overhead)
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(NamedTuple):
     """The top-1 class of one inference; a served one (the agent's) also says where the time went.
 
     A multi-label head's prediction is a set: ``index`` is its bit mask (bit i: ``labels[i]`` of the bundle),
-    ``label`` the labels joined by "+" ("" for none), ``labels`` the set and ``probabilities`` every label's."""
+    ``label`` the labels joined by "+" ("" for none), ``labels`` the set and ``probabilities`` every label's.
+
+    An immutable named tuple rather than a frozen dataclass: the agent builds one per inference, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs ~1 µs more (docs/agent.md, "Serving
+    figures")."""
 
     index: int
     label: str

@@ -210,6 +210,7 @@ class WindowRecorder:
         self._mean_bins = max(1, len(edges) - 1)
         self._fold_every = fold_every
         self._queue: deque[tuple[int, int, int, int, float, int, float]] = deque()
+        self._append = self._queue.append  # the queue is never replaced: bound once
         self._lock = threading.Lock()  # taken by folds, errors and snapshots: never by record()
         self._w = self._new_window()
 
@@ -229,9 +230,8 @@ class WindowRecorder:
     ) -> None:
         """One successful inference. ``label`` >= 0 marks a labelled input (feeds accuracy); ``input_mean``
         is the mean of the float input (NaN: not sampled). Lock-free: one tuple appended to a deque."""
-        q = self._queue
-        q.append((total_ns, preprocess_ns, invoke_ns, predicted, confidence, label, input_mean))
-        if len(q) >= self._fold_every:
+        self._append((total_ns, preprocess_ns, invoke_ns, predicted, confidence, label, input_mean))
+        if len(self._queue) >= self._fold_every:
             self.fold()
 
     def record_error(self, code: str) -> None:
